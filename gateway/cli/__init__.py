@@ -1,0 +1,1 @@
+"""cpmictl, the operator command line."""

@@ -1,0 +1,1 @@
+"""The replay journal: append-only, chained JSON Lines segments with group commit."""

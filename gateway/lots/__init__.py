@@ -1,0 +1,1 @@
+"""The lot side of the bridge: HTTP uplink, sessions and tokens, repeat detection."""
