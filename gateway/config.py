@@ -1,0 +1,362 @@
+"""The TOML configuration (CONTRACT §8) as frozen values.
+
+Every problem is reported as one line naming the key, in jq's path syntax with
+0-based indexes: `lot[0].password: not an argon2id hash` is the first `[[lot]]`.
+Unknown keys are errors too, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from attrs import frozen
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
+
+T = TypeVar("T")
+
+FSYNC_MODES = ("always", "interval", "never")
+SINKS = ("log-only", "cloudevents", "t002")
+AVAILABLE_SINKS = ("log-only",)
+SIGNATURE_MODES = ("required", "optional", "off")
+DIALECTS = ("standard",)
+ROLES = ("read", "command", "sync", "admin")
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ConfigError(Exception):
+    """A configuration problem; `str()` is the one line to show the operator."""
+
+
+@frozen
+class GatewayConfig:
+    id: str
+    timezone: ZoneInfo
+    signing_key: str
+
+
+@frozen
+class ListenConfig:
+    uplink: str
+    downlink: str
+    api: str
+
+
+@frozen
+class JournalConfig:
+    path: str
+    fsync: str
+    segment_bytes: int
+    interval: float
+
+
+@frozen
+class UplinkConfig:
+    max_body_bytes: int
+
+
+@frozen
+class TcpConfig:
+    read_idle: int
+    write_idle: int
+    all_idle: int
+    bind_timeout: int
+    max_frame_bytes: int
+
+
+@frozen
+class CloudConfig:
+    sink: str
+    url: str
+    downlink: str
+    query_url: str
+    api_token: str
+
+
+@frozen
+class ApiClient:
+    name: str
+    token_sha256: str
+    roles: tuple[str, ...]
+
+
+@frozen
+class LotConfig:
+    park_code: str
+    username: str
+    password: str
+    signature: str
+    secret: str
+    dialect: str
+    upstream_username: str
+    upstream_password: str
+    upstream_secret: str
+
+
+@frozen
+class Config:
+    gateway: GatewayConfig
+    listen: ListenConfig
+    journal: JournalConfig
+    uplink: UplinkConfig
+    tcp: TcpConfig
+    cloud: CloudConfig
+    api_clients: tuple[ApiClient, ...]
+    lots: tuple[LotConfig, ...]
+
+    def lot_by_username(self, username: str) -> LotConfig | None:
+        """The lot whose login account is `username`."""
+        for lot in self.lots:
+            if lot.username == username:
+                return lot
+        return None
+
+    def lot_by_park(self, park_code: str) -> LotConfig | None:
+        """The lot whose park code is `park_code`."""
+        for lot in self.lots:
+            if lot.park_code == park_code:
+                return lot
+        return None
+
+
+class _Table:
+    """One TOML table being read: takes keys off it and reports what is left as unknown."""
+
+    def __init__(self, path: str, raw: object) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{path}: must be a table")
+        self.path = path
+        self.raw = dict(raw)
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def take(self, name: str, kind: type[T], default: T) -> T:
+        value = self.raw.pop(name, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{self.key(name)}: must be {_KIND_NAMES[kind]}")
+        return value
+
+    def text(
+        self, name: str, default: str, check: Callable[[str], str | None] | None = None
+    ) -> str:
+        value = self.take(name, str, default)
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{self.key(name)}: {problem}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.take(name, str, default)
+        if value not in choices:
+            allowed = ", ".join(choices)
+            raise ConfigError(f"{self.key(name)}: {value!r} is not one of {allowed}")
+        return value
+
+    def number(self, name: str, default: int, minimum: int) -> int:
+        value = self.take(name, int, default)
+        if value < minimum:
+            raise ConfigError(f"{self.key(name)}: must be at least {minimum}")
+        return value
+
+    def done(self) -> None:
+        if self.raw:
+            raise ConfigError(f"{self.key(sorted(self.raw)[0])}: unknown key")
+
+
+_KIND_NAMES: dict[type, str] = {
+    str: "a string",
+    int: "a whole number",
+    float: "a number",
+    list: "a list",
+    bool: "true or false",
+}
+
+
+def _not_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _endpoint(value: str) -> str | None:
+    try:
+        endpoints.serverFromString(MemoryReactor(), value)
+    except Exception as error:  # any failure to build the endpoint is the operator's to fix
+        return f"not a usable endpoint {value!r}: {error}"
+    return None
+
+
+def _argon2id(value: str) -> str | None:
+    return None if value.startswith("$argon2id$") else "not an argon2id hash (cpmictl passwd)"
+
+
+def _gateway(raw: object) -> GatewayConfig:
+    table = _Table("gateway", raw)
+    gateway_id = table.text(
+        "id", "gw-01", lambda v: None if _GATEWAY_ID.fullmatch(v) else "letters, digits, . _ -"
+    )
+    zone_name = table.text("timezone", "Asia/Shanghai", _not_empty)
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"gateway.timezone: unknown time zone {zone_name!r}") from None
+    signing_key = table.text("signing_key", "conf/gateway.key", _not_empty)
+    table.done()
+    return GatewayConfig(id=gateway_id, timezone=zone, signing_key=signing_key)
+
+
+def _listen(raw: object) -> ListenConfig:
+    table = _Table("listen", raw)
+    result = ListenConfig(
+        uplink=table.text("uplink", "tcp:8080", _endpoint),
+        downlink=table.text("downlink", "tcp:9000", _endpoint),
+        api=table.text("api", "tcp:8081:interface=127.0.0.1", _endpoint),
+    )
+    table.done()
+    return result
+
+
+def _journal(raw: object) -> JournalConfig:
+    table = _Table("journal", raw)
+    result = JournalConfig(
+        path=table.text("path", "var/journal", _not_empty),
+        fsync=table.choice("fsync", "always", FSYNC_MODES),
+        segment_bytes=table.number("segment_bytes", 64 * 2**20, 2**16),
+        interval=table.take("interval", float, 1.0),
+    )
+    if result.interval <= 0:
+        raise ConfigError("journal.interval: must be more than 0")
+    table.done()
+    return result
+
+
+def _uplink(raw: object) -> UplinkConfig:
+    table = _Table("uplink", raw)
+    result = UplinkConfig(max_body_bytes=table.number("max_body_bytes", 16 * 2**20, 1024))
+    table.done()
+    return result
+
+
+def _tcp(raw: object) -> TcpConfig:
+    table = _Table("tcp", raw)
+    result = TcpConfig(
+        read_idle=table.number("read_idle", 180, 0),
+        write_idle=table.number("write_idle", 60, 0),
+        all_idle=table.number("all_idle", 300, 0),
+        bind_timeout=table.number("bind_timeout", 10, 1),
+        max_frame_bytes=table.number("max_frame_bytes", 2**20, 64),
+    )
+    table.done()
+    return result
+
+
+def _cloud(raw: object) -> CloudConfig:
+    table = _Table("cloud", raw)
+    url = table.text("url", "")
+    sink = table.choice("sink", "cloudevents" if url else "log-only", SINKS)
+    result = CloudConfig(
+        sink=sink,
+        url=url,
+        downlink=table.text("downlink", ""),
+        query_url=table.text("query_url", ""),
+        api_token=table.text("api_token", ""),
+    )
+    table.done()
+    if sink not in AVAILABLE_SINKS:
+        raise ConfigError(f"cloud.sink: {sink!r} is not available in this version yet")
+    if sink == "cloudevents" and not url:
+        raise ConfigError("cloud.url: required with sink 'cloudevents'")
+    return result
+
+
+def _api_client(index: int, raw: object) -> ApiClient:
+    table = _Table(f"api_client[{index}]", raw)
+    name = table.text("name", "", _not_empty)
+    digest = table.text(
+        "token_sha256",
+        "",
+        lambda v: None if _SHA256_HEX.fullmatch(v) else "not 64 lower-case hex digits",
+    )
+    roles = table.take("roles", list, [])
+    for role in roles:
+        if role not in ROLES:
+            raise ConfigError(f"{table.key('roles')}: {role!r} is not one of {', '.join(ROLES)}")
+    table.done()
+    return ApiClient(name=name, token_sha256=digest, roles=tuple(roles))
+
+
+def _lot(index: int, raw: object) -> LotConfig:
+    table = _Table(f"lot[{index}]", raw)
+    park_code = table.text(
+        "park_code", "", lambda v: _not_empty(v) or (None if len(v) <= 50 else "longer than 50")
+    )
+    result = LotConfig(
+        park_code=park_code,
+        username=table.text("username", "", _not_empty),
+        password=table.text("password", "", _argon2id),
+        signature=table.choice("signature", "required", SIGNATURE_MODES),
+        secret=table.text("secret", ""),
+        dialect=table.choice("dialect", "standard", DIALECTS),
+        upstream_username=table.text("upstream_username", ""),
+        upstream_password=table.text("upstream_password", ""),
+        upstream_secret=table.text("upstream_secret", ""),
+    )
+    table.done()
+    return result
+
+
+def _array(document: dict[str, Any], name: str) -> list[object]:
+    value = document.pop(name, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: must be an array of tables ([[{name}]])")
+    return value
+
+
+def _unique(items: tuple[T, ...], prefix: str, attribute: str) -> None:
+    seen: set[object] = set()
+    for index, item in enumerate(items):
+        value = getattr(item, attribute)
+        if value in seen:
+            raise ConfigError(f"{prefix}[{index}].{attribute}: {value!r} is used twice")
+        seen.add(value)
+
+
+def parse(document: Mapping[str, Any]) -> Config:
+    """Turn a parsed TOML document into a Config, or raise ConfigError."""
+    document = dict(document)
+    lots = tuple(_lot(i, raw) for i, raw in enumerate(_array(document, "lot")))
+    clients = tuple(_api_client(i, raw) for i, raw in enumerate(_array(document, "api_client")))
+    config = Config(
+        gateway=_gateway(document.pop("gateway", {})),
+        listen=_listen(document.pop("listen", {})),
+        journal=_journal(document.pop("journal", {})),
+        uplink=_uplink(document.pop("uplink", {})),
+        tcp=_tcp(document.pop("tcp", {})),
+        cloud=_cloud(document.pop("cloud", {})),
+        api_clients=clients,
+        lots=lots,
+    )
+    if document:
+        raise ConfigError(f"{sorted(document)[0]}: unknown key")
+    _unique(lots, "lot", "park_code")
+    _unique(lots, "lot", "username")
+    _unique(clients, "api_client", "name")
+    return config
+
+
+def load(path: str) -> Config:
+    """Read and check the configuration file at `path`."""
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse(document)
