@@ -6,6 +6,14 @@ REDACTED = "***"
 SECRET_FIELDS = frozenset({"parkUserPwd", "upstream_password", "secret"})
 
 
+def may_hold_secrets(text: str) -> bool:
+    """Whether JSON `text` may name a secret field: a cheap test before walking its value.
+
+    Escaped names (a key written with \\u escapes) count as possible secrets too.
+    """
+    return "\\u" in text or any(name in text for name in SECRET_FIELDS)
+
+
 def redact(value: object) -> object:
     """`value` with every secret field's value replaced; the same object when there is none."""
     if isinstance(value, dict):

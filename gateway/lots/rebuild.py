@@ -1,0 +1,39 @@
+"""Rebuilding the lot side's state from the journal at start-up (CONTRACT §1).
+
+Tokens come from `token` records, repeat answers from the last hour's stored
+requests, and each park's total spaces from its last `parkEnv`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from gateway.lots.answers import OK, Answer
+from gateway.lots.parks import ParkTotals
+from gateway.lots.repeats import Repeats
+from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.uplink import ANSWER_RECORD, UPLINK_RECORD
+from gateway.protocol.results import Result
+from gateway.protocol.times import rfc3339_seconds
+
+
+def rebuild(records: Iterable[Any], sessions: Sessions, repeats: Repeats, totals: ParkTotals) -> int:
+    """Replay `records` into the state; returns how many were read."""
+    count = 0
+    for record in records:
+        count += 1
+        kind = record.kind
+        if kind == UPLINK_RECORD:
+            repeats.restore(record.park, record.opr, rfc3339_seconds(record.ts), OK)
+            if record.code == "parkEnv":
+                totals.observe(record.park, record.body)
+        elif kind == ANSWER_RECORD:
+            body = record.body if isinstance(record.body, dict) else {}
+            result = Result.from_code(str(body.get("resultCode", ""))) or Result.FAILED
+            if result is not Result.FAILED:  # failures are not kept for repeats: see uplink.py
+                answer = Answer(result, str(body.get("resultMessage", "")), body.get("data", {}))
+                repeats.restore(record.park, record.opr, rfc3339_seconds(record.ts), answer)
+        elif kind == TOKEN_RECORD:
+            sessions.install(record.body)
+    return count

@@ -1,0 +1,101 @@
+"""Lot sessions: the tokens issued at login (B.4.1, B.3.5, B.3.6).
+
+A token is valid until the end of the natural month in the gateway's zone, and a
+second login of the same account replaces it. Only the token's SHA-256 is kept,
+in memory and in the journal's `token` records, so a journal reader never sees a
+usable token; tokens survive a restart by replaying those records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Mapping
+from zoneinfo import ZoneInfo
+
+from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
+
+from gateway.protocol.times import end_of_month, rfc3339_seconds
+
+TOKEN_RECORD = "token"
+
+
+def new_token() -> str:
+    """A fresh 32-character token."""
+    return secrets.token_hex(16)
+
+
+def token_digest(token: str) -> str:
+    """What the gateway keeps of a token."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+@frozen
+class Session:
+    """Who holds a token, and until when."""
+
+    username: str
+    park: str
+    expires: float
+
+
+class Sessions:
+    """The tokens in force, one per account."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        zone: ZoneInfo,
+        make_token: Callable[[], str] = new_token,
+    ) -> None:
+        self._clock = clock
+        self._zone = zone
+        self._make_token = make_token
+        self._by_digest: dict[str, Session] = {}
+        self._digest_by_user: dict[str, str] = {}
+
+    def mint(self, username: str, park: str) -> tuple[str, dict[str, str]]:
+        """A new token for `username`, and the journal body that will put it in force.
+
+        The token is not in force until `install` is given that body, which the
+        caller does once the body is durable.
+        """
+        token = self._make_token()
+        expires = end_of_month(self._clock.seconds(), self._zone)
+        body = {
+            "user": username,
+            "park": park,
+            "token_sha256": token_digest(token),
+            "expires": expires.isoformat(),
+        }
+        return token, body
+
+    def install(self, body: Mapping[str, object]) -> None:
+        """Put in force the token of a `token` record, revoking the account's previous one."""
+        username, park = str(body["user"]), str(body["park"])
+        digest = str(body["token_sha256"])
+        expires = rfc3339_seconds(str(body["expires"]))
+        previous = self._digest_by_user.pop(username, None)
+        if previous is not None:
+            self._by_digest.pop(previous, None)
+        self._digest_by_user[username] = digest
+        self._by_digest[digest] = Session(username=username, park=park, expires=expires)
+
+    def revoke(self, username: str) -> None:
+        """Take the account's token out of force."""
+        digest = self._digest_by_user.pop(username, None)
+        if digest is not None:
+            self._by_digest.pop(digest, None)
+
+    def lookup(self, token: str) -> Session | None:
+        """The session of `token`, or None when it is unknown, replaced or expired."""
+        if not token:
+            return None
+        session = self._by_digest.get(token_digest(token))
+        if session is None or session.expires <= self._clock.seconds():
+            return None
+        return session
+
+    def __len__(self) -> int:
+        return len(self._by_digest)

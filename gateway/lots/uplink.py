@@ -1,0 +1,307 @@
+"""What the gateway decides for each uplink request (B.2, B.4-B.9 of the standard).
+
+The HTTP resource turns a request into text and file parts; `UplinkHandler`
+decides the answer: envelope, interface, token, signature, repeats, fields,
+business rules, then the journal. Nothing is answered `0000` before its record
+is durable.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.config import Config, LotConfig
+from gateway.lots.answers import OK, Answer
+from gateway.lots.parks import ParkTotals
+from gateway.lots.passwords import PasswordChecker
+from gateway.lots.repeats import Repeats
+from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.protocol.catalog import DeliveryClass, Interface, lookup
+from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
+from gateway.protocol.redact import may_hold_secrets, redact
+from gateway.protocol.results import Result
+from gateway.protocol.signing import signature_matches
+from gateway.protocol.times import wire_time
+from gateway.protocol.validation import FieldError, validate
+
+log = Logger()
+
+UPLINK_RECORD = "uplink"
+QUERY_RECORD = "query"
+ANSWER_RECORD = "answer"
+
+
+class Appender(Protocol):
+    """The journal as the uplink sees it."""
+
+    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
+        """Store a record; the Deferred fires once it is durable."""
+
+
+@frozen
+class FilePart:
+    """A file sent beside `param` in a multipart request: an image for `carImage`."""
+
+    name: str
+    content: bytes
+
+
+class Rejected(Exception):
+    """A request answered with an error before anything was stored."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.message)
+        self.answer = answer
+
+
+def _reject(result: Result, detail: str = "") -> Rejected:
+    return Rejected(Answer.of(result, detail))
+
+
+class UplinkHandler:
+    """Answers lots' uplink requests, storing what must be stored first."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        journal: Appender,
+        sessions: Sessions,
+        repeats: Repeats,
+        totals: ParkTotals,
+        passwords: PasswordChecker,
+        clock: IReactorTime,
+    ) -> None:
+        self._config = config
+        self._journal = journal
+        self._sessions = sessions
+        self._repeats = repeats
+        self._totals = totals
+        self._passwords = passwords
+        self._clock = clock
+        self._zone: ZoneInfo = config.gateway.timezone
+
+    def handle(
+        self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
+    ) -> Deferred[bytes]:
+        """The response envelope, as bytes, for the request `text`."""
+        try:
+            request = parse_request(text)
+        except EnvelopeError as error:
+            code = error.code or url_code or ""
+            return succeed(self._render(code, error.opr, Answer.of(error.result, error.detail)))
+        try:
+            interface = self._interface(request, url_code)
+        except Rejected as rejected:
+            return succeed(self._render(request.code or url_code or "", request.opr, rejected.answer))
+        if interface.code == "login":
+            return self._login(request)
+        code = interface.code
+        session = self._sessions.lookup(request.token)
+        if session is None:
+            answer = Answer.of(Result.TOKEN_INVALID, "token: unknown, replaced or expired")
+            return succeed(self._render(code, request.opr, answer))
+        lot = self._config.lot_by_username(session.username)
+        if lot is None or lot.park_code != session.park:
+            answer = Answer.of(Result.NO_SUCH_PARK, f"park {session.park!r} is no longer configured")
+            return succeed(self._render(code, request.opr, answer))
+        token, secret = request.token, lot.secret
+        if not self._signature_ok(request, lot, heartbeat=code == "heartbeat"):
+            answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
+            return succeed(self._render(code, request.opr, answer, token, secret))
+        if code == "heartbeat":
+            answer = Answer.of(Result.OK, data={"time": wire_time(self._clock.seconds(), self._zone)})
+            return succeed(self._render(code, request.opr, answer, token, secret))
+        if not request.opr:
+            answer = Answer.of(Result.MALFORMED, "oprNum: required")
+            return succeed(self._render(code, request.opr, answer, token, secret))
+        park, opr = lot.park_code, request.opr
+        repeated = self._repeats.seen(park, opr)
+        if repeated is None:
+            self._repeats.begin(park, opr)
+            repeated = self._store(interface, lot, request, files)
+        return repeated.addCallback(lambda answer: self._render(code, opr, answer, token, secret))
+
+    def _interface(self, request: Request, url_code: str | None) -> Interface:
+        code = request.code or url_code
+        if not code:
+            raise _reject(Result.MALFORMED, "code: required")
+        interface = lookup(code)
+        if url_code and request.code and lookup(url_code) is not interface:
+            raise _reject(Result.MALFORMED, f"code: {request.code!r} differs from the URL's {url_code!r}")
+        if interface is None or interface.uplink is None:
+            raise _reject(Result.NO_SUCH_INTERFACE, f"code: {code!r} is not an uplink interface")
+        return interface
+
+    def _signature_ok(self, request: Request, lot: LotConfig, heartbeat: bool = False) -> bool:
+        mode = lot.signature
+        if mode == "off" or ((mode == "optional" or heartbeat) and not request.signature):
+            return True
+        return signature_matches(
+            request.signature, request.data_text, request.data, request.token, lot.secret
+        )
+
+    def _render(self, code: str, opr: str, answer: Answer, token: str = "", secret: str = "") -> bytes:
+        return build_response(code, opr, answer.result, answer.message, answer.data, token, secret)
+
+    # login (B.4.1)
+
+    def _login(self, request: Request) -> Deferred[bytes]:
+        data = request.data
+        lot: LotConfig | None = None
+        try:
+            if data is None or data == {} or data == []:
+                raise _reject(Result.EMPTY_BODY, "data: parkUserName and parkUserPwd required")
+            interface = lookup("login")
+            assert interface is not None
+            fields = validate(interface.request, data)
+            if not isinstance(fields, Mapping):
+                raise _reject(Result.FIELD_INVALID, "data: must be one object for login")
+            username, password = str(fields["parkUserName"]), str(fields["parkUserPwd"])
+            lot = self._config.lot_by_username(username)
+            if lot is not None and not self._signature_ok(request, lot):
+                raise _reject(Result.BAD_SIGNATURE, "signature: does not match data")
+        except FieldError as error:
+            return succeed(self._login_render(request, lot, Answer.of(Result.FIELD_INVALID, error.message())))
+        except Rejected as rejected:
+            return succeed(self._login_render(request, lot, rejected.answer))
+        checked = self._passwords.check(lot.password if lot else None, password)
+        answered: Deferred[Answer] = checked.addCallback(self._logged_in, request, lot)
+        return answered.addCallback(lambda answer: self._login_render(request, lot, answer))
+
+    def _logged_in(self, matches: bool, request: Request, lot: LotConfig | None) -> Deferred[Answer] | Answer:
+        if not matches or lot is None:
+            return Answer.of(Result.BAD_CREDENTIALS, "parkUserName or parkUserPwd is wrong")
+        token, body = self._sessions.mint(lot.username, lot.park_code)
+        stored = self._journal.append(TOKEN_RECORD, lot.park_code, "login", request.opr, body)
+
+        def issued(_: object) -> Answer:
+            self._sessions.install(body)
+            log.info("lot {park} logged in as {user}", park=lot.park_code, user=lot.username)
+            return Answer.of(Result.OK, data={"token": token, "parkCode": lot.park_code})
+
+        return stored.addCallbacks(issued, self._not_stored)
+
+    def _login_render(self, request: Request, lot: LotConfig | None, answer: Answer) -> bytes:
+        return self._render("login", request.opr, answer, "", lot.secret if lot else "")
+
+    # reports and queries
+
+    def _store(
+        self, interface: Interface, lot: LotConfig, request: Request, files: Sequence[FilePart]
+    ) -> Deferred[Answer]:
+        park, opr, code = lot.park_code, request.opr, interface.code
+        try:
+            data = self._checked_data(interface, lot, request, files)
+        except Rejected as rejected:
+            self._repeats.finish(park, opr, rejected.answer, stored=False)
+            return succeed(rejected.answer)
+        if interface.uplink is DeliveryClass.QUERY:
+            stored = self._query(interface, park, opr, data)
+        else:
+            stored = self._journal.append(UPLINK_RECORD, park, code, opr, data)
+            stored.addCallback(self._reported, code, park, data)
+
+        def done(answer: Answer) -> Answer:
+            self._repeats.finish(park, opr, answer, stored=answer.result is not Result.FAILED)
+            return answer
+
+        return stored.addErrback(self._not_stored).addCallback(done)
+
+    def _reported(self, _: object, code: str, park: str, data: object) -> Answer:
+        if code == "parkEnv":
+            self._totals.observe(park, data)
+        return OK
+
+    def _query(self, interface: Interface, park: str, opr: str, data: object) -> Deferred[Answer]:
+        # No cloud is configured in the log-only sink, so a query cannot be answered.
+        answer = Answer.of(Result.FAILED, "no cloud configured to answer this query")
+        self._journal.append(QUERY_RECORD, park, interface.code, opr, data)
+        outcome = {"resultCode": answer.result.code, "resultMessage": answer.message}
+        stored = self._journal.append(ANSWER_RECORD, park, interface.code, opr, outcome)
+        return stored.addCallback(lambda _: answer)
+
+    def _not_stored(self, failure: Failure) -> Answer:
+        log.failure("the journal could not store a record", failure)
+        reason = failure.getErrorMessage() or failure.type.__name__
+        return Answer.of(Result.FAILED, f"the journal cannot store this message now ({reason}); retry")
+
+    def _checked_data(
+        self, interface: Interface, lot: LotConfig, request: Request, files: Sequence[FilePart]
+    ) -> object:
+        data = request.data
+        if data is None or data == {} or data == [] or data == "":
+            raise _reject(Result.EMPTY_BODY, "data: must not be empty")
+        try:
+            data = validate(interface.request, data)
+        except FieldError as error:
+            raise _reject(Result.FIELD_INVALID, error.message()) from None
+        items = data if isinstance(data, list) else [data]
+        for index, item in enumerate(items):
+            where = f"data[{index}]" if isinstance(data, list) else "data"
+            park_code = item.get("parkCode")
+            if park_code not in (None, "", lot.park_code):
+                raise _reject(
+                    Result.NO_SUCH_PARK,
+                    f"{where}.parkCode: {park_code!r} is not this account's park",
+                )
+            self._business_rules(interface.code, lot, item, where)
+        if interface.code == "carImage":
+            data = attach_images(data, files)
+        return redact(data) if may_hold_secrets(request.data_text) else data
+
+    def _business_rules(self, code: str, lot: LotConfig, item: Mapping[str, Any], where: str) -> None:
+        if code == "parkEnv":
+            total = item.get("totalNum")
+            if not isinstance(total, int) or total <= 0:
+                raise _reject(Result.NO_SPACES, f"{where}.totalNum: {total!r}")
+        elif code == "freeSpace":
+            empty = item.get("emptyNum")
+            if isinstance(empty, int) and empty < 0:
+                raise _reject(Result.FIELD_INVALID, f"{where}.emptyNum: negative")
+            total = self._totals.total(lot.park_code)
+            if isinstance(empty, int) and total is not None and empty > total:
+                raise _reject(Result.TOO_MANY_FREE, f"{where}.emptyNum: {empty} > totalNum {total}")
+
+
+def attach_images(data: object, files: Sequence[FilePart]) -> object:
+    """Put the images sent as file parts into their `carImage` entries, as base64.
+
+    A part named like an entry's `imageCode` goes to that entry; the other parts
+    go, in order, to the entries that carry no `imageBase64`. Every entry must
+    end with exactly one image and every part must find an entry (9201).
+    """
+    entries = data if isinstance(data, list) else [data]
+    items = [dict(item) for item in entries if isinstance(item, dict)]
+    remaining = list(files)
+    for item in items:
+        code = item.get("imageCode")
+        for part in remaining:
+            if code and part.name == code:
+                if item.get("imageBase64"):
+                    raise _reject(Result.IMAGE_MISMATCH, f"imageCode {code!r}: two images")
+                item["imageBase64"] = base64.b64encode(part.content).decode("ascii")
+                remaining.remove(part)
+                break
+    for item in items:
+        if not item.get("imageBase64"):
+            if not remaining:
+                raise _reject(
+                    Result.IMAGE_MISMATCH,
+                    f"{len(items)} image descriptions but fewer images",
+                )
+            item["imageBase64"] = base64.b64encode(remaining.pop(0).content).decode("ascii")
+    if remaining:
+        raise _reject(Result.IMAGE_MISMATCH, f"{len(items)} image descriptions but {len(files)} files")
+    if not files and not isinstance(data, list):
+        return data
+    return items if isinstance(data, list) else items[0]

@@ -1,0 +1,503 @@
+"""The HTTP uplink end to end in memory: every rule and result code of CONTRACT §4."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from gateway import config
+from gateway.lots.sessions import token_digest
+from gateway.protocol.catalog import INTERFACES, DeliveryClass
+from gateway.protocol.signing import compact, sign
+from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
+from tests.protocol.samples import PNG_BASE64, SAMPLES
+
+CAR_IN = SAMPLES["carIn"]
+REPORTS = [i.code for i in INTERFACES if i.uplink is DeliveryClass.REPORT]
+
+
+@pytest.fixture
+def gw() -> Uplink:
+    return Uplink()
+
+
+# login (B.4.1)
+
+
+def test_login_issues_a_32_character_token_and_the_park(gw: Uplink) -> None:
+    """A right login answers 0000 with a 32-character token and the park code, signed with token ""."""
+    answer = gw.send("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}, opr="L1")
+    assert answer["resultCode"] == "0000" and answer["code"] == "login" and answer["oprNum"] == "L1"
+    assert len(answer["data"]["token"]) == 32 and answer["data"]["parkCode"] == "P001"
+    assert answer["signature"] == sign(compact(answer["data"]), "", "s3cret")
+
+
+def test_login_journals_the_token_digest_never_the_password_or_token(gw: Uplink) -> None:
+    """The journal gets a token record with the token's digest; neither secret is in it."""
+    token = gw.login()
+    [record] = gw.journal.records
+    assert record.kind == "token" and record.park == "P001" and record.code == "login"
+    assert record.body["token_sha256"] == token_digest(token)
+    assert token not in json.dumps(record.body) and PASSWORD not in json.dumps(record.body)
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "text"),
+    [
+        ({"parkUserName": "lot001", "parkUserPwd": "wrong"}, "9003", ""),
+        ({"parkUserName": "nobody", "parkUserPwd": PASSWORD}, "9003", ""),
+        ({}, "9004", "data"),
+        ({"parkUserName": "lot001"}, "9010", "data.parkUserPwd: required"),
+        ({"parkUserName": "lot001", "parkUserPwd": ["x"]}, "9010", "data.parkUserPwd"),
+    ],
+)
+def test_bad_logins(gw: Uplink, data: dict[str, Any], code: str, text: str) -> None:
+    """Wrong credentials are 9003, no data 9004, a missing or bad field 9010 naming it; no token is stored."""
+    answer = gw.send("login", data)
+    assert answer["resultCode"] == code
+    assert text in answer["resultMessage"]
+    assert gw.journal.records == []
+
+
+def test_login_with_a_wrong_signature_is_9006(gw: Uplink) -> None:
+    """A login signed with the wrong secret is refused 9006."""
+    answer = gw.send("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}, secret="other")
+    assert answer["resultCode"] == "9006"
+
+
+def test_login_by_table_one_number(gw: Uplink) -> None:
+    """Code "1" is login; the answer writes the mnemonic."""
+    answer = gw.send("1", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+    assert answer["resultCode"] == "0000" and answer["code"] == "login"
+
+
+# tokens (B.3.5, B.3.6)
+
+
+def test_missing_or_unknown_token_is_9000(gw: Uplink) -> None:
+    """A request without a token, or with one never issued, is answered 9000."""
+    assert gw.send("carIn", CAR_IN)["resultCode"] == "9000"
+    assert gw.send("carIn", CAR_IN, token="f" * 32)["resultCode"] == "9000"
+
+
+def test_second_login_makes_the_first_token_9000(gw: Uplink) -> None:
+    """After a second login of the same account the old token answers 9000, the new one works."""
+    first = gw.login()
+    second = gw.login()
+    assert gw.send("carIn", CAR_IN, token=first)["resultCode"] == "9000"
+    assert gw.send("carIn", CAR_IN, token=second)["resultCode"] == "0000"
+
+
+def test_token_expires_at_the_end_of_the_month(gw: Uplink) -> None:
+    """A token issued in November answers 9000 from 1 December 00:00 in the gateway's zone."""
+    token = gw.login()
+    gw.clock.advance(datetime(2026, 12, 1, tzinfo=ZONE).timestamp() - gw.clock.seconds())
+    assert gw.send("carIn", CAR_IN, token=token)["resultCode"] == "9000"
+
+
+def test_tokens_survive_a_restart(gw: Uplink) -> None:
+    """A gateway rebuilt from the journal accepts the token issued before."""
+    token = gw.login()
+    gw.restart()
+    assert gw.send("carIn", CAR_IN, token=token)["resultCode"] == "0000"
+
+
+def test_token_of_a_removed_lot_is_9104(gw: Uplink) -> None:
+    """A token whose lot is no longer configured is answered 9104."""
+    token = gw.login()
+    gw.settings = config.parse({"lot": [lot_entry(park_code="P009", username="lot009")]})
+    gw.restart()
+    answer = gw.send("carIn", CAR_IN, token=token)
+    assert answer["resultCode"] == "9104" and "P001" in answer["resultMessage"]
+
+
+# interfaces and envelopes
+
+
+def test_every_report_interface_is_accepted_and_journaled(gw: Uplink) -> None:
+    """Each report-class uplink's sample from the standard's tables answers 0000 and is journaled once."""
+    token = gw.login()
+    gw.send("parkEnv", SAMPLES["parkEnv"], token=token)
+    for code in REPORTS:
+        answer = gw.send(code, SAMPLES[code], token=token, opr=f"op-{code}")
+        assert answer["resultCode"] == "0000", (code, answer)
+        assert answer["code"] == code and answer["oprNum"] == f"op-{code}"
+        assert answer["signature"] == sign(compact(answer["data"]), token, "s3cret")
+        [record] = [r for r in gw.journal.records if r.opr == f"op-{code}"]
+        assert (record.kind, record.park, record.code) == ("uplink", "P001", code)
+
+
+def test_table_one_number_is_accepted_and_the_mnemonic_written(gw: Uplink) -> None:
+    """Code "2" is carIn; the answer and the journal say carIn."""
+    token = gw.login()
+    answer = gw.send("2", CAR_IN, token=token)
+    assert answer["code"] == "carIn" and answer["resultCode"] == "0000"
+    assert gw.journal.records[-1].code == "carIn"
+
+
+def test_url_per_interface(gw: Uplink) -> None:
+    """POST /uplink/{code} takes the code from the URL when the envelope has none."""
+    token = gw.login()
+    envelope = gw.envelope("carIn", CAR_IN, token=token)
+    envelope["code"] = ""
+    status, _, body = gw.post(urlencode({"param": json.dumps(envelope)}), "/uplink/carIn")
+    assert status == 200 and json.loads(body)["resultCode"] == "0000"
+    assert gw.journal.records[-1].code == "carIn"
+
+
+def test_url_and_envelope_codes_must_agree(gw: Uplink) -> None:
+    """A URL code that differs from the envelope's is 9002 naming code."""
+    token = gw.login()
+    answer = gw.send("carIn", CAR_IN, token=token, path="/uplink/carOut")
+    assert answer["resultCode"] == "9002" and "code" in answer["resultMessage"]
+
+
+@pytest.mark.parametrize("code", ["nonsense", "gateOpen", "99", ""])
+def test_unknown_or_downlink_only_code_is_9001(gw: Uplink, code: str) -> None:
+    """A code that is no uplink interface is 9001 (9002 when there is none at all)."""
+    token = gw.login()
+    answer = gw.send(code, CAR_IN, token=token)
+    assert answer["resultCode"] == ("9002" if code == "" else "9001")
+
+
+def test_raw_json_body(gw: Uplink) -> None:
+    """A raw application/json body is the envelope itself."""
+    token = gw.login()
+    envelope = gw.envelope("carIn", CAR_IN, token=token)
+    status, _, body = gw.post(json.dumps(envelope).encode(), content_type="application/json")
+    assert status == 200 and json.loads(body)["resultCode"] == "0000"
+
+
+def test_signature_over_data_as_written(gw: Uplink) -> None:
+    """A lot signing `data` with its own spacing is accepted (the raw span is signed)."""
+    token = gw.login()
+    data_text = '{ "recordCode" : "R1",  "carNum": "京A12345", "inTime": "2026-11-24 08:30:00" }'
+    param = '{"token":"%s","code":"carIn","oprNum":"raw-1","signature":"%s","data":%s}' % (
+        token,
+        sign(data_text, token, "s3cret"),
+        data_text,
+    )
+    _, _, body = gw.post(urlencode({"param": param}))
+    assert json.loads(body)["resultCode"] == "0000"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("param=", "9005"),
+        ("param=%20%20", "9005"),
+        ("param=not-json", "9002"),
+        ("param=%5B1%5D", "9002"),
+    ],
+)
+def test_empty_and_malformed_messages(gw: Uplink, body: str, code: str) -> None:
+    """An empty param is 9005 and text that is not an envelope 9002, both HTTP 200 JSON."""
+    status, headers, answer = gw.post(body)
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+    assert json.loads(answer)["resultCode"] == code
+
+
+def test_form_without_param_is_9002(gw: Uplink) -> None:
+    """A form body that lacks `param` is 9002 naming it."""
+    answer = json.loads(gw.post("other=1")[2])
+    assert answer["resultCode"] == "9002" and "param" in answer["resultMessage"]
+
+
+def test_wrong_method_is_405_and_too_large_is_413(gw: Uplink) -> None:
+    """GET is not the protocol (405); a body over the limit is refused 413."""
+    assert gw.post(b"", method="GET")[0] == 405
+    assert gw.post(b"param=" + b"x" * 1_000_001)[0] == 413
+
+
+def test_non_utf8_body_is_9002(gw: Uplink) -> None:
+    """Bytes that are not UTF-8 (and no charset says otherwise) are 9002."""
+    answer = json.loads(gw.post(b"\xff\xfe{}", content_type="application/json")[2])
+    assert answer["resultCode"] == "9002"
+
+
+def test_declared_charset_is_honoured(gw: Uplink) -> None:
+    """A body in GBK with charset=GBK declared is read correctly."""
+    token = gw.login()
+    envelope = gw.envelope("carIn", CAR_IN, token=token)
+    body = json.dumps(envelope, ensure_ascii=False).encode("gbk")
+    answer = json.loads(gw.post(body, content_type="application/json; charset=GBK")[2])
+    assert answer["resultCode"] == "0000"
+    assert gw.journal.records[-1].body["carNum"] == "京A12345"
+
+
+# signatures (B.3.7)
+
+
+def test_wrong_signature_is_9006_and_not_journaled(gw: Uplink) -> None:
+    """A signature that does not match is 9006 and nothing is stored."""
+    token = gw.login()
+    answer = gw.send("carIn", CAR_IN, token=token, signature="0" * 32)
+    assert answer["resultCode"] == "9006"
+    assert [r.kind for r in gw.journal.records] == ["token"]
+
+
+def test_signature_needs_the_secret(gw: Uplink) -> None:
+    """A signature made without the lot's secret does not match."""
+    token = gw.login()
+    assert gw.send("carIn", CAR_IN, token=token, secret="")["resultCode"] == "9006"
+
+
+def test_optional_signature_accepts_none_but_not_a_wrong_one() -> None:
+    """With signature = "optional" an empty signature passes and a wrong one is 9006."""
+    gw = Uplink([lot_entry(signature="optional")])
+    token = gw.login()
+    assert gw.send("carIn", CAR_IN, token=token, signature="")["resultCode"] == "0000"
+    assert gw.send("carIn", CAR_IN, token=token, signature="BAD")["resultCode"] == "9006"
+
+
+def test_signature_off_ignores_it() -> None:
+    """With signature = "off" any signature passes."""
+    gw = Uplink([lot_entry(signature="off")])
+    token = gw.login()
+    assert gw.send("carIn", CAR_IN, token=token, signature="BAD")["resultCode"] == "0000"
+
+
+def test_required_signature_refuses_an_empty_one(gw: Uplink) -> None:
+    """With signature = "required" an empty signature is 9006."""
+    token = gw.login()
+    assert gw.send("carIn", CAR_IN, token=token, signature="")["resultCode"] == "9006"
+
+
+# heartbeat
+
+
+def test_heartbeat_answers_the_gateway_time_without_storing(gw: Uplink) -> None:
+    """heartbeat answers 0000 with the gateway's time in its zone and journals nothing."""
+    token = gw.login()
+    answer = gw.send("heartbeat", None, token=token)
+    assert answer["resultCode"] == "0000"
+    assert answer["data"] == {"time": "2026-11-24 10:00:00"}
+    assert [r.kind for r in gw.journal.records] == ["token"]
+
+
+# repeats (B.2.3.6)
+
+
+def test_repeat_gets_the_first_answer_and_is_not_journaled_again(gw: Uplink) -> None:
+    """The same oprNum again is answered as the first time and stored once."""
+    token = gw.login()
+    first = gw.send("carIn", CAR_IN, token=token, opr="R-1")
+    again = gw.send("carIn", CAR_IN, token=token, opr="R-1")
+    assert first == again
+    assert [r.opr for r in gw.journal.records].count("R-1") == 1
+
+
+def test_repeats_survive_a_restart(gw: Uplink) -> None:
+    """After a restart, a repeat of a stored oprNum is still not stored again."""
+    token = gw.login()
+    gw.send("carIn", CAR_IN, token=token, opr="R-1")
+    gw.restart()
+    assert gw.send("carIn", CAR_IN, token=token, opr="R-1")["resultCode"] == "0000"
+    assert [r.opr for r in gw.journal.records].count("R-1") == 1
+
+
+def test_sixth_repeat_within_the_hour_is_9007(gw: Uplink) -> None:
+    """Five repeats are answered; the sixth within the hour is 9007; an hour later it is new."""
+    token = gw.login()
+    answers = [gw.send("carIn", CAR_IN, token=token, opr="R-2")["resultCode"] for _ in range(7)]
+    assert answers == ["0000"] * 6 + ["9007"]
+    gw.clock.advance(3600)
+    assert gw.send("carIn", CAR_IN, token=token, opr="R-2")["resultCode"] == "0000"
+
+
+def test_a_repeat_while_storing_waits_for_the_same_answer(gw: Uplink) -> None:
+    """A repeat sent before the first is durable gets its answer once it is, and stores nothing."""
+    token = gw.login()
+    gw.journal.hold = True
+    body = urlencode({"param": json.dumps(gw.envelope("carIn", CAR_IN, token=token, opr="R-3"))})
+    first = gw.treq.post(
+        "http://gw/uplink",
+        data=body,
+        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
+    )
+    second = gw.treq.post(
+        "http://gw/uplink",
+        data=body,
+        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
+    )
+    gw.treq.flush()
+    assert not fired(first) and not fired(second), "answered before the record was durable"
+    gw.journal.release()
+    gw.treq.flush()
+    bodies = [json.loads(result_of(gw.treq.content(result_of(d)))) for d in (first, second)]
+    assert bodies[0] == bodies[1] and bodies[0]["resultCode"] == "0000"
+    assert [r.opr for r in gw.journal.records].count("R-3") == 1
+
+
+# durability
+
+
+def test_nothing_is_acknowledged_before_it_is_durable(gw: Uplink) -> None:
+    """The 0000 is sent only after the journal says the record is durable."""
+    token = gw.login()
+    gw.journal.hold = True
+    body = urlencode({"param": json.dumps(gw.envelope("carOut", SAMPLES["carOut"], token=token))})
+    answer = gw.treq.post(
+        "http://gw/uplink",
+        data=body,
+        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
+    )
+    gw.treq.flush()
+    assert not fired(answer)
+    gw.journal.release()
+    gw.treq.flush()
+    assert json.loads(result_of(gw.treq.content(result_of(answer))))["resultCode"] == "0000"
+
+
+def test_a_journal_failure_is_9999_and_the_retry_is_stored(gw: Uplink) -> None:
+    """When the journal cannot write, the lot gets 9999 (and retries); the retry is stored."""
+    token = gw.login()
+    gw.journal.broken = OSError(28, "No space left on device")
+    answer = gw.send("carIn", CAR_IN, token=token, opr="F-1")
+    assert answer["resultCode"] == "9999" and "journal" in answer["resultMessage"]
+    gw.journal.broken = None
+    assert gw.send("carIn", CAR_IN, token=token, opr="F-1")["resultCode"] == "0000"
+    assert [r.opr for r in gw.journal.records].count("F-1") == 1
+
+
+# fields (9004, 9010)
+
+
+@pytest.mark.parametrize("data", [None, {}, [], ""])
+def test_empty_data_is_9004(gw: Uplink, data: Any) -> None:
+    """A report with no data is 9004."""
+    token = gw.login()
+    assert gw.send("carIn", data, token=token)["resultCode"] == "9004"
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"inTime": "2026/11/24 08:30"}, "data.inTime"),
+        ({"inIdentity": 9}, "data.inIdentity"),
+        ({"recordCode": ""}, "data.recordCode"),
+        ({"carNum": "京" * 51}, "data.carNum"),
+    ],
+)
+def test_invalid_field_is_9010_naming_it(gw: Uplink, change: dict[str, Any], path: str) -> None:
+    """A field against the standard's tables is 9010 and the message names it."""
+    token = gw.login()
+    answer = gw.send("carIn", {**CAR_IN, **change}, token=token)
+    assert answer["resultCode"] == "9010"
+    assert path in answer["resultMessage"]
+    assert [r.kind for r in gw.journal.records] == ["token"]
+
+
+def test_lossless_coercion_and_unknown_fields_are_kept(gw: Uplink) -> None:
+    """ "2" for an Int becomes 2; fields the standard does not know are stored untouched."""
+    token = gw.login()
+    gw.send("carIn", {**CAR_IN, "inIdentity": "2", "vendorExtra": {"x": [1]}}, token=token)
+    body = gw.journal.records[-1].body
+    assert body["inIdentity"] == 2 and body["vendorExtra"] == {"x": [1]}
+
+
+def test_list_data_is_validated_item_by_item(gw: Uplink) -> None:
+    """A list of records is accepted, and a bad item is named by its index."""
+    token = gw.login()
+    assert gw.send("carIn", [CAR_IN, CAR_IN], token=token)["resultCode"] == "0000"
+    answer = gw.send("carIn", [CAR_IN, {**CAR_IN, "inTime": "x"}], token=token)
+    assert answer["resultCode"] == "9010" and "data[1].inTime" in answer["resultMessage"]
+
+
+def test_passwords_in_any_message_are_redacted(gw: Uplink) -> None:
+    """A parkUserPwd inside any stored message is replaced before it reaches the journal."""
+    token = gw.login()
+    gw.send("carIn", {**CAR_IN, "parkUserPwd": "hunter2"}, token=token)
+    assert "hunter2" not in json.dumps([r.body for r in gw.journal.records])
+
+
+# business rules of the standard
+
+
+@pytest.mark.parametrize("total", [0, -5])
+def test_park_env_without_spaces_is_9102(gw: Uplink, total: int) -> None:
+    """parkEnv with totalNum 0 or less is 9102 and not stored."""
+    token = gw.login()
+    answer = gw.send("parkEnv", {**SAMPLES["parkEnv"], "totalNum": total}, token=token)
+    assert answer["resultCode"] == "9102"
+
+
+def test_free_space_above_total_is_9105_even_after_restart(gw: Uplink) -> None:
+    """freeSpace above the last parkEnv totalNum is 9105, also after a restart."""
+    token = gw.login()
+    gw.send("parkEnv", {**SAMPLES["parkEnv"], "totalNum": 100}, token=token)
+    assert gw.send("freeSpace", {"parkCode": "P001", "emptyNum": 100}, token=token)["resultCode"] == "0000"
+    assert gw.send("freeSpace", {"parkCode": "P001", "emptyNum": 101}, token=token)["resultCode"] == "9105"
+    gw.restart()
+    assert gw.send("freeSpace", {"parkCode": "P001", "emptyNum": 101}, token=token)["resultCode"] == "9105"
+
+
+def test_negative_free_space_is_9010(gw: Uplink) -> None:
+    """A negative emptyNum is 9010 naming it."""
+    token = gw.login()
+    answer = gw.send("freeSpace", {"parkCode": "P001", "emptyNum": -1}, token=token)
+    assert answer["resultCode"] == "9010" and "emptyNum" in answer["resultMessage"]
+
+
+def test_another_parks_code_is_9104(gw: Uplink) -> None:
+    """A parkCode in data that is not the account's park is 9104."""
+    token = gw.login()
+    answer = gw.send("freeSpace", {"parkCode": "P999", "emptyNum": 3}, token=token)
+    assert answer["resultCode"] == "9104" and "parkCode" in answer["resultMessage"]
+
+
+def test_image_as_multipart_file(gw: Uplink) -> None:
+    """A carImage whose picture is a file part named by imageCode stores it as base64."""
+    token = gw.login()
+    data = [{"recordCode": "R1", "imageCode": "IMG1", "imageType": 1}]
+    envelope = json.dumps(gw.envelope("carImage", data, token=token))
+    _, _, body = gw.post(envelope, files={"IMG1": b"\xff\xd8jpeg"})
+    assert json.loads(body)["resultCode"] == "0000", body
+    assert gw.journal.records[-1].body[0]["imageBase64"] == "/9hqcGVn"
+
+
+def test_unnamed_file_parts_go_to_descriptions_in_order(gw: Uplink) -> None:
+    """File parts not named by an imageCode fill the descriptions without images, in order."""
+    token = gw.login()
+    data = [
+        {"recordCode": "R1", "imageCode": "A", "imageType": 1},
+        {"recordCode": "R1", "imageCode": "B", "imageType": 2},
+    ]
+    envelope = json.dumps(gw.envelope("carImage", data, token=token))
+    _, _, body = gw.post(envelope, files={"file1": b"first", "file2": b"second"})
+    assert json.loads(body)["resultCode"] == "0000"
+    assert [i["imageBase64"] for i in gw.journal.records[-1].body] == ["Zmlyc3Q=", "c2Vjb25k"]
+
+
+@pytest.mark.parametrize("files", [{}, {"a": b"1", "b": b"2"}])
+def test_images_and_descriptions_that_disagree_are_9201(gw: Uplink, files: dict[str, bytes]) -> None:
+    """Fewer or more images than descriptions is 9201, and nothing is stored."""
+    token = gw.login()
+    data = [{"recordCode": "R1", "imageCode": "IMG1", "imageType": 1}]
+    envelope = json.dumps(gw.envelope("carImage", data, token=token))
+    _, _, body = gw.post(envelope, files=files)
+    assert json.loads(body)["resultCode"] == "9201"
+    assert [r.kind for r in gw.journal.records] == ["token"]
+
+
+def test_inline_base64_image_needs_no_file(gw: Uplink) -> None:
+    """A carImage with imageBase64 inline is stored as sent."""
+    token = gw.login()
+    data = [{"recordCode": "R1", "imageCode": "I", "imageType": 2, "imageBase64": PNG_BASE64}]
+    assert gw.send("carImage", data, token=token)["resultCode"] == "0000"
+
+
+# queries
+
+
+def test_auto_pay_without_a_cloud_is_9999_and_journaled(gw: Uplink) -> None:
+    """autoPay in log-only mode answers 9999 "no cloud configured"; request and outcome are stored."""
+    token = gw.login()
+    answer = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-1")
+    assert answer["resultCode"] == "9999" and "no cloud configured" in answer["resultMessage"]
+    kinds = [(r.kind, r.code) for r in gw.journal.records if r.opr == "Q-1"]
+    assert kinds == [("query", "autoPay"), ("answer", "autoPay")]
