@@ -1,0 +1,133 @@
+"""
+Reading a journal directory: its records in order, and checking its chain.
+
+These functions block (they read files); in a running gateway call them from a
+thread, or at start-up before the reactor runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, check_line, decode_line
+from gateway.journal.segments import Segment, iter_lines, list_segments
+
+__all__ = ["ChainError", "read_records", "verify"]
+
+
+class ChainError(Exception):
+    """
+    The journal is not whole.
+
+    ``seq`` is the first seq that cannot be vouched for: the seq the record at
+    the break should have had (one more than the last good record), or None
+    when no seq applies. ``segment`` and ``offset`` say where the break is.
+    """
+
+    seq: int | None
+    reason: str
+    segment: str | None
+    offset: int | None
+
+    def __init__(
+        self,
+        seq: int | None,
+        reason: str,
+        segment: str | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(seq, reason, segment, offset)
+        self.seq = seq
+        self.reason = reason
+        self.segment = segment
+        self.offset = offset
+
+    def __str__(self) -> str:
+        where = f" (segment {self.segment}, offset {self.offset})" if self.segment else ""
+        return f"seq {self.seq}: {self.reason}{where}" if self.seq else f"{self.reason}{where}"
+
+
+def _start(segments: list[Segment], since_seq: int) -> list[Segment]:
+    """The segments from the one that holds ``since_seq`` on."""
+    first = 0
+    for i, segment in enumerate(segments):
+        if segment.first_seq <= since_seq:
+            first = i
+        else:
+            break
+    return segments[first:]
+
+
+def read_records(path: str | os.PathLike[str], since_seq: int = 1) -> Iterator[Record]:
+    """
+    Yield every whole record with ``seq >= since_seq``, in order, across segments.
+
+    A partial line at the end of the last segment (a write in progress, or a
+    torn tail not yet cut by :meth:`Journal.open`) is left out. The chain is
+    not checked here (see :func:`verify`); a whole line that is not a record
+    raises :class:`ChainError`.
+    """
+    segments = _start(list_segments(path), since_seq)
+    last = len(segments) - 1
+    expected: int | None = None
+    for index, segment in enumerate(segments):
+        for offset, line in iter_lines(segment.path):
+            if not line.endswith(b"\n"):
+                if index == last:
+                    return
+                raise ChainError(expected, "partial line", segment.name, offset)
+            try:
+                record = decode_line(line)
+            except BadLine as e:
+                raise ChainError(expected, e.args[0], segment.name, offset) from None
+            expected = record.seq + 1
+            if record.seq >= since_seq:
+                yield record
+
+
+def verify(path: str | os.PathLike[str], *, allow_partial_tail: bool = False) -> int:
+    """
+    Check the whole journal; return the number of records.
+
+    Checks each line's shape, its seq (one more than the record before; the
+    first record of each segment is the one the segment is named after) and its
+    chain, and that it decodes to a record that says the same. Raises
+    :class:`ChainError` at the first break. If older segments were removed, the
+    first record left is taken as the anchor: its own chain cannot be checked.
+    A partial last line is a break unless ``allow_partial_tail`` (a live
+    journal being written). The chain cannot notice whole records cut off the
+    end of the journal; seal records are for that.
+    """
+    segments = list_segments(path)
+    count = 0
+    prev_seq: int | None = None
+    prev_chain: bytes | None = None
+    if segments and segments[0].first_seq == 1:
+        prev_seq, prev_chain = 0, GENESIS_CHAIN
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        expected = segment.first_seq if prev_seq is None else prev_seq + 1
+        if segment.first_seq != expected:
+            raise ChainError(
+                expected,
+                f"segment starts at seq {segment.first_seq} where {expected} was expected",
+                segment.name,
+                0,
+            )
+        if prev_seq is None:
+            # the anchor: its seq is the one the segment is named after
+            prev_seq = segment.first_seq - 1
+        for offset, line in iter_lines(segment.path):
+            if allow_partial_tail and index == last and not line.endswith(b"\n"):
+                return count
+            try:
+                seq, chain = check_line(line, prev_seq, prev_chain)
+                record = decode_line(line)
+                if record.seq != seq or record.chain != chain.decode("ascii"):
+                    raise BadLine("decoded record does not match its line")
+            except BadLine as e:
+                raise ChainError(prev_seq + 1, e.args[0], segment.name, offset) from None
+            prev_seq, prev_chain = seq, chain
+            count += 1
+    return count

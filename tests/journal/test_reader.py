@@ -1,0 +1,170 @@
+"""Reading and verifying a journal directory: every altered byte or line is found."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.journal.reader import ChainError, read_records, verify
+from gateway.journal.segments import iter_lines, list_segments
+from tests.journal.helpers import Harness
+
+
+@pytest.fixture
+def journal_dir(harness: Callable[..., Harness], tmp_path: Path) -> Path:
+    """A closed journal of 8 records over several segments."""
+    h = harness(tmp_path / "j", segment_bytes=600)
+    for i in range(8):
+        h.journal.append("uplink", "P001", "carIn", f"o-{i}", {"i": i, "text": "停车场 \u2028"})
+        h.turn()
+    h.close()
+    assert len(list_segments(h.path)) >= 3
+    return h.path
+
+
+def line_map(directory: Path) -> list[tuple[Path, int, int, bytes]]:
+    """(segment path, offset, seq, line) for every line."""
+    out = []
+    for segment in list_segments(directory):
+        for offset, line in iter_lines(segment.path):
+            out.append((Path(segment.path), offset, int(line[7 : line.index(b",")]), line))
+    return out
+
+
+def test_verify_counts_records(journal_dir: Path) -> None:
+    """verify returns the number of records of a whole journal."""
+    assert verify(journal_dir) == 8
+    assert [r.seq for r in read_records(journal_dir)] == list(range(1, 9))
+
+
+def test_every_flipped_byte_is_found(journal_dir: Path) -> None:
+    """Flipping any byte of any segment makes verify fail at that byte's record."""
+    lines = line_map(journal_dir)
+    checked = 0
+    for path, offset, seq, line in lines:
+        original = path.read_bytes()
+        for i in range(len(line)):
+            data = bytearray(original)
+            data[offset + i] ^= 0x01
+            path.write_bytes(bytes(data))
+            with pytest.raises(ChainError) as info:
+                verify(journal_dir)
+            assert info.value.seq == seq, (path.name, offset + i, info.value)
+            checked += 1
+        path.write_bytes(original)
+    assert checked == sum(len(line) for *_, line in lines)
+    assert verify(journal_dir) == 8
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_replaced_byte_is_found(journal_dir: Path, data: st.DataObject) -> None:
+    """Replacing any byte with any other value makes verify fail at that record."""
+    path, offset, seq, line = data.draw(st.sampled_from(line_map(journal_dir)))
+    i = data.draw(st.integers(0, len(line) - 1))
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != line[i]))
+    original = path.read_bytes()
+    altered = bytearray(original)
+    altered[offset + i] = new
+    path.write_bytes(bytes(altered))
+    try:
+        with pytest.raises(ChainError) as info:
+            verify(journal_dir)
+        assert info.value.seq == seq
+    finally:
+        path.write_bytes(original)
+
+
+def rewrite(path: Path, change: Callable[[list[bytes]], list[bytes]]) -> None:
+    path.write_bytes(b"".join(change(path.read_bytes().splitlines(keepends=True))))
+
+
+def test_deleted_line_is_found(journal_dir: Path) -> None:
+    """Removing a line inside a segment breaks the chain at the removed seq."""
+    path, _, seq, _ = next(x for x in line_map(journal_dir)[1:] if x[1] > 0)
+    rewrite(path, lambda lines: [line for line in lines if int(line[7 : line.index(b",")]) != seq])
+    with pytest.raises(ChainError, match="where") as info:
+        verify(journal_dir)
+    assert info.value.seq == seq
+
+
+def test_swapped_lines_are_found(journal_dir: Path) -> None:
+    """Swapping two lines breaks the chain at the first of them."""
+    path = Path(list_segments(journal_dir)[0].path)
+    first_seq = int(list_segments(journal_dir)[0].first_seq)
+    rewrite(path, lambda lines: [lines[1], lines[0], *lines[2:]])
+    with pytest.raises(ChainError) as info:
+        verify(journal_dir)
+    assert info.value.seq == first_seq
+
+
+def test_inserted_line_is_found(journal_dir: Path) -> None:
+    """A line copied in from elsewhere breaks the chain where it stands."""
+    path = Path(list_segments(journal_dir)[1].path)
+    rewrite(path, lambda lines: [lines[0], lines[0], *lines[1:]])
+    with pytest.raises(ChainError) as info:
+        verify(journal_dir)
+    assert info.value.seq == list_segments(journal_dir)[1].first_seq + 1
+
+
+def test_missing_segment_is_found(journal_dir: Path) -> None:
+    """A segment removed from the middle is a break at its first seq."""
+    middle = list_segments(journal_dir)[1]
+    os.remove(middle.path)
+    with pytest.raises(ChainError, match="segment starts at") as info:
+        verify(journal_dir)
+    assert info.value.seq == middle.first_seq
+
+
+def test_partial_tail(journal_dir: Path) -> None:
+    """A partial last line fails verify, unless allowed; read_records leaves it out."""
+    last = Path(list_segments(journal_dir)[-1].path)
+    with last.open("ab") as f:
+        f.write(b'{"seq":9,"ts":"20')
+    with pytest.raises(ChainError, match="partial") as info:
+        verify(journal_dir)
+    assert info.value.seq == 9
+    assert verify(journal_dir, allow_partial_tail=True) == 8
+    assert [r.seq for r in read_records(journal_dir)][-1] == 8
+
+
+def test_read_records_raises_on_garbage(journal_dir: Path) -> None:
+    """A whole line that is not a record stops read_records with ChainError."""
+    path = Path(list_segments(journal_dir)[0].path)
+    rewrite(path, lambda lines: [lines[0], b"not json\n", *lines[1:]])
+    with pytest.raises(ChainError) as info:
+        list(read_records(journal_dir))
+    assert info.value.seq == 2
+
+
+def test_cut_off_end_is_not_seen_by_the_chain(journal_dir: Path) -> None:
+    """Whole records removed from the very end leave a valid chain (seals cover that)."""
+    path = Path(list_segments(journal_dir)[-1].path)
+    rewrite(path, lambda lines: lines[:-1])
+    assert verify(journal_dir) == 7
+
+
+def test_removed_old_segments_leave_an_anchor(harness: Callable[..., Harness], journal_dir: Path) -> None:
+    """With the first segments removed, the first record left anchors the chain."""
+    segments = list_segments(journal_dir)
+    for segment in segments[:2]:
+        os.remove(segment.path)
+    first = segments[2].first_seq
+    assert verify(journal_dir) == 8 - first + 1
+    assert [r.seq for r in read_records(journal_dir)] == list(range(first, 9))
+    h = harness(journal_dir)
+    h.journal.append("after", "", "", "", None)
+    h.settle()
+    assert verify(journal_dir) == 8 - first + 2
+
+
+def test_chain_error_text() -> None:
+    """ChainError carries seq, reason and place, and says them."""
+    e = ChainError(5, "chain does not match", "00000000000000000001.jsonl", 120)
+    assert (e.seq, e.reason, e.segment, e.offset) == (5, "chain does not match", e.segment, 120)
+    assert str(e) == "seq 5: chain does not match (segment 00000000000000000001.jsonl, offset 120)"
