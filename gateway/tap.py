@@ -1,0 +1,155 @@
+"""The twistd plugin's options and service: `twistd -n cpmi-gateway --config FILE`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from gateway.config import Config, ConfigError, load
+from gateway.journal import ChainError, Journal, JournalWriteError
+from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
+from gateway.lots.http import UplinkResource
+from gateway.lots.parks import ParkTotals
+from gateway.lots.passwords import PasswordChecker
+from gateway.lots.rebuild import rebuild
+from gateway.lots.repeats import Repeats
+from gateway.lots.sessions import Sessions
+from gateway.lots.uplink import UplinkHandler
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Command-line options of the cpmi-gateway plugin."""
+
+    synopsis = "--config FILE"
+    longdesc = (
+        "Run cpmi-gateway, a T/CPMI 002-2018 gateway between parking-lot systems and an "
+        "operator cloud. Everything it receives is stored in its replay journal before it "
+        "is acknowledged. The configuration (TOML) names the listeners, the journal, the "
+        "cloud and the lots; see conf/gateway.toml."
+    )
+    optParameters = [
+        ["config", "c", "conf/gateway.toml", "The configuration file (TOML)."],
+    ]
+
+
+class _JournalService(Service):
+    """Closes the journal (flushing what is queued) when the gateway stops."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self.journal.close()
+
+
+class _PasswordService(Service):
+    """Runs the password checker's thread pool while the gateway runs."""
+
+    def __init__(self, checker: PasswordChecker) -> None:
+        self.checker = checker
+
+    def startService(self) -> None:
+        super().startService()
+        self.checker.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.checker.stop()
+
+
+def _fail(error: str) -> SystemExit:
+    sys.stderr.write(f"cpmi-gateway: {error}\n")
+    return SystemExit(1)
+
+
+def makeService(config: Options, reactor: Any = None) -> MultiService:
+    """Build the gateway from the configuration file; one line and exit 1 on a bad one."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    try:
+        settings = load(config["config"])
+        key, created = load_or_create_signing_key(settings.gateway.signing_key)
+        journal = Journal.open(
+            settings.journal.path,
+            reactor=reactor,
+            fsync=settings.journal.fsync,
+            segment_bytes=settings.journal.segment_bytes,
+            interval=settings.journal.interval,
+        )
+    except (ConfigError, KeyFileError) as error:
+        raise _fail(str(error)) from None
+    except OSError as error:
+        raise _fail(f"{error.filename or settings.journal.path}: {error.strerror or error}") from None
+    except (JournalWriteError, ChainError) as error:
+        raise _fail(f"journal {settings.journal.path}: {error}") from None
+    if created:
+        log.info(
+            "created the signing key {path}; its public key is {public_key}",
+            path=settings.gateway.signing_key,
+            public_key=public_key_b64(key),
+        )
+    else:
+        log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
+    return build_service(settings, reactor, journal)
+
+
+def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiService:
+    """Wire the parts of the gateway around an open journal."""
+    service = MultiService()
+    _JournalService(journal).setServiceParent(service)
+
+    sessions = Sessions(reactor, settings.gateway.timezone)
+    repeats = Repeats(reactor)
+    totals = ParkTotals()
+    count = rebuild(journal.replay(), sessions, repeats, totals)
+    log.info(
+        "journal {path}: {count} records, {tokens} tokens in force",
+        path=settings.journal.path,
+        count=count,
+        tokens=len(sessions),
+    )
+    if settings.journal.fsync != "always":
+        log.warn(
+            "journal.fsync is {mode}: lots may be acknowledged before their records are on disk",
+            mode=settings.journal.fsync,
+        )
+
+    passwords = PasswordChecker(reactor)
+    _PasswordService(passwords).setServiceParent(service)
+    handler = UplinkHandler(
+        config=settings,
+        journal=journal,
+        sessions=sessions,
+        repeats=repeats,
+        totals=totals,
+        passwords=passwords,
+        clock=reactor,
+    )
+    site = Site(UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor)
+    site.displayTracebacks = False
+    uplink = StreamServerEndpointService(endpoints.serverFromString(reactor, settings.listen.uplink), site)
+    uplink.setName("uplink")
+    # A port that cannot be bound stops start-up instead of leaving a deaf gateway running.
+    uplink._raiseSynchronously = True
+    uplink.setServiceParent(service)
+    log.info(
+        "cpmi-gateway {id}: uplink on {uplink}, {lots} lots, sink {sink}",
+        id=settings.gateway.id,
+        uplink=settings.listen.uplink,
+        lots=len(settings.lots),
+        sink=settings.cloud.sink,
+    )
+    return service

@@ -1,0 +1,224 @@
+"""The gateway over real loopback sockets: makeService in process, and twistd killed under load."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import nacl.pwhash
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.web.client import HTTPConnectionPool
+
+from gateway import tap
+from gateway.journal.reader import read_records, verify
+from gateway.protocol.signing import compact, sign
+
+ROOT = Path(__file__).parent.parent
+PASSWORD = "e2e-password"
+HASH = nacl.pwhash.argon2id.str(
+    PASSWORD.encode(),
+    opslimit=nacl.pwhash.argon2id.OPSLIMIT_MIN,
+    memlimit=nacl.pwhash.argon2id.MEMLIMIT_MIN,
+).decode()
+CAR_IN = {"recordCode": "R1", "carNum": "京A12345", "inCross": "1", "inTime": "2026-11-24 08:30:00"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def write_config(tmp_path: Path, port: int) -> str:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+signing_key = "{tmp_path / "gateway.key"}"
+[listen]
+uplink = "tcp:{port}:interface=127.0.0.1"
+[journal]
+path = "{tmp_path / "journal"}"
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "{HASH}"
+secret = "k"
+"""
+    )
+    return str(path)
+
+
+def envelope(code: str, data: Any, token: str = "", opr: str = "") -> bytes:
+    text = compact(data)
+    param = {
+        "token": token,
+        "code": code,
+        "oprNum": opr or f"{code}-{random.random()}",
+        "signature": sign(text, token, "k"),
+        "data": data,
+    }
+    return urllib.parse.urlencode({"param": json.dumps(param, ensure_ascii=False)}).encode()
+
+
+async def post(port: int, body: bytes) -> dict[str, Any]:
+    # A fresh connection each time: a kept-alive one would outlive a restart in this process.
+    response = await treq.post(
+        f"http://127.0.0.1:{port}/uplink",
+        data=body,
+        headers={"Content-Type": ["application/x-www-form-urlencoded"]},
+        pool=HTTPConnectionPool(reactor, persistent=False),
+    )
+    assert response.code == 200
+    answer: dict[str, Any] = json.loads(await response.content())
+    return answer
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_upload_restart_keeps_token(tmp_path: Path) -> None:
+    """Over loopback: login, carIn stored, and after a restart the same token still works."""
+    port = free_port()
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, port)])
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        login = await post(port, envelope("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}))
+        assert login["resultCode"] == "0000"
+        token = login["data"]["token"]
+        answer = await post(port, envelope("carIn", CAR_IN, token, opr="e2e-1"))
+        assert answer["resultCode"] == "0000"
+    finally:
+        await service.stopService()
+
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        again = await post(port, envelope("carIn", CAR_IN, token, opr="e2e-2"))
+        assert again["resultCode"] == "0000"
+        repeat = await post(port, envelope("carIn", CAR_IN, token, opr="e2e-1"))
+        assert repeat["resultCode"] == "0000"
+    finally:
+        await service.stopService()
+    oprs = [record.opr for record in read_records(tmp_path / "journal") if record.kind == "uplink"]
+    assert oprs == ["e2e-1", "e2e-2"]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"twistd exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the gateway did not start listening")
+
+
+def plain_post(port: int, body: bytes) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/uplink",
+        data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+def upload(port: int, token: str, prefix: str, stop: threading.Event, acknowledged: set[str]) -> None:
+    """Upload carIn records one after another until stopped or refused; note each 0000."""
+    count = 0
+    while not stop.is_set():
+        opr = f"{prefix}-{count}"
+        count += 1
+        try:
+            answer = plain_post(port, envelope("carIn", CAR_IN, token, opr=opr))
+        except (OSError, urllib.error.URLError, ValueError):
+            return
+        if answer["resultCode"] == "0000":
+            acknowledged.add(opr)  # set.add is atomic under the GIL
+
+
+def start_twistd(tmp_path: Path, config: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(tmp_path / "twistd.log"),
+            "cpmi-gateway",
+            "--config",
+            config,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    """twistd killed with SIGKILL while lots upload: every uplink answered 0000 is in the journal."""
+    port = free_port()
+    config = write_config(tmp_path, port)
+    acknowledged: set[str] = set()
+    rng = random.Random(2026)
+    for round_number in range(3):
+        process = start_twistd(tmp_path, config)
+        try:
+            wait_for_port(port, process)
+            token = plain_post(port, envelope("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}))[
+                "data"
+            ]["token"]
+            stop = threading.Event()
+            workers = [
+                threading.Thread(
+                    target=upload, args=(port, token, f"r{round_number}-w{n}", stop, acknowledged)
+                )
+                for n in range(4)
+            ]
+            for worker in workers:
+                worker.start()
+            time.sleep(0.5 + rng.random())
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            stop.set()
+            for worker in workers:
+                worker.join(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    # A last start recovers the torn tail; then every acknowledged record must be there.
+    process = start_twistd(tmp_path, config)
+    try:
+        wait_for_port(port, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    stored = {record.opr for record in read_records(tmp_path / "journal") if record.kind == "uplink"}
+    assert len(acknowledged) > 50, "the load was too light to mean anything"
+    assert acknowledged <= stored, sorted(acknowledged - stored)[:10]
+    assert verify(tmp_path / "journal") > 0

@@ -1,0 +1,153 @@
+"""The twistd plugin: options, makeService with a MemoryReactor, one-line config errors."""
+
+from __future__ import annotations
+
+import os
+import queue
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+
+from gateway import tap
+
+ROOT = Path(__file__).parent.parent
+SHIPPED = (ROOT / "conf" / "gateway.toml").read_text()
+
+
+class MemoryReactor(MemoryReactorClock):
+    """A memory reactor whose thread pools' results are run when the test pumps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: queue.Queue[tuple[Callable[..., Any], Any, Any]] = queue.Queue()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.from_threads.put((f, args, kwargs))
+
+    def wait_for(self, deferred: Deferred[Any], timeout: float = 10.0) -> Any:
+        """Run what threads hand back until `deferred` has a result."""
+        results: list[Any] = []
+        deferred.addBoth(results.append)
+        while not results:
+            f, args, kwargs = self.from_threads.get(timeout=timeout)
+            f(*args, **kwargs)
+        return results[0]
+
+
+def stop(service: MultiService, reactor: MemoryReactor) -> None:
+    """Stop the service (started first if need be), letting the journal's fsync thread finish."""
+    if not service.running:
+        service.startService()
+    result = reactor.wait_for(maybeDeferred(service.stopService))
+    assert not hasattr(result, "raiseException"), result
+
+
+def write_config(tmp_path: Path, text: str = SHIPPED) -> str:
+    text = text.replace('"var/journal"', f'"{tmp_path / "journal"}"').replace(
+        '"conf/gateway.key"', f'"{tmp_path / "gateway.key"}"'
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_plugin_is_discovered() -> None:
+    """twistd finds the cpmi-gateway plugin, pointing at gateway.tap."""
+    import twisted.plugins
+
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker, twisted.plugins)}
+    assert makers["cpmi-gateway"].module == "gateway.tap"
+
+
+def test_make_service_listens_on_the_uplink_endpoint(tmp_path: Path) -> None:
+    """makeService builds a MultiService that listens on the configured uplink port."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    assert isinstance(service, MultiService)
+    service.startService()
+    try:
+        assert [port[0] for port in reactor.tcpServers] == [8080]
+    finally:
+        stop(service, reactor)
+
+
+def test_first_start_creates_the_signing_key_0600(tmp_path: Path) -> None:
+    """A missing signing key is created with mode 0600 at first start, and kept after."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    stop(tap.makeService(options, reactor), reactor)
+    key = tmp_path / "gateway.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    before = key.read_bytes()
+    stop(tap.makeService(options, reactor), reactor)
+    assert key.read_bytes() == before
+
+
+def test_config_error_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad config stops start-up with exit 1 and one line on stderr naming the key."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, SHIPPED.replace('"required"', '"maybe"'))])
+    with pytest.raises(SystemExit) as exited:
+        tap.makeService(options, MemoryReactor())
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "lot[0].signature: 'maybe' is not one of required, optional, off" in err
+
+
+def test_unwritable_journal_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A journal path that cannot be created stops start-up with one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    text = SHIPPED.replace('"var/journal"', f'"{blocker / "journal"}"')
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, text)])
+    with pytest.raises(SystemExit):
+        tap.makeService(options, MemoryReactor())
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_journal_in_use_by_another_gateway_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second gateway on the same journal stops with one line instead of corrupting it."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    first = tap.makeService(options, reactor)
+    try:
+        with pytest.raises(SystemExit):
+            tap.makeService(options, MemoryReactor())
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "open in another process" in err
+    finally:
+        stop(first, reactor)
+
+
+def test_twistd_help_documents_the_plugin() -> None:
+    """`twistd cpmi-gateway --help` describes the plugin and its --config option."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "cpmi-gateway", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout and "T/CPMI 002-2018" in result.stdout
