@@ -11,12 +11,11 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
-from gateway.lots.http import UplinkResource
+from gateway.lots.http import UplinkResource, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.rebuild import rebuild
@@ -138,7 +137,9 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         passwords=passwords,
         clock=reactor,
     )
-    site = Site(UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor)
+    site = UplinkSite(
+        UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor
+    )
     site.displayTracebacks = False
     uplink = StreamServerEndpointService(endpoints.serverFromString(reactor, settings.listen.uplink), site)
     uplink.setName("uplink")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -25,9 +26,15 @@ from twisted.web.client import HTTPConnectionPool
 
 from gateway import tap
 from gateway.journal.reader import read_records, verify
+from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.signing import compact, sign
+from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).parent.parent
+# parkEnv first: freeSpace is checked against its totalNum.
+REPORTS = sorted(
+    (i.code for i in INTERFACES if i.uplink is DeliveryClass.REPORT), key=lambda code: code != "parkEnv"
+)
 PASSWORD = "e2e-password"
 HASH = nacl.pwhash.argon2id.str(
     PASSWORD.encode(),
@@ -91,7 +98,7 @@ async def post(port: int, body: bytes) -> dict[str, Any]:
 
 @pytest_twisted.ensureDeferred
 async def test_login_upload_restart_keeps_token(tmp_path: Path) -> None:
-    """Over loopback: login, carIn stored, and after a restart the same token still works."""
+    """Over loopback: login, every report interface stored, and after a restart the token still works."""
     port = free_port()
     options = tap.Options()
     options.parseOptions(["--config", write_config(tmp_path, port)])
@@ -103,6 +110,18 @@ async def test_login_upload_restart_keeps_token(tmp_path: Path) -> None:
         token = login["data"]["token"]
         answer = await post(port, envelope("carIn", CAR_IN, token, opr="e2e-1"))
         assert answer["resultCode"] == "0000"
+        for code in REPORTS:
+            answer = await post(port, envelope(code, SAMPLES[code], token, opr=f"every-{code}"))
+            assert answer["resultCode"] == "0000", (code, answer)
+        image = [{"recordCode": "R1", "imageCode": "IMG1", "imageType": 1}]
+        param = urllib.parse.parse_qs(envelope("carImage", image, token, opr="e2e-image").decode())["param"][0]
+        response = await treq.post(
+            f"http://127.0.0.1:{port}/uplink",
+            data={"param": param},
+            files={"IMG1": ("a.jpg", "image/jpeg", io.BytesIO(b"\xff\xd8jpeg"))},
+            pool=HTTPConnectionPool(reactor, persistent=False),
+        )
+        assert json.loads(await response.content())["resultCode"] == "0000"
     finally:
         await service.stopService()
 
@@ -116,7 +135,9 @@ async def test_login_upload_restart_keeps_token(tmp_path: Path) -> None:
     finally:
         await service.stopService()
     oprs = [record.opr for record in read_records(tmp_path / "journal") if record.kind == "uplink"]
-    assert oprs == ["e2e-1", "e2e-2"]
+    assert oprs == ["e2e-1", *(f"every-{code}" for code in REPORTS), "e2e-image", "e2e-2"]
+    [image_record] = [r for r in read_records(tmp_path / "journal") if r.opr == "e2e-image"]
+    assert image_record.body[0]["imageBase64"] == "/9hqcGVn"
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
