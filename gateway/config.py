@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from functools import cached_property
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -109,19 +110,21 @@ class Config:
     api_clients: tuple[ApiClient, ...]
     lots: tuple[LotConfig, ...]
 
+    @cached_property
+    def _by_username(self) -> dict[str, LotConfig]:
+        return {lot.username: lot for lot in self.lots}
+
+    @cached_property
+    def _by_park(self) -> dict[str, LotConfig]:
+        return {lot.park_code: lot for lot in self.lots}
+
     def lot_by_username(self, username: str) -> LotConfig | None:
-        """The lot whose login account is `username`."""
-        for lot in self.lots:
-            if lot.username == username:
-                return lot
-        return None
+        """The lot whose login account is `username` (asked on every request: a dict lookup)."""
+        return self._by_username.get(username)
 
     def lot_by_park(self, park_code: str) -> LotConfig | None:
         """The lot whose park code is `park_code`."""
-        for lot in self.lots:
-            if lot.park_code == park_code:
-                return lot
-        return None
+        return self._by_park.get(park_code)
 
 
 class _Table:

@@ -121,6 +121,15 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_lookups_stay_right_with_many_lots() -> None:
+    """With thousands of lots, each account and park finds its own lot."""
+    lots = [lot(park_code=f"P{i}", username=f"u{i}") for i in range(3000)]
+    settings = config.parse({"lot": lots})
+    for i in (0, 1234, 2999):
+        assert settings.lot_by_username(f"u{i}") is settings.lot_by_park(f"P{i}") is settings.lots[i]
+    assert settings.lot_by_username("u3000") is None
+
+
 def test_values_are_frozen() -> None:
     """Config values cannot be changed after loading."""
     settings = config.parse({"lot": [lot()]})
