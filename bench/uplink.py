@@ -28,6 +28,7 @@ from typing import Any
 import nacl.pwhash
 
 from gateway.protocol.signing import compact, sign
+from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).parent.parent
 BARE = """
@@ -37,7 +38,8 @@ class Constant(resource.Resource):
     isLeaf = True
     def render_POST(self, request):
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return b'{"code":"carIn","oprNum":"x","resultCode":"0000","resultMessage":"ok","signature":"","data":{}}'
+        return (b'{"code":"carIn","oprNum":"x","resultCode":"0000","resultMessage":"ok",'
+                b'"signature":"","data":{}}')
 reactor.listenTCP(int(__import__("sys").argv[1]), server.Site(Constant()), interface="127.0.0.1")
 reactor.run()
 """
@@ -54,15 +56,7 @@ function request()
     "param=" .. PREFIX .. id .. "-" .. counter .. SUFFIX)
 end
 """
-CAR_IN = {
-    "recordCode": "P001202611240001",
-    "carNum": "京A12345",
-    "inCross": "IN-01",
-    "inTime": "2026-11-24 08:30:00",
-    "inIdentity": 2,
-    "carColor": "蓝",
-    "operatorName": "张三",
-}
+CAR_IN = SAMPLES["carIn"]
 
 
 def free_port() -> int:
@@ -86,9 +80,19 @@ def wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
 
 def wrk(port: int, script: str, seconds: int, connections: int) -> dict[str, Any]:
     result = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script,
-         f"http://127.0.0.1:{port}/uplink"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            script,
+            f"http://127.0.0.1:{port}/uplink",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     out = result.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -132,15 +136,34 @@ def main() -> None:
         bare.terminate()
         bare.wait()
     gateway = subprocess.Popen(
-        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-         "--logfile", str(work / "twistd.log"), "cpmi-gateway", "--config", str(work / "gateway.toml")],
-        env=env, cwd=work,
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(work / "twistd.log"),
+            "cpmi-gateway",
+            "--config",
+            str(work / "gateway.toml"),
+        ],
+        env=env,
+        cwd=work,
     )
     try:
         wait_for(gateway_port, gateway)
         login = {"parkUserName": "lot001", "parkUserPwd": "bench"}
-        token = post(gateway_port, {"token": "", "code": "login", "oprNum": "login-1",
-                                    "signature": sign(compact(login), "", "k"), "data": login})["data"]["token"]
+        token = post(
+            gateway_port,
+            {
+                "token": "",
+                "code": "login",
+                "oprNum": "login-1",
+                "signature": sign(compact(login), "", "k"),
+                "data": login,
+            },
+        )["data"]["token"]
         data = compact(CAR_IN)
         head = json.dumps({"token": token, "code": "carIn"})[:-1] + ',"oprNum":"b'
         tail = '","signature":"%s","data":%s}' % (sign(data, token, "k"), data)

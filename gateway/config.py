@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from functools import cached_property
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -147,9 +147,7 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: must be {_KIND_NAMES[kind]}")
         return value
 
-    def text(
-        self, name: str, default: str, check: Callable[[str], str | None] | None = None
-    ) -> str:
+    def text(self, name: str, default: str, check: Callable[[str], str | None] | None = None) -> str:
         value = self.take(name, str, default)
         problem = check(value) if check else None
         if problem:

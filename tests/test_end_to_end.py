@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import nacl.pwhash
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -28,6 +27,7 @@ from gateway import tap
 from gateway.journal.reader import read_records, verify
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.signing import compact, sign
+from tests.lots.harness import HASH, PASSWORD
 from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).parent.parent
@@ -35,12 +35,6 @@ ROOT = Path(__file__).parent.parent
 REPORTS = sorted(
     (i.code for i in INTERFACES if i.uplink is DeliveryClass.REPORT), key=lambda code: code != "parkEnv"
 )
-PASSWORD = "e2e-password"
-HASH = nacl.pwhash.argon2id.str(
-    PASSWORD.encode(),
-    opslimit=nacl.pwhash.argon2id.OPSLIMIT_MIN,
-    memlimit=nacl.pwhash.argon2id.MEMLIMIT_MIN,
-).decode()
 CAR_IN = {"recordCode": "R1", "carNum": "京A12345", "inCross": "1", "inTime": "2026-11-24 08:30:00"}
 
 
@@ -114,7 +108,9 @@ async def test_login_upload_restart_keeps_token(tmp_path: Path) -> None:
             answer = await post(port, envelope(code, SAMPLES[code], token, opr=f"every-{code}"))
             assert answer["resultCode"] == "0000", (code, answer)
         image = [{"recordCode": "R1", "imageCode": "IMG1", "imageType": 1}]
-        param = urllib.parse.parse_qs(envelope("carImage", image, token, opr="e2e-image").decode())["param"][0]
+        param = urllib.parse.parse_qs(envelope("carImage", image, token, opr="e2e-image").decode())["param"][
+            0
+        ]
         response = await treq.post(
             f"http://127.0.0.1:{port}/uplink",
             data={"param": param},
