@@ -12,7 +12,9 @@ from typing import Any
 
 import multipart
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import parse_qs
 from twisted.web.iweb import IRequest
@@ -25,6 +27,7 @@ from gateway.protocol.envelope import build_response
 from gateway.protocol.results import Result
 
 JSON_TYPE = b"application/json; charset=utf-8"
+log = Logger()
 
 
 class UplinkRequest(Request):
@@ -160,4 +163,11 @@ class UplinkResource:
             return b"request body too large\n"
         text, files = body
         request.setHeader(b"content-type", JSON_TYPE)
-        return self._handler.handle(text, url_code, files)
+        answered = maybeDeferred(self._handler.handle, text, url_code, files)
+        return answered.addErrback(self._failed, url_code)
+
+    def _failed(self, failure: Failure, url_code: str | None) -> bytes:
+        """A fault of the gateway's own is still answered in the protocol: 9999, and logged."""
+        log.failure("uplink request failed inside the gateway", failure)
+        answer = Answer.of(Result.FAILED, "internal error in the gateway; retry")
+        return build_response(url_code or "", "", answer.result, answer.message, {}, "", "")

@@ -501,3 +501,18 @@ def test_auto_pay_without_a_cloud_is_9999_and_journaled(gw: Uplink) -> None:
     assert answer["resultCode"] == "9999" and "no cloud configured" in answer["resultMessage"]
     kinds = [(r.kind, r.code) for r in gw.journal.records if r.opr == "Q-1"]
     assert kinds == [("query", "autoPay"), ("answer", "autoPay")]
+
+
+def test_a_fault_inside_the_gateway_is_answered_9999(gw: Uplink) -> None:
+    """A bug in a later stage still gets the lot a protocol answer (9999), never an HTTP 500."""
+    token = gw.login()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    gw.handler._store = broken  # type: ignore[method-assign]
+    status, headers, body = gw.post(
+        urlencode({"param": json.dumps(gw.envelope("carIn", CAR_IN, token=token))})
+    )
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+    assert json.loads(body)["resultCode"] == "9999"
