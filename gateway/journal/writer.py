@@ -380,6 +380,11 @@ class Journal:
         """The seq of the last record whose append succeeded (durable per the mode)."""
         return self._committed_seq
 
+    @property
+    def problem(self) -> str | None:
+        """Why appends fail now (broken or closed), or None while the journal can write."""
+        return None if self._refusal is None else str(self._refusal)
+
     def replay(self, since_seq: int = 1) -> Iterator[Record]:
         """
         Iterate the records on disk with ``seq >= since_seq``, in order.

@@ -367,6 +367,18 @@ def test_failed_truncation_breaks_the_journal(h: Harness) -> None:
     [failure] = results([h.journal.append("x", "", "", "", 1)])
     assert isinstance(failure, Failure) and failure.check(JournalWriteError)
     assert "broken" in str(failure.value)
+    assert h.journal.problem is not None and "broken" in h.journal.problem
+
+
+def test_problem_is_none_while_the_journal_can_write(h: Harness) -> None:
+    """A journal that failed one batch but could cut it off has no standing problem."""
+    assert h.journal.problem is None
+    h.append_many(1)
+    h.turn()
+    h.disk.fsync_fault = enospc()
+    h.settle()
+    h.disk.fsync_fault = None
+    assert h.journal.problem is None
 
 
 def test_rotation_failure_fails_pending_and_retries(harness: Callable[..., Harness], tmp_path: Path) -> None:
@@ -394,6 +406,7 @@ def test_close_flushes_pending_and_refuses_later_appends(h: Harness) -> None:
     closed = h.journal.close()
     [failure] = results([h.journal.append("late", "", "", "", 1)])
     assert isinstance(failure, Failure) and "closed" in str(failure.value)
+    assert h.journal.problem is not None and "closed" in h.journal.problem
     h.settle()
     assert [r.seq for r in results(ds)] == [1, 2, 3, 4, 5]
     assert results([closed]) == [None]
