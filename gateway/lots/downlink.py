@@ -1,0 +1,690 @@
+"""The downlink's decisions (B.3, CONTRACT §5): which connection is which lot, and commands.
+
+`Downlinks` is the `FrameHandler` of every TCP connection. It binds a connection
+to a lot (by `login` or by `heartbeat` with a valid token), answers the lot's
+heartbeats, sends commands as ACK frames and matches the lot's REPLY frames to
+them by oprNum, and runs the one idle sweep (B.3.4) over all connections. The
+protocol in `tcp.py` only turns bytes into envelopes and back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.config import Config, LotConfig
+from gateway.lots.answers import Answer
+from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
+from gateway.protocol.catalog import lookup
+from gateway.protocol.envelope import EnvelopeError, Request, build_response
+from gateway.protocol.framing import FrameTooLarge, encode_json_frame
+from gateway.protocol.results import Result
+from gateway.protocol.signing import compact, sign, signature_matches
+from gateway.protocol.times import wire_time
+from gateway.protocol.validation import FieldError, validate
+
+log = Logger()
+
+ONLINE_RECORD = "lot-online"
+OFFLINE_RECORD = "lot-offline"
+SWEEP_INTERVAL = 1.0
+# Frames a lot may send while its login's password check is under way.
+MAX_QUEUED = 32
+# Expired oprNums remembered to tell a late reply from an unknown one.
+_EXPIRED_KEPT = 1024
+_DEFAULT_DEADLINE = 30.0
+
+Connection = DownlinkProtocol
+
+
+class NotConnected(Exception):
+    """The lot has no bound downlink connection (or lost it before replying)."""
+
+    def __init__(self, park: str) -> None:
+        super().__init__(f"lot {park} is not connected")
+        self.park = park
+
+
+class DeadlinePassed(Exception):
+    """The lot did not reply to a command within its deadline."""
+
+    def __init__(self, park: str, code: str, deadline: float) -> None:
+        super().__init__(f"lot {park} did not reply to {code} within {deadline:g} s")
+        self.park = park
+        self.code = code
+        self.deadline = deadline
+
+
+@frozen
+class LotReply:
+    """A lot's REPLY to a command: the business answer the cloud gets."""
+
+    result_code: str
+    result_message: str
+    data: object
+
+
+@frozen
+class LotState:
+    """A lot's downlink connection as the command API shows it."""
+
+    park: str
+    connected: bool
+    since: float | None
+    last_seen: float | None
+    peer: str
+
+
+class Appender(Protocol):
+    """The journal as the downlink sees it."""
+
+    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
+        """Store a record; the Deferred fires once it is durable."""
+
+
+class Checker(Protocol):
+    """The password checker as the downlink sees it."""
+
+    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+        """Whether `password` matches `password_hash`; None means an unknown account."""
+
+
+@frozen
+class LoginOutcome:
+    """What a login request comes to: the answer, the lot (when known) and the new token."""
+
+    answer: Answer
+    lot: LotConfig | None
+    token: str = ""
+
+
+def signature_ok(
+    mode: str, signature: str, data_text: str, data: object, token: str, secret: str, optional: bool = False
+) -> bool:
+    """Whether a message's signature passes the lot's `signature` mode (B.3.7).
+
+    With `optional` (heartbeats, like HTTP), a missing signature passes in every mode.
+    """
+    if mode == "off" or ((mode == "optional" or optional) and not signature):
+        return True
+    return signature_matches(signature, data_text, data, token, secret)
+
+
+def login(
+    request: Request, *, config: Config, sessions: Sessions, passwords: Checker, journal: Appender
+) -> Deferred[LoginOutcome]:
+    """Check a `login` request and issue a token as HTTP login does (uplink.py).
+
+    Validate the fields, check the signature (token "") and the password, mint a
+    token, journal its `token` record and put it in force once that is durable.
+    """
+    data = request.data
+    lot: LotConfig | None = None
+    if data is None or data == {} or data == []:
+        answer = Answer.of(Result.EMPTY_BODY, "data: parkUserName and parkUserPwd required")
+        return succeed(LoginOutcome(answer, None))
+    interface = lookup("login")
+    assert interface is not None
+    try:
+        fields = validate(interface.request, data)
+    except FieldError as error:
+        return succeed(LoginOutcome(Answer.of(Result.FIELD_INVALID, error.message()), None))
+    if not isinstance(fields, Mapping):
+        return succeed(
+            LoginOutcome(Answer.of(Result.FIELD_INVALID, "data: must be one object for login"), None)
+        )
+    username, password = str(fields["parkUserName"]), str(fields["parkUserPwd"])
+    lot = config.lot_by_username(username)
+    if lot is not None and not signature_ok(
+        lot.signature, request.signature, request.data_text, request.data, "", lot.secret
+    ):
+        return succeed(LoginOutcome(Answer.of(Result.BAD_SIGNATURE, "signature: does not match data"), lot))
+
+    def checked(matches: bool) -> Deferred[LoginOutcome] | LoginOutcome:
+        if not matches or lot is None:
+            answer = Answer.of(Result.BAD_CREDENTIALS, "parkUserName or parkUserPwd is wrong")
+            return LoginOutcome(answer, lot)
+        token, body = sessions.mint(lot.username, lot.park_code)
+
+        def issued(_: object) -> LoginOutcome:
+            sessions.install(body)
+            log.info("lot {park} logged in over TCP as {user}", park=lot.park_code, user=lot.username)
+            return LoginOutcome(
+                Answer.of(Result.OK, data={"token": token, "parkCode": lot.park_code}), lot, token
+            )
+
+        stored = journal.append(TOKEN_RECORD, lot.park_code, "login", request.opr, body)
+        return stored.addCallbacks(issued, not_stored)
+
+    def not_stored(failure: Failure) -> LoginOutcome:
+        log.failure("the journal could not store a token record", failure)
+        reason = failure.getErrorMessage() or failure.type.__name__
+        answer = Answer.of(Result.FAILED, f"the journal cannot store this message now ({reason}); retry")
+        return LoginOutcome(answer, lot)
+
+    outcome: Deferred[LoginOutcome] = passwords.check(lot.password if lot else None, password).addCallback(
+        checked
+    )
+    return outcome
+
+
+class _Pending:
+    """A command sent and not yet replied to."""
+
+    __slots__ = ("code", "connection", "deadline", "deferred", "park", "timer")
+
+    def __init__(
+        self, park: str, code: str, connection: Connection, deadline: float, deferred: Deferred[LotReply]
+    ) -> None:
+        self.park = park
+        self.code = code
+        self.connection = connection
+        self.deadline = deadline
+        self.deferred = deferred
+        self.timer: IDelayedCall | None = None
+
+
+_COUNTERS = (
+    "connections",
+    "frames_in",
+    "frames_out",
+    "garbage_bytes",
+    "bad_frames",
+    "bad_signatures",
+    "unmatched_replies",
+    "late_replies",
+    "binds",
+    "bind_failures",
+    "replaced",
+    "closed_unbound",
+    "closed_idle",
+    "closed_oversize",
+    "heartbeats_in",
+    "heartbeats_out",
+    "commands",
+    "command_replies",
+    "command_timeouts",
+    "errors",
+)
+
+
+class Downlinks:
+    """The lots' downlink connections: binds, heartbeats, commands, the idle sweep."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        sessions: Sessions,
+        passwords: Checker,
+        journal: Appender,
+        clock: IReactorTime,
+        deadlines: Mapping[str, float] | None = None,
+    ) -> None:
+        self._config = config
+        self._tcp = config.tcp
+        self._sessions = sessions
+        self._passwords = passwords
+        self._journal = journal
+        self._clock = clock
+        self._zone: ZoneInfo = config.gateway.timezone
+        self._deadlines = dict(deadlines or {})
+        self._bound: dict[str, Connection] = {}
+        self._unbound: dict[Connection, None] = {}
+        self._outstanding: dict[str, _Pending] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._last_seen: dict[str, float] = {}
+        self._last_peer: dict[str, str] = {}
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = clock
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+
+    # the service side
+
+    def factory(self) -> ServerFactory:
+        """The factory to listen with (`serverFromString(reactor, listen.downlink).listen`)."""
+        return DownlinkFactory(self, self._clock, self._tcp.max_frame_bytes)
+
+    def start(self) -> None:
+        """Start the idle sweep."""
+        if not self._sweep.running:
+            self._sweep.start(SWEEP_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        """Stop the idle sweep."""
+        if self._sweep.running:
+            self._sweep.stop()
+
+    def disconnect_all(self, reason: str) -> None:
+        """Close every connection, journaling each bound lot offline now.
+
+        Called as the gateway stops, before the journal closes: the offline
+        records are appended here, not when the connections are finally lost
+        (by then the journal no longer takes records).
+        """
+        for park, connection in list(self._bound.items()):
+            del self._bound[park]
+            self._unbind(connection, park, reason)
+            connection.close(reason)
+        for connection in list(self._unbound):
+            connection.close(reason)
+
+    def state(self, park: str) -> LotState:
+        """The downlink state of the lot `park` (configured or not)."""
+        connection = self._bound.get(park)
+        if connection is not None:
+            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
+        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+
+    def states(self) -> list[LotState]:
+        """The state of every configured lot, in configuration order."""
+        return [self.state(lot.park_code) for lot in self._config.lots]
+
+    # commands
+
+    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+        """Send `code` with `data` to the lot now; fire with its REPLY.
+
+        Fails at once with NotConnected when the lot is not bound, and with
+        DeadlinePassed when it does not reply in time. Never queued.
+        """
+        interface = lookup(code)
+        if interface is None or interface.downlink is None:
+            return fail(ValueError(f"{code!r} is not a downlink interface"))
+        connection = self._bound.get(park)
+        if connection is None or connection.closing:
+            return fail(NotConnected(park))
+        lot = self._config.lot_by_park(park)
+        secret = lot.secret if lot is not None else ""
+        deadline = self._deadlines.get(interface.code, interface.deadline or _DEFAULT_DEADLINE)
+        opr = uuid.uuid4().hex
+
+        def cancel(_: Deferred[LotReply]) -> None:
+            pending = self._outstanding.pop(opr, None)
+            if pending is not None and pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+
+        deferred: Deferred[LotReply] = Deferred(cancel)
+        pending = _Pending(park, interface.code, connection, deadline, deferred)
+        self._outstanding[opr] = pending
+        pending.timer = self._clock.callLater(deadline, self._expire, opr)
+        self.counters["commands"] += 1
+        self._send(connection, ack_frame(interface.code, opr, connection.token, secret, data))
+        return deferred
+
+    def _expire(self, opr: str) -> None:
+        pending = self._outstanding.pop(opr, None)
+        if pending is None:
+            return
+        self.counters["command_timeouts"] += 1
+        self._expired[opr] = None
+        if len(self._expired) > _EXPIRED_KEPT:
+            self._expired.popitem(last=False)
+        pending.deferred.errback(DeadlinePassed(pending.park, pending.code, pending.deadline))
+
+    def _fail_outstanding(self, connection: Connection) -> None:
+        # Commands are rare: a scan of the outstanding ones is cheaper than a set per connection.
+        for opr, pending in list(self._outstanding.items()):
+            if pending.connection is connection:
+                del self._outstanding[opr]
+                if pending.timer is not None and pending.timer.active():
+                    pending.timer.cancel()
+                pending.deferred.errback(NotConnected(pending.park))
+
+    # the idle sweep (B.3.4)
+
+    def sweep(self) -> None:
+        """Close idle and unbound connections and heartbeat quiet ones: one pass over all of them."""
+        now = self._clock.seconds()
+        bind_by = now - self._tcp.bind_timeout
+        for connection in list(self._unbound):
+            if connection.opened <= bind_by and not connection.closing:
+                self.counters["closed_unbound"] += 1
+                connection.close("not bound within bind_timeout")
+        tcp = self._tcp
+        # Thresholds computed once, so each connection costs two comparisons when all is well.
+        never = float("-inf")
+        read_by = now - tcp.read_idle if tcp.read_idle else never
+        all_by = now - tcp.all_idle if tcp.all_idle else never
+        write_by = now - tcp.write_idle if tcp.write_idle else never
+        idle: list[tuple[Connection, str]] = []
+        quiet: list[Connection] = []
+        for connection in self._bound.values():
+            read, written = connection.last_read, connection.last_write
+            if read <= read_by:
+                idle.append((connection, f"nothing received for {tcp.read_idle} s (read_idle)"))
+            elif read <= all_by and written <= all_by:
+                idle.append((connection, f"nothing received or sent for {tcp.all_idle} s (all_idle)"))
+            elif written <= write_by:
+                quiet.append(connection)
+        for connection, reason in idle:
+            if not connection.closing:
+                self.counters["closed_idle"] += 1
+                connection.close(reason)
+        for connection in quiet:
+            self._heartbeat(connection)
+
+    def _heartbeat(self, connection: Connection) -> None:
+        lot = self._config.lot_by_park(connection.park or "")
+        secret = lot.secret if lot is not None else ""
+        self.counters["heartbeats_out"] += 1
+        self._send(connection, ack_frame("heartbeat", uuid.uuid4().hex, connection.token, secret, {}))
+
+    # events from the connections (FrameHandler)
+
+    def connection_made(self, connection: Connection) -> None:
+        self.counters["connections"] += 1
+        self._unbound[connection] = None
+
+    def garbage_received(self, connection: Connection, count: int) -> None:
+        self.counters["garbage_bytes"] += count
+
+    def too_large(self, connection: Connection, event: FrameTooLarge) -> None:
+        self.counters["closed_oversize"] += 1
+        log.warn(
+            "closing {peer}: a frame of more than {limit} bytes", peer=connection.peer, limit=event.limit
+        )
+        connection.close(f"frame larger than max_frame_bytes ({event.limit})")
+
+    def frame_failed(self, connection: Connection, failure: Failure) -> None:
+        self.counters["errors"] += 1
+        log.failure("handling a frame from {peer} failed", failure, peer=connection.peer)
+
+    def malformed_received(self, connection: Connection, error: EnvelopeError) -> None:
+        self.counters["frames_in"] += 1
+        if connection.binding:
+            self._queue(connection, error)
+        else:
+            self._malformed(connection, error)
+
+    def reply_received(self, connection: Connection, reply: Reply) -> None:
+        self.counters["frames_in"] += 1
+        if connection.binding:
+            self._queue(connection, reply)
+        else:
+            self._reply(connection, reply)
+
+    def request_received(self, connection: Connection, request: Request) -> None:
+        self.counters["frames_in"] += 1
+        if connection.binding:
+            self._queue(connection, request)
+        else:
+            self._request(connection, request)
+
+    def _malformed(self, connection: Connection, error: EnvelopeError) -> None:
+        self.counters["bad_frames"] += 1
+        if error.opr:
+            self._answer(connection, error.code, error.opr, Answer.of(error.result, error.detail))
+
+    def _reply(self, connection: Connection, reply: Reply) -> None:
+        if connection.park is None:
+            self._refuse_unbound(connection, reply.code, reply.opr)
+            return
+        pending = self._outstanding.get(reply.opr)
+        if pending is None or pending.connection is not connection:
+            if reply.opr in self._expired:
+                self.counters["late_replies"] += 1
+            elif reply.code != "heartbeat":
+                # The lot's answers to the gateway's heartbeats are not tracked.
+                self.counters["unmatched_replies"] += 1
+            return
+        lot = self._config.lot_by_park(pending.park)
+        if lot is not None and not signature_ok(
+            lot.signature, reply.signature, reply.data_text, reply.data, connection.token, lot.secret
+        ):
+            self.counters["bad_signatures"] += 1
+            log.warn("dropped a reply from {park} with a wrong signature", park=pending.park)
+            return
+        del self._outstanding[reply.opr]
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        self.counters["command_replies"] += 1
+        pending.deferred.callback(LotReply(reply.result_code, reply.result_message, reply.data))
+
+    def _request(self, connection: Connection, request: Request) -> None:
+        interface = lookup(request.code) if request.code else None
+        code = interface.code if interface is not None else request.code
+        if code == "login":
+            self._login(connection, request)
+        elif code == "heartbeat":
+            self.counters["heartbeats_in"] += 1
+            if connection.park is None:
+                self._bind_by_token(connection, request)
+            else:
+                self._bound_heartbeat(connection, request)
+        elif connection.park is None:
+            self._refuse_unbound(connection, code, request.opr)
+        elif interface is None:
+            detail = f"code: {request.code!r} is not an interface" if request.code else "code: required"
+            self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
+        elif interface.uplink is not None:
+            detail = f"code: {code!r} is an uplink: send it over HTTP (POST /uplink), not on the downlink"
+            self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
+        else:
+            detail = f"code: {code!r} is sent by the gateway to the lot, not by the lot"
+            self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
+
+    def connection_lost(self, connection: Connection, reason: Failure) -> None:
+        self._unbound.pop(connection, None)
+        connection.queued = None
+        park = connection.park
+        if park is not None and self._bound.get(park) is connection:
+            del self._bound[park]
+            why = connection.close_reason or f"closed by the lot: {reason.getErrorMessage()}"
+            self._unbind(connection, park, why)
+        self._fail_outstanding(connection)
+
+    # binding
+
+    def _queue(self, connection: Connection, event: Request | Reply | EnvelopeError) -> None:
+        queued = connection.queued
+        if queued is None:
+            queued = connection.queued = []
+        if len(queued) >= MAX_QUEUED:
+            connection.close("too many frames before the login completed")
+            return
+        queued.append(event)
+
+    def _refuse_unbound(self, connection: Connection, code: str, opr: str) -> None:
+        self.counters["bind_failures"] += 1
+        answer = Answer.of(Result.TOKEN_INVALID, "bind first with login or heartbeat")
+        self._answer(connection, code, opr, answer)
+        connection.close("first frame was neither login nor heartbeat")
+
+    def _login(self, connection: Connection, request: Request) -> None:
+        connection.binding = True
+        outcome = login(
+            request,
+            config=self._config,
+            sessions=self._sessions,
+            passwords=self._passwords,
+            journal=self._journal,
+        )
+        outcome.addCallback(self._logged_in, connection, request)
+        outcome.addErrback(self._login_failed, connection)
+
+    def _logged_in(self, outcome: LoginOutcome, connection: Connection, request: Request) -> None:
+        connection.binding = False
+        queued, connection.queued = connection.queued, None
+        if connection.closing:
+            return
+        lot = outcome.lot
+        secret = lot.secret if lot is not None else ""
+        self._answer(connection, "login", request.opr, outcome.answer, token="", secret=secret)
+        if outcome.answer.result is not Result.OK or lot is None:
+            if connection.park is None:
+                self.counters["bind_failures"] += 1
+                connection.close(f"login refused: {outcome.answer.message}")
+            return
+        self._bind(connection, lot, outcome.token, "login")
+        for event in queued or ():
+            if connection.closing:
+                break
+            try:
+                if isinstance(event, Reply):
+                    self._reply(connection, event)
+                elif isinstance(event, Request):
+                    self._request(connection, event)
+                else:
+                    self._malformed(connection, event)
+            except Exception:
+                self.frame_failed(connection, Failure())
+
+    def _login_failed(self, failure: Failure, connection: Connection) -> None:
+        connection.binding = False
+        connection.queued = None
+        self.frame_failed(connection, failure)
+        connection.close("login failed inside the gateway")
+
+    def _bind_by_token(self, connection: Connection, request: Request) -> None:
+        session = self._sessions.lookup(request.token)
+        lot = self._config.lot_by_username(session.username) if session is not None else None
+        if session is None or lot is None or lot.park_code != session.park:
+            self.counters["bind_failures"] += 1
+            answer = Answer.of(Result.TOKEN_INVALID, "token: unknown, replaced or expired")
+            self._answer(connection, "heartbeat", request.opr, answer)
+            connection.close("heartbeat with an invalid token")
+            return
+        if not signature_ok(
+            lot.signature,
+            request.signature,
+            request.data_text,
+            request.data,
+            request.token,
+            lot.secret,
+            optional=True,
+        ):
+            self.counters["bind_failures"] += 1
+            answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
+            self._answer(connection, "heartbeat", request.opr, answer, request.token, lot.secret)
+            connection.close("heartbeat with a wrong signature")
+            return
+        self._bind(connection, lot, request.token, "heartbeat")
+        self._answer_time(connection, request.opr, request.token, lot.secret)
+
+    def _bound_heartbeat(self, connection: Connection, request: Request) -> None:
+        lot = self._config.lot_by_park(connection.park or "")
+        secret = lot.secret if lot is not None else ""
+        if request.token and request.token != connection.token:
+            # The lot logged in again (over HTTP): its ACKs must carry the new token.
+            session = self._sessions.lookup(request.token)
+            if session is None or session.park != connection.park:
+                answer = Answer.of(Result.TOKEN_INVALID, "token: unknown, replaced or expired")
+                self._answer(connection, "heartbeat", request.opr, answer)
+                connection.close("heartbeat with an invalid token")
+                return
+            connection.token = request.token
+        if lot is not None and not signature_ok(
+            lot.signature,
+            request.signature,
+            request.data_text,
+            request.data,
+            request.token,
+            lot.secret,
+            optional=True,
+        ):
+            answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
+            self._answer(connection, "heartbeat", request.opr, answer)
+            return
+        self._answer_time(connection, request.opr, connection.token, secret)
+
+    def _answer_time(self, connection: Connection, opr: str, token: str, secret: str) -> None:
+        answer = Answer.of(Result.OK, data={"time": wire_time(self._clock.seconds(), self._zone)})
+        self._answer(connection, "heartbeat", opr, answer, token, secret)
+
+    def _bind(self, connection: Connection, lot: LotConfig, token: str, how: str) -> None:
+        park = lot.park_code
+        previous_park = connection.park
+        if (
+            previous_park is not None
+            and previous_park != park
+            and self._bound.get(previous_park) is connection
+        ):
+            # The same connection logged in as another lot: it leaves the first one.
+            del self._bound[previous_park]
+            self._unbind(connection, previous_park, f"the connection logged in as {park}")
+            self._fail_outstanding(connection)
+        old = self._bound.get(park)
+        if old is not None and old is not connection:
+            self.counters["replaced"] += 1
+            old.park = None
+            self._unbind(old, park, f"replaced by a new connection from {connection.peer}")
+            old.close("replaced by a newer connection of the same lot")
+            self._fail_outstanding(old)
+        self._unbound.pop(connection, None)
+        connection.token = token
+        if old is connection:
+            return
+        connection.park = park
+        connection.bound_at = self._clock.seconds()
+        self._bound[park] = connection
+        self.counters["binds"] += 1
+        log.info("lot {park} bound from {peer} by {how}", park=park, peer=connection.peer, how=how)
+        self._record(ONLINE_RECORD, park, {"peer": connection.peer, "reason": how})
+
+    def _unbind(self, connection: Connection, park: str, reason: str) -> None:
+        self._last_seen[park] = connection.last_read
+        self._last_peer[park] = connection.peer
+        log.info("lot {park} unbound from {peer}: {reason}", park=park, peer=connection.peer, reason=reason)
+        self._record(OFFLINE_RECORD, park, {"peer": connection.peer, "reason": reason})
+
+    def _record(self, kind: str, park: str, body: dict[str, str]) -> None:
+        # Online/offline records are facts to forward, not promises: nothing waits on them.
+        try:
+            stored = self._journal.append(kind, park, "", "", body)
+        except Exception:
+            log.failure("the journal refused a {kind} record", kind=kind)
+            return
+        stored.addErrback(
+            lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
+        )
+
+    # writing
+
+    def _answer(
+        self,
+        connection: Connection,
+        code: str,
+        opr: str,
+        answer: Answer,
+        token: str | None = None,
+        secret: str | None = None,
+    ) -> None:
+        if token is None:
+            token = connection.token
+        if secret is None:
+            lot = self._config.lot_by_park(connection.park) if connection.park else None
+            secret = lot.secret if lot is not None else ""
+        text = build_response(code, opr, answer.result, answer.message, answer.data, token, secret)
+        self._send(connection, encode_json_frame(text.decode("utf-8")))
+
+    def _send(self, connection: Connection, frame: bytes) -> None:
+        if connection.closing:
+            return
+        self.counters["frames_out"] += 1
+        connection.send(frame)
+
+
+def ack_frame(code: str, opr: str, token: str, secret: str, data: object) -> bytes:
+    """An ACK frame (a request envelope, B.3.2), signed over compact `data` before the escapes."""
+    data_text = compact(data)
+    text = '{"code":%s,"oprNum":%s,"token":%s,"signature":"%s","data":%s}' % (
+        compact(code),
+        compact(opr),
+        compact(token),
+        sign(data_text, token, secret),
+        data_text,
+    )
+    return encode_json_frame(text)
