@@ -1,0 +1,1 @@
+"""The cloud side of the bridge: the command API; later CloudEvents forwarding."""

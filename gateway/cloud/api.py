@@ -1,0 +1,407 @@
+"""The command API (CONTRACT §6): the cloud's way down to the lots, plus health and metrics.
+
+`POST /v1/parks/{parkCode}/commands/{code}` journals a `command` record, waits for
+it to be durable, then asks the lot through `LotCommands`; the lot's REPLY is the
+answer. A command is never queued: a lot that is not connected is refused at once
+(409, 9008) and one that does not reply in time times out (504, 9009). Every outcome
+is journaled as a `command-reply` record.
+
+Authentication is `Authorization: Bearer T`: `cloud.api_token` has every role; an
+`[[api_client]]` is matched by the SHA-256 of T and has its own roles. `/healthz`,
+`/readyz` and `/metrics` need no token: probes and Prometheus scrapers rarely send one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from attrs import frozen
+from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from gateway.cloud.openapi import openapi_document
+from gateway.config import Config
+from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.protocol.catalog import DeliveryClass, Interface, lookup
+from gateway.protocol.results import Result
+from gateway.protocol.schema import interface_schema
+from gateway.protocol.validation import FieldError, validate
+
+__all__ = ["ALL_ROLES", "CLOUD_CLIENT", "Caller", "CommandApi", "CommandJournal", "LotCommands"]
+
+log = Logger()
+
+JSON_TYPE = b"application/json; charset=utf-8"
+CLOUD_CLIENT = "cloud"
+ALL_ROLES = frozenset({"read", "command", "sync", "admin"})
+# How long past an interface's deadline the API waits on the downlink before it
+# answers 504 itself: the downlink owns deadlines, this only stops a request
+# from hanging if it never answers.
+DEADLINE_GRACE = 5.0
+DEFAULT_DEADLINE = 30.0
+COMMAND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
+
+_T = TypeVar("_T")
+
+
+class LotCommands(Protocol):
+    """What the API needs of the downlink side (`gateway.lots.downlink.Downlinks`)."""
+
+    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+        """Send a command to the lot; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
+
+    def state(self, park: str) -> LotState:
+        """The connection state of one configured lot."""
+
+    def states(self) -> list[LotState]:
+        """The connection state of the lots."""
+
+
+class CommandJournal(Protocol):
+    """The journal's append, firing once the record is durable."""
+
+    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
+        """Append one record."""
+
+
+@frozen
+class Caller:
+    """Who sent a request: an `[[api_client]]` name (or "cloud") and the roles it holds."""
+
+    name: str
+    roles: frozenset[str]
+
+    def may(self, role: str) -> bool:
+        """Whether the caller holds `role` (`admin` holds them all)."""
+        return role in self.roles or "admin" in self.roles
+
+
+class _Refusal(Exception):
+    """A request refused before any work: the HTTP status and the JSON body to answer."""
+
+    def __init__(self, status: int, body: dict[str, object], challenge: bytes | None = None) -> None:
+        super().__init__(status, body)
+        self.status = status
+        self.body = body
+        self.challenge = challenge
+
+
+def _error(status: int, message: str) -> _Refusal:
+    return _Refusal(status, {"error": message})
+
+
+def _rfc3339(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _park_json(state: LotState) -> dict[str, object]:
+    return {
+        "parkCode": state.park,
+        "connected": state.connected,
+        "since": _rfc3339(state.since),
+        "lastSeen": _rfc3339(state.last_seen),
+        "peer": state.peer,
+    }
+
+
+_Handler = Callable[..., Any]
+
+
+def _counted(route: str) -> Callable[[_Handler], _Handler]:
+    """Count each answer of a route in `cpmi_api_requests_total` by its status, and turn
+    a `_Refusal` raised by the handler into its JSON answer."""
+
+    def decorate(handler: _Handler) -> _Handler:
+        @functools.wraps(handler)
+        def counted(self: CommandApi, request: IRequest, *args: Any, **kwargs: Any) -> Deferred[Any]:
+            answered = maybeDeferred(handler, self, request, *args, **kwargs)
+            answered.addErrback(self._refused, request)
+
+            def count(result: _T) -> _T:
+                status = 500 if isinstance(result, Failure) else getattr(request, "code", 200)
+                self._requests.labels(route=route, status=str(status)).inc()
+                return result
+
+            return answered.addBoth(count)
+
+        return counted
+
+    return decorate
+
+
+class CommandApi:
+    """The klein application of the `api` endpoint."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        lots: LotCommands,
+        journal: CommandJournal,
+        clock: IReactorTime,
+        registry: CollectorRegistry,
+        ready: Callable[[], tuple[bool, str]],
+        deadlines: Mapping[str, float] | None = None,
+    ) -> None:
+        """`deadlines` overrides the catalog's per code, as given to the downlink side."""
+        self._config = config
+        self._lots = lots
+        self._journal = journal
+        self._clock = clock
+        self._registry = registry
+        self._ready = ready
+        self._deadlines = dict(deadlines or {})
+        self._cloud_token = config.cloud.api_token.encode("utf-8")
+        self._openapi = _json_bytes(openapi_document())
+        self._command_seconds = Histogram(
+            "cpmi_command_seconds",
+            "Time from a command's arrival on the API to its answer, by code and outcome.",
+            ["code", "outcome"],
+            registry=registry,
+            buckets=COMMAND_BUCKETS,
+        )
+        self._requests = Counter(
+            "cpmi_api_requests_total",
+            "Requests answered by the command API, by route and HTTP status.",
+            ["route", "status"],
+            registry=registry,
+        )
+
+    def resource(self) -> IResource:
+        """The twisted.web resource to serve."""
+        resource: IResource = self.app.resource()
+        return resource
+
+    # --- authentication -------------------------------------------------
+
+    def _caller(self, request: IRequest) -> Caller:
+        """The authenticated caller, or a 401 refusal."""
+        header = (request.getHeader(b"authorization") or b"").strip()
+        scheme, _, token = header.partition(b" ")
+        token = token.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise _Refusal(401, {"error": "a bearer token is required"}, b"Bearer")
+        if self._cloud_token and hmac.compare_digest(token, self._cloud_token):
+            return Caller(CLOUD_CLIENT, ALL_ROLES)
+        digest = hashlib.sha256(token).hexdigest()
+        found: Caller | None = None
+        for client in self._config.api_clients:
+            if hmac.compare_digest(digest, client.token_sha256) and found is None:
+                found = Caller(client.name, frozenset(client.roles))
+        if found is None:
+            raise _Refusal(401, {"error": "the bearer token is not valid"}, b'Bearer error="invalid_token"')
+        return found
+
+    def _authorized(self, request: IRequest, role: str) -> Caller:
+        caller = self._caller(request)
+        if not caller.may(role):
+            raise _error(403, f"client {caller.name!r} lacks the {role!r} role")
+        return caller
+
+    def _refused(self, failure: Failure, request: IRequest) -> bytes:
+        failure.trap(_Refusal)
+        refusal: _Refusal = failure.value
+        if refusal.challenge is not None:
+            request.setHeader(b"www-authenticate", refusal.challenge)
+        return _answer(request, refusal.status, refusal.body)
+
+    def _park(self, park: str) -> None:
+        if self._config.lot_by_park(park) is None:
+            raise _error(404, f"park {park!r} is not configured")
+
+    # --- commands -------------------------------------------------------
+
+    @app.route("/v1/parks/<string:park>/commands/<string:code>", methods=["POST"])
+    @_counted("/v1/parks/{parkCode}/commands/{code}")
+    def post_command(self, request: IRequest, park: str, code: str) -> Any:
+        caller = self._caller(request)
+        if not (caller.may("command") or caller.may("sync")):
+            raise _error(403, f"client {caller.name!r} has neither the 'command' nor the 'sync' role")
+        self._park(park)
+        interface = lookup(code)
+        if interface is None:
+            raise _error(400, f"unknown interface code {code!r}")
+        if interface.downlink is None:
+            raise _error(400, f"{interface.code} is not sent down to lots")
+        role = interface.downlink.value
+        if not caller.may(role):
+            raise _error(403, f"client {caller.name!r} lacks the {role!r} role")
+        data = self._body(request, interface)
+        if interface.downlink is DeliveryClass.SYNC:
+            raise _error(501, "sync delivery is not available in this version")
+        return self._command(request, caller, park, interface, data)
+
+    def _body(self, request: IRequest, interface: Interface) -> object:
+        """The request's JSON body checked against the interface, normalised."""
+        content = request.content
+        content.seek(0, 2)
+        if content.tell() > self._config.uplink.max_body_bytes:
+            raise _error(413, "the body is too large")
+        content.seek(0)
+        try:
+            data = json.loads(content.read(), parse_constant=_no_constant)
+        except ValueError as error:  # UnicodeDecodeError too
+            raise _error(400, f"the body is not JSON: {error}") from None
+        if not isinstance(data, dict | list):
+            raise _error(400, "the body must be a JSON object or a list of objects")
+        try:
+            return validate(interface.request, data)
+        except FieldError as error:
+            raise _error(400, error.message()) from None
+
+    def _command(
+        self, request: IRequest, caller: Caller, park: str, interface: Interface, data: object
+    ) -> Deferred[bytes]:
+        code = interface.code
+        opr = uuid.uuid4().hex
+        started = self._clock.seconds()
+
+        def finish(outcome: str, status: int, body: dict[str, object], journal: bool = True) -> bytes:
+            self._command_seconds.labels(code=code, outcome=outcome).observe(
+                max(0.0, self._clock.seconds() - started)
+            )
+            if journal:
+                record = {"client": caller.name, "data": None, **body}
+                self._journal.append("command-reply", park, code, opr, record).addErrback(
+                    self._reply_not_journaled, park, code, opr
+                )
+            return _answer(request, status, body)
+
+        def unjournaled(failure: Failure) -> bytes:
+            log.failure("command {code} for {park} not journaled; not sent", failure, code=code, park=park)
+            return finish(
+                "journal_failed", 503, {"error": "the command could not be journaled; not sent"}, False
+            )
+
+        def send(_: object) -> Deferred[bytes]:
+            asked = maybeDeferred(self._lots.command, park, code, data)
+            deadline = self._deadlines.get(code, interface.deadline or DEFAULT_DEADLINE)
+            asked.addTimeout(deadline + DEADLINE_GRACE, self._clock)
+            return asked.addCallbacks(replied, failed)
+
+        def replied(reply: LotReply) -> bytes:
+            body = {
+                "resultCode": reply.result_code,
+                "resultMessage": reply.result_message,
+                "data": reply.data,
+            }
+            return finish("ok", 200, body)
+
+        def failed(failure: Failure) -> bytes:
+            if failure.check(NotConnected):
+                result, status, outcome = Result.NOT_CONNECTED, 409, "not_connected"
+                detail = f"park {park} has no downlink connection"
+            elif failure.check(DeadlinePassed, TimeoutError, CancelledError):
+                result, status, outcome = Result.DEADLINE, 504, "deadline"
+                detail = f"no reply from park {park} to {code} in time"
+            else:
+                log.failure("command {code} for {park} failed", failure, code=code, park=park)
+                result, status, outcome = Result.FAILED, 500, "error"
+                detail = "the gateway failed to send the command"
+            return finish(
+                outcome, status, {"resultCode": result.code, "resultMessage": result.message(detail)}
+            )
+
+        durable = maybeDeferred(
+            self._journal.append, "command", park, code, opr, {"client": caller.name, "data": data}
+        )
+        return durable.addCallbacks(send, unjournaled)
+
+    def _reply_not_journaled(self, failure: Failure, park: str, code: str, opr: str) -> None:
+        log.failure(
+            "command-reply for {code} to {park} (opr {opr}) not journaled",
+            failure,
+            park=park,
+            code=code,
+            opr=opr,
+        )
+
+    # --- reading --------------------------------------------------------
+
+    @app.route("/v1/parks", methods=["GET"])
+    @_counted("/v1/parks")
+    def get_parks(self, request: IRequest) -> bytes:
+        self._authorized(request, "read")
+        known = {state.park: state for state in self._lots.states()}
+        parks = [
+            _park_json(known.get(lot.park_code) or self._lots.state(lot.park_code))
+            for lot in self._config.lots
+        ]
+        return _answer(request, 200, {"parks": parks})
+
+    @app.route("/v1/parks/<string:park>", methods=["GET"])
+    @_counted("/v1/parks/{parkCode}")
+    def get_park(self, request: IRequest, park: str) -> bytes:
+        self._authorized(request, "read")
+        self._park(park)
+        return _answer(request, 200, _park_json(self._lots.state(park)))
+
+    @app.route("/v1/schemas/<string:code>.json", methods=["GET"])
+    @_counted("/v1/schemas/{code}.json")
+    def get_schema(self, request: IRequest, code: str) -> bytes:
+        self._authorized(request, "read")
+        interface = lookup(code)
+        if interface is None:
+            raise _error(404, f"unknown interface code {code!r}")
+        return _answer(request, 200, interface_schema(interface))
+
+    @app.route("/v1/openapi.json", methods=["GET"])
+    @_counted("/v1/openapi.json")
+    def get_openapi(self, request: IRequest) -> bytes:
+        self._authorized(request, "read")
+        request.setHeader(b"content-type", JSON_TYPE)
+        return self._openapi
+
+    # --- operations (no token) -----------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    @_counted("/healthz")
+    def healthz(self, request: IRequest) -> bytes:
+        return _answer(request, 200, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    @_counted("/readyz")
+    def readyz(self, request: IRequest) -> bytes:
+        ready, reason = self._ready()
+        if ready:
+            return _answer(request, 200, {"status": "ready", "reason": reason})
+        return _answer(request, 503, {"status": "not ready", "reason": reason})
+
+    @app.route("/metrics", methods=["GET"])
+    @_counted("/metrics")
+    def metrics(self, request: IRequest) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self._registry)
+
+
+def _no_constant(name: str) -> object:
+    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _json_bytes(body: object) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _answer(request: IRequest, status: int, body: object) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON_TYPE)
+    return _json_bytes(body)
