@@ -5,16 +5,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
+from gateway.cloud.api import CommandApi
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
+from gateway.lots.downlink import Downlinks
 from gateway.lots.http import UplinkResource, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
@@ -137,20 +141,63 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         passwords=passwords,
         clock=reactor,
     )
-    site = UplinkSite(
-        UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor
+    site = UplinkSite(UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor)
+    _listen(reactor, "uplink", settings.listen.uplink, site).setServiceParent(service)
+
+    downlinks = Downlinks(
+        config=settings, sessions=sessions, passwords=passwords, journal=journal, clock=reactor
     )
-    site.displayTracebacks = False
-    uplink = StreamServerEndpointService(endpoints.serverFromString(reactor, settings.listen.uplink), site)
-    uplink.setName("uplink")
-    # A port that cannot be bound stops start-up instead of leaving a deaf gateway running.
-    uplink._raiseSynchronously = True
-    uplink.setServiceParent(service)
+    _DownlinkService(downlinks).setServiceParent(service)
+    _listen(reactor, "downlink", settings.listen.downlink, downlinks.factory()).setServiceParent(service)
+
+    def ready() -> tuple[bool, str]:
+        problem = journal.problem
+        return (False, f"journal cannot write: {problem}") if problem else (True, "journal writable")
+
+    api = CommandApi(
+        config=settings,
+        lots=downlinks,
+        journal=journal,
+        clock=reactor,
+        registry=CollectorRegistry(),
+        ready=ready,
+    )
+    api_site = Site(api.resource(), reactor=reactor)
+    api_site.displayTracebacks = False
+    _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)
     log.info(
-        "cpmi-gateway {id}: uplink on {uplink}, {lots} lots, sink {sink}",
+        "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
+        "{lots} lots, sink {sink}",
         id=settings.gateway.id,
         uplink=settings.listen.uplink,
+        downlink=settings.listen.downlink,
+        api=settings.listen.api,
         lots=len(settings.lots),
         sink=settings.cloud.sink,
     )
     return service
+
+
+class _DownlinkService(Service):
+    """Runs the downlink's idle sweep while the gateway runs."""
+
+    def __init__(self, downlinks: Downlinks) -> None:
+        self.downlinks = downlinks
+
+    def startService(self) -> None:
+        super().startService()
+        self.downlinks.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.downlinks.stop()
+        # Services stop in reverse order of start, so this runs before the journal closes.
+        self.downlinks.disconnect_all("gateway stopping")
+
+
+def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:
+    listener = StreamServerEndpointService(endpoints.serverFromString(reactor, description), factory)
+    listener.setName(name)
+    # A port that cannot be bound stops start-up instead of leaving a deaf gateway running.
+    listener._raiseSynchronously = True
+    return listener

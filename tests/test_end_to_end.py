@@ -21,11 +21,15 @@ from typing import Any
 import pytest_twisted
 import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.web.client import HTTPConnectionPool
 
 from gateway import tap
 from gateway.journal.reader import read_records, verify
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
+from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.protocol.samples import SAMPLES
@@ -239,3 +243,100 @@ def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path) -> None:
     assert len(acknowledged) > 50, "the load was too light to mean anything"
     assert acknowledged <= stored, sorted(acknowledged - stored)[:10]
     assert verify(tmp_path / "journal") > 0
+
+
+class LotClient(Protocol):
+    """A lot's downlink connection: logs in, then answers every ACK with a REPLY."""
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder(2**20)
+        self.frames: list[dict[str, Any]] = []
+        self.bound: Deferred[dict[str, Any]] = Deferred()
+
+    def connectionMade(self) -> None:
+        login = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
+        self.send(
+            {
+                "token": "",
+                "code": "login",
+                "oprNum": "bind-1",
+                "signature": sign(compact(login), "", "k"),
+                "data": login,
+            }
+        )
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.transport.write(encode_frame(message))  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        for payload in self.decoder.feed(data):
+            assert isinstance(payload, bytes)
+            frame = json.loads(payload)
+            self.frames.append(frame)
+            if frame.get("oprNum") == "bind-1":
+                self.bound.callback(frame)
+            elif "resultCode" not in frame:  # an ACK: answer it
+                reply_data = {"barCode": frame["data"].get("barCode", ""), "opened": 1}
+                self.send(
+                    {
+                        "code": frame["code"],
+                        "oprNum": frame["oprNum"],
+                        "resultCode": "0000",
+                        "resultMessage": "ok",
+                        "signature": sign(compact(reply_data), self.token, "k"),
+                        "data": reply_data,
+                    }
+                )
+
+    @property
+    def token(self) -> str:
+        return str(self.frames[0]["data"]["token"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_gate_open_from_the_api_reaches_the_lot_and_its_reply_comes_back(tmp_path: Path) -> None:
+    """Over loopback: a lot binds on TCP; POST gateOpen to the API; the lot's REPLY is the answer."""
+    uplink, downlink, api = free_port(), free_port(), free_port()
+    config = Path(write_config(tmp_path, uplink))
+    config.write_text(
+        config.read_text().replace(
+            "[listen]\n",
+            f'[listen]\ndownlink = "tcp:{downlink}:interface=127.0.0.1"\n'
+            f'api = "tcp:{api}:interface=127.0.0.1"\n',
+        )
+        + '[cloud]\napi_token = "cloud-token"\n'
+    )
+    options = tap.Options()
+    options.parseOptions(["--config", str(config)])
+    service = tap.makeService(options, reactor)
+    service.startService()
+    lot = LotClient()
+    try:
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", downlink), lot)
+        bound = await lot.bound
+        assert bound["resultCode"] == "0000" and len(bound["data"]["token"]) == 32
+        url = f"http://127.0.0.1:{api}/v1/parks/P001/commands/gateOpen"
+        response = await treq.post(
+            url,
+            json={"barCode": "G1", "isOpen": 1},
+            headers={"Authorization": ["Bearer cloud-token"]},
+            pool=HTTPConnectionPool(reactor, persistent=False),
+        )
+        answer = json.loads(await response.content())
+        assert response.code == 200, answer
+        assert answer == {"resultCode": "0000", "resultMessage": "ok", "data": {"barCode": "G1", "opened": 1}}
+        [ack] = [frame for frame in lot.frames if frame.get("code") == "gateOpen"]
+        assert ack["token"] == lot.token and ack["data"]["barCode"] == "G1"
+        assert ack["signature"] == sign(compact(ack["data"]), lot.token, "k")
+        unauthorised = await treq.post(
+            url, json={"barCode": "G1"}, pool=HTTPConnectionPool(reactor, persistent=False)
+        )
+        assert unauthorised.code == 401
+    finally:
+        lot.transport.loseConnection()  # type: ignore[union-attr]
+        await service.stopService()
+    records = list(read_records(tmp_path / "journal"))
+    kinds = [record.kind for record in records]
+    assert kinds.index("lot-online") < kinds.index("command") < kinds.index("command-reply")
+    [offline] = [record for record in records if record.kind == "lot-offline"]
+    assert offline.body["reason"] == "gateway stopping"

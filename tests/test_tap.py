@@ -68,8 +68,8 @@ def test_plugin_is_discovered() -> None:
     assert makers["cpmi-gateway"].module == "gateway.tap"
 
 
-def test_make_service_listens_on_the_uplink_endpoint(tmp_path: Path) -> None:
-    """makeService builds a MultiService that listens on the configured uplink port."""
+def test_make_service_listens_on_the_three_endpoints(tmp_path: Path) -> None:
+    """makeService builds a MultiService listening on the uplink, downlink and API ports."""
     options = tap.Options()
     options.parseOptions(["--config", write_config(tmp_path)])
     reactor = MemoryReactor()
@@ -77,7 +77,8 @@ def test_make_service_listens_on_the_uplink_endpoint(tmp_path: Path) -> None:
     assert isinstance(service, MultiService)
     service.startService()
     try:
-        assert [port[0] for port in reactor.tcpServers] == [8080]
+        ports = {port[0]: port[3] for port in reactor.tcpServers}
+        assert ports == {8080: "", 9000: "", 8081: "127.0.0.1"}
     finally:
         stop(service, reactor)
 

@@ -51,6 +51,7 @@ class UplinkSite(Site):
     """
 
     requestFactory = UplinkRequest
+    displayTracebacks = False
 
     def log(self, request: http.Request) -> None:
         """Write no access-log line."""
