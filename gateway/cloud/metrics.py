@@ -1,0 +1,144 @@
+"""The gateway's own Prometheus metrics (CONTRACT §6: `GET /metrics` on the api endpoint).
+
+`GatewayCollector` reads the downlink counters, the lots' connection states and the
+journal's position when Prometheus scrapes, not when things happen: the downlink
+keeps plain integers in a dict and the hot path pays nothing for being measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class LotConnection(Protocol):
+    """One configured lot's downlink state, as far as the metrics need it."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
+class DownlinkCounts(Protocol):
+    """What the metrics read of `gateway.lots.downlink.Downlinks`."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    def states(self) -> Sequence[LotConnection]: ...
+
+
+class JournalPosition(Protocol):
+    """What the metrics read of `gateway.journal.writer.Journal`."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    @property
+    def committed_seq(self) -> int: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+
+# (metric name without `_total`, key in Downlinks.counters, help text)
+DOWNLINK_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("cpmi_downlink_frames_in", "frames_in", "Frames received from lots on the downlink."),
+    ("cpmi_downlink_frames_out", "frames_out", "Frames sent to lots on the downlink."),
+    (
+        "cpmi_downlink_garbage_bytes",
+        "garbage_bytes",
+        "Bytes received outside a frame on the downlink, skipped.",
+    ),
+    (
+        "cpmi_downlink_bad_frames",
+        "bad_frames",
+        "Downlink frames that were not a valid request or response envelope.",
+    ),
+    ("cpmi_downlink_binds", "binds", "Downlink connections bound to a lot (login or heartbeat)."),
+    (
+        "cpmi_downlink_closed_idle",
+        "closed_idle",
+        "Bound downlink connections closed by the read or all idle timer.",
+    ),
+    ("cpmi_downlink_commands", "commands", "Commands sent to lots."),
+    (
+        "cpmi_downlink_command_timeouts",
+        "command_timeouts",
+        "Commands with no REPLY from the lot before their deadline.",
+    ),
+)
+
+
+class GatewayCollector(Collector):
+    """A custom collector: every scrape reads the current counts, nothing is kept here."""
+
+    def __init__(self, downlinks: DownlinkCounts, journal: JournalPosition) -> None:
+        self._downlinks = downlinks
+        self._journal = journal
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values, so registration can check for clashes."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        states = [] if describing else list(self._downlinks.states())
+        counters = {} if describing else self._downlinks.counters
+
+        def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+            if describing:
+                return GaugeMetricFamily(name, documentation)
+            return GaugeMetricFamily(name, documentation, value=value)
+
+        yield gauge(
+            "cpmi_lots_connected",
+            "Configured lots whose downlink connection is bound now.",
+            sum(1 for state in states if state.connected),
+        )
+        yield gauge("cpmi_lots_configured", "Lots in the configuration.", len(states))
+        if not describing:
+            # Read once: the journal may move between two property reads.
+            last_seq, committed_seq, problem = (
+                self._journal.last_seq,
+                self._journal.committed_seq,
+                self._journal.problem,
+            )
+        else:
+            last_seq = committed_seq = 0
+            problem = None
+        yield gauge(
+            "cpmi_journal_last_seq",
+            "The seq of the last record appended to the journal (it may still be in flight).",
+            last_seq,
+        )
+        yield gauge(
+            "cpmi_journal_committed_seq",
+            "The seq of the last journal record whose append succeeded.",
+            committed_seq,
+        )
+        yield gauge(
+            "cpmi_journal_ok",
+            "1 while the journal can write, 0 when appends fail (see /readyz for why).",
+            0 if problem else 1,
+        )
+        for name, key, documentation in DOWNLINK_COUNTERS:
+            if describing:
+                yield CounterMetricFamily(name, documentation)
+            else:
+                yield CounterMetricFamily(name, documentation, value=counters.get(key, 0))
+
+
+def register(
+    registry: CollectorRegistry, downlinks: DownlinkCounts, journal: JournalPosition
+) -> GatewayCollector:
+    """Register the gateway's metrics on `registry` (the one `/metrics` serves) and return the collector."""
+    collector = GatewayCollector(downlinks, journal)
+    registry.register(collector)
+    return collector

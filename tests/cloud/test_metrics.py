@@ -1,0 +1,131 @@
+"""The gateway's Prometheus metrics, read from fakes of the downlinks and the journal."""
+
+from __future__ import annotations
+
+import pytest
+from attrs import define, field
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.cloud.metrics import DOWNLINK_COUNTERS, GatewayCollector, register
+from gateway.lots.downlink import _COUNTERS
+
+
+@define
+class FakeState:
+    connected: bool
+
+
+@define
+class FakeDownlinks:
+    counters: dict[str, int] = field(factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    lots: list[FakeState] = field(factory=list)
+
+    def states(self) -> list[FakeState]:
+        return list(self.lots)
+
+
+@define
+class FakeJournal:
+    last_seq: int = 0
+    committed_seq: int = 0
+    problem: str | None = None
+
+
+def scrape(registry: CollectorRegistry) -> dict[str, float]:
+    """Every sample of the text exposition, by sample name."""
+    text = generate_latest(registry).decode("utf-8")
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_every_metric_is_exposed_with_its_value() -> None:
+    """A scrape shows the lots, the journal's position and health, and each downlink counter."""
+    downlinks = FakeDownlinks(lots=[FakeState(True), FakeState(False), FakeState(True)])
+    for number, (_, key, _) in enumerate(DOWNLINK_COUNTERS, start=1):
+        downlinks.counters[key] = number * 10
+    journal = FakeJournal(last_seq=42, committed_seq=40)
+    registry = CollectorRegistry()
+    assert isinstance(register(registry, downlinks, journal), GatewayCollector)
+
+    samples = scrape(registry)
+
+    assert samples["cpmi_lots_connected"] == 2
+    assert samples["cpmi_lots_configured"] == 3
+    assert samples["cpmi_journal_last_seq"] == 42
+    assert samples["cpmi_journal_committed_seq"] == 40
+    assert samples["cpmi_journal_ok"] == 1
+    assert samples["cpmi_downlink_frames_in_total"] == 10
+    assert samples["cpmi_downlink_frames_out_total"] == 20
+    assert samples["cpmi_downlink_garbage_bytes_total"] == 30
+    assert samples["cpmi_downlink_bad_frames_total"] == 40
+    assert samples["cpmi_downlink_binds_total"] == 50
+    assert samples["cpmi_downlink_closed_idle_total"] == 60
+    assert samples["cpmi_downlink_commands_total"] == 70
+    assert samples["cpmi_downlink_command_timeouts_total"] == 80
+
+
+def test_counters_are_typed_as_counters() -> None:
+    """The downlink counts are exposed as Prometheus counters, the rest as gauges."""
+    registry = CollectorRegistry()
+    register(registry, FakeDownlinks(), FakeJournal())
+    text = generate_latest(registry).decode("utf-8")
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    for name, _, _ in DOWNLINK_COUNTERS:
+        assert types[name] == "counter", name
+    for name in ("cpmi_lots_connected", "cpmi_lots_configured", "cpmi_journal_last_seq", "cpmi_journal_ok"):
+        assert types[name] == "gauge", name
+
+
+def test_every_downlink_counter_key_exists_in_the_downlinks() -> None:
+    """Each exposed counter reads a key the real Downlinks.counters holds."""
+    assert {key for _, key, _ in DOWNLINK_COUNTERS} <= set(_COUNTERS)
+
+
+def test_values_are_read_at_each_scrape() -> None:
+    """A second scrape shows what changed since the first, without registering again."""
+    downlinks = FakeDownlinks(lots=[FakeState(False)])
+    journal = FakeJournal(last_seq=1, committed_seq=1)
+    registry = CollectorRegistry()
+    register(registry, downlinks, journal)
+    first = scrape(registry)
+
+    downlinks.lots[0] = FakeState(True)
+    downlinks.lots.append(FakeState(False))
+    downlinks.counters["frames_in"] += 3
+    downlinks.counters["command_timeouts"] += 1
+    journal.last_seq = journal.committed_seq = 9
+    journal.problem = "disk full"
+    second = scrape(registry)
+
+    assert (first["cpmi_lots_connected"], second["cpmi_lots_connected"]) == (0, 1)
+    assert (first["cpmi_lots_configured"], second["cpmi_lots_configured"]) == (1, 2)
+    assert (first["cpmi_downlink_frames_in_total"], second["cpmi_downlink_frames_in_total"]) == (0, 3)
+    assert second["cpmi_downlink_command_timeouts_total"] == 1
+    assert (first["cpmi_journal_last_seq"], second["cpmi_journal_last_seq"]) == (1, 9)
+    assert (first["cpmi_journal_ok"], second["cpmi_journal_ok"]) == (1, 0)
+
+
+def test_registering_does_not_read_the_collaborators() -> None:
+    """Registration checks names through describe(), without reading counts or states."""
+
+    class Untouchable:
+        @property
+        def counters(self) -> dict[str, int]:
+            raise AssertionError("read at registration")
+
+        def states(self) -> list[FakeState]:
+            raise AssertionError("read at registration")
+
+    register(CollectorRegistry(auto_describe=True), Untouchable(), FakeJournal())
+
+
+def test_a_clashing_name_is_refused_at_registration() -> None:
+    """Registering next to a metric of the same name fails at once instead of at scrape time."""
+    registry = CollectorRegistry()
+    Counter("cpmi_downlink_binds", "taken", registry=registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        register(registry, FakeDownlinks(), FakeJournal())
