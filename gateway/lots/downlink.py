@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -250,6 +250,8 @@ class Downlinks:
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        # Called with the park each time a lot binds a new connection (sync delivery resumes).
+        self.bound_listeners: list[Callable[[str], None]] = []
 
     # the service side
 
@@ -633,6 +635,11 @@ class Downlinks:
         self.counters["binds"] += 1
         log.info("lot {park} bound from {peer} by {how}", park=park, peer=connection.peer, how=how)
         self._record(ONLINE_RECORD, park, {"peer": connection.peer, "reason": how})
+        for listener in self.bound_listeners:
+            try:
+                listener(park)
+            except Exception:
+                log.failure("a bound listener failed for lot {park}", park=park)
 
     def _unbind(self, connection: Connection, park: str, reason: str) -> None:
         self._last_seen[park] = connection.last_read

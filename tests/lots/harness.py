@@ -77,6 +77,7 @@ class Stored:
     opr: str
     body: Any
     ts: str
+    seq: int = 0
 
 
 @define
@@ -88,12 +89,14 @@ class MemoryJournal:
     hold: bool = False
     broken: Exception | None = None
     pending: list[tuple[Deferred[Stored], Stored]] = field(factory=list)
+    seq: int = 0  # the last seq given, as the journal numbers its records
 
     def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Stored]:
         if self.broken is not None:
             return fail(self.broken)
         ts = datetime.fromtimestamp(self.clock.seconds(), ZoneInfo("UTC")).isoformat()
-        record = Stored(kind, park, code, opr, json.loads(json.dumps(body)), ts)
+        self.seq += 1
+        record = Stored(kind, park, code, opr, json.loads(json.dumps(body)), ts, self.seq)
         if self.hold:
             waiting: Deferred[Stored] = Deferred()
             self.pending.append((waiting, record))
