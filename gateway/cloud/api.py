@@ -4,7 +4,8 @@
 it to be durable, then asks the lot through `LotCommands`; the lot's REPLY is the
 answer. A command is never queued: a lot that is not connected is refused at once
 (409, 9008) and one that does not reply in time times out (504, 9009). Every outcome
-is journaled as a `command-reply` record.
+is journaled as a `command-reply` record. A sync-class code is handed to the sync
+queue (`gateway.lots.sync`): `202 {"seq": N}` once its `sync` record is durable.
 
 Authentication is `Authorization: Bearer T`: `cloud.api_token` has every role; an
 `[[api_client]]` is matched by the SHA-256 of T and has its own roles. `/healthz`,
@@ -40,7 +41,15 @@ from gateway.protocol.results import Result
 from gateway.protocol.schema import interface_schema
 from gateway.protocol.validation import FieldError, validate
 
-__all__ = ["ALL_ROLES", "CLOUD_CLIENT", "Caller", "CommandApi", "CommandJournal", "LotCommands"]
+__all__ = [
+    "ALL_ROLES",
+    "CLOUD_CLIENT",
+    "Caller",
+    "CommandApi",
+    "CommandJournal",
+    "LotCommands",
+    "SyncEntries",
+]
 
 log = Logger()
 
@@ -77,6 +86,16 @@ class CommandJournal(Protocol):
         """Append one record."""
 
 
+class SyncEntries(Protocol):
+    """The sync queue as the API sees it (`gateway.lots.sync.SyncQueue`)."""
+
+    def enqueue(self, park: str, code: str, data: object, client: str) -> Deferred[int]:
+        """Journal a sync entry; fires with its seq once durable."""
+
+    def pending(self, park: str) -> int:
+        """How many entries are still to deliver to the lot."""
+
+
 @frozen
 class Caller:
     """Who sent a request: an `[[api_client]]` name (or "cloud") and the roles it holds."""
@@ -110,13 +129,14 @@ def _rfc3339(seconds: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _park_json(state: LotState) -> dict[str, object]:
+def _park_json(state: LotState, backlog: int) -> dict[str, object]:
     return {
         "parkCode": state.park,
         "connected": state.connected,
         "since": _rfc3339(state.since),
         "lastSeen": _rfc3339(state.last_seen),
         "peer": state.peer,
+        "backlog": backlog,
     }
 
 
@@ -160,8 +180,13 @@ class CommandApi:
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
         deadlines: Mapping[str, float] | None = None,
+        sync: SyncEntries | None = None,
     ) -> None:
-        """`deadlines` overrides the catalog's per code, as given to the downlink side."""
+        """`deadlines` overrides the catalog's per code, as given to the downlink side.
+
+        Without `sync`, sync-class codes are answered 501.
+        """
+        self._sync = sync
         self._config = config
         self._lots = lots
         self._journal = journal
@@ -184,6 +209,9 @@ class CommandApi:
             ["route", "status"],
             registry=registry,
         )
+
+    def _backlog(self, park: str) -> int:
+        return self._sync.pending(park) if self._sync is not None else 0
 
     def resource(self) -> IResource:
         """The twisted.web resource to serve."""
@@ -246,8 +274,27 @@ class CommandApi:
             raise _error(403, f"client {caller.name!r} lacks the {role!r} role")
         data = self._body(request, interface)
         if interface.downlink is DeliveryClass.SYNC:
-            raise _error(501, "sync delivery is not available in this version")
+            if self._sync is None:
+                raise _error(501, "sync delivery is not available in this version")
+            return self._enqueue(request, caller, park, interface, data)
         return self._command(request, caller, park, interface, data)
+
+    def _enqueue(
+        self, request: IRequest, caller: Caller, park: str, interface: Interface, data: object
+    ) -> Deferred[bytes]:
+        assert self._sync is not None
+
+        def journaled(seq: int) -> bytes:
+            return _answer(request, 202, {"seq": seq})
+
+        def unjournaled(failure: Failure) -> bytes:
+            log.failure(
+                "sync {code} for {park} not journaled; not queued", failure, code=interface.code, park=park
+            )
+            return _answer(request, 503, {"error": "the sync entry could not be journaled; not queued"})
+
+        queued: Deferred[int] = maybeDeferred(self._sync.enqueue, park, interface.code, data, caller.name)
+        return queued.addCallbacks(journaled, unjournaled)
 
     def _body(self, request: IRequest, interface: Interface) -> object:
         """The request's JSON body checked against the interface, normalised."""
@@ -342,7 +389,9 @@ class CommandApi:
         self._authorized(request, "read")
         known = {state.park: state for state in self._lots.states()}
         parks = [
-            _park_json(known.get(lot.park_code) or self._lots.state(lot.park_code))
+            _park_json(
+                known.get(lot.park_code) or self._lots.state(lot.park_code), self._backlog(lot.park_code)
+            )
             for lot in self._config.lots
         ]
         return _answer(request, 200, {"parks": parks})
@@ -352,7 +401,7 @@ class CommandApi:
     def get_park(self, request: IRequest, park: str) -> bytes:
         self._authorized(request, "read")
         self._park(park)
-        return _answer(request, 200, _park_json(self._lots.state(park)))
+        return _answer(request, 200, _park_json(self._lots.state(park), self._backlog(park)))
 
     @app.route("/v1/schemas/<string:code>.json", methods=["GET"])
     @_counted("/v1/schemas/{code}.json")

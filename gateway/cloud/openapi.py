@@ -76,8 +76,14 @@ _OWN_SCHEMAS: dict[str, Any] = {
             "since": {**_TIME_OR_NULL, "description": "When the current connection (or outage) began."},
             "lastSeen": {**_TIME_OR_NULL, "description": "When the lot last sent anything."},
             "peer": {"type": "string", "description": "The connected lot's address, or empty."},
+            "backlog": {"type": "integer", "description": "Sync entries still to deliver to the lot."},
         },
-        "required": ["parkCode", "connected", "since", "lastSeen", "peer"],
+        "required": ["parkCode", "connected", "since", "lastSeen", "peer", "backlog"],
+    },
+    "SyncQueued": {
+        "type": "object",
+        "properties": {"seq": {"type": "integer", "description": "The journal seq of the entry."}},
+        "required": ["seq"],
     },
     "Parks": {
         "type": "object",
@@ -135,11 +141,15 @@ def _command_operation(interface: Interface) -> dict[str, Any]:
     else:
         responses = {
             **common,
-            "501": _response("Sync delivery is not available in this version.", "Error"),
+            "202": _response(
+                "Journaled; delivery follows, in order, when the lot is connected.", "SyncQueued"
+            ),
+            "503": _ref("responses", "JournalUnavailable"),
         }
         description = (
-            "Sync delivery (role `sync`): journaled and delivered when the lot is connected. "
-            "Not available in this version: answered 501 after the checks."
+            "Sync delivery (role `sync`): journaled (202 with the journal seq), then delivered "
+            "to the lot in order whenever it is connected, retried until it replies 0000 or the "
+            "entry's time to live passes; the outcome is journaled."
         )
     return {
         "operationId": f"{interface.code}Command",

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from gateway import config
 from gateway.cloud.api import CommandApi
 from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD, SyncQueue
 from tests.lots.harness import HASH, MemoryJournal, fired, result_of
 
 START = 1_795_000_000.0  # 2026-11-18T11:06:40Z
@@ -89,6 +90,7 @@ class Api:
         self.lots = FakeLots(self.clock)
         self.registry = CollectorRegistry()
         self.readiness = (True, "journal open")
+        self.sync = SyncQueue(lots=self.lots, journal=self.journal, clock=self.clock)
         self.api = CommandApi(
             config=_settings(),
             lots=self.lots,
@@ -96,6 +98,7 @@ class Api:
             clock=self.clock,
             registry=self.registry,
             ready=lambda: self.readiness,
+            sync=self.sync,
         )
         self.treq = StubTreq(self.api.resource())
 
@@ -190,7 +193,7 @@ def test_admin_can_do_all(gw: Api) -> None:
     token = TOKENS["root"]
     assert gw.call("GET", "/v1/parks", token)[0] == 200
     assert gw.gate(token=token)[0] == 200
-    assert gw.call("POST", "/v1/parks/P001/commands/blacklist", token, {"carNum": "京A1"})[0] == 501
+    assert gw.call("POST", "/v1/parks/P001/commands/blacklist", token, {"carNum": "京A1"})[0] == 202
     assert gw.journal.records[0].body["client"] == "root"
 
 
@@ -274,17 +277,69 @@ def test_oversized_body_is_413(gw: Api) -> None:
     assert gw.call("POST", "/v1/parks/P001/commands/gateOpen", body=big)[0] == 413
 
 
-def test_sync_is_501(gw: Api) -> None:
-    """A sync-class code passes the checks and is answered 501: not built yet."""
+def test_sync_is_202_with_the_seq_once_journaled(gw: Api) -> None:
+    """A sync-class code from a `sync` client is journaled, answered 202 {"seq": N}, then delivered."""
+    gw.journal.hold = True
+    pending = gw.start("POST", "/v1/parks/P001/commands/blacklist", TOKENS["syncer"], {"carNum": "京A1"})
+    assert not fired(pending)
+    gw.journal.release()
+    gw.treq.flush()
+    status, headers, body = gw.finish(pending)
+    assert status == 202
+    assert headers["content-type"] == "application/json; charset=utf-8"
+    [record] = [r for r in gw.journal.records if r.kind == SYNC_RECORD]
+    assert body == {"seq": record.seq}
+    assert record.park == "P001" and record.code == "blacklist"
+    assert record.body["client"] == "syncer" and record.body["data"] == {"carNum": "京A1"}
+    assert gw.lots.asked == [("P001", "blacklist", {"carNum": "京A1"})]
+
+
+def test_sync_without_the_sync_role_is_403(gw: Api) -> None:
+    """A client with `command` but not `sync` is refused 403 on a sync code; nothing is journaled."""
+    status, _, body = gw.call(
+        "POST", "/v1/parks/P001/commands/blacklist", TOKENS["commander"], {"carNum": "京A1"}
+    )
+    assert status == 403
+    assert "sync" in body["error"]
+    assert gw.journal.records == [] and gw.lots.asked == []
+
+
+def test_sync_for_an_offline_lot_is_still_202(gw: Api) -> None:
+    """A sync entry for a lot without a connection is accepted and waits; nothing is sent yet."""
+    status, _, body = gw.call("POST", "/v1/parks/P002/commands/blacklist", body={"carNum": "京A1"})
+    assert status == 202 and isinstance(body["seq"], int)
+    assert gw.lots.asked == [] and gw.sync.pending("P002") == 1
+    assert gw.call("GET", "/v1/parks/P002", TOKENS["reader"])[2]["backlog"] == 1
+
+
+def test_sync_delivered_outcome_is_journaled(gw: Api) -> None:
+    """The lot's 0000 to a sync entry is journaled as its `sync-done` record."""
+    _, _, body = gw.call("POST", "/v1/parks/P001/commands/blacklist", body={"carNum": "京A1"})
+    [done] = [r for r in gw.journal.records if r.kind == SYNC_DONE_RECORD]
+    assert done.body["seq"] == body["seq"] and done.body["outcome"] == "delivered"
+
+
+def test_sync_not_journaled_is_503(gw: Api) -> None:
+    """A sync entry the journal cannot store is refused 503 and not queued."""
+    gw.journal.broken = OSError(28, "No space left on device")
+    status, _, body = gw.call("POST", "/v1/parks/P002/commands/blacklist", body={"carNum": "京A1"})
+    assert status == 503 and "not queued" in body["error"]
+    assert gw.sync.pending("P002") == 0
+
+
+def test_sync_without_a_queue_is_501() -> None:
+    """A CommandApi built without a sync queue still answers sync codes 501."""
+    gw = Api()
+    gw.api._sync = None
     status, _, body = gw.call("POST", "/v1/parks/P001/commands/blacklist", body={"carNum": "京A1"})
     assert status == 501
     assert body == {"error": "sync delivery is not available in this version"}
-    assert gw.lots.asked == [] and gw.journal.records == []
 
 
-def test_sync_data_is_checked_before_501(gw: Api) -> None:
-    """A sync code with invalid data is 400, not 501."""
+def test_sync_data_is_checked(gw: Api) -> None:
+    """A sync code with invalid data is 400 and not journaled."""
     assert gw.call("POST", "/v1/parks/P001/commands/blacklist", body={})[0] == 400
+    assert gw.journal.records == []
 
 
 def test_wrong_method_is_405(gw: Api) -> None:
@@ -447,8 +502,16 @@ def test_parks_listing(gw: Api) -> None:
                 "since": "2026-11-18T11:05:40.000Z",
                 "lastSeen": "2026-11-18T11:06:40.000Z",
                 "peer": "10.0.0.5:4711",
+                "backlog": 0,
             },
-            {"parkCode": "P002", "connected": False, "since": None, "lastSeen": None, "peer": ""},
+            {
+                "parkCode": "P002",
+                "connected": False,
+                "since": None,
+                "lastSeen": None,
+                "peer": "",
+                "backlog": 0,
+            },
         ]
     }
 
