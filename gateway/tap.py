@@ -15,6 +15,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
+from gateway.cloud.metrics import register as register_metrics
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
@@ -25,6 +26,7 @@ from gateway.lots.passwords import PasswordChecker
 from gateway.lots.rebuild import rebuild
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
+from gateway.lots.sync import SyncQueue
 from gateway.lots.uplink import UplinkHandler
 
 log = Logger()
@@ -117,13 +119,6 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
     sessions = Sessions(reactor, settings.gateway.timezone)
     repeats = Repeats(reactor)
     totals = ParkTotals()
-    count = rebuild(journal.replay(), sessions, repeats, totals)
-    log.info(
-        "journal {path}: {count} records, {tokens} tokens in force",
-        path=settings.journal.path,
-        count=count,
-        tokens=len(sessions),
-    )
     if settings.journal.fsync != "always":
         log.warn(
             "journal.fsync is {mode}: lots may be acknowledged before their records are on disk",
@@ -148,19 +143,34 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         config=settings, sessions=sessions, passwords=passwords, journal=journal, clock=reactor
     )
     _DownlinkService(downlinks).setServiceParent(service)
+    sync = SyncQueue(lots=downlinks, journal=journal, clock=reactor)
+    downlinks.bound_listeners.append(sync.lot_bound)
+    _SyncService(sync).setServiceParent(service)
+    # Nothing runs before the reactor does, so the parts above may be built before the replay.
+    count = rebuild(journal.replay(), sessions, repeats, totals, sync)
+    log.info(
+        "journal {path}: {count} records, {tokens} tokens in force, {sync} sync entries pending",
+        path=settings.journal.path,
+        count=count,
+        tokens=len(sessions),
+        sync=sync.pending_total(),
+    )
     _listen(reactor, "downlink", settings.listen.downlink, downlinks.factory()).setServiceParent(service)
 
     def ready() -> tuple[bool, str]:
         problem = journal.problem
         return (False, f"journal cannot write: {problem}") if problem else (True, "journal writable")
 
+    registry = CollectorRegistry()
+    register_metrics(registry, downlinks, journal)
     api = CommandApi(
         config=settings,
         lots=downlinks,
         journal=journal,
         clock=reactor,
-        registry=CollectorRegistry(),
+        registry=registry,
         ready=ready,
+        sync=sync,
     )
     api_site = Site(api.resource(), reactor=reactor)
     api_site.displayTracebacks = False
@@ -193,6 +203,17 @@ class _DownlinkService(Service):
         self.downlinks.stop()
         # Services stop in reverse order of start, so this runs before the journal closes.
         self.downlinks.disconnect_all("gateway stopping")
+
+
+class _SyncService(Service):
+    """Stops the sync queue's timers as the gateway stops, before the journal closes."""
+
+    def __init__(self, sync: SyncQueue) -> None:
+        self.sync = sync
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.sync.stop()
 
 
 def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:

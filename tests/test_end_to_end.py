@@ -252,6 +252,11 @@ class LotClient(Protocol):
         self.decoder = FrameDecoder(2**20)
         self.frames: list[dict[str, Any]] = []
         self.bound: Deferred[dict[str, Any]] = Deferred()
+        self.waiting: dict[str, Deferred[dict[str, Any]]] = {}
+
+    def ack(self, code: str) -> Deferred[dict[str, Any]]:
+        """Fires with the next ACK of `code` the lot receives (after it has replied to it)."""
+        return self.waiting.setdefault(code, Deferred())
 
     def connectionMade(self) -> None:
         login = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
@@ -287,6 +292,8 @@ class LotClient(Protocol):
                         "data": reply_data,
                     }
                 )
+                if frame["code"] in self.waiting:
+                    self.waiting.pop(frame["code"]).callback(frame)
 
     @property
     def token(self) -> str:
@@ -340,3 +347,68 @@ async def test_gate_open_from_the_api_reaches_the_lot_and_its_reply_comes_back(t
     assert kinds.index("lot-online") < kinds.index("command") < kinds.index("command-reply")
     [offline] = [record for record in records if record.kind == "lot-offline"]
     assert offline.body["reason"] == "gateway stopping"
+
+
+def api_config(tmp_path: Path) -> tuple[str, int, int]:
+    """A config with all three listeners on free loopback ports and an API token."""
+    uplink, downlink, api = free_port(), free_port(), free_port()
+    config = Path(write_config(tmp_path, uplink))
+    config.write_text(
+        config.read_text().replace(
+            "[listen]\n",
+            f'[listen]\ndownlink = "tcp:{downlink}:interface=127.0.0.1"\n'
+            f'api = "tcp:{api}:interface=127.0.0.1"\n',
+        )
+        + '[cloud]\napi_token = "cloud-token"\n'
+    )
+    return str(config), downlink, api
+
+
+async def api_call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    response = await treq.request(
+        method,
+        url,
+        json=body,
+        headers={"Authorization": ["Bearer cloud-token"]},
+        pool=HTTPConnectionPool(reactor, persistent=False),
+    )
+    return response.code, json.loads(await response.content())
+
+
+@pytest_twisted.ensureDeferred
+async def test_blacklist_queued_offline_survives_a_restart_and_reaches_the_lot(tmp_path: Path) -> None:
+    """A sync command for an offline lot is 202, kept across a restart, and delivered once the lot binds."""
+    config, downlink, api = api_config(tmp_path)
+    options = tap.Options()
+    options.parseOptions(["--config", config])
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        status, body = await api_call(
+            "POST", f"http://127.0.0.1:{api}/v1/parks/P001/commands/blacklist", {"carNum": "京A99999"}
+        )
+        assert status == 202, body
+        seq = body["seq"]
+    finally:
+        await service.stopService()
+
+    service = tap.makeService(options, reactor)
+    service.startService()
+    lot = LotClient()
+    try:
+        status, park = await api_call("GET", f"http://127.0.0.1:{api}/v1/parks/P001")
+        assert status == 200 and park["backlog"] == 1 and park["connected"] is False
+        delivered = lot.ack("blacklist")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", downlink), lot)
+        ack = await delivered.addTimeout(10, reactor)
+        assert ack["data"]["carNum"] == "京A99999"
+        for _ in range(100):  # the REPLY is on its way back; let the gateway journal it
+            status, park = await api_call("GET", f"http://127.0.0.1:{api}/v1/parks/P001")
+            if park["backlog"] == 0:
+                break
+        assert park["backlog"] == 0
+    finally:
+        lot.transport.loseConnection()  # type: ignore[union-attr]
+        await service.stopService()
+    [done] = [r for r in read_records(tmp_path / "journal") if r.kind == "sync-done"]
+    assert done.body["seq"] == seq and done.body["outcome"] == "delivered"
