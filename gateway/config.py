@@ -18,6 +18,8 @@ from attrs import frozen
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
+from gateway.protocol.catalog import lookup
+
 T = TypeVar("T")
 
 FSYNC_MODES = ("always", "interval", "never")
@@ -109,6 +111,13 @@ class Config:
     cloud: CloudConfig
     api_clients: tuple[ApiClient, ...]
     lots: tuple[LotConfig, ...]
+    # [deadlines]: seconds per downlink code, overriding CONTRACT §3's table.
+    deadline_overrides: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def deadlines(self) -> dict[str, float]:
+        """The configured deadline overrides, by interface code."""
+        return dict(self.deadline_overrides)
 
     @cached_property
     def _by_username(self) -> dict[str, LotConfig]:
@@ -312,6 +321,20 @@ def _lot(index: int, raw: object) -> LotConfig:
     return result
 
 
+def _deadlines(raw: object) -> tuple[tuple[str, float], ...]:
+    table = _Table("deadlines", raw)
+    overrides = []
+    for name in list(table.raw):
+        interface = lookup(name)
+        if interface is None or interface.downlink is None:
+            raise ConfigError(f"deadlines.{name}: not an interface sent down to lots")
+        seconds = table.take(name, float, 0.0)
+        if seconds <= 0:
+            raise ConfigError(f"deadlines.{name}: must be more than 0 seconds")
+        overrides.append((interface.code, seconds))
+    return tuple(overrides)
+
+
 def _array(document: dict[str, Any], name: str) -> list[object]:
     value = document.pop(name, [])
     if not isinstance(value, list):
@@ -342,6 +365,7 @@ def parse(document: Mapping[str, Any]) -> Config:
         cloud=_cloud(document.pop("cloud", {})),
         api_clients=clients,
         lots=lots,
+        deadline_overrides=_deadlines(document.pop("deadlines", {})),
     )
     if document:
         raise ConfigError(f"{sorted(document)[0]}: unknown key")

@@ -140,7 +140,12 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
     _listen(reactor, "uplink", settings.listen.uplink, site).setServiceParent(service)
 
     downlinks = Downlinks(
-        config=settings, sessions=sessions, passwords=passwords, journal=journal, clock=reactor
+        config=settings,
+        sessions=sessions,
+        passwords=passwords,
+        journal=journal,
+        clock=reactor,
+        deadlines=settings.deadlines,
     )
     _DownlinkService(downlinks).setServiceParent(service)
     sync = SyncQueue(lots=downlinks, journal=journal, clock=reactor)
@@ -171,6 +176,7 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         registry=registry,
         ready=ready,
         sync=sync,
+        deadlines=settings.deadlines,
     )
     api_site = Site(api.resource(), reactor=reactor)
     api_site.displayTracebacks = False

@@ -98,6 +98,9 @@ def test_lot_defaults_and_lookups() -> None:
         ),
         ({"gateway": "x"}, "gateway: must be a table"),
         ({"extra": {}}, "extra: unknown key"),
+        ({"deadlines": {"carIn": 5}}, "deadlines.carIn: not an interface sent down to lots"),
+        ({"deadlines": {"gateOpen": 0}}, "deadlines.gateOpen: must be more than 0 seconds"),
+        ({"deadlines": {"gateOpen": "2s"}}, "deadlines.gateOpen: must be a number"),
     ],
 )
 def test_each_problem_is_one_line_naming_the_key(document: dict[str, Any], line: str) -> None:
@@ -128,6 +131,13 @@ def test_lookups_stay_right_with_many_lots() -> None:
     for i in (0, 1234, 2999):
         assert settings.lot_by_username(f"u{i}") is settings.lot_by_park(f"P{i}") is settings.lots[i]
     assert settings.lot_by_username("u3000") is None
+
+
+def test_deadlines_override_the_contract_table_by_code_or_number() -> None:
+    """[deadlines] sets a downlink's deadline in seconds, named by code or Table-1 number."""
+    settings = config.parse({"deadlines": {"gateOpen": 3, "22": 12.5}})
+    assert settings.deadlines == {"gateOpen": 3.0, "gateState": 12.5}
+    assert config.parse({}).deadlines == {}
 
 
 def test_values_are_frozen() -> None:

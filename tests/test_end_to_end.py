@@ -253,6 +253,7 @@ class LotClient(Protocol):
         self.frames: list[dict[str, Any]] = []
         self.bound: Deferred[dict[str, Any]] = Deferred()
         self.waiting: dict[str, Deferred[dict[str, Any]]] = {}
+        self.silent: set[str] = set()  # codes the lot never answers
 
     def ack(self, code: str) -> Deferred[dict[str, Any]]:
         """Fires with the next ACK of `code` the lot receives (after it has replied to it)."""
@@ -280,7 +281,7 @@ class LotClient(Protocol):
             self.frames.append(frame)
             if frame.get("oprNum") == "bind-1":
                 self.bound.callback(frame)
-            elif "resultCode" not in frame:  # an ACK: answer it
+            elif "resultCode" not in frame and frame["code"] not in self.silent:  # an ACK: answer it
                 reply_data = {"barCode": frame["data"].get("barCode", ""), "opened": 1}
                 self.send(
                     {
@@ -412,3 +413,28 @@ async def test_blacklist_queued_offline_survives_a_restart_and_reaches_the_lot(t
         await service.stopService()
     [done] = [r for r in read_records(tmp_path / "journal") if r.kind == "sync-done"]
     assert done.body["seq"] == seq and done.body["outcome"] == "delivered"
+
+
+@pytest_twisted.ensureDeferred
+async def test_configured_deadline_applies_to_a_silent_lot(tmp_path: Path) -> None:
+    """With [deadlines] gateState = 0.3, a lot that never replies makes the API answer 504/9009 quickly."""
+    config, downlink, api = api_config(tmp_path)
+    Path(config).write_text(Path(config).read_text() + "[deadlines]\ngateState = 0.3\n")
+    options = tap.Options()
+    options.parseOptions(["--config", config])
+    service = tap.makeService(options, reactor)
+    service.startService()
+    lot = LotClient()
+    lot.silent.add("gateState")
+    try:
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", downlink), lot)
+        await lot.bound
+        started = reactor.seconds()
+        status, body = await api_call(
+            "POST", f"http://127.0.0.1:{api}/v1/parks/P001/commands/gateState", {"barCode": "G1"}
+        )
+        assert status == 504 and body["resultCode"] == "9009"
+        assert reactor.seconds() - started < 5, "the catalog's 10 s deadline was used, not the configured one"
+    finally:
+        lot.transport.loseConnection()  # type: ignore[union-attr]
+        await service.stopService()
