@@ -304,18 +304,9 @@ class LotClient(Protocol):
 @pytest_twisted.ensureDeferred
 async def test_gate_open_from_the_api_reaches_the_lot_and_its_reply_comes_back(tmp_path: Path) -> None:
     """Over loopback: a lot binds on TCP; POST gateOpen to the API; the lot's REPLY is the answer."""
-    uplink, downlink, api = free_port(), free_port(), free_port()
-    config = Path(write_config(tmp_path, uplink))
-    config.write_text(
-        config.read_text().replace(
-            "[listen]\n",
-            f'[listen]\ndownlink = "tcp:{downlink}:interface=127.0.0.1"\n'
-            f'api = "tcp:{api}:interface=127.0.0.1"\n',
-        )
-        + '[cloud]\napi_token = "cloud-token"\n'
-    )
+    config, downlink, api = api_config(tmp_path)
     options = tap.Options()
-    options.parseOptions(["--config", str(config)])
+    options.parseOptions(["--config", config])
     service = tap.makeService(options, reactor)
     service.startService()
     lot = LotClient()
