@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.cloud.metrics import DOWNLINK_COUNTERS, GatewayCollector, register
+from gateway.cloud.metrics import DOWNLINK_COUNTERS, FSYNC_BUCKETS, GatewayCollector, observe_fsync, register
 from gateway.lots.downlink import _COUNTERS
 
 
 @define
 class FakeState:
     connected: bool
+    park: str = "P001"
 
 
 @define
@@ -30,6 +33,15 @@ class FakeJournal:
     last_seq: int = 0
     committed_seq: int = 0
     problem: str | None = None
+    fsync_observers: list[Callable[[float], None]] = field(factory=list)
+
+
+@define
+class FakeSync:
+    queues: dict[str, int] = field(factory=dict)
+
+    def pending(self, park: str) -> int:
+        return self.queues.get(park, 0)
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, float]:
@@ -129,3 +141,61 @@ def test_a_clashing_name_is_refused_at_registration() -> None:
     Counter("cpmi_downlink_binds", "taken", registry=registry)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         register(registry, FakeDownlinks(), FakeJournal())
+
+
+def test_fsync_histogram_counts_each_journal_fsync() -> None:
+    """observe_fsync hooks a histogram into the journal's fsync observers."""
+    journal = FakeJournal()
+    registry = CollectorRegistry()
+    observe_fsync(registry, journal)
+    assert scrape(registry)["cpmi_journal_fsync_seconds_count"] == 0
+
+    [observer] = journal.fsync_observers
+    for seconds in (0.00005, 0.0003, 0.002, 2.0):
+        observer(seconds)
+    samples = scrape(registry)
+
+    assert samples["cpmi_journal_fsync_seconds_count"] == 4
+    assert samples["cpmi_journal_fsync_seconds_sum"] == pytest.approx(2.00235)
+    text = generate_latest(registry).decode("utf-8")
+    buckets = {
+        sample.labels["le"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "cpmi_journal_fsync_seconds_bucket"
+    }
+    assert len(buckets) == len(FSYNC_BUCKETS) + 1
+    assert buckets["0.0001"] == 1
+    assert buckets["0.0005"] == 2
+    assert buckets["0.0025"] == 3
+    assert buckets["1.0"] == 3
+    assert buckets["+Inf"] == 4
+
+
+def test_sync_queue_depth_per_configured_lot() -> None:
+    """With a sync, each configured lot gets cpmi_sync_queue_depth{park}, read at each scrape."""
+    downlinks = FakeDownlinks(lots=[FakeState(True, "P001"), FakeState(False, "P002")])
+    sync = FakeSync({"P001": 3, "P999": 7})
+    registry = CollectorRegistry(auto_describe=True)
+    register(registry, downlinks, FakeJournal(), sync)
+
+    def depths() -> dict[str, float]:
+        text = generate_latest(registry).decode("utf-8")
+        return {
+            sample.labels["park"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "cpmi_sync_queue_depth"
+        }
+
+    assert depths() == {"P001": 3, "P002": 0}
+    sync.queues["P002"] = 5
+    sync.queues["P001"] = 0
+    assert depths() == {"P001": 0, "P002": 5}
+
+
+def test_no_sync_queue_depth_without_a_sync() -> None:
+    """The three-argument form keeps working and shows no queue depth."""
+    registry = CollectorRegistry()
+    register(registry, FakeDownlinks(lots=[FakeState(True)]), FakeJournal())
+    assert not any(name.startswith("cpmi_sync_queue_depth") for name in scrape(registry))

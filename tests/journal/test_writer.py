@@ -558,3 +558,38 @@ def test_any_interleaving_keeps_file_and_acknowledgements_in_step(
     assert [r.seq for r in acknowledged] == list(range(1, len(acknowledged) + 1))
     assert verify(h.path) == len(acknowledged)
     h.close()
+
+
+def test_fsync_observers_get_one_duration_per_fsync(harness: Callable[..., Harness], tmp_path: Path) -> None:
+    """Each batch fsync and each interval fsync reports its duration; a raising observer is ignored."""
+    h = harness(tmp_path / "always")
+    seen: list[float] = []
+
+    def broken(seconds: float) -> None:
+        raise RuntimeError("observer bug")
+
+    h.journal.fsync_observers += [broken, seen.append]
+    first = h.append_many(3)
+    h.turn()
+    assert seen == []  # not before the fsync is done
+    h.runner.run_next()
+    second = h.append_many(2)
+    h.settle()
+    assert [r.seq for r in results(first + second)] == [1, 2, 3, 4, 5]
+    assert len(seen) == len(h.disk.fsyncs) == 2
+    assert all(isinstance(s, float) and s >= 0 for s in seen)
+    h.disk.next_fsync_faults.append(enospc())  # a failed fsync reports nothing
+    failed = h.append_many(1)
+    h.settle()
+    [failure] = results(failed)
+    assert isinstance(failure, Failure) and len(seen) == 2
+
+    i = harness(tmp_path / "interval", fsync="interval", interval=0.5)
+    interval_seen: list[float] = []
+    i.journal.fsync_observers.append(interval_seen.append)
+    i.append_many(3)
+    i.turn()
+    assert interval_seen == []  # acknowledged after the write, no fsync yet
+    i.clock.advance(0.5)
+    i.runner.run_all()
+    assert len(interval_seen) == len(i.disk.fsyncs) == 1
