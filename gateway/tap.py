@@ -15,6 +15,7 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
+from gateway.cloud.metrics import observe_fsync
 from gateway.cloud.metrics import register as register_metrics
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
@@ -167,7 +168,8 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         return (False, f"journal cannot write: {problem}") if problem else (True, "journal writable")
 
     registry = CollectorRegistry()
-    register_metrics(registry, downlinks, journal)
+    register_metrics(registry, downlinks, journal, sync)
+    observe_fsync(registry, journal)
     api = CommandApi(
         config=settings,
         lots=downlinks,

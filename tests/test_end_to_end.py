@@ -327,6 +327,18 @@ async def test_gate_open_from_the_api_reaches_the_lot_and_its_reply_comes_back(t
         [ack] = [frame for frame in lot.frames if frame.get("code") == "gateOpen"]
         assert ack["token"] == lot.token and ack["data"]["barCode"] == "G1"
         assert ack["signature"] == sign(compact(ack["data"]), lot.token, "k")
+        metrics = await treq.get(
+            f"http://127.0.0.1:{api}/metrics", pool=HTTPConnectionPool(reactor, persistent=False)
+        )
+        text = (await metrics.content()).decode()
+        for name in (
+            "cpmi_lots_connected 1.0",
+            "cpmi_journal_fsync_seconds_count",
+            'cpmi_sync_queue_depth{park="P001"} 0.0',
+            'cpmi_command_seconds_count{code="gateOpen",outcome="ok"} 1.0',
+            "cpmi_downlink_frames_in_total",
+        ):
+            assert name in text, name
         unauthorised = await treq.post(
             url, json={"barCode": "G1"}, pool=HTTPConnectionPool(reactor, persistent=False)
         )
