@@ -1,0 +1,210 @@
+"""
+Journal records as CloudEvents 1.0 (structured JSON form), and their batch body (no I/O).
+
+CONTRACT §6: each forwarded record becomes one event whose ``id`` is
+``{gateway id}-{seq}`` (the same on every retry and replay), whose ``source`` is
+``urn:cpmi:park:{park}`` and whose ``data`` is the interface's business data with
+its times converted to RFC 3339 with the lot's offset. Records the cloud is not
+told about (tokens, recovery, queries and answers, commands and their replies,
+sync entries themselves, anything unknown) map to ``None``.
+
+The record kinds are spelt out here rather than imported from ``gateway.lots``:
+this module sits on the cloud side and depends only on ``protocol`` and
+``journal``; the tests check that the spellings agree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from zoneinfo import ZoneInfo
+
+from attrs import frozen
+
+from gateway.journal.record import Record, dumps_compact
+from gateway.protocol.catalog import Field, lookup
+
+__all__ = [
+    "BATCH_CONTENT_TYPE",
+    "EVENT_CONTENT_TYPE",
+    "batch_body",
+    "local_to_rfc3339",
+    "to_event",
+]
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+"""The ``Content-Type`` of :func:`batch_body`'s output."""
+
+EVENT_CONTENT_TYPE = "application/cloudevents+json"
+"""The ``Content-Type`` of one event sent on its own (queries)."""
+
+# Record kinds (gateway.lots.uplink / downlink / sync).
+_UPLINK = "uplink"
+_ONLINE = "lot-online"
+_OFFLINE = "lot-offline"
+_SYNC_DONE = "sync-done"
+
+_TYPE_PREFIX_T002 = "org.cpmi.t002."
+_LOT_TYPES = {
+    _ONLINE: "org.cpmi.gateway.lot-online.v1",
+    _OFFLINE: "org.cpmi.gateway.lot-offline.v1",
+}
+_SYNC_DONE_TYPES = {
+    "delivered": "org.cpmi.gateway.downlink-delivered.v1",
+    "expired": "org.cpmi.gateway.downlink-expired.v1",
+}
+
+# CloudEvents' Integer is a signed 32-bit number; a larger seq goes as a String.
+_INT32_MAX = 2**31 - 1
+
+# "yyyy-MM-dd HH:mm:ss", ASCII digits only (\d would also take other scripts' digits).
+_LOCAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})", re.ASCII)
+
+
+@frozen
+class _TimePlan:
+    """Where an interface's datetime fields sit: names at this level, and nested members."""
+
+    names: tuple[str, ...]
+    nested: tuple[tuple[str, _TimePlan], ...]
+
+
+_EMPTY_PLAN = _TimePlan((), ())
+
+
+def _plan_of(fields: Sequence[Field]) -> _TimePlan:
+    names = tuple(f.name for f in fields if f.datetime)
+    nested: list[tuple[str, _TimePlan]] = []
+    for f in fields:
+        if f.items:
+            inner = _plan_of(f.items)
+            if inner is not _EMPTY_PLAN:
+                nested.append((f.name, inner))
+    if not names and not nested:
+        return _EMPTY_PLAN
+    return _TimePlan(names, tuple(nested))
+
+
+@cache
+def _time_plan(code: str) -> _TimePlan:
+    """The datetime fields of ``code``'s request data, worked out once per code."""
+    interface = lookup(code)
+    return _EMPTY_PLAN if interface is None else _plan_of(interface.request)
+
+
+def local_to_rfc3339(value: str, zone: ZoneInfo) -> str:
+    """
+    ``"yyyy-MM-dd HH:mm:ss"`` read in ``zone`` as RFC 3339 with the zone's offset.
+
+    ``"2026-11-24 08:30:00"`` in Asia/Shanghai is ``"2026-11-24T08:30:00+08:00"``.
+    Anything else -- empty, another format, an impossible date -- is returned as
+    is: the event carries what the lot sent rather than dropping it. An offset
+    that is not whole minutes (local mean time before 1901) has no RFC 3339
+    form, so such a time is given in UTC instead.
+    """
+    match = _LOCAL_TIME.fullmatch(value)
+    if match is None:
+        return value
+    try:
+        year, month, day, hour, minute, second = map(int, match.groups())
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=zone)
+        offset = moment.utcoffset()
+        if offset is None or offset.seconds % 60 or offset.microseconds:
+            return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return moment.isoformat()
+    except (ValueError, OverflowError):
+        return value
+
+
+def _convert_value(value: object, plan: _TimePlan, zone: ZoneInfo) -> object:
+    """``value`` (one object or a list of them) with its times converted; unchanged parts shared."""
+    if isinstance(value, dict):
+        return _convert_object(value, plan, zone)
+    if isinstance(value, list):
+        converted = [_convert_value(item, plan, zone) for item in value]
+        if any(new is not old for new, old in zip(converted, value, strict=True)):
+            return converted
+    return value
+
+
+def _convert_object(data: dict[str, object], plan: _TimePlan, zone: ZoneInfo) -> dict[str, object]:
+    # Copy on write: a dict is copied only when one of its members changes.
+    result = data
+    for name in plan.names:
+        old = data.get(name)
+        if isinstance(old, str) and old:
+            new = local_to_rfc3339(old, zone)
+            if new != old:
+                if result is data:
+                    result = dict(data)
+                result[name] = new
+    for name, inner in plan.nested:
+        old = data.get(name)
+        if old is not None:
+            new_value = _convert_value(old, inner, zone)
+            if new_value is not old:
+                if result is data:
+                    result = dict(data)
+                result[name] = new_value
+    return result
+
+
+def _envelope(record: Record, gateway_id: str, type_: str, data: object) -> dict[str, object]:
+    event: dict[str, object] = {
+        "specversion": "1.0",
+        "id": f"{gateway_id}-{record.seq}",
+        "source": f"urn:cpmi:park:{record.park}",
+        "type": type_,
+        "time": record.ts,
+        "datacontenttype": "application/json",
+    }
+    # An empty extension value says nothing; lot-online/offline records carry no opr.
+    if record.opr:
+        event["cpmioprnum"] = record.opr
+    event["cpmiseq"] = record.seq if record.seq <= _INT32_MAX else str(record.seq)
+    event["data"] = data
+    return event
+
+
+def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, object] | None:
+    """
+    The CloudEvent (structured JSON form, CloudEvents 1.0) for a journal record.
+
+    ``None`` when the record is not forwarded: tokens, recovery, query/answer,
+    command/command-reply, sync (the entry itself; its ``sync-done`` is), and any
+    kind this module does not know. ``zone`` is the lots' time zone, in which
+    their ``"yyyy-MM-dd HH:mm:ss"`` times are read.
+
+    The record is never modified. The event's ``data`` shares unchanged parts
+    with the record's body, so treat it as read-only (serialize it, don't edit it).
+    """
+    kind = record.kind
+    if kind == _UPLINK:
+        plan = _time_plan(record.code)
+        data = record.body if plan is _EMPTY_PLAN else _convert_value(record.body, plan, zone)
+        return _envelope(record, gateway_id, f"{_TYPE_PREFIX_T002}{record.code}.v1", data)
+    lot_type = _LOT_TYPES.get(kind)
+    if lot_type is not None:
+        return _envelope(record, gateway_id, lot_type, record.body)
+    if kind == _SYNC_DONE:
+        body = record.body
+        if not isinstance(body, Mapping):
+            return None
+        outcome = body.get("outcome")
+        done_type = _SYNC_DONE_TYPES.get(outcome) if isinstance(outcome, str) else None
+        if done_type is None:
+            return None
+        return _envelope(record, gateway_id, done_type, {**body, "code": record.code})
+    return None
+
+
+def batch_body(events: Sequence[dict[str, object]]) -> bytes:
+    """
+    ``events`` as an ``application/cloudevents-batch+json`` body.
+
+    A JSON array, compact UTF-8 with non-ASCII text as is (orjson; the journal's
+    fallback serializer when orjson refuses a value, e.g. an integer beyond 64 bits).
+    """
+    return dumps_compact(list(events))
