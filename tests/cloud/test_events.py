@@ -264,7 +264,9 @@ def test_batch_body_takes_integers_beyond_64_bits() -> None:
 _UPLINK_CODES = [*sorted(i.code for i in INTERFACES if i.uplink is not None), "unknownCode"]
 _TIME_KEYS = ["inTime", "outTime", "payTime", "paymentRecordList", "couponList", "startDate", "recordCode"]
 
-_json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_json_leaf = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+)
 _json = st.recursive(
     _json_leaf,
     lambda inner: (
