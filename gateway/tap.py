@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -48,30 +49,29 @@ class Options(usage.Options):
     ]
 
 
-class _JournalService(Service):
-    """Closes the journal (flushing what is queued) when the gateway stops."""
+class _Part(Service):
+    """One part of the gateway in the service tree: `start` as it starts, `stop` as it stops.
 
-    def __init__(self, journal: Journal) -> None:
-        self.journal = journal
+    Services stop in the reverse order of their start, so a part added before
+    another outlives it: the journal, added first, closes last.
+    """
 
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        return self.journal.close()
-
-
-class _PasswordService(Service):
-    """Runs the password checker's thread pool while the gateway runs."""
-
-    def __init__(self, checker: PasswordChecker) -> None:
-        self.checker = checker
+    def __init__(
+        self,
+        stop: Callable[[], Deferred[None] | None],
+        start: Callable[[], None] | None = None,
+    ) -> None:
+        self._start = start
+        self._stop = stop
 
     def startService(self) -> None:
         super().startService()
-        self.checker.start()
+        if self._start is not None:
+            self._start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        self.checker.stop()
+        return self._stop()
 
 
 def _fail(error: str) -> SystemExit:
@@ -115,7 +115,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
 def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiService:
     """Wire the parts of the gateway around an open journal."""
     service = MultiService()
-    _JournalService(journal).setServiceParent(service)
+    _Part(stop=journal.close).setServiceParent(service)
 
     sessions = Sessions(reactor, settings.gateway.timezone)
     repeats = Repeats(reactor)
@@ -127,7 +127,7 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         )
 
     passwords = PasswordChecker(reactor)
-    _PasswordService(passwords).setServiceParent(service)
+    _Part(start=passwords.start, stop=passwords.stop).setServiceParent(service)
     handler = UplinkHandler(
         config=settings,
         journal=journal,
@@ -148,10 +148,16 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         clock=reactor,
         deadlines=settings.deadlines,
     )
-    _DownlinkService(downlinks).setServiceParent(service)
+
+    def stop_downlinks() -> None:
+        downlinks.stop()
+        # This runs before the journal closes, so each bound lot's offline record is kept.
+        downlinks.disconnect_all("gateway stopping")
+
+    _Part(start=downlinks.start, stop=stop_downlinks).setServiceParent(service)
     sync = SyncQueue(lots=downlinks, journal=journal, clock=reactor)
     downlinks.bound_listeners.append(sync.lot_bound)
-    _SyncService(sync).setServiceParent(service)
+    _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
     count = rebuild(journal.replay(), sessions, repeats, totals, sync)
     log.info(
@@ -194,34 +200,6 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         sink=settings.cloud.sink,
     )
     return service
-
-
-class _DownlinkService(Service):
-    """Runs the downlink's idle sweep while the gateway runs."""
-
-    def __init__(self, downlinks: Downlinks) -> None:
-        self.downlinks = downlinks
-
-    def startService(self) -> None:
-        super().startService()
-        self.downlinks.start()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.downlinks.stop()
-        # Services stop in reverse order of start, so this runs before the journal closes.
-        self.downlinks.disconnect_all("gateway stopping")
-
-
-class _SyncService(Service):
-    """Stops the sync queue's timers as the gateway stops, before the journal closes."""
-
-    def __init__(self, sync: SyncQueue) -> None:
-        self.sync = sync
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.sync.stop()
 
 
 def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:
