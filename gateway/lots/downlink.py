@@ -12,11 +12,10 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import LoopingCall
@@ -25,15 +24,15 @@ from twisted.python.failure import Failure
 
 from gateway.config import Config, LotConfig
 from gateway.lots.answers import Answer
-from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.login import Appender, Checker, LoginOutcome, login, signature_ok
+from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
 from gateway.protocol.catalog import lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response
 from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import Result
-from gateway.protocol.signing import compact, sign, signature_matches
+from gateway.protocol.signing import compact, sign
 from gateway.protocol.times import wire_time
-from gateway.protocol.validation import FieldError, validate
 
 log = Logger()
 
@@ -85,99 +84,6 @@ class LotState:
     since: float | None
     last_seen: float | None
     peer: str
-
-
-class Appender(Protocol):
-    """The journal as the downlink sees it."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Store a record; the Deferred fires once it is durable."""
-
-
-class Checker(Protocol):
-    """The password checker as the downlink sees it."""
-
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
-        """Whether `password` matches `password_hash`; None means an unknown account."""
-
-
-@frozen
-class LoginOutcome:
-    """What a login request comes to: the answer, the lot (when known) and the new token."""
-
-    answer: Answer
-    lot: LotConfig | None
-    token: str = ""
-
-
-def signature_ok(
-    mode: str, signature: str, data_text: str, data: object, token: str, secret: str, optional: bool = False
-) -> bool:
-    """Whether a message's signature passes the lot's `signature` mode (B.3.7).
-
-    With `optional` (heartbeats, like HTTP), a missing signature passes in every mode.
-    """
-    if mode == "off" or ((mode == "optional" or optional) and not signature):
-        return True
-    return signature_matches(signature, data_text, data, token, secret)
-
-
-def login(
-    request: Request, *, config: Config, sessions: Sessions, passwords: Checker, journal: Appender
-) -> Deferred[LoginOutcome]:
-    """Check a `login` request and issue a token as HTTP login does (uplink.py).
-
-    Validate the fields, check the signature (token "") and the password, mint a
-    token, journal its `token` record and put it in force once that is durable.
-    """
-    data = request.data
-    lot: LotConfig | None = None
-    if data is None or data == {} or data == []:
-        answer = Answer.of(Result.EMPTY_BODY, "data: parkUserName and parkUserPwd required")
-        return succeed(LoginOutcome(answer, None))
-    interface = lookup("login")
-    assert interface is not None
-    try:
-        fields = validate(interface.request, data)
-    except FieldError as error:
-        return succeed(LoginOutcome(Answer.of(Result.FIELD_INVALID, error.message()), None))
-    if not isinstance(fields, Mapping):
-        return succeed(
-            LoginOutcome(Answer.of(Result.FIELD_INVALID, "data: must be one object for login"), None)
-        )
-    username, password = str(fields["parkUserName"]), str(fields["parkUserPwd"])
-    lot = config.lot_by_username(username)
-    if lot is not None and not signature_ok(
-        lot.signature, request.signature, request.data_text, request.data, "", lot.secret
-    ):
-        return succeed(LoginOutcome(Answer.of(Result.BAD_SIGNATURE, "signature: does not match data"), lot))
-
-    def checked(matches: bool) -> Deferred[LoginOutcome] | LoginOutcome:
-        if not matches or lot is None:
-            answer = Answer.of(Result.BAD_CREDENTIALS, "parkUserName or parkUserPwd is wrong")
-            return LoginOutcome(answer, lot)
-        token, body = sessions.mint(lot.username, lot.park_code)
-
-        def issued(_: object) -> LoginOutcome:
-            sessions.install(body)
-            log.info("lot {park} logged in over TCP as {user}", park=lot.park_code, user=lot.username)
-            return LoginOutcome(
-                Answer.of(Result.OK, data={"token": token, "parkCode": lot.park_code}), lot, token
-            )
-
-        stored = journal.append(TOKEN_RECORD, lot.park_code, "login", request.opr, body)
-        return stored.addCallbacks(issued, not_stored)
-
-    def not_stored(failure: Failure) -> LoginOutcome:
-        log.failure("the journal could not store a token record", failure)
-        reason = failure.getErrorMessage() or failure.type.__name__
-        answer = Answer.of(Result.FAILED, f"the journal cannot store this message now ({reason}); retry")
-        return LoginOutcome(answer, lot)
-
-    outcome: Deferred[LoginOutcome] = passwords.check(lot.password if lot else None, password).addCallback(
-        checked
-    )
-    return outcome
 
 
 class _Pending:
@@ -513,6 +419,7 @@ class Downlinks:
             sessions=self._sessions,
             passwords=self._passwords,
             journal=self._journal,
+            via="TCP",
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)

@@ -10,41 +10,29 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from gateway.config import Config, LotConfig
 from gateway.lots.answers import OK, Answer
+from gateway.lots.login import Appender, Checker, login, not_stored_answer, signature_ok
 from gateway.lots.parks import ParkTotals
-from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
-from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
 from gateway.protocol.redact import may_hold_secrets, redact
 from gateway.protocol.results import Result
-from gateway.protocol.signing import signature_matches
 from gateway.protocol.times import wire_time
 from gateway.protocol.validation import FieldError, validate
-
-log = Logger()
 
 UPLINK_RECORD = "uplink"
 QUERY_RECORD = "query"
 ANSWER_RECORD = "answer"
-
-
-class Appender(Protocol):
-    """The journal as the uplink sees it."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Store a record; the Deferred fires once it is durable."""
 
 
 @frozen
@@ -78,7 +66,7 @@ class UplinkHandler:
         sessions: Sessions,
         repeats: Repeats,
         totals: ParkTotals,
-        passwords: PasswordChecker,
+        passwords: Checker,
         clock: IReactorTime,
     ) -> None:
         self._config = config
@@ -143,11 +131,14 @@ class UplinkHandler:
         return interface
 
     def _signature_ok(self, request: Request, lot: LotConfig, heartbeat: bool = False) -> bool:
-        mode = lot.signature
-        if mode == "off" or ((mode == "optional" or heartbeat) and not request.signature):
-            return True
-        return signature_matches(
-            request.signature, request.data_text, request.data, request.token, lot.secret
+        return signature_ok(
+            lot.signature,
+            request.signature,
+            request.data_text,
+            request.data,
+            request.token,
+            lot.secret,
+            optional=heartbeat,
         )
 
     def _render(self, code: str, opr: str, answer: Answer, token: str = "", secret: str = "") -> bytes:
@@ -156,40 +147,15 @@ class UplinkHandler:
     # login (B.4.1)
 
     def _login(self, request: Request) -> Deferred[bytes]:
-        data = request.data
-        lot: LotConfig | None = None
-        try:
-            if data is None or data == {} or data == []:
-                raise _reject(Result.EMPTY_BODY, "data: parkUserName and parkUserPwd required")
-            interface = lookup("login")
-            assert interface is not None
-            fields = validate(interface.request, data)
-            if not isinstance(fields, Mapping):
-                raise _reject(Result.FIELD_INVALID, "data: must be one object for login")
-            username, password = str(fields["parkUserName"]), str(fields["parkUserPwd"])
-            lot = self._config.lot_by_username(username)
-            if lot is not None and not self._signature_ok(request, lot):
-                raise _reject(Result.BAD_SIGNATURE, "signature: does not match data")
-        except FieldError as error:
-            return succeed(self._login_render(request, lot, Answer.of(Result.FIELD_INVALID, error.message())))
-        except Rejected as rejected:
-            return succeed(self._login_render(request, lot, rejected.answer))
-        checked = self._passwords.check(lot.password if lot else None, password)
-        answered: Deferred[Answer] = checked.addCallback(self._logged_in, request, lot)
-        return answered.addCallback(lambda answer: self._login_render(request, lot, answer))
-
-    def _logged_in(self, matches: bool, request: Request, lot: LotConfig | None) -> Deferred[Answer] | Answer:
-        if not matches or lot is None:
-            return Answer.of(Result.BAD_CREDENTIALS, "parkUserName or parkUserPwd is wrong")
-        token, body = self._sessions.mint(lot.username, lot.park_code)
-        stored = self._journal.append(TOKEN_RECORD, lot.park_code, "login", request.opr, body)
-
-        def issued(_: object) -> Answer:
-            self._sessions.install(body)
-            log.info("lot {park} logged in as {user}", park=lot.park_code, user=lot.username)
-            return Answer.of(Result.OK, data={"token": token, "parkCode": lot.park_code})
-
-        return stored.addCallbacks(issued, self._not_stored)
+        outcome = login(
+            request,
+            config=self._config,
+            sessions=self._sessions,
+            passwords=self._passwords,
+            journal=self._journal,
+            via="HTTP",
+        )
+        return outcome.addCallback(lambda done: self._login_render(request, done.lot, done.answer))
 
     def _login_render(self, request: Request, lot: LotConfig | None, answer: Answer) -> bytes:
         return self._render("login", request.opr, answer, "", lot.secret if lot else "")
@@ -215,7 +181,7 @@ class UplinkHandler:
             self._repeats.finish(park, opr, answer, stored=answer.result is not Result.FAILED)
             return answer
 
-        return stored.addErrback(self._not_stored).addCallback(done)
+        return stored.addErrback(not_stored_answer).addCallback(done)
 
     def _reported(self, _: object, code: str, park: str, data: object) -> Answer:
         if code == "parkEnv":
@@ -229,11 +195,6 @@ class UplinkHandler:
         outcome = {"resultCode": answer.result.code, "resultMessage": answer.message}
         stored = self._journal.append(ANSWER_RECORD, park, interface.code, opr, outcome)
         return stored.addCallback(lambda _: answer)
-
-    def _not_stored(self, failure: Failure) -> Answer:
-        log.failure("the journal could not store a record", failure)
-        reason = failure.getErrorMessage() or failure.type.__name__
-        return Answer.of(Result.FAILED, f"the journal cannot store this message now ({reason}); retry")
 
     def _checked_data(
         self, interface: Interface, lot: LotConfig, request: Request, files: Sequence[FilePart]

@@ -516,3 +516,13 @@ def test_a_fault_inside_the_gateway_is_answered_9999(gw: Uplink) -> None:
     )
     assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
     assert json.loads(body)["resultCode"] == "9999"
+
+
+def test_login_is_signed_with_an_empty_token_even_when_the_envelope_carries_one(gw: Uplink) -> None:
+    """A login is signed over data + "" + secret (the contract); a stale token in its envelope is ignored."""
+    old = gw.login()
+    data = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
+    answer = gw.send("login", data, token=old, signature=sign(compact(data), "", "s3cret"))
+    assert answer["resultCode"] == "0000"
+    stale_signed = gw.send("login", data, token=old, signature=sign(compact(data), old, "s3cret"))
+    assert stale_signed["resultCode"] == "9006"
