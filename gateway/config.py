@@ -12,19 +12,20 @@ import tomllib
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import frozen
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
-from gateway.protocol.catalog import lookup
+from gateway.protocol.catalog import DeliveryClass, lookup
 
 T = TypeVar("T")
 
 FSYNC_MODES = ("always", "interval", "never")
 SINKS = ("log-only", "cloudevents", "t002")
-AVAILABLE_SINKS = ("log-only",)
+AVAILABLE_SINKS = ("log-only", "cloudevents")
 SIGNATURE_MODES = ("required", "optional", "off")
 DIALECTS = ("standard",)
 ROLES = ("read", "command", "sync", "admin")
@@ -79,6 +80,16 @@ class CloudConfig:
     downlink: str
     query_url: str
     api_token: str
+    # Forwarding (sink "cloudevents"): a batch is sent once it holds
+    # batch_max_events events or batch_max_bytes of body, or batch_max_delay
+    # seconds after its first event; retries back off from retry_min_delay,
+    # doubling up to retry_max_delay, with full jitter.
+    batch_max_events: int = 500
+    batch_max_bytes: int = 2**20
+    batch_max_delay: float = 0.1
+    retry_min_delay: float = 0.5
+    retry_max_delay: float = 60.0
+    request_timeout: float = 30.0
 
 
 @frozen
@@ -111,7 +122,7 @@ class Config:
     cloud: CloudConfig
     api_clients: tuple[ApiClient, ...]
     lots: tuple[LotConfig, ...]
-    # [deadlines]: seconds per downlink code, overriding CONTRACT §3's table.
+    # [deadlines]: seconds per downlink or query code, overriding CONTRACT §3's table.
     deadline_overrides: tuple[tuple[str, float], ...] = ()
 
     @property
@@ -268,21 +279,45 @@ def _tcp(raw: object) -> TcpConfig:
 
 def _cloud(raw: object) -> CloudConfig:
     table = _Table("cloud", raw)
-    url = table.text("url", "")
+    url = table.take("url", str, "")
     sink = table.choice("sink", "cloudevents" if url else "log-only", SINKS)
     result = CloudConfig(
         sink=sink,
-        url=url,
+        url=table.text("url", url, _http_url),
         downlink=table.text("downlink", ""),
-        query_url=table.text("query_url", ""),
+        query_url=table.text("query_url", "", _http_url),
         api_token=table.text("api_token", ""),
+        batch_max_events=table.number("batch_max_events", 500, 1),
+        batch_max_bytes=table.number("batch_max_bytes", 2**20, 1024),
+        batch_max_delay=_seconds(table, "batch_max_delay", 0.1, allow_zero=True),
+        retry_min_delay=_seconds(table, "retry_min_delay", 0.5),
+        retry_max_delay=_seconds(table, "retry_max_delay", 60.0),
+        request_timeout=_seconds(table, "request_timeout", 30.0),
     )
     table.done()
     if sink not in AVAILABLE_SINKS:
         raise ConfigError(f"cloud.sink: {sink!r} is not available in this version yet")
     if sink == "cloudevents" and not url:
         raise ConfigError("cloud.url: required with sink 'cloudevents'")
+    if result.retry_max_delay < result.retry_min_delay:
+        raise ConfigError("cloud.retry_max_delay: must not be less than cloud.retry_min_delay")
     return result
+
+
+def _http_url(value: str) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"not an http:// or https:// URL: {value!r}"
+    return None
+
+
+def _seconds(table: _Table, name: str, default: float, *, allow_zero: bool = False) -> float:
+    value = table.take(name, float, default)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{table.key(name)}: must be more than 0 seconds")
+    return value
 
 
 def _api_client(index: int, raw: object) -> ApiClient:
@@ -326,8 +361,8 @@ def _deadlines(raw: object) -> tuple[tuple[str, float], ...]:
     overrides = []
     for name in list(table.raw):
         interface = lookup(name)
-        if interface is None or interface.downlink is None:
-            raise ConfigError(f"deadlines.{name}: not an interface sent down to lots")
+        if interface is None or (interface.downlink is None and interface.uplink is not DeliveryClass.QUERY):
+            raise ConfigError(f"deadlines.{name}: not an interface sent down to lots, nor a query")
         seconds = table.take(name, float, 0.0)
         if seconds <= 0:
             raise ConfigError(f"deadlines.{name}: must be more than 0 seconds")

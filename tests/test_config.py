@@ -98,7 +98,20 @@ def test_lot_defaults_and_lookups() -> None:
         ),
         ({"gateway": "x"}, "gateway: must be a table"),
         ({"extra": {}}, "extra: unknown key"),
-        ({"deadlines": {"carIn": 5}}, "deadlines.carIn: not an interface sent down to lots"),
+        ({"deadlines": {"carIn": 5}}, "deadlines.carIn: not an interface sent down to lots, nor a query"),
+        ({"cloud": {"url": "ftp://cloud/events"}}, "cloud.url: not an http:// or https:// URL"),
+        ({"cloud": {"sink": "cloudevents"}}, "cloud.url: required with sink 'cloudevents'"),
+        ({"cloud": {"url": "http://c/e", "query_url": "c/q"}}, "cloud.query_url: not an http://"),
+        ({"cloud": {"batch_max_events": 0}}, "cloud.batch_max_events: must be at least 1"),
+        ({"cloud": {"batch_max_bytes": 100}}, "cloud.batch_max_bytes: must be at least 1024"),
+        ({"cloud": {"batch_max_delay": -1}}, "cloud.batch_max_delay: must be more than 0 seconds"),
+        ({"cloud": {"retry_min_delay": 0}}, "cloud.retry_min_delay: must be more than 0 seconds"),
+        ({"cloud": {"request_timeout": "30"}}, "cloud.request_timeout: must be a number"),
+        (
+            {"cloud": {"retry_min_delay": 5, "retry_max_delay": 1}},
+            "cloud.retry_max_delay: must not be less than cloud.retry_min_delay",
+        ),
+        ({"cloud": {"sink": "t002", "url": "http://c/u"}}, "cloud.sink: 't002' is not available"),
         ({"deadlines": {"gateOpen": 0}}, "deadlines.gateOpen: must be more than 0 seconds"),
         ({"deadlines": {"gateOpen": "2s"}}, "deadlines.gateOpen: must be a number"),
     ],
@@ -124,6 +137,18 @@ def test_unreadable_and_invalid_files_name_the_file(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_a_cloud_url_selects_the_cloudevents_sink_with_forwarding_defaults() -> None:
+    """With a URL and no sink, events go to the cloud; the batch and retry bounds have defaults."""
+    cloud = config.parse({"cloud": {"url": "https://cloud.example/events"}}).cloud
+    assert cloud.sink == "cloudevents"
+    assert (cloud.batch_max_events, cloud.batch_max_bytes, cloud.batch_max_delay) == (500, 2**20, 0.1)
+    assert (cloud.retry_min_delay, cloud.retry_max_delay, cloud.request_timeout) == (0.5, 60.0, 30.0)
+    tuned = config.parse(
+        {"cloud": {"url": "http://c/e", "batch_max_events": 10, "batch_max_delay": 0, "retry_max_delay": 5}}
+    ).cloud
+    assert (tuned.batch_max_events, tuned.batch_max_delay, tuned.retry_max_delay) == (10, 0.0, 5.0)
+
+
 def test_lookups_stay_right_with_many_lots() -> None:
     """With thousands of lots, each account and park finds its own lot."""
     lots = [lot(park_code=f"P{i}", username=f"u{i}") for i in range(3000)]
@@ -134,9 +159,9 @@ def test_lookups_stay_right_with_many_lots() -> None:
 
 
 def test_deadlines_override_the_contract_table_by_code_or_number() -> None:
-    """[deadlines] sets a downlink's deadline in seconds, named by code or Table-1 number."""
-    settings = config.parse({"deadlines": {"gateOpen": 3, "22": 12.5}})
-    assert settings.deadlines == {"gateOpen": 3.0, "gateState": 12.5}
+    """[deadlines] sets a downlink's or a query's deadline in seconds, named by code or Table-1 number."""
+    settings = config.parse({"deadlines": {"gateOpen": 3, "22": 12.5, "autoPay": 2}})
+    assert settings.deadlines == {"gateOpen": 3.0, "gateState": 12.5, "autoPay": 2.0}
     assert config.parse({}).deadlines == {}
 
 

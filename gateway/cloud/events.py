@@ -31,6 +31,7 @@ __all__ = [
     "EVENT_CONTENT_TYPE",
     "batch_body",
     "local_to_rfc3339",
+    "query_event",
     "to_event",
 ]
 
@@ -45,6 +46,10 @@ _UPLINK = "uplink"
 _ONLINE = "lot-online"
 _OFFLINE = "lot-offline"
 _SYNC_DONE = "sync-done"
+_QUERY = "query"
+# The forwarder's record of an event the cloud refused (gateway.cloud.forwarder).
+_REJECTED = "rejected"
+_REJECTED_TYPE = "org.cpmi.gateway.rejected.v1"
 
 _TYPE_PREFIX_T002 = "org.cpmi.t002."
 _LOT_TYPES = {
@@ -182,9 +187,7 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
     """
     kind = record.kind
     if kind == _UPLINK:
-        plan = _time_plan(record.code)
-        data = record.body if plan is _EMPTY_PLAN else _convert_value(record.body, plan, zone)
-        return _envelope(record, gateway_id, f"{_TYPE_PREFIX_T002}{record.code}.v1", data)
+        return _interface_event(record, gateway_id, zone)
     lot_type = _LOT_TYPES.get(kind)
     if lot_type is not None:
         return _envelope(record, gateway_id, lot_type, record.body)
@@ -197,7 +200,32 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
         if done_type is None:
             return None
         return _envelope(record, gateway_id, done_type, {**body, "code": record.code})
+    if kind == _REJECTED:
+        body = record.body
+        # The refusal of a refusal's own event is recorded but not sent again: no loop.
+        if not isinstance(body, Mapping) or body.get("type") == _REJECTED_TYPE:
+            return None
+        return _envelope(record, gateway_id, _REJECTED_TYPE, {**body, "code": record.code})
     return None
+
+
+def _interface_event(record: Record, gateway_id: str, zone: ZoneInfo) -> dict[str, object]:
+    plan = _time_plan(record.code)
+    data = record.body if plan is _EMPTY_PLAN else _convert_value(record.body, plan, zone)
+    return _envelope(record, gateway_id, f"{_TYPE_PREFIX_T002}{record.code}.v1", data)
+
+
+def query_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, object]:
+    """
+    The CloudEvent for a ``query`` record (``autoPay``), sent on its own to ``cloud.query_url``.
+
+    Shaped like an uplink's event (``org.cpmi.t002.autoPay.v1``, id
+    ``{gateway id}-{seq}``, times converted); raises ValueError for a record of
+    another kind.
+    """
+    if record.kind != _QUERY:
+        raise ValueError(f"not a query record: {record.kind!r}")
+    return _interface_event(record, gateway_id, zone)
 
 
 def batch_body(events: Sequence[dict[str, object]]) -> bytes:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cloud.events import BATCH_CONTENT_TYPE, batch_body, local_to_rfc3339, to_event
+from gateway.cloud.events import BATCH_CONTENT_TYPE, batch_body, local_to_rfc3339, query_event, to_event
 from gateway.journal.record import Record
 from gateway.lots import downlink, sync, uplink
 from gateway.protocol.catalog import INTERFACES
@@ -123,6 +123,28 @@ def test_lot_and_sync_done_data() -> None:
     rec = record("sync-done", "blacklist", done)
     assert event_of(rec)["data"] == {**done, "code": "blacklist"}
     assert rec.body == {"seq": 3, "client": "c", "outcome": "delivered"}
+
+
+def test_a_rejection_is_a_gateway_event_but_never_of_a_rejection() -> None:
+    """A rejected record becomes org.cpmi.gateway.rejected.v1; the refusal of that event is not sent again."""
+    body = {"seq": 5, "id": "gw-01-5", "type": "org.cpmi.t002.carIn.v1", "status": 422, "answer": "bad"}
+    event = event_of(record("rejected", "carIn", body))
+    assert event["type"] == "org.cpmi.gateway.rejected.v1"
+    assert event["data"] == {**body, "code": "carIn"}
+    looped = {**body, "type": "org.cpmi.gateway.rejected.v1"}
+    assert to_event(record("rejected", "carIn", looped), gateway_id=GATEWAY, zone=SHANGHAI) is None
+    assert to_event(record("rejected", "carIn", ["x"]), gateway_id=GATEWAY, zone=SHANGHAI) is None
+
+
+def test_query_event_is_the_interface_event_of_a_query_record() -> None:
+    """An autoPay query record maps to org.cpmi.t002.autoPay.v1 with its times converted; other kinds raise."""
+    rec = record("query", "autoPay", {"recordCode": "R1", "inTime": "2026-11-24 08:30:00"}, seq=12)
+    event = query_event(rec, gateway_id=GATEWAY, zone=SHANGHAI)
+    assert event["id"] == "gw-01-12"
+    assert event["type"] == "org.cpmi.t002.autoPay.v1"
+    assert event["data"] == {"recordCode": "R1", "inTime": "2026-11-24T08:30:00+08:00"}
+    with pytest.raises(ValueError, match="not a query record"):
+        query_event(record("uplink", "autoPay"), gateway_id=GATEWAY, zone=SHANGHAI)
 
 
 def test_empty_opr_leaves_out_the_extension() -> None:
