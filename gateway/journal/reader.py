@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, check_line, decode_line
-from gateway.journal.segments import Segment, iter_lines, list_segments
+from gateway.journal.segments import Segment, iter_lines, list_segments, segment_name
 
-__all__ = ["ChainError", "read_records", "verify"]
+__all__ = ["ChainError", "Cursor", "read_records", "verify"]
 
 
 class ChainError(Exception):
@@ -131,3 +132,105 @@ def verify(path: str | os.PathLike[str], *, allow_partial_tail: bool = False) ->
             prev_seq, prev_chain = seq, chain
             count += 1
     return count
+
+
+_SEQ_PREFIX = b'{"seq":'
+
+
+def _line_seq(line: bytes) -> int | None:
+    """The seq a line starts with, read without decoding the line (None if it has none)."""
+    if not line.startswith(_SEQ_PREFIX):
+        return None
+    comma = line.find(b",", len(_SEQ_PREFIX))
+    digits = line[len(_SEQ_PREFIX) : comma]
+    return int(digits) if comma > 0 and digits.isdigit() else None
+
+
+class Cursor:
+    """
+    Reads a live journal forward from a seq, a chunk at a time, keeping its place.
+
+    Each :meth:`read` goes on where the last one stopped, across segments,
+    without rescanning: a follower (the forwarder) reads a backlog of any size
+    in bounded chunks. It blocks (file reads): call it from a thread, one read
+    at a time. It reads only up to the seq it is told is durable, so it never
+    sees a record the writer may still cut off after a failed write.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], next_seq: int = 1) -> None:
+        self._directory = os.fspath(path)
+        self.next_seq = next_seq
+        """The seq the next record read will have."""
+        self._file: BinaryIO | None = None
+        self._segment = ""
+
+    def read(self, through_seq: int, max_records: int, max_bytes: int) -> list[Record]:
+        """
+        The records from :attr:`next_seq` up to ``through_seq``, in order.
+
+        At most ``max_records``, and no more once ``max_bytes`` of lines are
+        read (at least one record, however long). Raises :class:`ChainError`
+        if a record that should be there (its seq is at most ``through_seq``)
+        is missing or is not a record.
+        """
+        records: list[Record] = []
+        size = 0
+        while self.next_seq <= through_seq and len(records) < max_records and size < max_bytes:
+            line = self._next_line()
+            if line is None:
+                raise ChainError(
+                    self.next_seq, "record not found in the journal", self._segment or None, None
+                )
+            seq = _line_seq(line)
+            if seq is not None and seq < self.next_seq:
+                continue  # finding the start in the segment
+            try:
+                record = decode_line(line)
+            except BadLine as e:
+                raise ChainError(self.next_seq, e.args[0], self._segment, None) from None
+            if record.seq != self.next_seq:
+                raise ChainError(
+                    self.next_seq, f"seq {record.seq} where {self.next_seq} was expected", self._segment, None
+                )
+            records.append(record)
+            size += len(line)
+            self.next_seq += 1
+        return records
+
+    def close(self) -> None:
+        """Close the open segment file (a later read opens it again)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _open(self) -> None:
+        """Open the segment that holds :attr:`next_seq`."""
+        holder = None
+        for segment in list_segments(self._directory):
+            if segment.first_seq > self.next_seq:
+                break
+            holder = segment
+        if holder is None:
+            raise ChainError(self.next_seq, "no segment holds this seq", None, None)
+        self._file = open(holder.path, "rb")  # noqa: SIM115 -- kept open between reads
+        self._segment = holder.name
+
+    def _next_line(self) -> bytes | None:
+        """The next whole line, moving to the next segment at the end of one; None if none yet."""
+        if self._file is None:
+            self._open()
+        assert self._file is not None
+        start = self._file.tell()
+        line = self._file.readline()
+        if line.endswith(b"\n"):
+            return line
+        self._file.seek(start)  # a line being written: read it whole next time
+        if line:
+            return None
+        following = os.path.join(self._directory, segment_name(self.next_seq))
+        if self._segment != segment_name(self.next_seq) and os.path.exists(following):
+            self.close()
+            self._file = open(following, "rb")  # noqa: SIM115 -- kept open between reads
+            self._segment = segment_name(self.next_seq)
+            return self._next_line()
+        return None

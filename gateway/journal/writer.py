@@ -212,6 +212,7 @@ class Journal:
         "_ts_prefix",
         "_ts_second",
         "_waiters",
+        "commit_observers",
         "fsync_observers",
     )
 
@@ -371,6 +372,13 @@ class Journal:
         self._closed = False
         self._ts_second = -1
         self._ts_prefix = ""
+        self.commit_observers: list[Callable[[list[Record]], None]] = []
+        """
+        Called in the reactor thread with each batch of records once it is
+        durable per the mode (after the appenders' Deferreds fired), in seq
+        order. The list is the observer's to keep. An observer that raises is
+        logged and ignored. The forwarder follows the journal this way.
+        """
         self.fsync_observers: list[Callable[[float], None]] = []
         """
         Called in the reactor thread with the seconds each fsync of a batch
@@ -530,6 +538,11 @@ class Journal:
         self._busy = False
         for record, d in zip(records, waiters, strict=True):
             d.callback(record)
+        for observer in tuple(self.commit_observers):
+            try:
+                observer(records)
+            except Exception:
+                _log.failure("journal: commit observer {observer!r} failed", observer=observer)
         self._after_batch()
 
     def _batch_failed(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.journal.reader import ChainError, read_records, verify
+from gateway.journal.reader import ChainError, Cursor, read_records, verify
 from gateway.journal.segments import iter_lines, list_segments
 from tests.journal.helpers import Harness
 
@@ -168,3 +168,64 @@ def test_chain_error_text() -> None:
     e = ChainError(5, "chain does not match", "00000000000000000001.jsonl", 120)
     assert (e.seq, e.reason, e.segment, e.offset) == (5, "chain does not match", e.segment, 120)
     assert str(e) == "seq 5: chain does not match (segment 00000000000000000001.jsonl, offset 120)"
+
+
+def test_cursor_reads_in_chunks_across_segments_from_any_seq(journal_dir: Path) -> None:
+    """A cursor goes on where its last read stopped, crosses segments, and can start mid-journal."""
+    cursor = Cursor(journal_dir)
+    seqs = []
+    while chunk := cursor.read(8, max_records=3, max_bytes=10**6):
+        assert len(chunk) <= 3
+        seqs.append([r.seq for r in chunk])
+    assert seqs == [[1, 2, 3], [4, 5, 6], [7, 8]]
+    assert cursor.read(8, 3, 10**6) == []
+    cursor.close()
+    for start in range(1, 9):
+        middle = Cursor(journal_dir, start)
+        assert [r.seq for r in middle.read(8, 100, 10**6)] == list(range(start, 9))
+        middle.close()
+
+
+def test_cursor_stops_at_through_and_at_max_bytes(journal_dir: Path) -> None:
+    """Nothing past through_seq is read; max_bytes ends a chunk after at least one record."""
+    cursor = Cursor(journal_dir)
+    assert [r.seq for r in cursor.read(2, 100, 10**6)] == [1, 2]
+    assert [r.seq for r in cursor.read(8, 100, 1)] == [3]
+    assert [r.seq for r in cursor.read(8, 100, 10**6)] == list(range(4, 9))
+    cursor.close()
+
+
+def test_cursor_follows_a_journal_being_written(harness: Callable[..., Harness], tmp_path: Path) -> None:
+    """A cursor at the end picks up records appended later, also into a new segment; a partial line waits."""
+    h = harness(tmp_path / "live", segment_bytes=600)
+    h.append_many(2)
+    h.settle()
+    cursor = Cursor(h.path)
+    assert [r.seq for r in cursor.read(h.journal.committed_seq, 100, 10**6)] == [1, 2]
+    for _ in range(6):
+        h.append_many(1)
+        h.settle()
+    assert len(list_segments(h.path)) >= 2
+    assert [r.seq for r in cursor.read(h.journal.committed_seq, 100, 10**6)] == list(range(3, 9))
+    last = list_segments(h.path)[-1].path
+    with open(last, "ab") as f:
+        f.write(b'{"seq":9,"ts":"x"')  # a write in progress
+    with pytest.raises(ChainError) as info:
+        cursor.read(9, 100, 10**6)  # told seq 9 is durable, but it is not whole
+    assert info.value.seq == 9
+    assert cursor.read(8, 100, 10**6) == []
+    cursor.close()
+
+
+def test_cursor_reports_a_damaged_record(journal_dir: Path) -> None:
+    """A line that is not a record, where a record should be, is a ChainError naming its seq."""
+    path, offset, seq, line = line_map(journal_dir)[4]
+    data = bytearray(path.read_bytes())
+    data[offset + len(line) - 3] = ord("x")  # break the JSON closing the line
+    path.write_bytes(bytes(data))
+    cursor = Cursor(journal_dir)
+    assert [r.seq for r in cursor.read(seq - 1, 100, 10**6)] == list(range(1, seq))
+    with pytest.raises(ChainError) as info:
+        cursor.read(8, 100, 10**6)
+    assert info.value.seq == seq
+    cursor.close()

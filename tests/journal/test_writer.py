@@ -593,3 +593,31 @@ def test_fsync_observers_get_one_duration_per_fsync(harness: Callable[..., Harne
     i.clock.advance(0.5)
     i.runner.run_all()
     assert len(interval_seen) == len(i.disk.fsyncs) == 1
+
+
+def test_commit_observers_see_each_durable_batch_in_order(h: Harness) -> None:
+    """Commit observers get each batch once it is durable, after its appenders; failed batches never."""
+    batches: list[list[int]] = []
+    order: list[str] = []
+
+    def broken(records: list[Record]) -> None:
+        raise RuntimeError("observer bug")
+
+    def observe(records: list[Record]) -> None:
+        order.append("observer")
+        batches.append([r.seq for r in records])
+
+    h.journal.commit_observers += [broken, observe]
+    first = h.append_many(3)
+    first[-1].addCallback(lambda _: order.append("appender"))
+    h.turn()
+    assert batches == []  # written, not yet synced
+    h.runner.run_next()
+    assert batches == [[1, 2, 3]] and order == ["appender", "observer"]
+    h.disk.next_fsync_faults.append(enospc())
+    failed = h.append_many(2)
+    h.settle()
+    assert isinstance(results(failed)[0], Failure)
+    h.append_many(1)
+    h.settle()
+    assert batches == [[1, 2, 3], [4]]  # seq 4 reused after the failed batch
