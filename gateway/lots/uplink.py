@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Config, LotConfig
+from gateway.journal.record import Record
 from gateway.lots.answers import OK, Answer
 from gateway.lots.login import Appender, Checker, login, not_stored_answer, signature_ok
 from gateway.lots.parks import ParkTotals
@@ -55,6 +56,40 @@ def _reject(result: Result, detail: str = "") -> Rejected:
     return Rejected(Answer.of(result, detail))
 
 
+class QueryOutcome(Protocol):
+    """What answers a query: a `resultCode` ("0000" or "9999"), why, and the data (None: none)."""
+
+    @property
+    def result_code(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def data(self) -> object: ...
+
+
+class Queries(Protocol):
+    """Whoever answers `query` uplinks (autoPay): the cloud side's `QueryClient`."""
+
+    # Deferred[Any], not Deferred[QueryOutcome]: Deferred is invariant, so a client
+    # returning Deferred[its own answer class] would not match the protocol.
+    def ask(self, record: Record) -> Deferred[Any]:
+        """The answer (a QueryOutcome) to the durable `query` record `record`; never fails."""
+
+
+@frozen
+class _Unanswered:
+    """The outcome of a query when no cloud is configured to answer it."""
+
+    result_code: str
+    message: str
+    data: object = None
+
+
+_NO_CLOUD = _Unanswered(Result.FAILED.code, "no cloud configured to answer this query")
+
+
 class UplinkHandler:
     """Answers lots' uplink requests, storing what must be stored first."""
 
@@ -68,6 +103,7 @@ class UplinkHandler:
         totals: ParkTotals,
         passwords: Checker,
         clock: IReactorTime,
+        queries: Queries | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
@@ -76,6 +112,7 @@ class UplinkHandler:
         self._totals = totals
         self._passwords = passwords
         self._clock = clock
+        self._queries = queries
         self._zone: ZoneInfo = config.gateway.timezone
 
     def handle(
@@ -189,12 +226,30 @@ class UplinkHandler:
         return OK
 
     def _query(self, interface: Interface, park: str, opr: str, data: object) -> Deferred[Answer]:
-        # No cloud is configured in the log-only sink, so a query cannot be answered.
-        answer = Answer.of(Result.FAILED, "no cloud configured to answer this query")
-        self._journal.append(QUERY_RECORD, park, interface.code, opr, data)
-        outcome = {"resultCode": answer.result.code, "resultMessage": answer.message}
-        stored = self._journal.append(ANSWER_RECORD, park, interface.code, opr, outcome)
-        return stored.addCallback(lambda _: answer)
+        # A query is stored before the cloud is asked, so a failure to store it reaches
+        # `_store`'s errback (the not-stored 9999) and the cloud never sees the query.
+        code = interface.code
+        stored = self._journal.append(QUERY_RECORD, park, code, opr, data)
+        asked = stored.addCallback(self._ask)
+        return asked.addCallback(self._answered, park, code, opr)
+
+    def _ask(self, record: Record) -> Deferred[Any]:
+        if self._queries is None:
+            # No cloud is configured in the log-only sink, so a query cannot be answered.
+            return succeed(_NO_CLOUD)
+        return self._queries.ask(record)
+
+    def _answered(self, outcome: QueryOutcome, park: str, code: str, opr: str) -> Deferred[Answer]:
+        result = Result.from_code(outcome.result_code) or Result.FAILED
+        has_data = outcome.data is not None and outcome.data != {}
+        answer = Answer.of(result, outcome.message, outcome.data if has_data else None)
+        body: dict[str, object] = {"resultCode": answer.result.code, "resultMessage": answer.message}
+        if has_data:
+            body["data"] = answer.data
+        stored = self._journal.append(ANSWER_RECORD, park, code, opr, body)
+        # An answer the journal cannot keep could not be given again to a repeat or after
+        # a restart, so the lot is told the not-stored 9999, even when the cloud said 0000.
+        return stored.addCallbacks(lambda _: answer, not_stored_answer)
 
     def _checked_data(
         self, interface: Interface, lot: LotConfig, request: Request, files: Sequence[FilePart]

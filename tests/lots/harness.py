@@ -19,7 +19,7 @@ from gateway.lots.http import UplinkResource
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.uplink import UplinkHandler
+from gateway.lots.uplink import Queries, UplinkHandler
 from gateway.protocol.signing import compact, sign
 
 T = TypeVar("T")
@@ -141,7 +141,13 @@ def lot_entry(**changes: Any) -> dict[str, Any]:
 class Uplink:
     """A gateway uplink in memory, with a lot's point of view for sending to it."""
 
-    def __init__(self, lots: list[dict[str, Any]] | None = None, start: str = "2026-11-24 10:00:00") -> None:
+    def __init__(
+        self,
+        lots: list[dict[str, Any]] | None = None,
+        start: str = "2026-11-24 10:00:00",
+        queries: Queries | None = None,
+    ) -> None:
+        self.queries = queries
         self.clock = Clock()
         self.clock.advance(datetime.strptime(start, "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZONE).timestamp())
         self.settings = config.parse({"lot": lots if lots is not None else [lot_entry()]})
@@ -164,6 +170,7 @@ class Uplink:
             totals=self.totals,
             passwords=SyncPasswords(),  # type: ignore[arg-type]
             clock=self.clock,
+            queries=self.queries,
         )
         self.treq = StubTreq(UplinkResource(self.handler, max_body_bytes=1_000_000).resource())
 

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from attrs import define, field, frozen
+from nacl.signing import SigningKey
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from gateway import config
+from gateway.cloud.query import QueryClient
 from gateway.lots.sessions import token_digest
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
-from tests.protocol.samples import PNG_BASE64, SAMPLES
+from tests.protocol.samples import PNG_BASE64, RESPONSE_SAMPLES, SAMPLES
 
 CAR_IN = SAMPLES["carIn"]
 REPORTS = [i.code for i in INTERFACES if i.uplink is DeliveryClass.REPORT]
@@ -526,3 +534,149 @@ def test_login_is_signed_with_an_empty_token_even_when_the_envelope_carries_one(
     assert answer["resultCode"] == "0000"
     stale_signed = gw.send("login", data, token=old, signature=sign(compact(data), old, "s3cret"))
     assert stale_signed["resultCode"] == "9006"
+
+
+# queries answered by the cloud (CONTRACT §3 "query")
+
+PAID = RESPONSE_SAMPLES["autoPay"]
+
+
+@frozen
+class Outcome:
+    """A query's outcome as the cloud side gives it (QueryOutcome)."""
+
+    result_code: str
+    message: str
+    data: object
+
+
+@define
+class FakeQueries:
+    """Answers every query with `outcome`, or later with `pending`; keeps the records it was asked.
+
+    `effect` runs on each question, before the answer.
+    """
+
+    outcome: Outcome
+    asked: list[Any] = field(factory=list)
+    effect: Callable[[], None] | None = None
+    pending: Deferred[Any] | None = None
+
+    def ask(self, record: Any) -> Deferred[Any]:
+        self.asked.append(record)
+        if self.effect is not None:
+            self.effect()
+        return self.pending if self.pending is not None else succeed(self.outcome)
+
+
+def test_a_cloud_answer_0000_is_the_lots_answer_and_journaled() -> None:
+    """The cloud's 0000 and data reach the lot; the journal holds the query, then the answer and data."""
+    queries = FakeQueries(Outcome("0000", "", PAID))
+    gw = Uplink(queries=queries)
+    token = gw.login()
+    answer = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-1")
+    assert answer["resultCode"] == "0000" and answer["data"] == PAID
+    assert answer["signature"] == sign(compact(PAID), token, "s3cret")
+    records = [r for r in gw.journal.records if r.opr == "Q-1"]
+    assert [(r.kind, r.code) for r in records] == [("query", "autoPay"), ("answer", "autoPay")]
+    query, stored = records
+    assert query.body == SAMPLES["autoPay"]
+    assert stored.body == {"resultCode": "0000", "resultMessage": answer["resultMessage"], "data": PAID}
+    [asked] = queries.asked
+    assert asked.kind == "query" and asked.seq == query.seq and asked.body == SAMPLES["autoPay"]
+
+
+def test_a_cloud_answer_9999_reaches_the_lot_with_its_reason() -> None:
+    """The cloud side's 9999 and its reason are the lot's answer, and are journaled without data."""
+    gw = Uplink(queries=FakeQueries(Outcome("9999", "cloud did not answer within 1 s", None)))
+    token = gw.login()
+    answer = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-2")
+    assert answer["resultCode"] == "9999"
+    assert answer["resultMessage"].endswith("cloud did not answer within 1 s")
+    stored = [r for r in gw.journal.records if r.opr == "Q-2"][-1]
+    assert stored.kind == "answer"
+    assert stored.body == {"resultCode": "9999", "resultMessage": answer["resultMessage"]}
+
+
+def test_a_query_the_journal_cannot_store_is_not_asked() -> None:
+    """A query record the journal refuses gets the lot the not-stored 9999; the cloud is never asked."""
+    queries = FakeQueries(Outcome("0000", "", PAID))
+    gw = Uplink(queries=queries)
+    token = gw.login()
+    gw.journal.broken = OSError(28, "No space left on device")
+    answer = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-3")
+    assert answer["resultCode"] == "9999" and "cannot store" in answer["resultMessage"]
+    assert queries.asked == []
+
+
+def test_an_answer_the_journal_cannot_keep_is_9999() -> None:
+    """When the answer record cannot be stored the lot gets 9999, even after the cloud's 0000."""
+    gw = Uplink()
+
+    def break_journal() -> None:
+        gw.journal.broken = OSError(5, "Input/output error")
+
+    queries = FakeQueries(Outcome("0000", "", PAID), effect=break_journal)
+    gw.queries = queries
+    gw.restart()
+    token = gw.login()
+    answer = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-4")
+    assert answer["resultCode"] == "9999" and "cannot store" in answer["resultMessage"]
+    assert len(queries.asked) == 1
+    assert [r.kind for r in gw.journal.records if r.opr == "Q-4"] == ["query"]
+
+
+def test_a_repeated_query_gets_the_first_answer_without_asking_again() -> None:
+    """A repeat of an answered oprNum gets the same 0000 and data; no second question, nothing journaled."""
+    queries = FakeQueries(Outcome("0000", "", PAID))
+    gw = Uplink(queries=queries)
+    token = gw.login()
+    first = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-5")
+    count = len(gw.journal.records)
+    again = gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-5")
+    assert again == first and again["resultCode"] == "0000"
+    assert len(queries.asked) == 1 and len(gw.journal.records) == count
+
+
+def test_a_repeat_while_the_cloud_is_asked_waits_for_its_answer() -> None:
+    """A repeat arriving before the cloud has answered waits for that answer instead of asking again."""
+    pending: Deferred[Any] = Deferred()
+    queries = FakeQueries(Outcome("0000", "", PAID), pending=pending)
+    gw = Uplink(queries=queries)
+    token = gw.login()
+    text = json.dumps(gw.envelope("autoPay", SAMPLES["autoPay"], token=token, opr="Q-6"))
+    first, second = gw.handler.handle(text), gw.handler.handle(text)
+    assert not fired(first) and not fired(second) and len(queries.asked) == 1
+    pending.callback(Outcome("0000", "", PAID))
+    body = result_of(first)
+    assert result_of(second) == body and json.loads(body)["data"] == PAID
+
+
+def test_the_query_client_answers_through_the_uplink() -> None:
+    """Wired to a QueryClient on a StubTreq'd cloud, a lot's autoPay gets the cloud's answer end to end."""
+
+    class Cloud(Resource):
+        isLeaf = True
+
+        def render_POST(self, request: Request) -> bytes:
+            event = json.loads(request.content.read())
+            assert event["type"] == "org.cpmi.t002.autoPay.v1" and event["cpmioprnum"] == "Q-7"
+            return json.dumps(PAID).encode()
+
+    gw = Uplink()
+    cloud = StubTreq(Cloud())
+    gw.queries = QueryClient(
+        http=cloud,
+        clock=gw.clock,
+        url="https://cloud.example/query",
+        gateway_id="gw-01",
+        zone=ZONE,
+        signing_key=SigningKey(bytes(32)),
+    )
+    gw.restart()
+    token = gw.login()
+    text = json.dumps(gw.envelope("autoPay", SAMPLES["autoPay"], token=token, opr="Q-7"))
+    reply = gw.handler.handle(text)
+    cloud.flush()
+    answer = json.loads(result_of(reply))
+    assert answer["resultCode"] == "0000" and answer["data"] == PAID
