@@ -83,7 +83,7 @@ class CloudConfig:
     # Forwarding (sink "cloudevents"): a batch is sent once it holds
     # batch_max_events events or batch_max_bytes of body, or batch_max_delay
     # seconds after its first event; retries back off from retry_min_delay,
-    # doubling up to retry_max_delay, with full jitter.
+    # doubling up to retry_max_delay, each wait drawn between half and all of it.
     batch_max_events: int = 500
     batch_max_bytes: int = 2**20
     batch_max_delay: float = 0.1

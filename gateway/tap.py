@@ -6,18 +6,24 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
+from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
-from gateway.cloud.metrics import observe_fsync
+from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Progress
+from gateway.cloud.metrics import observe_fsync, register_forwarder
 from gateway.cloud.metrics import register as register_metrics
+from gateway.cloud.query import QueryClient
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
@@ -109,13 +115,55 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         )
     else:
         log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
-    return build_service(settings, reactor, journal)
+    return build_service(settings, reactor, journal, key)
 
 
-def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiService:
-    """Wire the parts of the gateway around an open journal."""
+class _CloudClient:
+    """The treq client the cloud side sends with: keep-alive connections, no redirects.
+
+    A redirect would carry a signature made for the configured URL to another
+    one; the cloud's 3xx is shown as it is instead (and retried, or 9999 for a query).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 4
+        self._client = HTTPClient(Agent(reactor, pool=pool))
+
+    def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
+        return self._client.request(method, url, headers=headers, data=data, allow_redirects=False)
+
+
+def build_service(settings: Config, reactor: Any, journal: Journal, key: SigningKey) -> MultiService:
+    """Wire the parts of the gateway around an open journal and the gateway's signing key."""
     service = MultiService()
     _Part(stop=journal.close).setServiceParent(service)
+    forwarder: Forwarder | None = None
+    progress = Progress()
+    queries: QueryClient | None = None
+    if settings.cloud.sink == "cloudevents":
+        http = _CloudClient(reactor)
+        if settings.cloud.query_url:
+            queries = QueryClient(
+                http=http,
+                clock=reactor,
+                url=settings.cloud.query_url,
+                gateway_id=settings.gateway.id,
+                zone=settings.gateway.timezone,
+                signing_key=key,
+                deadlines=settings.deadlines,
+            )
+        # Added right after the journal, so it stops just before the journal closes.
+        forwarder = Forwarder(
+            journal=journal,
+            http=http,
+            clock=reactor,
+            settings=settings.cloud,
+            gateway_id=settings.gateway.id,
+            zone=settings.gateway.timezone,
+            signing_key=key,
+        )
+        _Part(start=lambda: forwarder.start(progress.through), stop=forwarder.stop).setServiceParent(service)
 
     sessions = Sessions(reactor, settings.gateway.timezone)
     repeats = Repeats(reactor)
@@ -136,6 +184,7 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
         totals=totals,
         passwords=passwords,
         clock=reactor,
+        queries=queries,
     )
     site = UplinkSite(UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor)
     _listen(reactor, "uplink", settings.listen.uplink, site).setServiceParent(service)
@@ -159,7 +208,14 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
     downlinks.bound_listeners.append(sync.lot_bound)
     _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
-    count = rebuild(journal.replay(), sessions, repeats, totals, sync)
+    count = rebuild(
+        journal.replay(),
+        sessions,
+        repeats,
+        totals,
+        sync,
+        {FORWARDED_RECORD: progress.restore, REJECTED_RECORD: progress.restore},
+    )
     log.info(
         "journal {path}: {count} records, {tokens} tokens in force, {sync} sync entries pending",
         path=settings.journal.path,
@@ -175,6 +231,13 @@ def build_service(settings: Config, reactor: Any, journal: Journal) -> MultiServ
 
     registry = CollectorRegistry()
     register_metrics(registry, downlinks, journal, sync)
+    if forwarder is not None:
+        register_forwarder(registry, forwarder)
+        log.info(
+            "forwarding events to {url}, from journal seq {seq} on",
+            url=settings.cloud.url,
+            seq=progress.through + 1,
+        )
     observe_fsync(registry, journal)
     api = CommandApi(
         config=settings,

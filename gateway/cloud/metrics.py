@@ -210,3 +210,76 @@ def observe_fsync(registry: CollectorRegistry, journal: FsyncObservable) -> Hist
     )
     journal.fsync_observers.append(histogram.observe)
     return histogram
+
+
+class ForwardingState(Protocol):
+    """What the metrics read of `gateway.cloud.forwarder.Forwarder`."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    @property
+    def backlog(self) -> int: ...
+
+    @property
+    def done_through(self) -> int: ...
+
+
+# (metric name without `_total`, key in Forwarder.counters, help text)
+FORWARD_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("cpmi_forward_events", "events", "Events the cloud acknowledged."),
+    ("cpmi_forward_batches", "batches", "Batches the cloud acknowledged."),
+    (
+        "cpmi_forward_retries",
+        "retries",
+        "Batches sent again after a 5xx, 408, 429, timeout or network error.",
+    ),
+    ("cpmi_forward_rejected", "rejected", "Events the cloud refused with a 4xx (journaled as rejected)."),
+)
+
+
+class ForwarderCollector(Collector):
+    """The forwarder's counters and backlog, read at each scrape."""
+
+    def __init__(self, forwarder: ForwardingState) -> None:
+        self._forwarder = forwarder
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        counters = {} if describing else dict(self._forwarder.counters)
+        for name, key, documentation in FORWARD_COUNTERS:
+            if describing:
+                yield CounterMetricFamily(name, documentation)
+            else:
+                yield CounterMetricFamily(name, documentation, value=counters.get(key, 0))
+        gauges = (
+            (
+                "cpmi_forward_backlog_records",
+                "Durable journal records not yet forwarded (events and other records alike).",
+                0 if describing else self._forwarder.backlog,
+            ),
+            (
+                "cpmi_forward_done_seq",
+                "Every journal record up to this seq is forwarded, rejected or no event.",
+                0 if describing else self._forwarder.done_through,
+            ),
+        )
+        for name, documentation, value in gauges:
+            if describing:
+                yield GaugeMetricFamily(name, documentation)
+            else:
+                yield GaugeMetricFamily(name, documentation, value=value)
+
+
+def register_forwarder(registry: CollectorRegistry, forwarder: ForwardingState) -> ForwarderCollector:
+    """Register the forwarder's metrics (`cpmi_forward_*`) on `registry`."""
+    collector = ForwarderCollector(forwarder)
+    registry.register(collector)
+    return collector

@@ -212,7 +212,7 @@ class Cursor:
             holder = segment
         if holder is None:
             raise ChainError(self.next_seq, "no segment holds this seq", None, None)
-        self._file = open(holder.path, "rb")  # noqa: SIM115 -- kept open between reads
+        self._file = open(holder.path, "rb")  # kept open between reads
         self._segment = holder.name
 
     def _next_line(self) -> bytes | None:
@@ -230,7 +230,7 @@ class Cursor:
         following = os.path.join(self._directory, segment_name(self.next_seq))
         if self._segment != segment_name(self.next_seq) and os.path.exists(following):
             self.close()
-            self._file = open(following, "rb")  # noqa: SIM115 -- kept open between reads
+            self._file = open(following, "rb")  # kept open between reads
             self._segment = segment_name(self.next_seq)
             return self._next_line()
         return None

@@ -7,7 +7,7 @@ done from `sync` and `sync-done` records.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway.lots.answers import OK, Answer
@@ -33,8 +33,14 @@ def rebuild(
     repeats: Repeats,
     totals: ParkTotals,
     sync: SyncRestorer | None = None,
+    others: Mapping[str, Callable[[Any], None]] | None = None,
 ) -> int:
-    """Replay `records` into the state; returns how many were read."""
+    """Replay `records` into the state; returns how many were read.
+
+    `others` maps further record kinds to what replays them (the forwarder's
+    progress), so the journal is read once for every part.
+    """
+    others = others or {}
     count = 0
     for record in records:
         count += 1
@@ -53,4 +59,6 @@ def rebuild(
             sessions.install(record.body)
         elif sync is not None and (kind == SYNC_RECORD or kind == SYNC_DONE_RECORD):
             sync.restore(record)
+        elif kind in others:
+            others[kind](record)
     return count

@@ -137,7 +137,7 @@ def test_a_rejection_is_a_gateway_event_but_never_of_a_rejection() -> None:
 
 
 def test_query_event_is_the_interface_event_of_a_query_record() -> None:
-    """An autoPay query record maps to org.cpmi.t002.autoPay.v1 with its times converted; other kinds raise."""
+    """An autoPay query record maps to org.cpmi.t002.autoPay.v1, times converted; other kinds raise."""
     rec = record("query", "autoPay", {"recordCode": "R1", "inTime": "2026-11-24 08:30:00"}, seq=12)
     event = query_event(rec, gateway_id=GATEWAY, zone=SHANGHAI)
     assert event["id"] == "gw-01-12"

@@ -9,7 +9,15 @@ from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.cloud.metrics import DOWNLINK_COUNTERS, FSYNC_BUCKETS, GatewayCollector, observe_fsync, register
+from gateway.cloud.forwarder import Forwarder
+from gateway.cloud.metrics import (
+    DOWNLINK_COUNTERS,
+    FSYNC_BUCKETS,
+    GatewayCollector,
+    observe_fsync,
+    register,
+    register_forwarder,
+)
 from gateway.lots.downlink import _COUNTERS
 
 
@@ -199,3 +207,48 @@ def test_no_sync_queue_depth_without_a_sync() -> None:
     registry = CollectorRegistry()
     register(registry, FakeDownlinks(lots=[FakeState(True)]), FakeJournal())
     assert not any(name.startswith("cpmi_sync_queue_depth") for name in scrape(registry))
+
+
+@define
+class FakeForwarder:
+    counters: dict[str, int] = field(factory=dict)
+    backlog: int = 0
+    done_through: int = 0
+
+
+def test_forwarder_metrics_show_its_counters_and_backlog() -> None:
+    """cpmi_forward_* show the forwarder's counters, backlog and progress as they are at each scrape."""
+    forwarder = FakeForwarder(counters=dict.fromkeys(Forwarder(**_forwarder_parts()).counters, 0))
+    registry = CollectorRegistry()
+    register_forwarder(registry, forwarder)
+    forwarder.counters.update(events=1200, batches=3, retries=7, rejected=1)
+    forwarder.backlog, forwarder.done_through = 42, 1300
+    samples = scrape(registry)
+    assert samples["cpmi_forward_events_total"] == 1200
+    assert samples["cpmi_forward_batches_total"] == 3
+    assert samples["cpmi_forward_retries_total"] == 7
+    assert samples["cpmi_forward_rejected_total"] == 1
+    assert samples["cpmi_forward_backlog_records"] == 42
+    assert samples["cpmi_forward_done_seq"] == 1300
+    forwarder.backlog = 0
+    assert scrape(registry)["cpmi_forward_backlog_records"] == 0
+
+
+def _forwarder_parts() -> dict[str, object]:
+    """What a Forwarder needs to be built (not started): its counter keys are what the metrics read."""
+    from zoneinfo import ZoneInfo
+
+    from nacl.signing import SigningKey
+    from twisted.internet.task import Clock
+
+    from gateway import config
+
+    return {
+        "journal": FakeJournal(),
+        "http": object(),
+        "clock": Clock(),
+        "settings": config.parse({"cloud": {"url": "http://c/e"}}).cloud,
+        "gateway_id": "gw",
+        "zone": ZoneInfo("UTC"),
+        "signing_key": SigningKey.generate(),
+    }

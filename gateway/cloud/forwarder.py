@@ -1,0 +1,613 @@
+"""
+The forwarder: every journaled event reaches the cloud at least once, in order (CONTRACT §6).
+
+It follows the journal and POSTs its events to ``cloud.url`` as signed
+CloudEvents batches (:mod:`gateway.cloud.events`, :mod:`gateway.cloud.httpsig`).
+
+Order and progress
+------------------
+Events go out in journal order, one batch in flight at a time, so no record of
+a lot can overtake an earlier one of the same lot (nor of any other). Each
+outcome is a journal record, appended in order:
+
+- ``forwarded``: a 2xx for a batch. Body ``first``/``last`` (its first and
+  last event seq), ``events``, ``status`` and ``through``: every record up to
+  ``through`` is done (sent, refused, or not an event at all).
+- ``rejected``: a 4xx other than 408/429 for a batch of one event. Body
+  ``seq``, ``id``, ``type``, ``status``, ``answer`` (its first 4 KiB) and
+  ``through``. It becomes an ``org.cpmi.gateway.rejected.v1`` event itself.
+
+A restart resumes after the highest ``through`` (:class:`Progress` reads it
+during the start-up replay): a batch acknowledged just before a crash, whose
+``forwarded`` record was not yet written, is sent again with the same ids.
+
+Failures
+--------
+- 5xx, 408, 429, a network error, no answer within ``request_timeout``, or any
+  other status (1xx, 3xx): the batch is sent again after a capped exponential
+  backoff with jitter, from ``retry_min_delay`` up to ``retry_max_delay``; the
+  ids stay the same, and the retried batch may be fuller than the first try.
+- Other 4xx: the cloud refuses something in the batch. The batch is halved and
+  the halves sent in turn, until the refused event is alone; it alone is
+  rejected, and the other events -- of its lot and of other lots -- still go
+  through. A batch of one is never retried.
+
+Memory
+------
+The forwarder holds at most four batches' worth of events (by count and
+bytes). While it keeps up, it takes records as they commit
+(``Journal.commit_observers``); when it falls behind (an outage), it drops the
+live feed and reads the backlog from disk in chunks, in a thread
+(:class:`gateway.journal.reader.Cursor`), then goes back to the live feed once
+it has caught up. A backlog costs disk, not memory.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import treq
+from attrs import frozen
+from nacl.signing import SigningKey
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseFailed
+from twisted.web.http_headers import Headers
+
+from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
+from gateway.cloud.httpsig import sign_request
+from gateway.cloud.query import HTTPRequester
+from gateway.config import CloudConfig
+from gateway.journal.reader import Cursor
+from gateway.journal.record import Record, dumps_compact
+
+__all__ = [
+    "FORWARDED_RECORD",
+    "REJECTED_RECORD",
+    "Forwarder",
+    "ForwarderJournal",
+    "Progress",
+]
+
+FORWARDED_RECORD = "forwarded"
+REJECTED_RECORD = "rejected"
+
+# How much of a refusing answer a `rejected` record keeps.
+ANSWER_BYTES = 4096
+# The live buffer holds this many batches' worth of events (by count and by bytes).
+_BUFFER_BATCHES = 4
+# After a failed read of the journal, wait this long before reading again.
+_READ_RETRY = 5.0
+
+_log = Logger()
+
+
+class ForwarderJournal(Protocol):
+    """What the forwarder needs of :class:`gateway.journal.writer.Journal`."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def committed_seq(self) -> int: ...
+
+    @property
+    def commit_observers(self) -> list[Callable[[list[Record]], None]]: ...
+
+    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
+
+
+RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
+"""Runs a blocking job off the reactor thread (``deferToThread``)."""
+
+
+@frozen
+class _Entry:
+    """One event waiting to go: its record's identity and its serialized event."""
+
+    seq: int
+    park: str
+    code: str
+    opr: str
+    id: str
+    type: str
+    body: bytes
+    at: float  # when it was taken from the journal (for the batch delay)
+
+
+class Progress:
+    """Where forwarding stands after the start-up replay: the highest ``through`` journaled."""
+
+    def __init__(self) -> None:
+        self.through = 0
+
+    def restore(self, record: Record) -> None:
+        """Replay one ``forwarded`` or ``rejected`` record."""
+        body = record.body
+        through = body.get("through") if isinstance(body, dict) else None
+        if type(through) is int and through > self.through:
+            self.through = through
+
+
+def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[_Entry]:
+    """The events among ``records``, serialized (the records that are no event are left out)."""
+    entries = []
+    for record in records:
+        event = to_event(record, gateway_id=gateway_id, zone=zone)
+        if event is not None:
+            entries.append(
+                _Entry(
+                    record.seq,
+                    record.park,
+                    record.code,
+                    record.opr,
+                    str(event["id"]),
+                    str(event["type"]),
+                    dumps_compact(event),
+                    at,
+                )
+            )
+    return entries
+
+
+def _read_chunk(
+    cursor: Cursor, through: int, max_records: int, max_bytes: int, gateway_id: str, zone: ZoneInfo, at: float
+) -> tuple[int, list[_Entry]]:
+    """In a thread: read the next chunk of the backlog; the last seq read and its events."""
+    records = cursor.read(through, max_records, max_bytes)
+    return cursor.next_seq - 1, _entries(records, gateway_id, zone, at)
+
+
+def _short(failure: Failure) -> str:
+    """A failed exchange in a few words (treq wraps the cause in ResponseFailed)."""
+    if failure.check(ResponseFailed) and failure.value.reasons:
+        failure = failure.value.reasons[0]
+    if failure.check(CancelledError):
+        return "cancelled"
+    return failure.getErrorMessage() or failure.type.__name__
+
+
+class Forwarder:
+    """
+    Sends the journal's events to the cloud; see the module docstring.
+
+    ``resume_after`` is :attr:`Progress.through` from the start-up replay.
+    ``run_blocking`` runs the backlog reads (a thread by default);
+    ``random`` gives the jitter (``random.random`` by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        journal: ForwarderJournal,
+        http: HTTPRequester,
+        clock: IReactorTime,
+        settings: CloudConfig,
+        gateway_id: str,
+        zone: ZoneInfo,
+        signing_key: SigningKey,
+        run_blocking: RunBlocking | None = None,
+        random: Callable[[], float] = random.random,
+        resume_after: int = 0,
+    ) -> None:
+        if run_blocking is None:
+            from twisted.internet.threads import deferToThread
+
+            run_blocking = deferToThread
+        self._journal = journal
+        self._http = http
+        self._clock = clock
+        self._url = settings.url
+        self._settings = settings
+        self._gateway_id = gateway_id
+        self._zone = zone
+        self._key = signing_key
+        self._run_blocking = run_blocking
+        self._random = random
+        self._max_events = settings.batch_max_events
+        self._max_bytes = settings.batch_max_bytes
+        self._buffer_events = _BUFFER_BATCHES * settings.batch_max_events
+        self._buffer_bytes = _BUFFER_BATCHES * settings.batch_max_bytes
+
+        # Every record up to _done_through is done; every record up to
+        # _read_through has been looked at, and its event (if any) is queued.
+        self._done_through = resume_after
+        self._read_through = resume_after
+        self._queue: deque[_Entry] = deque()
+        self._queued_bytes = 0
+        self._live = False
+        self._reading = False
+        self._cursor: Cursor | None = None
+        self._running = False
+        self._in_flight: Deferred[Any] | None = None
+        self._pumping = self._pump_again = False
+        self._filling = self._fill_again = False
+        self._batch_timer: IDelayedCall | None = None
+        self._retry_timer: IDelayedCall | None = None
+        self._read_timer: IDelayedCall | None = None
+        self._attempts = 0
+        # While narrowing down a refused event: batches of at most _probe events
+        # until everything up to _probe_until is done.
+        self._probe: int | None = None
+        self._probe_until = 0
+        self.counters: dict[str, int] = {
+            "events": 0,
+            "batches": 0,
+            "retries": 0,
+            "rejected": 0,
+        }
+        """Events delivered, batches delivered, retries and rejected events, since start."""
+        self.last_error = ""
+        """Why the last attempt failed ("" after a success)."""
+
+    # -- state, for metrics and the API
+
+    @property
+    def done_through(self) -> int:
+        """Every record up to this seq is forwarded (or refused, or no event)."""
+        return self._done_through
+
+    @property
+    def backlog(self) -> int:
+        """Durable records not yet done (events and other records alike)."""
+        return max(0, self._journal.committed_seq - self._done_through)
+
+    # -- running
+
+    def start(self, resume_after: int | None = None) -> None:
+        """
+        Follow the journal: first the backlog, then records as they commit.
+
+        ``resume_after`` (the start-up replay's :attr:`Progress.through`, known
+        only once the parts are built) replaces the constructor's.
+        """
+        if self._running:
+            return
+        if resume_after is not None and resume_after > self._done_through:
+            self._done_through = self._read_through = resume_after
+        self._running = True
+        self._journal.commit_observers.append(self._committed)
+        self._fill()
+
+    def stop(self) -> None:
+        """Stop sending; an unanswered batch is abandoned (it is sent again after a restart)."""
+        if not self._running:
+            return
+        self._running = False
+        self._live = False  # records committed while stopped are read from disk on a start
+        self._journal.commit_observers.remove(self._committed)
+        for timer in (self._batch_timer, self._retry_timer, self._read_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._batch_timer = self._retry_timer = self._read_timer = None
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+        if not self._reading and self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+
+    # -- taking records in
+
+    def _room(self) -> tuple[int, int]:
+        return self._buffer_events - len(self._queue), self._buffer_bytes - self._queued_bytes
+
+    def _committed(self, records: list[Record]) -> None:
+        """A durable batch of the journal: queue its events while live, else leave it to the reads."""
+        if not self._live:
+            self._fill()
+            return
+        now = self._clock.seconds()
+        for record in records:
+            if record.seq <= self._read_through:
+                continue
+            events = _entries((record,), self._gateway_id, self._zone, now)
+            if events:
+                events_room, bytes_room = self._room()
+                if events_room < 1 or bytes_room < len(events[0].body):
+                    # Full: from here on, read the journal instead of holding records.
+                    self._live = False
+                    break
+                self._queue.append(events[0])
+                self._queued_bytes += len(events[0].body)
+            self._read_through = record.seq
+        self._fill()
+        self._maybe_send()
+
+    def _fill(self) -> None:
+        """Read the backlog from disk while behind and there is room; go live once caught up."""
+        # A read that completes at once (in tests) calls back in here: loop, don't recurse.
+        if self._filling:
+            self._fill_again = True
+            return
+        self._filling = True
+        try:
+            self._fill_again = True
+            while self._fill_again:
+                self._fill_again = False
+                self._fill_once()
+        finally:
+            self._filling = False
+
+    def _fill_once(self) -> None:
+        if not self._running or self._live or self._reading or self._read_timer is not None:
+            return
+        through = self._journal.committed_seq
+        if self._read_through >= through:
+            self._live = True
+            return
+        events_room, bytes_room = self._room()
+        if events_room < self._max_events or bytes_room < self._max_bytes:
+            return  # sending makes room, then _fill runs again
+        start = self._read_through + 1
+        if self._cursor is None or self._cursor.next_seq != start:
+            if self._cursor is not None:
+                self._cursor.close()
+            self._cursor = Cursor(self._journal.path, start)
+        self._reading = True
+        job = partial(
+            _read_chunk,
+            self._cursor,
+            through,
+            events_room,
+            self._max_bytes,
+            self._gateway_id,
+            self._zone,
+            self._clock.seconds(),
+        )
+        d = self._run_blocking(job)
+        d.addCallbacks(self._chunk_read, self._read_failed)
+        d.addErrback(self._bug)
+
+    def _chunk_read(self, chunk: tuple[int, list[_Entry]]) -> None:
+        self._reading = False
+        if not self._running:
+            if self._cursor is not None:
+                self._cursor.close()
+                self._cursor = None
+            return
+        last, entries = chunk
+        for entry in entries:
+            self._queue.append(entry)
+            self._queued_bytes += len(entry.body)
+        self._read_through = max(self._read_through, last)
+        self._fill()
+        self._maybe_send()
+
+    def _read_failed(self, failure: Failure) -> None:
+        self._reading = False
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+        if not self._running:
+            return
+        _log.error(
+            "forwarder: cannot read the journal after seq {seq}: {error}; trying again in {delay} s",
+            seq=self._read_through,
+            error=failure.getErrorMessage(),
+            delay=_READ_RETRY,
+        )
+        self.last_error = f"journal read: {failure.getErrorMessage()}"
+        self._read_timer = self._clock.callLater(_READ_RETRY, self._read_again)
+
+    def _read_again(self) -> None:
+        self._read_timer = None
+        self._fill()
+
+    # -- sending
+
+    def _maybe_send(self) -> None:
+        """Send the next batch if it is due and none is in flight."""
+        # An answer that comes at once (in tests) calls back in here: loop, don't recurse.
+        if self._pumping:
+            self._pump_again = True
+            return
+        self._pumping = True
+        try:
+            self._pump_again = True
+            while self._pump_again:
+                self._pump_again = False
+                self._send_if_due()
+        finally:
+            self._pumping = False
+
+    def _send_if_due(self) -> None:
+        if not self._running or self._in_flight is not None or self._retry_timer is not None:
+            return
+        if not self._queue:
+            return
+        limit = self._probe or self._max_events
+        due = self._queue[0].at + self._settings.batch_max_delay
+        if (
+            len(self._queue) >= limit
+            or self._queued_bytes >= self._max_bytes
+            or not self._live
+            or self._probe is not None
+            or due <= self._clock.seconds()
+        ):
+            if self._batch_timer is not None and self._batch_timer.active():
+                self._batch_timer.cancel()
+            self._batch_timer = None
+            self._send()
+        elif self._batch_timer is None:
+            self._batch_timer = self._clock.callLater(due - self._clock.seconds(), self._batch_due)
+
+    def _batch_due(self) -> None:
+        self._batch_timer = None
+        self._maybe_send()
+
+    def _send(self) -> None:
+        limit = self._probe or self._max_events
+        count, size = 0, 0
+        for entry in self._queue:
+            if count >= limit or (count and size + len(entry.body) > self._max_bytes):
+                break
+            count += 1
+            size += len(entry.body)
+        batch = [self._queue[i] for i in range(count)]
+        through = self._queue[count].seq - 1 if count < len(self._queue) else self._read_through
+        body = b"".join((b"[", b",".join(entry.body for entry in batch), b"]"))
+        signed = sign_request(
+            "POST",
+            self._url,
+            body,
+            key=self._key,
+            keyid=self._gateway_id,
+            created=int(self._clock.seconds()),
+        )
+        headers = Headers({"Content-Type": [BATCH_CONTENT_TYPE]})
+        for name, value in signed.as_dict().items():
+            headers.setRawHeaders(name, [value])
+        exchange = self._http.request("POST", self._url, data=body, headers=headers)
+        exchange.addCallback(
+            lambda response: treq.content(response).addCallback(lambda text: (response, text))
+        )
+        timed_out = []
+
+        def time_out() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        timeout = self._clock.callLater(self._settings.request_timeout, time_out)
+
+        def finished(result: object) -> object:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        def failed(failure: Failure) -> None:
+            reason = (
+                f"no answer within {self._settings.request_timeout:g} s" if timed_out else _short(failure)
+            )
+            self._retry(batch, reason)
+
+        exchange.addBoth(finished)
+        self._in_flight = exchange
+        exchange.addCallbacks(
+            lambda answer: self._answered(batch, through, answer[0].code, answer[1]), failed
+        )
+        exchange.addErrback(self._bug)
+
+    def _answered(self, batch: list[_Entry], through: int, status: int, answer: bytes) -> None:
+        self._in_flight = None
+        if not self._running:
+            return
+        if 200 <= status < 300:
+            self._delivered(batch, through, status)
+        elif 400 <= status < 500 and status not in (408, 429):
+            self._refused(batch, through, status, answer)
+        else:
+            self._retry(batch, f"HTTP {status}")
+
+    def _take(self, count: int, through: int) -> None:
+        for _ in range(count):
+            self._queued_bytes -= len(self._queue.popleft().body)
+        self._done_through = through
+        if self._probe is not None and through >= self._probe_until:
+            self._probe = None
+
+    def _delivered(self, batch: list[_Entry], through: int, status: int) -> None:
+        self._take(len(batch), through)
+        self._attempts = 0
+        self.last_error = ""
+        self.counters["events"] += len(batch)
+        self.counters["batches"] += 1
+        body = {
+            "first": batch[0].seq,
+            "last": batch[-1].seq,
+            "events": len(batch),
+            "status": status,
+            "through": through,
+        }
+        self._record(FORWARDED_RECORD, "", "", "", body)
+        self._fill()
+        self._maybe_send()
+
+    def _refused(self, batch: list[_Entry], through: int, status: int, answer: bytes) -> None:
+        self._attempts = 0
+        excerpt = answer[:ANSWER_BYTES].decode("utf-8", "replace")
+        self.last_error = f"HTTP {status}: {excerpt[:200]}"
+        if len(batch) > 1:
+            # Narrow down: halves in turn, until the refused event is alone.
+            self._probe = max(1, len(batch) // 2)
+            self._probe_until = max(self._probe_until, batch[-1].seq)
+            _log.warn(
+                "forwarder: the cloud refused a batch of {count} events (seq {first}-{last}) with "
+                "HTTP {status}; sending it in halves to find the refused events",
+                count=len(batch),
+                first=batch[0].seq,
+                last=batch[-1].seq,
+                status=status,
+            )
+            self._maybe_send()
+            return
+        [entry] = batch
+        self._take(1, through)
+        self.counters["rejected"] += 1
+        _log.error(
+            "forwarder: the cloud rejected event {id} ({type}, seq {seq}) with HTTP {status}: {answer}",
+            id=entry.id,
+            type=entry.type,
+            seq=entry.seq,
+            status=status,
+            answer=excerpt[:200],
+        )
+        body = {
+            "seq": entry.seq,
+            "id": entry.id,
+            "type": entry.type,
+            "status": status,
+            "answer": excerpt,
+            "through": through,
+        }
+        self._record(REJECTED_RECORD, entry.park, entry.code, entry.opr, body)
+        self._fill()
+        self._maybe_send()
+
+    def _retry(self, batch: list[_Entry], reason: str) -> None:
+        self._in_flight = None
+        if not self._running:
+            return
+        self._attempts += 1
+        self.counters["retries"] += 1
+        self.last_error = reason
+        settings = self._settings
+        ceiling = min(settings.retry_max_delay, settings.retry_min_delay * 2 ** min(self._attempts - 1, 62))
+        delay = ceiling / 2 + self._random() * ceiling / 2
+        log = _log.warn if self._attempts <= 3 or self._attempts % 10 == 0 else _log.debug
+        log(
+            "forwarder: {count} events (seq {first}-{last}) not delivered to {url}: {reason}; "
+            "try {attempt} in {delay:.1f} s",
+            count=len(batch),
+            first=batch[0].seq,
+            last=batch[-1].seq,
+            url=self._url,
+            reason=reason,
+            attempt=self._attempts + 1,
+            delay=delay,
+        )
+        self._retry_timer = self._clock.callLater(delay, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        self._maybe_send()
+
+    def _record(self, kind: str, park: str, code: str, opr: str, body: object) -> None:
+        def not_kept(failure: Failure) -> None:
+            # The next outcome's `through` covers this one; a restart may re-send a batch.
+            _log.error(
+                "forwarder: could not journal a {kind} record: {error}",
+                kind=kind,
+                error=failure.getErrorMessage(),
+            )
+
+        self._journal.append(kind, park, code, opr, body).addCallbacks(lambda _: None, not_kept)
+
+    def _bug(self, failure: Failure) -> None:
+        _log.failure("forwarder: unexpected error", failure)
