@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
+from tests.protocol.samples import SAMPLES
 from tests.test_end_to_end import (
     CAR_IN,
     HASH,
@@ -135,3 +138,74 @@ secret = "k"
     received = [i for i in receiver.ids if i in set(uplink_ids)]
     assert received == uplink_ids  # each once, in journal order
     assert any(r.kind == "forwarded" for r in records.values())
+
+
+class QueryEndpoint(BaseHTTPRequestHandler):
+    """A cloud's autoPay endpoint: pays at once, or too late for a record code "SLOW"."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if event["data"]["recordCode"] == "SLOW":
+            time.sleep(3)
+        body = json.dumps({"payStatus": 1, "orderCode": event["id"], "actualPay": 10.0}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_autopay_is_answered_by_the_cloud_within_its_deadline(tmp_path: Path) -> None:
+    """twistd asks a real query endpoint: its answer is the lot's data; a late one is 9999 after 1 s."""
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), QueryEndpoint)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "gw-q"
+signing_key = "{tmp_path / "gateway.key"}"
+[listen]
+uplink = "tcp:{port}:interface=127.0.0.1"
+downlink = "tcp:0"
+api = "tcp:0:interface=127.0.0.1"
+[journal]
+path = "{tmp_path / "journal"}"
+[cloud]
+url = "http://127.0.0.1:1/events"
+query_url = "http://127.0.0.1:{endpoint.server_address[1]}/autopay"
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "{HASH}"
+secret = "k"
+"""
+    )
+    gateway = start_twistd(tmp_path, str(config))
+    try:
+        wait_for_port(port, gateway)
+        token = plain_post(port, envelope("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}))[
+            "data"
+        ]["token"]
+        paid = plain_post(port, envelope("autoPay", SAMPLES["autoPay"], token, "pay-1"))
+        assert paid["resultCode"] == "0000", paid
+        assert paid["data"]["payStatus"] == 1 and paid["data"]["orderCode"].startswith("gw-q-")
+        start = time.monotonic()
+        late = plain_post(
+            port, envelope("autoPay", {**SAMPLES["autoPay"], "recordCode": "SLOW"}, token, "pay-2")
+        )
+        waited = time.monotonic() - start
+        assert late["resultCode"] == "9999" and "within 1 s" in late["resultMessage"], late
+        assert 0.9 < waited < 2.5
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)
+        endpoint.shutdown()
+    answers = [r.body for r in read_records(tmp_path / "journal") if r.kind == "answer"]
+    assert [a["resultCode"] for a in answers] == ["0000", "9999"]
