@@ -28,6 +28,32 @@ from tests.test_end_to_end import (
 )
 
 
+def write_config(tmp_path: Path, gateway_id: str, port: int, cloud: str) -> Path:
+    """A gateway config with one lot, the uplink on `port` and the `[cloud]` lines given."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[gateway]
+id = "{gateway_id}"
+signing_key = "{tmp_path / "gateway.key"}"
+[listen]
+uplink = "tcp:{port}:interface=127.0.0.1"
+downlink = "tcp:0"
+api = "tcp:0:interface=127.0.0.1"
+[journal]
+path = "{tmp_path / "journal"}"
+[cloud]
+{cloud}
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "{HASH}"
+secret = "k"
+"""
+    )
+    return config
+
+
 class Receiver:
     """docs/receiver.py in a subprocess; the event ids it printed, in order."""
 
@@ -75,29 +101,14 @@ def test_uplinks_reach_a_real_receiver_through_an_outage_and_a_restart(tmp_path:
     key, _ = load_or_create_signing_key(str(tmp_path / "gateway.key"))
     receiver = Receiver(free_port(), public_key_b64(key))
     port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"""
-[gateway]
-id = "gw-e2e"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{port}:interface=127.0.0.1"
-downlink = "tcp:0"
-api = "tcp:0:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
-[cloud]
-url = "{receiver.url}"
+    config = write_config(
+        tmp_path,
+        "gw-e2e",
+        port,
+        f'''url = "{receiver.url}"
 batch_max_delay = 0.05
 retry_min_delay = 0.1
-retry_max_delay = 0.5
-[[lot]]
-park_code = "P001"
-username = "lot001"
-password = "{HASH}"
-secret = "k"
-"""
+retry_max_delay = 0.5''',
     )
     receiver.start()
     gateway = start_twistd(tmp_path, str(config))
@@ -165,27 +176,12 @@ def test_autopay_is_answered_by_the_cloud_within_its_deadline(tmp_path: Path) ->
     endpoint = ThreadingHTTPServer(("127.0.0.1", 0), QueryEndpoint)
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"""
-[gateway]
-id = "gw-q"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{port}:interface=127.0.0.1"
-downlink = "tcp:0"
-api = "tcp:0:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
-[cloud]
-url = "http://127.0.0.1:1/events"
-query_url = "http://127.0.0.1:{endpoint.server_address[1]}/autopay"
-[[lot]]
-park_code = "P001"
-username = "lot001"
-password = "{HASH}"
-secret = "k"
-"""
+    config = write_config(
+        tmp_path,
+        "gw-q",
+        port,
+        f'''url = "http://127.0.0.1:1/events"
+query_url = "http://127.0.0.1:{endpoint.server_address[1]}/autopay"''',
     )
     gateway = start_twistd(tmp_path, str(config))
     try:

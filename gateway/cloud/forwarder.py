@@ -59,11 +59,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed
-from twisted.web.http_headers import Headers
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.httpsig import sign_request
-from gateway.cloud.query import HTTPRequester
+from gateway.cloud.post import HTTPRequester, post_signed
 from gateway.config import CloudConfig
 from gateway.journal.reader import Cursor
 from gateway.journal.record import Record, dumps_compact
@@ -453,18 +451,15 @@ class Forwarder:
         batch = [self._queue[i] for i in range(count)]
         through = self._queue[count].seq - 1 if count < len(self._queue) else self._read_through
         body = b"".join((b"[", b",".join(entry.body for entry in batch), b"]"))
-        signed = sign_request(
-            "POST",
+        exchange = post_signed(
+            self._http,
             self._url,
             body,
+            content_type=BATCH_CONTENT_TYPE,
             key=self._key,
             keyid=self._gateway_id,
             created=int(self._clock.seconds()),
         )
-        headers = Headers({"Content-Type": [BATCH_CONTENT_TYPE]})
-        for name, value in signed.as_dict().items():
-            headers.setRawHeaders(name, [value])
-        exchange = self._http.request("POST", self._url, data=body, headers=headers)
         exchange.addCallback(
             lambda response: treq.content(response).addCallback(lambda text: (response, text))
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from attrs import field, frozen
@@ -34,11 +33,10 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from gateway.cloud.events import EVENT_CONTENT_TYPE, query_event
-from gateway.cloud.httpsig import sign_request
+from gateway.cloud.post import HTTPRequester, post_signed
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.catalog import lookup
 from gateway.protocol.validation import FieldError, validate
@@ -48,7 +46,6 @@ __all__ = [
     "DEFAULT_DEADLINE",
     "MAX_ANSWER_BYTES",
     "NOT_ANSWERED",
-    "HTTPRequester",
     "QueryAnswer",
     "QueryClient",
 ]
@@ -76,13 +73,6 @@ def _reject_constant(name: str) -> object:
 
 # NaN and Infinity are not JSON, and the journal could not keep them.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-class HTTPRequester(Protocol):
-    """The part of ``treq.client.HTTPClient`` (or ``treq.testing.StubTreq``) the client uses."""
-
-    def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
-        """Send a request; the Deferred fires with its ``IResponse`` once the headers are in."""
 
 
 @frozen
@@ -199,18 +189,15 @@ class QueryClient:
         code, opr = record.code, record.opr
         try:
             body = dumps_compact(query_event(record, gateway_id=self._gateway_id, zone=self._zone))
-            signed = sign_request(
-                "POST",
+            exchange = post_signed(
+                self._http,
                 self._url,
                 body,
+                content_type=EVENT_CONTENT_TYPE,
                 key=self._signing_key,
                 keyid=self._gateway_id,
                 created=int(self._clock.seconds()),
             )
-            headers = Headers({"Content-Type": [EVENT_CONTENT_TYPE]})
-            for name, value in signed.as_dict().items():
-                headers.setRawHeaders(name, [value])
-            exchange = self._http.request("POST", self._url, headers=headers, data=body)
         except Exception:
             log.failure("query {code} {opr}: cannot be sent to the cloud", code=code, opr=opr)
             return succeed(QueryAnswer.failed("the gateway cannot send this query to the cloud"))
