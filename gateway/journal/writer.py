@@ -214,6 +214,7 @@ class Journal:
         "_waiters",
         "commit_observers",
         "fsync_observers",
+        "guard",
     )
 
     @classmethod
@@ -379,6 +380,13 @@ class Journal:
         order. The list is the observer's to keep. An observer that raises is
         logged and ignored. The forwarder follows the journal this way.
         """
+        self.guard: Callable[[], str | None] | None = None
+        """
+        Asked before each append: a reason to refuse it (the disk is nearly
+        full), or None. A refused append fails at once with
+        :class:`JournalWriteError` (``ENOSPC``) and uses no seq. It is asked
+        on every append, so it must answer from what it already knows.
+        """
         self.fsync_observers: list[Callable[[float], None]] = []
         """
         Called in the reactor thread with the seconds each fsync of a batch
@@ -402,6 +410,11 @@ class Journal:
     def committed_seq(self) -> int:
         """The seq of the last record whose append succeeded (durable per the mode)."""
         return self._committed_seq
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """The seq and chain of the last record appended (it may still be in flight)."""
+        return self._seq, self._chain.decode("ascii")
 
     @property
     def problem(self) -> str | None:
@@ -428,6 +441,10 @@ class Journal:
         """
         if self._refusal is not None:
             return fail(self._refusal)
+        if self.guard is not None:
+            reason = self.guard()
+            if reason is not None:
+                return fail(JournalWriteError(errno_codes.ENOSPC, reason))
         if not (
             isinstance(kind, str) and isinstance(park, str) and isinstance(code, str) and isinstance(opr, str)
         ):

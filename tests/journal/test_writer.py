@@ -621,3 +621,18 @@ def test_commit_observers_see_each_durable_batch_in_order(h: Harness) -> None:
     h.append_many(1)
     h.settle()
     assert batches == [[1, 2, 3], [4]]  # seq 4 reused after the failed batch
+
+
+def test_a_guard_refuses_appends_without_using_a_seq(h: Harness) -> None:
+    """While the guard gives a reason, appends fail at once with ENOSPC and it; then they go on."""
+    reasons: list[str | None] = ["free space 10 MiB is below journal.min_free_bytes 64 MiB"]
+    h.journal.guard = lambda: reasons[0]
+    [refused] = results([h.journal.append("uplink", "P001", "carIn", "o-1", {})])
+    assert isinstance(refused, Failure) and refused.check(JournalWriteError)
+    assert refused.value.errno == errno.ENOSPC and "below journal.min_free_bytes" in str(refused.value)
+    assert h.journal.last_seq == 0 and h.journal.head == (0, "0" * 32)
+    reasons[0] = None
+    d = h.journal.append("uplink", "P001", "carIn", "o-1", {})
+    h.settle()
+    [record] = results([d])
+    assert record.seq == 1 and h.journal.head == (1, record.chain)
