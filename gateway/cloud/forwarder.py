@@ -63,7 +63,7 @@ from twisted.web.client import ResponseFailed
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.post import HTTPRequester, post_signed
 from gateway.config import CloudConfig
-from gateway.journal.reader import Cursor
+from gateway.journal.reader import Cursor, Damage
 from gateway.journal.record import Record, dumps_compact
 
 __all__ = [
@@ -157,10 +157,11 @@ def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: flo
 
 def _read_chunk(
     cursor: Cursor, through: int, max_records: int, max_bytes: int, gateway_id: str, zone: ZoneInfo, at: float
-) -> tuple[int, list[_Entry]]:
-    """In a thread: read the next chunk of the backlog; the last seq read and its events."""
+) -> tuple[int, list[_Entry], list[Damage]]:
+    """In a thread: read the next chunk of the backlog; the last seq read, its events, damage skipped."""
     records = cursor.read(through, max_records, max_bytes)
-    return cursor.next_seq - 1, _entries(records, gateway_id, zone, at)
+    damage, cursor.damage = cursor.damage, []
+    return cursor.next_seq - 1, _entries(records, gateway_id, zone, at), damage
 
 
 def _short(failure: Failure) -> str:
@@ -363,14 +364,23 @@ class Forwarder:
         d.addCallbacks(self._chunk_read, self._read_failed)
         d.addErrback(self._bug)
 
-    def _chunk_read(self, chunk: tuple[int, list[_Entry]]) -> None:
+    def _chunk_read(self, chunk: tuple[int, list[_Entry], list[Damage]]) -> None:
         self._reading = False
         if not self._running:
             if self._cursor is not None:
                 self._cursor.close()
                 self._cursor = None
             return
-        last, entries = chunk
+        last, entries, damage = chunk
+        for each in damage:
+            _log.error(
+                "forwarder: skipped damaged journal data at seq {seq} (segment {segment}, offset "
+                "{offset}): {reason}",
+                seq=each.seq,
+                segment=each.segment,
+                offset=each.offset,
+                reason=each.reason,
+            )
         for entry in entries:
             self._queue.append(entry)
             self._queued_bytes += len(entry.body)

@@ -8,13 +8,15 @@ thread, or at start-up before the reactor runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
+
+from attrs import frozen
 
 from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, check_line, decode_line
 from gateway.journal.segments import Segment, iter_lines, list_segments, segment_name
 
-__all__ = ["ChainError", "Cursor", "read_records", "verify"]
+__all__ = ["ChainError", "Cursor", "Damage", "read_records", "read_records_skipping", "verify"]
 
 
 class ChainError(Exception):
@@ -82,6 +84,49 @@ def read_records(path: str | os.PathLike[str], since_seq: int = 1) -> Iterator[R
                 record = decode_line(line)
             except BadLine as e:
                 raise ChainError(expected, e.args[0], segment.name, offset) from None
+            expected = record.seq + 1
+            if record.seq >= since_seq:
+                yield record
+
+
+@frozen
+class Damage:
+    """A line a tolerant reader skipped: where, the seq it should have had, and why."""
+
+    segment: str
+    offset: int
+    seq: int | None
+    reason: str
+
+
+def read_records_skipping(
+    path: str | os.PathLike[str], on_damage: Callable[[Damage], None], since_seq: int = 1
+) -> Iterator[Record]:
+    """
+    :func:`read_records`, but a damaged line is reported to ``on_damage`` and skipped.
+
+    For the start-up replay: a damaged record in an older segment must not stop
+    the gateway from starting (the torn tail of the last segment was cut by
+    recovery before). A partial line at the end of the last segment is left out
+    as by :func:`read_records`.
+    """
+    segments = _start(list_segments(path), since_seq)
+    last = len(segments) - 1
+    expected: int | None = None
+    for index, segment in enumerate(segments):
+        for offset, line in iter_lines(segment.path):
+            if not line.endswith(b"\n"):
+                if index == last:
+                    return
+                on_damage(Damage(segment.name, offset, expected, "partial line"))
+                continue
+            try:
+                record = decode_line(line)
+            except BadLine as e:
+                on_damage(Damage(segment.name, offset, expected, e.args[0]))
+                if expected is not None:
+                    expected += 1
+                continue
             expected = record.seq + 1
             if record.seq >= since_seq:
                 yield record
@@ -163,21 +208,29 @@ class Cursor:
         """The seq the next record read will have."""
         self._file: BinaryIO | None = None
         self._segment = ""
+        self._at_end = False
+        self.damage: list[Damage] = []
+        """What was skipped or stepped over; the reader's to empty."""
 
     def read(self, through_seq: int, max_records: int, max_bytes: int) -> list[Record]:
         """
         The records from :attr:`next_seq` up to ``through_seq``, in order.
 
         At most ``max_records``, and no more once ``max_bytes`` of lines are
-        read (at least one record, however long). Raises :class:`ChainError`
-        if a record that should be there (its seq is at most ``through_seq``)
-        is missing or is not a record.
+        read (at least one record, however long). Damage does not stop it: a
+        line that is not a record is skipped, and seqs that are missing (a
+        quarantine, removed segments) are stepped over; each is noted in
+        :attr:`damage`. Raises :class:`ChainError` only if nothing at all
+        holds a seq it is told is durable.
         """
         records: list[Record] = []
         size = 0
         while self.next_seq <= through_seq and len(records) < max_records and size < max_bytes:
+            offset = self._file.tell() if self._file is not None else 0
             line = self._next_line()
             if line is None:
+                if self._at_end and self._step_over_gap():
+                    continue
                 raise ChainError(
                     self.next_seq, "record not found in the journal", self._segment or None, None
                 )
@@ -187,15 +240,43 @@ class Cursor:
             try:
                 record = decode_line(line)
             except BadLine as e:
-                raise ChainError(self.next_seq, e.args[0], self._segment, None) from None
-            if record.seq != self.next_seq:
-                raise ChainError(
-                    self.next_seq, f"seq {record.seq} where {self.next_seq} was expected", self._segment, None
+                self.damage.append(Damage(self._segment, offset, self.next_seq, e.args[0]))
+                if seq == self.next_seq:
+                    self.next_seq += 1  # its seq is still readable: the next record is not a gap
+                continue
+            if record.seq < self.next_seq:
+                continue
+            if record.seq > self.next_seq:
+                self.damage.append(
+                    Damage(
+                        self._segment, offset, self.next_seq, f"seqs {self.next_seq}-{record.seq - 1} missing"
+                    )
                 )
+                if record.seq > through_seq:
+                    self._file.seek(offset)  # type: ignore[union-attr]
+                    self.next_seq = record.seq
+                    break
             records.append(record)
             size += len(line)
-            self.next_seq += 1
+            self.next_seq = record.seq + 1
         return records
+
+    def _step_over_gap(self) -> bool:
+        """At the end of a segment with no segment named for the next seq: go on in a later one."""
+        later = [s for s in list_segments(self._directory) if s.first_seq > self.next_seq]
+        if not later:
+            return False
+        self.close()
+        following = later[0]
+        self.damage.append(
+            Damage(
+                following.name, 0, self.next_seq, f"seqs {self.next_seq}-{following.first_seq - 1} missing"
+            )
+        )
+        self._file = open(following.path, "rb")  # kept open between reads
+        self._segment = following.name
+        self.next_seq = following.first_seq
+        return True
 
     def close(self) -> None:
         """Close the open segment file (a later read opens it again)."""
@@ -211,7 +292,14 @@ class Cursor:
                 break
             holder = segment
         if holder is None:
-            raise ChainError(self.next_seq, "no segment holds this seq", None, None)
+            segments = list_segments(self._directory)
+            if not segments:
+                raise ChainError(self.next_seq, "no segment holds this seq", None, None)
+            holder = segments[0]  # older segments were removed
+            self.damage.append(
+                Damage(holder.name, 0, self.next_seq, f"seqs {self.next_seq}-{holder.first_seq - 1} missing")
+            )
+            self.next_seq = holder.first_seq
         self._file = open(holder.path, "rb")  # kept open between reads
         self._segment = holder.name
 
@@ -222,11 +310,13 @@ class Cursor:
         assert self._file is not None
         start = self._file.tell()
         line = self._file.readline()
+        self._at_end = False
         if line.endswith(b"\n"):
             return line
         self._file.seek(start)  # a line being written: read it whole next time
         if line:
             return None
+        self._at_end = True
         following = os.path.join(self._directory, segment_name(self.next_seq))
         if self._segment != segment_name(self.next_seq) and os.path.exists(following):
             self.close()

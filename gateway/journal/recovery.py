@@ -17,11 +17,10 @@ from collections.abc import Callable
 
 from attrs import frozen
 
-from gateway.journal.reader import ChainError
 from gateway.journal.record import GENESIS_CHAIN, BadLine, check_line
 from gateway.journal.segments import Segment, iter_lines, list_segments, read_last_line
 
-__all__ = ["Cut", "RecoveredTail", "recover"]
+__all__ = ["Cut", "Quarantine", "RecoveredTail", "recover"]
 
 _COPY_CHUNK = 1 << 20
 
@@ -50,11 +49,43 @@ class Cut:
 
 
 @frozen
+class Quarantine:
+    """
+    Damage inside a segment (not a torn tail): a bad line with whole records after it.
+
+    ``seq`` is the first seq that cannot be vouched for. For the last segment,
+    everything from ``offset`` on was moved to ``saved_as`` and the journal goes
+    on after ``last_seq``, the highest seq found there, so no seq is used twice.
+    For an older segment (found while replaying) nothing is moved: readers skip
+    the damaged line, and ``saved_as`` is empty.
+    """
+
+    segment: str
+    offset: int
+    seq: int | None
+    reason: str
+    last_seq: int | None
+    saved_as: str
+
+    def as_body(self) -> dict[str, object]:
+        """The body of the ``quarantine`` record that reports it."""
+        return {
+            "segment": self.segment,
+            "offset": self.offset,
+            "seq": self.seq,
+            "reason": self.reason,
+            "last_seq": self.last_seq,
+            "saved_as": self.saved_as,
+        }
+
+
+@frozen
 class RecoveredTail:
     """
     The journal's head after recovery.
 
-    ``segment`` is the last segment (None in an empty directory) and ``size``
+    ``segment`` is the last segment (None in an empty directory, or when the
+    last one was quarantined: the next record starts a new one) and ``size``
     its length, which ends with a whole record.
     """
 
@@ -63,10 +94,19 @@ class RecoveredTail:
     segment: Segment | None
     size: int
     cut: Cut | None
+    quarantine: Quarantine | None = None
 
 
 def _previous_head(segments: list[Segment]) -> tuple[int | None, bytes | None]:
-    """The seq and chain the last segment must continue from (None: unknown)."""
+    """
+    The seq and chain the last segment must continue from (None: unknown).
+
+    When the segment before it does not end with a whole record, or the seqs
+    do not meet (a quarantine went on after a higher seq, or a segment is
+    missing), the last segment's first record is taken as an anchor: the
+    damage is for ``verify`` and the operator to see, and no reason to stop
+    the gateway from starting.
+    """
     last = segments[-1]
     if len(segments) == 1:
         if last.first_seq == 1:
@@ -79,29 +119,19 @@ def _previous_head(segments: list[Segment]) -> tuple[int | None, bytes | None]:
         if line is None:
             raise BadLine("empty segment")
         seq, chain = check_line(line, None, None)
-    except BadLine as e:
-        raise ChainError(
-            None,
-            f"segment {before.name} does not end with a whole record ({e.args[0]}); "
-            "only the last segment can be torn by a crash",
-            before.name,
-        ) from None
+    except BadLine:
+        return last.first_seq - 1, None
     if seq + 1 != last.first_seq:
-        raise ChainError(
-            seq + 1,
-            f"segment {before.name} ends at seq {seq} but {last.name} follows it",
-            last.name,
-            0,
-        )
+        return last.first_seq - 1, None
     return seq, chain
 
 
 def _save_and_cut(
-    segment: Segment, offset: int, fsync: Callable[[int], None], directory_fd: int
+    segment: Segment, offset: int, fsync: Callable[[int], None], directory_fd: int, label: str = "cut"
 ) -> tuple[int, str]:
-    """Copy the bytes from ``offset`` to a ``.cut-`` file, then truncate; both synced."""
+    """Copy the bytes from ``offset`` to a ``.cut-`` (or other label) file, then truncate; both synced."""
     directory = os.path.dirname(segment.path)
-    saved_as = f"{segment.name}.cut-{offset}"
+    saved_as = f"{segment.name}.{label}-{offset}"
     n = 0
     while os.path.exists(os.path.join(directory, saved_as)):  # cut here before
         n += 1
@@ -126,9 +156,8 @@ def recover(directory: str, *, directory_fd: int, fsync: Callable[[int], None] =
     """
     Find the head of the journal in ``directory`` and cut a torn tail.
 
-    Raises :class:`ChainError` when the damage is not a torn tail (a segment
-    before the last one that does not end with a whole record, a gap in the
-    segment names): that needs a person, not a cut.
+    A bad line followed by whole records is damage, not a tear: it is set
+    aside as a :class:`Quarantine` instead of cut (see there).
     """
     segments = list_segments(directory)
     if not segments:
@@ -148,8 +177,46 @@ def recover(directory: str, *, directory_fd: int, fsync: Callable[[int], None] =
         good_end = offset + len(line)
     cut: Cut | None = None
     if reason is not None:
+        head = _whole_record_after(last, good_end, seq + 1)
+        if head is not None:
+            # Whole records follow the bad line: not a torn tail but damage inside
+            # the segment. They are set aside with it, and the journal goes on
+            # after the highest seq among them, in a new segment, so that no seq
+            # (and no event id sent to the cloud) is ever used twice.
+            last_seq, last_chain = head
+            _, saved_as = _save_and_cut(last, good_end, fsync, directory_fd, label="quarantined")
+            quarantine = Quarantine(last.name, good_end, seq + 1, reason, last_seq, saved_as)
+            return RecoveredTail(last_seq, last_chain, None, 0, None, quarantine)
         dropped, saved_as = _save_and_cut(last, good_end, fsync, directory_fd)
         cut = Cut(last.name, good_end, dropped, reason, seq, saved_as)
     # With older segments removed and nothing whole left, the next record is an
     # anchor too; any prev will do.
     return RecoveredTail(seq, chain or GENESIS_CHAIN, last, good_end, cut)
+
+
+def _whole_record_after(segment: Segment, offset: int, seq: int) -> tuple[int, bytes] | None:
+    """
+    If the bad line at ``offset`` is an altered record rather than a torn write: the last good head.
+
+    An altered record is a whole line, where record ``seq`` should be, followed
+    at once by a well-formed record ``seq + 1``: a crash cannot leave that (a
+    torn write leaves a partial line, or zeros running into later lines, so
+    the next whole line is not ``seq + 1``). Then the seq and chain of the last
+    well-formed record of the segment are returned, else None.
+    """
+    lines = iter_lines(segment.path, offset)
+    _, bad = next(lines)
+    if not bad.endswith(b"\n"):
+        return None
+    head: tuple[int, bytes] | None = None
+    for _, line in lines:
+        try:
+            found = check_line(line, None, None)
+        except BadLine:
+            if head is None:
+                return None
+            continue
+        if head is None and found[0] != seq + 1:
+            return None
+        head = found
+    return head

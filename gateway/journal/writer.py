@@ -68,9 +68,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from gateway.journal.reader import read_records
+from gateway.journal.reader import Damage, read_records, read_records_skipping
 from gateway.journal.record import Record, dumps_compact, encode_line, format_ts
-from gateway.journal.recovery import recover
+from gateway.journal.recovery import Quarantine, recover
 from gateway.journal.segments import segment_name
 
 __all__ = ["FSYNC_MODES", "Journal", "JournalReactor", "JournalWriteError", "RunBlocking"]
@@ -198,6 +198,7 @@ class Journal:
         "_os_ftruncate",
         "_os_write",
         "_pool",
+        "_quarantined",
         "_reactor",
         "_records",
         "_refusal",
@@ -269,7 +270,7 @@ class Journal:
                 ) from None
             tail = recover(directory, directory_fd=directory_fd, fsync=os_fsync)
             if tail.segment is None:
-                name = segment_name(1)
+                name = segment_name(tail.last_seq + 1)
                 fd = _create_segment(directory, directory_fd, name, os_fsync)
             else:
                 name = tail.segment.name
@@ -302,6 +303,8 @@ class Journal:
         try:
             if tail.cut is not None:
                 journal._append_now("recovery", "", "", "", tail.cut.as_body())
+            if tail.quarantine is not None:
+                journal._quarantine(tail.quarantine)
         except BaseException:
             os.close(fd)
             os.close(directory_fd)
@@ -380,6 +383,7 @@ class Journal:
         order. The list is the observer's to keep. An observer that raises is
         logged and ignored. The forwarder follows the journal this way.
         """
+        self._quarantined: list[Quarantine] = []
         self.guard: Callable[[], str | None] | None = None
         """
         Asked before each append: a reason to refuse it (the disk is nearly
@@ -420,6 +424,37 @@ class Journal:
     def problem(self) -> str | None:
         """Why appends fail now (broken or closed), or None while the journal can write."""
         return None if self._refusal is None else str(self._refusal)
+
+    @property
+    def quarantined(self) -> list[Quarantine]:
+        """Damage found since the journal was opened (in recovery or the start-up replay)."""
+        return list(self._quarantined)
+
+    def replay_at_start(self) -> Iterator[Record]:
+        """
+        :meth:`replay` for start-up, before the reactor runs: damage does not stop it.
+
+        A damaged line in an older segment is skipped; once the replay is done,
+        each is journaled as a ``quarantine`` record (and listed in
+        :attr:`quarantined`), so the gateway starts and serves instead of
+        failing on every start.
+        """
+        found: list[Damage] = []
+        yield from read_records_skipping(self._directory, found.append)
+        for damage in found:
+            self._quarantine(Quarantine(damage.segment, damage.offset, damage.seq, damage.reason, None, ""))
+
+    def _quarantine(self, quarantine: Quarantine) -> None:
+        _log.critical(
+            "journal: damaged record in segment {segment} at offset {offset} (seq {seq}): {reason}; "
+            "set aside as quarantined, the gateway goes on (cpmictl log verify; restore from a backup)",
+            segment=quarantine.segment,
+            offset=quarantine.offset,
+            seq=quarantine.seq,
+            reason=quarantine.reason,
+        )
+        self._quarantined.append(quarantine)
+        self._append_now("quarantine", "", "", "", quarantine.as_body())
 
     def replay(self, since_seq: int = 1) -> Iterator[Record]:
         """

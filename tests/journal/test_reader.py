@@ -217,15 +217,25 @@ def test_cursor_follows_a_journal_being_written(harness: Callable[..., Harness],
     cursor.close()
 
 
-def test_cursor_reports_a_damaged_record(journal_dir: Path) -> None:
-    """A line that is not a record, where a record should be, is a ChainError naming its seq."""
+def test_cursor_skips_damage_and_notes_it(journal_dir: Path) -> None:
+    """A line that is not a record is skipped and noted; so are seqs missing with a removed segment."""
     path, offset, seq, line = line_map(journal_dir)[4]
     data = bytearray(path.read_bytes())
     data[offset + len(line) - 3] = ord("x")  # break the JSON closing the line
     path.write_bytes(bytes(data))
     cursor = Cursor(journal_dir)
-    assert [r.seq for r in cursor.read(seq - 1, 100, 10**6)] == list(range(1, seq))
-    with pytest.raises(ChainError) as info:
-        cursor.read(8, 100, 10**6)
-    assert info.value.seq == seq
+    assert [r.seq for r in cursor.read(8, 100, 10**6)] == [s for s in range(1, 9) if s != seq]
+    [damage] = cursor.damage
+    assert damage.seq == seq and damage.segment == path.name
     cursor.close()
+    segments = list_segments(journal_dir)
+    os.remove(segments[1].path)
+    gap = Cursor(journal_dir)
+    got = [r.seq for r in gap.read(8, 100, 10**6)]
+    assert got[0] == 1 and got[-1] == 8 and segments[1].first_seq not in got
+    assert any("missing" in d.reason for d in gap.damage)
+    gap.close()
+    os.remove(segments[0].path)
+    late = Cursor(journal_dir, 1)
+    assert late.read(8, 100, 10**6)[0].seq == segments[2].first_seq
+    late.close()

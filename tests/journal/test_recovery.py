@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from gateway.journal.reader import ChainError, read_records, verify
+from gateway.journal.reader import ChainError, read_records, read_records_skipping, verify
 from gateway.journal.record import encode_line
 from gateway.journal.segments import list_segments
 from gateway.journal.writer import Journal
@@ -144,8 +144,8 @@ def test_cutting_twice_at_one_offset_keeps_both_cuts(harness: Callable[..., Harn
     assert len(cut_files) == 2
 
 
-def test_broken_earlier_segment_refuses_to_open(harness: Callable[..., Harness]) -> None:
-    """Damage a crash cannot cause (an earlier segment's tail) stops open with ChainError."""
+def test_a_broken_earlier_segment_is_quarantined_not_fatal(harness: Callable[..., Harness]) -> None:
+    """Damage in an earlier segment never stops open: replay skips it and journals a quarantine."""
     h = harness(segment_bytes=400)
     h.append_many(6)
     h.settle()
@@ -154,19 +154,48 @@ def test_broken_earlier_segment_refuses_to_open(harness: Callable[..., Harness])
     assert len(segments) >= 3
     before_last = Path(segments[-2].path)
     before_last.write_bytes(before_last.read_bytes()[:-5])
-    with pytest.raises(ChainError, match="only the last segment"):
-        Journal.open(h.path, reactor=Clock(), run_blocking=ManualRunner())
-    before_last.write_bytes(b"")
-    with pytest.raises(ChainError, match="only the last segment"):
-        Journal.open(h.path, reactor=Clock(), run_blocking=ManualRunner())
+    journal = h.open()
+    replayed = [r.seq for r in journal.replay_at_start()]
+    [damage] = journal.quarantined
+    assert damage.segment == segments[-2].name and damage.reason == "partial line"
+    assert damage.seq not in replayed and len(replayed) == 5
+    [record] = [r for r in read_records_skipping(h.path, lambda damage: None) if r.kind == "quarantine"]
+    assert record.body["segment"] == segments[-2].name
+    d = journal.append("uplink", "P001", "carIn", "after", {})
+    h.settle()
+    assert results([d])[0].seq == record.seq + 1  # the journal goes on
+    with pytest.raises(ChainError):
+        verify(h.path)  # the damage stays visible to verify
 
 
-def test_gap_before_the_last_segment_refuses_to_open(harness: Callable[..., Harness]) -> None:
-    """A last segment that does not follow the one before it stops open with ChainError."""
+def test_gap_before_the_last_segment_opens_with_an_anchor(harness: Callable[..., Harness]) -> None:
+    """A missing segment before the last does not stop open; verify still reports the gap."""
     h = harness(segment_bytes=300)  # one record a segment
     h.append_many(4)
     h.settle()
     h.close()
     os.remove(list_segments(h.path)[-2].path)
-    with pytest.raises(ChainError, match="follows it"):
-        Journal.open(h.path, reactor=Clock(), run_blocking=ManualRunner())
+    journal = Journal.open(h.path, reactor=Clock(), run_blocking=ManualRunner())
+    assert journal.last_seq == 4
+    with pytest.raises(ChainError, match="expected"):
+        verify(h.path)
+
+
+def test_an_altered_record_in_the_last_segment_is_set_aside_not_cut(harness: Callable[..., Harness]) -> None:
+    """A flipped byte mid-segment (whole records after it) moves the rest aside; seqs are never reused."""
+    h = five(harness)
+    path = last_segment(h)
+    data = bytearray(path.read_bytes())
+    lines = bytes(data).splitlines(keepends=True)
+    offset = len(lines[0]) + len(lines[1])
+    data[offset + 30] ^= 0x01  # inside record 3
+    path.write_bytes(bytes(data))
+    journal = h.open()
+    [damage] = journal.quarantined
+    assert (damage.seq, damage.last_seq, damage.offset) == (3, 5, offset)
+    assert (h.path / damage.saved_as).read_bytes() == bytes(data[offset:])
+    assert journal.last_seq == 6  # the quarantine record, after the highest seq set aside
+    assert [r.seq for r in read_records(h.path)] == [1, 2, 6]
+    assert [r.kind for r in read_records(h.path)][-1] == "quarantine"
+    reopened = h.reopen()
+    assert reopened.quarantined == [] and reopened.last_seq == 6
