@@ -21,11 +21,13 @@ from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
 from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Progress
-from gateway.cloud.metrics import observe_fsync, register_forwarder
+from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.query import QueryClient
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
+from gateway.journal.sealer import Sealer
+from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
 from gateway.lots.downlink import Downlinks
 from gateway.lots.http import UplinkResource, UplinkSite
@@ -138,6 +140,21 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
     """Wire the parts of the gateway around an open journal and the gateway's signing key."""
     service = MultiService()
     _Part(stop=journal.close).setServiceParent(service)
+    space = SpaceWatch(
+        path=settings.journal.path, min_free_bytes=settings.journal.min_free_bytes, clock=reactor
+    )
+    journal.guard = space.guard
+    _Part(start=space.start, stop=space.stop).setServiceParent(service)
+    # Next to the journal: it stops (sealing the end) just before the journal closes.
+    sealer = Sealer(
+        journal=journal,
+        key=key,
+        gateway_id=settings.gateway.id,
+        clock=reactor,
+        interval=settings.journal.seal_interval,
+        records=settings.journal.seal_records,
+    )
+    _Part(start=sealer.start, stop=sealer.stop).setServiceParent(service)
     forwarder: Forwarder | None = None
     progress = Progress()
     queries: QueryClient | None = None
@@ -209,7 +226,7 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
     _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
     count = rebuild(
-        journal.replay(),
+        journal.replay_at_start(),
         sessions,
         repeats,
         totals,
@@ -226,11 +243,18 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
     _listen(reactor, "downlink", settings.listen.downlink, downlinks.factory()).setServiceParent(service)
 
     def ready() -> tuple[bool, str]:
-        problem = journal.problem
-        return (False, f"journal cannot write: {problem}") if problem else (True, "journal writable")
+        problem = journal.problem or space.problem
+        if problem:
+            return False, f"journal cannot write: {problem}"
+        # Damage set aside does not stop serving, but whoever looks must see it.
+        damaged = "; ".join(
+            f"segment {q.segment} quarantined at seq {q.seq}: {q.reason}" for q in journal.quarantined
+        )
+        return True, f"journal writable; {damaged}" if damaged else "journal writable"
 
     registry = CollectorRegistry()
     register_metrics(registry, downlinks, journal, sync)
+    register_space(registry, space)
     if forwarder is not None:
         register_forwarder(registry, forwarder)
         log.info(

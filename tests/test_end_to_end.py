@@ -27,7 +27,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import HTTPConnectionPool
 
 from gateway import tap
-from gateway.journal.reader import read_records, verify
+from gateway.journal.reader import read_records, read_records_skipping, verify
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
@@ -441,3 +441,51 @@ async def test_configured_deadline_applies_to_a_silent_lot(tmp_path: Path) -> No
     finally:
         lot.transport.loseConnection()  # type: ignore[union-attr]
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_damaged_journal_starts_degraded_and_keeps_serving(tmp_path: Path) -> None:
+    """An altered record in an old segment and in the last one: the gateway starts, says so, and serves."""
+    config, _, api = api_config(tmp_path)
+    text = Path(config).read_text()
+    Path(config).write_text(text.replace("[journal]\n", "[journal]\nsegment_bytes = 65536\n"))
+    options = tap.Options()
+    options.parseOptions(["--config", config])
+    port = int(Path(config).read_text().split('uplink = "tcp:')[1].split(":")[0])
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        token = (await post(port, envelope("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})))[
+            "data"
+        ]["token"]
+        for n in range(400):
+            answer = await post(port, envelope("carIn", {**CAR_IN, "recordCode": f"R{n}"}, token, f"d-{n}"))
+            assert answer["resultCode"] == "0000"
+    finally:
+        await service.stopService()
+    segments = sorted((tmp_path / "journal").glob("*.jsonl"))
+    assert len(segments) >= 2
+    for segment in (segments[0], segments[-1]):
+        data = bytearray(segment.read_bytes())
+        lines = bytes(data).splitlines(keepends=True)
+        data[len(lines[0]) + len(lines[1]) + 3] ^= 0x20  # "seq" -> "SEQ": record 3 is not a record
+        segment.write_bytes(bytes(data))
+
+    service = tap.makeService(options, reactor)  # must not raise: no crash loop
+    service.startService()
+    try:
+        response = await treq.get(
+            f"http://127.0.0.1:{api}/readyz", pool=HTTPConnectionPool(reactor, persistent=False)
+        )
+        text = (await response.content()).decode()
+        assert response.code == 200 and text.count("quarantined") == 2, text
+        metrics = await treq.get(
+            f"http://127.0.0.1:{api}/metrics", pool=HTTPConnectionPool(reactor, persistent=False)
+        )
+        assert "cpmi_journal_quarantined_segments 2.0" in (await metrics.content()).decode()
+        answer = await post(port, envelope("carIn", CAR_IN, token, "after-damage"))
+        assert answer["resultCode"] == "0000"
+    finally:
+        await service.stopService()
+    kinds = [r.kind for r in read_records_skipping(tmp_path / "journal", lambda damage: None)]
+    assert kinds.count("quarantine") == 2 and kinds[-1] == "seal"

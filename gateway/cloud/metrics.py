@@ -50,6 +50,9 @@ class JournalPosition(Protocol):
     @property
     def problem(self) -> str | None: ...
 
+    @property
+    def quarantined(self) -> Sequence[object]: ...
+
 
 class SyncQueues(Protocol):
     """What the metrics read of `gateway.lots.sync.Sync`."""
@@ -145,13 +148,14 @@ class GatewayCollector(Collector):
         yield gauge("cpmi_lots_configured", "Lots in the configuration.", len(states))
         if not describing:
             # Read once: the journal may move between two property reads.
-            last_seq, committed_seq, problem = (
+            last_seq, committed_seq, problem, quarantined = (
                 self._journal.last_seq,
                 self._journal.committed_seq,
                 self._journal.problem,
+                len(self._journal.quarantined),
             )
         else:
-            last_seq = committed_seq = 0
+            last_seq = committed_seq = quarantined = 0
             problem = None
         yield gauge(
             "cpmi_journal_last_seq",
@@ -167,6 +171,11 @@ class GatewayCollector(Collector):
             "cpmi_journal_ok",
             "1 while the journal can write, 0 when appends fail (see /readyz for why).",
             0 if problem else 1,
+        )
+        yield gauge(
+            "cpmi_journal_quarantined_segments",
+            "Damaged journal data set aside since start (see /readyz and the quarantine records).",
+            quarantined,
         )
         for name, key, documentation in DOWNLINK_COUNTERS:
             if describing:
@@ -281,5 +290,45 @@ class ForwarderCollector(Collector):
 def register_forwarder(registry: CollectorRegistry, forwarder: ForwardingState) -> ForwarderCollector:
     """Register the forwarder's metrics (`cpmi_forward_*`) on `registry`."""
     collector = ForwarderCollector(forwarder)
+    registry.register(collector)
+    return collector
+
+
+class FreeSpace(Protocol):
+    """What the metrics read of `gateway.journal.space.SpaceWatch`."""
+
+    @property
+    def free_bytes(self) -> int | None: ...
+
+    @property
+    def low(self) -> bool: ...
+
+
+class SpaceCollector(Collector):
+    """Free space on the journal's file system, as last measured."""
+
+    def __init__(self, space: FreeSpace) -> None:
+        self._space = space
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        yield GaugeMetricFamily("cpmi_journal_free_bytes", _FREE_HELP)
+        yield GaugeMetricFamily("cpmi_journal_space_low", _LOW_HELP)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now (no free_bytes sample before the first measurement)."""
+        free = self._space.free_bytes
+        if free is not None:
+            yield GaugeMetricFamily("cpmi_journal_free_bytes", _FREE_HELP, value=free)
+        yield GaugeMetricFamily("cpmi_journal_space_low", _LOW_HELP, value=1 if self._space.low else 0)
+
+
+_FREE_HELP = "Free bytes on the journal's file system, as last measured."
+_LOW_HELP = "1 while free space is below journal.min_free_bytes and appends are refused."
+
+
+def register_space(registry: CollectorRegistry, space: FreeSpace) -> SpaceCollector:
+    """Register `cpmi_journal_free_bytes` and `cpmi_journal_space_low` on `registry`."""
+    collector = SpaceCollector(space)
     registry.register(collector)
     return collector

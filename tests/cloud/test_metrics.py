@@ -17,6 +17,7 @@ from gateway.cloud.metrics import (
     observe_fsync,
     register,
     register_forwarder,
+    register_space,
 )
 from gateway.lots.downlink import _COUNTERS
 
@@ -41,6 +42,7 @@ class FakeJournal:
     last_seq: int = 0
     committed_seq: int = 0
     problem: str | None = None
+    quarantined: list[object] = field(factory=list)
     fsync_observers: list[Callable[[float], None]] = field(factory=list)
 
 
@@ -119,6 +121,7 @@ def test_values_are_read_at_each_scrape() -> None:
     downlinks.counters["command_timeouts"] += 1
     journal.last_seq = journal.committed_seq = 9
     journal.problem = "disk full"
+    journal.quarantined.append("a damaged segment")
     second = scrape(registry)
 
     assert (first["cpmi_lots_connected"], second["cpmi_lots_connected"]) == (0, 1)
@@ -127,6 +130,7 @@ def test_values_are_read_at_each_scrape() -> None:
     assert second["cpmi_downlink_command_timeouts_total"] == 1
     assert (first["cpmi_journal_last_seq"], second["cpmi_journal_last_seq"]) == (1, 9)
     assert (first["cpmi_journal_ok"], second["cpmi_journal_ok"]) == (1, 0)
+    assert (first["cpmi_journal_quarantined_segments"], second["cpmi_journal_quarantined_segments"]) == (0, 1)
 
 
 def test_registering_does_not_read_the_collaborators() -> None:
@@ -252,3 +256,21 @@ def _forwarder_parts() -> dict[str, object]:
         "zone": ZoneInfo("UTC"),
         "signing_key": SigningKey.generate(),
     }
+
+
+@define
+class FakeSpace:
+    free_bytes: int | None = None
+    low: bool = False
+
+
+def test_space_metrics_follow_the_watch() -> None:
+    """cpmi_journal_free_bytes appears once measured; cpmi_journal_space_low is 1 while low."""
+    space = FakeSpace()
+    registry = CollectorRegistry()
+    register_space(registry, space)
+    first = scrape(registry)
+    assert "cpmi_journal_free_bytes" not in first and first["cpmi_journal_space_low"] == 0
+    space.free_bytes, space.low = 12 * 2**20, True
+    second = scrape(registry)
+    assert second["cpmi_journal_free_bytes"] == 12 * 2**20 and second["cpmi_journal_space_low"] == 1
