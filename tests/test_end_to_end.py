@@ -201,7 +201,7 @@ def start_twistd(tmp_path: Path, config: str) -> subprocess.Popen[bytes]:
 
 
 def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path) -> None:
-    """twistd killed with SIGKILL while lots upload, 20 times: every uplink answered 0000 is in the journal."""
+    """twistd SIGKILLed under upload load, 20 times: every uplink answered 0000 is in the journal."""
     port = free_port()
     config = write_config(tmp_path, port)
     acknowledged: set[str] = set()
