@@ -63,10 +63,6 @@ class JournalConfig:
     seal_records: int = 10_000
     # Below this many free bytes on the journal's file system, appends are refused.
     min_free_bytes: int = 64 * 2**20
-    # Retention: segments beyond these (0: no limit) are removed, oldest first,
-    # unless they hold records not yet forwarded or sync entries not yet done.
-    retain_bytes: int = 0
-    retain_days: float = 0.0
 
 
 @frozen
@@ -263,15 +259,9 @@ def _journal(raw: object) -> JournalConfig:
         seal_interval=_seconds(table, "seal_interval", 60.0),
         seal_records=table.number("seal_records", 10_000, 1),
         min_free_bytes=table.number("min_free_bytes", 64 * 2**20, 0),
-        retain_bytes=table.number("retain_bytes", 0, 0),
-        retain_days=table.take("retain_days", float, 0.0),
     )
-    if result.retain_days < 0:
-        raise ConfigError("journal.retain_days: must be 0 (no limit) or more")
     if result.interval <= 0:
         raise ConfigError("journal.interval: must be more than 0")
-    if 0 < result.retain_bytes < result.segment_bytes:
-        raise ConfigError("journal.retain_bytes: must be 0 (no limit) or at least journal.segment_bytes")
     table.done()
     return result
 
