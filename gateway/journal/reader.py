@@ -62,6 +62,20 @@ def _start(segments: list[Segment], since_seq: int) -> list[Segment]:
     return segments[first:]
 
 
+@frozen
+class Damage:
+    """A line a tolerant reader skipped: where, the seq it should have had, and why."""
+
+    segment: str
+    offset: int
+    seq: int | None
+    reason: str
+
+
+def _raise(damage: Damage) -> None:
+    raise ChainError(damage.seq, damage.reason, damage.segment, damage.offset)
+
+
 def read_records(path: str | os.PathLike[str], since_seq: int = 1) -> Iterator[Record]:
     """
     Yield every whole record with ``seq >= since_seq``, in order, across segments.
@@ -71,32 +85,7 @@ def read_records(path: str | os.PathLike[str], since_seq: int = 1) -> Iterator[R
     not checked here (see :func:`verify`); a whole line that is not a record
     raises :class:`ChainError`.
     """
-    segments = _start(list_segments(path), since_seq)
-    last = len(segments) - 1
-    expected: int | None = None
-    for index, segment in enumerate(segments):
-        for offset, line in iter_lines(segment.path):
-            if not line.endswith(b"\n"):
-                if index == last:
-                    return
-                raise ChainError(expected, "partial line", segment.name, offset)
-            try:
-                record = decode_line(line)
-            except BadLine as e:
-                raise ChainError(expected, e.args[0], segment.name, offset) from None
-            expected = record.seq + 1
-            if record.seq >= since_seq:
-                yield record
-
-
-@frozen
-class Damage:
-    """A line a tolerant reader skipped: where, the seq it should have had, and why."""
-
-    segment: str
-    offset: int
-    seq: int | None
-    reason: str
+    return read_records_skipping(path, _raise, since_seq)
 
 
 def read_records_skipping(
