@@ -50,13 +50,14 @@ from nacl.signing import SigningKey, VerifyKey
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.httpsig import sign_request
+from gateway.cloud.progress import Progress
 from gateway.config import ConfigError, parse
 from gateway.config import load as load_config
 from gateway.journal.reader import ChainError
 from gateway.journal.reader import verify as verify_chain
 from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, decode_line, dumps_compact
 from gateway.journal.seals import SEAL_RECORD, check_seal
-from gateway.journal.segments import Segment, iter_lines, list_segments
+from gateway.journal.segments import Segment, iter_lines, line_seq, list_segments, segments_from
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
 
 if TYPE_CHECKING:
@@ -128,7 +129,6 @@ _HEAD = re.compile(
     rb'\{"seq":([1-9][0-9]*),"ts":"([^"\\]*)","kind":"([^"\\]*)","park":"([^"\\]*)",'
     rb'"code":"([^"\\]*)","opr":"([^"\\]*)","body":'
 )
-_SEQ_PREFIX = re.compile(rb'\{"seq":([1-9][0-9]*),')
 # The chain's 32 hex digits sit between ',"chain":"' and '"}\n' at the end of a line.
 _CHAIN = slice(-35, -3)
 _WRITER_TS = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
@@ -280,11 +280,6 @@ def _parse_head(line: bytes) -> _Head:
     )
 
 
-def _line_seq(line: bytes) -> int | None:
-    match = _SEQ_PREFIX.match(line)
-    return None if match is None else int(match[1])
-
-
 def _journal(directory: str) -> list[Segment]:
     """The journal's segments; a one-line failure when there is no journal."""
     if not os.path.exists(directory):
@@ -295,16 +290,6 @@ def _journal(directory: str) -> list[Segment]:
     if not segments:
         raise _Failure(f"{directory}: no journal here (no segment files like 00000000000000000001.jsonl)")
     return segments
-
-
-def _from_seq(segments: list[Segment], seq: int) -> list[Segment]:
-    """The segments from the one that holds ``seq`` on (segments are named by their first seq)."""
-    first = 0
-    for index, segment in enumerate(segments):
-        if segment.first_seq > seq:
-            break
-        first = index
-    return segments[first:]
 
 
 def _whole_end(path: str) -> int:
@@ -363,7 +348,7 @@ class _Reader:
     def lines(self, from_seq: int = 1, end: int | None = None) -> Iterator[tuple[_Head, bytes]]:
         """The whole lines with ``seq >= from_seq``, in order; in the last segment up to ``end``."""
         last = self.segments[-1].name
-        for segment in _from_seq(self.segments, from_seq):
+        for segment in segments_from(self.segments, from_seq):
             for head, line in self.segment_lines(segment, end if segment.name == last else None):
                 if head.seq >= from_seq:
                     yield head, line
@@ -673,10 +658,10 @@ def run_show(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     segments = _journal(args.dir)
     seq: int = args.seq
-    holder = _from_seq(segments, seq)[0]
+    holder = segments_from(segments, seq)[0]
     if holder.first_seq <= seq:
         for offset, line in iter_lines(holder.path):
-            found = _line_seq(line)
+            found = line_seq(line)
             if found is None or found < seq:
                 continue
             if found > seq or not line.endswith(b"\n"):
@@ -735,13 +720,13 @@ def _is_event(kind: bytes, line: bytes) -> bool:
 
 
 def _through(line: bytes) -> int:
-    """The ``through`` of a forwarded/rejected line (0 if it has none)."""
+    """The ``through`` of a forwarded/rejected line (0 if it has none), as the forwarder reads it."""
+    progress = Progress()
     try:
-        body = decode_line(line).body
+        progress.restore(decode_line(line))
     except BadLine:
-        return 0
-    through = body.get("through") if isinstance(body, dict) else None
-    return through if type(through) is int else 0
+        pass
+    return progress.through
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -1015,7 +1000,7 @@ def _check_seals(
                 except BadLine as e:  # changed since the chain was checked
                     raise _BadSeq(None, f"{e.args[0]} (segment {segment.name}, offset {offset})") from None
                 if head.kind == _SEAL_KIND_B:
-                    before = _line_seq(previous) if previous else None
+                    before = line_seq(previous) if previous else None
                     if before is not None:
                         signed: tuple[int, bytes] | None = (before, previous[_CHAIN])
                     else:  # the first record: nothing before it, or removed with older segments
@@ -1257,7 +1242,7 @@ def _last_seq(segments: list[Segment]) -> int | None:
             file.seek(start)
             tail = file.read(end - start)
         line_start = tail.rfind(b"\n", 0, len(tail) - 1) + 1
-        found = _line_seq(tail[line_start:])
+        found = line_seq(tail[line_start:])
         if found is not None:
             return found
     return None

@@ -62,6 +62,7 @@ from twisted.web.client import ResponseFailed
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.post import HTTPRequester, post_signed
+from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.config import CloudConfig
 from gateway.journal.reader import Cursor, Damage
 from gateway.journal.record import Record, dumps_compact
@@ -73,9 +74,6 @@ __all__ = [
     "ForwarderJournal",
     "Progress",
 ]
-
-FORWARDED_RECORD = "forwarded"
-REJECTED_RECORD = "rejected"
 
 # How much of a refusing answer a `rejected` record keeps.
 ANSWER_BYTES = 4096
@@ -118,20 +116,6 @@ class _Entry:
     type: str
     body: bytes
     at: float  # when it was taken from the journal (for the batch delay)
-
-
-class Progress:
-    """Where forwarding stands after the start-up replay: the highest ``through`` journaled."""
-
-    def __init__(self) -> None:
-        self.through = 0
-
-    def restore(self, record: Record) -> None:
-        """Replay one ``forwarded`` or ``rejected`` record."""
-        body = record.body
-        through = body.get("through") if isinstance(body, dict) else None
-        if type(through) is int and through > self.through:
-            self.through = through
 
 
 def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[_Entry]:

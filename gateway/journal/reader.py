@@ -14,7 +14,7 @@ from typing import BinaryIO
 from attrs import frozen
 
 from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, check_line, decode_line
-from gateway.journal.segments import Segment, iter_lines, list_segments, segment_name
+from gateway.journal.segments import iter_lines, line_seq, list_segments, segment_name, segments_from
 
 __all__ = ["ChainError", "Cursor", "Damage", "read_records", "read_records_skipping", "verify"]
 
@@ -49,17 +49,6 @@ class ChainError(Exception):
     def __str__(self) -> str:
         where = f" (segment {self.segment}, offset {self.offset})" if self.segment else ""
         return f"seq {self.seq}: {self.reason}{where}" if self.seq else f"{self.reason}{where}"
-
-
-def _start(segments: list[Segment], since_seq: int) -> list[Segment]:
-    """The segments from the one that holds ``since_seq`` on."""
-    first = 0
-    for i, segment in enumerate(segments):
-        if segment.first_seq <= since_seq:
-            first = i
-        else:
-            break
-    return segments[first:]
 
 
 @frozen
@@ -99,7 +88,7 @@ def read_records_skipping(
     recovery before). A partial line at the end of the last segment is left out
     as by :func:`read_records`.
     """
-    segments = _start(list_segments(path), since_seq)
+    segments = segments_from(list_segments(path), since_seq)
     last = len(segments) - 1
     expected: int | None = None
     for index, segment in enumerate(segments):
@@ -168,18 +157,6 @@ def verify(path: str | os.PathLike[str], *, allow_partial_tail: bool = False) ->
     return count
 
 
-_SEQ_PREFIX = b'{"seq":'
-
-
-def _line_seq(line: bytes) -> int | None:
-    """The seq a line starts with, read without decoding the line (None if it has none)."""
-    if not line.startswith(_SEQ_PREFIX):
-        return None
-    comma = line.find(b",", len(_SEQ_PREFIX))
-    digits = line[len(_SEQ_PREFIX) : comma]
-    return int(digits) if comma > 0 and digits.isdigit() else None
-
-
 class Cursor:
     """
     Reads a live journal forward from a seq, a chunk at a time, keeping its place.
@@ -223,7 +200,7 @@ class Cursor:
                 raise ChainError(
                     self.next_seq, "record not found in the journal", self._segment or None, None
                 )
-            seq = _line_seq(line)
+            seq = line_seq(line)
             if seq is not None and seq < self.next_seq:
                 continue  # finding the start in the segment
             try:

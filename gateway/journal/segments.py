@@ -14,9 +14,18 @@ from collections.abc import Iterator
 
 from attrs import frozen
 
-__all__ = ["Segment", "iter_lines", "list_segments", "read_last_line", "segment_name"]
+__all__ = [
+    "Segment",
+    "iter_lines",
+    "line_seq",
+    "list_segments",
+    "read_last_line",
+    "segment_name",
+    "segments_from",
+]
 
 _NAME = re.compile(r"[0-9]{20}\.jsonl")
+_SEQ_PREFIX = re.compile(rb'\{"seq":([1-9][0-9]*),')
 _READ_CHUNK = 1 << 16
 
 
@@ -44,6 +53,22 @@ def list_segments(directory: str | os.PathLike[str]) -> list[Segment]:
     ]
     segments.sort(key=lambda s: s.first_seq)
     return segments
+
+
+def segments_from(segments: list[Segment], seq: int) -> list[Segment]:
+    """The segments from the one that holds ``seq`` on (all of them if ``seq`` is before the first)."""
+    first = 0
+    for index, segment in enumerate(segments):
+        if segment.first_seq > seq:
+            break
+        first = index
+    return segments[first:]
+
+
+def line_seq(line: bytes) -> int | None:
+    """The seq a line starts with, read without decoding the line (None if it has none)."""
+    match = _SEQ_PREFIX.match(line)
+    return None if match is None else int(match[1])
 
 
 def iter_lines(path: str, offset: int = 0) -> Iterator[tuple[int, bytes]]:
