@@ -54,14 +54,13 @@ from zoneinfo import ZoneInfo
 import treq
 from attrs import frozen
 from nacl.signing import SigningKey
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.post import HTTPRequester, post_signed
+from gateway.cloud.post import HTTPRequester, failure_reason, post_signed
 from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.config import CloudConfig
 from gateway.journal.reader import Cursor, Damage
@@ -146,15 +145,6 @@ def _read_chunk(
     records = cursor.read(through, max_records, max_bytes)
     damage, cursor.damage = cursor.damage, []
     return cursor.next_seq - 1, _entries(records, gateway_id, zone, at), damage
-
-
-def _short(failure: Failure) -> str:
-    """A failed exchange in a few words (treq wraps the cause in ResponseFailed)."""
-    if failure.check(ResponseFailed) and failure.value.reasons:
-        failure = failure.value.reasons[0]
-    if failure.check(CancelledError):
-        return "cancelled"
-    return failure.getErrorMessage() or failure.type.__name__
 
 
 class Forwarder:
@@ -472,7 +462,9 @@ class Forwarder:
 
         def failed(failure: Failure) -> None:
             reason = (
-                f"no answer within {self._settings.request_timeout:g} s" if timed_out else _short(failure)
+                f"no answer within {self._settings.request_timeout:g} s"
+                if timed_out
+                else failure_reason(failure)
             )
             self._retry(batch, reason)
 

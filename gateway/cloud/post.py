@@ -6,11 +6,15 @@ from typing import Any, Protocol
 
 from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from gateway.cloud.httpsig import sign_request
 
-__all__ = ["HTTPRequester", "post_signed"]
+__all__ = ["HTTPRequester", "failure_reason", "post_signed"]
+
+_REASON = 100  # characters of a network error's text, in a lot's message or a log line
 
 
 class HTTPRequester(Protocol):
@@ -36,3 +40,17 @@ def post_signed(
     for name, value in signed.as_dict().items():
         headers.setRawHeaders(name, [value])
     return http.request("POST", url, headers=headers, data=body)
+
+
+def failure_reason(failure: Failure) -> str:
+    """A failed exchange in a few words: the first underlying reason's text, else its type.
+
+    treq wraps the cause (a refused connection, a reset) in ResponseFailed and
+    its kin; the cause is what an operator needs to read.
+    """
+    if failure.check(ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed):
+        reasons = getattr(failure.value, "reasons", None)
+        if reasons and isinstance(reasons[0], Failure):
+            failure = reasons[0]
+    text = failure.getErrorMessage().strip() or failure.type.__name__
+    return text if len(text) <= _REASON else text[: _REASON - 3] + "..."

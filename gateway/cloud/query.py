@@ -26,17 +26,12 @@ from twisted.internet.protocol import Protocol as StreamProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
 from gateway.cloud.events import EVENT_CONTENT_TYPE, query_event
-from gateway.cloud.post import HTTPRequester, post_signed
+from gateway.cloud.post import HTTPRequester, failure_reason, post_signed
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.catalog import lookup
 from gateway.protocol.validation import FieldError, validate
@@ -60,7 +55,6 @@ DEFAULT_DEADLINE = 1.0
 """Seconds for a query whose interface has no deadline in the catalog (every query has one)."""
 
 _EXCERPT = 120  # bytes of a refused answer quoted in the log
-_REASON = 100  # characters of a network error's text in the lot's message
 
 log = Logger()
 
@@ -254,7 +248,7 @@ class QueryClient:
         return late
 
     def _unreachable(self, failure: Failure, code: str, opr: str) -> QueryAnswer:
-        message = f"cloud unreachable: {_reason(failure)}"
+        message = f"cloud unreachable: {failure_reason(failure)}"
         log.warn("query {code} {opr}: {message}", code=code, opr=opr, message=message)
         return QueryAnswer.failed(message)
 
@@ -270,13 +264,3 @@ def _size(limit: int) -> str:
         if limit >= size and limit % size == 0:
             return f"{limit // size} {unit}"
     return f"{limit} bytes"
-
-
-def _reason(failure: Failure) -> str:
-    """A network failure in a few words: the first underlying reason's text, else its type."""
-    if failure.check(ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed):
-        reasons = getattr(failure.value, "reasons", None)
-        if reasons and isinstance(reasons[0], Failure):
-            failure = reasons[0]
-    text = failure.getErrorMessage().strip() or failure.type.__name__
-    return text if len(text) <= _REASON else text[: _REASON - 3] + "..."
