@@ -48,6 +48,10 @@ class Cut:
         }
 
 
+QUARANTINE_RECORD = "quarantine"
+"""The kind of the record that reports damage set aside."""
+
+
 @frozen
 class Quarantine:
     """
@@ -77,6 +81,23 @@ class Quarantine:
             "last_seq": self.last_seq,
             "saved_as": self.saved_as,
         }
+
+    @classmethod
+    def from_body(cls, body: dict[str, object]) -> Quarantine:
+        """The quarantine a ``quarantine`` record reports (missing fields read as unknown)."""
+
+        def number(name: str) -> int | None:
+            value = body.get(name)
+            return value if type(value) is int else None
+
+        return cls(
+            str(body.get("segment", "")),
+            number("offset") or 0,
+            number("seq"),
+            str(body.get("reason", "")),
+            number("last_seq"),
+            str(body.get("saved_as", "")),
+        )
 
 
 @frozen

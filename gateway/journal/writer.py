@@ -70,7 +70,7 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.journal.reader import Damage, read_records, read_records_skipping
 from gateway.journal.record import Record, dumps_compact, encode_line, format_ts
-from gateway.journal.recovery import Quarantine, recover
+from gateway.journal.recovery import QUARANTINE_RECORD, Quarantine, recover
 from gateway.journal.segments import segment_name
 
 __all__ = ["FSYNC_MODES", "Journal", "JournalReactor", "JournalWriteError", "RunBlocking"]
@@ -231,6 +231,7 @@ class Journal:
         os_write: Callable[[int, bytes | memoryview], int] = os.write,
         os_ftruncate: Callable[[int, int], None] = os.ftruncate,
         run_blocking: RunBlocking | None = None,
+        close_at_shutdown: bool = True,
     ) -> Journal:
         """
         Open the journal in ``path`` (created if needed) and recover it.
@@ -250,7 +251,9 @@ class Journal:
         ``run_blocking`` the journal runs its blocking calls on its own
         one-thread pool, started at the first of them and stopped by
         :meth:`close`; with a real reactor, a "before shutdown" trigger closes
-        the journal if nobody did.
+        the journal if nobody did, unless ``close_at_shutdown`` is false: a
+        service that appends while it stops must be the one to close it, since
+        that trigger could otherwise run first and refuse those appends.
         """
         if fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
@@ -309,7 +312,7 @@ class Journal:
             os.close(fd)
             os.close(directory_fd)
             raise
-        if pool is not None and IReactorCore.providedBy(reactor):
+        if close_at_shutdown and pool is not None and IReactorCore.providedBy(reactor):
             journal._trigger = cast(Any, reactor).addSystemEventTrigger(
                 "before", "shutdown", journal._close_at_shutdown
             )
@@ -435,16 +438,30 @@ class Journal:
         :meth:`replay` for start-up, before the reactor runs: damage does not stop it.
 
         A damaged line in an older segment is skipped; once the replay is done,
-        each is journaled as a ``quarantine`` record (and listed in
-        :attr:`quarantined`), so the gateway starts and serves instead of
-        failing on every start.
+        the damage is set aside (:meth:`set_aside`), so the gateway starts and
+        serves instead of failing on every start.
         """
         found: list[Damage] = []
         yield from read_records_skipping(self._directory, found.append)
-        for damage in found:
-            self._quarantine(Quarantine(damage.segment, damage.offset, damage.seq, damage.reason, None, ""))
+        self.set_aside(found)
 
-    def _quarantine(self, quarantine: Quarantine) -> None:
+    def set_aside(self, found: list[Damage]) -> list[Record]:
+        """
+        Journal each damaged line found at start-up as a ``quarantine`` record; returns them.
+
+        Each is also listed in :attr:`quarantined` and logged as critical.
+        Blocks (appends and syncs at once): call it before the reactor runs.
+        """
+        return [
+            self._quarantine(Quarantine(damage.segment, damage.offset, damage.seq, damage.reason, None, ""))
+            for damage in found
+        ]
+
+    def note_quarantined(self, quarantine: Quarantine) -> None:
+        """List in :attr:`quarantined` damage journaled before (read back at start-up)."""
+        self._quarantined.append(quarantine)
+
+    def _quarantine(self, quarantine: Quarantine) -> Record:
         _log.critical(
             "journal: damaged record in segment {segment} at offset {offset} (seq {seq}): {reason}; "
             "set aside as quarantined, the gateway goes on (cpmictl log verify; restore from a backup)",
@@ -454,7 +471,7 @@ class Journal:
             reason=quarantine.reason,
         )
         self._quarantined.append(quarantine)
-        self._append_now("quarantine", "", "", "", quarantine.as_body())
+        return self._append_now(QUARANTINE_RECORD, "", "", "", quarantine.as_body())
 
     def replay(self, since_seq: int = 1) -> Iterator[Record]:
         """
