@@ -63,6 +63,12 @@ class JournalConfig:
     seal_records: int = 10_000
     # Below this many free bytes on the journal's file system, appends are refused.
     min_free_bytes: int = 64 * 2**20
+    # A checkpoint record (what start-up rebuilds) after this many records, and at stop.
+    checkpoint_records: int = 100_000
+    # Retention: the oldest segments go once the journal is larger than retain_bytes
+    # or their records older than retain_days (0: no limit), unless still needed.
+    retain_bytes: int = 0
+    retain_days: float = 0.0
 
 
 @frozen
@@ -259,9 +265,19 @@ def _journal(raw: object) -> JournalConfig:
         seal_interval=_seconds(table, "seal_interval", 60.0),
         seal_records=table.number("seal_records", 10_000, 1),
         min_free_bytes=table.number("min_free_bytes", 64 * 2**20, 0),
+        checkpoint_records=table.number("checkpoint_records", 100_000, 1),
+        retain_bytes=table.number("retain_bytes", 0, 0),
+        retain_days=table.take("retain_days", float, 0.0),
     )
     if result.interval <= 0:
         raise ConfigError("journal.interval: must be more than 0")
+    if result.retain_days < 0:
+        raise ConfigError("journal.retain_days: must be 0 (keep) or more")
+    if 0 < result.retain_bytes < 2 * result.segment_bytes:
+        raise ConfigError(
+            f"journal.retain_bytes: must be 0 (no limit) or at least twice segment_bytes "
+            f"({2 * result.segment_bytes})"
+        )
     table.done()
     return result
 

@@ -12,7 +12,8 @@ from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -20,12 +21,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Progress
+from gateway.cloud.forwarder import Forwarder
 from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space
 from gateway.cloud.metrics import register as register_metrics
+from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
 from gateway.config import Config, ConfigError, load
 from gateway.journal import ChainError, Journal, JournalWriteError
+from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
@@ -33,11 +36,11 @@ from gateway.lots.downlink import Downlinks
 from gateway.lots.http import UplinkResource, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
-from gateway.lots.rebuild import rebuild
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SyncQueue
 from gateway.lots.uplink import UplinkHandler
+from gateway.state import Checkpointer, restore_at_start
 
 log = Logger()
 
@@ -82,6 +85,23 @@ class _Part(Service):
         return self._stop()
 
 
+class _Gateway(MultiService):
+    """
+    The gateway's parts, stopped as a ``MultiService`` stops them, but the journal last.
+
+    Parts append as they stop (offline records, a checkpoint, a seal) and some
+    only once what they wait for is done (a retention pass, an fsync), so the
+    journal, the first part, is closed only after every other part's stop has
+    finished; ``MultiService`` alone would close it at once with the others.
+    """
+
+    def stopService(self) -> Deferred[Any]:
+        Service.stopService(self)
+        journal, *others = list(self)
+        stopping = DeferredList([maybeDeferred(part.stopService) for part in reversed(others)])
+        return stopping.addCallback(lambda results: DeferredList([maybeDeferred(journal.stopService)]))
+
+
 def _fail(error: str) -> SystemExit:
     sys.stderr.write(f"cpmi-gateway: {error}\n")
     return SystemExit(1)
@@ -102,6 +122,8 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             fsync=settings.journal.fsync,
             segment_bytes=settings.journal.segment_bytes,
             interval=settings.journal.interval,
+            # The service tree closes it, last: the parts stopping before it still append.
+            close_at_shutdown=False,
         )
     except (ConfigError, KeyFileError) as error:
         raise _fail(str(error)) from None
@@ -138,7 +160,7 @@ class _CloudClient:
 
 def build_service(settings: Config, reactor: Any, journal: Journal, key: SigningKey) -> MultiService:
     """Wire the parts of the gateway around an open journal and the gateway's signing key."""
-    service = MultiService()
+    service = _Gateway()
     _Part(stop=journal.close).setServiceParent(service)
     space = SpaceWatch(
         path=settings.journal.path, min_free_bytes=settings.journal.min_free_bytes, clock=reactor
@@ -225,21 +247,50 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
     downlinks.bound_listeners.append(sync.lot_bound)
     _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
-    count = rebuild(
-        journal.replay_at_start(),
-        sessions,
-        repeats,
-        totals,
-        sync,
-        {FORWARDED_RECORD: progress.restore, REJECTED_RECORD: progress.restore},
+    restored = restore_at_start(
+        journal,
+        now=reactor.seconds(),
+        sessions=sessions,
+        repeats=repeats,
+        totals=totals,
+        sync=sync,
+        progress=progress,
     )
     log.info(
-        "journal {path}: {count} records, {tokens} tokens in force, {sync} sync entries pending",
+        "journal {path}: read {count} records from seq {first} ({whence}); {tokens} tokens in force, "
+        "{sync} sync entries pending",
         path=settings.journal.path,
-        count=count,
+        count=restored.records,
+        first=restored.from_seq,
+        whence=f"checkpoint {restored.checkpoint}" if restored.checkpoint else "no checkpoint",
         tokens=len(sessions),
         sync=sync.pending_total(),
     )
+    checkpointer = Checkpointer(
+        journal=journal, state=restored.state, clock=reactor, records=settings.journal.checkpoint_records
+    )
+    # Stops before the sealer does, so the last seal covers the last checkpoint.
+    _Part(start=checkpointer.start, stop=checkpointer.stop).setServiceParent(service)
+
+    def floor() -> int:
+        """The first seq retention must keep: start-up, forwarding and sync still need it."""
+        keep = [checkpointer.floor]
+        if forwarder is not None:
+            keep.append(forwarder.done_through + 1)
+        pending = sync.first_pending_seq()
+        if pending is not None:
+            keep.append(pending)
+        return min(keep)
+
+    retention = Retention(
+        journal,
+        reactor,
+        max_bytes=settings.journal.retain_bytes,
+        max_age=settings.journal.retain_days * 86400,
+        floor=floor,
+        run_blocking=lambda job: deferToThreadPool(reactor, reactor.getThreadPool(), job),
+    )
+    _Part(start=retention.start, stop=retention.stop).setServiceParent(service)
     _listen(reactor, "downlink", settings.listen.downlink, downlinks.factory()).setServiceParent(service)
 
     def ready() -> tuple[bool, str]:

@@ -102,6 +102,12 @@ def test_lot_defaults_and_lookups() -> None:
         ({"journal": {"seal_interval": 0}}, "journal.seal_interval: must be more than 0 seconds"),
         ({"journal": {"seal_records": 0}}, "journal.seal_records: must be at least 1"),
         ({"journal": {"min_free_bytes": -1}}, "journal.min_free_bytes: must be at least 0"),
+        ({"journal": {"checkpoint_records": 0}}, "journal.checkpoint_records: must be at least 1"),
+        ({"journal": {"retain_days": -1}}, "journal.retain_days: must be 0 (keep) or more"),
+        (
+            {"journal": {"segment_bytes": 65536, "retain_bytes": 100000}},
+            "journal.retain_bytes: must be 0 (no limit) or at least twice segment_bytes (131072)",
+        ),
         ({"cloud": {"url": "ftp://cloud/events"}}, "cloud.url: not an http:// or https:// URL"),
         ({"cloud": {"sink": "cloudevents"}}, "cloud.url: required with sink 'cloudevents'"),
         ({"cloud": {"url": "http://c/e", "query_url": "c/q"}}, "cloud.query_url: not an http://"),

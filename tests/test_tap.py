@@ -7,6 +7,7 @@ import queue
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,12 @@ from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
+from twisted.python.threadpool import ThreadPool
 
 from gateway import tap
+from gateway.journal.reader import read_records, verify
+from gateway.journal.segments import list_segments
+from tests.journal.helpers import Harness
 
 ROOT = Path(__file__).parent.parent
 SHIPPED = (ROOT / "conf" / "gateway.toml").read_text()
@@ -29,17 +34,40 @@ class MemoryReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
         self.from_threads: queue.Queue[tuple[Callable[..., Any], Any, Any]] = queue.Queue()
+        self.pool: ThreadPool | None = None
 
     def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.from_threads.put((f, args, kwargs))
 
+    def getThreadPool(self) -> ThreadPool:
+        """A real pool, whose results come back through callFromThread (see `wait_for`)."""
+        if self.pool is None:
+            self.pool = ThreadPool(minthreads=1, maxthreads=1, name="test-reactor")
+            self.pool.start()
+        return self.pool
+
+    def stop_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Run what is due on the clock now and what threads hand back, until `condition` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.advance(0)
+            try:
+                f, args, kwargs = self.from_threads.get(timeout=0.01)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            f(*args, **kwargs)
+
     def wait_for(self, deferred: Deferred[Any], timeout: float = 10.0) -> Any:
-        """Run what threads hand back until `deferred` has a result."""
+        """Run what is due and what threads hand back until `deferred` has a result."""
         results: list[Any] = []
         deferred.addBoth(results.append)
-        while not results:
-            f, args, kwargs = self.from_threads.get(timeout=timeout)
-            f(*args, **kwargs)
+        self.wait_until(lambda: bool(results), timeout)
         return results[0]
 
 
@@ -152,3 +180,73 @@ def test_twistd_help_documents_the_plugin() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "--config" in result.stdout and "T/CPMI 002-2018" in result.stdout
+
+
+def journal_of_segments(tmp_path: Path, records: int = 300) -> None:
+    """A closed journal of several 64 KiB segments, made a day before the gateway starts on it."""
+    h = Harness(tmp_path / "journal", segment_bytes=65536)
+    for i in range(records):
+        h.journal.append("uplink", "P001", "carIn", f"opr-{i}", {"carNum": "京A12345", "pad": "x" * 900})
+    h.settle()
+    h.close()
+
+
+RETAINED = """
+[journal]
+path = "var/journal"
+segment_bytes = 65536
+retain_bytes = 131072
+checkpoint_records = 1
+"""
+
+
+def test_retention_removes_old_segments_once_checkpointed(tmp_path: Path) -> None:
+    """With log-only, retention removes the oldest segments down to retain_bytes, keeping the chain whole."""
+    journal_of_segments(tmp_path)
+    before = list_segments(tmp_path / "journal")
+    text = SHIPPED.replace('[journal]\npath = "var/journal"', RETAINED.strip())
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, text)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        reactor.advance(0)  # the first retention pass
+        reactor.wait_until(lambda: len(list_segments(tmp_path / "journal")) < len(before))
+    finally:
+        try:
+            stop(service, reactor)
+        finally:
+            reactor.stop_pool()
+    after = list_segments(tmp_path / "journal")
+    assert sum(os.path.getsize(s.path) for s in after) <= 131072 + 65536
+    [removal] = [r for r in read_records(tmp_path / "journal") if r.kind == "retention"]
+    removed = removal.body["removed"]  # type: ignore[index]
+    assert removed == [s.name for s in before[: len(removed)]]
+    assert after[0].first_seq > before[len(removed) - 1].first_seq
+    verify(tmp_path / "journal")
+
+
+def test_retention_keeps_what_the_cloud_has_not_acknowledged(tmp_path: Path) -> None:
+    """With a cloud that has acknowledged nothing yet, no segment is removed, however large the journal."""
+    journal_of_segments(tmp_path)
+    before = list_segments(tmp_path / "journal")
+    text = SHIPPED.replace('[journal]\npath = "var/journal"', RETAINED.strip()).replace(
+        'sink = "log-only"\nurl = ""', 'sink = "cloudevents"\nurl = "http://127.0.0.1:9/events"'
+    )
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, text)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        reactor.advance(0)
+        reactor.advance(60)  # a second pass
+        time.sleep(0.5)  # time enough for a pass that would remove something
+        assert list_segments(tmp_path / "journal")[: len(before)] == before
+        assert not any(r.kind == "retention" for r in read_records(tmp_path / "journal"))
+    finally:
+        try:
+            stop(service, reactor)
+        finally:
+            reactor.stop_pool()

@@ -16,7 +16,7 @@ is delivered again after a restart: a lot must apply a sync entry's data
 idempotently (a blacklist entry set twice is one entry).
 
 At start-up the queue is rebuilt from the journal (`restore`, fed by
-`gateway.lots.rebuild`): every `sync` record without a later `sync-done` is
+`gateway.state`): every `sync` record without a later `sync-done` is
 pending again, with the expiry it was journaled with.
 """
 
@@ -218,6 +218,10 @@ class SyncQueue:
         """How many entries of `park` are not done yet (the one in flight included)."""
         lane = self._lanes.get(park)
         return len(lane.entries) if lane is not None else 0
+
+    def first_pending_seq(self) -> int | None:
+        """The seq of the oldest entry not done yet, over all lots (None: nothing pending)."""
+        return min(self._where, default=None)
 
     def pending_total(self) -> int:
         """How many entries are not done yet, over all lots."""

@@ -156,7 +156,7 @@ class Uplink:
 
     def restart(self) -> None:
         """A new gateway process on the same journal."""
-        from gateway.lots.rebuild import rebuild
+        from gateway.state import rebuild
 
         self.sessions = Sessions(self.clock, ZONE)
         self.repeats = Repeats(self.clock)

@@ -9,10 +9,10 @@ from twisted.internet.task import Clock
 
 from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.lots.parks import ParkTotals
-from gateway.lots.rebuild import rebuild
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD, SyncQueue
+from gateway.state import rebuild
 from tests.lots.harness import ZONE, MemoryJournal, fired, lot_entry, result_of
 
 START = 1_795_000_000.0
@@ -147,6 +147,19 @@ def test_delivered_in_order_one_at_a_time_when_connected() -> None:
     done = [r for r in w.journal.records if r.kind == SYNC_DONE_RECORD]
     assert done[0].code == "blacklist" and done[0].park == "P001"
     assert w.queue.pending("P001") == 0
+
+
+def test_first_pending_seq_is_the_oldest_entry_not_done_over_all_lots() -> None:
+    """Retention keeps from the oldest pending entry on: it moves once that entry is done."""
+    w = World()
+    assert w.queue.first_pending_seq() is None
+    first, second = w.enqueue(1, "P002"), w.enqueue(2, "P001")
+    assert w.queue.first_pending_seq() == first
+    w.bind("P002")
+    w.lots.answer()
+    assert w.queue.first_pending_seq() == second
+    w.restart()
+    assert w.queue.first_pending_seq() == second
 
 
 def test_lots_are_independent() -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for the journal tests."""
+"""Fixtures shared by the tests: journals in a temporary directory."""
 
 from __future__ import annotations
 
