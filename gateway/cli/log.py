@@ -53,10 +53,11 @@ from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
 from gateway.config import ConfigError, parse
 from gateway.config import load as load_config
+from gateway.journal.integrity import verify_journal
 from gateway.journal.reader import ChainError
 from gateway.journal.reader import verify as verify_chain
-from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, decode_line, dumps_compact
-from gateway.journal.seals import SEAL_RECORD, check_seal
+from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
+from gateway.journal.seals import SEAL_RECORD
 from gateway.journal.segments import Segment, iter_lines, line_seq, list_segments, segments_from
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
 
@@ -118,7 +119,6 @@ NO_EVENT_KINDS = frozenset(
 _PROGRESS_KINDS = frozenset({b"forwarded", b"rejected"})
 _EVENT_KINDS_B = frozenset(kind.encode() for kind in EVENT_KINDS)
 _NO_EVENT_KINDS_B = frozenset(kind.encode() for kind in NO_EVENT_KINDS)
-_SEAL_KIND_B = SEAL_RECORD.encode()
 _UTC_ZONE = ZoneInfo("UTC")
 
 # A line's fields before its body, read without decoding the line. The writer
@@ -129,8 +129,6 @@ _HEAD = re.compile(
     rb'\{"seq":([1-9][0-9]*),"ts":"([^"\\]*)","kind":"([^"\\]*)","park":"([^"\\]*)",'
     rb'"code":"([^"\\]*)","opr":"([^"\\]*)","body":'
 )
-# The chain's 32 hex digits sit between ',"chain":"' and '"}\n' at the end of a line.
-_CHAIN = slice(-35, -3)
 _WRITER_TS = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _SEQ_TEXT = re.compile(r"#?([1-9][0-9]*)")
 _BASE64_TEXT = re.compile(r"(?:data:[^,;]{1,100};base64,)?[A-Za-z0-9+/=\r\n]+")
@@ -895,7 +893,7 @@ def _table(title: str, counts: dict[bytes, int]) -> list[str]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """``cpmictl log verify``: the chain, then every seal; exit 1 with the first bad seq."""
+    """``cpmictl log verify``: the chain and every seal, in one pass; exit 1 with the first bad seq."""
     return _guard("verify", lambda: _verify(args))
 
 
@@ -920,35 +918,23 @@ def _read_pubkey(text: str) -> VerifyKey:
         ) from None
 
 
-class _BadSeq(Exception):
-    """A seal (or a line changed since the chain was checked) that does not hold up."""
-
-    def __init__(self, seq: int | None, reason: str) -> None:
-        super().__init__(seq, reason)
-        self.seq = seq
-        self.reason = reason
-
-
 def _verify(args: argparse.Namespace) -> int:
     segments = _journal(args.dir)
     given = _read_pubkey(args.pubkey) if args.pubkey else None
     try:
-        count = verify_chain(args.dir, allow_partial_tail=True)
-        first_seq = segments[0].first_seq
-        last_seq = first_seq + count - 1
-        seals, key, last_seal = _check_seals(args.dir, count, given)
+        verdict = verify_journal(args.dir, allow_partial_tail=True, seals=True, key=given)
     except ChainError as e:
         where = f" (segment {e.segment}, offset {e.offset})" if e.segment else ""
         print(
             f"first bad seq: {e.seq if e.seq is not None else 'unknown'}: {e.reason}{where}", file=sys.stderr
         )
         return 1
-    except _BadSeq as e:
-        print(f"first bad seq: {e.seq}: {e.reason}", file=sys.stderr)
-        return 1
-    if seals and key is not None:
+    count, key, last_seal = verdict.records, verdict.key, verdict.last_seal
+    first_seq = segments[0].first_seq
+    last_seq = first_seq + count - 1
+    if verdict.seals and key is not None:
         whose = "the given key" if given is not None else "the key the journal recorded first"
-        out = [f"journal whole: {count} records, {seals} seals (checked with {whose}: {_b64(key)})"]
+        out = [f"journal whole: {count} records, {verdict.seals} seals (checked with {whose}: {_b64(key)})"]
         after = last_seq - (last_seal or 0)
         out.append(
             f"last seal: #{last_seal}, over the records up to #{(last_seal or 1) - 1}; "
@@ -967,88 +953,9 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _b64(key: VerifyKey) -> str:
+def _b64(key: bytes) -> str:
     """A public key in base64, as ``cpmictl pubkey`` prints it."""
-    return base64.b64encode(bytes(key)).decode("ascii")
-
-
-def _check_seals(
-    directory: str, records: int, given: VerifyKey | None
-) -> tuple[int, VerifyKey | None, int | None]:
-    """
-    Check every seal among the first ``records`` lines: it signs the record just before it, with the key.
-
-    The key is ``given``, else the one the first seal records. Returns the
-    number of seals, the key and the last seal's seq; raises _BadSeq. The
-    chain was checked before, so only seal lines are decoded.
-    """
-    key = given
-    count = 0
-    last_seal: int | None = None
-    previous = b""
-    seen = 0
-    for segment in list_segments(directory):
-        for offset, line in iter_lines(segment.path):
-            if seen == records or not line.endswith(b"\n"):
-                return count, key, last_seal
-            seen += 1
-            # The kind is within the first bytes; a quote inside a string is escaped, so this
-            # finds only a kind field (or a body's member, which the head then tells apart).
-            if line.find(b'"kind":"seal"', 0, 128) >= 0:
-                try:
-                    head = _parse_head(line)
-                except BadLine as e:  # changed since the chain was checked
-                    raise _BadSeq(None, f"{e.args[0]} (segment {segment.name}, offset {offset})") from None
-                if head.kind == _SEAL_KIND_B:
-                    before = line_seq(previous) if previous else None
-                    if before is not None:
-                        signed: tuple[int, bytes] | None = (before, previous[_CHAIN])
-                    else:  # the first record: nothing before it, or removed with older segments
-                        signed = (0, GENESIS_CHAIN) if head.seq == 1 else None
-                    try:
-                        body = decode_line(line).body
-                    except BadLine as e:
-                        raise _BadSeq(head.seq, e.args[0]) from None
-                    key = _check_seal(head.seq, body, signed, key)
-                    count += 1
-                    last_seal = head.seq
-            previous = line
-    return count, key, last_seal
-
-
-def _check_seal(
-    seq: int, body: object, previous: tuple[int, bytes] | None, key: VerifyKey | None
-) -> VerifyKey:
-    """The key seals are checked with from here on; raises _BadSeq for a bad seal."""
-    if not isinstance(body, dict):
-        raise _BadSeq(seq, "seal body is not an object")
-    # The first record left after older segments were removed may be a seal: what it signs is gone.
-    if previous is not None:
-        signed = (body.get("seq"), body.get("chain"))
-        if signed != (previous[0], previous[1].decode("ascii")):
-            raise _BadSeq(
-                seq,
-                f"seal signs #{signed[0]} with chain {signed[1]}, but the record before it is "
-                f"#{previous[0]} with chain {previous[1].decode('ascii')}",
-            )
-    recorded_text = body.get("key")
-    try:
-        if not isinstance(recorded_text, str):
-            raise ValueError("no key")
-        recorded = parse_public_key_b64(recorded_text)
-    except ValueError:
-        raise _BadSeq(seq, "seal does not record a base64 Ed25519 public key") from None
-    if key is None:
-        key = recorded
-    elif bytes(recorded) != bytes(key):
-        raise _BadSeq(
-            seq,
-            f"sealed with another key ({_b64(recorded)}) than the one checked against ({_b64(key)})",
-        )
-    problem = check_seal(body, key)
-    if problem is not None:
-        raise _BadSeq(seq, problem)
-    return key
+    return base64.b64encode(key).decode("ascii")
 
 
 # -- export

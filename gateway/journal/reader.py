@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from attrs import frozen
 
-from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, check_line, decode_line
+from gateway.journal.record import BadLine, Record, decode_line
 from gateway.journal.segments import iter_lines, line_seq, list_segments, segment_name, segments_from
 
 __all__ = ["ChainError", "Cursor", "Damage", "read_records", "read_records_skipping", "verify"]
@@ -110,7 +110,9 @@ def read_records_skipping(
                 yield record
 
 
-def verify(path: str | os.PathLike[str], *, allow_partial_tail: bool = False) -> int:
+def verify(
+    path: str | os.PathLike[str], *, allow_partial_tail: bool = False, workers: int | None = None
+) -> int:
     """
     Check the whole journal; return the number of records.
 
@@ -121,40 +123,14 @@ def verify(path: str | os.PathLike[str], *, allow_partial_tail: bool = False) ->
     first record left is taken as the anchor: its own chain cannot be checked.
     A partial last line is a break unless ``allow_partial_tail`` (a live
     journal being written). The chain cannot notice whole records cut off the
-    end of the journal; seal records are for that.
+    end of the journal; seal records are for that. A large journal's segments
+    are checked in parallel processes, ``workers`` of them (one per CPU if not
+    given; see :func:`gateway.journal.integrity.verify_journal`).
     """
-    segments = list_segments(path)
-    count = 0
-    prev_seq: int | None = None
-    prev_chain: bytes | None = None
-    if segments and segments[0].first_seq == 1:
-        prev_seq, prev_chain = 0, GENESIS_CHAIN
-    last = len(segments) - 1
-    for index, segment in enumerate(segments):
-        expected = segment.first_seq if prev_seq is None else prev_seq + 1
-        if segment.first_seq != expected:
-            raise ChainError(
-                expected,
-                f"segment starts at seq {segment.first_seq} where {expected} was expected",
-                segment.name,
-                0,
-            )
-        if prev_seq is None:
-            # the anchor: its seq is the one the segment is named after
-            prev_seq = segment.first_seq - 1
-        for offset, line in iter_lines(segment.path):
-            if allow_partial_tail and index == last and not line.endswith(b"\n"):
-                return count
-            try:
-                seq, chain = check_line(line, prev_seq, prev_chain)
-                record = decode_line(line)
-                if record.seq != seq or record.chain != chain.decode("ascii"):
-                    raise BadLine("decoded record does not match its line")
-            except BadLine as e:
-                raise ChainError(prev_seq + 1, e.args[0], segment.name, offset) from None
-            prev_seq, prev_chain = seq, chain
-            count += 1
-    return count
+    # Imported here: gateway.journal.integrity imports ChainError from this module.
+    from gateway.journal.integrity import verify_journal
+
+    return verify_journal(path, allow_partial_tail=allow_partial_tail, workers=workers).records
 
 
 class Cursor:

@@ -432,6 +432,90 @@ def test_verify_bad_pubkey_is_usage(journal: Harness, capsys: pytest.CaptureFixt
     assert err.count("\n") == 1
 
 
+def sealed_segments(tmp_path: Path) -> Harness:
+    """A closed journal over several segments, sealed every third record."""
+    key = SigningKey.generate()
+    h = Harness(tmp_path / "journal", segment_bytes=400)
+    for n in range(1, 13):
+        car_in(h, "P001", n)
+        if n % 3 == 0:
+            seal(h, key)
+    h.close()
+    assert len(list_segments(h.path)) >= 5
+    return h
+
+
+def test_verify_deleted_middle_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A segment removed from the middle fails verify at its first seq, at offset 0 of the next."""
+    h = sealed_segments(tmp_path)
+    segments = list_segments(h.path)
+    Path(segments[2].path).unlink()
+    code, out, err = run(capsys, "verify", str(h.path))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"first bad seq: {segments[2].first_seq}: segment starts at seq {segments[3].first_seq} where "
+        f"{segments[2].first_seq} was expected (segment {segments[3].name}, offset 0)\n"
+    )
+
+
+def test_verify_truncated_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A segment cut short (not the last one) fails at the seq of its cut line."""
+    h = sealed_segments(tmp_path)
+    segment = list_segments(h.path)[1]
+    path = Path(segment.path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 10])
+    *_, last = data.splitlines(keepends=True)
+    code, _, err = run(capsys, "verify", str(h.path))
+    assert code == 1
+    assert err.startswith(f"first bad seq: {int(last[7 : last.index(b',')])}: partial line")
+
+
+def alter_first_line(path: str) -> int:
+    """Change a byte in the first line of a segment; that line's seq."""
+    data = Path(path).read_bytes()
+    at = data.index(b'"recordCode":"R') + len('"recordCode":"')
+    Path(path).write_bytes(data[:at] + b"X" + data[at + 1 :])
+    return int(data[7 : data.index(b",")])
+
+
+@pytest.mark.parametrize("first", ["bad seal", "altered byte"])
+def test_verify_reports_the_first_break_in_journal_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str
+) -> None:
+    """Chain and seals are checked in one pass: a bad seal before an altered byte is the one reported,
+    and an altered byte before a bad seal."""
+    key = SigningKey.generate()
+    h = Harness(tmp_path / "journal", segment_bytes=400)
+    car_in(h, "P001", 1)
+    seq, chain = h.journal.head
+    car_in(h, "P001", 2)
+    if first == "bad seal":
+        bad = append(h, SEAL_RECORD, body=seal_body(key, "gw-test", seq, chain))  # signs #1, not #2
+    else:
+        seal(h, key)
+    for n in range(3, 12):
+        car_in(h, "P001", n)
+    intruder = seal(h, SigningKey.generate())
+    car_in(h, "P001", 12)
+    h.close()
+    segments = list_segments(h.path)
+    assert len(segments) >= 4
+    if first == "bad seal":
+        alter_first_line(segments[-1].path)
+        expected = (
+            f"first bad seq: {bad}: seal signs #{seq} with chain {chain}, but the record before it is #2"
+        )
+    else:
+        assert segments[1].first_seq < intruder
+        altered = alter_first_line(segments[1].path)
+        expected = f"first bad seq: {altered}: chain does not match"
+    code, _, err = run(capsys, "verify", str(h.path))
+    assert code == 1
+    assert err.startswith(expected)
+    assert re.search(r"\(segment [0-9]{20}\.jsonl, offset [0-9]+\)\n$", err)
+
+
 # -- export
 
 

@@ -1,0 +1,361 @@
+"""
+Checking a whole journal: every line's shape, seq, chain and JSON, and every seal, in one pass.
+
+A journal is whole when each line passes :func:`~gateway.journal.record.check_line`
+against the line before it and decodes (:func:`~gateway.journal.record.decode_line`)
+to a record that says the same seq and chain; with ``seals``, each seal record
+must also sign the record just before it with the journal's key. The first
+break, in journal order, is raised as a :class:`ChainError`.
+
+Per line, only what that needs is done: the seq is compared as a prefix, the
+chain hashed, the line parsed by orjson and its head fields looked at; no
+:class:`Record` is built and only seal records are decoded fully. Any line the
+fast path does not accept is checked again by ``check_line`` and
+``decode_line`` themselves, so a break is reported with the very reason they
+give (and what they accept is accepted).
+
+Segments are checked in parallel, one per worker process, each from the seq
+and chain of the line just before it, read off the end of the segment before
+(:func:`~gateway.journal.segments.read_last_line`). That line is proven by the
+previous segment's own check, and the results are combined in order,
+comparing each segment's starting point with where the one before really
+ended: the verdict is the one a single sequential pass gives.
+
+These functions block and may start processes: call them from the command
+line, or from a thread of a process that may fork.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from hashlib import blake2b
+from operator import itemgetter
+
+import orjson
+from attrs import evolve, frozen
+from nacl.signing import VerifyKey
+
+from gateway.journal.reader import ChainError
+from gateway.journal.record import CHAIN_TAIL_LEN, GENESIS_CHAIN, BadLine, check_line, decode_line
+from gateway.journal.seals import SEAL_RECORD, check_seal
+from gateway.journal.segments import Segment, line_seq, list_segments, read_last_line
+from gateway.keys import parse_public_key_b64
+
+__all__ = ["PARALLEL_FROM_BYTES", "Verdict", "verify_journal"]
+
+PARALLEL_FROM_BYTES = 16 * 2**20
+"""Journals smaller than this are checked in this process unless told otherwise: a pool costs more."""
+
+_READ_BUFFER = 1 << 20
+# The chain's 32 hex digits in a line's fixed tail ,"chain":"<32 hex>"}\n
+_TAIL_CHAIN = slice(-CHAIN_TAIL_LEN + len(b',"chain":"'), -len(b'"}\n'))
+# A seal found the way `cpmictl log` finds kinds: in the head, before the body,
+# fields unescaped. A line is checked as a seal when this says so or when its
+# decoded kind does.
+_SEAL_KIND = b'"kind":"seal"'
+_SEAL_KIND_REACH = 128
+_SEAL_HEAD = re.compile(
+    rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*","kind":"seal","park":"[^"\\]*",'
+    rb'"code":"[^"\\]*","opr":"[^"\\]*","body":'
+)
+
+
+@frozen
+class Verdict:
+    """A whole journal: its records, and its seals when they were checked."""
+
+    records: int
+    seals: int
+    key: bytes | None
+    """The public key the seals were checked with: the one given, else the one the first seal records."""
+    last_seal: int | None
+
+
+@frozen
+class _Task:
+    """One segment to check, from ``entry``: the (seq, chain) of the line before it."""
+
+    segment: Segment
+    entry: tuple[int, bytes | None]
+    partial_tail: bool
+    seals: bool
+    key: bytes | None
+
+
+@frozen
+class _Break:
+    """Where a segment's check stopped, and why (a :class:`ChainError` to be)."""
+
+    seq: int | None
+    reason: str
+    segment: str
+    offset: int
+
+
+@frozen
+class _Result:
+    """
+    What checking one segment found.
+
+    ``end`` is the (seq, chain) of its last line (``entry`` when it has none).
+    Without a given key, a segment's seals are checked with its first seal's
+    key, which ``first_key`` holds (seq, key, offset) for the combining step to
+    hold against the journal's.
+    """
+
+    records: int
+    end: tuple[int, bytes | None]
+    broken: _Break | None
+    seals: int
+    last_seal: int | None
+    first_key: tuple[int, bytes, int] | None
+
+
+class _BadSeal(Exception):
+    pass
+
+
+def verify_journal(
+    path: str | os.PathLike[str],
+    *,
+    allow_partial_tail: bool = False,
+    seals: bool = False,
+    key: VerifyKey | None = None,
+    workers: int | None = None,
+    executor: Executor | None = None,
+) -> Verdict:
+    """
+    Check the whole journal in ``path``; raise :class:`ChainError` at the first break.
+
+    Older segments removed: the first record left is the anchor, its own chain
+    unchecked. A partial last line is a break unless ``allow_partial_tail``.
+    With ``seals``, every seal is checked against ``key``, else against the key
+    the first seal records. Segments are checked in ``workers`` processes (one
+    per CPU, and only for a journal of :data:`PARALLEL_FROM_BYTES` or more,
+    when not given), or on ``executor``.
+    """
+    segments = list_segments(path)
+    if not segments:
+        return Verdict(0, 0, None if key is None else bytes(key), None)
+    given = None if key is None else bytes(key)
+    tasks = _tasks(segments, allow_partial_tail, seals, given)
+    if executor is not None:
+        return _combine_on(executor, tasks, given)
+    if workers is None:
+        size = sum(os.stat(segment.path).st_size for segment in segments)
+        workers = (os.cpu_count() or 1) if size >= PARALLEL_FROM_BYTES else 1
+    workers = min(workers, len(segments))
+    if workers <= 1:
+        return _combine(tasks, None, given)
+    try:
+        pool = ProcessPoolExecutor(workers)
+    except (OSError, NotImplementedError):  # no processes to be had here (no /dev/shm): one will do
+        return _combine(tasks, None, given)
+    with pool:
+        return _combine_on(pool, tasks, given)
+
+
+def _combine_on(executor: Executor, tasks: list[_Task], given: bytes | None) -> Verdict:
+    """Check the segments on ``executor``, all submitted at once, in journal order."""
+    futures = [executor.submit(_check_segment, task) for task in tasks]
+    try:
+        return _combine(tasks, futures, given)
+    finally:
+        for future in futures:
+            future.cancel()  # after a break, the segments not begun are not wanted
+
+
+def _tasks(segments: list[Segment], allow_partial_tail: bool, seals: bool, key: bytes | None) -> list[_Task]:
+    """A task per segment, each starting from the last line of the segment before (a guess until checked)."""
+    first = segments[0].first_seq
+    entry: tuple[int, bytes | None] = (0, GENESIS_CHAIN) if first == 1 else (first - 1, None)
+    tasks = []
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        if index > 0:
+            entry = _last_line_state(segments[index - 1], entry)
+        tasks.append(_Task(segment, entry, allow_partial_tail and index == last, seals, key))
+    return tasks
+
+
+def _last_line_state(segment: Segment, before: tuple[int, bytes | None]) -> tuple[int, bytes | None]:
+    """The (seq, chain) a segment's last line says; ``before`` for an empty segment."""
+    line = read_last_line(segment.path)
+    if line is None:
+        return before
+    seq = line_seq(line)
+    if seq is None or len(line) < CHAIN_TAIL_LEN:
+        return (segment.first_seq - 1, None)  # a broken line: that segment's own check stops there
+    return (seq, line[_TAIL_CHAIN])
+
+
+def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: bytes | None) -> Verdict:
+    """
+    The verdict of a sequential pass from the segments' results, taken in order.
+
+    A segment whose check started from another place than where the one before
+    ended (it changed in between) is checked again, here, from there.
+    """
+    records = seals = 0
+    key = given
+    last_seal: int | None = None
+    state = tasks[0].entry
+    for index, task in enumerate(tasks):
+        if futures is not None and task.entry == state:
+            result = futures[index].result()
+        else:
+            result = _check_segment(evolve(task, entry=state))
+        if result.first_key is not None:
+            seq, recorded, offset = result.first_key
+            if key is None:
+                key = recorded
+            elif recorded != key:
+                # the segment checked its seals with this key; a single pass stops at its first seal
+                raise ChainError(seq, _another_key(recorded, key), task.segment.name, offset)
+        if result.broken is not None:
+            broken = result.broken
+            raise ChainError(broken.seq, broken.reason, broken.segment, broken.offset)
+        records += result.records
+        seals += result.seals
+        last_seal = result.last_seal if result.last_seal is not None else last_seal
+        state = result.end
+    return Verdict(records, seals, key, last_seal)
+
+
+def _check_segment(task: _Task) -> _Result:
+    """Check one segment's lines (and seals) from ``task.entry``; stop at the first break."""
+    segment = task.segment
+    first_seq, _ = task.entry
+    seq, chain = task.entry
+    seals = 0
+    last_seal: int | None = None
+    first_key: tuple[int, bytes, int] | None = None
+    key = task.key
+    check_seals = task.seals
+    if segment.first_seq != seq + 1:
+        reason = f"segment starts at seq {segment.first_seq} where {seq + 1} was expected"
+        return _Result(0, (seq, chain), _Break(seq + 1, reason, segment.name, 0), 0, None, None)
+    # Looked up once: this loop runs for every line of the journal.
+    hasher = blake2b(digest_size=16).copy
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    head_fields = itemgetter("seq", "chain", "ts", "kind", "park", "code", "opr", "body")
+    seal_kind, seal_reach, seal_head = _SEAL_KIND, _SEAL_KIND_REACH, _SEAL_HEAD.match
+    seal_record = SEAL_RECORD
+    tail_len = CHAIN_TAIL_LEN
+    with open(segment.path, "rb", buffering=_READ_BUFFER) as file:
+        for line in file:
+            expected = seq + 1
+            kind = None
+            # The fast path: what check_line and decode_line check, without their objects.
+            if chain is not None and line.startswith(b'{"seq":%d,' % expected):
+                digest = hasher()
+                digest.update(chain)
+                digest.update(line[:-tail_len])
+                hex_digest = digest.hexdigest()
+                new_chain = hex_digest.encode()
+                if line.endswith(b',"chain":"%s"}\n' % new_chain):
+                    try:
+                        # a line that starts with '{' and parses is an object
+                        in_seq, in_chain, ts, in_kind, park, code, opr, _ = head_fields(loads(line))
+                    except (decode_error, KeyError):
+                        pass
+                    else:
+                        if (
+                            in_seq == expected
+                            and type(in_seq) is int
+                            and in_chain == hex_digest
+                            and type(ts) is str
+                            and type(in_kind) is str
+                            and type(park) is str
+                            and type(code) is str
+                            and type(opr) is str
+                        ):
+                            kind = in_kind
+            if kind is None:
+                # Not taken by the fast path: the definitions decide, and give the reason.
+                if task.partial_tail and not line.endswith(b"\n"):
+                    break
+                try:
+                    _, new_chain = check_line(line, seq, chain)
+                    record = decode_line(line)
+                    if record.seq != expected or record.chain != new_chain.decode("ascii"):
+                        raise BadLine("decoded record does not match its line")
+                except BadLine as e:
+                    offset = file.tell() - len(line)
+                    return _Result(
+                        seq - first_seq,
+                        (seq, chain),
+                        _Break(expected, e.args[0], segment.name, offset),
+                        seals,
+                        last_seal,
+                        first_key,
+                    )
+                kind = record.kind
+            if check_seals and (
+                kind == seal_record
+                or (line.find(seal_kind, 0, seal_reach) >= 0 and seal_head(line) is not None)
+            ):
+                offset = file.tell() - len(line)
+                # The record just before it, unless that went with older segments (the anchor).
+                signed = (seq, chain) if chain is not None else None
+                try:
+                    body = decode_line(line).body
+                    recorded = _recorded_key(body, signed)
+                    if key is None:  # the segment's first seal: _combine holds it against the journal's
+                        key = recorded
+                        first_key = (expected, recorded, offset)
+                    elif recorded != key:
+                        raise _BadSeal(_another_key(recorded, key))
+                    problem = check_seal(body, VerifyKey(recorded))
+                    if problem is not None:
+                        raise _BadSeal(problem)
+                except (BadLine, _BadSeal) as e:
+                    return _Result(
+                        seq - first_seq,
+                        (seq, chain),
+                        _Break(expected, e.args[0], segment.name, offset),
+                        seals,
+                        last_seal,
+                        first_key,
+                    )
+                seals += 1
+                last_seal = expected
+            seq, chain = expected, new_chain
+    return _Result(seq - first_seq, (seq, chain), None, seals, last_seal, first_key)
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def _another_key(recorded: bytes, key: bytes) -> str:
+    return f"sealed with another key ({_b64(recorded)}) than the one checked against ({_b64(key)})"
+
+
+def _recorded_key(body: object, signed: tuple[int, bytes] | None) -> bytes:
+    """
+    The key a seal records, once its body holds up and signs ``signed``; raises _BadSeal.
+
+    A seal is checked in this order: the body, what it signs, the key it
+    records (here); that key against the journal's, the signature (after).
+    """
+    if not isinstance(body, dict):
+        raise _BadSeal("seal body is not an object")
+    if signed is not None:
+        says = (body.get("seq"), body.get("chain"))
+        seq, chain = signed[0], signed[1].decode("ascii")
+        if says != (seq, chain):
+            raise _BadSeal(
+                f"seal signs #{says[0]} with chain {says[1]}, but the record before it is "
+                f"#{seq} with chain {chain}"
+            )
+    recorded_text = body.get("key")
+    try:
+        if not isinstance(recorded_text, str):
+            raise ValueError("no key")
+        return bytes(parse_public_key_b64(recorded_text))
+    except ValueError:
+        raise _BadSeal("seal does not record a base64 Ed25519 public key") from None
