@@ -76,8 +76,15 @@ def iter_lines(path: str, offset: int = 0) -> Iterator[tuple[int, bytes]]:
     Yield ``(offset, line)`` for each line of the file from ``offset`` on.
 
     Lines keep their ``\\n``; the last one lacks it if the file ends mid-line.
+    A file that is gone when it is opened yields nothing: the segments of a
+    live journal are listed first and read after, and retention may remove
+    the oldest in between.
     """
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
         f.seek(offset)
         for line in f:
             yield offset, line

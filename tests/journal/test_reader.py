@@ -689,3 +689,19 @@ def test_parallel_equals_one_pass_on_random_damage(
             directory, seals=True, key=key, allow_partial_tail=partial, executor=executor
         )
         assert outcome(run) == expected
+
+
+def test_a_segment_removed_after_listing_is_read_as_empty(
+    harness: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention may remove the oldest segment between a reader's listing and its opening it."""
+    h = harness(segment_bytes=300)
+    h.append_many(6)
+    h.settle()
+    listed = list_segments(h.path)
+    assert len(listed) > 2
+    os.unlink(listed[0].path)
+    assert list(iter_lines(listed[0].path)) == []
+    monkeypatch.setattr("gateway.journal.reader.list_segments", lambda path: listed)
+    kept = [r.seq for r in read_records(h.path)]
+    assert kept == list(range(listed[1].first_seq, 7))
