@@ -50,7 +50,7 @@ class MemoryReactor(MemoryReactorClock):
         if self.pool is not None:
             self.pool.stop()
 
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 60.0) -> None:
         """Run what is due on the clock now and what threads hand back, until `condition` holds."""
         deadline = time.monotonic() + timeout
         while not condition():
@@ -63,7 +63,7 @@ class MemoryReactor(MemoryReactorClock):
                 continue
             f(*args, **kwargs)
 
-    def wait_for(self, deferred: Deferred[Any], timeout: float = 10.0) -> Any:
+    def wait_for(self, deferred: Deferred[Any], timeout: float = 60.0) -> Any:
         """Run what is due and what threads hand back until `deferred` has a result."""
         results: list[Any] = []
         deferred.addBoth(results.append)
