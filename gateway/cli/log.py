@@ -1246,9 +1246,15 @@ def _backup(args: argparse.Namespace) -> int:
     try:
         copied = left_out = 0
         for index, segment in enumerate(segments):
-            kept, dropped = _copy_segment(segment, dest, index < len(segments) - 1, created)
+            try:
+                kept, dropped = _copy_segment(segment, dest, index < len(segments) - 1, created)
+            except FileNotFoundError:
+                if created:
+                    raise _Failure(f"{segment.path}: removed while it was being copied") from None
+                continue  # retention removed the oldest since they were listed: start after it
             copied += kept
             left_out += dropped
+        segments = list_segments(dest)
         _fsync_directory(dest)
         if made:
             _fsync_directory(os.path.dirname(os.path.abspath(dest)))

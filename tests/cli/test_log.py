@@ -812,3 +812,27 @@ def test_help_lists_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
         assert verb in out
     assert main(["log"]) == 2
     assert capsys.readouterr().err.startswith("usage: cpmictl log")
+
+
+def test_backup_starts_after_segments_retention_removes_meanwhile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An oldest segment removed between listing and copying is left out; the copy verifies from there."""
+    h = Harness(tmp_path / "journal", segment_bytes=400)
+    last = 0
+    for n in range(1, 6):
+        last = car_in(h, "P001", n)
+    h.close()
+    listed = list_segments(h.path)
+    assert len(listed) > 2
+    Path(listed[0].path).unlink()
+
+    def stale(directory: str) -> list[Any]:
+        return listed if Path(directory) == h.path else list_segments(directory)
+
+    monkeypatch.setattr("gateway.cli.log.list_segments", stale)
+    dest = tmp_path / "backup"
+    code, out, err = run(capsys, "backup", str(h.path), str(dest))
+    assert (code, err) == (0, "")
+    assert f"copied {len(listed) - 1} segments" in out
+    assert f"records #{listed[1].first_seq} to #{last}, chain verified" in out
