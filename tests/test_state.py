@@ -431,6 +431,24 @@ def test_a_line_whose_header_cannot_be_read_is_reported_with_its_place(tmp_path:
     assert damage.seq == 2 and damage.offset == len(lines[0]) and damage.segment == path.name
 
 
+def test_a_record_with_its_fields_in_another_order_is_read_as_every_reader_reads_it(tmp_path: Path) -> None:
+    """Headers of a line not in the writer's order come from decoding it, as read_records does."""
+    write_lines(tmp_path / "j", [("uplink", "P1", "carIn", "o1", {})], format_ts(NOW))
+    path = tmp_path / "j" / "00000000000000000001.jsonl"
+    reordered = (
+        b'{"ts":"%s","seq":2,"kind":"uplink","park":"P2","code":"carOut","opr":"o2","body":{},"chain":"%s"}\n'
+    )
+    with path.open("ab") as f:
+        f.write(reordered % (format_ts(NOW).encode(), b"0" * 32))
+    found: list[Any] = []
+    headers = list(scan_headers(tmp_path / "j", found.append))
+    assert found == []
+    assert [(h.seq, h.park, h.code, h.opr) for h in headers] == [
+        (r.seq, r.park, r.code, r.opr) for r in read_records(tmp_path / "j")
+    ]
+    assert headers[1].park == "P2"
+
+
 def test_first_seq_since_picks_the_segment_where_a_time_begins(harness: Any) -> None:
     """The newest segment that starts before the time is where reading for it must begin."""
     h = harness(segment_bytes=4096)

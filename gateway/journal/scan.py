@@ -71,9 +71,11 @@ class Header:
 def _header(line: bytes, segment: str, offset: int) -> Header:
     match = _HEADER.match(line)
     if match is None:
-        # Say why as the full decoder would, when it can tell.
-        decode_line(line)
-        raise BadLine("not a record: its fields are not in the journal's order")
+        # Not as the gateway writes them (another order, spaces): decoded, as every reader would.
+        record = decode_line(line)
+        return Header(
+            record.seq, record.ts, record.kind, record.park, record.code, record.opr, line, segment, offset
+        )
     seq, ts, kind, park, code, opr = match.groups()
     try:
         return Header(
