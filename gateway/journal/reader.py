@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeVar
 
 from attrs import frozen
 
 from gateway.journal.record import BadLine, Record, decode_line
 from gateway.journal.segments import iter_lines, line_seq, list_segments, segment_name, segments_from
 
-__all__ = ["ChainError", "Cursor", "Damage", "read_records", "read_records_skipping", "verify"]
+__all__ = [
+    "ChainError",
+    "Cursor",
+    "Damage",
+    "read_lines_skipping",
+    "read_records",
+    "read_records_skipping",
+    "verify",
+]
 
 
 class ChainError(Exception):
@@ -88,6 +96,30 @@ def read_records_skipping(
     recovery before). A partial line at the end of the last segment is left out
     as by :func:`read_records`.
     """
+    return read_lines_skipping(path, lambda line, segment, offset: decode_line(line), on_damage, since_seq)
+
+
+class _Sequenced(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+_S = TypeVar("_S", bound=_Sequenced)
+
+
+def read_lines_skipping(
+    path: str | os.PathLike[str],
+    parse: Callable[[bytes, str, int], _S],
+    on_damage: Callable[[Damage], None],
+    since_seq: int = 1,
+) -> Iterator[_S]:
+    """
+    What ``parse(line, segment name, offset)`` makes of each whole line with ``seq >= since_seq``.
+
+    The loop of :func:`read_records_skipping`, for any reading of a line: a
+    line ``parse`` refuses with :class:`BadLine` is reported to ``on_damage``
+    (with the seq it should have had) and skipped.
+    """
     segments = segments_from(list_segments(path), since_seq)
     last = len(segments) - 1
     expected: int | None = None
@@ -99,15 +131,15 @@ def read_records_skipping(
                 on_damage(Damage(segment.name, offset, expected, "partial line"))
                 continue
             try:
-                record = decode_line(line)
+                item = parse(line, segment.name, offset)
             except BadLine as e:
                 on_damage(Damage(segment.name, offset, expected, e.args[0]))
                 if expected is not None:
                     expected += 1
                 continue
-            expected = record.seq + 1
-            if record.seq >= since_seq:
-                yield record
+            expected = item.seq + 1
+            if item.seq >= since_seq:
+                yield item
 
 
 def verify(

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 
 from attrs import frozen
 
-from gateway.journal.reader import Damage
+from gateway.journal.reader import Damage, read_lines_skipping
 from gateway.journal.record import BadLine, Record, decode_line
-from gateway.journal.segments import iter_lines, list_segments, segments_from
+from gateway.journal.segments import iter_lines, list_segments
 
 __all__ = ["Header", "find_last", "first_seq_since", "scan_headers"]
 
@@ -105,26 +105,7 @@ def scan_headers(
     decoded, so damage inside a body is found only by whoever decodes it
     (:meth:`Header.record`) or by ``cpmictl log verify``.
     """
-    segments = segments_from(list_segments(path), since_seq)
-    last = len(segments) - 1
-    expected: int | None = None
-    for index, segment in enumerate(segments):
-        for offset, line in iter_lines(segment.path):
-            if not line.endswith(b"\n"):
-                if index == last:
-                    return
-                on_damage(Damage(segment.name, offset, expected, "partial line"))
-                continue
-            try:
-                header = _header(line, segment.name, offset)
-            except BadLine as e:
-                on_damage(Damage(segment.name, offset, expected, e.args[0]))
-                if expected is not None:
-                    expected += 1
-                continue
-            expected = header.seq + 1
-            if header.seq >= since_seq:
-                yield header
+    return read_lines_skipping(path, _header, on_damage, since_seq)
 
 
 def first_seq_since(path: str | os.PathLike[str], ts: str) -> int:
