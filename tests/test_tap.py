@@ -8,7 +8,8 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -200,24 +201,30 @@ checkpoint_records = 1
 """
 
 
-def test_retention_removes_old_segments_once_checkpointed(tmp_path: Path) -> None:
-    """With log-only, retention removes the oldest segments down to retain_bytes, keeping the chain whole."""
-    journal_of_segments(tmp_path)
-    before = list_segments(tmp_path / "journal")
-    text = SHIPPED.replace('[journal]\npath = "var/journal"', RETAINED.strip())
+@contextmanager
+def running(tmp_path: Path, text: str) -> Iterator[MemoryReactor]:
+    """The gateway of `text` started on a MemoryReactor, stopped (and its pool) afterwards."""
     options = tap.Options()
     options.parseOptions(["--config", write_config(tmp_path, text)])
     reactor = MemoryReactor()
     service = tap.makeService(options, reactor)
     service.startService()
     try:
-        reactor.advance(0)  # the first retention pass
-        reactor.wait_until(lambda: len(list_segments(tmp_path / "journal")) < len(before))
+        yield reactor
     finally:
         try:
             stop(service, reactor)
         finally:
             reactor.stop_pool()
+
+
+def test_retention_removes_old_segments_once_checkpointed(tmp_path: Path) -> None:
+    """With log-only, retention removes the oldest segments down to retain_bytes, keeping the chain whole."""
+    journal_of_segments(tmp_path)
+    before = list_segments(tmp_path / "journal")
+    with running(tmp_path, SHIPPED.replace('[journal]\npath = "var/journal"', RETAINED.strip())) as reactor:
+        reactor.advance(0)  # the first retention pass
+        reactor.wait_until(lambda: len(list_segments(tmp_path / "journal")) < len(before))
     after = list_segments(tmp_path / "journal")
     assert sum(os.path.getsize(s.path) for s in after) <= 131072 + 65536
     [removal] = [r for r in read_records(tmp_path / "journal") if r.kind == "retention"]
@@ -234,19 +241,9 @@ def test_retention_keeps_what_the_cloud_has_not_acknowledged(tmp_path: Path) -> 
     text = SHIPPED.replace('[journal]\npath = "var/journal"', RETAINED.strip()).replace(
         'sink = "log-only"\nurl = ""', 'sink = "cloudevents"\nurl = "http://127.0.0.1:9/events"'
     )
-    options = tap.Options()
-    options.parseOptions(["--config", write_config(tmp_path, text)])
-    reactor = MemoryReactor()
-    service = tap.makeService(options, reactor)
-    service.startService()
-    try:
+    with running(tmp_path, text) as reactor:
         reactor.advance(0)
         reactor.advance(60)  # a second pass
         time.sleep(0.5)  # time enough for a pass that would remove something
         assert list_segments(tmp_path / "journal")[: len(before)] == before
         assert not any(r.kind == "retention" for r in read_records(tmp_path / "journal"))
-    finally:
-        try:
-            stop(service, reactor)
-        finally:
-            reactor.stop_pool()
