@@ -246,7 +246,10 @@ class UplinkClient:
 
     def post(self, code: str, data: object, *, token: str, opr: str) -> Deferred[Response]:
         """POST one request envelope as it is: no login, no retry."""
-        text = request_text(code, opr, token, self.credentials.secret, data)
+        return self.post_text(request_text(code, opr, token, self.credentials.secret, data))
+
+    def post_text(self, text: str) -> Deferred[Response]:
+        """POST `text` as the `param` of a form, whatever it holds (a conformance kit sends broken ones)."""
         body = urlencode({"param": text}).encode("ascii")
         sent: Deferred[Any] = self._http.request(
             "POST", self.url, headers=Headers({"Content-Type": [FORM_TYPE]}), data=body
@@ -442,7 +445,8 @@ class DownlinkClient:
     `on_token_invalid`, whose caller logs in again before the next attempt);
     `bind="login"` logs in on the connection itself, which replaces any other
     token of the account (B.3.5). `heartbeat_interval` is at most 60 s by the
-    standard (B.4.8, 5.1.8).
+    standard (B.4.8, 5.1.8). `on_frame`, if given, sees each frame's payload as it
+    arrived (still escaped) before it is parsed: a conformance kit checks them.
     """
 
     def __init__(
@@ -461,6 +465,7 @@ class DownlinkClient:
         on_token_invalid: Callable[[], object] | None = None,
         max_frame_bytes: int = 2**20,
         opr_prefix: str | None = None,
+        on_frame: Callable[[bytes], object] | None = None,
     ) -> None:
         if bind not in ("heartbeat", "login"):
             raise ValueError(f"bind must be 'heartbeat' or 'login', not {bind!r}")
@@ -484,6 +489,7 @@ class DownlinkClient:
         self._on_token_invalid = on_token_invalid
         self._max_frame_bytes = max_frame_bytes
         self._prefix = opr_prefix if opr_prefix is not None else _new_prefix()
+        self._on_frame = on_frame
         self._count = 0
         self._running = False
         self._failures = 0
@@ -621,6 +627,8 @@ class DownlinkClient:
 
     def frame_received(self, protocol: LotDownlinkProtocol, payload: bytes) -> None:
         """One frame from the gateway: the answer to a request of ours, or an ACK to reply to."""
+        if self._on_frame is not None:
+            self._on_frame(payload)
         try:
             text = payload.decode("utf-8")
             message = json.loads(text)
