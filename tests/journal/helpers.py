@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 
 from gateway.journal.segments import list_segments
 from gateway.journal.writer import Journal
@@ -85,6 +87,23 @@ class Disk:
     def reset(self) -> None:
         self.writes.clear()
         self.fsyncs.clear()
+
+
+@contextmanager
+def logs_of(namespace: str) -> Iterator[list[LogEvent]]:
+    """The events logged in `namespace` while the block runs (the observer goes even if the block fails)."""
+    events: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == namespace:
+            events.append(event)
+
+    observer = cast(ILogObserver, observe)
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
 
 
 def enospc() -> OSError:

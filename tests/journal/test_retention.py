@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 
 from gateway.journal import retention as retention_module
 from gateway.journal.reader import read_records, verify
@@ -28,7 +28,7 @@ from gateway.journal.retention import (
     record_seconds,
 )
 from gateway.journal.segments import list_segments, read_last_line
-from tests.journal.helpers import Harness, ManualRunner, enospc
+from tests.journal.helpers import Harness, ManualRunner, enospc, logs_of
 
 _T = TypeVar("_T")
 
@@ -214,21 +214,9 @@ def run_now(job: Callable[[], _T]) -> Deferred[_T]:
         return fail()
 
 
-@contextmanager
-def retention_logs() -> Iterator[list[LogEvent]]:
+def retention_logs() -> AbstractContextManager[list[LogEvent]]:
     """The events retention logs while the block runs."""
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if event.get("log_namespace") == "gateway.journal.retention":
-            events.append(event)
-
-    observer = cast(ILogObserver, observe)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observer)
+    return logs_of("gateway.journal.retention")
 
 
 def filled(harness: Callable[..., Harness], records: int = 40) -> Harness:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from attrs import frozen
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogEvent, LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.python.failure import Failure
 
 from gateway.journal.reader import read_records
@@ -21,7 +21,7 @@ from gateway.journal.space import SpaceWatch, format_bytes, resume_threshold
 from gateway.journal.writer import JournalWriteError
 from gateway.lots.http import UplinkResource
 from gateway.lots.uplink import UplinkHandler
-from tests.journal.helpers import Harness, results
+from tests.journal.helpers import Harness, logs_of, results
 from tests.lots.harness import SyncPasswords, Uplink, result_of
 from tests.protocol.samples import SAMPLES
 
@@ -61,21 +61,9 @@ def watch_on(
     return watch, clock
 
 
-@contextmanager
-def space_logs() -> Iterator[list[LogEvent]]:
-    """The events the watch logs while the block runs (the observer goes even if the block fails)."""
-    events: list[LogEvent] = []
-
-    def observe(event: LogEvent) -> None:
-        if event.get("log_namespace") == "gateway.journal.space":
-            events.append(event)
-
-    observer = cast(ILogObserver, observe)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield events
-    finally:
-        globalLogPublisher.removeObserver(observer)
+def space_logs() -> AbstractContextManager[list[LogEvent]]:
+    """The events the watch logs while the block runs."""
+    return logs_of("gateway.journal.space")
 
 
 def levels(events: Sequence[LogEvent]) -> list[LogLevel]:
