@@ -68,7 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from gateway.journal.reader import Damage, read_records, read_records_skipping
+from gateway.journal.reader import Damage, read_records
 from gateway.journal.record import Record, dumps_compact, encode_line, format_ts
 from gateway.journal.recovery import QUARANTINE_RECORD, Quarantine, recover
 from gateway.journal.segments import segment_name
@@ -433,23 +433,13 @@ class Journal:
         """Damage found since the journal was opened (in recovery or the start-up replay)."""
         return list(self._quarantined)
 
-    def replay_at_start(self) -> Iterator[Record]:
-        """
-        :meth:`replay` for start-up, before the reactor runs: damage does not stop it.
-
-        A damaged line in an older segment is skipped; once the replay is done,
-        the damage is set aside (:meth:`set_aside`), so the gateway starts and
-        serves instead of failing on every start.
-        """
-        found: list[Damage] = []
-        yield from read_records_skipping(self._directory, found.append)
-        self.set_aside(found)
-
     def set_aside(self, found: list[Damage]) -> list[Record]:
         """
         Journal each damaged line found at start-up as a ``quarantine`` record; returns them.
 
-        Each is also listed in :attr:`quarantined` and logged as critical.
+        For a start-up read that skips damage (``read_records_skipping``,
+        ``scan_headers``), so the gateway starts and serves instead of failing
+        on every start. Each is also listed in :attr:`quarantined` and logged as critical.
         Blocks (appends and syncs at once): call it before the reactor runs.
         """
         return [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from gateway.journal.reader import ChainError, read_records, read_records_skipping, verify
+from gateway.journal.reader import ChainError, Damage, read_records, read_records_skipping, verify
 from gateway.journal.record import encode_line
 from gateway.journal.segments import list_segments
 from gateway.journal.writer import Journal
@@ -145,7 +145,7 @@ def test_cutting_twice_at_one_offset_keeps_both_cuts(harness: Callable[..., Harn
 
 
 def test_a_broken_earlier_segment_is_quarantined_not_fatal(harness: Callable[..., Harness]) -> None:
-    """Damage in an earlier segment never stops open: replay skips it and journals a quarantine."""
+    """Damage in an earlier segment never stops open: a skipping read passes it, set_aside journals it."""
     h = harness(segment_bytes=400)
     h.append_many(6)
     h.settle()
@@ -155,7 +155,9 @@ def test_a_broken_earlier_segment_is_quarantined_not_fatal(harness: Callable[...
     before_last = Path(segments[-2].path)
     before_last.write_bytes(before_last.read_bytes()[:-5])
     journal = h.open()
-    replayed = [r.seq for r in journal.replay_at_start()]
+    found: list[Damage] = []
+    replayed = [r.seq for r in read_records_skipping(h.path, found.append)]
+    journal.set_aside(found)
     [damage] = journal.quarantined
     assert damage.segment == segments[-2].name and damage.reason == "partial line"
     assert damage.seq not in replayed and len(replayed) == 5
