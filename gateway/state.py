@@ -348,7 +348,11 @@ class Checkpointer:
         self._writing = False
         self._running = False
         self._checkpointed = state.through
-        self.floor = state.through + 1
+
+    @property
+    def floor(self) -> int:
+        """The first seq start-up reads after the last checkpoint journaled (or the state given)."""
+        return self._checkpointed + 1
 
     def start(self) -> None:
         """Follow the journal's commits."""
@@ -376,7 +380,6 @@ class Checkpointer:
 
         def written(record: Record) -> None:
             self._checkpointed = through
-            self.floor = through + 1
 
         def not_written(failure: Failure) -> None:
             log.warn("journal: could not append a checkpoint: {error}", error=failure.getErrorMessage())
