@@ -24,8 +24,10 @@ from gateway.protocol.envelope import (
     EnvelopeError,
     Request,
     _header,
-    _members,
     parse_request,
+)
+from gateway.protocol.envelope import (
+    members as json_members,
 )
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge
 from gateway.protocol.results import Result
@@ -53,7 +55,7 @@ def parse_reply(text: str) -> Reply:
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        members = _members(text)
+        members = json_members(text)
         return _reply(text, members)
     except (ValueError, RecursionError) as error:
         raise EnvelopeError(Result.MALFORMED, _detail(error)) from None
@@ -100,7 +102,7 @@ def parse_frame(payload: bytes) -> Request | Reply:
             if text.startswith("\ufeff"):
                 text = text[1:]
             try:
-                members = _members(text)
+                members = json_members(text)
             except (ValueError, RecursionError) as error:
                 raise EnvelopeError(Result.MALFORMED, _detail(error)) from None
             if "resultCode" in members:

@@ -53,12 +53,12 @@ def _skip(text: str, index: int) -> int:
     return index
 
 
-def _members(text: str) -> dict[str, tuple[object, int, int]]:
+def members(text: str) -> dict[str, tuple[object, int, int]]:
     """The top-level members of a JSON object text: name -> (value, start, end) of the value."""
     index = _skip(text, 0)
     if index >= len(text) or text[index] != "{":
         raise ValueError("the message is not a JSON object")
-    members: dict[str, tuple[object, int, int]] = {}
+    found: dict[str, tuple[object, int, int]] = {}
     index = _skip(text, index + 1)
     if index < len(text) and text[index] == "}":
         end = index + 1
@@ -72,7 +72,7 @@ def _members(text: str) -> dict[str, tuple[object, int, int]]:
                 raise ValueError(f"expected ':' at character {index}")
             start = _skip(text, index + 1)
             value, index = _DECODER.raw_decode(text, start)
-            members[name] = (value, start, index)
+            found[name] = (value, start, index)
             index = _skip(text, index)
             if index < len(text) and text[index] == ",":
                 index = _skip(text, index + 1)
@@ -83,7 +83,7 @@ def _members(text: str) -> dict[str, tuple[object, int, int]]:
             raise ValueError(f"expected ',' or '}}' at character {index}")
     if _skip(text, end) != len(text):
         raise ValueError(f"extra text after the message at character {end}")
-    return members
+    return found
 
 
 def _header(members: dict[str, tuple[object, int, int]], name: str) -> str:
@@ -105,25 +105,25 @@ def parse_request(text: str) -> Request:
     if not text.strip():
         raise EnvelopeError(Result.EMPTY_MESSAGE, "the message is empty")
     try:
-        members = _members(text)
+        found = members(text)
     except (ValueError, RecursionError) as error:
         detail = error.msg if isinstance(error, JSONDecodeError) else str(error)
         if isinstance(error, RecursionError):
             detail = "nested too deeply"
         raise EnvelopeError(Result.MALFORMED, detail) from None
     try:
-        code = _header(members, "code")
-        opr = _header(members, "oprNum")
-        token = _header(members, "token")
-        signature = _header(members, "signature")
+        code = _header(found, "code")
+        opr = _header(found, "oprNum")
+        token = _header(found, "token")
+        signature = _header(found, "signature")
     except ValueError as error:
         raise EnvelopeError(Result.MALFORMED, str(error)) from None
     if len(opr) > OPR_NUM_MAX:
         raise EnvelopeError(
             Result.MALFORMED, f"oprNum: longer than {OPR_NUM_MAX} characters", code=code
         )
-    if "data" in members:
-        data, start, end = members["data"]
+    if "data" in found:
+        data, start, end = found["data"]
         data_text = text[start:end]
     else:
         data, data_text = None, ""
