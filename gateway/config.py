@@ -27,7 +27,6 @@ FSYNC_MODES = ("always", "interval", "never")
 SINKS = ("log-only", "cloudevents", "t002")
 AVAILABLE_SINKS = ("log-only", "cloudevents")
 SIGNATURE_MODES = ("required", "optional", "off")
-DIALECTS = ("standard",)
 ROLES = ("read", "command", "sync", "admin")
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -49,6 +48,14 @@ class ListenConfig:
     uplink: str
     downlink: str
     api: str
+    # The endpoints of the dialects' own listeners: [listen] bolink = "tcp:6789".
+    dialects: tuple[tuple[str, str], ...] = ()
+
+    def endpoint(self, name: str) -> str | None:
+        """The endpoint configured for the listener `name`, or None."""
+        if name in ("uplink", "downlink", "api"):
+            return str(getattr(self, name))
+        return dict(self.dialects).get(name)
 
 
 @frozen
@@ -144,7 +151,8 @@ class Config:
 
     @cached_property
     def _by_username(self) -> dict[str, LotConfig]:
-        return {lot.username: lot for lot in self.lots}
+        # Lots of a dialect that logs in without an account have no username.
+        return {lot.username: lot for lot in self.lots if lot.username}
 
     @cached_property
     def _by_park(self) -> dict[str, LotConfig]:
@@ -244,15 +252,17 @@ def _gateway(raw: object) -> GatewayConfig:
     return GatewayConfig(id=gateway_id, timezone=zone, signing_key=signing_key)
 
 
-def _listen(raw: object) -> ListenConfig:
+def _listen(raw: object, dialect_listeners: Mapping[str, str]) -> ListenConfig:
+    """[listen]: the three fixed endpoints, and one for each dialect listener that is configured."""
     table = _Table("listen", raw)
-    result = ListenConfig(
-        uplink=table.text("uplink", "tcp:8080", _endpoint),
-        downlink=table.text("downlink", "tcp:9000", _endpoint),
-        api=table.text("api", "tcp:8081:interface=127.0.0.1", _endpoint),
+    uplink = table.text("uplink", "tcp:8080", _endpoint)
+    downlink = table.text("downlink", "tcp:9000", _endpoint)
+    api = table.text("api", "tcp:8081:interface=127.0.0.1", _endpoint)
+    dialects = tuple(
+        (name, table.text(name, "", _endpoint)) for name in sorted(table.raw) if name in dialect_listeners
     )
     table.done()
-    return result
+    return ListenConfig(uplink=uplink, downlink=downlink, api=api, dialects=dialects)
 
 
 def _journal(raw: object) -> JournalConfig:
@@ -361,18 +371,23 @@ def _api_client(index: int, raw: object) -> ApiClient:
     return ApiClient(name=name, token_sha256=digest, roles=tuple(roles))
 
 
-def _lot(index: int, raw: object) -> LotConfig:
+def _lot(index: int, raw: object, dialects: tuple[str, ...]) -> LotConfig:
     table = _Table(f"lot[{index}]", raw)
     park_code = table.text(
         "park_code", "", lambda v: _not_empty(v) or (None if len(v) <= 50 else "longer than 50")
     )
     result = LotConfig(
         park_code=park_code,
-        username=table.text("username", "", _not_empty),
-        password=table.text("password", "", _argon2id),
+        # Required by the dialects that log lots in with an account (the standard's check_lot).
+        username=table.text("username", ""),
+        password=table.text("password", "", lambda v: _argon2id(v) if v else None),
         signature=table.choice("signature", "required", SIGNATURE_MODES),
         secret=table.text("secret", ""),
-        dialect=table.choice("dialect", "standard", DIALECTS),
+        dialect=table.text(
+            "dialect",
+            "standard",
+            lambda v: None if v in dialects else f"{v!r} is not an installed dialect ({', '.join(dialects)})",
+        ),
         upstream_username=table.text("upstream_username", ""),
         upstream_password=table.text("upstream_password", ""),
         upstream_secret=table.text("upstream_secret", ""),
@@ -406,19 +421,44 @@ def _unique(items: tuple[T, ...], prefix: str, attribute: str) -> None:
     seen: set[object] = set()
     for index, item in enumerate(items):
         value = getattr(item, attribute)
+        if value == "":
+            continue  # not set: an optional key, nothing to tell apart
         if value in seen:
             raise ConfigError(f"{prefix}[{index}].{attribute}: {value!r} is used twice")
         seen.add(value)
 
 
-def parse(document: Mapping[str, Any]) -> Config:
-    """Turn a parsed TOML document into a Config, or raise ConfigError."""
+def _installed_dialects() -> Mapping[str, Any]:
+    # Imported here: the dialects import the lot side, which imports this module.
+    from gateway.dialects import DialectConflict, installed
+
+    try:
+        return installed()
+    except DialectConflict as error:
+        raise ConfigError(f"dialects: {error}") from None
+
+
+def parse(document: Mapping[str, Any], dialects: Mapping[str, Any] | None = None) -> Config:
+    """Turn a parsed TOML document into a Config, or raise ConfigError.
+
+    `dialects` are the dialect plugins by name (``IDialect`` providers); by
+    default, those installed (``gateway.dialects.installed``).
+    """
+    if dialects is None:
+        dialects = _installed_dialects()
+    names = tuple(sorted(dialects))
+    listeners = {
+        key: name
+        for name, dialect in dialects.items()
+        for key in dialect.listeners
+        if key not in ("uplink", "downlink", "api")
+    }
     document = dict(document)
-    lots = tuple(_lot(i, raw) for i, raw in enumerate(_array(document, "lot")))
+    lots = tuple(_lot(i, raw, names) for i, raw in enumerate(_array(document, "lot")))
     clients = tuple(_api_client(i, raw) for i, raw in enumerate(_array(document, "api_client")))
     config = Config(
         gateway=_gateway(document.pop("gateway", {})),
-        listen=_listen(document.pop("listen", {})),
+        listen=_listen(document.pop("listen", {}), listeners),
         journal=_journal(document.pop("journal", {})),
         uplink=_uplink(document.pop("uplink", {})),
         tcp=_tcp(document.pop("tcp", {})),
@@ -432,6 +472,14 @@ def parse(document: Mapping[str, Any]) -> Config:
     _unique(lots, "lot", "park_code")
     _unique(lots, "lot", "username")
     _unique(clients, "api_client", "name")
+    for index, lot in enumerate(lots):
+        dialect = dialects[lot.dialect]
+        problem = dialect.check_lot(lot)
+        if problem:
+            raise ConfigError(f"lot[{index}].{problem}")
+        for key in dialect.listeners:
+            if config.listen.endpoint(key) is None:
+                raise ConfigError(f"listen.{key}: required: lot[{index}] speaks {lot.dialect}")
     return config
 
 

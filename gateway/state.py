@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
+from gateway.dialects.host import LEGACY_RECORD
 from gateway.journal.reader import Damage
 from gateway.journal.record import BadLine, Record, format_ts
 from gateway.journal.recovery import QUARANTINE_RECORD, Quarantine
@@ -212,7 +213,7 @@ def _int(value: object, name: str) -> int:
 
 def _note_repeat(repeats: Repeats, record: Record | None, kind: str, park: str, opr: str, ts: str) -> None:
     """Remember a stored request, or the answer it got, for the repeat rule."""
-    if kind == UPLINK_RECORD:
+    if kind == UPLINK_RECORD or kind == LEGACY_RECORD:
         repeats.restore(park, opr, rfc3339_seconds(ts), OK)
     elif kind == ANSWER_RECORD and record is not None:
         body = record.body if isinstance(record.body, dict) else {}

@@ -27,19 +27,20 @@ from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
 from gateway.config import Config, ConfigError, load
+from gateway.dialects import installed
+from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
+from gateway.dialects.interface import IDialectServer
+from gateway.dialects.standard import StandardServer
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
-from gateway.lots.downlink import Downlinks
-from gateway.lots.http import UplinkResource, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SyncQueue
-from gateway.lots.uplink import UplinkHandler
 from gateway.state import Checkpointer, restore_at_start
 
 log = Logger()
@@ -215,37 +216,20 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
 
     passwords = PasswordChecker(reactor)
     _Part(start=passwords.start, stop=passwords.stop).setServiceParent(service)
-    handler = UplinkHandler(
+    lots = LotRouter(settings)
+    sync = SyncQueue(lots=lots, journal=journal, clock=reactor)
+    _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
+    parts = GatewayParts(
         config=settings,
+        clock=reactor,
         journal=journal,
         sessions=sessions,
         repeats=repeats,
         totals=totals,
         passwords=passwords,
-        clock=reactor,
         queries=queries,
     )
-    site = UplinkSite(UplinkResource(handler, settings.uplink.max_body_bytes).resource(), reactor=reactor)
-    _listen(reactor, "uplink", settings.listen.uplink, site).setServiceParent(service)
-
-    downlinks = Downlinks(
-        config=settings,
-        sessions=sessions,
-        passwords=passwords,
-        journal=journal,
-        clock=reactor,
-        deadlines=settings.deadlines,
-    )
-
-    def stop_downlinks() -> None:
-        downlinks.stop()
-        # This runs before the journal closes, so each bound lot's offline record is kept.
-        downlinks.disconnect_all("gateway stopping")
-
-    _Part(start=downlinks.start, stop=stop_downlinks).setServiceParent(service)
-    sync = SyncQueue(lots=downlinks, journal=journal, clock=reactor)
-    downlinks.bound_listeners.append(sync.lot_bound)
-    _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
+    served = _serve_dialects(settings, parts, lots, sync)
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
     restored = restore_at_start(
         journal,
@@ -291,7 +275,13 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
         run_blocking=lambda job: deferToThreadPool(reactor, reactor.getThreadPool(), job),
     )
     _Part(start=retention.start, stop=retention.stop).setServiceParent(service)
-    _listen(reactor, "downlink", settings.listen.downlink, downlinks.factory()).setServiceParent(service)
+    for name, server in served.items():
+        # Stopping closes the lots' connections, reporting them offline before the journal closes.
+        _Part(start=server.start, stop=server.stop).setServiceParent(service)
+        for listener in installed()[name].listeners:
+            endpoint = settings.listen.endpoint(listener)
+            assert endpoint is not None  # the configuration is refused otherwise
+            _listen(reactor, listener, endpoint, server.factory(listener)).setServiceParent(service)
 
     def ready() -> tuple[bool, str]:
         problem = journal.problem or space.problem
@@ -304,7 +294,7 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
         return True, f"journal writable; {damaged}" if damaged else "journal writable"
 
     registry = CollectorRegistry()
-    register_metrics(registry, downlinks, journal, sync)
+    register_metrics(registry, lots, journal, sync)
     register_space(registry, space)
     if forwarder is not None:
         register_forwarder(registry, forwarder)
@@ -316,7 +306,7 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
     observe_fsync(registry, journal)
     api = CommandApi(
         config=settings,
-        lots=downlinks,
+        lots=lots,
         journal=journal,
         clock=reactor,
         registry=registry,
@@ -337,7 +327,33 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
         lots=len(settings.lots),
         sink=settings.cloud.sink,
     )
+    for name in served:
+        if name != "standard":
+            count = sum(1 for lot in settings.lots if lot.dialect == name)
+            listeners = installed()[name].listeners
+            where = ", ".join(f"{settings.listen.endpoint(k)}" for k in listeners) or "no listener"
+            log.info("dialect {name}: {count} lots, on {where}", name=name, count=count, where=where)
     return service
+
+
+def _serve_dialects(
+    settings: Config, parts: GatewayParts, lots: LotRouter, sync: SyncQueue
+) -> dict[str, IDialectServer]:
+    """The running dialects: the standard one always, others when a lot speaks them or they listen."""
+    dialects = installed()
+    used = {"standard"} | {lot.dialect for lot in settings.lots}
+    used |= {
+        name
+        for name, dialect in dialects.items()
+        if any(settings.listen.endpoint(listener) for listener in dialect.listeners)
+    }
+    for name in sorted(used):
+        host = DialectHost(name, parts, sync.lot_bound)
+        lots.servers[name] = dialects[name].serve(host)
+    standard = lots.servers["standard"]
+    if isinstance(standard, StandardServer):
+        lots.counters = standard.downlinks.counters
+    return dict(lots.servers)
 
 
 def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:

@@ -69,7 +69,7 @@ def test_lot_defaults_and_lookups() -> None:
         ({"lot": [lot(), lot(username="u2")]}, "lot[1].park_code: 'P1' is used twice"),
         ({"lot": [lot(), lot(park_code="P2")]}, "lot[1].username: 'u1' is used twice"),
         ({"lot": [lot(park_code="")]}, "lot[0].park_code: must not be empty"),
-        ({"lot": [lot(dialect="bolink")]}, "lot[0].dialect: 'bolink' is not one of standard"),
+        ({"lot": [lot(dialect="acme")]}, "lot[0].dialect: 'acme' is not an installed dialect ("),
         ({"lot": {"park_code": "P1"}}, "lot: must be an array of tables"),
         (
             {"gateway": {"timezone": "Mars/Olympus"}},

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python.threadpool import ThreadPool
@@ -110,6 +111,46 @@ def test_make_service_listens_on_the_three_endpoints(tmp_path: Path) -> None:
         assert ports == {8080: "", 9000: "", 8081: "127.0.0.1"}
     finally:
         stop(service, reactor)
+
+
+BOLINK_LOT = """
+[listen]
+bolink = "tcp:6789"
+
+[[lot]]
+park_code = "B001"
+dialect = "bolink"
+secret = "s3"
+"""
+
+
+def test_a_dialect_lot_gets_its_dialects_listener(tmp_path: Path) -> None:
+    """A bolink lot in the config adds the bolink listener beside the three, with its dialect's factory."""
+    text = SHIPPED.replace("[listen]", "[listen]\nbolink = \"tcp:6789\"", 1) + BOLINK_LOT.split("\n\n", 1)[1]
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, text)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        factories = {port[0]: port[1] for port in reactor.tcpServers}
+        assert set(factories) == {8080, 9000, 8081, 6789}
+        assert isinstance(factories[6789], ServerFactory)
+        assert type(factories[6789]).__module__ == "gateway.dialects.bolink"
+        assert service.getServiceNamed("bolink") is not None
+    finally:
+        stop(service, reactor)
+
+
+def test_a_dialect_lot_without_its_listener_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bolink lot with no [listen] bolink stops start-up with the one line naming the key."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path, SHIPPED + BOLINK_LOT.split("\n\n", 1)[1])])
+    with pytest.raises(SystemExit):
+        tap.makeService(options, MemoryReactor())
+    assert capsys.readouterr().err == "cpmi-gateway: listen.bolink: required: lot[1] speaks bolink\n"
 
 
 def test_first_start_creates_the_signing_key_0600(tmp_path: Path) -> None:

@@ -67,7 +67,10 @@ _T = TypeVar("_T")
 
 
 class LotCommands(Protocol):
-    """What the API needs of the downlink side (`gateway.lots.downlink.Downlinks`)."""
+    """What the API needs of the lots' side (`gateway.dialects.host.LotRouter`)."""
+
+    def supports(self, park: str, code: str) -> bool:
+        """Whether the lot's dialect can carry the downlink `code`."""
 
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         """Send a command to the lot; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
@@ -272,6 +275,10 @@ class CommandApi:
         role = interface.downlink.value
         if not caller.may(role):
             raise _error(403, f"client {caller.name!r} lacks the {role!r} role")
+        if not self._lots.supports(park, interface.code):
+            lot = self._config.lot_by_park(park)
+            dialect = lot.dialect if lot is not None else "?"
+            raise _error(400, f"park {park!r} speaks the {dialect} dialect, which has no {interface.code}")
         data = self._body(request, interface)
         if interface.downlink is DeliveryClass.SYNC:
             if self._sync is None:

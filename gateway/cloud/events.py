@@ -47,6 +47,10 @@ _ONLINE = "lot-online"
 _OFFLINE = "lot-offline"
 _SYNC_DONE = "sync-done"
 _QUERY = "query"
+# A legacy message as a dialect received it (gateway.dialects.host); forwarded only
+# when nothing of the standard was made of it, as org.cpmi.dialect.{dialect}.{service}.v1.
+_LEGACY = "legacy"
+_TYPE_PREFIX_DIALECT = "org.cpmi.dialect."
 # The forwarder's record of an event the cloud refused (gateway.cloud.forwarder).
 _REJECTED = "rejected"
 _REJECTED_TYPE = "org.cpmi.gateway.rejected.v1"
@@ -178,8 +182,9 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
     The CloudEvent (structured JSON form, CloudEvents 1.0) for a journal record.
 
     ``None`` when the record is not forwarded: tokens, recovery, query/answer,
-    command/command-reply, sync (the entry itself; its ``sync-done`` is), and any
-    kind this module does not know. ``zone`` is the lots' time zone, in which
+    command/command-reply, sync (the entry itself; its ``sync-done`` is), a
+    legacy message that was translated (its translations are), and any kind
+    this module does not know. ``zone`` is the lots' time zone, in which
     their ``"yyyy-MM-dd HH:mm:ss"`` times are read.
 
     The record is never modified. The event's ``data`` shares unchanged parts
@@ -200,6 +205,8 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
         if done_type is None:
             return None
         return _envelope(record, gateway_id, done_type, {**body, "code": record.code})
+    if kind == _LEGACY:
+        return _legacy_event(record, gateway_id)
     if kind == _REJECTED:
         body = record.body
         # The refusal of a refusal's own event is recorded but not sent again: no loop.
@@ -207,6 +214,17 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
             return None
         return _envelope(record, gateway_id, _REJECTED_TYPE, {**body, "code": record.code})
     return None
+
+
+def _legacy_event(record: Record, gateway_id: str) -> dict[str, object] | None:
+    body = record.body
+    if not isinstance(body, Mapping) or body.get("translated"):
+        return None  # its translations are forwarded, as records of their own
+    dialect = body.get("dialect")
+    if not isinstance(dialect, str) or not dialect:
+        return None
+    type_ = f"{_TYPE_PREFIX_DIALECT}{dialect}.{record.code}.v1"
+    return _envelope(record, gateway_id, type_, body.get("message"))
 
 
 def _interface_event(record: Record, gateway_id: str, zone: ZoneInfo) -> dict[str, object]:

@@ -202,6 +202,11 @@ class Downlinks:
 
     # commands
 
+    def supports(self, park: str, code: str) -> bool:
+        """Whether `code` can be sent down: any downlink interface can, in the standard."""
+        interface = lookup(code)
+        return interface is not None and interface.downlink is not None
+
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         """Send `code` with `data` to the lot now; fire with its REPLY.
 

@@ -9,7 +9,7 @@ is durable.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -270,23 +270,36 @@ class UplinkHandler:
                     Result.NO_SUCH_PARK,
                     f"{where}.parkCode: {park_code!r} is not this account's park",
                 )
-            self._business_rules(interface.code, lot, item, where)
+            check_business_rules(interface.code, lot.park_code, item, where, self._totals)
         if interface.code == "carImage":
             data = attach_images(data, files)
         return redact(data) if may_hold_secrets(request.data_text) else data
 
-    def _business_rules(self, code: str, lot: LotConfig, item: Mapping[str, Any], where: str) -> None:
-        if code == "parkEnv":
-            total = item.get("totalNum")
-            if not isinstance(total, int) or total <= 0:
-                raise _reject(Result.NO_SPACES, f"{where}.totalNum: {total!r}")
-        elif code == "freeSpace":
-            empty = item.get("emptyNum")
-            if isinstance(empty, int) and empty < 0:
-                raise _reject(Result.FIELD_INVALID, f"{where}.emptyNum: negative")
-            total = self._totals.total(lot.park_code)
-            if isinstance(empty, int) and total is not None and empty > total:
-                raise _reject(Result.TOO_MANY_FREE, f"{where}.emptyNum: {empty} > totalNum {total}")
+
+def check_business_rules(
+    code: str,
+    park: str,
+    item: Mapping[str, Any],
+    where: str,
+    totals: ParkTotals,
+    name: Callable[[str], str] = str,
+) -> None:
+    """Raise Rejected when one item of a report breaks a rule of B.4 (counts of parkEnv, freeSpace).
+
+    `where` names the item in the message ("data", "data[2]"); `name` writes a
+    field's name in the message (a dialect adds the legacy field it came from).
+    """
+    if code == "parkEnv":
+        total = item.get("totalNum")
+        if not isinstance(total, int) or total <= 0:
+            raise _reject(Result.NO_SPACES, f"{where}.{name('totalNum')}: {total!r}")
+    elif code == "freeSpace":
+        empty = item.get("emptyNum")
+        if isinstance(empty, int) and empty < 0:
+            raise _reject(Result.FIELD_INVALID, f"{where}.{name('emptyNum')}: negative")
+        total = totals.total(park)
+        if isinstance(empty, int) and total is not None and empty > total:
+            raise _reject(Result.TOO_MANY_FREE, f"{where}.{name('emptyNum')}: {empty} > totalNum {total}")
 
 
 def attach_images(data: object, files: Sequence[FilePart]) -> object:

@@ -39,6 +39,7 @@ def _settings() -> config.Config:
             "lot": [
                 {"park_code": "P001", "username": "lot001", "password": HASH},
                 {"park_code": "P002", "username": "lot002", "password": HASH},
+                {"park_code": "P003", "username": "lot003", "password": HASH},
             ],
         }
     )
@@ -66,6 +67,10 @@ class FakeLots:
         waiting: Deferred[LotReply] = Deferred()
         self.waiting.append(waiting)
         return waiting
+
+    def supports(self, park: str, code: str) -> bool:
+        """Every downlink, but blacklist and gateState for P003 (as if its dialect lacked them)."""
+        return not (park == "P003" and code in ("blacklist", "gateState"))
 
     def state(self, park: str) -> LotState:
         """P001 connected since START - 60; others never seen."""
@@ -242,6 +247,17 @@ def test_uplink_only_code_is_400(gw: Api) -> None:
     status, _, body = gw.call("POST", "/v1/parks/P001/commands/carIn", body={"recordCode": "r1"})
     assert status == 400
     assert "carIn" in body["error"]
+
+
+@pytest.mark.parametrize("code", ["blacklist", "gateState"])
+def test_code_the_lots_dialect_lacks_is_400(gw: Api, code: str) -> None:
+    """A command or sync entry the lot's dialect cannot carry is 400, naming the dialect; nothing is sent."""
+    data = {"carNum": "京A1", "barCode": "b"}
+    status, _, body = gw.call("POST", f"/v1/parks/P003/commands/{code}", body=data)
+    assert status == 400
+    assert "standard dialect" in body["error"] and code in body["error"]
+    assert gw.lots.asked == [] and gw.sync.pending("P003") == 0
+    assert gw.journal.records == []
 
 
 def test_body_not_json_is_400(gw: Api) -> None:
@@ -506,6 +522,14 @@ def test_parks_listing(gw: Api) -> None:
             },
             {
                 "parkCode": "P002",
+                "connected": False,
+                "since": None,
+                "lastSeen": None,
+                "peer": "",
+                "backlog": 0,
+            },
+            {
+                "parkCode": "P003",
                 "connected": False,
                 "since": None,
                 "lastSeen": None,

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, batch_body, local_to_rfc3339, query_event, to_event
+from gateway.dialects import host
 from gateway.journal.record import Record
 from gateway.lots import downlink, sync, uplink
 from gateway.protocol.catalog import INTERFACES
@@ -52,6 +53,25 @@ def test_kind_spellings_match_the_lot_side() -> None:
     assert uplink.UPLINK_RECORD == "uplink"
     assert (downlink.ONLINE_RECORD, downlink.OFFLINE_RECORD) == ("lot-online", "lot-offline")
     assert sync.SYNC_DONE_RECORD == "sync-done"
+    assert host.LEGACY_RECORD == "legacy"
+
+
+def test_untranslated_legacy_message_is_forwarded_as_it_came() -> None:
+    """A legacy message nothing was made of goes as org.cpmi.dialect.{dialect}.{service}.v1, whole."""
+    message = {"service_name": "park_status", "sign": "AB", "data": {"state": 1, "in_time": 1700000000}}
+    body = {"dialect": "bolink", "translated": [], "message": message}
+    event = event_of(record("legacy", "park_status", body, opr="park_status:x"))
+    assert event["type"] == "org.cpmi.dialect.bolink.park_status.v1"
+    assert event["data"] == message
+    assert event["cpmioprnum"] == "park_status:x" and event["id"] == "gw-01-7"
+
+
+def test_translated_legacy_message_is_not_forwarded_twice() -> None:
+    """A legacy message with translations is not an event: its carIn and freeSpace records are."""
+    body = {"dialect": "bolink", "translated": ["carIn", "freeSpace"], "message": {"data": {}}}
+    assert to_event(record("legacy", "in_park", body), gateway_id=GATEWAY, zone=SHANGHAI) is None
+    for broken in ({"translated": []}, {"dialect": "", "translated": []}, ["not", "an", "object"]):
+        assert to_event(record("legacy", "x", broken), gateway_id=GATEWAY, zone=SHANGHAI) is None
 
 
 def test_ids_are_stable_and_unique_per_seq() -> None:

@@ -146,11 +146,13 @@ class Uplink:
         lots: list[dict[str, Any]] | None = None,
         start: str = "2026-11-24 10:00:00",
         queries: Queries | None = None,
+        tables: dict[str, Any] | None = None,
     ) -> None:
         self.queries = queries
         self.clock = Clock()
         self.clock.advance(datetime.strptime(start, "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZONE).timestamp())
-        self.settings = config.parse({"lot": lots if lots is not None else [lot_entry()]})
+        # `tables`: more of the configuration, e.g. {"listen": {...}}.
+        self.settings = config.parse({"lot": lots if lots is not None else [lot_entry()], **(tables or {})})
         self.journal = MemoryJournal(self.clock)
         self.restart()
 

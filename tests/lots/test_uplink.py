@@ -71,6 +71,14 @@ def test_bad_logins(gw: Uplink, data: dict[str, Any], code: str, text: str) -> N
     assert gw.journal.records == []
 
 
+def test_a_lot_of_another_dialect_cannot_log_in_here() -> None:
+    """A bolink lot that has an account too is refused 9003 over the standard's login: no token."""
+    gw = Uplink(lots=[lot_entry(dialect="bolink", secret="k")], tables={"listen": {"bolink": "tcp:0"}})
+    answer = gw.send("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}, secret="k")
+    assert answer["resultCode"] == "9003"
+    assert gw.journal.records == []
+
+
 def test_login_with_a_wrong_signature_is_9006(gw: Uplink) -> None:
     """A login signed with the wrong secret is refused 9006."""
     answer = gw.send("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}, secret="other")

@@ -1,0 +1,425 @@
+"""
+The `bolink` dialect: lots speaking the ParkingOS cloud's line protocol, on their own TCP port.
+
+One JSON object a line, ``{"service_name","token","sign","data"}``, signed with
+the lot's secret (`bolink_messages`). A lot logs in with its park id, then sends
+its entries and exits (``in_park``, ``out_park``, ``upload_order``), which become
+the standard's ``carIn``/``carOut``/``freeSpace``; anything else it sends is kept
+and forwarded as it came. ``gateOpen`` goes down as ``operate_liftrod``.
+
+`BolinkConnection` turns bytes into lines and lines into bytes; `BolinkServer`
+decides: logins, binds, answers, commands and the idle sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import uuid
+from collections import deque
+from collections.abc import Mapping
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.config import LotConfig
+from gateway.dialects.bolink_messages import (
+    HEARTBEAT,
+    HEARTBEAT_ANSWER,
+    BadMessage,
+    Envelope,
+    LineSplitter,
+    Oversize,
+    Untranslatable,
+    answer,
+    login_answer,
+    operate_liftrod,
+    parse_line,
+    sign_ok,
+    translate,
+)
+from gateway.dialects.interface import (
+    DeadlinePassed,
+    IDialect,
+    IDialectHost,
+    IDialectServer,
+    LotReply,
+    LotState,
+    NotConnected,
+    Original,
+    Unsupported,
+)
+from gateway.lots.answers import Answer
+from gateway.lots.tcp import describe
+from gateway.protocol.results import Result
+
+__all__ = ["BolinkConnection", "BolinkDialect", "BolinkServer", "bolink"]
+
+log = Logger()
+
+NAME = "bolink"
+SWEEP_INTERVAL = 1.0
+_BYTE_HEARTBEAT = b"\x11"
+_LIFTROD = "operate_liftrod"
+
+
+class BolinkConnection(Protocol):
+    """One lot's connection: lines in, lines out; the server decides."""
+
+    def __init__(self, server: BolinkServer, peer: str) -> None:
+        self._server = server
+        self._lines = LineSplitter()
+        self.peer = peer
+        self.park: str | None = None
+        self.token = ""
+        self.opened = self.last_read = self.bound_at = server.clock.seconds()
+        self.closing = False
+        self.close_reason = ""
+        # operate_liftrod commands sent and not yet answered, oldest first.
+        self.pending: deque[_Pending] = deque()
+
+    def connectionMade(self) -> None:
+        self.opened = self.last_read = self._server.clock.seconds()
+        self._server.connection_made(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_read = self._server.clock.seconds()
+        for line in self._lines.feed(data):
+            if self.closing:
+                return
+            try:
+                if isinstance(line, Oversize):
+                    self._server.oversize(self, line)
+                else:
+                    self._server.line_received(self, line)
+            except Exception:
+                log.failure("handling a line from {peer} failed", peer=self.peer)
+
+    def send(self, line: bytes) -> None:
+        """Write one line (with its end)."""
+        if self.transport is not None and not self.closing:
+            self.transport.write(line)
+
+    def close(self, reason: str) -> None:
+        """Close after what was written, remembering why."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closing = True
+        self._server.connection_lost(self, reason)
+
+
+class _Pending:
+    """A gateOpen sent as operate_liftrod, waiting for the lot's answer."""
+
+    __slots__ = ("channel", "deferred", "timer")
+
+    def __init__(self, channel: str, deferred: Deferred[LotReply]) -> None:
+        self.channel = channel
+        self.deferred = deferred
+        self.timer: IDelayedCall | None = None
+
+
+class _Factory(ServerFactory):
+    noisy = False
+
+    def __init__(self, server: BolinkServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: IAddress | None) -> BolinkConnection:
+        return BolinkConnection(self.server, describe(addr) if addr is not None else "unknown")
+
+
+def legacy_opr(service: str, order_id: str) -> str:
+    """The message's id for the repeat rule: its service and order, or a fresh one without an order."""
+    if not order_id:
+        return uuid.uuid4().hex
+    opr = f"{service}:{order_id}"
+    if len(opr) <= 32:
+        return opr
+    return hashlib.md5(opr.encode("utf-8")).hexdigest()
+
+
+@implementer(IDialectServer)
+class BolinkServer:
+    """The bolink lots' connections: logins, uplinks, gateOpen, the idle sweep."""
+
+    def __init__(self, host: IDialectHost) -> None:
+        self.host = host
+        self.clock = host.clock
+        self._bound: dict[str, BolinkConnection] = {}
+        self._unbound: dict[BolinkConnection, None] = {}
+        self._last_seen: dict[str, float] = {}
+        self._last_peer: dict[str, str] = {}
+        self._sweep = LoopingCall(self.sweep)
+        self._sweep.clock = host.clock
+
+    # IDialectServer
+
+    def factory(self, listener: str) -> ServerFactory:
+        if listener != NAME:
+            raise KeyError(listener)
+        return _Factory(self)
+
+    def supports(self, code: str) -> bool:
+        return code == "gateOpen"
+
+    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+        if code != "gateOpen":
+            return fail(Unsupported(NAME, code))
+        connection = self._bound.get(park)
+        if connection is None or connection.closing:
+            return fail(NotConnected(park))
+        fields = data if isinstance(data, Mapping) else {}
+        channel = str(fields.get("barCode", ""))
+        # isOpen absent is its default, 0 (B.2.3.5): the command says what to do.
+        operate = 1 if fields.get("isOpen") in (1, True, "1") else 0
+        deadline = self.host.deadline(code)
+
+        def cancel(_: Deferred[LotReply]) -> None:
+            self._forget(connection, pending)
+
+        pending = _Pending(channel, Deferred(cancel))
+        pending.timer = self.clock.callLater(deadline, self._expire, connection, pending, park, deadline)
+        connection.pending.append(pending)
+        connection.send(operate_liftrod(channel, operate))
+        return pending.deferred
+
+    def state(self, park: str) -> LotState:
+        connection = self._bound.get(park)
+        if connection is not None:
+            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
+        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+
+    def start(self) -> None:
+        if not self._sweep.running:
+            self._sweep.start(SWEEP_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        if self._sweep.running:
+            self._sweep.stop()
+        for park, connection in list(self._bound.items()):
+            self._unbind(connection, park, "gateway stopping")
+            connection.close("gateway stopping")
+        for connection in list(self._unbound):
+            connection.close("gateway stopping")
+
+    # the sweep
+
+    def sweep(self) -> None:
+        """Close connections not logged in within bind_timeout, and lots silent for read_idle."""
+        now = self.clock.seconds()
+        tcp = self.host.tcp
+        for connection in list(self._unbound):
+            if connection.opened <= now - tcp.bind_timeout:
+                connection.close("not logged in within bind_timeout")
+        if tcp.read_idle:
+            for connection in list(self._bound.values()):
+                if connection.last_read <= now - tcp.read_idle:
+                    connection.close(f"nothing received for {tcp.read_idle} s (read_idle)")
+
+    # events from the connections
+
+    def connection_made(self, connection: BolinkConnection) -> None:
+        self._unbound[connection] = None
+
+    def connection_lost(self, connection: BolinkConnection, reason: Failure) -> None:
+        self._unbound.pop(connection, None)
+        park = connection.park
+        if park is not None and self._bound.get(park) is connection:
+            why = connection.close_reason or f"closed by the lot: {reason.getErrorMessage()}"
+            self._unbind(connection, park, why)
+        self._fail_pending(connection, NotConnected(park or "?"))
+
+    def oversize(self, connection: BolinkConnection, event: Oversize) -> None:
+        log.warn(
+            "dropped a line of more than {limit} bytes from {peer}", limit=event.limit, peer=connection.peer
+        )
+        connection.send(answer("", False, f"line longer than {event.limit} bytes; dropped", ""))
+
+    def line_received(self, connection: BolinkConnection, line: bytes) -> None:
+        if line == HEARTBEAT:
+            connection.send(HEARTBEAT_ANSWER)
+            return
+        if line == _BYTE_HEARTBEAT:
+            connection.send(b"\x12\n")
+            return
+        try:
+            envelope = parse_line(line)
+        except BadMessage as error:
+            connection.send(answer(error.service, False, str(error), ""))
+            return
+        service = envelope.service
+        if service == "login":
+            self._login(connection, envelope)
+            return
+        park = connection.park
+        lot = self.host.lot(park) if park is not None else None
+        if park is None or lot is None:
+            connection.send(answer(service, False, "log in first (service_name login)", envelope.order_id))
+            return
+        if service == _LIFTROD:
+            # The lot's answer to a gateOpen (lots never ask the platform to lift a rod).
+            self._liftrod_answered(connection, line)
+            return
+        if envelope.token != connection.token:
+            detail = "token: not the one this connection's login gave; log in again"
+            connection.send(answer(service, False, detail, envelope.order_id))
+            return
+        if not sign_ok(envelope, lot.secret, lot.signature):
+            connection.send(answer(service, False, "sign: does not match data", envelope.order_id))
+            return
+        self._uplink(connection, park, envelope)
+
+    # logging in
+
+    def _login(self, connection: BolinkConnection, envelope: Envelope) -> None:
+        data = envelope.data if isinstance(envelope.data, Mapping) else {}
+        park_id = data.get("park_id")
+        lot = self.host.lot(str(park_id)) if isinstance(park_id, str | int) and park_id != "" else None
+        if lot is None:
+            detail = f"park_id: {park_id!r} is not a bolink lot of this gateway"
+            connection.send(login_answer(False, detail, ""))
+            return
+        if not sign_ok(envelope, lot.secret, lot.signature):
+            connection.send(login_answer(False, "sign: does not match data", ""))
+            return
+        token = secrets.token_hex(16)
+        local = data.get("local_id")
+        self._bind(
+            connection, lot, token, f"login (local_id {local})" if local not in (None, "") else "login"
+        )
+        connection.send(login_answer(True, "", token))
+
+    def _bind(self, connection: BolinkConnection, lot: LotConfig, token: str, how: str) -> None:
+        park = lot.park_code
+        previous = connection.park
+        if previous is not None and previous != park and self._bound.get(previous) is connection:
+            self._unbind(connection, previous, f"the connection logged in as {park}")
+            self._fail_pending(connection, NotConnected(previous))
+        old = self._bound.get(park)
+        if old is not None and old is not connection:
+            self._unbind(old, park, f"replaced by a new connection from {connection.peer}")
+            old.park = None
+            old.close("replaced by a newer connection of the same lot")
+            self._fail_pending(old, NotConnected(park))
+        self._unbound.pop(connection, None)
+        connection.token = token
+        if old is connection:
+            return
+        connection.park = park
+        connection.bound_at = self.clock.seconds()
+        self._bound[park] = connection
+        self.host.online(park, connection.peer, how)
+
+    def _unbind(self, connection: BolinkConnection, park: str, reason: str) -> None:
+        if self._bound.get(park) is connection:
+            del self._bound[park]
+        self._last_seen[park] = connection.last_read
+        self._last_peer[park] = connection.peer
+        self.host.offline(park, connection.peer, reason)
+
+    # uplinks
+
+    def _uplink(self, connection: BolinkConnection, park: str, envelope: Envelope) -> None:
+        service, order_id = envelope.service, envelope.order_id
+        data = envelope.data if isinstance(envelope.data, Mapping) else {}
+        try:
+            messages = translate(service, data, self.host.zone)
+        except Untranslatable as error:
+            connection.send(answer(service, False, str(error), order_id))
+            return
+        # The token is the connection's own: not kept.
+        kept = {"service_name": service, "sign": envelope.sign, "data": envelope.data}
+        original = Original(service=service, opr=legacy_opr(service, order_id), message=kept)
+        stored = self.host.submit(park, original, messages or ())
+
+        def answered(outcome: Answer) -> None:
+            ok = outcome.result is Result.OK
+            connection.send(answer(service, ok, "" if ok else outcome.message, order_id))
+
+        stored.addCallback(answered).addErrback(
+            lambda failure: log.failure(
+                "answering {service} from {park} failed", failure, service=service, park=park
+            )
+        )
+
+    # gateOpen
+
+    def _liftrod_answered(self, connection: BolinkConnection, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return
+        channel = reply.get("channel_id")
+        matching = [p for p in connection.pending if channel is None or p.channel == str(channel)]
+        if not matching:
+            log.info("an operate_liftrod answer from {peer} matched no command", peer=connection.peer)
+            return
+        pending = matching[0]
+        self._forget(connection, pending)
+        state = reply.get("state")
+        errmsg = reply.get("errmsg") if isinstance(reply.get("errmsg"), str) else ""
+        if state in (1, "1"):
+            result = LotReply(
+                Result.OK.code, errmsg or Result.OK.text, {"barCode": pending.channel, "status": 1}
+            )
+        else:
+            detail = f"the lot answered operate_liftrod with state {state!r}" + (
+                f": {errmsg}" if errmsg else ""
+            )
+            result = LotReply(
+                Result.FAILED.code, Result.FAILED.message(detail), {"barCode": pending.channel, "status": 0}
+            )
+        pending.deferred.callback(result)
+
+    def _forget(self, connection: BolinkConnection, pending: _Pending) -> None:
+        try:
+            connection.pending.remove(pending)
+        except ValueError:
+            pass
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+
+    def _expire(self, connection: BolinkConnection, pending: _Pending, park: str, deadline: float) -> None:
+        self._forget(connection, pending)
+        pending.deferred.errback(DeadlinePassed(park, "gateOpen", deadline))
+
+    def _fail_pending(self, connection: BolinkConnection, error: Exception) -> None:
+        while connection.pending:
+            pending = connection.pending.popleft()
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+            pending.deferred.errback(error)
+
+
+@implementer(IPlugin, IDialect)
+class BolinkDialect:
+    """The ParkingOS cloud's lot protocol: JSON lines on a TCP port of its own."""
+
+    name = NAME
+    listeners = (NAME,)
+    summary = "lots speaking the ParkingOS (bolink) line protocol: in_park, out_park, operate_liftrod"
+
+    def check_lot(self, lot: LotConfig) -> str | None:
+        if not lot.secret and lot.signature != "off":
+            return "secret: must not be empty: a bolink lot proves who it is by signing with it"
+        return None
+
+    def serve(self, host: IDialectHost) -> BolinkServer:
+        return BolinkServer(host)
+
+
+bolink = BolinkDialect()

@@ -1,0 +1,282 @@
+"""
+The gateway's side of the dialect interface: what a dialect is given, and where its downlinks go.
+
+`DialectHost` is the gateway as one dialect sees it (``IDialectHost``): its lots,
+the clock, and `submit`, the one door to the journal, which applies the same
+rules to a legacy message as the HTTP uplink applies to a standard request
+(fields, business rules, repeats, nothing answered before it is durable).
+`LotRouter` is every lot as the command API, the sync queue and the metrics see
+them: it sends each downlink through the dialect of its lot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.config import Config, LotConfig, TcpConfig
+from gateway.dialects.interface import (
+    IDialectHost,
+    IDialectServer,
+    LotReply,
+    LotState,
+    Message,
+    NotConnected,
+    Original,
+    Unsupported,
+)
+from gateway.journal.record import dumps_compact
+from gateway.lots.answers import OK, Answer
+from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD
+from gateway.lots.login import Appender, Checker, not_stored_answer
+from gateway.lots.parks import ParkTotals
+from gateway.lots.repeats import Repeats
+from gateway.lots.sessions import Sessions
+from gateway.lots.uplink import UPLINK_RECORD, Queries, Rejected, check_business_rules
+from gateway.protocol.catalog import DeliveryClass, lookup
+from gateway.protocol.redact import redact
+from gateway.protocol.results import Result
+from gateway.protocol.validation import FieldError, validate
+
+__all__ = ["LEGACY_RECORD", "DialectHost", "GatewayParts", "LotRouter"]
+
+log = Logger()
+
+LEGACY_RECORD = "legacy"
+"""The journal's record of a legacy message as a dialect received it (kept beside its translations)."""
+
+_DEFAULT_DEADLINE = 30.0
+# "data.recordCode", "data[2].recordCode": the member of the message a FieldError is about.
+_FIELD = re.compile(r"data(?:\[\d+\])?\.([^.\[]+)")
+
+
+@frozen
+class GatewayParts:
+    """The gateway's own parts, which the built-in standard dialect is wired from.
+
+    Vendor dialects use the host's methods instead: these are not a stable interface.
+    """
+
+    config: Config
+    clock: IReactorTime
+    journal: Appender
+    sessions: Sessions
+    repeats: Repeats
+    totals: ParkTotals
+    passwords: Checker
+    queries: Queries | None = None
+
+
+@implementer(IDialectHost)
+class DialectHost:
+    """The gateway as the dialect `name` sees it."""
+
+    def __init__(self, name: str, parts: GatewayParts, bound: Callable[[str], None]) -> None:
+        self.name = name
+        self.parts = parts
+        self.clock = parts.clock
+        self.zone = parts.config.gateway.timezone
+        self.tcp: TcpConfig = parts.config.tcp
+        self._bound = bound
+
+    def resume(self, park: str) -> None:
+        """Resume the lot's pending sync deliveries: it has just bound a connection."""
+        try:
+            self._bound(park)
+        except Exception:
+            log.failure("resuming the deliveries of lot {park} failed", park=park)
+
+    def lots(self) -> tuple[LotConfig, ...]:
+        return tuple(lot for lot in self.parts.config.lots if lot.dialect == self.name)
+
+    def lot(self, park: str) -> LotConfig | None:
+        lot = self.parts.config.lot_by_park(park)
+        return lot if lot is not None and lot.dialect == self.name else None
+
+    def deadline(self, code: str) -> float:
+        interface = lookup(code)
+        default = interface.deadline if interface is not None and interface.deadline else _DEFAULT_DEADLINE
+        return self.parts.config.deadlines.get(code, default)
+
+    # uplinks
+
+    def submit(self, park: str, original: Original, messages: Sequence[Message]) -> Deferred[Answer]:
+        """Store `original` and `messages` (see ``IDialectHost.submit``); never fails."""
+        if self.lot(park) is None:
+            return succeed(Answer.of(Result.NO_SUCH_PARK, f"park {park!r} is not a {self.name} lot"))
+        repeats, opr = self.parts.repeats, _repeat_key(original.opr)
+        repeated = repeats.seen(park, opr)
+        if repeated is not None:
+            return repeated
+        repeats.begin(park, opr)
+        try:
+            checked = [self._checked(park, message) for message in messages]
+        except Rejected as rejected:
+            repeats.finish(park, opr, rejected.answer, stored=False)
+            return succeed(rejected.answer)
+        stored = self._store(park, original, opr, checked)
+
+        def done(answer: Answer) -> Answer:
+            repeats.finish(park, opr, answer, stored=answer.result is Result.OK)
+            return answer
+
+        return stored.addCallback(done)
+
+    def _checked(self, park: str, message: Message) -> tuple[str, object]:
+        interface = lookup(message.code)
+        if interface is None or interface.uplink is not DeliveryClass.REPORT:
+            log.error(
+                "the {dialect} dialect made a {code} message, which is not a report",
+                dialect=self.name,
+                code=message.code,
+            )
+            raise Rejected(Answer.of(Result.FAILED, f"the {self.name} dialect cannot carry {message.code}"))
+        code = interface.code
+        data = message.data
+        if data is None or data == {} or data == []:
+            raise Rejected(Answer.of(Result.EMPTY_BODY, f"{code}: no data"))
+        sources = message.sources
+
+        def name(field: str) -> str:
+            source = sources.get(field)
+            return f"{field} (from data.{source})" if source else field
+
+        try:
+            data = validate(interface.request, data)
+        except FieldError as error:
+            match = _FIELD.match(error.path)
+            source = sources.get(match.group(1)) if match else None
+            whence = f" (from data.{source})" if source else ""
+            raise Rejected(
+                Answer.of(Result.FIELD_INVALID, f"{code} {error.path}{whence}: {error.reason}")
+            ) from None
+        items = data if isinstance(data, list) else [data]
+        for index, item in enumerate(items):
+            where = f"{code} data[{index}]" if isinstance(data, list) else f"{code} data"
+            check_business_rules(code, park, item, where, self.parts.totals, name)
+        return code, data
+
+    def _store(
+        self, park: str, original: Original, opr: str, checked: list[tuple[str, object]]
+    ) -> Deferred[Answer]:
+        journal = self.parts.journal
+        body = {
+            "dialect": self.name,
+            "translated": [code for code, _ in checked],
+            "message": redact(original.message),
+        }
+        try:
+            # What the journal cannot write would fail part way through the appends below,
+            # leaving some stored and the lot told to retry: refuse it before the first.
+            for _, data in checked:
+                dumps_compact(data)
+            dumps_compact(body)
+        except Exception as error:
+            log.error(
+                "the {dialect} dialect gave a message the journal cannot store: {error}",
+                dialect=self.name,
+                error=error,
+            )
+            return succeed(Answer.of(Result.FAILED, f"the {self.name} dialect made an unstorable message"))
+        # Appended in one turn, so they share one write and one fsync. The original goes
+        # last: once it is on disk, so is everything made of it, and a repeat is answered
+        # from it (after a restart too) only when nothing made of it can be missing.
+        appends = [
+            journal.append(UPLINK_RECORD, park, code, f"{opr}-{index}", data)
+            for index, (code, data) in enumerate(checked)
+        ]
+        appends.append(journal.append(LEGACY_RECORD, park, original.service, opr, body))
+
+        def stored(_: object) -> Answer:
+            for code, data in checked:
+                if code == "parkEnv":
+                    self.parts.totals.observe(park, data)
+            return OK
+
+        def not_stored(failure: Failure) -> Answer:
+            if failure.check(FirstError):
+                failure = failure.value.subFailure
+            return not_stored_answer(failure)
+
+        return gatherResults(appends, consumeErrors=True).addCallbacks(stored, not_stored)
+
+    # connections
+
+    def online(self, park: str, peer: str, how: str) -> None:
+        log.info("lot {park} bound from {peer} by {how}", park=park, peer=peer, how=how)
+        self._record(ONLINE_RECORD, park, {"peer": peer, "reason": how})
+        self.resume(park)
+
+    def offline(self, park: str, peer: str, reason: str) -> None:
+        log.info("lot {park} unbound from {peer}: {reason}", park=park, peer=peer, reason=reason)
+        self._record(OFFLINE_RECORD, park, {"peer": peer, "reason": reason})
+
+    def _record(self, kind: str, park: str, body: dict[str, str]) -> None:
+        # Online/offline records are facts to forward, not promises: nothing waits on them.
+        try:
+            stored = self.parts.journal.append(kind, park, "", "", body)
+        except Exception:
+            log.failure("the journal refused a {kind} record", kind=kind)
+            return
+        stored.addErrback(
+            lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
+        )
+
+
+def _repeat_key(opr: str) -> str:
+    """The legacy message's id as journaled: as given, or its MD5 when longer than 32 characters.
+
+    32 leaves room for the "-n" of the standard messages within the standard's 36.
+    """
+    if len(opr) <= 32:
+        return opr
+    return hashlib.md5(opr.encode("utf-8", "replace")).hexdigest()
+
+
+class LotRouter:
+    """Every configured lot, whatever its dialect: downlinks go through the lot's dialect."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self.servers: dict[str, IDialectServer] = {}
+        # The standard dialect's downlink counters, for the metrics.
+        self.counters: Mapping[str, int] = {}
+
+    def _server(self, park: str) -> tuple[str, IDialectServer | None]:
+        lot = self._config.lot_by_park(park)
+        if lot is None:
+            return "", None
+        return lot.dialect, self.servers.get(lot.dialect)
+
+    def supports(self, park: str, code: str) -> bool:
+        """Whether the lot's dialect can carry the downlink `code` (unknown lots: no)."""
+        _, server = self._server(park)
+        return server is not None and bool(server.supports(code))
+
+    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``)."""
+        dialect, server = self._server(park)
+        if server is None:
+            return fail(NotConnected(park))
+        if not server.supports(code):
+            return fail(Unsupported(dialect, code))
+        return server.command(park, code, data)
+
+    def state(self, park: str) -> LotState:
+        _, server = self._server(park)
+        if server is None:
+            return LotState(park, False, None, None, "")
+        state: LotState = server.state(park)
+        return state
+
+    def states(self) -> list[LotState]:
+        """The state of every configured lot, in configuration order."""
+        return [self.state(lot.park_code) for lot in self._config.lots]

@@ -1,0 +1,103 @@
+"""
+The built-in `standard` dialect: T/CPMI 002-2018 itself, as the contract gives it.
+
+Lots post their uplinks over HTTP (`[listen] uplink`, B.2) and hold the TCP
+downlink (`[listen] downlink`, B.3). The work is done by the lot side
+(`gateway.lots`); this module puts it behind the same interface as every
+other dialect.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from gateway.config import LotConfig
+from gateway.dialects.host import DialectHost
+from gateway.dialects.interface import IDialect, IDialectServer, LotReply, LotState
+from gateway.lots.downlink import Downlinks
+from gateway.lots.http import UplinkResource, UplinkSite
+from gateway.lots.uplink import UplinkHandler
+from gateway.protocol.catalog import lookup
+
+__all__ = ["StandardDialect", "StandardServer", "standard"]
+
+
+@implementer(IDialectServer)
+class StandardServer:
+    """The standard dialect at work: the HTTP uplink site and the TCP downlinks."""
+
+    def __init__(self, host: DialectHost) -> None:
+        parts = host.parts
+        config = parts.config
+        handler = UplinkHandler(
+            config=config,
+            journal=parts.journal,
+            sessions=parts.sessions,
+            repeats=parts.repeats,
+            totals=parts.totals,
+            passwords=parts.passwords,
+            clock=parts.clock,
+            queries=parts.queries,
+        )
+        self.site = UplinkSite(
+            UplinkResource(handler, config.uplink.max_body_bytes).resource(), reactor=parts.clock
+        )
+        self.downlinks = Downlinks(
+            config=config,
+            sessions=parts.sessions,
+            passwords=parts.passwords,
+            journal=parts.journal,
+            clock=parts.clock,
+            deadlines=config.deadlines,
+        )
+        self.downlinks.bound_listeners.append(host.resume)
+
+    def factory(self, listener: str) -> IProtocolFactory:
+        if listener == "uplink":
+            return self.site
+        if listener == "downlink":
+            return self.downlinks.factory()
+        raise KeyError(listener)
+
+    def supports(self, code: str) -> bool:
+        interface = lookup(code)
+        return interface is not None and interface.downlink is not None
+
+    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+        return self.downlinks.command(park, code, data)
+
+    def state(self, park: str) -> LotState:
+        return self.downlinks.state(park)
+
+    def start(self) -> None:
+        self.downlinks.start()
+
+    def stop(self) -> None:
+        self.downlinks.stop()
+        # This runs before the journal closes, so each bound lot's offline record is kept.
+        self.downlinks.disconnect_all("gateway stopping")
+
+
+@implementer(IPlugin, IDialect)
+class StandardDialect:
+    """T/CPMI 002-2018 as the contract gives it: HTTP uplink, TCP downlink."""
+
+    name = "standard"
+    listeners = ("uplink", "downlink")
+    summary = "T/CPMI 002-2018 itself: uplinks over HTTP (B.2), the downlink over TCP (B.3)"
+
+    def check_lot(self, lot: LotConfig) -> str | None:
+        if not lot.username:
+            return "username: must not be empty"
+        if not lot.password:
+            return "password: must not be empty: the argon2id hash of cpmictl passwd"
+        return None
+
+    def serve(self, host: DialectHost) -> StandardServer:  # type: ignore[override]
+        return StandardServer(host)
+
+
+standard = StandardDialect()

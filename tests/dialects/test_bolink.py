@@ -1,0 +1,1130 @@
+"""The bolink dialect at work: logins, uplinks, answers, gateOpen, binds and the sweep, over a DialectRig."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, TypeVar
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.plugin import IPlugin
+from twisted.python.failure import Failure
+from zope.interface.verify import verifyObject
+
+from gateway.config import ConfigError, parse
+from gateway.dialects.bolink import BolinkDialect, BolinkServer, bolink, legacy_opr
+from gateway.dialects.interface import (
+    DeadlinePassed,
+    IDialect,
+    IDialectServer,
+    LotReply,
+    LotState,
+    NotConnected,
+    Unsupported,
+)
+from gateway.dialects.standard import standard
+from gateway.dialects.testing import START, DialectRig, LotPeer
+from gateway.journal.record import Record
+from gateway.protocol.results import Result
+
+SECRET = "bolink-secret"
+# Only its form is checked when the configuration is read.
+HASH = "$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$aGFzaA"
+IN_TIME = 1_700_000_000  # 2023-11-15 06:13:20 in Asia/Shanghai
+OUT_TIME = IN_TIME + 2 * 3600 + 125  # 2 h 2 min 5 s later: 08:15:25
+ENTRY: dict[str, Any] = {
+    "order_id": "A20231115001",
+    "car_number": "京A12345",
+    "in_channel_id": "E1",
+    "in_time": IN_TIME,
+    "car_type": "月租车",
+    "empty_plot": 5,
+}
+EXIT: dict[str, Any] = {
+    "order_id": "A20231115001",
+    "car_number": "京A12345",
+    "in_channel_id": "E1",
+    "out_channel_id": "X1",
+    "in_time": IN_TIME,
+    "out_time": OUT_TIME,
+    "car_type": "月租车",
+    "amount_receivable": "12.50",
+    "total": 10,
+    "reduce_amount": 2.5,
+    "pay_type": "cash",
+    "empty_plot": 6,
+}
+LIFTED = b'{"service_name":"operate_liftrod","state":1}\n'
+E = TypeVar("E", bound=Exception)
+
+
+def lot_table(park: str = "P1", **keys: Any) -> dict[str, Any]:
+    """A [[lot]] table of a bolink lot."""
+    return {"park_code": park, "dialect": "bolink", "secret": SECRET, **keys}
+
+
+def make_rig(*lots: dict[str, Any], **settings: dict[str, Any]) -> DialectRig:
+    """A rig serving bolink for `lots` (one lot P1 by default), with [tcp]/[deadlines] `settings`."""
+    return DialectRig(bolink, lots=list(lots) or [lot_table()], settings=settings)
+
+
+def signed(data_text: str, secret: str = SECRET) -> str:
+    """bolink's signature, worked out here from its definition: MD5(data + "key=" + secret), upper case."""
+    return hashlib.md5((data_text + "key=" + secret).encode("utf-8")).hexdigest().upper()
+
+
+def json_text(data: dict[str, Any]) -> str:
+    """`data` as `line` writes (and signs) it."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def line(
+    service: str,
+    data: dict[str, Any] | None = None,
+    *,
+    token: str = "",
+    secret: str = SECRET,
+    sign: str | None = None,
+) -> bytes:
+    """One bolink message as a lot writes it: `data` compact, in its own key order, signed."""
+    text = json_text(data) if data is not None else ""
+    members = [
+        f'"service_name":{json.dumps(service)}',
+        f'"token":{json.dumps(token)}',
+        f'"sign":{json.dumps(signed(text, secret) if sign is None else sign)}',
+    ]
+    if data is not None:
+        members.append(f'"data":{text}')
+    return ("{" + ",".join(members) + "}\n").encode("utf-8")
+
+
+def answers(peer: LotPeer) -> list[dict[str, Any]]:
+    """The lines the gateway wrote to `peer` since the last call, parsed."""
+    return [json.loads(text) for text in peer.received().splitlines()]
+
+
+def body(record: Record) -> dict[str, Any]:
+    """A record's body, which must be a JSON object."""
+    assert isinstance(record.body, dict)
+    return record.body
+
+
+def server(rig: DialectRig) -> BolinkServer:
+    """The rig's bolink server, with its own methods (the sweep)."""
+    assert isinstance(rig.server, BolinkServer)
+    return rig.server
+
+
+def only_answer(peer: LotPeer) -> dict[str, Any]:
+    """The one line the gateway wrote to `peer` since the last call, parsed."""
+    [answer] = answers(peer)
+    return answer
+
+
+def log_in(rig: DialectRig, park: str = "P1", secret: str = SECRET) -> tuple[LotPeer, str]:
+    """Connect a lot, log it in as `park`; its connection and token."""
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": park, "local_id": "L1"}, secret=secret))
+    answer = only_answer(peer)
+    assert answer["state"] == 1, answer
+    return peer, answer["token"]
+
+
+def outcome(deferred: Deferred[Any]) -> list[Any]:
+    """A list that gets the Deferred's result (or Failure) once it fires."""
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    return results
+
+
+def failed_with(results: list[Any], error: type[E]) -> E:
+    """The exception of the one Failure in `results`, which must be an `error`."""
+    [result] = results
+    assert isinstance(result, Failure), result
+    assert result.check(error), result
+    exception = result.value
+    assert isinstance(exception, error)
+    return exception
+
+
+# --- the plugin ----------------------------------------------------------------------------------
+
+
+def test_bolink_provides_the_dialect_interfaces() -> None:
+    """The bolink plugin object is an IPlugin and IDialect named bolink, listening on [listen] bolink."""
+    assert verifyObject(IPlugin, bolink)
+    assert verifyObject(IDialect, bolink)
+    assert bolink.name == "bolink"
+    assert bolink.listeners == ("bolink",)
+    assert isinstance(bolink, BolinkDialect)
+
+
+def test_server_provides_the_server_interface() -> None:
+    """The server bolink builds is an IDialectServer; it serves only the bolink listener."""
+    rig = make_rig()
+    assert isinstance(rig.server, BolinkServer)
+    assert verifyObject(IDialectServer, rig.server)
+    with pytest.raises(KeyError):
+        rig.server.factory("uplink")
+
+
+# --- heartbeats ----------------------------------------------------------------------------------
+
+
+def test_heartbeat_line_is_answered() -> None:
+    """The line 0x11 is answered with the line 0x12, before and after login, and journals nothing."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(b"0x11\n")
+    assert peer.received() == b"0x12\n"
+    peer, _ = log_in(rig)
+    peer.send(b"0x11\r\n")
+    assert peer.received() == b"0x12\n"
+    assert [r.kind for r in rig.records()] == ["lot-online"]
+
+
+def test_heartbeat_byte_with_line_end_is_answered() -> None:
+    """The byte 0x11 on a line of its own is answered with the byte 0x12 and a line end."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    peer.send(b"\x11\n")
+    assert peer.received() == b"\x12\n"
+    assert peer.closed is False
+
+
+def test_heartbeat_bare_byte_is_answered() -> None:
+    """The single byte 0x11, with no line end, is answered with 0x12 and does not spoil the next line."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(b"\x11")
+    assert peer.received() == b"\x12\n"
+    peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
+    assert only_answer(peer)["state"] == 1
+
+
+# --- logging in ----------------------------------------------------------------------------------
+
+
+def test_login_answers_a_token_and_binds_the_lot() -> None:
+    """A login signed with the lot's secret is answered state 1 with a fresh token; the lot is online."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
+    answer = only_answer(peer)
+    assert list(answer) == ["service_name", "state", "errmsg", "token"]
+    assert answer["service_name"] == "login"
+    assert answer["state"] == 1
+    assert answer["errmsg"] == ""
+    assert re.fullmatch(r"[0-9a-f]{32}", answer["token"])
+    [online] = rig.records()
+    assert (online.kind, online.park, online.code, online.opr) == ("lot-online", "P1", "", "")
+    assert online.body == {"peer": "192.0.2.7:40001", "reason": "login (local_id L1)"}
+    assert rig.resumed == ["P1"]
+    assert rig.server.state("P1") == LotState("P1", True, START, START, "192.0.2.7:40001")
+
+
+def test_each_login_gets_its_own_token() -> None:
+    """Two lots logging in get different tokens."""
+    rig = make_rig(lot_table("P1"), lot_table("P2"))
+    _, first = log_in(rig, "P1")
+    _, second = log_in(rig, "P2")
+    assert first != second
+
+
+def test_login_with_a_wrong_sign_is_refused_and_the_connection_kept() -> None:
+    """A login not signed with the lot's secret is answered state 0 naming sign; a right one then works."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": "P1", "local_id": "L1"}, secret="not-the-secret"))
+    answer = only_answer(peer)
+    assert answer == {"service_name": "login", "state": 0, "errmsg": answer["errmsg"], "token": ""}
+    assert "sign" in answer["errmsg"]
+    assert peer.closed is False
+    assert rig.records() == []
+    assert rig.server.state("P1").connected is False
+    peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
+    assert only_answer(peer)["state"] == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"park_id": "P9", "local_id": "L1"},  # not configured
+        {"park_id": "P2", "local_id": "L1"},  # a lot of the standard dialect
+        {"park_id": "", "local_id": "L1"},
+        {"local_id": "L1"},
+    ],
+)
+def test_login_of_a_park_that_is_no_bolink_lot_is_refused(data: dict[str, Any]) -> None:
+    """A login naming no bolink lot of this gateway is answered state 0 naming park_id; nothing binds."""
+    rig = make_rig(lot_table("P1"), {"park_code": "P2", "username": "u2", "password": HASH})
+    peer = rig.connect()
+    peer.send(line("login", data))
+    answer = only_answer(peer)
+    assert (answer["state"], answer["token"]) == (0, "")
+    assert "park_id" in answer["errmsg"]
+    assert peer.closed is False
+    assert rig.records() == []
+    assert rig.resumed == []
+
+
+def test_login_takes_a_numeric_park_id() -> None:
+    """A login whose park_id is a number finds the lot whose park code is that number written out."""
+    rig = make_rig(lot_table("1001"))
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": 1001, "local_id": "L1"}))
+    assert only_answer(peer)["state"] == 1
+    assert rig.server.state("1001").connected is True
+
+
+# --- who may send --------------------------------------------------------------------------------
+
+
+def test_uplink_before_login_is_refused() -> None:
+    """Any message before login is answered state 0 "log in first", stored nowhere, connection kept."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(line("in_park", ENTRY))
+    assert only_answer(peer) == {
+        "service_name": "in_park",
+        "state": 0,
+        "errmsg": "log in first (service_name login)",
+        "order_id": "A20231115001",
+    }
+    assert rig.records() == []
+    assert peer.closed is False
+
+
+def test_uplink_with_a_wrong_token_is_refused() -> None:
+    """A message whose token is not the one this connection's login gave is answered state 0 naming token."""
+    rig = make_rig(lot_table("P1"), lot_table("P2"))
+    peer, _ = log_in(rig, "P1")
+    _, other = log_in(rig, "P2")
+    for token in ("", "0" * 32, other):
+        peer.send(line("in_park", ENTRY, token=token))
+        answer = only_answer(peer)
+        assert answer["state"] == 0
+        assert "token" in answer["errmsg"]
+    assert rig.codes() == []
+    assert rig.originals() == []
+
+
+def test_uplink_with_a_wrong_sign_is_refused() -> None:
+    """A message not signed with the lot's secret is answered state 0 naming sign and stored nowhere."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token, secret="not-the-secret"))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert answer["errmsg"] == "sign: does not match data"
+    peer.send(line("in_park", ENTRY, token=token, sign=""))
+    assert only_answer(peer)["state"] == 0
+    assert rig.codes() == []
+
+
+def test_signature_off_takes_unsigned_messages_from_a_lot_without_secret() -> None:
+    """A lot with signature "off" (and no secret) logs in and sends with any sign or none."""
+    rig = make_rig(lot_table(secret="", signature="off"))
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": "P1"}, sign=""))
+    token = only_answer(peer)["token"]
+    peer.send(line("in_park", ENTRY, token=token, sign="whatever"))
+    assert only_answer(peer)["state"] == 1
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_signature_optional_takes_unsigned_but_checks_signed_messages() -> None:
+    """A lot with signature "optional" may leave sign empty, but a sign it gives must match."""
+    rig = make_rig(lot_table(signature="optional"))
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": "P1"}, sign=""))
+    token = only_answer(peer)["token"]
+    peer.send(line("in_park", ENTRY, token=token, sign=""))
+    assert only_answer(peer)["state"] == 1
+    peer.send(line("out_park", EXIT, token=token, sign="0" * 32))
+    assert only_answer(peer)["errmsg"] == "sign: does not match data"
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_signature_required_refuses_an_unsigned_login() -> None:
+    """A lot with the default signature mode ("required") cannot log in without a sign."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(line("login", {"park_id": "P1"}, sign=""))
+    assert only_answer(peer)["state"] == 0
+
+
+# --- uplinks: translated and stored --------------------------------------------------------------
+
+
+def test_in_park_is_stored_as_car_in_and_free_space() -> None:
+    """in_park with empty_plot is journaled as carIn and freeSpace, then itself; answered state 1."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    assert only_answer(peer) == {
+        "service_name": "in_park",
+        "state": 1,
+        "errmsg": "",
+        "order_id": "A20231115001",
+    }
+    online, car_in, free_space, original = rig.records()
+    assert online.kind == "lot-online"
+    assert (car_in.kind, car_in.park, car_in.code, car_in.opr) == (
+        "uplink",
+        "P1",
+        "carIn",
+        "in_park:A20231115001-0",
+    )
+    assert car_in.body == {
+        "recordCode": "A20231115001",
+        "carNum": "京A12345",
+        "inCross": "E1",
+        "inTime": "2023-11-15 06:13:20",
+        "inIdentity": 1,
+    }
+    assert (free_space.kind, free_space.code, free_space.opr) == (
+        "uplink",
+        "freeSpace",
+        "in_park:A20231115001-1",
+    )
+    assert free_space.body == {"emptyNum": 5}
+    assert (original.kind, original.park, original.code, original.opr) == (
+        "legacy",
+        "P1",
+        "in_park",
+        "in_park:A20231115001",
+    )
+    # The token is the connection's: not kept.
+    assert original.body == {
+        "dialect": "bolink",
+        "translated": ["carIn", "freeSpace"],
+        "message": {"service_name": "in_park", "sign": signed(json_text(ENTRY)), "data": ENTRY},
+    }
+    rig.check_catalog()
+
+
+def test_in_park_events_carry_rfc3339_times() -> None:
+    """The events of an in_park are carIn and freeSpace (not the legacy record), times in +08:00."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    online, car_in, free_space = rig.events()
+    assert online["type"] == "org.cpmi.gateway.lot-online.v1"
+    assert car_in == {
+        "specversion": "1.0",
+        "id": "gw-test-2",
+        "source": "urn:cpmi:park:P1",
+        "type": "org.cpmi.t002.carIn.v1",
+        "time": "2023-11-14T22:13:20.000000Z",
+        "datacontenttype": "application/json",
+        "cpmioprnum": "in_park:A20231115001-0",
+        "cpmiseq": 2,
+        "data": {
+            "recordCode": "A20231115001",
+            "carNum": "京A12345",
+            "inCross": "E1",
+            "inTime": "2023-11-15T06:13:20+08:00",
+            "inIdentity": 1,
+        },
+    }
+    assert free_space == {
+        "specversion": "1.0",
+        "id": "gw-test-3",
+        "source": "urn:cpmi:park:P1",
+        "type": "org.cpmi.t002.freeSpace.v1",
+        "time": "2023-11-14T22:13:20.000000Z",
+        "datacontenttype": "application/json",
+        "cpmioprnum": "in_park:A20231115001-1",
+        "cpmiseq": 3,
+        "data": {"emptyNum": 5},
+    }
+
+
+def test_in_park_without_empty_plot_makes_no_free_space() -> None:
+    """in_park without empty_plot is journaled as a carIn alone."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    entry = {key: value for key, value in ENTRY.items() if key != "empty_plot"}
+    peer.send(line("in_park", entry, token=token))
+    assert only_answer(peer)["state"] == 1
+    assert rig.codes() == ["carIn"]
+    assert body(rig.originals()[0])["translated"] == ["carIn"]
+
+
+@pytest.mark.parametrize("service", ["out_park", "upload_order"])
+def test_exit_is_stored_as_car_out_and_free_space(service: str) -> None:
+    """out_park and upload_order are journaled as carOut and freeSpace; their events carry +08:00 times."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    rig.clock.advance(OUT_TIME - START)
+    peer.send(line(service, EXIT, token=token))
+    assert only_answer(peer) == {
+        "service_name": service,
+        "state": 1,
+        "errmsg": "",
+        "order_id": "A20231115001",
+    }
+    car_out, free_space = rig.records("uplink")
+    opr = f"{service}:A20231115001"
+    assert (car_out.code, car_out.opr, free_space.code, free_space.opr) == (
+        "carOut",
+        f"{opr}-0",
+        "freeSpace",
+        f"{opr}-1",
+    )
+    assert car_out.body == {
+        "recordCode": "A20231115001",
+        "carNum": "京A12345",
+        "inCross": "E1",
+        "outCross": "X1",
+        "inTime": "2023-11-15 06:13:20",
+        "outTime": "2023-11-15 08:15:25",
+        "inIdentity": 1,
+        "parkMinutes": 122,
+        "payMoney": 12.5,
+        "incomeMoney": 10.0,
+        "discountMoney": 2.5,
+        "paymentMode": 1,
+    }
+    assert free_space.body == {"emptyNum": 6}
+    [original] = rig.originals()
+    assert (original.code, original.opr, body(original)["translated"]) == (
+        service,
+        opr,
+        ["carOut", "freeSpace"],
+    )
+    rig.check_catalog()
+    _, car_out_event, free_space_event = rig.events()
+    assert car_out_event == {
+        "specversion": "1.0",
+        "id": "gw-test-2",
+        "source": "urn:cpmi:park:P1",
+        "type": "org.cpmi.t002.carOut.v1",
+        "time": "2023-11-15T00:15:25.000000Z",
+        "datacontenttype": "application/json",
+        "cpmioprnum": f"{opr}-0",
+        "cpmiseq": 2,
+        "data": {
+            **car_out.body,
+            "inTime": "2023-11-15T06:13:20+08:00",
+            "outTime": "2023-11-15T08:15:25+08:00",
+        },
+    }
+    assert free_space_event["type"] == "org.cpmi.t002.freeSpace.v1"
+    assert free_space_event["data"] == {"emptyNum": 6}
+
+
+def test_other_services_are_kept_and_forwarded_as_they_came() -> None:
+    """A service with no standard counterpart is journaled as legacy and forwarded as a bolink event."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    data = {"order_id": "M1", "month_user": "张三", "fee": 300}
+    peer.send(line("month_member_sync", data, token=token))
+    assert only_answer(peer) == {
+        "service_name": "month_member_sync",
+        "state": 1,
+        "errmsg": "",
+        "order_id": "M1",
+    }
+    assert rig.codes() == []
+    [original] = rig.originals()
+    assert (original.code, original.opr) == ("month_member_sync", "month_member_sync:M1")
+    message = {"service_name": "month_member_sync", "sign": signed(json_text(data)), "data": data}
+    assert original.body == {"dialect": "bolink", "translated": [], "message": message}
+    _, event = rig.events()
+    assert event == {
+        "specversion": "1.0",
+        "id": "gw-test-2",
+        "source": "urn:cpmi:park:P1",
+        "type": "org.cpmi.dialect.bolink.month_member_sync.v1",
+        "time": "2023-11-14T22:13:20.000000Z",
+        "datacontenttype": "application/json",
+        "cpmioprnum": "month_member_sync:M1",
+        "cpmiseq": 2,
+        "data": message,
+    }
+    assert token not in json.dumps(event)
+
+
+def test_other_service_without_order_gets_a_fresh_id_each_time() -> None:
+    """A kept message without an order_id is stored again each time it comes: it has no identity."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("park_status", {"free": 3}, token=token))
+    peer.send(line("park_status", {"free": 3}, token=token))
+    assert [a["state"] for a in answers(peer)] == [1, 1]
+    first, second = rig.originals()
+    assert first.opr != second.opr
+    assert re.fullmatch(r"[0-9a-f]{32}", first.opr)
+
+
+@pytest.mark.parametrize("service", ["in_park", "month_member_sync"])
+def test_uplink_is_answered_only_once_journaled(service: str) -> None:
+    """A message is answered only once the journal holds it durably: nothing is said while it is held."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    rig.journal.hold = True
+    peer.send(line(service, ENTRY, token=token))
+    assert peer.received() == b""
+    assert rig.originals() == []
+    rig.journal.release()
+    assert only_answer(peer)["state"] == 1
+    assert [r.code for r in rig.originals()] == [service]
+
+
+def test_journal_failure_is_answered_state_0_and_the_retry_stored() -> None:
+    """A message the journal cannot store is answered state 0 with 9999's text; sent again, it is stored."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    rig.journal.broken = OSError("disk full")
+    peer.send(line("in_park", ENTRY, token=token))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert answer["errmsg"].startswith(Result.FAILED.text)
+    assert "disk full" in answer["errmsg"]
+    rig.journal.broken = None
+    peer.send(line("in_park", ENTRY, token=token))
+    assert only_answer(peer)["state"] == 1
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+# --- repeats -------------------------------------------------------------------------------------
+
+
+def test_a_repeated_in_park_is_answered_again_and_stored_once() -> None:
+    """The same in_park (same order_id) sent twice is answered state 1 both times and journaled once."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    peer.send(line("in_park", ENTRY, token=token))
+    assert [a["state"] for a in answers(peer)] == [1, 1]
+    assert rig.codes() == ["carIn", "freeSpace"]
+    assert len(rig.originals()) == 1
+
+
+def test_a_repeat_while_the_first_is_held_waits_for_its_answer() -> None:
+    """A repeat arriving while the first is still being journaled gets its answer when it is durable."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    rig.journal.hold = True
+    peer.send(line("in_park", ENTRY, token=token))
+    peer.send(line("in_park", ENTRY, token=token))
+    assert peer.received() == b""
+    rig.journal.hold = False
+    rig.journal.release()
+    assert [a["state"] for a in answers(peer)] == [1, 1]
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_the_seventh_sending_within_an_hour_is_refused() -> None:
+    """The 7th sending of one in_park within an hour (its 6th repeat) is answered state 0 with 9007's text."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    for _ in range(6):
+        peer.send(line("in_park", ENTRY, token=token))
+        assert only_answer(peer)["state"] == 1
+    peer.send(line("in_park", ENTRY, token=token))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert answer["errmsg"].startswith(Result.TOO_MANY_REPEATS.text)
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_a_repeat_after_reconnecting_is_answered_and_not_stored_again() -> None:
+    """The same in_park sent again over a new connection (the lot retrying) is answered and stored once."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    assert only_answer(peer)["state"] == 1
+    peer.lose()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    assert only_answer(peer)["state"] == 1
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_the_same_in_park_an_hour_later_is_stored_again() -> None:
+    """The repeat rule covers an hour: the same in_park an hour after the first is a new message."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    rig.clock.advance(3599)
+    peer.send(line("in_park", ENTRY, token=token))
+    assert rig.codes() == ["carIn", "freeSpace"]
+    rig.clock.advance(1)
+    peer.send(line("in_park", ENTRY, token=token))
+    assert [a["state"] for a in answers(peer)] == [1, 1, 1]
+    assert rig.codes() == ["carIn", "freeSpace", "carIn", "freeSpace"]
+
+
+def test_entry_and_exit_of_one_order_are_not_repeats() -> None:
+    """in_park and out_park of the same order_id are different messages: both are stored."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    peer.send(line("out_park", EXIT, token=token))
+    assert [a["state"] for a in answers(peer)] == [1, 1]
+    assert rig.codes() == ["carIn", "freeSpace", "carOut", "freeSpace"]
+
+
+# --- what is not a message -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (b'{"service_name":"in_park",', "not a JSON object"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'"in_park"', "not a JSON object"),
+        (b'{"token":"x","data":{}}', "service_name: required"),
+        (b'{"service_name":"","data":{}}', "service_name: required"),
+        (b'{"service_name":"in_park","data":[1]}', "data: must be a JSON object"),
+        (b"\xff\xfe{}", "not UTF-8"),
+    ],
+)
+def test_a_line_that_is_no_message_is_answered_state_0_and_the_connection_kept(
+    text: bytes, problem: str
+) -> None:
+    """A line that is not a bolink message is answered state 0 naming the problem; the next one works."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(text + b"\n")
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert problem in answer["errmsg"]
+    assert peer.closed is False
+    peer.send(line("in_park", ENTRY, token=token))
+    assert only_answer(peer)["state"] == 1
+
+
+def test_an_oversize_line_is_answered_once_and_the_next_line_handled() -> None:
+    """A line of more than 64 KiB gets one state-0 answer naming the limit; the line after it is handled."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(b'{"service_name":"in_park","data":"' + b"x" * 40_000)
+    peer.send(b"x" * 40_000)
+    peer.send(b"x" * 40_000)
+    [answer] = answers(peer)
+    assert answer["state"] == 0
+    assert "65536" in answer["errmsg"]
+    peer.send(b'"}\n' + line("in_park", ENTRY, token=token))
+    assert only_answer(peer)["state"] == 1
+    assert peer.closed is False
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+# --- refusals naming the legacy field ------------------------------------------------------------
+
+
+def test_an_order_id_too_long_for_record_code_is_refused_naming_both() -> None:
+    """An order_id longer than recordCode's 20 characters is refused 9010 naming recordCode and order_id."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", {**ENTRY, "order_id": "X" * 21}, token=token))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert answer["errmsg"].startswith(Result.FIELD_INVALID.text)
+    assert "recordCode" in answer["errmsg"]
+    assert "order_id" in answer["errmsg"]
+    assert answer["order_id"] == "X" * 21
+    assert rig.codes() == []
+    assert rig.originals() == []
+
+
+@pytest.mark.parametrize(
+    ("service", "member", "value"),
+    [
+        ("in_park", "in_time", "abc"),
+        ("in_park", "car_number", ""),
+        ("out_park", "out_time", IN_TIME - 60),
+        ("out_park", "total", "12,50"),
+        ("out_park", "empty_plot", "many"),
+    ],
+)
+def test_a_member_without_counterpart_is_refused_naming_it(service: str, member: str, value: object) -> None:
+    """A legacy member that cannot be carried over is refused state 0 naming it; nothing is stored."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    data = ENTRY if service == "in_park" else EXIT
+    peer.send(line(service, {**data, member: value}, token=token))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert member in answer["errmsg"]
+    assert rig.codes() == []
+    assert rig.originals() == []
+
+
+def test_free_space_above_the_total_is_refused_and_nothing_stored() -> None:
+    """empty_plot above the park's totalNum is refused with 9105's text, and not even the carIn is stored."""
+    rig = make_rig()
+    rig.parts.totals.set("P1", 10)
+    peer, token = log_in(rig)
+    peer.send(line("in_park", {**ENTRY, "empty_plot": 11}, token=token))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert answer["errmsg"].startswith(Result.TOO_MANY_FREE.text)
+    assert rig.codes() == []
+    assert rig.originals() == []
+    # At the total it is accepted; and the refusal left nothing behind for the repeat rule.
+    peer.send(line("in_park", {**ENTRY, "empty_plot": 10}, token=token))
+    assert only_answer(peer)["state"] == 1
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_negative_free_space_is_refused() -> None:
+    """A negative empty_plot is refused with 9010's text and nothing is stored."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", {**ENTRY, "empty_plot": -1}, token=token))
+    answer = only_answer(peer)
+    assert answer["state"] == 0
+    assert answer["errmsg"].startswith(Result.FIELD_INVALID.text)
+    assert rig.codes() == []
+
+
+def test_negative_free_space_refusal_names_the_legacy_member() -> None:
+    """The 9010 for a negative empty_plot names empty_plot, the member the lot's vendor knows."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", {**ENTRY, "empty_plot": -1}, token=token))
+    assert "empty_plot" in only_answer(peer)["errmsg"]
+
+
+# --- gateOpen ------------------------------------------------------------------------------------
+
+
+def test_gate_open_goes_down_as_operate_liftrod() -> None:
+    """gateOpen reaches the lot as exactly one operate_liftrod line for the barCode's channel."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    assert peer.received() == (
+        b'{"service_name":"operate_liftrod","channel_id":"c1","channel_name":"","operate":1}\n'
+    )
+    assert results == []
+    peer.send(LIFTED)
+    assert results == [LotReply("0000", Result.OK.text, {"barCode": "c1", "status": 1})]
+    assert peer.received() == b""
+    assert rig.clock.getDelayedCalls() == []
+    # Commands and their answers are not lot messages: nothing is journaled for them here.
+    assert [r.kind for r in rig.records()] == ["lot-online"]
+
+
+@pytest.mark.parametrize(("data", "operate"), [({"barCode": "c1"}, 0), ({"barCode": "c1", "isOpen": 0}, 0)])
+def test_gate_open_without_is_open_sets_operate_0(data: dict[str, Any], operate: int) -> None:
+    """gateOpen without isOpen (or with 0) goes down with operate 0."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", data))
+    assert json.loads(peer.received())["operate"] == operate
+    peer.send(LIFTED)
+    assert len(results) == 1
+
+
+def test_a_refused_operate_liftrod_is_a_9999_reply() -> None:
+    """The lot's operate_liftrod answer with state 0 is a LotReply 9999 carrying its errmsg."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    peer.send(b'{"service_name":"operate_liftrod","state":0,"errmsg":"barrier jammed"}\n')
+    [reply] = results
+    assert isinstance(reply, LotReply)
+    assert reply.result_code == "9999"
+    assert "barrier jammed" in reply.result_message
+    assert reply.data == {"barCode": "c1", "status": 0}
+
+
+def test_gate_open_unanswered_within_the_deadline_fails() -> None:
+    """gateOpen the lot does not answer within 2 s fails with DeadlinePassed; a late answer is ignored."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1"}))
+    rig.clock.advance(1.9)
+    assert results == []
+    rig.clock.advance(0.1)
+    error = failed_with(results, DeadlinePassed)
+    assert (error.park, error.code, error.deadline) == ("P1", "gateOpen", 2.0)
+    peer.send(LIFTED)
+    assert len(results) == 1
+    assert peer.closed is False
+
+
+def test_gate_open_deadline_follows_the_configuration() -> None:
+    """[deadlines] gateOpen sets how long the lot has to answer."""
+    rig = make_rig(deadlines={"gateOpen": 5})
+    log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1"}))
+    rig.clock.advance(4.9)
+    assert results == []
+    rig.clock.advance(0.1)
+    failed_with(results, DeadlinePassed)
+
+
+def test_gate_open_to_a_lot_not_connected_fails() -> None:
+    """gateOpen to a lot without a connection (or to no lot at all) fails at once with NotConnected."""
+    rig = make_rig()
+    rig.connect()  # connected but not logged in
+    failed_with(outcome(rig.command("P1", "gateOpen", {"barCode": "c1"})), NotConnected)
+    failed_with(outcome(rig.command("P9", "gateOpen", {"barCode": "c1"})), NotConnected)
+
+
+def test_gate_open_fails_when_the_connection_is_lost_while_waiting() -> None:
+    """gateOpen fails with NotConnected when the lot's connection goes away before it answers."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1"}))
+    peer.lose()
+    failed_with(results, NotConnected)
+    assert rig.clock.getDelayedCalls() == []
+
+
+def test_gate_open_answers_are_matched_by_channel() -> None:
+    """Two gateOpens to different channels answered out of order each get their own channel's answer."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    first = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    second = outcome(rig.command("P1", "gateOpen", {"barCode": "c2", "isOpen": 1}))
+    peer.send(b'{"service_name":"operate_liftrod","channel_id":"c2","state":0}\n')
+    assert first == []
+    assert [r.result_code for r in second] == ["9999"]
+    peer.send(b'{"service_name":"operate_liftrod","channel_id":"c1","state":1}\n')
+    assert first == [LotReply("0000", Result.OK.text, {"barCode": "c1", "status": 1})]
+
+
+def test_gate_open_to_a_closing_connection_fails() -> None:
+    """gateOpen to a lot whose connection the gateway is closing fails with NotConnected."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    rig.clock.advance(180)
+    server(rig).sweep()
+    assert peer.closed is True
+    failed_with(outcome(rig.command("P1", "gateOpen", {"barCode": "c1"})), NotConnected)
+
+
+def test_only_gate_open_is_supported() -> None:
+    """The bolink dialect carries gateOpen and nothing else; another downlink fails with Unsupported."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    assert rig.server.supports("gateOpen") is True
+    for code in ("feeQuery", "parkEnv", "gateStatus", "nonsense"):
+        assert rig.server.supports(code) is False
+    error = failed_with(outcome(rig.command("P1", "feeQuery", {"recordCode": "A1"})), Unsupported)
+    assert (error.dialect, error.code) == ("bolink", "feeQuery")
+    assert peer.received() == b""
+
+
+# --- connections ---------------------------------------------------------------------------------
+
+
+def test_a_second_login_replaces_the_first_connection() -> None:
+    """A login of a bound park from a new connection closes the old one, failing its pending command."""
+    rig = make_rig()
+    old, _ = log_in(rig)
+    pending = outcome(rig.command("P1", "gateOpen", {"barCode": "c1"}))
+    rig.clock.advance(1)  # within gateOpen's 2 s
+    new, token = log_in(rig)
+    assert old.closed is True
+    assert new.closed is False
+    failed_with(pending, NotConnected)
+    assert [(r.kind, r.body) for r in rig.records()] == [
+        ("lot-online", {"peer": "192.0.2.7:40001", "reason": "login (local_id L1)"}),
+        (
+            "lot-offline",
+            {"peer": "192.0.2.7:40001", "reason": "replaced by a new connection from 192.0.2.7:40002"},
+        ),
+        ("lot-online", {"peer": "192.0.2.7:40002", "reason": "login (local_id L1)"}),
+    ]
+    assert rig.resumed == ["P1", "P1"]
+    assert rig.server.state("P1") == LotState("P1", True, START + 1, START + 1, "192.0.2.7:40002")
+    # The old connection going away later tells nothing more; the new one works.
+    old.lose()
+    assert len(rig.records()) == 3
+    new.send(line("in_park", ENTRY, token=token))
+    assert only_answer(new)["state"] == 1
+
+
+def test_logging_in_again_on_the_same_connection_keeps_the_bind() -> None:
+    """A second login on the bound connection gives a new token and journals no new lot-online."""
+    rig = make_rig()
+    peer, first = log_in(rig)
+    peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
+    second = only_answer(peer)["token"]
+    assert second != first
+    assert [r.kind for r in rig.records()] == ["lot-online"]
+    peer.send(line("in_park", ENTRY, token=first))
+    assert only_answer(peer)["state"] == 0
+    peer.send(line("in_park", ENTRY, token=second))
+    assert only_answer(peer)["state"] == 1
+
+
+def test_logging_in_as_another_park_moves_the_connection() -> None:
+    """A bound connection that logs in as another lot leaves the first (offline, commands failed)."""
+    rig = make_rig(lot_table("P1"), lot_table("P2"))
+    peer, _ = log_in(rig, "P1")
+    pending = outcome(rig.command("P1", "gateOpen", {"barCode": "c1"}))
+    peer.received()
+    peer.send(line("login", {"park_id": "P2"}))
+    assert only_answer(peer)["state"] == 1
+    failed_with(pending, NotConnected)
+    assert [(r.kind, r.park, body(r)["reason"]) for r in rig.records()] == [
+        ("lot-online", "P1", "login (local_id L1)"),
+        ("lot-offline", "P1", "the connection logged in as P2"),
+        ("lot-online", "P2", "login"),
+    ]
+    assert rig.server.state("P1").connected is False
+    assert rig.server.state("P2").connected is True
+    assert peer.closed is False
+
+
+def test_a_lost_connection_is_journaled_offline_and_shown_disconnected() -> None:
+    """When the lot goes away it is journaled offline, and its state shows when and where it was last."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    rig.clock.advance(30)
+    peer.send(b"0x11\n")
+    rig.clock.advance(7)
+    peer.lose()
+    offline = rig.records()[-1]
+    assert (offline.kind, offline.park) == ("lot-offline", "P1")
+    assert offline.body == {"peer": "192.0.2.7:40001", "reason": "closed by the lot: the lot went away"}
+    assert rig.server.state("P1") == LotState("P1", False, None, START + 30, "192.0.2.7:40001")
+
+
+def test_state_of_a_lot_never_connected() -> None:
+    """A lot that never connected is shown not connected, with nothing known of it."""
+    rig = make_rig()
+    assert rig.server.state("P1") == LotState("P1", False, None, None, "")
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+
+def test_a_connection_not_logged_in_within_bind_timeout_is_closed() -> None:
+    """A connection that has not logged in within tcp.bind_timeout (10 s) is closed by the sweep."""
+    rig = make_rig()
+    peer = rig.connect()
+    peer.send(b"0x11\n")  # a heartbeat is not a login
+    rig.clock.advance(9.9)
+    server(rig).sweep()
+    assert peer.closed is False
+    rig.clock.advance(0.1)
+    server(rig).sweep()
+    assert peer.closed is True
+    peer.lose()
+    assert rig.records() == []
+
+
+def test_bind_timeout_follows_the_configuration() -> None:
+    """tcp.bind_timeout sets how long a connection may stay without logging in."""
+    rig = make_rig(tcp={"bind_timeout": 30})
+    peer = rig.connect()
+    rig.clock.advance(29)
+    server(rig).sweep()
+    assert peer.closed is False
+    rig.clock.advance(1)
+    server(rig).sweep()
+    assert peer.closed is True
+
+
+def test_a_silent_lot_is_closed_after_read_idle() -> None:
+    """A logged-in lot that sends nothing for tcp.read_idle (180 s) is closed and journaled offline."""
+    rig = make_rig()
+    rig.server.start()
+    peer, _ = log_in(rig)
+    rig.clock.advance(179)
+    assert peer.closed is False
+    rig.clock.advance(1)
+    assert peer.closed is True
+    peer.lose()
+    offline = rig.records()[-1]
+    assert offline.kind == "lot-offline"
+    assert offline.body == {"peer": "192.0.2.7:40001", "reason": "nothing received for 180 s (read_idle)"}
+    rig.server.stop()
+
+
+def test_a_lot_sending_heartbeats_stays() -> None:
+    """A logged-in lot that sends heartbeats is kept well past read_idle."""
+    rig = make_rig()
+    rig.server.start()
+    peer, _ = log_in(rig)
+    for _ in range(10):
+        rig.clock.pump([60.0])
+        peer.send(b"0x11\n")
+    assert peer.closed is False
+    assert rig.server.state("P1").connected is True
+    rig.server.stop()
+
+
+def test_read_idle_0_never_closes_a_silent_lot() -> None:
+    """With tcp.read_idle = 0 a silent logged-in lot is never closed by the sweep."""
+    rig = make_rig(tcp={"read_idle": 0})
+    peer, _ = log_in(rig)
+    rig.clock.advance(86_400)
+    server(rig).sweep()
+    assert peer.closed is False
+
+
+def test_stop_closes_every_connection_and_reports_bound_lots_offline() -> None:
+    """stop() closes all connections, journals lot-offline for each bound lot, and leaves no timer."""
+    rig = make_rig(lot_table("P1"), lot_table("P2"))
+    rig.server.start()
+    first, _ = log_in(rig, "P1")
+    second, _ = log_in(rig, "P2")
+    stranger = rig.connect()
+    rig.server.stop()
+    assert (first.closed, second.closed, stranger.closed) == (True, True, True)
+    offline = [r for r in rig.records() if r.kind == "lot-offline"]
+    assert sorted((r.park, body(r)["reason"]) for r in offline) == [
+        ("P1", "gateway stopping"),
+        ("P2", "gateway stopping"),
+    ]
+    assert rig.clock.getDelayedCalls() == []
+    # The transports finishing their close journal nothing more.
+    first.lose()
+    second.lose()
+    stranger.lose()
+    assert len([r for r in rig.records() if r.kind == "lot-offline"]) == 2
+
+
+# --- legacy_opr ----------------------------------------------------------------------------------
+
+
+def test_legacy_opr_is_service_and_order() -> None:
+    """A message's repeat id is its service and order_id; too long, their MD5; without order, fresh."""
+    assert legacy_opr("in_park", "A1") == "in_park:A1"
+    long = legacy_opr("upload_order", "X" * 21)
+    assert long == hashlib.md5(("upload_order:" + "X" * 21).encode()).hexdigest()
+    assert legacy_opr("upload_order", "X" * 21) == long
+    assert re.fullmatch(r"[0-9a-f]{32}", legacy_opr("park_status", ""))
+    assert legacy_opr("park_status", "") != legacy_opr("park_status", "")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def configure(lot: dict[str, Any], listen: dict[str, str] | None = None) -> None:
+    """Read a configuration of one lot ([listen] bolink set unless `listen` is given)."""
+    parse(
+        {"listen": {"bolink": "tcp:6789"} if listen is None else listen, "lot": [lot]},
+        dialects={"bolink": bolink, "standard": standard},
+    )
+
+
+@pytest.mark.parametrize("signature", ["required", "optional"])
+def test_config_refuses_a_bolink_lot_without_secret(signature: str) -> None:
+    """A bolink lot with an empty secret is refused unless its signature is off."""
+    with pytest.raises(ConfigError, match=r"^lot\[0\]\.secret: "):
+        configure(lot_table(secret="", signature=signature))
+    configure(lot_table(secret="", signature="off"))
+
+
+def test_config_requires_the_bolink_listener() -> None:
+    """A bolink lot without [listen] bolink is refused; an unknown [listen] key still is too."""
+    with pytest.raises(ConfigError, match=r"^listen\.bolink: required"):
+        configure(lot_table(), listen={})
+    with pytest.raises(ConfigError, match=r"^listen\.acme: "):
+        configure(lot_table(), listen={"bolink": "tcp:6789", "acme": "tcp:6790"})
+    configure(lot_table())
