@@ -1,0 +1,3 @@
+from acme_dialect import acme
+
+__all__ = ["acme"]
