@@ -6,16 +6,15 @@ import json
 import signal
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from gateway.dialects.bolink_messages import sign
 from gateway.journal.reader import read_records
+from tests.test_cloud_end_to_end import wait_until
 from tests.test_end_to_end import free_port, start_twistd, wait_for_port
 
 SECRET = "s3cret"
@@ -68,14 +67,6 @@ class LegacyLot:
     def close(self) -> None:
         self.file.close()
         self.socket.close()
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 20.0) -> None:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def api_post(port: int, path: str, body: object) -> tuple[int, dict[str, Any]]:
