@@ -252,7 +252,7 @@ def _gateway(raw: object) -> GatewayConfig:
     return GatewayConfig(id=gateway_id, timezone=zone, signing_key=signing_key)
 
 
-def _listen(raw: object, dialect_listeners: Mapping[str, str]) -> ListenConfig:
+def _listen(raw: object, dialect_listeners: set[str]) -> ListenConfig:
     """[listen]: the three fixed endpoints, and one for each dialect listener that is configured."""
     table = _Table("listen", raw)
     uplink = table.text("uplink", "tcp:8080", _endpoint)
@@ -447,12 +447,7 @@ def parse(document: Mapping[str, Any], dialects: Mapping[str, Any] | None = None
     if dialects is None:
         dialects = _installed_dialects()
     names = tuple(sorted(dialects))
-    listeners = {
-        key: name
-        for name, dialect in dialects.items()
-        for key in dialect.listeners
-        if key not in ("uplink", "downlink", "api")
-    }
+    listeners = {key for dialect in dialects.values() for key in dialect.listeners}
     document = dict(document)
     lots = tuple(_lot(i, raw, names) for i, raw in enumerate(_array(document, "lot")))
     clients = tuple(_api_client(i, raw) for i, raw in enumerate(_array(document, "api_client")))
