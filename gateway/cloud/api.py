@@ -36,7 +36,7 @@ from twisted.web.resource import IResource
 from gateway.cloud.openapi import openapi_document
 from gateway.config import Config
 from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
-from gateway.protocol.catalog import DeliveryClass, Interface, lookup
+from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.results import Result
 from gateway.protocol.schema import interface_schema
 from gateway.protocol.validation import FieldError, validate
@@ -60,7 +60,6 @@ ALL_ROLES = frozenset({"read", "command", "sync", "admin"})
 # answers 504 itself: the downlink owns deadlines, this only stops a request
 # from hanging if it never answers.
 DEADLINE_GRACE = 5.0
-DEFAULT_DEADLINE = 30.0
 COMMAND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
 
 _T = TypeVar("_T")
@@ -347,7 +346,7 @@ class CommandApi:
 
         def send(_: object) -> Deferred[bytes]:
             asked = maybeDeferred(self._lots.command, park, code, data)
-            deadline = self._deadlines.get(code, interface.deadline or DEFAULT_DEADLINE)
+            deadline = deadline_of(code, self._deadlines)
             asked.addTimeout(deadline + DEADLINE_GRACE, self._clock)
             return asked.addCallbacks(replied, failed)
 

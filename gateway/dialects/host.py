@@ -41,7 +41,7 @@ from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.uplink import UPLINK_RECORD, Queries, Rejected, check_business_rules
-from gateway.protocol.catalog import DeliveryClass, lookup
+from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
 from gateway.protocol.redact import redact
 from gateway.protocol.results import Result
 from gateway.protocol.validation import FieldError, validate
@@ -53,7 +53,6 @@ log = Logger()
 LEGACY_RECORD = "legacy"
 """The journal's record of a legacy message as a dialect received it (kept beside its translations)."""
 
-_DEFAULT_DEADLINE = 30.0
 # "data.recordCode", "data[2].recordCode": the member of the message a FieldError is about.
 _FIELD = re.compile(r"data(?:\[\d+\])?\.([^.\[]+)")
 
@@ -102,9 +101,7 @@ class DialectHost:
         return lot if lot is not None and lot.dialect == self.name else None
 
     def deadline(self, code: str) -> float:
-        interface = lookup(code)
-        default = interface.deadline if interface is not None and interface.deadline else _DEFAULT_DEADLINE
-        return self.parts.config.deadlines.get(code, default)
+        return deadline_of(code, self.parts.config.deadlines)
 
     # uplinks
 

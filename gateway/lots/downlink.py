@@ -27,7 +27,7 @@ from gateway.lots.answers import Answer
 from gateway.lots.login import Appender, Checker, LoginOutcome, login, signature_ok
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
-from gateway.protocol.catalog import lookup
+from gateway.protocol.catalog import deadline_of, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response
 from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import Result
@@ -43,7 +43,6 @@ SWEEP_INTERVAL = 1.0
 MAX_QUEUED = 32
 # Expired oprNums remembered to tell a late reply from an unknown one.
 _EXPIRED_KEPT = 1024
-_DEFAULT_DEADLINE = 30.0
 
 Connection = DownlinkProtocol
 
@@ -221,7 +220,7 @@ class Downlinks:
             return fail(NotConnected(park))
         lot = self._config.lot_by_park(park)
         secret = lot.secret if lot is not None else ""
-        deadline = self._deadlines.get(interface.code, interface.deadline or _DEFAULT_DEADLINE)
+        deadline = deadline_of(interface.code, self._deadlines)
         opr = uuid.uuid4().hex
 
         def cancel(_: Deferred[LotReply]) -> None:

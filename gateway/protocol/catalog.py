@@ -27,6 +27,7 @@ not required: a carImage may carry its picture as a multipart file part.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 from attrs import evolve, frozen
 
@@ -860,3 +861,15 @@ _BY_KEY: dict[str, Interface] = {
 def lookup(code: str) -> Interface | None:
     """The interface named by its mnemonic ("carIn") or Table-1 number ("2"), else None."""
     return _BY_KEY.get(code)
+
+
+DEFAULT_DEADLINE = 30.0
+"""Seconds a lot has to answer a downlink whose row in CONTRACT §3 gives no deadline."""
+
+
+def deadline_of(code: str, overrides: Mapping[str, float]) -> float:
+    """Seconds a lot has to answer the downlink `code`: `overrides` ([deadlines]), else §3's table."""
+    interface = lookup(code)
+    if interface is None:
+        return overrides.get(code, DEFAULT_DEADLINE)
+    return overrides.get(interface.code, interface.deadline or DEFAULT_DEADLINE)

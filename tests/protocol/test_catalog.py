@@ -473,3 +473,15 @@ def test_heartbeat_has_no_business_fields() -> None:
     assert interface is not None
     assert interface.request == ()
     assert interface.response == ()
+
+
+def test_deadline_of_a_downlink() -> None:
+    """A downlink's deadline is [deadlines]' when given (by code or number), else §3's, else 30 s."""
+    from gateway.protocol.catalog import DEFAULT_DEADLINE, deadline_of
+
+    assert deadline_of("gateOpen", {}) == 2.0
+    assert deadline_of("21", {}) == 2.0
+    assert deadline_of("gateOpen", {"gateOpen": 3.5}) == 3.5
+    assert deadline_of("21", {"gateOpen": 3.5}) == 3.5
+    assert deadline_of("heartbeat", {}) == DEFAULT_DEADLINE == 30.0
+    assert deadline_of("openSesame", {}) == 30.0
