@@ -35,7 +35,7 @@ from gateway.dialects.interface import (
 )
 from gateway.journal.record import dumps_compact
 from gateway.lots.answers import OK, Answer
-from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD
+from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD, record_connection
 from gateway.lots.login import Appender, Checker, not_stored_answer
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
@@ -209,23 +209,12 @@ class DialectHost:
 
     def online(self, park: str, peer: str, how: str) -> None:
         log.info("lot {park} bound from {peer} by {how}", park=park, peer=peer, how=how)
-        self._record(ONLINE_RECORD, park, {"peer": peer, "reason": how})
+        record_connection(self.parts.journal, ONLINE_RECORD, park, peer, how)
         self.resume(park)
 
     def offline(self, park: str, peer: str, reason: str) -> None:
         log.info("lot {park} unbound from {peer}: {reason}", park=park, peer=peer, reason=reason)
-        self._record(OFFLINE_RECORD, park, {"peer": peer, "reason": reason})
-
-    def _record(self, kind: str, park: str, body: dict[str, str]) -> None:
-        # Online/offline records are facts to forward, not promises: nothing waits on them.
-        try:
-            stored = self.parts.journal.append(kind, park, "", "", body)
-        except Exception:
-            log.failure("the journal refused a {kind} record", kind=kind)
-            return
-        stored.addErrback(
-            lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
-        )
+        record_connection(self.parts.journal, OFFLINE_RECORD, park, peer, reason)
 
 
 def _repeat_key(opr: str) -> str:

@@ -545,7 +545,7 @@ class Downlinks:
         self._bound[park] = connection
         self.counters["binds"] += 1
         log.info("lot {park} bound from {peer} by {how}", park=park, peer=connection.peer, how=how)
-        self._record(ONLINE_RECORD, park, {"peer": connection.peer, "reason": how})
+        record_connection(self._journal, ONLINE_RECORD, park, connection.peer, how)
         for listener in self.bound_listeners:
             try:
                 listener(park)
@@ -556,18 +556,7 @@ class Downlinks:
         self._last_seen[park] = connection.last_read
         self._last_peer[park] = connection.peer
         log.info("lot {park} unbound from {peer}: {reason}", park=park, peer=connection.peer, reason=reason)
-        self._record(OFFLINE_RECORD, park, {"peer": connection.peer, "reason": reason})
-
-    def _record(self, kind: str, park: str, body: dict[str, str]) -> None:
-        # Online/offline records are facts to forward, not promises: nothing waits on them.
-        try:
-            stored = self._journal.append(kind, park, "", "", body)
-        except Exception:
-            log.failure("the journal refused a {kind} record", kind=kind)
-            return
-        stored.addErrback(
-            lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
-        )
+        record_connection(self._journal, OFFLINE_RECORD, park, connection.peer, reason)
 
     # writing
 
@@ -593,6 +582,22 @@ class Downlinks:
             return
         self.counters["frames_out"] += 1
         connection.send(frame)
+
+
+def record_connection(journal: Appender, kind: str, park: str, peer: str, reason: str) -> None:
+    """Journal a lot going online or offline (`kind`), from `peer`, and why; for every dialect.
+
+    These records are facts to forward, not promises: nothing waits on them, and
+    a journal that refuses one is logged, not raised.
+    """
+    try:
+        stored = journal.append(kind, park, "", "", {"peer": peer, "reason": reason})
+    except Exception:
+        log.failure("the journal refused a {kind} record", kind=kind)
+        return
+    stored.addErrback(
+        lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
+    )
 
 
 def ack_frame(code: str, opr: str, token: str, secret: str, data: object) -> bytes:
