@@ -142,23 +142,23 @@ class DialectHost:
             raise Rejected(Answer.of(Result.EMPTY_BODY, f"{code}: no data"))
         sources = message.sources
 
-        def name(field: str) -> str:
+        def whence(field: str) -> str:
+            """Where the lot's vendor finds `field`: " (from data.order_id)", or nothing."""
             source = sources.get(field)
-            return f"{field} (from data.{source})" if source else field
+            return f" (from data.{source})" if source else ""
 
         try:
             data = validate(interface.request, data)
         except FieldError as error:
             match = _FIELD.match(error.path)
-            source = sources.get(match.group(1)) if match else None
-            whence = f" (from data.{source})" if source else ""
+            legacy = whence(match.group(1)) if match else ""
             raise Rejected(
-                Answer.of(Result.FIELD_INVALID, f"{code} {error.path}{whence}: {error.reason}")
+                Answer.of(Result.FIELD_INVALID, f"{code} {error.path}{legacy}: {error.reason}")
             ) from None
         items = data if isinstance(data, list) else [data]
         for index, item in enumerate(items):
             where = f"{code} data[{index}]" if isinstance(data, list) else f"{code} data"
-            check_business_rules(code, park, item, where, self.parts.totals, name)
+            check_business_rules(code, park, item, where, self.parts.totals, lambda f: f + whence(f))
         return code, data
 
     def _store(
@@ -245,7 +245,7 @@ class LotRouter:
     def supports(self, park: str, code: str) -> bool:
         """Whether the lot's dialect can carry the downlink `code` (unknown lots: no)."""
         _, server = self._server(park)
-        return server is not None and bool(server.supports(code))
+        return server is not None and server.supports(code)
 
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``)."""
@@ -260,8 +260,7 @@ class LotRouter:
         _, server = self._server(park)
         if server is None:
             return LotState(park, False, None, None, "")
-        state: LotState = server.state(park)
-        return state
+        return server.state(park)
 
     def states(self) -> list[LotState]:
         """The state of every configured lot, in configuration order."""
