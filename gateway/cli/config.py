@@ -1,0 +1,319 @@
+"""``cpmictl config check FILE``: what start-up checks, without starting anything.
+
+The gateway's start-up (``gateway.tap.makeService``) reads the configuration,
+loads or creates the signing key and opens the journal. ``config check`` does
+the same checks without their side effects: it reads the configuration with the
+same loader (so the same one-line errors), loads an existing signing key but
+never creates a missing one, and checks that the journal directory exists and
+is writable, or could be created, without opening or recovering it.
+
+It then looks for choices the gateway accepts but an operator should make on
+purpose: *warnings* (an fsync mode that acknowledges before the disk has the
+record, a lot whose signatures are not checked, the command API reachable from
+the network in clear text, events sent over plain HTTP) and milder *notes*.
+``--strict`` turns warnings, not notes, into a failure.
+
+Exit codes: 0 the gateway would start with this file (warnings and notes
+printed on standard error), 1 it would not (one line on standard error naming
+the file, the key and the problem), or ``--strict`` and a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from collections import Counter
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+from attrs import frozen
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
+
+from gateway.config import Config, ConfigError, load
+from gateway.keys import KeyFileError, load_signing_key
+
+if TYPE_CHECKING:
+    from gateway.cli.main import Subparsers
+
+__all__ = [
+    "CheckFailed",
+    "Finding",
+    "Report",
+    "add_parser",
+    "check_config",
+    "check_journal_directory",
+    "check_signing_key",
+    "review",
+    "run_check",
+]
+
+Severity = Literal["warning", "note"]
+
+
+@frozen
+class Finding:
+    """A choice the gateway accepts but an operator should make on purpose.
+
+    A ``warning`` weakens durability or security; a ``note`` is worth knowing.
+    """
+
+    severity: Severity
+    text: str
+
+
+@frozen
+class Report:
+    """The outcome of a configuration that start-up would accept."""
+
+    path: str
+    summary: str
+    findings: tuple[Finding, ...]
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        """The findings that ``--strict`` refuses."""
+        return tuple(finding for finding in self.findings if finding.severity == "warning")
+
+
+class CheckFailed(Exception):
+    """Start-up would stop on this configuration; ``str()`` is the one line saying why."""
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    """Add ``cpmictl config check``."""
+    config = subparsers.add_parser(
+        "config",
+        help="check a gateway configuration file",
+        description="Tools for the gateway's configuration file (TOML).",
+    )
+    verbs = config.add_subparsers(title="verbs", metavar="VERB", required=True)
+    check = verbs.add_parser(
+        "check",
+        help="check FILE as start-up would, without starting anything",
+        description=(
+            "Check the configuration FILE as the gateway's start-up does, without starting "
+            "anything: every key is read with the gateway's own loader; an existing signing "
+            "key must load (a missing one must be creatable: it is not created); the journal "
+            "directory must be writable or creatable (it is neither opened nor recovered). "
+            "Listening ports are not bound. Relative paths are taken from the current "
+            "directory, as the gateway takes them: run it where the gateway runs. "
+            "Exit 0 with a one-line summary on standard output when the gateway would start; "
+            "exit 1 with one line 'FILE: key: problem' on standard error when it would not. "
+            "Weak choices the gateway accepts are printed on standard error as 'warning: ...' "
+            "(journal.fsync not always; a lot with signature off; the api listener on a "
+            "non-loopback interface without ssl:; cloud URLs over plain http to another host) "
+            "or, milder, 'note: ...' (signature optional; nobody able to use the command API; "
+            "a signing key still to be created)."
+        ),
+    )
+    check.add_argument("path", metavar="FILE", help="the configuration file, e.g. conf/gateway.toml")
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when there is any warning (notes do not count)",
+    )
+    check.set_defaults(handler=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Check the configuration ``args.path``; print the summary, the findings or the problem."""
+    try:
+        report = check_config(args.path)
+    except CheckFailed as error:
+        print(error, file=sys.stderr)
+        return 1
+    for finding in report.findings:
+        print(f"{finding.severity}: {finding.text}", file=sys.stderr)
+    if args.strict and report.warnings:
+        count = len(report.warnings)
+        print(f"{report.path}: {count} warning{'s' if count != 1 else ''} (--strict)", file=sys.stderr)
+        return 1
+    print(f"{report.path}: ok: {report.summary}")
+    return 0
+
+
+def check_config(path: str) -> Report:
+    """Check the configuration at ``path`` as start-up does; raise CheckFailed with its one line."""
+    try:
+        settings = load(path)
+    except ConfigError as error:
+        text = str(error)
+        # Errors about the file itself (missing, not TOML) already start with its name.
+        raise CheckFailed(text if text.startswith(f"{path}: ") else f"{path}: {text}") from None
+    key_path = settings.gateway.signing_key
+    try:
+        key_exists = check_signing_key(key_path)
+    except KeyFileError as error:
+        raise CheckFailed(f"{path}: gateway.signing_key: {error}") from None
+    problem = check_journal_directory(settings.journal.path)
+    if problem:
+        raise CheckFailed(f"{path}: journal.path: {problem}")
+    findings = list(review(settings))
+    if not key_exists:
+        findings.append(
+            Finding(
+                "note",
+                f"gateway.signing_key: {key_path} does not exist yet; the gateway creates it at "
+                f"first start (cpmictl pubkey {key_path} then shows the public key the cloud needs)",
+            )
+        )
+    return Report(path=path, summary=summarize(settings), findings=tuple(findings))
+
+
+def check_signing_key(path: str) -> bool:
+    """Whether the signing key at ``path`` exists; raise KeyFileError unless start-up could use or create it.
+
+    An existing file must load (format and mode as :mod:`gateway.keys` requires);
+    a missing one must be creatable where it is, and is not created.
+    """
+    if os.path.lexists(path):
+        load_signing_key(path)
+        return True
+    problem = _creatable(os.path.dirname(os.path.abspath(path)))
+    if problem:
+        raise KeyFileError(f"{path}: cannot create key file: {problem}")
+    return False
+
+
+def check_journal_directory(path: str) -> str | None:
+    """Why the journal could not be opened at ``path``, as far as the directory goes, or None.
+
+    An existing directory must be readable and writable; a missing one must be
+    creatable (its nearest existing parent a writable directory). Nothing is
+    created, opened or recovered.
+    """
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return f"{path}: not a directory"
+        if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            return f"{path}: directory not readable and writable"
+        return None
+    problem = _creatable(os.path.abspath(path))
+    return f"{path}: cannot create directory: {problem}" if problem else None
+
+
+def _creatable(directory: str) -> str | None:
+    """Why ``directory`` (absolute) could not be made or written in, or None.
+
+    The nearest existing one of it and its parents decides, since start-up
+    creates the missing ones (``os.makedirs``): it must be a writable directory.
+    """
+    existing = directory
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def review(settings: Config) -> tuple[Finding, ...]:
+    """The weak choices in a configuration start-up accepts, most serious first."""
+    findings: list[Finding] = []
+    if settings.journal.fsync != "always":
+        findings.append(
+            Finding(
+                "warning",
+                f'journal.fsync is "{settings.journal.fsync}": lots, the cloud and API callers may be '
+                "answered before their records are on disk; a power cut can lose what they were told "
+                'was stored ("always" is the default)',
+            )
+        )
+    for index, lot in enumerate(settings.lots):
+        where = f"lot[{index}] ({lot.park_code})"
+        if lot.signature == "off":
+            findings.append(
+                Finding("warning", f"{where}: signature is off: its requests are accepted unchecked")
+            )
+        elif lot.signature == "optional":
+            findings.append(
+                Finding(
+                    "note",
+                    f"{where}: signature is optional: its unsigned requests are accepted "
+                    "(signed ones are checked)",
+                )
+            )
+    exposed = _exposed_in_clear(settings.listen.api)
+    if exposed:
+        findings.append(
+            Finding(
+                "warning",
+                f"listen.api: {settings.listen.api!r} listens on {exposed} without TLS: bearer tokens "
+                "and commands (gateOpen) cross the network in clear; bind it to 127.0.0.1 or use ssl:",
+            )
+        )
+    for key, url in (("cloud.url", settings.cloud.url), ("cloud.query_url", settings.cloud.query_url)):
+        if _plain_http_to_another_host(url):
+            findings.append(
+                Finding(
+                    "warning",
+                    f"{key}: {url!r} is plain http to another host: what lots report crosses the "
+                    "network in clear (the signatures prove who sent it, they do not hide it); use https://",
+                )
+            )
+    if not settings.cloud.api_token and not settings.api_clients:
+        findings.append(
+            Finding(
+                "note",
+                "cloud.api_token is empty and there is no [[api_client]]: nobody can use the command "
+                "API (it answers 401; /healthz, /readyz and /metrics still answer)",
+            )
+        )
+    return tuple(findings)
+
+
+def summarize(settings: Config) -> str:
+    """One line of what the configuration holds: gateway, lots by dialect, API clients, sink."""
+    dialects = Counter(lot.dialect for lot in settings.lots)
+    lots = _count(len(settings.lots), "lot")
+    if dialects:
+        by_dialect = sorted(dialects.items(), key=lambda item: (-item[1], item[0]))
+        lots += " (" + ", ".join(f"{name} {count}" for name, count in by_dialect) + ")"
+    clients = _count(len(settings.api_clients), "api client")
+    return f"gateway {settings.gateway.id}, {lots}, {clients}, sink {settings.cloud.sink}"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _exposed_in_clear(description: str) -> str | None:
+    """Where a plain TCP endpoint listens beyond this host ("all interfaces", ...), or None.
+
+    TLS (``ssl:``), loopback interfaces, UNIX sockets and endpoint types that do
+    not say where they listen are not reported. The endpoint is built by
+    Twisted's own parser, against a reactor that binds nothing.
+    """
+    endpoint = endpoints.serverFromString(MemoryReactor(), description)
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        return None
+    if not isinstance(endpoint, endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint):
+        return None
+    interface: str = endpoint._interface
+    if _is_loopback(interface):
+        return None
+    if interface in ("", "0.0.0.0", "::"):
+        return "all interfaces"
+    return f"interface {interface}"
+
+
+def _plain_http_to_another_host(url: str) -> bool:
+    """Whether ``url`` is http:// to a host other than this one's loopback."""
+    if not url:
+        return False
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not _is_loopback(parts.hostname or "")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or name) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
