@@ -98,7 +98,30 @@ DOWNLINK_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "bad_frames",
         "Downlink frames that were not a valid request or response envelope.",
     ),
+    ("cpmi_downlink_connections", "connections", "TCP connections lots opened to the downlink."),
     ("cpmi_downlink_binds", "binds", "Downlink connections bound to a lot (login or heartbeat)."),
+    (
+        "cpmi_downlink_bind_failures",
+        "bind_failures",
+        "Downlink connections refused a bind (wrong password, token or signature; nothing bound first).",
+    ),
+    (
+        "cpmi_downlink_replaced",
+        "replaced",
+        "Bound downlink connections replaced by a newer connection of the same lot.",
+    ),
+    (
+        "cpmi_downlink_closed_unbound",
+        "closed_unbound",
+        "Downlink connections closed for not binding within tcp.bind_timeout.",
+    ),
+    (
+        "cpmi_downlink_bad_signatures",
+        "bad_signatures",
+        "Downlink frames whose signature did not match.",
+    ),
+    ("cpmi_downlink_heartbeats_in", "heartbeats_in", "Heartbeats received from lots."),
+    ("cpmi_downlink_heartbeats_out", "heartbeats_out", "Heartbeats the gateway sent to quiet lots."),
     (
         "cpmi_downlink_closed_idle",
         "closed_idle",
@@ -109,6 +132,16 @@ DOWNLINK_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "cpmi_downlink_command_timeouts",
         "command_timeouts",
         "Commands with no REPLY from the lot before their deadline.",
+    ),
+    (
+        "cpmi_downlink_late_replies",
+        "late_replies",
+        "REPLYs that came after their command's deadline had passed.",
+    ),
+    (
+        "cpmi_downlink_unmatched_replies",
+        "unmatched_replies",
+        "REPLYs matching no command sent (unknown oprNum).",
     ),
 )
 

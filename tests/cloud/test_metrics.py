@@ -80,14 +80,9 @@ def test_every_metric_is_exposed_with_its_value() -> None:
     assert samples["cpmi_journal_last_seq"] == 42
     assert samples["cpmi_journal_committed_seq"] == 40
     assert samples["cpmi_journal_ok"] == 1
-    assert samples["cpmi_downlink_frames_in_total"] == 10
-    assert samples["cpmi_downlink_frames_out_total"] == 20
-    assert samples["cpmi_downlink_garbage_bytes_total"] == 30
-    assert samples["cpmi_downlink_bad_frames_total"] == 40
-    assert samples["cpmi_downlink_binds_total"] == 50
-    assert samples["cpmi_downlink_closed_idle_total"] == 60
-    assert samples["cpmi_downlink_commands_total"] == 70
-    assert samples["cpmi_downlink_command_timeouts_total"] == 80
+    for number, (name, _, _) in enumerate(DOWNLINK_COUNTERS, start=1):
+        assert samples[f"{name}_total"] == number * 10, name
+    assert samples["cpmi_downlink_bind_failures_total"] > 0
 
 
 def test_counters_are_typed_as_counters() -> None:
