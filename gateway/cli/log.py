@@ -33,6 +33,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import urllib.error
@@ -53,7 +54,7 @@ from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
 from gateway.config import ConfigError, parse
 from gateway.config import load as load_config
-from gateway.journal.integrity import verify_journal
+from gateway.journal.integrity import KeyChangeError, KeyRun, verify_journal
 from gateway.journal.reader import ChainError
 from gateway.journal.reader import verify as verify_chain
 from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
@@ -920,21 +921,29 @@ def _read_pubkey(text: str) -> VerifyKey:
 
 def _verify(args: argparse.Namespace) -> int:
     segments = _journal(args.dir)
-    given = _read_pubkey(args.pubkey) if args.pubkey else None
+    # the same key given twice (as a file and in base64, say) is one key
+    given = list({bytes(key): key for key in map(_read_pubkey, args.pubkey or [])}.values())
     try:
-        verdict = verify_journal(args.dir, allow_partial_tail=True, seals=True, key=given)
+        verdict = verify_journal(args.dir, allow_partial_tail=True, seals=True, keys=given)
     except ChainError as e:
         where = f" (segment {e.segment}, offset {e.offset})" if e.segment else ""
         print(
             f"first bad seq: {e.seq if e.seq is not None else 'unknown'}: {e.reason}{where}", file=sys.stderr
         )
+        if isinstance(e, KeyChangeError):
+            print(_key_change_hint(e, given_keys=bool(given), directory=args.dir), file=sys.stderr)
         return 1
     count, key, last_seal = verdict.records, verdict.key, verdict.last_seal
     first_seq = segments[0].first_seq
     last_seq = first_seq + count - 1
     if verdict.seals and key is not None:
-        whose = "the given key" if given is not None else "the key the journal recorded first"
-        out = [f"journal whole: {count} records, {verdict.seals} seals (checked with {whose}: {_b64(key)})"]
+        if len(given) > 1:
+            checked = "the given keys: " + _key_runs(verdict.sealed_by, [bytes(each) for each in given])
+        elif given:
+            checked = f"the given key: {_b64(key)}"
+        else:
+            checked = f"the key the journal recorded first: {_b64(key)}"
+        out = [f"journal whole: {count} records, {verdict.seals} seals (checked with {checked})"]
         after = last_seq - (last_seal or 0)
         out.append(
             f"last seal: #{last_seal}, over the records up to #{(last_seal or 1) - 1}; "
@@ -951,6 +960,40 @@ def _verify(args: argparse.Namespace) -> int:
         )
     _say("\n".join(out))
     return 0
+
+
+def _key_runs(runs: tuple[KeyRun, ...], given: list[bytes]) -> str:
+    """Each key and the seals it made, in journal order (a key used twice, twice); unused keys last."""
+    parts = []
+    for run in runs:
+        seals = f"seal #{run.first}" if run.seals == 1 else f"seals #{run.first}\u2013#{run.last}"
+        parts.append(f"{_b64(run.key)} ({seals})")
+    used = {run.key for run in runs}
+    parts += [f"{_b64(key)} (no seals)" for key in given if key not in used]
+    return ", ".join(parts)
+
+
+def _key_change_hint(e: KeyChangeError, *, given_keys: bool, directory: str) -> str:
+    """
+    What to do about a seal by a key not checked against: the line after ``first bad seq``.
+
+    A rotated signing key and a journal rewritten under someone else's key look
+    the same here; the operator tells them apart by knowing the gateway's keys,
+    so the hint says to check the key before giving it.
+    """
+    new = _b64(e.recorded)
+    pubkeys = " ".join(f"--pubkey {key}" for key in [*map(_b64, e.checked), new])
+    command = f"cpmictl log verify {pubkeys} {shlex.quote(directory)}"
+    if given_keys:
+        return (
+            f"the seal at #{e.seq} was made by a key not given ({new}): if it is a key of this gateway "
+            f"(after a rotation of [gateway] signing_key; cpmictl pubkey KEYFILE prints a key file's), "
+            f"add it: {command}"
+        )
+    return (
+        f"the seals change key at #{e.seq}: if the gateway's signing key was rotated, make sure both "
+        f"keys are its own (cpmictl pubkey KEYFILE prints a key file's), then check with both: {command}"
+    )
 
 
 def _b64(key: bytes) -> str:
@@ -1353,13 +1396,18 @@ def add_parser(subparsers: Subparsers) -> None:
         description=(
             "Check the chain of every record and every seal. Exit 0 when whole, 1 with the first "
             "bad seq. Without --pubkey, seals are checked against the key the journal recorded "
-            "first (which shows the key never changed, not whose it is)."
+            "first (which shows the key never changed, not whose it is). After a rotation of the "
+            "gateway's signing key, give the old and the new key: --pubkey OLD --pubkey NEW."
         ),
     )
     verify.add_argument(
         "--pubkey",
         metavar="KEY",
-        help="the gateway's public key, base64 (cpmictl pubkey prints it), or a file holding it",
+        action="append",
+        help=(
+            "the gateway's public key, base64 (cpmictl pubkey prints it), or a file holding it; "
+            "again for each key it has had: a seal holds when any of them made it"
+        ),
     )
     verify.add_argument("dir", metavar="DIR")
     verify.set_defaults(handler=run_verify)

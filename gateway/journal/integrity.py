@@ -7,6 +7,12 @@ to a record that says the same seq and chain; with ``seals``, each seal record
 must also sign the record just before it with the journal's key. The first
 break, in journal order, is raised as a :class:`ChainError`.
 
+The journal's key is the one the first seal records, unless keys are given:
+then a seal holds when any of them made it, so that a journal sealed before
+and after a rotation of the gateway's signing key is checked with both (the
+verdict says which key sealed which seals). A seal by another key is a
+:class:`KeyChangeError`, which names the key.
+
 Per line, only what that needs is done: the seq is compared as a prefix, the
 chain hashed, the line parsed by orjson and its head fields looked at; no
 :class:`Record` is built and only seal records are decoded fully. Any line the
@@ -30,6 +36,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+from collections.abc import Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from hashlib import blake2b
 from operator import itemgetter
@@ -44,7 +51,7 @@ from gateway.journal.seals import SEAL_RECORD, check_seal
 from gateway.journal.segments import Segment, line_seq, list_segments, read_last_line
 from gateway.keys import parse_public_key_b64
 
-__all__ = ["PARALLEL_FROM_BYTES", "Verdict", "verify_journal"]
+__all__ = ["PARALLEL_FROM_BYTES", "KeyChangeError", "KeyRun", "Verdict", "verify_journal"]
 
 PARALLEL_FROM_BYTES = 16 * 2**20
 """Journals smaller than this are checked in this process unless told otherwise: a pool costs more."""
@@ -64,25 +71,72 @@ _SEAL_HEAD = re.compile(
 
 
 @frozen
+class KeyRun:
+    """Seals in a row made by one key: ``seals`` of them, the first at ``first``, the last at ``last``."""
+
+    key: bytes
+    first: int
+    last: int
+    seals: int
+
+
+@frozen
 class Verdict:
     """A whole journal: its records, and its seals when they were checked."""
 
     records: int
     seals: int
     key: bytes | None
-    """The public key the seals were checked with: the one given, else the one the first seal records."""
+    """
+    The public key the seals were checked with: the one given, else the one the
+    first seal records (with several given, the one the first seal records).
+    """
     last_seal: int | None
+    sealed_by: tuple[KeyRun, ...] = ()
+    """Which key made which seals, in journal order: a new run where the key changes."""
+
+
+class KeyChangeError(ChainError):
+    """
+    A seal made by another key than the journal's (the one its first seal records) or the given ones.
+
+    ``recorded`` is the key the seal records (and is signed with, or not);
+    ``checked`` the keys it was held against. A rotated signing key looks like
+    this, and so does a journal rewritten by someone else: only the operator
+    can tell which, by knowing the gateway's keys.
+    """
+
+    recorded: bytes
+    checked: tuple[bytes, ...]
+
+    def __init__(
+        self,
+        seq: int | None,
+        reason: str,
+        segment: str | None = None,
+        offset: int | None = None,
+        *,
+        recorded: bytes,
+        checked: tuple[bytes, ...],
+    ) -> None:
+        super().__init__(seq, reason, segment, offset)
+        self.recorded = recorded
+        self.checked = checked
 
 
 @frozen
 class _Task:
-    """One segment to check, from ``entry``: the (seq, chain) of the line before it."""
+    """
+    One segment to check, from ``entry``: the (seq, chain) of the line before it.
+
+    ``keys``: the keys a seal may be made by; none, the key of the segment's first seal.
+    """
 
     segment: Segment
     entry: tuple[int, bytes | None]
     partial_tail: bool
     seals: bool
-    key: bytes | None
+    keys: tuple[bytes, ...]
 
 
 @frozen
@@ -93,6 +147,8 @@ class _Break:
     reason: str
     segment: str
     offset: int
+    key_change: tuple[bytes, tuple[bytes, ...]] | None = None
+    """A seal by another key: the key it records and the keys it was held against."""
 
 
 @frozen
@@ -103,7 +159,7 @@ class _Result:
     ``end`` is the (seq, chain) of its last line (``entry`` when it has none).
     Without a given key, a segment's seals are checked with its first seal's
     key, which ``first_key`` holds (seq, key, offset) for the combining step to
-    hold against the journal's.
+    hold against the journal's. ``runs``: which key made which of its seals.
     """
 
     records: int
@@ -112,10 +168,13 @@ class _Result:
     seals: int
     last_seal: int | None
     first_key: tuple[int, bytes, int] | None
+    runs: tuple[KeyRun, ...]
 
 
 class _BadSeal(Exception):
-    pass
+    def __init__(self, reason: str, key_change: tuple[bytes, tuple[bytes, ...]] | None = None) -> None:
+        super().__init__(reason)
+        self.key_change = key_change
 
 
 def verify_journal(
@@ -124,6 +183,7 @@ def verify_journal(
     allow_partial_tail: bool = False,
     seals: bool = False,
     key: VerifyKey | None = None,
+    keys: Iterable[VerifyKey] = (),
     workers: int | None = None,
     executor: Executor | None = None,
 ) -> Verdict:
@@ -132,15 +192,16 @@ def verify_journal(
 
     Older segments removed: the first record left is the anchor, its own chain
     unchecked. A partial last line is a break unless ``allow_partial_tail``.
-    With ``seals``, every seal is checked against ``key``, else against the key
-    the first seal records. Segments are checked in ``workers`` processes (one
-    per CPU, and only for a journal of :data:`PARALLEL_FROM_BYTES` or more,
-    when not given), or on ``executor``.
+    With ``seals``, every seal must be made by ``key`` or one of ``keys`` (a
+    rotated key: the old one and the new), else by the key the first seal
+    records; a seal by another is a :class:`KeyChangeError`. Segments are
+    checked in ``workers`` processes (one per CPU, and only for a journal of
+    :data:`PARALLEL_FROM_BYTES` or more, when not given), or on ``executor``.
     """
+    given = tuple(dict.fromkeys(bytes(each) for each in ([key] if key is not None else []) + list(keys)))
     segments = list_segments(path)
     if not segments:
-        return Verdict(0, 0, None if key is None else bytes(key), None)
-    given = None if key is None else bytes(key)
+        return Verdict(0, 0, given[0] if len(given) == 1 else None, None)
     tasks = _tasks(segments, allow_partial_tail, seals, given)
     if executor is not None:
         return _combine_on(executor, tasks, given)
@@ -158,7 +219,7 @@ def verify_journal(
         return _combine_on(pool, tasks, given)
 
 
-def _combine_on(executor: Executor, tasks: list[_Task], given: bytes | None) -> Verdict:
+def _combine_on(executor: Executor, tasks: list[_Task], given: tuple[bytes, ...]) -> Verdict:
     """Check the segments on ``executor``, all submitted at once, in journal order."""
     futures = [executor.submit(_check_segment, task) for task in tasks]
     try:
@@ -168,7 +229,9 @@ def _combine_on(executor: Executor, tasks: list[_Task], given: bytes | None) -> 
             future.cancel()  # after a break, the segments not begun are not wanted
 
 
-def _tasks(segments: list[Segment], allow_partial_tail: bool, seals: bool, key: bytes | None) -> list[_Task]:
+def _tasks(
+    segments: list[Segment], allow_partial_tail: bool, seals: bool, keys: tuple[bytes, ...]
+) -> list[_Task]:
     """A task per segment, each starting from the last line of the segment before (a guess until checked)."""
     first = segments[0].first_seq
     entry: tuple[int, bytes | None] = (0, GENESIS_CHAIN) if first == 1 else (first - 1, None)
@@ -177,7 +240,7 @@ def _tasks(segments: list[Segment], allow_partial_tail: bool, seals: bool, key: 
     for index, segment in enumerate(segments):
         if index > 0:
             entry = _last_line_state(segments[index - 1], entry)
-        tasks.append(_Task(segment, entry, allow_partial_tail and index == last, seals, key))
+        tasks.append(_Task(segment, entry, allow_partial_tail and index == last, seals, keys))
     return tasks
 
 
@@ -192,7 +255,7 @@ def _last_line_state(segment: Segment, before: tuple[int, bytes | None]) -> tupl
     return (seq, line[_TAIL_CHAIN])
 
 
-def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: bytes | None) -> Verdict:
+def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: tuple[bytes, ...]) -> Verdict:
     """
     The verdict of a sequential pass from the segments' results, taken in order.
 
@@ -200,7 +263,8 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: b
     ended (it changed in between) is checked again, here, from there.
     """
     records = seals = 0
-    key = given
+    key: bytes | None = None  # without given keys, the journal's: the one its first seal records
+    runs: list[KeyRun] = []
     last_seal: int | None = None
     state = tasks[0].entry
     for index, task in enumerate(tasks):
@@ -214,15 +278,31 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: b
                 key = recorded
             elif recorded != key:
                 # the segment checked its seals with this key; a single pass stops at its first seal
-                raise ChainError(seq, _another_key(recorded, key), task.segment.name, offset)
+                reason = _another_key(recorded, (key,))
+                raise KeyChangeError(
+                    seq, reason, task.segment.name, offset, recorded=recorded, checked=(key,)
+                )
         if result.broken is not None:
             broken = result.broken
+            if broken.key_change is not None:
+                recorded, checked = broken.key_change
+                where = (broken.seq, broken.reason, broken.segment, broken.offset)
+                raise KeyChangeError(*where, recorded=recorded, checked=checked)
             raise ChainError(broken.seq, broken.reason, broken.segment, broken.offset)
         records += result.records
         seals += result.seals
         last_seal = result.last_seal if result.last_seal is not None else last_seal
+        for run in result.runs:
+            if runs and runs[-1].key == run.key:  # a run of seals that goes on in the next segment
+                runs[-1] = KeyRun(run.key, runs[-1].first, run.last, runs[-1].seals + run.seals)
+            else:
+                runs.append(run)
         state = result.end
-    return Verdict(records, seals, key, last_seal)
+    if len(given) == 1:
+        key = given[0]
+    elif given:
+        key = runs[0].key if runs else None
+    return Verdict(records, seals, key, last_seal, tuple(runs))
 
 
 def _check_segment(task: _Task) -> _Result:
@@ -233,11 +313,13 @@ def _check_segment(task: _Task) -> _Result:
     seals = 0
     last_seal: int | None = None
     first_key: tuple[int, bytes, int] | None = None
-    key = task.key
+    given = task.keys
+    key: bytes | None = None  # without given keys, the segment's first seal's
+    runs: list[KeyRun] = []
     check_seals = task.seals
     if segment.first_seq != seq + 1:
         reason = f"segment starts at seq {segment.first_seq} where {seq + 1} was expected"
-        return _Result(0, (seq, chain), _Break(seq + 1, reason, segment.name, 0), 0, None, None)
+        return _Result(0, (seq, chain), _Break(seq + 1, reason, segment.name, 0), 0, None, None, ())
     # Looked up once: this loop runs for every line of the journal.
     hasher = blake2b(digest_size=16).copy
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
@@ -292,6 +374,7 @@ def _check_segment(task: _Task) -> _Result:
                         seals,
                         last_seal,
                         first_key,
+                        tuple(runs),
                     )
                 kind = record.kind
             if check_seals and (
@@ -304,35 +387,48 @@ def _check_segment(task: _Task) -> _Result:
                 try:
                     body = decode_line(line).body
                     recorded = _recorded_key(body, signed)
-                    if key is None:  # the segment's first seal: _combine holds it against the journal's
+                    if given:
+                        if recorded not in given:
+                            raise _BadSeal(_another_key(recorded, given), (recorded, given))
+                    elif key is None:  # the segment's first seal: _combine holds it against the journal's
                         key = recorded
                         first_key = (expected, recorded, offset)
                     elif recorded != key:
-                        raise _BadSeal(_another_key(recorded, key))
+                        raise _BadSeal(_another_key(recorded, (key,)), (recorded, (key,)))
                     problem = check_seal(body, VerifyKey(recorded))
                     if problem is not None:
                         raise _BadSeal(problem)
                 except (BadLine, _BadSeal) as e:
+                    key_change = e.key_change if isinstance(e, _BadSeal) else None
                     return _Result(
                         seq - first_seq,
                         (seq, chain),
-                        _Break(expected, e.args[0], segment.name, offset),
+                        _Break(expected, e.args[0], segment.name, offset, key_change),
                         seals,
                         last_seal,
                         first_key,
+                        tuple(runs),
                     )
                 seals += 1
                 last_seal = expected
+                if runs and runs[-1].key == recorded:
+                    run = runs[-1]
+                    runs[-1] = KeyRun(recorded, run.first, expected, run.seals + 1)
+                else:
+                    runs.append(KeyRun(recorded, expected, expected, 1))
             seq, chain = expected, new_chain
-    return _Result(seq - first_seq, (seq, chain), None, seals, last_seal, first_key)
+    return _Result(seq - first_seq, (seq, chain), None, seals, last_seal, first_key, tuple(runs))
 
 
 def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii")
 
 
-def _another_key(recorded: bytes, key: bytes) -> str:
-    return f"sealed with another key ({_b64(recorded)}) than the one checked against ({_b64(key)})"
+def _another_key(recorded: bytes, checked: tuple[bytes, ...]) -> str:
+    if len(checked) == 1:
+        return f"sealed with another key ({_b64(recorded)}) than the one checked against ({_b64(checked[0])})"
+    keys = ", ".join(map(_b64, checked))
+    return f"sealed with another key ({_b64(recorded)}) than the ones checked against ({keys})"
 
 
 def _recorded_key(body: object, signed: tuple[int, bytes] | None) -> bytes:

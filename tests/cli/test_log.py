@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -514,6 +515,170 @@ def test_verify_reports_the_first_break_in_journal_order(
     assert code == 1
     assert err.startswith(expected)
     assert re.search(r"\(segment [0-9]{20}\.jsonl, offset [0-9]+\)\n$", err)
+
+
+# -- verify after a rotation of the signing key
+
+
+def rotated(h: Harness, old: SigningKey, new: SigningKey) -> tuple[int, int]:
+    """Records sealed by ``old``, then by ``new`` (the gateway restarted on a new key file); the seqs of
+    the first seal by ``new`` and of a record after it."""
+    car_in(h, "P001", 1)
+    car_in(h, "P001", 2)
+    seal(h, old)
+    car_in(h, "P001", 3)
+    seal(h, old)
+    car_in(h, "P001", 4)
+    first_new = seal(h, new)
+    after = car_in(h, "P001", 5)
+    seal(h, new)
+    car_in(h, "P001", 6)
+    return first_new, after
+
+
+def test_verify_a_rotation_without_pubkey_says_how_to_check_it(
+    journal: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --pubkey, the first seal by a new key fails (exit 1, its seq), and a second line gives the
+    command that checks with the old and the new key, which then passes."""
+    old, new = SigningKey.generate(), SigningKey.generate()
+    first_new, _ = rotated(journal, old, new)
+    code, out, err = run(capsys, "verify", str(journal.path))
+    assert (code, out) == (1, "")
+    first, hint = err.splitlines()
+    assert first.startswith(
+        f"first bad seq: {first_new}: sealed with another key ({public_key_b64(new)}) "
+        f"than the one checked against ({public_key_b64(old)})"
+    )
+    command = (
+        f"cpmictl log verify --pubkey {public_key_b64(old)} --pubkey {public_key_b64(new)} "
+        f"{shlex.quote(str(journal.path))}"
+    )
+    assert hint == (
+        f"the seals change key at #{first_new}: if the gateway's signing key was rotated, make sure both "
+        f"keys are its own (cpmictl pubkey KEYFILE prints a key file's), then check with both: {command}"
+    )
+    argv = shlex.split(hint.rsplit(": ", 1)[1])
+    assert argv[:3] == ["cpmictl", "log", "verify"]
+    code, out, err = run(capsys, *argv[2:])
+    assert (code, err) == (0, "")
+
+
+def test_verify_with_both_keys_lists_what_each_sealed(
+    journal: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--pubkey OLD --pubkey NEW (a file and base64 alike) passes a rotated journal and names each key
+    with the seals it made; a key given that made none is said to have none."""
+    old, new, unrelated = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    rotated(journal, old, new)
+    old_file = journal.path.parent / "old.pub"
+    old_file.write_text(public_key_b64(old) + "\n")
+    code, out, err = run(
+        capsys, "verify", "--pubkey", str(old_file), "--pubkey", public_key_b64(new), str(journal.path)
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "journal whole: 10 records, 4 seals (checked with the given keys: "
+        f"{public_key_b64(old)} (seals #3\u2013#5), {public_key_b64(new)} (seals #7\u2013#9))",
+        "last seal: #9, over the records up to #8; 1 records after it are covered by the chain only",
+    ]
+    keys = [public_key_b64(key) for key in (new, unrelated, old)]
+    code, out, _ = run(capsys, "verify", *(f"--pubkey={key}" for key in keys), str(journal.path))
+    assert code == 0
+    assert out.splitlines()[0].endswith(
+        f"(checked with the given keys: {keys[2]} (seals #3\u2013#5), {keys[0]} (seals #7\u2013#9), "
+        f"{keys[1]} (no seals))"
+    )
+
+
+def test_verify_one_seal_per_key_and_a_key_given_twice(
+    journal: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key that made one seal is shown with that seal; the same key given twice is one given key."""
+    old, new = SigningKey.generate(), SigningKey.generate()
+    car_in(journal, "P001", 1)
+    seal(journal, old)
+    car_in(journal, "P001", 2)
+    seal(journal, new)
+    code, out, _ = run(
+        capsys, "verify", "--pubkey", public_key_b64(old), "--pubkey", public_key_b64(new), str(journal.path)
+    )
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "journal whole: 4 records, 2 seals (checked with the given keys: "
+        f"{public_key_b64(old)} (seal #2), {public_key_b64(new)} (seal #4))"
+    )
+    code, out, _ = run(
+        capsys, "verify", "--pubkey", public_key_b64(old), "--pubkey", public_key_b64(old), str(journal.path)
+    )
+    assert code == 1
+    code, out, _ = run(capsys, "verify", *["--pubkey", public_key_b64(new)] * 2, str(journal.path))
+    assert code == 1
+
+
+def test_verify_with_the_old_key_only(journal: Harness, capsys: pytest.CaptureFixture[str]) -> None:
+    """--pubkey OLD alone fails a rotated journal at the first seal by the new key, and says to add it."""
+    old, new = SigningKey.generate(), SigningKey.generate()
+    first_new, _ = rotated(journal, old, new)
+    code, out, err = run(capsys, "verify", "--pubkey", public_key_b64(old), str(journal.path))
+    assert (code, out) == (1, "")
+    first, hint = err.splitlines()
+    assert first.startswith(
+        f"first bad seq: {first_new}: sealed with another key ({public_key_b64(new)}) "
+        f"than the one checked against ({public_key_b64(old)})"
+    )
+    assert hint.startswith(f"the seal at #{first_new} was made by a key not given ({public_key_b64(new)}):")
+    assert hint.endswith(
+        f"add it: cpmictl log verify --pubkey {public_key_b64(old)} --pubkey {public_key_b64(new)} "
+        f"{shlex.quote(str(journal.path))}"
+    )
+
+
+def test_verify_a_rotated_journal_with_an_unrelated_key(
+    journal: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--pubkey with a key that sealed nothing fails at the first seal; with the old and the new key and
+    an unrelated one as well, the journal passes."""
+    old, new, unrelated = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    rotated(journal, old, new)
+    code, _, err = run(capsys, "verify", "--pubkey", public_key_b64(unrelated), str(journal.path))
+    assert code == 1
+    assert err.startswith(f"first bad seq: 3: sealed with another key ({public_key_b64(old)})")
+    code, _, err = run(
+        capsys,
+        "verify",
+        "--pubkey",
+        public_key_b64(unrelated),
+        "--pubkey",
+        public_key_b64(new),
+        str(journal.path),
+    )
+    assert code == 1
+    assert err.startswith(
+        f"first bad seq: 3: sealed with another key ({public_key_b64(old)}) than the ones checked against "
+        f"({public_key_b64(unrelated)}, {public_key_b64(new)})"
+    )
+
+
+def test_verify_finds_a_record_altered_after_the_rotation(
+    journal: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With both keys given, a byte changed in a record after the rotation still fails verify at that
+    record's seq, on one line (no key hint: the keys are not the problem)."""
+    old, new = SigningKey.generate(), SigningKey.generate()
+    first_new, after = rotated(journal, old, new)
+    assert after > first_new
+    journal.close()
+    [segment] = list_segments(journal.path)
+    data = Path(segment.path).read_bytes()
+    at = data.index(b'"recordCode":"R5"') + len('"recordCode":"R')
+    Path(segment.path).write_bytes(data[:at] + b"8" + data[at + 1 :])
+    code, out, err = run(
+        capsys, "verify", "--pubkey", public_key_b64(old), "--pubkey", public_key_b64(new), str(journal.path)
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith(f"first bad seq: {after}: chain does not match")
+    assert err.count("\n") == 1
 
 
 # -- export

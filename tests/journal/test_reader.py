@@ -705,3 +705,213 @@ def test_a_segment_removed_after_listing_is_read_as_empty(
     monkeypatch.setattr("gateway.journal.reader.list_segments", lambda path: listed)
     kept = [r.seq for r in read_records(h.path)]
     assert kept == list(range(listed[1].first_seq, 7))
+
+
+# -- a rotated signing key: seals by the old key, then by the new one
+
+THIRD_KEY = SigningKey(bytes(range(2, 34)))
+
+
+@pytest.fixture
+def rotated_dir(harness: Callable[..., Harness], tmp_path: Path) -> Path:
+    """A closed journal of 48 records over about 10 segments: seals #6-#24 by SEAL_KEY, #30-#48 by
+    OTHER_KEY, as the sealer leaves it when ``signing_key`` is pointed at a new key file."""
+    h = harness(tmp_path / "rotated", segment_bytes=700)
+    for i in range(40):
+        h.journal.append("uplink", "P001", "carIn", f"o-{i}", {"i": i, "plate": "粤B12345"})
+        if i % 5 == 4:
+            seq, chain = h.journal.head
+            key = SEAL_KEY if i < 20 else OTHER_KEY
+            h.journal.append(SEAL_RECORD, "", "", "", seal_body(key, "gw-test", seq, chain))
+        h.settle()
+    h.close()
+    assert len(list_segments(h.path)) >= 8
+    return h.path
+
+
+def one_segment(directory: Path, tmp_path: Path) -> Path:
+    """The same journal as a single segment, so that every seal is checked in one segment's pass."""
+    journal = read_journal(directory)
+    lines = [line for _, segment_lines in journal for line in segment_lines]
+    return write_journal(tmp_path / "one", [(journal[0][0], lines)])
+
+
+A, B, C = (bytes(key.verify_key) for key in (SEAL_KEY, OTHER_KEY, THIRD_KEY))
+ROTATED_RUNS = (integrity.KeyRun(A, 6, 24, 4), integrity.KeyRun(B, 30, 48, 4))
+
+
+def reference_keys(
+    directory: Path, keys: tuple[VerifyKey, ...], *, allow_partial_tail: bool = False
+) -> object:
+    """
+    What verify_journal(seals=True, keys=keys) must say, by definition: one plain pass, a seal holding
+    when one of ``keys`` made it (none given: the first seal's key), and which key made which seals.
+
+    ``("whole", records, seals, key, last seal, runs)`` or ``("break", seq, reason, segment, offset)``.
+    """
+    given = [bytes(key) for key in keys]
+    if len(given) < 2:
+        # one key or none: :func:`reference` says where it breaks; the pass below, which seals made it
+        verdict = reference(directory, key=keys[0] if keys else None, allow_partial_tail=allow_partial_tail)
+        if isinstance(verdict, tuple) and verdict[0] == "break":
+            return verdict
+    segments = list_segments(directory)
+    prev_seq, prev_chain = (0, GENESIS_CHAIN) if segments[0].first_seq == 1 else (None, None)
+    records = 0
+    runs: list[tuple[bytes, int, int, int]] = []
+    for index, segment in enumerate(segments):
+        expected = segment.first_seq if prev_seq is None else prev_seq + 1
+        if segment.first_seq != expected:
+            reason = f"segment starts at seq {segment.first_seq} where {expected} was expected"
+            return ("break", expected, reason, segment.name, 0)
+        prev_seq = segment.first_seq - 1 if prev_seq is None else prev_seq
+        for offset, line in iter_lines(segment.path):
+            if allow_partial_tail and index == len(segments) - 1 and not line.endswith(b"\n"):
+                break
+            try:
+                seq, chain = check_line(line, prev_seq, prev_chain)
+                record = decode_line(line)
+                if record.seq != seq or record.chain != chain.decode():
+                    raise BadLine("decoded record does not match its line")
+            except BadLine as e:
+                return ("break", prev_seq + 1, e.args[0], segment.name, offset)
+            if record.kind == SEAL_RECORD:
+                signed = None if prev_chain is None else (prev_seq, prev_chain.decode())
+                # held against no key first, for the checks before the key's, then against the given ones
+                problem, recorded = seal_problem(record.body, signed, None)
+                if recorded is not None and len(given) >= 2 and recorded not in given:
+                    theirs = base64.b64encode(recorded).decode()
+                    ours = ", ".join(base64.b64encode(key).decode() for key in given)
+                    problem = f"sealed with another key ({theirs}) than the ones checked against ({ours})"
+                if problem is not None:
+                    return ("break", seq, problem, segment.name, offset)
+                assert recorded is not None
+                if runs and runs[-1][0] == recorded:
+                    runs[-1] = (recorded, runs[-1][1], seq, runs[-1][3] + 1)
+                else:
+                    runs.append((recorded, seq, seq, 1))
+            prev_seq, prev_chain = seq, chain
+            records += 1
+    seals = sum(run[3] for run in runs)
+    key = given[0] if len(given) == 1 else runs[0][0] if runs else None
+    kept = tuple(integrity.KeyRun(*run) for run in runs)
+    return ("whole", records, seals, key, runs[-1][2] if runs else None, kept)
+
+
+def outcome_keys(run: Callable[[], Verdict]) -> object:
+    """verify_journal's answer in the form :func:`reference_keys` gives."""
+    try:
+        v = run()
+    except ChainError as e:
+        return ("break", e.seq, e.reason, e.segment, e.offset)
+    return ("whole", v.records, v.seals, v.key, v.last_seal, v.sealed_by)
+
+
+@pytest.mark.parametrize("layout", ["segments", "one segment"])
+def test_a_rotated_journal_verifies_with_both_keys(rotated_dir: Path, tmp_path: Path, layout: str) -> None:
+    """Given the old and the new key, in either order, every seal holds, and the verdict says which key
+    made which seals, sequentially and in parallel."""
+    directory = rotated_dir if layout == "segments" else one_segment(rotated_dir, tmp_path)
+    expected = ("whole", 48, 8, A, 48, ROTATED_RUNS)
+    both = (SEAL_KEY.verify_key, OTHER_KEY.verify_key)
+    assert reference_keys(directory, both) == expected
+    for workers in (1, 2):
+        v = verify_journal(directory, seals=True, keys=both, workers=workers)
+        assert ("whole", v.records, v.seals, v.key, v.last_seal, v.sealed_by) == expected
+        backwards = verify_journal(directory, seals=True, keys=both[::-1], workers=workers)
+        assert (backwards.key, backwards.sealed_by) == (A, ROTATED_RUNS)
+        # key= and keys= together, and a key given twice, are the same two keys
+        twice = verify_journal(directory, seals=True, key=both[1], keys=[*both, both[1]], workers=workers)
+        assert twice.sealed_by == ROTATED_RUNS
+
+
+@pytest.mark.parametrize("layout", ["segments", "one segment"])
+def test_a_rotation_without_the_new_key_is_a_key_change(
+    rotated_dir: Path, tmp_path: Path, layout: str
+) -> None:
+    """Without keys, or with the old key only, the first seal by the new key is a KeyChangeError that
+    names the new key and the key it was held against, whether or not it starts a segment's seals."""
+    directory = rotated_dir if layout == "segments" else one_segment(rotated_dir, tmp_path)
+    b64 = {key: base64.b64encode(key).decode() for key in (A, B)}
+    for keys in ((), (SEAL_KEY.verify_key,)):
+        for workers in (1, 2):
+            with pytest.raises(integrity.KeyChangeError) as info:
+                verify_journal(directory, seals=True, keys=keys, workers=workers)
+            e = info.value
+            assert (e.seq, e.recorded, e.checked) == (30, B, (A,))
+            assert e.reason == f"sealed with another key ({b64[B]}) than the one checked against ({b64[A]})"
+        with pytest.raises(ChainError) as broken:
+            verify_journal(directory, seals=True, keys=keys)
+        where = (broken.value.seq, broken.value.reason, broken.value.segment, broken.value.offset)
+        assert ("break", *where) == reference_keys(directory, keys)
+
+
+def test_an_unrelated_key_fails_at_the_first_seal(rotated_dir: Path) -> None:
+    """A key that made no seal fails at the first seal; given with the old key, at the first new seal."""
+    with pytest.raises(integrity.KeyChangeError) as info:
+        verify_journal(rotated_dir, seals=True, keys=[THIRD_KEY.verify_key], workers=2)
+    assert (info.value.seq, info.value.recorded, info.value.checked) == (6, A, (C,))
+    old_and_unrelated = (SEAL_KEY.verify_key, THIRD_KEY.verify_key)
+    with pytest.raises(integrity.KeyChangeError, match="than the ones checked against") as info:
+        verify_journal(rotated_dir, seals=True, keys=old_and_unrelated, workers=2)
+    assert (info.value.seq, info.value.recorded, info.value.checked) == (30, B, (A, C))
+    assert outcome_keys(
+        lambda: verify_journal(rotated_dir, seals=True, keys=old_and_unrelated, workers=2)
+    ) == reference_keys(rotated_dir, old_and_unrelated)
+
+
+def test_damage_after_the_rotation_is_found_with_both_keys(rotated_dir: Path, tmp_path: Path) -> None:
+    """Both keys given: an altered byte after the rotation breaks the chain there, and a record rewritten
+    with a chain that holds is found by the new key's next seal."""
+    both = (SEAL_KEY.verify_key, OTHER_KEY.verify_key)
+    journal = read_journal(rotated_dir)
+    forged = rechain(journal, lambda r: evolve(r, body={"forged": 1}) if r.seq == 33 else r)
+    rewritten = write_journal(tmp_path / "rewritten", forged)
+    with pytest.raises(ChainError, match="seal signs #35") as info:
+        verify_journal(rewritten, seals=True, keys=both, workers=2)
+    assert info.value.seq == 36
+    assert not isinstance(info.value, integrity.KeyChangeError)
+
+    seq, name, offset = alter(rotated_dir, -1, 1)
+    assert seq > 30
+    with pytest.raises(ChainError, match="chain does not match") as info:
+        verify_journal(rotated_dir, seals=True, keys=both, workers=2)
+    assert (info.value.seq, info.value.segment, info.value.offset) == (seq, name, offset)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.data(),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["byte", "drop", "copy", "swap", "cut", "segment", "body"]),
+            st.integers(0, 50),
+            st.integers(0, 50),
+            st.integers(0, 10_000),
+        ),
+        min_size=0,
+        max_size=2,
+    ),
+)
+def test_parallel_equals_one_pass_on_a_damaged_rotated_journal(
+    rotated_dir: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, damages: list[Damage]
+) -> None:
+    """Whatever the damage and the keys given, sequential and parallel verify_journal say what one plain
+    pass says, down to which key made which seals."""
+    journal = read_journal(rotated_dir)
+    for each in damages:
+        journal = damage(journal, each)
+    directory = write_journal(tmp_path_factory.mktemp("damaged") / "j", journal)
+    old, new, unrelated = SEAL_KEY.verify_key, OTHER_KEY.verify_key, THIRD_KEY.verify_key
+    keys = data.draw(st.sampled_from([(), (old,), (new,), (old, new), (new, old), (old, unrelated)]))
+    partial = data.draw(st.booleans())
+    expected = reference_keys(directory, keys, allow_partial_tail=partial)
+    one = outcome_keys(
+        lambda: verify_journal(directory, seals=True, keys=keys, allow_partial_tail=partial, workers=1)
+    )
+    assert one == expected
+    with ThreadPoolExecutor(3) as executor:
+        run = lambda: verify_journal(  # noqa: E731
+            directory, seals=True, keys=keys, allow_partial_tail=partial, executor=executor
+        )
+        assert outcome_keys(run) == expected
