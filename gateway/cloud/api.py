@@ -10,6 +10,9 @@ queue (`gateway.lots.sync`): `202 {"seq": N}` once its `sync` record is durable.
 Authentication is `Authorization: Bearer T`: `cloud.api_token` has every role; an
 `[[api_client]]` is matched by the SHA-256 of T and has its own roles. `/healthz`,
 `/readyz` and `/metrics` need no token: probes and Prometheus scrapers rarely send one.
+Nor does the status page (`GET /` and its script and style sheet): it holds no data and
+fetches `GET /v1/status` (role `read`) with the token a person types in.
+`POST /v1/admin/reload` (role `admin`) reloads the configuration.
 """
 
 from __future__ import annotations
@@ -19,8 +22,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from attrs import frozen
@@ -34,6 +36,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
+from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
 from gateway.config import Config
 from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
@@ -48,6 +51,7 @@ __all__ = [
     "CommandApi",
     "CommandJournal",
     "LotCommands",
+    "ReloadOutcome",
     "SyncEntries",
 ]
 
@@ -61,6 +65,11 @@ ALL_ROLES = frozenset({"read", "command", "sync", "admin"})
 # from hanging if it never answers.
 DEADLINE_GRACE = 5.0
 COMMAND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
+# The status page loads only its own script and style sheet, and talks only to this API.
+PAGE_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    b"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 _T = TypeVar("_T")
 
@@ -98,6 +107,17 @@ class SyncEntries(Protocol):
         """How many entries are still to deliver to the lot."""
 
 
+class ReloadOutcome(Protocol):
+    """What a configuration reload tells the API: whether it took, and what to answer."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the new configuration is in force."""
+
+    def as_json(self) -> dict[str, object]:
+        """The answer's body; a refused reload's has an `error` line."""
+
+
 @frozen
 class Caller:
     """Who sent a request: an `[[api_client]]` name (or "cloud") and the roles it holds."""
@@ -124,19 +144,12 @@ def _error(status: int, message: str) -> _Refusal:
     return _Refusal(status, {"error": message})
 
 
-def _rfc3339(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _park_json(state: LotState, backlog: int) -> dict[str, object]:
     return {
         "parkCode": state.park,
         "connected": state.connected,
-        "since": _rfc3339(state.since),
-        "lastSeen": _rfc3339(state.last_seen),
+        "since": rfc3339(state.since),
+        "lastSeen": rfc3339(state.last_seen),
         "peer": state.peer,
         "backlog": backlog,
     }
@@ -183,12 +196,20 @@ class CommandApi:
         ready: Callable[[], tuple[bool, str]],
         deadlines: Mapping[str, float] | None = None,
         sync: SyncEntries | None = None,
+        status: StatusReport | None = None,
+        reload: Callable[[str], Awaitable[ReloadOutcome]] | None = None,
     ) -> None:
         """`deadlines` overrides the catalog's per code, as given to the downlink side.
 
-        Without `sync`, sync-class codes are answered 501.
+        Without `sync`, sync-class codes are answered 501; without `status`,
+        `/v1/status` is; without `reload`, `/v1/admin/reload` is. `reload(reason)`
+        (a Deferred, say) reloads the configuration file. Each command's duration
+        goes to `status.latency` too, for the status page.
         """
         self._sync = sync
+        self._status = status
+        self._reload = reload
+        self._page: dict[str, PageAsset] = page_assets()
         self._config = config
         self._lots = lots
         self._journal = journal
@@ -211,6 +232,11 @@ class CommandApi:
             ["route", "status"],
             registry=registry,
         )
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration: its API token, `[[api_client]]` entries and lots."""
+        self._config = config
+        self._cloud_token = config.cloud.api_token.encode("utf-8")
 
     def _backlog(self, park: str) -> int:
         return self._sync.pending(park) if self._sync is not None else 0
@@ -328,9 +354,10 @@ class CommandApi:
         started = self._clock.seconds()
 
         def finish(outcome: str, status: int, body: dict[str, object], journal: bool = True) -> bytes:
-            self._command_seconds.labels(code=code, outcome=outcome).observe(
-                max(0.0, self._clock.seconds() - started)
-            )
+            elapsed = max(0.0, self._clock.seconds() - started)
+            self._command_seconds.labels(code=code, outcome=outcome).observe(elapsed)
+            if self._status is not None:
+                self._status.latency.record(outcome, elapsed)
             if journal:
                 record = {"client": caller.name, "data": None, **body}
                 self._journal.append("command-reply", park, code, opr, record).addErrback(
@@ -424,6 +451,62 @@ class CommandApi:
         self._authorized(request, "read")
         request.setHeader(b"content-type", JSON_TYPE)
         return self._openapi
+
+    @app.route("/v1/status", methods=["GET"])
+    @_counted("/v1/status")
+    def get_status(self, request: IRequest) -> bytes:
+        self._authorized(request, "read")
+        if self._status is None:
+            raise _error(501, "the status report is not available in this version")
+        request.setHeader(b"cache-control", b"no-store")
+        return _answer(request, 200, self._status.report())
+
+    # --- administration -------------------------------------------------
+
+    @app.route("/v1/admin/reload", methods=["POST"])
+    @_counted("/v1/admin/reload")
+    def post_reload(self, request: IRequest) -> Deferred[bytes]:
+        caller = self._authorized(request, "admin")
+        reload = self._reload
+        if reload is None:
+            raise _error(501, "reloading the configuration is not available in this version")
+
+        async def reloading() -> bytes:
+            try:
+                outcome = await reload(f"api client {caller.name}")
+            except Exception:
+                log.failure("the reload asked by {client} failed", client=caller.name)
+                return _answer(request, 500, {"error": "the reload failed; the gateway's log says why"})
+            return _answer(request, 200 if outcome.ok else 400, outcome.as_json())
+
+        return Deferred.fromCoroutine(reloading())
+
+    # --- the status page (no token: it holds no data) ------------------
+
+    @app.route("/", methods=["GET"])
+    @_counted("/")
+    def status_page(self, request: IRequest) -> bytes:
+        return self._asset(request, "/")
+
+    @app.route("/status.js", methods=["GET"])
+    @_counted("/status.js")
+    def status_script(self, request: IRequest) -> bytes:
+        return self._asset(request, "/status.js")
+
+    @app.route("/status.css", methods=["GET"])
+    @_counted("/status.css")
+    def status_style(self, request: IRequest) -> bytes:
+        return self._asset(request, "/status.css")
+
+    def _asset(self, request: IRequest, route: str) -> bytes:
+        asset = self._page[route]
+        request.setHeader(b"content-type", asset.content_type)
+        request.setHeader(b"content-security-policy", PAGE_POLICY)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        return asset.body
 
     # --- operations (no token) -----------------------------------------
 

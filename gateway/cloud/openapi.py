@@ -42,6 +42,16 @@ _PARK_CODE = {
 }
 
 _TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_MS_OR_NULL = {"type": ["number", "null"], "description": "Milliseconds; null without commands."}
+_LATENCY_PROPERTIES: dict[str, Any] = {
+    "count": {"type": "integer", "description": "Commands in the window."},
+    "p50Ms": _MS_OR_NULL,
+    "p90Ms": _MS_OR_NULL,
+    "p99Ms": _MS_OR_NULL,
+    "maxMs": _MS_OR_NULL,
+}
+_LATENCY_REQUIRED = ["count", "p50Ms", "p90Ms", "p99Ms", "maxMs"]
+_SCALAR = {"type": ["string", "integer", "number", "boolean", "null"]}
 
 _OWN_SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -90,6 +100,120 @@ _OWN_SCHEMAS: dict[str, Any] = {
         "properties": {"parks": {"type": "array", "items": _ref("schemas", "Park")}},
         "required": ["parks"],
     },
+    "Status": {
+        "type": "object",
+        "description": "What the status page shows: the gateway, its journal, forwarding, commands, lots.",
+        "properties": {
+            "gateway": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "now": {"type": "string", "format": "date-time"},
+                    "started": {"type": "string", "format": "date-time"},
+                    "uptimeSeconds": {"type": "number"},
+                },
+                "required": ["id", "now", "started", "uptimeSeconds"],
+            },
+            "ready": {
+                "type": "object",
+                "description": "As /readyz says.",
+                "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}},
+                "required": ["ok", "reason"],
+            },
+            "journal": {
+                "type": "object",
+                "properties": {
+                    "lastSeq": {"type": "integer", "description": "The last seq appended."},
+                    "committedSeq": {"type": "integer", "description": "The last seq on disk."},
+                    "problem": {
+                        "type": ["string", "null"],
+                        "description": "Why the journal cannot write, if it cannot.",
+                    },
+                },
+                "required": ["lastSeq", "committedSeq", "problem"],
+            },
+            "forwarding": {
+                "type": "object",
+                "properties": {
+                    "sink": {"type": "string", "enum": ["log-only", "cloudevents", "t002"]},
+                    "backlog": {
+                        "type": ["integer", "null"],
+                        "description": "Records not yet forwarded; null with the log-only sink.",
+                    },
+                    "lagSeconds": {
+                        "type": ["number", "null"],
+                        "description": "How long the oldest unforwarded record has waited; null if none.",
+                    },
+                    "note": {"type": ["string", "null"]},
+                },
+                "required": ["sink", "backlog", "lagSeconds", "note"],
+            },
+            "commands": {
+                "type": "object",
+                "description": "Durations of the last `window` commands answered, overall and by outcome.",
+                "properties": {
+                    "window": {"type": "integer"},
+                    "total": {"type": "integer", "description": "Commands answered since start-up."},
+                    **_LATENCY_PROPERTIES,
+                    "byOutcome": {
+                        "type": "object",
+                        "description": "By outcome: ok, not_connected, deadline, error, journal_failed.",
+                        "additionalProperties": {
+                            "type": "object",
+                            "properties": _LATENCY_PROPERTIES,
+                            "required": _LATENCY_REQUIRED,
+                        },
+                    },
+                },
+                "required": ["window", "total", *_LATENCY_REQUIRED, "byOutcome"],
+            },
+            "lots": {
+                "type": "object",
+                "properties": {
+                    "online": {"type": "integer"},
+                    "offline": {"type": "integer"},
+                    "items": {
+                        "type": "array",
+                        "description": "Every configured lot, offline ones first, then by park code.",
+                        "items": {
+                            "allOf": [_ref("schemas", "Park")],
+                            "properties": {"dialect": {"type": "string"}},
+                            "required": ["dialect"],
+                        },
+                    },
+                },
+                "required": ["online", "offline", "items"],
+            },
+            "rejections": {
+                "type": "array",
+                "description": "The latest rejections (by lots or by the cloud), newest first, at most 50.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "time": _TIME_OR_NULL,
+                        "event": {
+                            "type": ["string", "null"],
+                            "description": "lot.rejected, cloud.rejected, ...",
+                        },
+                        "park": _SCALAR,
+                        "code": _SCALAR,
+                        "result": {
+                            **_SCALAR,
+                            "description": "The four-digit result code or the HTTP status.",
+                        },
+                        "reason": _SCALAR,
+                    },
+                    "required": ["time", "event", "park", "code", "result", "reason"],
+                },
+            },
+        },
+        "required": ["gateway", "ready", "journal", "forwarding", "commands", "lots", "rejections"],
+    },
+    "ReloadOutcome": {
+        "type": "object",
+        "description": "What the reload did; a refused one has an `error` line and changed nothing.",
+        "properties": {"error": {"type": "string"}},
+    },
     "Health": {
         "type": "object",
         "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
@@ -111,6 +235,7 @@ _RESPONSES: dict[str, Any] = {
     "NotFound": _response("No such park (or schema) is configured.", "Error"),
     "TooLarge": _response("The body is larger than the gateway takes.", "Error"),
     "JournalUnavailable": _response("The command could not be journaled, so it was not sent.", "Error"),
+    "NotAvailable": _response("This gateway was built without it.", "Error"),
 }
 
 
@@ -215,6 +340,38 @@ def openapi_document() -> Document:
     paths["/v1/openapi.json"] = _read(
         "This document", {"description": "OpenAPI 3.1", "content": _json_content({"type": "object"})}
     )
+    status = _read("The gateway's status, as the status page shows it", _response("The status.", "Status"))
+    status["get"]["responses"]["501"] = _ref("responses", "NotAvailable")
+    paths["/v1/status"] = status
+    paths["/v1/admin/reload"] = {
+        "post": {
+            "summary": "Reload the configuration file (role `admin`).",
+            "description": (
+                "Reads the configuration file again and applies it, or refuses it whole. "
+                "Lots, `[[api_client]]` entries and the API token may change; what cannot "
+                "change without a restart is refused."
+            ),
+            "tags": ["admin"],
+            "responses": {
+                "200": _response("The new configuration is in force.", "ReloadOutcome"),
+                "400": _response("Refused; the running configuration is unchanged.", "ReloadOutcome"),
+                "401": _ref("responses", "Unauthorized"),
+                "403": _ref("responses", "Forbidden"),
+                "500": _response("The reload failed; the gateway's log says why.", "Error"),
+                "501": _ref("responses", "NotAvailable"),
+            },
+        }
+    }
+    page = {"description": "The status page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+    paths["/"] = _open(
+        "The status page: it holds no data and asks for a token to fetch /v1/status. No token needed.",
+        {"200": page},
+    )
+    for asset, kind in (("/status.js", "text/javascript"), ("/status.css", "text/css")):
+        paths[asset] = _open(
+            f"The status page's {kind.removeprefix('text/')}. No token needed.",
+            {"200": {"description": "The file.", "content": {kind: {"schema": {"type": "string"}}}}},
+        )
     paths["/healthz"] = _open(
         "Liveness: the process answers. No token needed.",
         {"200": _response("Alive.", "Health")},
@@ -236,7 +393,8 @@ def openapi_document() -> Document:
             "version": API_VERSION,
             "description": (
                 "The cloud's way down to the lots of a T/CPMI 002-2018 gateway. "
-                "Roles: `read` (every GET under /v1), `command`, `sync`; `admin` has all. "
+                "Roles: `read` (every GET under /v1), `command`, `sync`; `admin` has all, and "
+                "alone may reload the configuration. "
                 "The gateway's `cloud.api_token` has every role."
             ),
         },

@@ -605,3 +605,33 @@ def test_refusals_are_counted_by_status(gw: Api) -> None:
     assert sample("cpmi_api_requests_total", {"route": route, "status": "401"}) == 1.0
     assert sample("cpmi_api_requests_total", {"route": route, "status": "409"}) == 1.0
     assert sample("cpmi_command_seconds_count", {"code": "gateOpen", "outcome": "not_connected"}) == 1.0
+
+
+# --- reconfiguration ---------------------------------------------------------
+
+
+def test_reconfigure_takes_the_new_tokens(gw: Api) -> None:
+    """After reconfigure, a removed client's token is 401, an added one works, and the new API token rules."""
+    document = {
+        "cloud": {"api_token": "new-cloud-token"},
+        "api_client": [
+            {"name": "reader", "token_sha256": hashlib.sha256(b"read-token").hexdigest(), "roles": ["read"]},
+            {
+                "name": "auditor",
+                "token_sha256": hashlib.sha256(b"audit-token").hexdigest(),
+                "roles": ["read"],
+            },
+        ],
+        "lot": [{"park_code": "P001", "username": "lot001", "password": HASH}],
+    }
+    assert gw.call("GET", "/v1/parks", TOKENS["root"])[0] == 200
+    assert gw.call("GET", "/v1/parks", "audit-token")[0] == 401
+    gw.api.reconfigure(config.parse(document))
+    assert gw.call("GET", "/v1/parks", TOKENS["root"])[0] == 401
+    assert gw.call("GET", "/v1/parks", "audit-token")[0] == 200
+    assert gw.call("GET", "/v1/parks", TOKENS["reader"])[0] == 200
+    assert gw.call("GET", "/v1/parks", CLOUD_TOKEN)[0] == 401
+    status, _, body = gw.call("GET", "/v1/parks", "new-cloud-token")
+    assert status == 200
+    assert [park["parkCode"] for park in body["parks"]] == ["P001"]
+    assert gw.gate(token="new-cloud-token", park="P002")[0] == 404

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
+from gateway.cloud.api import CommandApi
 from gateway.cloud.openapi import openapi_document
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.schema import interface_schema
@@ -45,8 +47,47 @@ def test_every_route_has_a_path(document: dict[str, Any]) -> None:
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v1/status",
+        "/",
+        "/status.js",
+        "/status.css",
     ):
         assert "get" in paths[path], path
+    assert "post" in paths["/v1/admin/reload"]
+
+
+def test_every_klein_route_is_documented(document: dict[str, Any]) -> None:
+    """Each route and method the klein app serves matches a documented path and operation."""
+    documented = {
+        (path, method.upper())
+        for path, item in document["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    for rule in CommandApi.app.url_map.iter_rules():
+        # A variable of the route stands for a documented {parameter} or a documented value.
+        pattern = "".join(
+            "[^/]+" if part.startswith("<") else re.escape(part) for part in re.split(r"(<[^>]+>)", rule.rule)
+        )
+        for method in rule.methods or ():
+            if method in ("HEAD", "OPTIONS"):
+                continue
+            assert any(m == method and re.fullmatch(pattern, p) for p, m in documented), (rule.rule, method)
+
+
+def test_status_and_reload(document: dict[str, Any]) -> None:
+    """/v1/status needs `read`, with its schema; reload answers 200/400 with its outcome; the page is open."""
+    status = document["paths"]["/v1/status"]["get"]
+    assert "security" not in status
+    assert status["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Status"
+    }
+    assert {"401", "403", "501"} <= status["responses"].keys()
+    reload = document["paths"]["/v1/admin/reload"]["post"]
+    assert "security" not in reload and "admin" in reload["summary"]
+    assert {"200", "400", "401", "403", "501"} <= reload["responses"].keys()
+    for path in ("/", "/status.js", "/status.css"):
+        assert document["paths"][path]["get"]["security"] == []
 
 
 def test_one_command_path_per_downlink_interface(document: dict[str, Any]) -> None:
