@@ -2,7 +2,7 @@
 What the gateway rebuilds from its journal at start-up, and the checkpoints that make that fast.
 
 The journal is the only storage (CONTRACT §7), so a starting gateway reads back:
-the tokens in force (`token` records), each park's total spaces (its last
+the tokens in force (`token` records, less those of `token-revoked` ones), each park's total spaces (its last
 `parkEnv`), the sync entries not yet done (`sync` without a later
 `sync-done`), how far forwarding got (`forwarded` and `rejected`), the damage
 set aside (`quarantine`), and the last hour's stored requests and their answers
@@ -38,7 +38,7 @@ from gateway.journal.writer import Journal
 from gateway.lots.answers import OK, Answer
 from gateway.lots.parks import ParkTotals, park_total
 from gateway.lots.repeats import Repeats
-from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.sessions import TOKEN_RECORD, TOKEN_REVOKED_RECORD, Sessions
 from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.lots.uplink import ANSWER_RECORD, UPLINK_RECORD
 from gateway.protocol.results import Result
@@ -61,7 +61,15 @@ log = Logger()
 
 # The kinds whose bodies the state needs; `uplink` only for parkEnv.
 _STATE_KINDS = frozenset(
-    (TOKEN_RECORD, SYNC_RECORD, SYNC_DONE_RECORD, FORWARDED_RECORD, REJECTED_RECORD, QUARANTINE_RECORD)
+    (
+        TOKEN_RECORD,
+        TOKEN_REVOKED_RECORD,
+        SYNC_RECORD,
+        SYNC_DONE_RECORD,
+        FORWARDED_RECORD,
+        REJECTED_RECORD,
+        QUARANTINE_RECORD,
+    )
 )
 
 
@@ -108,6 +116,9 @@ class StartState:
         elif kind == TOKEN_RECORD:
             if isinstance(body, dict):
                 self.tokens[str(body.get("user"))] = body
+        elif kind == TOKEN_REVOKED_RECORD:
+            if isinstance(body, dict):
+                self.tokens.pop(str(body.get("user")), None)
         elif kind == SYNC_RECORD:
             self.sync[record.seq] = {
                 "ts": record.ts,

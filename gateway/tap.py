@@ -14,7 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -26,6 +26,7 @@ from gateway.cloud.metrics import observe_fsync, register_forwarder, register_sp
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
+from gateway.cloud.status import StatusReport
 from gateway.config import Config, ConfigError, load
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
@@ -36,11 +37,13 @@ from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
+from gateway.logs import RecentRejections, WithLogObserver, check_log_format, json_observer, log_stream
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SyncQueue
+from gateway.reload import Reloader, Sighup
 from gateway.state import Checkpointer, restore_at_start
 
 log = Logger()
@@ -58,7 +61,20 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", "conf/gateway.toml", "The configuration file (TOML)."],
+        [
+            "log-format",
+            None,
+            "text",
+            "text (twistd's) or json: one JSON object a line, where twistd writes its log "
+            "(standard output with -n, else --logfile). twistd's own --logger "
+            "gateway.logs.stdout_json_observer writes the same lines to standard output.",
+        ],
     ]
+
+    def postOptions(self) -> None:
+        """Refuse a --log-format other than text or json, or json where twistd cannot write it."""
+        parent = getattr(self, "parent", None)
+        check_log_format(self["log-format"], parent if isinstance(parent, usage.Options) else None)
 
 
 class _Part(Service):
@@ -140,7 +156,13 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         )
     else:
         log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
-    return build_service(settings, reactor, journal, key)
+    service = build_service(settings, reactor, journal, key, config_path=config["config"])
+    if config["log-format"] != "json":
+        return service
+    # twistd's options (--logfile, -n) are the parent of the plugin's when twistd runs it.
+    parent = getattr(config, "parent", None)
+    server_options = parent if isinstance(parent, usage.Options) else None
+    return WithLogObserver(service, lambda: json_observer(log_stream(server_options, reactor)))
 
 
 class _CloudClient:
@@ -159,8 +181,14 @@ class _CloudClient:
         return self._client.request(method, url, headers=headers, data=data, allow_redirects=False)
 
 
-def build_service(settings: Config, reactor: Any, journal: Journal, key: SigningKey) -> MultiService:
-    """Wire the parts of the gateway around an open journal and the gateway's signing key."""
+def build_service(
+    settings: Config, reactor: Any, journal: Journal, key: SigningKey, config_path: str | None = None
+) -> MultiService:
+    """Wire the parts of the gateway around an open journal and the gateway's signing key.
+
+    With `config_path`, the file `settings` were read from, the gateway reloads
+    it on SIGHUP and on ``POST /v1/admin/reload``.
+    """
     service = _Gateway()
     _Part(stop=journal.close).setServiceParent(service)
     space = SpaceWatch(
@@ -304,6 +332,42 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
             seq=progress.through + 1,
         )
     observe_fsync(registry, journal)
+    reloader: Reloader | None = None
+    if config_path is not None:
+        reloader = Reloader(
+            path=config_path,
+            running=settings,
+            read=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), load, path),
+            parts=[parts, lots, *(s for s in served.values() if isinstance(s, StandardServer))],
+            lots=lots,
+            sessions=sessions,
+            journal=journal,
+            served=frozenset(served),
+        )
+        sighup = Sighup(reactor, reloader.reload)
+        _Part(start=sighup.start, stop=sighup.stop).setServiceParent(service)
+
+    def running() -> Config:
+        """The configuration in force: a reload changes it."""
+        return reloader.running if reloader is not None else settings
+
+    # The status page's recent rejections are the log's `lot.rejected`/`cloud.rejected` events.
+    rejections = RecentRejections()
+    _Part(
+        start=lambda: globalLogPublisher.addObserver(rejections),
+        stop=lambda: globalLogPublisher.removeObserver(rejections),
+    ).setServiceParent(service)
+    status = StatusReport(
+        config=running,
+        clock=reactor,
+        started=reactor.seconds(),
+        lots=lots,
+        backlog=sync.pending,
+        journal=journal,
+        ready=ready,
+        forwarding=forwarder,
+        rejections=rejections.recent,
+    )
     api = CommandApi(
         config=settings,
         lots=lots,
@@ -313,7 +377,11 @@ def build_service(settings: Config, reactor: Any, journal: Journal, key: Signing
         ready=ready,
         sync=sync,
         deadlines=settings.deadlines,
+        status=status,
+        reload=reloader.reload if reloader is not None else None,
     )
+    if reloader is not None:
+        reloader.parts.append(api)
     api_site = Site(api.resource(), reactor=reactor)
     api_site.displayTracebacks = False
     _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,17 @@ def upload(port: int, token: str, prefix: str, stop: threading.Event, acknowledg
             acknowledged.add(opr)  # set.add is atomic under the GIL
 
 
-def start_twistd(tmp_path: Path, config: str) -> subprocess.Popen[bytes]:
+def start_twistd(
+    tmp_path: Path,
+    config: str,
+    args: Sequence[str] = (),
+    *,
+    logfile: str | None = "twistd.log",
+    stdout: int = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """twistd -n running the gateway, `args` after its --config; without --logfile when `logfile` is None."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    where = ["--logfile", str(tmp_path / logfile)] if logfile is not None else []
     return subprocess.Popen(
         [
             sys.executable,
@@ -187,15 +197,15 @@ def start_twistd(tmp_path: Path, config: str) -> subprocess.Popen[bytes]:
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",
-            "--logfile",
-            str(tmp_path / "twistd.log"),
+            *where,
             "cpmi-gateway",
             "--config",
             config,
+            *args,
         ],
         cwd=tmp_path,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=subprocess.PIPE,
     )
 

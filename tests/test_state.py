@@ -482,3 +482,28 @@ def test_quarantines_named_by_a_checkpoint_are_shown_again_not_journaled_again(h
     Parts().restore(h)
     assert [q.offset for q in h.journal.quarantined] == [0]
     assert h.journal.last_seq == before
+
+
+def test_a_revoked_token_is_not_restored_with_or_without_a_checkpoint(harness: Any) -> None:
+    """A `token-revoked` record takes the account's token out of the state, and so out of a restart."""
+    h = harness()
+    h.journal.append("token", "P001", "login", "o1", token_body("lot001", "P001", "c" * 64))
+    h.journal.append("token", "P002", "login", "o2", token_body("lot002", "P002", "d" * 64))
+    h.journal.append("token-revoked", "P001", "", "", {"user": "lot001", "reason": "removed"})
+    h.settle()
+    state = StartState()
+    for record in h.journal.replay():
+        state.observe(record)
+    assert list(state.tokens) == ["lot002"]
+    h.close()
+    h.open()
+    parts = Parts(h.clock.seconds())
+    parts.restore(h)
+    assert len(parts.sessions) == 1
+    h.journal.append(CHECKPOINT_RECORD, "", "", "", state.body(h.clock.seconds()))
+    h.settle()
+    h.close()
+    h.open()
+    parts = Parts(h.clock.seconds())
+    assert parts.restore(h).checkpoint is not None
+    assert len(parts.sessions) == 1

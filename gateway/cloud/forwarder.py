@@ -65,6 +65,7 @@ from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.config import CloudConfig
 from gateway.journal.reader import Cursor, Damage
 from gateway.journal.record import Record, dumps_compact
+from gateway.protocol.times import rfc3339_seconds
 
 __all__ = [
     "FORWARDED_RECORD",
@@ -115,6 +116,7 @@ class _Entry:
     type: str
     body: bytes
     at: float  # when it was taken from the journal (for the batch delay)
+    ts: str  # the record's journal time (for the lag)
 
 
 def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[_Entry]:
@@ -133,9 +135,16 @@ def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: flo
                     str(event["type"]),
                     dumps_compact(event),
                     at,
+                    record.ts,
                 )
             )
     return entries
+
+
+def _shortened(answer: str, limit: int = 200) -> str:
+    """The start of a cloud's answer, on one line, for the log."""
+    text = " ".join(answer.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _read_chunk(
@@ -206,6 +215,8 @@ class Forwarder:
         self._retry_timer: IDelayedCall | None = None
         self._read_timer: IDelayedCall | None = None
         self._attempts = 0
+        # When the current run of failed attempts began (None: the last attempt was answered).
+        self._failing_since: float | None = None
         # While narrowing down a refused event: batches of at most _probe events
         # until everything up to _probe_until is done.
         self._probe: int | None = None
@@ -231,6 +242,20 @@ class Forwarder:
     def backlog(self) -> int:
         """Durable records not yet done (events and other records alike)."""
         return max(0, self._journal.committed_seq - self._done_through)
+
+    def lag(self, now: float) -> float | None:
+        """Seconds the oldest event not yet forwarded has waited since it was journaled, at `now`.
+
+        Events go in journal order, so the first one waiting to be sent is the
+        oldest. None when none is waiting (caught up, or only records that are
+        no event are left).
+        """
+        if not self._queue:
+            return None
+        try:
+            return max(0.0, now - rfc3339_seconds(self._queue[0].ts))
+        except ValueError:
+            return None
 
     # -- running
 
@@ -484,7 +509,7 @@ class Forwarder:
         elif 400 <= status < 500 and status not in (408, 429):
             self._refused(batch, through, status, answer)
         else:
-            self._retry(batch, f"HTTP {status}")
+            self._retry(batch, f"HTTP {status}", status)
 
     def _take(self, count: int, through: int) -> None:
         for _ in range(count):
@@ -495,7 +520,7 @@ class Forwarder:
 
     def _delivered(self, batch: list[_Entry], through: int, status: int) -> None:
         self._take(len(batch), through)
-        self._attempts = 0
+        self._recovered(status)
         self.last_error = ""
         self.counters["events"] += len(batch)
         self.counters["batches"] += 1
@@ -511,7 +536,8 @@ class Forwarder:
         self._maybe_send()
 
     def _refused(self, batch: list[_Entry], through: int, status: int, answer: bytes) -> None:
-        self._attempts = 0
+        # A refusal is an answer: a run of failed attempts ends with it.
+        self._recovered(status)
         excerpt = answer[:ANSWER_BYTES].decode("utf-8", "replace")
         self.last_error = f"HTTP {status}: {excerpt[:200]}"
         if len(batch) > 1:
@@ -520,11 +546,15 @@ class Forwarder:
             self._probe_until = max(self._probe_until, batch[-1].seq)
             _log.warn(
                 "forwarder: the cloud refused a batch of {count} events (seq {first}-{last}) with "
-                "HTTP {status}; sending it in halves to find the refused events",
+                "HTTP {status}: {reason}; sending it in halves to find the refused events",
+                event="cloud.rejected",
+                status=status,
                 count=len(batch),
                 first=batch[0].seq,
                 last=batch[-1].seq,
-                status=status,
+                reason=_shortened(excerpt),
+                park="",
+                code="",
             )
             self._maybe_send()
             return
@@ -532,12 +562,18 @@ class Forwarder:
         self._take(1, through)
         self.counters["rejected"] += 1
         _log.error(
-            "forwarder: the cloud rejected event {id} ({type}, seq {seq}) with HTTP {status}: {answer}",
+            "forwarder: the cloud rejected event {id} ({type}, seq {seq}) with HTTP {status}: {reason}",
+            event="cloud.rejected",
+            status=status,
+            count=1,
+            first=entry.seq,
+            last=entry.seq,
+            reason=_shortened(excerpt),
+            park=entry.park,
+            code=entry.code,
             id=entry.id,
             type=entry.type,
             seq=entry.seq,
-            status=status,
-            answer=excerpt[:200],
         )
         body = {
             "seq": entry.seq,
@@ -551,7 +587,7 @@ class Forwarder:
         self._fill()
         self._maybe_send()
 
-    def _retry(self, batch: list[_Entry], reason: str) -> None:
+    def _retry(self, batch: list[_Entry], reason: str, status: int | None = None) -> None:
         self._in_flight = None
         if not self._running:
             return
@@ -561,8 +597,22 @@ class Forwarder:
         settings = self._settings
         ceiling = min(settings.retry_max_delay, settings.retry_min_delay * 2 ** min(self._attempts - 1, 62))
         delay = ceiling / 2 + self._random() * ceiling / 2
-        log = _log.warn if self._attempts <= 3 or self._attempts % 10 == 0 else _log.debug
-        log(
+        if self._failing_since is None:
+            # One event as a run of failures begins, one as it ends (_recovered); debug lines between.
+            self._failing_since = self._clock.seconds()
+            _log.warn(
+                "forwarder: cannot deliver to {url}: {reason}; retrying with backoff, "
+                "{backlog} records waiting",
+                event="cloud.retrying",
+                url=self._url,
+                reason=reason,
+                status=status,
+                backlog=self.backlog,
+                count=len(batch),
+                first=batch[0].seq,
+                last=batch[-1].seq,
+            )
+        _log.debug(
             "forwarder: {count} events (seq {first}-{last}) not delivered to {url}: {reason}; "
             "try {attempt} in {delay:.1f} s",
             count=len(batch),
@@ -574,6 +624,22 @@ class Forwarder:
             delay=delay,
         )
         self._retry_timer = self._clock.callLater(delay, self._retry_due)
+
+    def _recovered(self, status: int) -> None:
+        """The cloud answered: end a run of failed attempts, if one was on (cloud.recovered)."""
+        if self._failing_since is not None:
+            _log.info(
+                "forwarder: {url} answers again (HTTP {status}) after {attempts} failed attempts "
+                "in {seconds:.1f} s",
+                event="cloud.recovered",
+                url=self._url,
+                status=status,
+                attempts=self._attempts,
+                seconds=self._clock.seconds() - self._failing_since,
+                backlog=self.backlog,
+            )
+            self._failing_since = None
+        self._attempts = 0
 
     def _retry_due(self) -> None:
         self._retry_timer = None

@@ -55,6 +55,7 @@ from gateway.dialects.interface import (
     Original,
     Unsupported,
 )
+from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.tcp import describe
 from gateway.protocol.results import Result
@@ -200,6 +201,14 @@ class BolinkServer:
             return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
         return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
 
+    def disconnect(self, park: str, reason: str) -> bool:
+        connection = self._bound.get(park)
+        if connection is None:
+            return False
+        self._unbind(connection, park, reason)
+        connection.close(reason)
+        return True
+
     def start(self) -> None:
         if not self._sweep.running:
             self._sweep.start(SWEEP_INTERVAL, now=False)
@@ -241,10 +250,9 @@ class BolinkServer:
         self._fail_pending(connection, NotConnected(park or "?"))
 
     def oversize(self, connection: BolinkConnection, event: Oversize) -> None:
-        log.warn(
-            "dropped a line of more than {limit} bytes from {peer}", limit=event.limit, peer=connection.peer
-        )
-        connection.send(answer("", False, f"line longer than {event.limit} bytes; dropped", ""))
+        detail = f"line longer than {event.limit} bytes; dropped"
+        self._rejected(connection, "", Result.MALFORMED, detail)
+        connection.send(answer("", False, detail, ""))
 
     def line_received(self, connection: BolinkConnection, line: bytes) -> None:
         if line == HEARTBEAT:
@@ -256,6 +264,7 @@ class BolinkServer:
         try:
             envelope = parse_line(line)
         except BadMessage as error:
+            self._rejected(connection, error.service, Result.MALFORMED, str(error))
             connection.send(answer(error.service, False, str(error), ""))
             return
         service = envelope.service
@@ -265,7 +274,9 @@ class BolinkServer:
         park = connection.park
         lot = self.host.lot(park) if park is not None else None
         if park is None or lot is None:
-            connection.send(answer(service, False, "log in first (service_name login)", envelope.order_id))
+            detail = "log in first (service_name login)"
+            self._rejected(connection, service, Result.TOKEN_INVALID, detail)
+            connection.send(answer(service, False, detail, envelope.order_id))
             return
         if service == _LIFTROD:
             # The lot's answer to a gateOpen (lots never ask the platform to lift a rod).
@@ -273,12 +284,33 @@ class BolinkServer:
             return
         if envelope.token != connection.token:
             detail = "token: not the one this connection's login gave; log in again"
+            self._rejected(connection, service, Result.TOKEN_INVALID, detail)
             connection.send(answer(service, False, detail, envelope.order_id))
             return
         if not sign_ok(envelope, lot.secret, lot.signature):
-            connection.send(answer(service, False, "sign: does not match data", envelope.order_id))
+            detail = "sign: does not match data"
+            self._rejected(connection, service, Result.BAD_SIGNATURE, detail)
+            connection.send(answer(service, False, detail, envelope.order_id))
             return
         self._uplink(connection, park, envelope)
+
+    def _rejected(
+        self, connection: BolinkConnection, service: str, result: Result, reason: str, park: str | None = None
+    ) -> None:
+        """Log a message refused here, before the host sees it (lot.rejected; the host logs its own).
+
+        bolink answers carry no result code: `result` is the standard's nearest one.
+        """
+        lot_rejected(
+            log,
+            park=(connection.park if park is None else park) or "",
+            peer=connection.peer,
+            code=service,
+            result=result.code,
+            reason=reason,
+            dialect=NAME,
+            via=NAME,
+        )
 
     # logging in
 
@@ -288,10 +320,13 @@ class BolinkServer:
         lot = self.host.lot(str(park_id)) if isinstance(park_id, str | int) and park_id != "" else None
         if lot is None:
             detail = f"park_id: {park_id!r} is not a bolink lot of this gateway"
+            self._rejected(connection, "login", Result.NO_SUCH_PARK, detail)
             connection.send(login_answer(False, detail, ""))
             return
         if not sign_ok(envelope, lot.secret, lot.signature):
-            connection.send(login_answer(False, "sign: does not match data", ""))
+            detail = "sign: does not match data"
+            self._rejected(connection, "login", Result.BAD_SIGNATURE, detail, lot.park_code)
+            connection.send(login_answer(False, detail, ""))
             return
         token = secrets.token_hex(16)
         local = data.get("local_id")
@@ -336,6 +371,7 @@ class BolinkServer:
         try:
             messages = translate(service, data, self.host.zone)
         except Untranslatable as error:
+            self._rejected(connection, service, Result.FIELD_INVALID, str(error))
             connection.send(answer(service, False, str(error), order_id))
             return
         # The token is the connection's own: not kept.

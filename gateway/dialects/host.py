@@ -15,7 +15,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-from attrs import frozen
+from attrs import define
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -34,11 +34,12 @@ from gateway.dialects.interface import (
     Unsupported,
 )
 from gateway.journal.record import dumps_compact
+from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
 from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD, record_connection
 from gateway.lots.login import Appender, Checker, not_stored_answer
 from gateway.lots.parks import ParkTotals
-from gateway.lots.repeats import Repeats
+from gateway.lots.repeats import TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.uplink import UPLINK_RECORD, Queries, Rejected, check_business_rules
 from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
@@ -49,6 +50,8 @@ from gateway.protocol.validation import FieldError, validate
 __all__ = ["LEGACY_RECORD", "DialectHost", "GatewayParts", "LotRouter"]
 
 log = Logger()
+# Read once: an enum member costs an attribute lookup through its class on each use.
+_OK_RESULT = Result.OK
 
 LEGACY_RECORD = "legacy"
 """The journal's record of a legacy message as a dialect received it (kept beside its translations)."""
@@ -57,11 +60,13 @@ LEGACY_RECORD = "legacy"
 _FIELD = re.compile(r"data(?:\[\d+\])?\.([^.\[]+)")
 
 
-@frozen
+@define
 class GatewayParts:
     """The gateway's own parts, which the built-in standard dialect is wired from.
 
     Vendor dialects use the host's methods instead: these are not a stable interface.
+    `config` is the running configuration: a reload replaces it, and the hosts'
+    lookups (`lots`, `lot`, `deadline`) read it on each call.
     """
 
     config: Config
@@ -72,6 +77,10 @@ class GatewayParts:
     totals: ParkTotals
     passwords: Checker
     queries: Queries | None = None
+
+    def reconfigure(self, config: Config) -> None:
+        """Run with the lots of a reloaded configuration."""
+        self.config = config
 
 
 @implementer(IDialectHost)
@@ -108,24 +117,43 @@ class DialectHost:
     def submit(self, park: str, original: Original, messages: Sequence[Message]) -> Deferred[Answer]:
         """Store `original` and `messages` (see ``IDialectHost.submit``); never fails."""
         if self.lot(park) is None:
-            return succeed(Answer.of(Result.NO_SUCH_PARK, f"park {park!r} is not a {self.name} lot"))
+            answer = Answer.of(Result.NO_SUCH_PARK, f"park {park!r} is not a {self.name} lot")
+            return succeed(self._refused(park, original, answer))
         repeats, opr = self.parts.repeats, _repeat_key(original.opr)
         repeated = repeats.seen(park, opr)
         if repeated is not None:
-            return repeated
+            # The first answer was logged when it was given: only a refusal of the repeat itself is new.
+            return repeated.addCallback(
+                lambda answer: self._refused(park, original, answer) if answer is TOO_MANY else answer
+            )
         repeats.begin(park, opr)
         try:
             checked = [self._checked(park, message) for message in messages]
         except Rejected as rejected:
             repeats.finish(park, opr, rejected.answer, stored=False)
-            return succeed(rejected.answer)
+            return succeed(self._refused(park, original, rejected.answer))
         stored = self._store(park, original, opr, checked)
 
         def done(answer: Answer) -> Answer:
             repeats.finish(park, opr, answer, stored=answer.result is Result.OK)
+            if answer.result is not _OK_RESULT:
+                self._refused(park, original, answer)
             return answer
 
         return stored.addCallback(done)
+
+    def _refused(self, park: str, original: Original, answer: Answer) -> Answer:
+        """Log the refusal `answer` of the lot's message (lot.rejected); return it."""
+        lot_rejected(
+            log,
+            park=park,
+            code=original.service,
+            result=answer.result.code,
+            reason=answer.message,
+            dialect=self.name,
+            via=self.name,
+        )
+        return answer
 
     def _checked(self, park: str, message: Message) -> tuple[str, object]:
         interface = lookup(message.code)
@@ -208,12 +236,26 @@ class DialectHost:
     # connections
 
     def online(self, park: str, peer: str, how: str) -> None:
-        log.info("lot {park} bound from {peer} by {how}", park=park, peer=peer, how=how)
+        log.info(
+            "lot {park} bound from {peer} by {how}",
+            event="lot.online",
+            park=park,
+            peer=peer,
+            how=how,
+            dialect=self.name,
+        )
         record_connection(self.parts.journal, ONLINE_RECORD, park, peer, how)
         self.resume(park)
 
     def offline(self, park: str, peer: str, reason: str) -> None:
-        log.info("lot {park} unbound from {peer}: {reason}", park=park, peer=peer, reason=reason)
+        log.info(
+            "lot {park} unbound from {peer}: {reason}",
+            event="lot.offline",
+            park=park,
+            peer=peer,
+            reason=reason,
+            dialect=self.name,
+        )
         record_connection(self.parts.journal, OFFLINE_RECORD, park, peer, reason)
 
 
@@ -235,6 +277,27 @@ class LotRouter:
         self.servers: dict[str, IDialectServer] = {}
         # The standard dialect's downlink counters, for the metrics.
         self.counters: Mapping[str, int] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """Route by the lots of a reloaded configuration.
+
+        A lot whose dialect is not running (added by a reload, served only after
+        a restart) is shown offline and refused commands as not connected.
+        """
+        self._config = config
+
+    def disconnect(self, lot: LotConfig, reason: str) -> bool:
+        """Close the connection of `lot` (as configured until now) through its dialect."""
+        server = self.servers.get(lot.dialect)
+        disconnect = getattr(server, "disconnect", None)
+        if disconnect is None:
+            log.warn(
+                "the {dialect} dialect cannot close lot {park}'s connection: it lasts until it closes",
+                dialect=lot.dialect,
+                park=lot.park_code,
+            )
+            return False
+        return bool(disconnect(lot.park_code, reason))
 
     def _server(self, park: str) -> tuple[str, IDialectServer | None]:
         lot = self._config.lot_by_park(park)

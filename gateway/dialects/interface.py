@@ -143,6 +143,14 @@ class IDialectServer(Interface):
     def state(park: str) -> LotState:
         """The lot's connection, as the command API and the status page show it."""
 
+    def disconnect(park: str, reason: str) -> bool:
+        """Close the lot's connection, reporting it offline through the host; whether it had one.
+
+        Called when a reload removes the lot or changes its credentials. A
+        dialect without this method keeps such a connection until it closes,
+        though the host answers its messages as from an unknown park.
+        """
+
     def start() -> None:
         """Start timers; the reactor is running."""
 

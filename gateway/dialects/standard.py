@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import LotConfig
+from gateway.config import Config, LotConfig
 from gateway.dialects.host import DialectHost
 from gateway.dialects.interface import IDialect, IDialectServer, LotReply, LotState
 from gateway.lots.downlink import Downlinks
@@ -42,6 +42,7 @@ class StandardServer:
             clock=parts.clock,
             queries=parts.queries,
         )
+        self.handler = handler
         self.site = UplinkSite(
             UplinkResource(handler, config.uplink.max_body_bytes).resource(), reactor=parts.clock
         )
@@ -71,6 +72,14 @@ class StandardServer:
 
     def state(self, park: str) -> LotState:
         return self.downlinks.state(park)
+
+    def disconnect(self, park: str, reason: str) -> bool:
+        return self.downlinks.disconnect(park, reason)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the lots of a reloaded configuration (the host's lookups see it by themselves)."""
+        self.handler.reconfigure(config)
+        self.downlinks.reconfigure(config)
 
     def start(self) -> None:
         self.downlinks.start()

@@ -23,8 +23,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.config import Config, LotConfig
+from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.login import Appender, Checker, LoginOutcome, login, signature_ok
+from gateway.lots.login import STANDARD, Appender, Checker, LoginOutcome, login, signature_ok
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
 from gateway.protocol.catalog import deadline_of, lookup
@@ -45,6 +46,8 @@ MAX_QUEUED = 32
 _EXPIRED_KEPT = 1024
 
 Connection = DownlinkProtocol
+# Read once: an enum member costs an attribute lookup through its class on each use.
+_OK_RESULT = Result.OK
 
 
 class NotConnected(Exception):
@@ -188,6 +191,30 @@ class Downlinks:
         for connection in list(self._unbound):
             connection.close(reason)
 
+    def disconnect(self, park: str, reason: str) -> bool:
+        """Close the lot's connection, journaling it offline now; whether it had one.
+
+        A reload that removes the lot or changes its credentials cuts it off this way.
+        """
+        connection = self._bound.pop(park, None)
+        if connection is None:
+            return False
+        self._unbind(connection, park, reason)
+        connection.close(reason)
+        self._fail_outstanding(connection)
+        return True
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the lots of a reloaded configuration: lookups from now on see `config`.
+
+        Only the lots change: the [tcp] timers and the zone are read at start.
+        """
+        self._config = config
+
+    def _lot_by_username(self, username: str) -> LotConfig | None:
+        """The lot of the account in the running configuration (a reload may change it)."""
+        return self._config.lot_by_username(username)
+
     def state(self, park: str) -> LotState:
         """The downlink state of the lot `park` (configured or not)."""
         connection = self._bound.get(park)
@@ -305,10 +332,9 @@ class Downlinks:
 
     def too_large(self, connection: Connection, event: FrameTooLarge) -> None:
         self.counters["closed_oversize"] += 1
-        log.warn(
-            "closing {peer}: a frame of more than {limit} bytes", peer=connection.peer, limit=event.limit
-        )
-        connection.close(f"frame larger than max_frame_bytes ({event.limit})")
+        reason = f"frame larger than max_frame_bytes ({event.limit})"
+        self._rejected(connection, "", Answer.of(Result.MALFORMED, f"{reason}; closing the connection"))
+        connection.close(reason)
 
     def frame_failed(self, connection: Connection, failure: Failure) -> None:
         self.counters["errors"] += 1
@@ -337,8 +363,11 @@ class Downlinks:
 
     def _malformed(self, connection: Connection, error: EnvelopeError) -> None:
         self.counters["bad_frames"] += 1
+        answer = Answer.of(error.result, error.detail)
         if error.opr:
-            self._answer(connection, error.code, error.opr, Answer.of(error.result, error.detail))
+            self._answer(connection, error.code, error.opr, answer)
+        else:
+            self._rejected(connection, error.code, answer)  # not answered: no oprNum to answer to
 
     def _reply(self, connection: Connection, reply: Reply) -> None:
         if connection.park is None:
@@ -424,6 +453,7 @@ class Downlinks:
             passwords=self._passwords,
             journal=self._journal,
             via="TCP",
+            configured=self._lot_by_username,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)
@@ -435,7 +465,8 @@ class Downlinks:
             return
         lot = outcome.lot
         secret = lot.secret if lot is not None else ""
-        self._answer(connection, "login", request.opr, outcome.answer, token="", secret=secret)
+        park = lot.park_code if lot is not None else None
+        self._answer(connection, "login", request.opr, outcome.answer, token="", secret=secret, park=park)
         if outcome.answer.result is not Result.OK or lot is None:
             if connection.park is None:
                 self.counters["bind_failures"] += 1
@@ -467,7 +498,8 @@ class Downlinks:
         if session is None or lot is None or lot.park_code != session.park:
             self.counters["bind_failures"] += 1
             answer = Answer.of(Result.TOKEN_INVALID, "token: unknown, replaced or expired")
-            self._answer(connection, "heartbeat", request.opr, answer)
+            park = session.park if session is not None else None
+            self._answer(connection, "heartbeat", request.opr, answer, park=park)
             connection.close("heartbeat with an invalid token")
             return
         if not signature_ok(
@@ -481,7 +513,9 @@ class Downlinks:
         ):
             self.counters["bind_failures"] += 1
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
-            self._answer(connection, "heartbeat", request.opr, answer, request.token, lot.secret)
+            self._answer(
+                connection, "heartbeat", request.opr, answer, request.token, lot.secret, park=lot.park_code
+            )
             connection.close("heartbeat with a wrong signature")
             return
         self._bind(connection, lot, request.token, "heartbeat")
@@ -544,7 +578,14 @@ class Downlinks:
         connection.bound_at = self._clock.seconds()
         self._bound[park] = connection
         self.counters["binds"] += 1
-        log.info("lot {park} bound from {peer} by {how}", park=park, peer=connection.peer, how=how)
+        log.info(
+            "lot {park} bound from {peer} by {how}",
+            event="lot.online",
+            park=park,
+            peer=connection.peer,
+            how=how,
+            dialect=STANDARD,
+        )
         record_connection(self._journal, ONLINE_RECORD, park, connection.peer, how)
         for listener in self.bound_listeners:
             try:
@@ -555,7 +596,14 @@ class Downlinks:
     def _unbind(self, connection: Connection, park: str, reason: str) -> None:
         self._last_seen[park] = connection.last_read
         self._last_peer[park] = connection.peer
-        log.info("lot {park} unbound from {peer}: {reason}", park=park, peer=connection.peer, reason=reason)
+        log.info(
+            "lot {park} unbound from {peer}: {reason}",
+            event="lot.offline",
+            park=park,
+            peer=connection.peer,
+            reason=reason,
+            dialect=STANDARD,
+        )
         record_connection(self._journal, OFFLINE_RECORD, park, connection.peer, reason)
 
     # writing
@@ -568,7 +616,14 @@ class Downlinks:
         answer: Answer,
         token: str | None = None,
         secret: str | None = None,
+        park: str | None = None,
     ) -> None:
+        """Send a response frame; one other than 0000 is logged (lot.rejected) as the lot `park`'s.
+
+        `park` defaults to the connection's lot.
+        """
+        if answer.result is not _OK_RESULT:
+            self._rejected(connection, code, answer, park)
         if token is None:
             token = connection.token
         if secret is None:
@@ -576,6 +631,18 @@ class Downlinks:
             secret = lot.secret if lot is not None else ""
         text = build_response(code, opr, answer.result, answer.message, answer.data, token, secret)
         self._send(connection, encode_json_frame(text.decode("utf-8")))
+
+    def _rejected(self, connection: Connection, code: str, answer: Answer, park: str | None = None) -> None:
+        lot_rejected(
+            log,
+            park=(connection.park if park is None else park) or "",
+            peer=connection.peer,
+            code=code,
+            result=answer.result.code,
+            reason=answer.message,
+            dialect=STANDARD,
+            via="tcp",
+        )
 
     def _send(self, connection: Connection, frame: bytes) -> None:
         if connection.closing:

@@ -21,7 +21,10 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
+from gateway.lots.login import STANDARD
+from gateway.lots.tcp import describe
 from gateway.lots.uplink import FilePart, UplinkHandler
 from gateway.protocol.envelope import build_response
 from gateway.protocol.results import Result
@@ -157,6 +160,7 @@ class UplinkResource:
         except BodyError as error:
             request.setHeader(b"content-type", JSON_TYPE)
             answer = Answer.of(error.result, error.detail)
+            _rejected(request, url_code, answer)
             return build_response(url_code or "", "", answer.result, answer.message, {}, "", "")
         if isinstance(body, int):
             request.setResponseCode(body)
@@ -165,10 +169,25 @@ class UplinkResource:
         text, files = body
         request.setHeader(b"content-type", JSON_TYPE)
         answered = maybeDeferred(self._handler.handle, text, url_code, files)
-        return answered.addErrback(self._failed, url_code)
+        return answered.addErrback(self._failed, url_code, request)
 
-    def _failed(self, failure: Failure, url_code: str | None) -> bytes:
+    def _failed(self, failure: Failure, url_code: str | None, request: IRequest) -> bytes:
         """A fault of the gateway's own is still answered in the protocol: 9999, and logged."""
         log.failure("uplink request failed inside the gateway", failure)
         answer = Answer.of(Result.FAILED, "internal error in the gateway; retry")
+        _rejected(request, url_code, answer)
         return build_response(url_code or "", "", answer.result, answer.message, {}, "", "")
+
+
+def _rejected(request: IRequest, url_code: str | None, answer: Answer) -> None:
+    """Log an answer given here, not by the handler (which logs its own): a body not understood, a fault."""
+    lot_rejected(
+        log,
+        park="",
+        peer=describe(request.getClientAddress()),
+        code=url_code or "",
+        result=answer.result.code,
+        reason=answer.message,
+        dialect=STANDARD,
+        via="http",
+    )

@@ -8,7 +8,7 @@ record and put it in force once that record is durable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -74,11 +74,15 @@ def login(
     passwords: Checker,
     journal: Appender,
     via: str,
+    configured: Callable[[str], LotConfig | None] | None = None,
 ) -> Deferred[LoginOutcome]:
     """Check a `login` request and issue a token; `via` names the transport in the log.
 
     Validate the fields, check the signature (token "") and the password, mint a
     token, journal its `token` record and put it in force once that is durable.
+    `configured` looks the account up in the running configuration: a reload
+    that removes the lot or changes it while its password is being checked, or
+    its token stored, refuses the login instead of issuing a token it revoked.
     """
     data = request.data
     lot: LotConfig | None = None
@@ -105,13 +109,24 @@ def login(
     ):
         return succeed(LoginOutcome(Answer.of(Result.BAD_SIGNATURE, "signature: does not match data"), lot))
 
+    def changed() -> bool:
+        return configured is not None and configured(username) != lot
+
+    def reloaded() -> LoginOutcome:
+        detail = "parkUserName: the lot's configuration changed during the login; log in again"
+        return LoginOutcome(Answer.of(Result.BAD_CREDENTIALS, detail), None)
+
     def checked(matches: bool) -> Deferred[LoginOutcome] | LoginOutcome:
         if not matches or lot is None:
             answer = Answer.of(Result.BAD_CREDENTIALS, "parkUserName or parkUserPwd is wrong")
             return LoginOutcome(answer, lot)
+        if changed():
+            return reloaded()
         token, body = sessions.mint(lot.username, lot.park_code)
 
         def issued(_: object) -> LoginOutcome:
+            if changed():
+                return reloaded()
             sessions.install(body)
             log.info(
                 "lot {park} logged in over {via} as {user}", park=lot.park_code, user=lot.username, via=via

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IReactorTime
 from gateway.protocol.times import end_of_month, rfc3339_seconds
 
 TOKEN_RECORD = "token"
+TOKEN_REVOKED_RECORD = "token-revoked"
+"""The journal's record of an account's token taken out of force (a reload removed or changed the lot)."""
 
 
 def new_token() -> str:
@@ -82,11 +84,13 @@ class Sessions:
         self._digest_by_user[username] = digest
         self._by_digest[digest] = Session(username=username, park=park, expires=expires)
 
-    def revoke(self, username: str) -> None:
-        """Take the account's token out of force."""
+    def revoke(self, username: str) -> bool:
+        """Take the account's token out of force; whether it had one."""
         digest = self._digest_by_user.pop(username, None)
-        if digest is not None:
-            self._by_digest.pop(digest, None)
+        if digest is None:
+            return False
+        self._by_digest.pop(digest, None)
+        return True
 
     def lookup(self, token: str) -> Session | None:
         """The session of `token`, or None when it is unknown, replaced or expired."""

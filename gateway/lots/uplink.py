@@ -16,13 +16,15 @@ from zoneinfo import ZoneInfo
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from gateway.config import Config, LotConfig
 from gateway.journal.record import Record
+from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.login import Appender, Checker, login, not_stored_answer, signature_ok
+from gateway.lots.login import STANDARD, Appender, Checker, login, not_stored_answer, signature_ok
 from gateway.lots.parks import ParkTotals
-from gateway.lots.repeats import Repeats
+from gateway.lots.repeats import TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
@@ -34,6 +36,10 @@ from gateway.protocol.validation import FieldError, validate
 UPLINK_RECORD = "uplink"
 QUERY_RECORD = "query"
 ANSWER_RECORD = "answer"
+
+log = Logger()
+# Read once: an enum member costs an attribute lookup through its class on each use.
+_OK_RESULT = Result.OK
 
 
 @frozen
@@ -115,6 +121,14 @@ class UplinkHandler:
         self._queries = queries
         self._zone: ZoneInfo = config.gateway.timezone
 
+    def reconfigure(self, config: Config) -> None:
+        """Take the lots of a reloaded configuration: logins and requests from now on see `config`."""
+        self._config = config
+
+    def _lot_by_username(self, username: str) -> LotConfig | None:
+        """The lot of the account in the running configuration (a reload may change it)."""
+        return self._config.lot_by_username(username)
+
     def handle(
         self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
     ) -> Deferred[bytes]:
@@ -138,23 +152,27 @@ class UplinkHandler:
         lot = self._config.lot_by_username(session.username)
         if lot is None or lot.park_code != session.park:
             answer = Answer.of(Result.NO_SUCH_PARK, f"park {session.park!r} is no longer configured")
-            return succeed(self._render(code, request.opr, answer))
+            return succeed(self._render(code, request.opr, answer, park=session.park))
         token, secret = request.token, lot.secret
         if not self._signature_ok(request, lot, heartbeat=code == "heartbeat"):
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
-            return succeed(self._render(code, request.opr, answer, token, secret))
+            return succeed(self._render(code, request.opr, answer, token, secret, lot.park_code))
         if code == "heartbeat":
             answer = Answer.of(Result.OK, data={"time": wire_time(self._clock.seconds(), self._zone)})
             return succeed(self._render(code, request.opr, answer, token, secret))
         if not request.opr:
             answer = Answer.of(Result.MALFORMED, "oprNum: required")
-            return succeed(self._render(code, request.opr, answer, token, secret))
+            return succeed(self._render(code, request.opr, answer, token, secret, lot.park_code))
         park, opr = lot.park_code, request.opr
         repeated = self._repeats.seen(park, opr)
         if repeated is None:
             self._repeats.begin(park, opr)
-            repeated = self._store(interface, lot, request, files)
-        return repeated.addCallback(lambda answer: self._render(code, opr, answer, token, secret))
+            stored = self._store(interface, lot, request, files)
+            return stored.addCallback(lambda answer: self._render(code, opr, answer, token, secret, park))
+        # The first answer was logged when it was given: only a refusal of the repeat itself is new.
+        return repeated.addCallback(
+            lambda answer: self._render(code, opr, answer, token, secret, park, logged=answer is TOO_MANY)
+        )
 
     def _interface(self, request: Request, url_code: str | None) -> Interface:
         code = request.code or url_code
@@ -178,7 +196,27 @@ class UplinkHandler:
             optional=heartbeat,
         )
 
-    def _render(self, code: str, opr: str, answer: Answer, token: str = "", secret: str = "") -> bytes:
+    def _render(
+        self,
+        code: str,
+        opr: str,
+        answer: Answer,
+        token: str = "",
+        secret: str = "",
+        park: str = "",
+        logged: bool = True,
+    ) -> bytes:
+        """The response envelope; every answer but 0000 is logged here (`logged`), once (lot.rejected)."""
+        if answer.result is not _OK_RESULT and logged:
+            lot_rejected(
+                log,
+                park=park,
+                code=code,
+                result=answer.result.code,
+                reason=answer.message,
+                dialect=STANDARD,
+                via="http",
+            )
         return build_response(code, opr, answer.result, answer.message, answer.data, token, secret)
 
     # login (B.4.1)
@@ -191,11 +229,14 @@ class UplinkHandler:
             passwords=self._passwords,
             journal=self._journal,
             via="HTTP",
+            configured=self._lot_by_username,
         )
         return outcome.addCallback(lambda done: self._login_render(request, done.lot, done.answer))
 
     def _login_render(self, request: Request, lot: LotConfig | None, answer: Answer) -> bytes:
-        return self._render("login", request.opr, answer, "", lot.secret if lot else "")
+        if lot is None:
+            return self._render("login", request.opr, answer)
+        return self._render("login", request.opr, answer, "", lot.secret, lot.park_code)
 
     # reports and queries
 

@@ -17,6 +17,7 @@ from nacl.signing import SigningKey
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.error import ConnectionRefusedError
+from twisted.logger import LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -27,6 +28,7 @@ from gateway.cloud.httpsig import parse_signature_input, verify_request
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record
 from tests.journal.helpers import Harness
+from tests.test_logs import captured
 
 URL = "https://cloud.example/v1/events"
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -452,3 +454,103 @@ def test_memory_stays_flat_through_a_100k_backlog(tmp_path: Path) -> None:
     assert peak < 24 * 2**20, f"peak {peak / 2**20:.1f} MiB"
     assert peak < sent_bytes / 2, f"peak {peak / 2**20:.1f} MiB for {sent_bytes / 2**20:.1f} MiB of events"
     rig.close()
+
+
+# the log: cloud.retrying, cloud.recovered, cloud.rejected
+
+
+def named(events: list[Any], *names: str) -> list[Any]:
+    return [event for event in events if event.get("event") in names]
+
+
+def test_a_run_of_failures_logs_one_retrying_and_its_end_one_recovered(rigs: Callable[..., Rig]) -> None:
+    """N failed attempts in a row log one cloud.retrying as they begin; the success one cloud.recovered."""
+    rig = rigs(batch_max_delay=0, retry_min_delay=1, retry_max_delay=4)
+    answers = [(503, b"busy")] * 6 + [(200, b"")]
+    rig.cloud.answer = lambda batch: answers.pop(0)
+    with captured() as events:
+        rig.uplinks(2)
+        rig.settle()
+        start = rig.h.clock.seconds()
+        while answers:
+            rig.h.clock.advance(0.5)
+            rig.settle()
+        took = rig.h.clock.seconds() - start
+    burst = named(events, "cloud.retrying", "cloud.recovered")
+    assert [event["event"] for event in burst] == ["cloud.retrying", "cloud.recovered"]
+    retrying, recovered = burst
+    assert retrying["log_level"] is LogLevel.warn and retrying["reason"] == "HTTP 503"
+    assert retrying["status"] == 503 and retrying["backlog"] == 2 and retrying["url"] == URL
+    assert (retrying["count"], retrying["first"], retrying["last"]) == (2, 1, 2)
+    assert recovered["log_level"] is LogLevel.info and recovered["attempts"] == 6
+    assert recovered["seconds"] == took and recovered["status"] == 200
+    debug = [e for e in events if e["log_level"] is LogLevel.debug and "try {attempt}" in e["log_format"]]
+    assert len(debug) == 6 and not any("event" in e for e in debug)
+    # A later outage is a new run: one more of each.
+    answers[:] = [(200, b"")]
+    rig.http = type("Down", (), {"request": lambda self, *a, **k: fail(ConnectionRefusedError())})()
+    with captured() as later:
+        rig.uplinks(1)
+        rig.settle()
+        rig.http = StubTreq(rig.cloud)
+        rig.h.clock.advance(1)
+        rig.settle()
+    retrying, recovered = named(later, "cloud.retrying", "cloud.recovered")
+    assert retrying["status"] is None and "refused" in retrying["reason"]
+    assert recovered["attempts"] == 1
+
+
+def test_success_without_a_failure_logs_no_burst(rigs: Callable[..., Rig]) -> None:
+    """Batches delivered at the first try log neither cloud.retrying nor cloud.recovered."""
+    rig = rigs(batch_max_delay=0)
+    with captured() as events:
+        rig.uplinks(3)
+        rig.settle()
+    assert rig.forwarder.done_through == 3
+    assert named(events, "cloud.retrying", "cloud.recovered", "cloud.rejected") == []
+
+
+def test_each_refused_batch_logs_one_cloud_rejected(rigs: Callable[..., Rig]) -> None:
+    """Every 4xx for a batch logs one cloud.rejected: status, count, first and last seq, the answer."""
+    rig = rigs(batch_max_delay=0, start=False)
+    rig.uplinks(4)
+    rig.settle()
+    bad = "gw-01-3"
+    answer = b'{"error":\n  "recordCode unknown"}' + b"x" * 500
+
+    rig.cloud.answer = lambda batch: (422, answer) if bad in ids(batch) else (200, b"")
+    with captured("cloud.rejected") as events:
+        rig.forwarder.start()
+        rig.settle()
+    refusals = len([batch for batch in rig.cloud.batches() if bad in ids(batch)])
+    assert len(events) == refusals >= 2
+    assert [(e["count"], e["first"], e["last"]) for e in events][-1] == (1, 3, 3)
+    assert events[0]["count"] > 1 and events[0]["first"] <= 3 <= events[0]["last"]
+    for event in events:
+        assert event["status"] == 422
+        assert event["reason"].startswith('{"error": "recordCode unknown"}') and len(event["reason"]) <= 200
+    last = events[-1]
+    assert (last["park"], last["code"], last["id"]) == ("P001", "carIn", bad)
+    assert last["log_level"] is LogLevel.error and events[0]["log_level"] is LogLevel.warn
+
+
+def test_lag_is_the_age_of_the_oldest_event_waiting(rigs: Callable[..., Rig]) -> None:
+    """lag(now) is how long the first unforwarded event has waited since journaled; None when caught up."""
+    rig = rigs(batch_max_delay=0, retry_min_delay=10, retry_max_delay=10)
+    assert rig.forwarder.lag(rig.h.clock.seconds()) is None
+    answers = [(503, b"down")] * 2 + [(204, b"")]
+    rig.cloud.answer = lambda batch: answers.pop(0)
+    rig.uplinks(1)
+    rig.settle()
+    journaled = rig.h.clock.seconds()
+    rig.h.clock.advance(5)
+    rig.settle()
+    rig.uplinks(1, start=1)
+    rig.settle()
+    lag = rig.forwarder.lag(journaled + 7.5)
+    assert lag is not None and abs(lag - 7.5) < 0.01, "the first event's age, not the second's"
+    while answers:
+        rig.h.clock.advance(1)
+        rig.settle()
+    assert len(rig.cloud.accepted) == 2
+    assert rig.forwarder.lag(rig.h.clock.seconds()) is None

@@ -28,6 +28,7 @@ from gateway.dialects.standard import standard
 from gateway.dialects.testing import START, DialectRig, LotPeer
 from gateway.journal.record import Record
 from gateway.protocol.results import Result
+from tests.test_logs import captured
 
 SECRET = "bolink-secret"
 # Only its form is checked when the configuration is read.
@@ -1126,3 +1127,55 @@ def test_config_requires_the_bolink_listener() -> None:
     with pytest.raises(ConfigError, match=r"^listen\.acme: "):
         configure(lot_table(), listen={"bolink": "tcp:6789", "acme": "tcp:6790"})
     configure(lot_table())
+
+
+# --- the log: lot.online, lot.offline, lot.rejected ----------------------------------------------
+
+
+def test_every_refusal_logs_one_lot_rejected_and_an_answered_message_none() -> None:
+    """Each message answered state 0, here or by the host, logs one lot.rejected; a stored one nothing."""
+    rig = make_rig()
+    with captured() as events:
+        stranger = rig.connect()
+        stranger.send(line("login", {"park_id": "P9"}))
+        stranger.send(line("login", {"park_id": "P1"}, secret="not-the-secret"))
+        stranger.send(line("in_park", ENTRY))
+        peer, token = log_in(rig)
+        peer.send(b"not json\n")
+        peer.send(line("in_park", ENTRY, token="0" * 32))
+        peer.send(line("in_park", ENTRY, token=token, secret="not-the-secret"))
+        peer.send(line("in_park", {**ENTRY, "car_number": ""}, token=token))
+        peer.send(line("in_park", {**ENTRY, "order_id": "X" * 21}, token=token))
+        peer.send(b'{"service_name":"in_park","data":"' + b"x" * 70_000)
+        peer.send(b'"}\n' + line("in_park", ENTRY, token=token))
+    refused = [e for e in events if e.get("event") == "lot.rejected"]
+    for event in refused:
+        assert event["dialect"] == event["via"] == "bolink" and event["reason"]
+        # The host's refusals (after translation) do not know the connection; bolink's own do.
+        from_host = event["log_namespace"] == "gateway.dialects.host"
+        assert event["peer"] == "" if from_host else event["peer"].startswith("192.0.2.7:")
+    assert [(e["park"], e["code"], e["result"]) for e in refused] == [
+        ("", "login", "9104"),
+        ("P1", "login", "9006"),
+        ("", "in_park", "9000"),
+        ("P1", "", "9002"),
+        ("P1", "in_park", "9000"),
+        ("P1", "in_park", "9006"),
+        ("P1", "in_park", "9010"),
+        ("P1", "in_park", "9010"),
+        ("P1", "", "9002"),
+    ]
+    assert refused[-2]["peer"] == "" and "order_id" in refused[-2]["reason"]
+    [online] = [e for e in events if e.get("event") == "lot.online"]
+    assert (online["park"], online["how"], online["dialect"]) == ("P1", "login (local_id L1)", "bolink")
+    assert rig.codes() == ["carIn", "freeSpace"]
+
+
+def test_a_lost_connection_logs_one_lot_offline() -> None:
+    """A logged-in lot whose connection is lost logs one lot.offline with the reason and the dialect."""
+    rig = make_rig()
+    peer, _ = log_in(rig)
+    with captured("lot.offline") as events:
+        peer.lose()
+    [offline] = events
+    assert (offline["park"], offline["dialect"]) == ("P1", "bolink") and offline["reason"]

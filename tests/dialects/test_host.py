@@ -8,10 +8,12 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 from twisted.internet.defer import Deferred, fail
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from gateway.config import parse
 from gateway.dialects.bolink import bolink
 from gateway.dialects.bolink_messages import sign
 from gateway.dialects.host import LEGACY_RECORD, DialectHost, LotRouter
@@ -25,11 +27,12 @@ from gateway.dialects.interface import (
     Original,
     Unsupported,
 )
-from gateway.dialects.standard import StandardServer
+from gateway.dialects.standard import StandardServer, standard
 from gateway.dialects.testing import DialectRig, MemoryJournal
 from gateway.journal.record import Record, dumps_compact
 from gateway.lots.answers import OK, Answer
 from gateway.protocol.results import Result
+from tests.test_logs import captured
 
 # Only its form is checked when the configuration is read.
 HASH = "$argon2id$v=19$m=65536,t=2,p=1$c29tZXNhbHQ$aGFzaA"
@@ -534,3 +537,106 @@ def test_router_supports_asks_the_lots_dialect() -> None:
     assert router.supports("P2", "feeQuery") is True
     assert router.supports("P2", "carIn") is False
     assert router.supports("P9", "gateOpen") is False
+
+
+def test_router_disconnect_closes_the_lot_through_its_dialect() -> None:
+    """disconnect() closes the lot's connection in its own dialect, which journals it offline."""
+    rig, router = routed_rig()
+    lot = rig.connect()
+    data = '{"park_id":"P3"}'
+    lot.send(b'{"service_name":"login","sign":"%s","data":%s}\n' % (sign(data, "s").encode(), data.encode()))
+    p3 = rig.config.lot_by_park("P3")
+    assert p3 is not None
+    assert router.disconnect(p3, "removed from the configuration") is True
+    assert lot.closed
+    [offline] = rig.records("lot-offline")
+    assert offline.park == "P3"
+    assert offline.body == {"peer": "192.0.2.7:40001", "reason": "removed from the configuration"}
+    assert router.disconnect(p3, "again") is False
+
+
+def test_router_disconnect_through_a_dialect_without_it_is_logged() -> None:
+    """A dialect server without disconnect() leaves the connection; the router says so and answers False."""
+    rig, router = routed_rig()
+    router.servers["bolink"] = FakeServer()
+    p1 = rig.config.lot_by_park("P1")
+    assert p1 is not None
+    with capturedLogs() as events:
+        assert router.disconnect(p1, "removed from the configuration") is False
+    assert any("cannot close lot P1's connection" in formatEvent(event) for event in events)
+
+
+def test_after_a_reconfigure_the_router_and_hosts_see_the_new_lots() -> None:
+    """reconfigure() on the router and the gateway's parts: removed lots are unknown, added ones known."""
+    rig, router = routed_rig()
+    changed = parse(
+        {"listen": {"bolink": "tcp:0"}, "lot": [{**BOLINK_LOT, "park_code": "P4"}]},
+        dialects={"bolink": bolink, "standard": standard},
+    )
+    router.reconfigure(changed)
+    rig.parts.reconfigure(changed)
+    assert [state.park for state in router.states()] == ["P4"]
+    assert rig.host.lot("P1") is None and rig.host.lot("P4") is not None
+    answer = result_of(rig.host.submit("P1", Original("in_park", "o1", {}), []))
+    assert answer.result is Result.NO_SUCH_PARK
+
+
+# --- the log: lot.online, lot.offline, lot.rejected ----------------------------------------------
+
+
+def test_online_and_offline_log_one_event_each_with_their_keys() -> None:
+    """online logs one lot.online (park, peer, how, dialect); offline one lot.offline (with the reason)."""
+    rig = make_rig()
+    with captured() as events:
+        rig.host.online("P1", "192.0.2.7:1", "login")
+        rig.host.offline("P1", "192.0.2.7:1", "gone")
+    named = [e for e in events if "event" in e]
+    assert [(e["event"], e["park"], e["peer"], e["dialect"]) for e in named] == [
+        ("lot.online", "P1", "192.0.2.7:1", "bolink"),
+        ("lot.offline", "P1", "192.0.2.7:1", "bolink"),
+    ]
+    assert named[0]["how"] == "login" and named[1]["reason"] == "gone"
+    assert formatEvent(named[0]) == "lot P1 bound from 192.0.2.7:1 by login"
+
+
+def rejected(events: list[Any]) -> list[tuple[str, str, str]]:
+    """(park, code, result) of the lot.rejected events, after checking the keys every one has."""
+    for event in events:
+        assert event["dialect"] == "bolink" and event["via"] == "bolink" and event["reason"]
+    return [(e["park"], e["code"], e["result"]) for e in events]
+
+
+def test_each_refused_submit_logs_one_lot_rejected() -> None:
+    """An unknown park, a refused message and a journal failure each log one lot.rejected; OK nothing."""
+    rig = make_rig()
+    with captured("lot.rejected") as events:
+        submit(rig, [Message("carIn", CAR_IN)], park="P2")
+        submit(rig, [Message("carIn", {})], opr="op2")
+        rig.journal.broken = OSError("disk full")
+        submit(rig, [Message("carIn", CAR_IN)], opr="op3")
+        rig.journal.broken = None
+        submit(rig, [Message("carIn", CAR_IN)], opr="op4")
+    assert rejected(events) == [
+        ("P2", "in_park", "9104"),
+        ("P1", "in_park", "9004"),
+        ("P1", "in_park", "9999"),
+    ]
+    assert "disk full" in events[-1]["reason"]
+
+
+def test_a_repeat_given_the_first_answer_is_not_logged_again_but_9007_is() -> None:
+    """A repeat waiting on a refused first gets its answer unlogged; past five repeats, 9007 is logged."""
+    rig = make_rig()
+    rig.journal.hold = True
+    with captured("lot.rejected") as events:
+        first = rig.host.submit("P1", original(), [Message("carIn", CAR_IN)])
+        second = rig.host.submit("P1", original(), [Message("carIn", CAR_IN)])
+        pending, rig.journal.pending = rig.journal.pending, []
+        rig.journal.hold = False
+        for waiting, _ in pending:
+            waiting.errback(OSError("disk gone"))
+        assert result_of(first).result is result_of(second).result is Result.FAILED
+        # The first and its waiting repeat count; the retry is stored, its repeats answered from it.
+        answers = [submit(rig, [Message("carIn", CAR_IN)]).result for _ in range(5)]
+    assert answers == [Result.OK] * 4 + [Result.TOO_MANY_REPEATS]
+    assert rejected(events) == [("P1", "in_park", "9999"), ("P1", "in_park", "9007")]

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from gateway import config
@@ -28,8 +29,10 @@ from gateway.lots.downlink import (
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkProtocol
 from gateway.protocol.framing import FrameDecoder, encode_frame
+from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD, ZONE, MemoryJournal, SyncPasswords, fired, lot_entry
+from tests.test_logs import captured
 
 START = "2026-11-24 10:00:00"
 
@@ -760,3 +763,147 @@ def test_disconnect_all_journals_bound_lots_offline_at_once() -> None:
     kinds = [r.kind for r in gateway.journal.records[before:]]
     assert kinds.count(OFFLINE_RECORD) == 1, "the final loss is not journaled twice"
     assert not gateway.downlinks.state("P001").connected
+
+
+# reloads
+
+
+def test_disconnect_closes_one_lot_and_journals_it_offline() -> None:
+    """disconnect(park) closes that lot's connection, journals it offline once, fails its commands."""
+    gateway = Gateway(lots=[lot_entry(), lot_entry(park_code="P002", username="lot002")])
+    first, second = gateway.connect(), gateway.connect(port=40001)
+    first.login()
+    second.login(username="lot002")
+    pending = outcome(gateway.downlinks.command("P002", "gateOpen", {"barCode": "G1", "isOpen": 1}))
+    assert pending is None
+    assert gateway.downlinks.disconnect("P002", "removed from the configuration")
+    assert second.closed and not first.closed
+    gateway.settle()
+    offline = [r for r in gateway.journal.records if r.kind == OFFLINE_RECORD]
+    assert [(r.park, r.body["reason"]) for r in offline] == [("P002", "removed from the configuration")]
+    assert not gateway.downlinks.state("P002").connected and gateway.downlinks.state("P001").connected
+    assert not gateway.downlinks.disconnect("P002", "again"), "a lot not connected has nothing to close"
+
+
+def test_disconnect_fails_the_lots_outstanding_commands() -> None:
+    """A command waiting on a lot that is disconnected fails NotConnected at once."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    lot.login()
+    results: list[Any] = []
+    gateway.downlinks.command("P001", "gateOpen", {"barCode": "G1", "isOpen": 1}).addBoth(results.append)
+    gateway.downlinks.disconnect("P001", "its credentials changed in the configuration")
+    [failure] = results
+    assert isinstance(failure, Failure) and failure.check(NotConnected)
+
+
+def test_after_reconfigure_a_removed_lot_cannot_log_in_and_an_added_one_can() -> None:
+    """Logins read the configuration given by reconfigure."""
+    gateway = Gateway()
+    gateway.downlinks.reconfigure(config.parse({"lot": [lot_entry(park_code="P002", username="lot002")]}))
+    removed = gateway.connect()
+    removed.request("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+    assert removed.received()[-1]["resultCode"] == Result.BAD_CREDENTIALS.code and removed.closed
+    added = gateway.connect(port=40001)
+    added.login(username="lot002")
+    assert gateway.downlinks.state("P002").connected
+
+
+def test_a_reload_during_the_password_check_refuses_the_login() -> None:
+    """A lot removed while its password is being checked gets no token (none is journaled either)."""
+    gateway = Gateway()
+    held: list[Deferred[bool]] = []
+
+    class HeldPasswords:
+        """Password checks that finish when the test says so."""
+
+        def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+            held.append(Deferred())
+            return held[-1]
+
+    gateway.downlinks._passwords = HeldPasswords()
+    lot = gateway.connect()
+    lot.request("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+    gateway.downlinks.reconfigure(config.parse({"lot": []}))
+    held[0].callback(True)
+    answer = lot.received()[-1]
+    assert answer["resultCode"] == Result.BAD_CREDENTIALS.code
+    assert "changed during the login" in answer["resultMessage"]
+    assert lot.closed
+    assert len(gateway.sessions) == 0
+    assert "token" not in [record.kind for record in gateway.journal.records]
+
+
+# the log (lot.online, lot.offline, lot.rejected)
+
+
+def rejections(events: list[Any]) -> list[tuple[str, str, str, str]]:
+    """(park, code, result, peer) of each lot.rejected event, after checking the keys every one has."""
+    for event in events:
+        assert event["dialect"] == "standard" and event["via"] == "tcp" and event["reason"]
+    return [(e["park"], e["code"], e["result"], e["peer"]) for e in events]
+
+
+def test_a_bind_and_an_unbind_each_log_one_event_with_their_keys() -> None:
+    """Binding logs one lot.online (park, peer, how, dialect); losing the connection one lot.offline."""
+    gateway = Gateway()
+    with captured() as events:
+        lot = gateway.connect()
+        lot.login()
+        lot.protocol.connectionLost(Failure(ConnectionDone()))
+    named = [e for e in events if e.get("event") in ("lot.online", "lot.offline")]
+    assert [(e["event"], e["park"], e["peer"], e["dialect"]) for e in named] == [
+        ("lot.online", "P001", "10.0.0.7:40000", "standard"),
+        ("lot.offline", "P001", "10.0.0.7:40000", "standard"),
+    ]
+    online, offline = named
+    assert online["how"] == "login" and online["log_format"] == "lot {park} bound from {peer} by {how}"
+    assert offline["reason"].startswith("closed by the lot")
+    assert not [e for e in events if e.get("event") == "lot.rejected"]
+
+
+def test_every_refusal_on_the_downlink_logs_one_lot_rejected() -> None:
+    """Refused logins, tokens, signatures, unbound and malformed frames each log one warn lot.rejected."""
+    gateway = Gateway(tcp={"max_frame_bytes": 256})
+    token = gateway.token()
+    with captured("lot.rejected") as events:
+        gateway.connect(1).request("login", {"parkUserName": "lot001", "parkUserPwd": "wrong"})
+        gateway.connect(2).request("login", {"parkUserName": "nobody", "parkUserPwd": "wrong"})
+        gateway.connect(3).request("heartbeat", token="0" * 32)
+        gateway.connect(4).request("heartbeat", {}, token=token, signature="BAD")
+        gateway.connect(5).request("carIn", {"recordCode": "R1"}, token=token)
+        bound = gateway.connect(6)
+        bound.login()
+        bound.request("noSuchCode", {})
+        bound.send_bytes(b'$${"oprNum":"abc-1","code":"heartbeat",##*')
+        bound.send_bytes(b"$$not json at all##*")
+        bound.send_bytes(b"$$" + b"x" * 300)
+    assert rejections(events) == [
+        ("P001", "login", "9003", "10.0.0.7:1"),
+        ("", "login", "9003", "10.0.0.7:2"),
+        ("", "heartbeat", "9000", "10.0.0.7:3"),
+        ("P001", "heartbeat", "9006", "10.0.0.7:4"),
+        ("", "carIn", "9000", "10.0.0.7:5"),
+        ("P001", "noSuchCode", "9001", "10.0.0.7:6"),
+        ("P001", "", "9002", "10.0.0.7:6"),
+        ("P001", "", "9002", "10.0.0.7:6"),
+        ("P001", "", "9002", "10.0.0.7:6"),
+    ]
+    assert {e["log_level"] for e in events} == {LogLevel.warn}
+    assert "parkUserName or parkUserPwd is wrong" in events[0]["reason"]
+    assert "max_frame_bytes" in events[-1]["reason"]
+
+
+def test_answers_0000_log_no_rejection() -> None:
+    """A login, heartbeats and a command's REPLY are not rejections: nothing is logged as one."""
+    gateway = Gateway()
+    with captured("lot.rejected") as events:
+        lot = gateway.connect()
+        token = lot.login()
+        lot.request("heartbeat", token=token)
+        lot.received()
+        command = gateway.downlinks.command("P001", "gateOpen", {"barCode": "G1"})
+        [ack] = lot.received()
+        lot.reply(ack["oprNum"], {"barCode": "G1"}, token)
+    assert outcome(command).result_code == "0000"
+    assert events == []

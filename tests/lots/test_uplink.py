@@ -13,6 +13,7 @@ from attrs import define, field, frozen
 from nacl.signing import SigningKey
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -23,6 +24,7 @@ from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
 from tests.protocol.samples import PNG_BASE64, RESPONSE_SAMPLES, SAMPLES
+from tests.test_logs import captured
 
 CAR_IN = SAMPLES["carIn"]
 REPORTS = [i.code for i in INTERFACES if i.uplink is DeliveryClass.REPORT]
@@ -688,3 +690,74 @@ def test_the_query_client_answers_through_the_uplink() -> None:
     cloud.flush()
     answer = json.loads(result_of(reply))
     assert answer["resultCode"] == "0000" and answer["data"] == PAID
+
+
+# the log (lot.rejected)
+
+
+def logged(events: list[Any]) -> list[tuple[str, str, str]]:
+    """(park, code, result) of each lot.rejected event, after checking the keys every one has."""
+    for event in events:
+        assert event["dialect"] == "standard" and event["via"] == "http" and event["reason"]
+        assert event["log_level"] is LogLevel.warn
+    return [(e["park"], e["code"], e["result"]) for e in events]
+
+
+def test_every_refused_request_logs_one_lot_rejected(gw: Uplink) -> None:
+    """Each answer but 0000 logs one lot.rejected: park ("" when unknown), code, result and reason."""
+    with captured("lot.rejected") as events:
+        wrong = gw.send("login", {"parkUserName": "lot001", "parkUserPwd": "hunter2"})
+        gw.send("login", {"parkUserName": "nobody", "parkUserPwd": "hunter2"})
+        token = gw.login()
+        gw.send("carIn", CAR_IN, token="0" * 32)
+        gw.send("carIn", CAR_IN, token=token, signature="BAD")
+        gw.send("carIn", {**CAR_IN, "inTime": "yesterday"}, token=token)
+        gw.send("noSuchCode", CAR_IN, token=token)
+        gw.post("param=", "/uplink/carIn")
+        gw.send("carIn", CAR_IN, token=token)
+        gw.send("heartbeat", {}, token=token)
+    assert logged(events) == [
+        ("P001", "login", "9003"),
+        ("", "login", "9003"),
+        ("", "carIn", "9000"),
+        ("P001", "carIn", "9006"),
+        ("P001", "carIn", "9010"),
+        ("", "noSuchCode", "9001"),
+        ("", "carIn", "9005"),
+    ]
+    assert events[0]["reason"] == wrong["resultMessage"]
+    assert "hunter2" not in repr(events)
+
+
+def test_a_repeat_answered_from_the_cache_is_not_logged_again_but_9007_is() -> None:
+    """A refusal kept for repeats is logged when given, not on each repeat; the 9007 past the limit is."""
+    gw = Uplink(queries=FakeQueries(Outcome("9501", "not registered", None)))
+    token = gw.login()
+    with captured("lot.rejected") as events:
+        answers = [gw.send("autoPay", SAMPLES["autoPay"], token=token, opr="Q-9") for _ in range(7)]
+    assert [answer["resultCode"] for answer in answers] == ["9501"] * 6 + ["9007"]
+    assert logged(events) == [("P001", "autoPay", "9501"), ("P001", "autoPay", "9007")]
+
+
+def test_a_refusal_not_kept_for_repeats_is_logged_each_time(gw: Uplink) -> None:
+    """A rejected report is not kept (its repeat is checked again), so each refusal is logged."""
+    token = gw.login()
+    with captured("lot.rejected") as events:
+        for _ in range(2):
+            gw.send("carIn", {**CAR_IN, "inTime": "yesterday"}, token=token, opr="R-1")
+    assert logged(events) == [("P001", "carIn", "9010")] * 2
+
+
+def test_answers_the_http_resource_gives_itself_name_the_peer(gw: Uplink) -> None:
+    """A body not understood (9002) and a fault inside the gateway (9999) are logged with the peer."""
+    token = gw.login()
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    gw.handler._store = broken  # type: ignore[method-assign]
+    with captured("lot.rejected") as events:
+        gw.post(b"\xff\xfe", content_type="application/json; charset=utf-8")
+        gw.post(urlencode({"param": json.dumps(gw.envelope("carIn", CAR_IN, token=token))}), "/uplink/carIn")
+    assert logged(events) == [("", "", "9002"), ("", "carIn", "9999")]
+    assert all(event["peer"] for event in events)

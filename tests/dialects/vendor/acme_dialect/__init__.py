@@ -123,6 +123,15 @@ class AcmeServer:
             return LotState(park, True, connection.since, connection.last_read, connection.peer)
         return LotState(park, False, None, None, "")
 
+    def disconnect(self, park: str, reason: str) -> bool:
+        connection = self._bound.get(park)
+        if connection is None:
+            return False
+        self._unbind(connection, reason)
+        if connection.transport is not None:
+            connection.transport.loseConnection()
+        return True
+
     def start(self) -> None:
         pass
 
