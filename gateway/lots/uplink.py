@@ -171,7 +171,9 @@ class UplinkHandler:
             return stored.addCallback(lambda answer: self._render(code, opr, answer, token, secret, park))
         # The first answer was logged when it was given: only a refusal of the repeat itself is new.
         return repeated.addCallback(
-            lambda answer: self._render(code, opr, answer, token, secret, park, logged=answer is TOO_MANY)
+            lambda answer: self._render(
+                code, opr, answer, token, secret, park, log_refusal=answer is TOO_MANY
+            )
         )
 
     def _interface(self, request: Request, url_code: str | None) -> Interface:
@@ -204,10 +206,11 @@ class UplinkHandler:
         token: str = "",
         secret: str = "",
         park: str = "",
-        logged: bool = True,
+        log_refusal: bool = True,
     ) -> bytes:
-        """The response envelope; every answer but 0000 is logged here (`logged`), once (lot.rejected)."""
-        if answer.result is not _OK_RESULT and logged:
+        """The response envelope; an answer other than 0000 is logged here (lot.rejected), unless
+        `log_refusal` is false: a repeat's answer was logged when it was first given."""
+        if answer.result is not _OK_RESULT and log_refusal:
             lot_rejected(
                 log,
                 park=park,
