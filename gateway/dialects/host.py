@@ -44,14 +44,12 @@ from gateway.lots.sessions import Sessions
 from gateway.lots.uplink import UPLINK_RECORD, Queries, Rejected, check_business_rules
 from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
 from gateway.protocol.redact import redact
-from gateway.protocol.results import Result
+from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.validation import FieldError, validate
 
 __all__ = ["LEGACY_RECORD", "DialectHost", "GatewayParts", "LotRouter"]
 
 log = Logger()
-# Read once: an enum member costs an attribute lookup through its class on each use.
-_OK_RESULT = Result.OK
 
 LEGACY_RECORD = "legacy"
 """The journal's record of a legacy message as a dialect received it (kept beside its translations)."""
@@ -136,7 +134,7 @@ class DialectHost:
 
         def done(answer: Answer) -> Answer:
             repeats.finish(park, opr, answer, stored=answer.result is Result.OK)
-            if answer.result is not _OK_RESULT:
+            if answer.result is not RESULT_OK:
                 self._refused(park, original, answer)
             return answer
 

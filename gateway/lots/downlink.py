@@ -31,7 +31,7 @@ from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
 from gateway.protocol.catalog import deadline_of, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response
 from gateway.protocol.framing import FrameTooLarge, encode_json_frame
-from gateway.protocol.results import Result
+from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.signing import compact, sign
 from gateway.protocol.times import wire_time
 
@@ -46,8 +46,6 @@ MAX_QUEUED = 32
 _EXPIRED_KEPT = 1024
 
 Connection = DownlinkProtocol
-# Read once: an enum member costs an attribute lookup through its class on each use.
-_OK_RESULT = Result.OK
 
 
 class NotConnected(Exception):
@@ -622,7 +620,7 @@ class Downlinks:
 
         `park` defaults to the connection's lot.
         """
-        if answer.result is not _OK_RESULT:
+        if answer.result is not RESULT_OK:
             self._rejected(connection, code, answer, park)
         if token is None:
             token = connection.token

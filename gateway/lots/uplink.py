@@ -29,7 +29,7 @@ from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
 from gateway.protocol.redact import may_hold_secrets, redact
-from gateway.protocol.results import Result
+from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.times import wire_time
 from gateway.protocol.validation import FieldError, validate
 
@@ -38,8 +38,6 @@ QUERY_RECORD = "query"
 ANSWER_RECORD = "answer"
 
 log = Logger()
-# Read once: an enum member costs an attribute lookup through its class on each use.
-_OK_RESULT = Result.OK
 
 
 @frozen
@@ -210,7 +208,7 @@ class UplinkHandler:
     ) -> bytes:
         """The response envelope; an answer other than 0000 is logged here (lot.rejected), unless
         `log_refusal` is false: a repeat's answer was logged when it was first given."""
-        if answer.result is not _OK_RESULT and log_refusal:
+        if answer.result is not RESULT_OK and log_refusal:
             lot_rejected(
                 log,
                 park=park,

@@ -49,3 +49,7 @@ class Result(enum.Enum):
 
 
 _BY_CODE = {result.code: result for result in Result}
+
+RESULT_OK = Result.OK
+"""`Result.OK` as a module global, for per-request checks: an enum member costs an
+attribute lookup through its class on each use."""
