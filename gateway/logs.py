@@ -22,7 +22,6 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from itertools import islice
 from typing import IO, Any, cast
 
@@ -34,6 +33,7 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from gateway.protocol.redact import REDACTED, SECRET_FIELDS
+from gateway.protocol.times import utc_rfc3339
 
 __all__ = [
     "LOG_FORMATS",
@@ -142,7 +142,7 @@ def _redacted_event(event: LogEvent) -> dict[str, Any]:
 def _rfc3339(seconds: object) -> str | None:
     if not isinstance(seconds, int | float):
         return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_rfc3339(seconds)
 
 
 def as_json(event: LogEvent) -> dict[str, object]:

@@ -17,7 +17,6 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Protocol
 
@@ -26,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.config import Config
 from gateway.lots.downlink import LotState
+from gateway.protocol.times import utc_rfc3339
 
 __all__ = [
     "LATENCY_WINDOW",
@@ -53,10 +53,7 @@ JSON = dict[str, object]
 
 def rfc3339(seconds: float | None) -> str | None:
     """Epoch seconds as RFC 3339 UTC with milliseconds (`2026-11-18T11:06:40.000Z`); None stays None."""
-    if seconds is None:
-        return None
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if seconds is None else utc_rfc3339(seconds)
 
 
 class LotStates(Protocol):

@@ -23,7 +23,6 @@ pending again, with the expiry it was journaled with.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred
@@ -34,7 +33,7 @@ from twisted.python.failure import Failure
 from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.protocol.catalog import DeliveryClass, lookup
 from gateway.protocol.results import Result
-from gateway.protocol.times import rfc3339_seconds
+from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -68,10 +67,6 @@ class SyncJournal(Protocol):
 
     def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
         """Append one record."""
-
-
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Entry:
@@ -149,7 +144,7 @@ class SyncQueue:
         code = interface.code
         opr = uuid.uuid4().hex
         expires = self._clock.seconds() + self._ttl
-        body = {"client": client, "data": data, "expires": _rfc3339(expires)}
+        body = {"client": client, "data": data, "expires": utc_rfc3339(expires)}
 
         def stored(record: Any) -> int:
             seq = int(record.seq)

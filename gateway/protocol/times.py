@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 WIRE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -19,6 +19,11 @@ def end_of_month(seconds: float, zone: ZoneInfo) -> datetime:
     if now.month == 12:
         return datetime(now.year + 1, 1, 1, tzinfo=zone)
     return datetime(now.year, now.month + 1, 1, tzinfo=zone)
+
+
+def utc_rfc3339(seconds: float) -> str:
+    """Epoch seconds as RFC 3339 in UTC with milliseconds: `2026-11-18T11:06:40.000Z`."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def rfc3339_seconds(text: str) -> float:
