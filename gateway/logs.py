@@ -32,7 +32,7 @@ from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-from gateway.protocol.redact import REDACTED, SECRET_FIELDS
+from gateway.protocol.redact import REDACTED, SECRET_FIELDS, redact
 from gateway.protocol.times import utc_rfc3339
 
 __all__ = [
@@ -86,24 +86,9 @@ def _hides(name: object, value: object, top: bool = False) -> bool:
     return isinstance(name, str) and is_secret_name(name)
 
 
-def _redacted(value: object, depth: int = 0) -> object:
+def _redacted(value: object) -> object:
     """`value` with every secret-named member of its dicts replaced; the same object when there is none."""
-    if depth >= _MAX_DEPTH:
-        return value
-    if isinstance(value, Mapping):
-        changed: dict[Any, object] | None = None
-        for key, item in value.items():
-            new = REDACTED if _hides(key, item) else _redacted(item, depth + 1)
-            if new is not item:
-                if changed is None:
-                    changed = dict(value)
-                changed[key] = new
-        return value if changed is None else changed
-    if isinstance(value, list | tuple):
-        items = [_redacted(item, depth + 1) for item in value]
-        if any(new is not old for new, old in zip(items, value, strict=True)):
-            return items
-    return value
+    return redact(value, _hides, _MAX_DEPTH)
 
 
 def _text(value: object) -> str:
