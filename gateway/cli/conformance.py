@@ -36,7 +36,7 @@ from gateway.conformance.platform import PlatformRun, PlatformTarget, plan
 from gateway.conformance.report import Report, Row, junit_xml, markdown, text_line
 from gateway.lots.http import UplinkSite
 from gateway.lots.tcp import describe
-from gateway.simulator.client import LotCredentials
+from gateway.client import LotCredentials
 
 if TYPE_CHECKING:
     from gateway.cli.main import Subparsers

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.simulator.client import CredentialsError, LotCredentials, read_credentials
+from gateway.client import CredentialsError, LotCredentials, read_credentials
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 

@@ -43,7 +43,7 @@ from gateway.protocol.envelope import EnvelopeError, Request, parse_request
 from gateway.protocol.framing import FrameTooLarge
 from gateway.protocol.results import Result
 from gateway.protocol.validation import FieldError, validate
-from gateway.simulator.client import LotCredentials
+from gateway.client import LotCredentials
 from gateway.simulator.traffic import Layout, Traffic
 
 __all__ = ["Exchange", "LotRun", "MemoryJournal", "MirrorSettings", "ReferencePlatform"]

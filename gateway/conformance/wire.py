@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
-from gateway.simulator.client import request_text
+from gateway.client import request_text
 
 __all__ = ["Frame", "FrameProbe", "connect_probe"]
 

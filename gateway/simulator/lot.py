@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
 from gateway.protocol.times import wire_time
-from gateway.simulator.client import DownlinkReply, LotCredentials, Response
+from gateway.client import DownlinkReply, LotCredentials, Response
 from gateway.simulator.fees import Fee, Tariff, compute_fee, parking_minutes
 from gateway.simulator.stats import Stats
 from gateway.simulator.traffic import Car, Exit, Traffic
@@ -387,7 +387,7 @@ _ANSWERS: dict[str, str] = {
 
 
 class Uplink(Protocol):
-    """What a simulated lot needs of its uplink (`gateway.simulator.client.UplinkClient`)."""
+    """What a simulated lot needs of its uplink (`gateway.client.UplinkClient`)."""
 
     def new_opr(self) -> str:
         """A new oprNum."""

@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 
-from gateway.simulator.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials, UplinkClient
+from gateway.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials, UplinkClient
 from gateway.simulator.lot import HEARTBEAT_INTERVAL, LotModel, SimulatedLot
 from gateway.simulator.stats import LatencyHistogram, Stats, Summary
 from gateway.simulator.traffic import Layout, Traffic

@@ -29,7 +29,7 @@ from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sync import SyncQueue
 from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol
-from gateway.simulator.client import LotCredentials
+from gateway.client import LotCredentials
 
 API_TOKEN = "kit-api-token"
 PASSWORD = "lot-password"

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from zope.interface import implementer
 
-from gateway.simulator.client import LotCredentials, Response
+from gateway.client import LotCredentials, Response
 from gateway.simulator.lot import LotModel, SimulatedLot
 from gateway.simulator.stats import Stats
 from gateway.simulator.traffic import Layout, Traffic

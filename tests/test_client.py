@@ -20,7 +20,7 @@ from gateway.protocol.catalog import INTERFACES, lookup
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from gateway.protocol.validation import validate
-from gateway.simulator.client import (
+from gateway.client import (
     Backoff,
     CredentialsError,
     DownlinkClient,
