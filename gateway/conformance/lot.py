@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.resource import IResource
 
+from gateway.client import LotCredentials
 from gateway.config import Config, parse
 from gateway.conformance.checks import Check, downlink_interfaces, lot_checks
 from gateway.conformance.report import Outcome, Report, Row
@@ -43,7 +44,6 @@ from gateway.protocol.envelope import EnvelopeError, Request, parse_request
 from gateway.protocol.framing import FrameTooLarge
 from gateway.protocol.results import Result
 from gateway.protocol.validation import FieldError, validate
-from gateway.client import LotCredentials
 from gateway.simulator.traffic import Layout, Traffic
 
 __all__ = ["Exchange", "LotRun", "MemoryJournal", "MirrorSettings", "ReferencePlatform"]

@@ -29,6 +29,15 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.web.http_headers import Headers
 
+from gateway.client import (
+    DownlinkClient,
+    DownlinkReply,
+    HTTPRequester,
+    LotCredentials,
+    Response,
+    UplinkClient,
+    request_text,
+)
 from gateway.conformance.checks import FIELD_ERRORS, Check, invalid_field, platform_checks
 from gateway.conformance.report import Outcome, Report, Row
 from gateway.conformance.samples import Scene, downlink_sample, invalid_variant, uplink_sample
@@ -39,15 +48,6 @@ from gateway.protocol.framing import encode_json_frame
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign, signature_matches
 from gateway.protocol.validation import FieldError, validate
-from gateway.client import (
-    DownlinkClient,
-    DownlinkReply,
-    HTTPRequester,
-    LotCredentials,
-    Response,
-    UplinkClient,
-    request_text,
-)
 from gateway.simulator.lot import LotModel
 from gateway.simulator.traffic import Layout, Traffic
 

@@ -27,10 +27,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.client import DownlinkReply, LotCredentials, Response
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
 from gateway.protocol.times import wire_time
-from gateway.client import DownlinkReply, LotCredentials, Response
 from gateway.simulator.fees import Fee, Tariff, compute_fee, parking_minutes
 from gateway.simulator.stats import Stats
 from gateway.simulator.traffic import Car, Exit, Traffic

@@ -22,6 +22,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from gateway.cli.main import build_parser
+from gateway.client import LotCredentials
 from gateway.cloud.api import CommandApi
 from gateway.conformance.lot import MirrorSettings, PaidQueries, RecordingUplinkHandler, ReferencePlatform
 from gateway.lots.http import UplinkResource, UplinkSite
@@ -29,7 +30,6 @@ from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sync import SyncQueue
 from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol
-from gateway.client import LotCredentials
 
 API_TOKEN = "kit-api-token"
 PASSWORD = "lot-password"
