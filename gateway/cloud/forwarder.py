@@ -1,8 +1,12 @@
 """
 The forwarder: every journaled event reaches the cloud at least once, in order (CONTRACT §6).
 
-It follows the journal and POSTs its events to ``cloud.url`` as signed
-CloudEvents batches (:mod:`gateway.cloud.events`, :mod:`gateway.cloud.httpsig`).
+It follows the journal and hands its events, in batches, to a sink:
+:class:`CloudEventsSink` POSTs them to ``cloud.url`` as signed CloudEvents
+batches (:mod:`gateway.cloud.events`, :mod:`gateway.cloud.httpsig`);
+:class:`gateway.upstream.forwarding.UpstreamSink` sends each lot's uplinks to
+an upstream T/CPMI 002 platform. A sink answers with an :class:`Outcome` per
+event (delivered, refused, or not yet), or a :class:`Split` of the batch.
 
 Order and progress
 ------------------
@@ -16,6 +20,10 @@ outcome is a journal record, appended in order:
 - ``rejected``: a 4xx other than 408/429 for a batch of one event. Body
   ``seq``, ``id``, ``type``, ``status``, ``answer`` (its first 4 KiB) and
   ``through``. It becomes an ``org.cpmi.gateway.rejected.v1`` event itself.
+
+A sink may finish events beyond one it could not deliver (the upstream sink
+delivers other lots' events while one lot waits): those are kept aside, not
+sent again, and taken into the progress once everything before them is done.
 
 A restart resumes after the highest ``through`` (:class:`Progress` reads it
 during the start-up replay): a batch acknowledged just before a crash, whose
@@ -46,7 +54,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -105,8 +113,8 @@ RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
 
 
 @frozen
-class _Entry:
-    """One event waiting to go: its record's identity and its serialized event."""
+class Entry:
+    """One event waiting to go: its record's identity and what the sink sends of it (``body``)."""
 
     seq: int
     park: str
@@ -119,14 +127,65 @@ class _Entry:
     ts: str  # the record's journal time (for the lag)
 
 
-def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[_Entry]:
+@frozen
+class Outcome:
+    """
+    What became of one event of a batch.
+
+    ``done``: delivered, or (``refused``) refused for good with the ``answer``;
+    either way it is not sent again. Not done: it is sent again after the
+    backoff, and ``reason`` says why not this time.
+    """
+
+    done: bool
+    status: int | None = None
+    refused: bool = False
+    answer: bytes = b""
+    reason: str = ""
+
+    @classmethod
+    def delivered(cls, status: int) -> Outcome:
+        return cls(True, status)
+
+    @classmethod
+    def refusal(cls, status: int, answer: bytes) -> Outcome:
+        return cls(True, status, refused=True, answer=answer)
+
+    @classmethod
+    def not_yet(cls, reason: str, status: int | None = None) -> Outcome:
+        return cls(False, status, reason=reason)
+
+
+@frozen
+class Split:
+    """The sink refused a batch of several events as a whole: find the refused ones by halving it."""
+
+    status: int
+    answer: bytes
+
+
+class Sink(Protocol):
+    """Where the forwarder's events go, and how: CloudEvents batches, or a T/CPMI 002 upstream."""
+
+    @property
+    def target(self) -> str:
+        """Where events go, for the log (a URL)."""
+
+    def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
+        """The events among `records` (may run in a thread: no state, no I/O)."""
+
+    def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
+        """Send `batch`; fires with an Outcome per entry, in order, or a Split; never fails."""
+
+
+def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[Entry]:
     """The events among ``records``, serialized (the records that are no event are left out)."""
     entries = []
     for record in records:
         event = to_event(record, gateway_id=gateway_id, zone=zone)
         if event is not None:
             entries.append(
-                _Entry(
+                Entry(
                     record.seq,
                     record.park,
                     record.code,
@@ -148,18 +207,98 @@ def _shortened(answer: str, limit: int = 200) -> str:
 
 
 def _read_chunk(
-    cursor: Cursor, through: int, max_records: int, max_bytes: int, gateway_id: str, zone: ZoneInfo, at: float
-) -> tuple[int, list[_Entry], list[Damage]]:
+    cursor: Cursor, through: int, max_records: int, max_bytes: int, sink: Sink, at: float
+) -> tuple[int, list[Entry], list[Damage]]:
     """In a thread: read the next chunk of the backlog; the last seq read, its events, damage skipped."""
     records = cursor.read(through, max_records, max_bytes)
     damage, cursor.damage = cursor.damage, []
-    return cursor.next_seq - 1, _entries(records, gateway_id, zone, at), damage
+    return cursor.next_seq - 1, sink.entries(records, at), damage
+
+
+class CloudEventsSink:
+    """Batches of signed CloudEvents POSTed to ``cloud.url`` (CONTRACT §6): the cloudevents sink."""
+
+    def __init__(
+        self,
+        *,
+        http: HTTPRequester,
+        clock: IReactorTime,
+        settings: CloudConfig,
+        gateway_id: str,
+        zone: ZoneInfo,
+        signing_key: SigningKey,
+    ) -> None:
+        self._http = http
+        self._clock = clock
+        self._settings = settings
+        self._gateway_id = gateway_id
+        self._zone = zone
+        self._key = signing_key
+
+    @property
+    def target(self) -> str:
+        return self._settings.url
+
+    def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
+        return _entries(records, self._gateway_id, self._zone, at)
+
+    def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
+        """One POST of the whole batch; 2xx delivers all, a 4xx refuses (or splits), others retry."""
+        body = b"".join((b"[", b",".join(entry.body for entry in batch), b"]"))
+        exchange = post_signed(
+            self._http,
+            self._settings.url,
+            body,
+            content_type=BATCH_CONTENT_TYPE,
+            key=self._key,
+            keyid=self._gateway_id,
+            created=int(self._clock.seconds()),
+        )
+        exchange.addCallback(
+            lambda response: treq.content(response).addCallback(lambda text: (response, text))
+        )
+        timed_out = []
+
+        def time_out() -> None:
+            timed_out.append(True)
+            exchange.cancel()
+
+        timeout = self._clock.callLater(self._settings.request_timeout, time_out)
+
+        def finished(result: object) -> object:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        def answered(answer: tuple[Any, bytes]) -> Sequence[Outcome] | Split:
+            status, text = answer[0].code, answer[1]
+            if 200 <= status < 300:
+                return [Outcome.delivered(status)] * len(batch)
+            if 400 <= status < 500 and status not in (408, 429):
+                if len(batch) > 1:
+                    return Split(status, text)
+                return [Outcome.refusal(status, text)]
+            return [Outcome.not_yet(f"HTTP {status}", status)] * len(batch)
+
+        def failed(failure: Failure) -> Sequence[Outcome]:
+            reason = (
+                f"no answer within {self._settings.request_timeout:g} s"
+                if timed_out
+                else failure_reason(failure)
+            )
+            return [Outcome.not_yet(reason)] * len(batch)
+
+        exchange.addBoth(finished)
+        return exchange.addCallbacks(answered, failed)
 
 
 class Forwarder:
     """
-    Sends the journal's events to the cloud; see the module docstring.
+    Sends the journal's events to the cloud through a sink; see the module docstring.
 
+    The sink is CloudEvents batches (:class:`CloudEventsSink`, built from
+    ``http``, ``zone`` and ``signing_key`` when no ``sink`` is given) or a
+    T/CPMI 002 upstream (:class:`gateway.upstream.forwarding.UpstreamSink`).
     ``resume_after`` is :attr:`Progress.through` from the start-up replay.
     ``run_blocking`` runs the backlog reads (a thread by default);
     ``random`` gives the jitter (``random.random`` by default).
@@ -169,28 +308,37 @@ class Forwarder:
         self,
         *,
         journal: ForwarderJournal,
-        http: HTTPRequester,
         clock: IReactorTime,
         settings: CloudConfig,
-        gateway_id: str,
-        zone: ZoneInfo,
-        signing_key: SigningKey,
+        http: HTTPRequester | None = None,
+        gateway_id: str = "",
+        zone: ZoneInfo | None = None,
+        signing_key: SigningKey | None = None,
+        sink: Sink | None = None,
         run_blocking: RunBlocking | None = None,
         random: Callable[[], float] = random.random,
         resume_after: int = 0,
     ) -> None:
+        if sink is None:
+            if http is None or signing_key is None or zone is None:
+                raise TypeError("a Forwarder needs a sink, or http, zone and signing_key for CloudEvents")
+            sink = CloudEventsSink(
+                http=http,
+                clock=clock,
+                settings=settings,
+                gateway_id=gateway_id,
+                zone=zone,
+                signing_key=signing_key,
+            )
         if run_blocking is None:
             from twisted.internet.threads import deferToThread
 
             run_blocking = deferToThread
         self._journal = journal
-        self._http = http
+        self._sink = sink
         self._clock = clock
-        self._url = settings.url
+        self._url = sink.target
         self._settings = settings
-        self._gateway_id = gateway_id
-        self._zone = zone
-        self._key = signing_key
         self._run_blocking = run_blocking
         self._random = random
         self._max_events = settings.batch_max_events
@@ -202,7 +350,10 @@ class Forwarder:
         # _read_through has been looked at, and its event (if any) is queued.
         self._done_through = resume_after
         self._read_through = resume_after
-        self._queue: deque[_Entry] = deque()
+        self._queue: deque[Entry] = deque()
+        # Queued events the sink finished (delivered or refused) while an earlier one was not:
+        # they are not sent again, and are taken off the queue once everything before them is.
+        self._early: dict[int, Outcome] = {}
         self._queued_bytes = 0
         self._live = False
         self._reading = False
@@ -305,7 +456,7 @@ class Forwarder:
         for record in records:
             if record.seq <= self._read_through:
                 continue
-            events = _entries((record,), self._gateway_id, self._zone, now)
+            events = self._sink.entries((record,), now)
             if events:
                 events_room, bytes_room = self._room()
                 if events_room < 1 or bytes_room < len(events[0].body):
@@ -355,15 +506,14 @@ class Forwarder:
             through,
             events_room,
             self._max_bytes,
-            self._gateway_id,
-            self._zone,
+            self._sink,
             self._clock.seconds(),
         )
         d = self._run_blocking(job)
         d.addCallbacks(self._chunk_read, self._read_failed)
         d.addErrback(self._bug)
 
-    def _chunk_read(self, chunk: tuple[int, list[_Entry], list[Damage]]) -> None:
+    def _chunk_read(self, chunk: tuple[int, list[Entry], list[Damage]]) -> None:
         self._reading = False
         if not self._running:
             if self._cursor is not None:
@@ -451,77 +601,79 @@ class Forwarder:
 
     def _send(self) -> None:
         limit = self._probe or self._max_events
-        count, size = 0, 0
+        batch: list[Entry] = []
+        size = 0
         for entry in self._queue:
-            if count >= limit or (count and size + len(entry.body) > self._max_bytes):
+            if entry.seq in self._early:
+                continue
+            if len(batch) >= limit or (batch and size + len(entry.body) > self._max_bytes):
                 break
-            count += 1
+            batch.append(entry)
             size += len(entry.body)
-        batch = [self._queue[i] for i in range(count)]
-        through = self._queue[count].seq - 1 if count < len(self._queue) else self._read_through
-        body = b"".join((b"[", b",".join(entry.body for entry in batch), b"]"))
-        exchange = post_signed(
-            self._http,
-            self._url,
-            body,
-            content_type=BATCH_CONTENT_TYPE,
-            key=self._key,
-            keyid=self._gateway_id,
-            created=int(self._clock.seconds()),
-        )
-        exchange.addCallback(
-            lambda response: treq.content(response).addCallback(lambda text: (response, text))
-        )
-        timed_out = []
-
-        def time_out() -> None:
-            timed_out.append(True)
-            exchange.cancel()
-
-        timeout = self._clock.callLater(self._settings.request_timeout, time_out)
-
-        def finished(result: object) -> object:
-            if timeout.active():
-                timeout.cancel()
-            return result
-
-        def failed(failure: Failure) -> None:
-            reason = (
-                f"no answer within {self._settings.request_timeout:g} s"
-                if timed_out
-                else failure_reason(failure)
-            )
-            self._retry(batch, reason)
-
-        exchange.addBoth(finished)
+        if not batch:
+            return
+        exchange = self._sink.deliver(batch)
         self._in_flight = exchange
-        exchange.addCallbacks(
-            lambda answer: self._answered(batch, through, answer[0].code, answer[1]), failed
-        )
+        exchange.addCallback(self._answered, batch)
         exchange.addErrback(self._bug)
 
-    def _answered(self, batch: list[_Entry], through: int, status: int, answer: bytes) -> None:
+    def _answered(self, result: Sequence[Outcome] | Split, batch: list[Entry]) -> None:
         self._in_flight = None
         if not self._running:
             return
-        if 200 <= status < 300:
-            self._delivered(batch, through, status)
-        elif 400 <= status < 500 and status not in (408, 429):
-            self._refused(batch, through, status, answer)
-        else:
-            self._retry(batch, f"HTTP {status}", status)
+        if isinstance(result, Split):
+            self._split(batch, result)
+            return
+        status: int | None = None
+        not_done: list[Entry] = []
+        reason, status_not_done = "", None
+        for entry, outcome in zip(batch, result, strict=True):
+            if outcome.done:
+                self._early[entry.seq] = outcome
+                status = outcome.status if outcome.status is not None else status
+                if outcome.refused:
+                    self._log_refusal(entry, outcome)
+            else:
+                not_done.append(entry)
+                if not reason:
+                    reason, status_not_done = outcome.reason, outcome.status
+        if status is not None:
+            # An answer ends a run of failed attempts, even if some events must go again.
+            self._recovered(status)
+        self._advance()
+        if not_done:
+            self._retry(not_done, reason, status_not_done)
+            return
+        self.last_error = ""
+        self._fill()
+        self._maybe_send()
 
-    def _take(self, count: int, through: int) -> None:
-        for _ in range(count):
-            self._queued_bytes -= len(self._queue.popleft().body)
-        self._done_through = through
-        if self._probe is not None and through >= self._probe_until:
+    def _advance(self) -> None:
+        """Take the finished events off the front of the queue, journaling what became of them."""
+        delivered: list[Entry] = []
+        status = 0
+        while self._queue and self._queue[0].seq in self._early:
+            entry = self._queue.popleft()
+            self._queued_bytes -= len(entry.body)
+            outcome = self._early.pop(entry.seq)
+            if outcome.refused:
+                if delivered:
+                    self._delivered(delivered, entry.seq - 1, status)
+                    delivered = []
+                self._rejected(entry, outcome)
+            else:
+                delivered.append(entry)
+                status = outcome.status or status
+        through = self._queue[0].seq - 1 if self._queue else self._read_through
+        if delivered:
+            self._delivered(delivered, through, status)
+        else:
+            self._done_through = max(self._done_through, through)
+        if self._probe is not None and self._done_through >= self._probe_until:
             self._probe = None
 
-    def _delivered(self, batch: list[_Entry], through: int, status: int) -> None:
-        self._take(len(batch), through)
-        self._recovered(status)
-        self.last_error = ""
+    def _delivered(self, batch: list[Entry], through: int, status: int) -> None:
+        self._done_through = through
         self.counters["events"] += len(batch)
         self.counters["batches"] += 1
         body = {
@@ -532,39 +684,38 @@ class Forwarder:
             "through": through,
         }
         self._record(FORWARDED_RECORD, "", "", "", body)
-        self._fill()
+
+    def _split(self, batch: list[Entry], split: Split) -> None:
+        # A refusal is an answer: a run of failed attempts ends with it.
+        self._recovered(split.status)
+        excerpt = split.answer[:ANSWER_BYTES].decode("utf-8", "replace")
+        self.last_error = f"HTTP {split.status}: {excerpt[:200]}"
+        # Narrow down: halves in turn, until the refused event is alone.
+        self._probe = max(1, len(batch) // 2)
+        self._probe_until = max(self._probe_until, batch[-1].seq)
+        _log.warn(
+            "forwarder: the cloud refused a batch of {count} events (seq {first}-{last}) with "
+            "HTTP {status}: {reason}; sending it in halves to find the refused events",
+            event="cloud.rejected",
+            status=split.status,
+            count=len(batch),
+            first=batch[0].seq,
+            last=batch[-1].seq,
+            reason=_shortened(excerpt),
+            park="",
+            code="",
+        )
         self._maybe_send()
 
-    def _refused(self, batch: list[_Entry], through: int, status: int, answer: bytes) -> None:
-        # A refusal is an answer: a run of failed attempts ends with it.
-        self._recovered(status)
-        excerpt = answer[:ANSWER_BYTES].decode("utf-8", "replace")
-        self.last_error = f"HTTP {status}: {excerpt[:200]}"
-        if len(batch) > 1:
-            # Narrow down: halves in turn, until the refused event is alone.
-            self._probe = max(1, len(batch) // 2)
-            self._probe_until = max(self._probe_until, batch[-1].seq)
-            _log.warn(
-                "forwarder: the cloud refused a batch of {count} events (seq {first}-{last}) with "
-                "HTTP {status}: {reason}; sending it in halves to find the refused events",
-                event="cloud.rejected",
-                status=status,
-                count=len(batch),
-                first=batch[0].seq,
-                last=batch[-1].seq,
-                reason=_shortened(excerpt),
-                park="",
-                code="",
-            )
-            self._maybe_send()
-            return
-        [entry] = batch
-        self._take(1, through)
+    def _log_refusal(self, entry: Entry, outcome: Outcome) -> None:
+        excerpt = outcome.answer[:ANSWER_BYTES].decode("utf-8", "replace")
+        self.last_error = f"HTTP {outcome.status}: {excerpt[:200]}"
         self.counters["rejected"] += 1
         _log.error(
-            "forwarder: the cloud rejected event {id} ({type}, seq {seq}) with HTTP {status}: {reason}",
+            "forwarder: {target} rejected event {id} ({type}, seq {seq}) with HTTP {status}: {reason}",
             event="cloud.rejected",
-            status=status,
+            target=self._url,
+            status=outcome.status,
             count=1,
             first=entry.seq,
             last=entry.seq,
@@ -575,19 +726,20 @@ class Forwarder:
             type=entry.type,
             seq=entry.seq,
         )
+
+    def _rejected(self, entry: Entry, outcome: Outcome) -> None:
+        self._done_through = entry.seq
         body = {
             "seq": entry.seq,
             "id": entry.id,
             "type": entry.type,
-            "status": status,
-            "answer": excerpt,
-            "through": through,
+            "status": outcome.status,
+            "answer": outcome.answer[:ANSWER_BYTES].decode("utf-8", "replace"),
+            "through": entry.seq,
         }
         self._record(REJECTED_RECORD, entry.park, entry.code, entry.opr, body)
-        self._fill()
-        self._maybe_send()
 
-    def _retry(self, batch: list[_Entry], reason: str, status: int | None = None) -> None:
+    def _retry(self, batch: list[Entry], reason: str, status: int | None = None) -> None:
         self._in_flight = None
         if not self._running:
             return
