@@ -3,10 +3,16 @@
 Every problem is reported as one line naming the key, in jq's path syntax with
 0-based indexes: `lot[0].password: not an argon2id hash` is the first `[[lot]]`.
 Unknown keys are errors too, so a typo never silently falls back to a default.
+
+Secrets (a lot's `secret`, `upstream_password` and `upstream_secret`, and
+`cloud.api_token`) may be written `env:NAME` or `file:PATH` to keep them out of
+the file; the Config holds the value read, and its repr never shows them.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -15,7 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from attrs import frozen
+from attrs import evolve, field, frozen
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
@@ -25,11 +31,16 @@ T = TypeVar("T")
 
 FSYNC_MODES = ("always", "interval", "never")
 SINKS = ("log-only", "cloudevents", "t002")
-AVAILABLE_SINKS = ("log-only", "cloudevents")
 SIGNATURE_MODES = ("required", "optional", "off")
 ROLES = ("read", "command", "sync", "admin")
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# How a secret's value may be kept out of the file: env:NAME, file:PATH.
+SECRET_SOURCES = ("env:", "file:")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# cloud.downlink as host:port (a name or IPv4 address) or [IPv6 address]:port.
+_HOST_PORT = re.compile(r"(?P<host>[^\s:\[\]/\\=]+):(?P<port>[0-9]+)")
+_BRACKETED_HOST_PORT = re.compile(r"\[(?P<host>[^\]]+)\]:(?P<port>[0-9]+)")
 
 
 class ConfigError(Exception):
@@ -95,14 +106,20 @@ class TcpConfig:
 @frozen
 class CloudConfig:
     sink: str
+    # cloudevents: the events endpoint; t002: the upstream platform's uplink URL.
     url: str
+    # t002 only: the upstream's TCP downlink as written (host:port, tcp:..., tls:...).
     downlink: str
     query_url: str
-    api_token: str
+    api_token: str = field(repr=False)
+    # t002 only: cloud.downlink as a Twisted client endpoint description, for
+    # endpoints.clientFromString (host:port becomes tcp:host=H:port=P); "" otherwise.
+    downlink_endpoint: str = ""
     # Forwarding (sink "cloudevents"): a batch is sent once it holds
     # batch_max_events events or batch_max_bytes of body, or batch_max_delay
     # seconds after its first event; retries back off from retry_min_delay,
     # doubling up to retry_max_delay, each wait drawn between half and all of it.
+    # Sink t002 forwards each uplink as its own request, retried like events (CONTRACT §6).
     batch_max_events: int = 500
     batch_max_bytes: int = 2**20
     batch_max_delay: float = 0.1
@@ -124,11 +141,12 @@ class LotConfig:
     username: str
     password: str
     signature: str
-    secret: str
+    secret: str = field(repr=False)
     dialect: str
+    # Sink t002: the account this lot logs in with upstream, and its key-pool secret there.
     upstream_username: str
-    upstream_password: str
-    upstream_secret: str
+    upstream_password: str = field(repr=False)
+    upstream_secret: str = field(repr=False)
 
 
 @frozen
@@ -201,6 +219,14 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: {value!r} is not one of {allowed}")
         return value
 
+    def secret(self, name: str, environ: Mapping[str, str]) -> str:
+        """A secret's value: as written, or read from `env:NAME` or `file:PATH` (see resolve_secret)."""
+        value = self.take(name, str, "")
+        try:
+            return resolve_secret(value, environ)
+        except ConfigError as error:
+            raise ConfigError(f"{self.key(name)}: {error}") from None
+
     def number(self, name: str, default: int, minimum: int) -> int:
         value = self.take(name, int, default)
         if value < minimum:
@@ -231,6 +257,74 @@ def _endpoint(value: str) -> str | None:
     except Exception as error:  # any failure to build the endpoint is the operator's to fix
         return f"not a usable endpoint {value!r}: {error}"
     return None
+
+
+def resolve_secret(value: str, environ: Mapping[str, str]) -> str:
+    """The value a secret's `value` stands for; raise ConfigError saying why it cannot be read.
+
+    `env:NAME` is the environment variable NAME of `environ`; `file:PATH` is the
+    file's UTF-8 content without one trailing newline (PATH relative to the
+    working directory); anything else is the value itself.
+    """
+    if value.startswith("env:"):
+        name = value[len("env:") :]
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{name!r} is not an environment variable name (letters, digits, _)")
+        if name not in environ:
+            raise ConfigError(f"environment variable {name} is not set")
+        return environ[name]
+    if value.startswith("file:"):
+        path = value[len("file:") :]
+        if not path:
+            raise ConfigError("file: needs a path (file:PATH)")
+        try:
+            with open(path, "rb") as file:
+                content = file.read()
+        except OSError as error:
+            raise ConfigError(f"cannot read file {path}: {error.strerror or error}") from None
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read file {path}: not UTF-8 text") from None
+        return text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+    return value
+
+
+def _downlink_endpoint(value: str) -> str:
+    """cloud.downlink as a Twisted client endpoint description; raise ConfigError if it is not one.
+
+    host:port and [IPv6 address]:port become `tcp:host=H:port=P`; a `tcp:` or
+    `tls:` description is kept as written. Either must build with Twisted's
+    own parser (against a reactor that connects nothing) with a port 1-65535.
+    """
+    if value.startswith(("tcp:", "tls:")):
+        description = value
+    else:
+        match = _HOST_PORT.fullmatch(value)
+        bracketed = _BRACKETED_HOST_PORT.fullmatch(value)
+        if bracketed is not None and _is_ipv6(bracketed["host"]):
+            match = bracketed
+        if match is None:
+            raise ConfigError(f"cloud.downlink: not host:port or a tcp:/tls: endpoint: {value!r}")
+        host = endpoints.quoteStringArgument(match["host"])
+        description = f"tcp:host={host}:port={int(match['port'])}"
+    try:
+        endpoint = endpoints.clientFromString(MemoryReactor(), description)
+    except Exception as error:  # any failure to build the endpoint is the operator's to fix
+        raise ConfigError(f"cloud.downlink: not a usable endpoint {value!r}: {error}") from None
+    # tls: wraps a HostnameEndpoint; both it and tcp:'s TCP4ClientEndpoint keep the port as _port.
+    port = getattr(getattr(endpoint, "_wrappedEndpoint", endpoint), "_port", None)
+    if isinstance(port, int) and not 1 <= port <= 65535:
+        raise ConfigError(f"cloud.downlink: port {port} is not 1-65535: {value!r}")
+    return description
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _argon2id(value: str) -> str | None:
@@ -312,7 +406,7 @@ def _tcp(raw: object) -> TcpConfig:
     return result
 
 
-def _cloud(raw: object) -> CloudConfig:
+def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
     table = _Table("cloud", raw)
     url = table.take("url", str, "")
     sink = table.choice("sink", "cloudevents" if url else "log-only", SINKS)
@@ -321,7 +415,7 @@ def _cloud(raw: object) -> CloudConfig:
         url=table.text("url", url, _http_url),
         downlink=table.text("downlink", ""),
         query_url=table.text("query_url", "", _http_url),
-        api_token=table.text("api_token", ""),
+        api_token=table.secret("api_token", environ),
         batch_max_events=table.number("batch_max_events", 500, 1),
         batch_max_bytes=table.number("batch_max_bytes", 2**20, 1024),
         batch_max_delay=_seconds(table, "batch_max_delay", 0.1, allow_zero=True),
@@ -330,10 +424,19 @@ def _cloud(raw: object) -> CloudConfig:
         request_timeout=_seconds(table, "request_timeout", 30.0),
     )
     table.done()
-    if sink not in AVAILABLE_SINKS:
-        raise ConfigError(f"cloud.sink: {sink!r} is not available in this version yet")
-    if sink == "cloudevents" and not url:
-        raise ConfigError("cloud.url: required with sink 'cloudevents'")
+    if sink in ("cloudevents", "t002") and not url:
+        raise ConfigError(f"cloud.url: required with sink {sink!r}")
+    if sink == "t002":
+        if not result.downlink:
+            raise ConfigError("cloud.downlink: required with sink 't002' (the upstream's TCP host:port)")
+        result = evolve(result, downlink_endpoint=_downlink_endpoint(result.downlink))
+        if result.query_url:
+            raise ConfigError(
+                "cloud.query_url: not used with sink 't002' (queries go to the upstream at cloud.url)"
+            )
+    elif result.downlink:
+        # Most likely a forgotten sink = "t002": with a url the sink defaults to cloudevents.
+        raise ConfigError("cloud.downlink: only used with sink 't002'")
     if result.retry_max_delay < result.retry_min_delay:
         raise ConfigError("cloud.retry_max_delay: must not be less than cloud.retry_min_delay")
     return result
@@ -371,7 +474,7 @@ def _api_client(index: int, raw: object) -> ApiClient:
     return ApiClient(name=name, token_sha256=digest, roles=tuple(roles))
 
 
-def _lot(index: int, raw: object, dialects: tuple[str, ...]) -> LotConfig:
+def _lot(index: int, raw: object, dialects: tuple[str, ...], environ: Mapping[str, str]) -> LotConfig:
     table = _Table(f"lot[{index}]", raw)
     park_code = table.text(
         "park_code", "", lambda v: _not_empty(v) or (None if len(v) <= 50 else "longer than 50")
@@ -382,15 +485,15 @@ def _lot(index: int, raw: object, dialects: tuple[str, ...]) -> LotConfig:
         username=table.text("username", ""),
         password=table.text("password", "", lambda v: _argon2id(v) if v else None),
         signature=table.choice("signature", "required", SIGNATURE_MODES),
-        secret=table.text("secret", ""),
+        secret=table.secret("secret", environ),
         dialect=table.text(
             "dialect",
             "standard",
             lambda v: None if v in dialects else f"{v!r} is not an installed dialect ({', '.join(dialects)})",
         ),
         upstream_username=table.text("upstream_username", ""),
-        upstream_password=table.text("upstream_password", ""),
-        upstream_secret=table.text("upstream_secret", ""),
+        upstream_password=table.secret("upstream_password", environ),
+        upstream_secret=table.secret("upstream_secret", environ),
     )
     table.done()
     return result
@@ -438,18 +541,25 @@ def _installed_dialects() -> Mapping[str, Any]:
         raise ConfigError(f"dialects: {error}") from None
 
 
-def parse(document: Mapping[str, Any], dialects: Mapping[str, Any] | None = None) -> Config:
+def parse(
+    document: Mapping[str, Any],
+    dialects: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
     """Turn a parsed TOML document into a Config, or raise ConfigError.
 
     `dialects` are the dialect plugins by name (``IDialect`` providers); by
-    default, those installed (``gateway.dialects.installed``).
+    default, those installed (``gateway.dialects.installed``). `environ` is
+    where `env:NAME` secrets are looked up; by default, ``os.environ``.
     """
     if dialects is None:
         dialects = _installed_dialects()
+    if environ is None:
+        environ = os.environ
     names = tuple(sorted(dialects))
     listeners = {key for dialect in dialects.values() for key in dialect.listeners}
     document = dict(document)
-    lots = tuple(_lot(i, raw, names) for i, raw in enumerate(_array(document, "lot")))
+    lots = tuple(_lot(i, raw, names, environ) for i, raw in enumerate(_array(document, "lot")))
     clients = tuple(_api_client(i, raw) for i, raw in enumerate(_array(document, "api_client")))
     config = Config(
         gateway=_gateway(document.pop("gateway", {})),
@@ -457,7 +567,7 @@ def parse(document: Mapping[str, Any], dialects: Mapping[str, Any] | None = None
         journal=_journal(document.pop("journal", {})),
         uplink=_uplink(document.pop("uplink", {})),
         tcp=_tcp(document.pop("tcp", {})),
-        cloud=_cloud(document.pop("cloud", {})),
+        cloud=_cloud(document.pop("cloud", {}), environ),
         api_clients=clients,
         lots=lots,
         deadline_overrides=_deadlines(document.pop("deadlines", {})),
@@ -467,6 +577,8 @@ def parse(document: Mapping[str, Any], dialects: Mapping[str, Any] | None = None
     _unique(lots, "lot", "park_code")
     _unique(lots, "lot", "username")
     _unique(clients, "api_client", "name")
+    if config.cloud.sink == "t002":
+        _check_upstream_accounts(lots)
     for index, lot in enumerate(lots):
         dialect = dialects[lot.dialect]
         problem = dialect.check_lot(lot)
@@ -476,6 +588,16 @@ def parse(document: Mapping[str, Any], dialects: Mapping[str, Any] | None = None
             if config.listen.endpoint(key) is None:
                 raise ConfigError(f"listen.{key}: required: lot[{index}] speaks {lot.dialect}")
     return config
+
+
+def _check_upstream_accounts(lots: tuple[LotConfig, ...]) -> None:
+    """With sink t002 every lot logs in upstream, each with its own account."""
+    for index, lot in enumerate(lots):
+        for key in ("upstream_username", "upstream_password"):
+            if not getattr(lot, key):
+                raise ConfigError(f"lot[{index}].{key}: required with sink 't002'")
+    # A second login of one account replaces its token: two lots sharing one would log each other out.
+    _unique(lots, "lot", "upstream_username")
 
 
 def load(path: str) -> Config:

@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attrs import evolve
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
 
 from gateway import config
 from gateway.config import ConfigError
@@ -120,7 +123,6 @@ def test_lot_defaults_and_lookups() -> None:
             {"cloud": {"retry_min_delay": 5, "retry_max_delay": 1}},
             "cloud.retry_max_delay: must not be less than cloud.retry_min_delay",
         ),
-        ({"cloud": {"sink": "t002", "url": "http://c/u"}}, "cloud.sink: 't002' is not available"),
         ({"deadlines": {"gateOpen": 0}}, "deadlines.gateOpen: must be more than 0 seconds"),
         ({"deadlines": {"gateOpen": "2s"}}, "deadlines.gateOpen: must be a number"),
     ],
@@ -179,3 +181,291 @@ def test_values_are_frozen() -> None:
     settings = config.parse({"lot": [lot()]})
     with pytest.raises(AttributeError):
         settings.lots[0].secret = "x"  # type: ignore[misc]
+
+
+UPSTREAM = {"upstream_username": "up1", "upstream_password": "pw1"}
+
+
+def t002(downlink: str = "upstream.example:9000", **changes: Any) -> dict[str, Any]:
+    """A [cloud] table for the t002 sink, with `changes` on top."""
+    table: dict[str, Any] = {"sink": "t002", "url": "https://upstream.example/uplink", "downlink": downlink}
+    table.update(changes)
+    return table
+
+
+def refusal(document: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+    """The one line `document` is refused with."""
+    with pytest.raises(ConfigError) as caught:
+        config.parse(document, environ=environ or {})
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("downlink", "endpoint"),
+    [
+        ("upstream.example:9000", "tcp:host=upstream.example:port=9000"),
+        ("192.0.2.7:9000", "tcp:host=192.0.2.7:port=9000"),
+        ("[::1]:9000", "tcp:host=\\:\\:1:port=9000"),
+        ("[2001:db8::7]:65535", "tcp:host=2001\\:db8\\:\\:7:port=65535"),
+        ("upstream.example:09000", "tcp:host=upstream.example:port=9000"),
+        ("tcp:upstream.example:9000", "tcp:upstream.example:9000"),
+        ("tcp:host=upstream.example:port=9000:timeout=5", "tcp:host=upstream.example:port=9000:timeout=5"),
+        ("tls:upstream.example:9000", "tls:upstream.example:9000"),
+    ],
+)
+def test_t002_sink_takes_the_downlink_as_a_client_endpoint(downlink: str, endpoint: str) -> None:
+    """With sink t002, cloud.downlink (host:port, [v6]:port, tcp:, tls:) becomes a client endpoint."""
+    settings = config.parse({"cloud": t002(downlink), "lot": [lot(**UPSTREAM)]}, environ={})
+    assert settings.cloud.sink == "t002"
+    assert settings.cloud.url == "https://upstream.example/uplink"
+    assert settings.cloud.downlink == downlink
+    assert settings.cloud.downlink_endpoint == endpoint
+
+
+def test_the_downlink_endpoint_builds_to_the_address_written() -> None:
+    """The normalized description of host:port and [v6]:port builds a TCP client to that host and port."""
+    for downlink, host in (("upstream.example:9000", "upstream.example"), ("[::1]:9000", "::1")):
+        cloud = config.parse({"cloud": t002(downlink)}, environ={}).cloud
+        endpoint = endpoints.clientFromString(MemoryReactor(), cloud.downlink_endpoint)
+        assert isinstance(endpoint, endpoints.TCP4ClientEndpoint)
+        assert (endpoint._host, endpoint._port) == (host, 9000)
+
+
+def test_other_sinks_have_no_downlink_endpoint() -> None:
+    """Without sink t002, downlink_endpoint stays empty."""
+    assert config.parse({}).cloud.downlink_endpoint == ""
+    assert config.parse({"cloud": {"url": "https://c/e"}}).cloud.downlink_endpoint == ""
+
+
+@pytest.mark.parametrize(
+    ("downlink", "line"),
+    [
+        ("xyz", "cloud.downlink: not host:port or a tcp:/tls: endpoint: 'xyz'"),
+        ("upstream.example", "cloud.downlink: not host:port or a tcp:/tls: endpoint: 'upstream.example'"),
+        ("::1:9000", "cloud.downlink: not host:port or a tcp:/tls: endpoint: '::1:9000'"),
+        ("[upstream]:9000", "cloud.downlink: not host:port or a tcp:/tls: endpoint: '[upstream]:9000'"),
+        ("h:port", "cloud.downlink: not host:port or a tcp:/tls: endpoint: 'h:port'"),
+        ("unix:/run/up.sock", "cloud.downlink: not host:port or a tcp:/tls: endpoint: 'unix:/run/up.sock'"),
+        ("h:0", "cloud.downlink: port 0 is not 1-65535: 'h:0'"),
+        ("h:65536", "cloud.downlink: port 65536 is not 1-65535: 'h:65536'"),
+        ("[::1]:70000", "cloud.downlink: port 70000 is not 1-65535: '[::1]:70000'"),
+        ("tcp:h:70000", "cloud.downlink: port 70000 is not 1-65535: 'tcp:h:70000'"),
+        ("tls:h:0", "cloud.downlink: port 0 is not 1-65535: 'tls:h:0'"),
+        ("tcp:h", "cloud.downlink: not a usable endpoint 'tcp:h': "),
+        ("tcp:h:9000:colour=blue", "cloud.downlink: not a usable endpoint 'tcp:h:9000:colour=blue': "),
+    ],
+)
+def test_a_bad_downlink_is_one_line(downlink: str, line: str) -> None:
+    """A downlink that is not host:port or a buildable tcp:/tls: endpoint, port 1-65535, is refused."""
+    assert refusal({"cloud": t002(downlink)}).startswith(line)
+
+
+@pytest.mark.parametrize(
+    ("cloud", "line"),
+    [
+        (t002(downlink=""), "cloud.downlink: required with sink 't002' (the upstream's TCP host:port)"),
+        ({"sink": "t002", "downlink": "h:9000"}, "cloud.url: required with sink 't002'"),
+        (t002(url="ftp://up/uplink"), "cloud.url: not an http:// or https:// URL: 'ftp://up/uplink'"),
+        (
+            t002(query_url="https://up/query"),
+            "cloud.query_url: not used with sink 't002' (queries go to the upstream at cloud.url)",
+        ),
+        ({"url": "https://c/e", "downlink": "h:9000"}, "cloud.downlink: only used with sink 't002'"),
+        ({"sink": "log-only", "downlink": "h:9000"}, "cloud.downlink: only used with sink 't002'"),
+    ],
+)
+def test_the_t002_sink_needs_its_cloud_keys(cloud: dict[str, Any], line: str) -> None:
+    """Sink t002 needs url and downlink and no query_url; other sinks refuse a downlink."""
+    assert refusal({"cloud": cloud}) == line
+
+
+@pytest.mark.parametrize(
+    ("lots", "line"),
+    [
+        ([lot()], "lot[0].upstream_username: required with sink 't002'"),
+        (
+            [
+                lot(park_code="P1", username="u1", **UPSTREAM),
+                lot(park_code="P2", username="u2", upstream_username="up2", upstream_password="pw2"),
+                lot(park_code="P3", username="u3", upstream_password="pw3"),
+            ],
+            "lot[2].upstream_username: required with sink 't002'",
+        ),
+        (
+            [lot(**UPSTREAM), lot(park_code="P2", username="u2", upstream_username="up2")],
+            "lot[1].upstream_password: required with sink 't002'",
+        ),
+        (
+            [lot(**UPSTREAM), lot(park_code="P2", username="u2", **UPSTREAM)],
+            "lot[1].upstream_username: 'up1' is used twice",
+        ),
+    ],
+)
+def test_every_lot_needs_its_own_upstream_account_with_t002(lots: list[dict[str, Any]], line: str) -> None:
+    """With sink t002 each lot needs an upstream username and password, the username its own."""
+    assert refusal({"cloud": t002(), "lot": lots}) == line
+
+
+def test_upstream_keys_are_allowed_and_unneeded_with_other_sinks() -> None:
+    """Without sink t002, lots may leave out the upstream keys or set them; they are kept, unused."""
+    settings = config.parse({"lot": [lot(), lot(park_code="P2", username="u2", **UPSTREAM)]}, environ={})
+    assert settings.lots[0].upstream_username == "" and settings.lots[1].upstream_password == "pw1"
+
+
+def test_secrets_are_read_from_the_environment() -> None:
+    """env:NAME is the value of environment variable NAME, for each lot secret and cloud.api_token."""
+    environ = {"UP_PW": "from env", "UP_SECRET": "k2", "LOT_SECRET": "k1", "API_TOKEN": "t0k3n"}
+    document = {
+        "cloud": t002(api_token="env:API_TOKEN"),
+        "lot": [
+            lot(
+                secret="env:LOT_SECRET",
+                upstream_username="up1",
+                upstream_password="env:UP_PW",
+                upstream_secret="env:UP_SECRET",
+            )
+        ],
+    }
+    settings = config.parse(document, environ=environ)
+    first = settings.lots[0]
+    assert (first.secret, first.upstream_password, first.upstream_secret) == ("k1", "from env", "k2")
+    assert settings.cloud.api_token == "t0k3n"
+
+
+def test_secrets_come_from_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an environ argument, env:NAME is looked up in the process environment."""
+    monkeypatch.setenv("CPMI_TEST_API_TOKEN", "from the process")
+    assert (
+        config.parse({"cloud": {"api_token": "env:CPMI_TEST_API_TOKEN"}}).cloud.api_token
+        == "from the process"
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "line"),
+    [
+        (
+            {"lot": [lot(upstream_password="env:UP_PW")]},
+            "lot[0].upstream_password: environment variable UP_PW is not set",
+        ),
+        (
+            {"lot": [lot(), lot(park_code="P2", username="u2", secret="env:NOPE")]},
+            "lot[1].secret: environment variable NOPE is not set",
+        ),
+        ({"cloud": {"api_token": "env:TOKEN"}}, "cloud.api_token: environment variable TOKEN is not set"),
+        (
+            {"lot": [lot(upstream_secret="env:UP-SECRET")]},
+            "lot[0].upstream_secret: 'UP-SECRET' is not an environment variable name",
+        ),
+        ({"lot": [lot(secret="env:9LIVES")]}, "lot[0].secret: '9LIVES' is not an environment variable name"),
+        ({"lot": [lot(secret="env:")]}, "lot[0].secret: '' is not an environment variable name"),
+        ({"lot": [lot(secret="file:")]}, "lot[0].secret: file: needs a path (file:PATH)"),
+        ({"lot": [lot(secret=7)]}, "lot[0].secret: must be a string"),
+    ],
+)
+def test_an_unusable_env_secret_is_one_line(document: dict[str, Any], line: str) -> None:
+    """An env: secret whose variable is unset or misnamed is refused naming the key and the variable."""
+    assert refusal(document, environ={"OTHER": "x"}).startswith(line)
+
+
+def test_an_empty_environment_variable_is_an_empty_value() -> None:
+    """A set but empty variable gives "", refused only where a value is required."""
+    settings = config.parse({"lot": [lot(secret="env:EMPTY")]}, environ={"EMPTY": ""})
+    assert settings.lots[0].secret == ""
+    document = {"cloud": t002(), "lot": [lot(upstream_username="up1", upstream_password="env:EMPTY")]}
+    assert refusal(document, environ={"EMPTY": ""}) == "lot[0].upstream_password: required with sink 't002'"
+
+
+@pytest.mark.parametrize(
+    ("content", "value"),
+    [
+        (b"s3cret", "s3cret"),
+        (b"s3cret\n", "s3cret"),
+        (b"s3cret\r\n", "s3cret"),
+        (b"s3cret\n\n", "s3cret\n"),
+        (b" spaced \n", " spaced "),
+        ("密钥\n".encode(), "密钥"),
+    ],
+)
+def test_secrets_are_read_from_files(tmp_path: Path, content: bytes, value: str) -> None:
+    """file:PATH is the file's UTF-8 content with one trailing newline (LF or CRLF) taken off."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    settings = config.parse({"lot": [lot(upstream_password=f"file:{secret}")]}, environ={})
+    assert settings.lots[0].upstream_password == value
+
+
+def test_a_relative_secret_file_is_read_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative file: path is taken from the working directory, as other relative paths are."""
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "api-token").write_text("t0k3n\n")
+    monkeypatch.chdir(tmp_path)
+    settings = config.parse({"cloud": {"api_token": "file:secrets/api-token"}}, environ={})
+    assert settings.cloud.api_token == "t0k3n"
+
+
+def test_secret_files_are_read_by_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load() resolves env: and file: secrets, from the process environment and the working directory."""
+    (tmp_path / "upstream.pw").write_text("pw from file\n")
+    (tmp_path / "gateway.toml").write_text(
+        '[cloud]\nsink = "t002"\nurl = "https://up.example/uplink"\ndownlink = "up.example:9000"\n'
+        'api_token = "env:CPMI_TEST_TOKEN"\n'
+        f'[[lot]]\npark_code = "P1"\nusername = "u1"\npassword = "{HASH}"\n'
+        'upstream_username = "up1"\nupstream_password = "file:upstream.pw"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CPMI_TEST_TOKEN", "t0k3n")
+    settings = config.load("gateway.toml")
+    assert (settings.cloud.api_token, settings.lots[0].upstream_password) == ("t0k3n", "pw from file")
+
+
+def test_an_unreadable_secret_file_is_one_line(tmp_path: Path) -> None:
+    """A missing, unreadable or non-UTF-8 secret file is refused naming the key, the file and why."""
+    missing = tmp_path / "missing"
+    document = {"lot": [lot(upstream_password=f"file:{missing}")]}
+    assert (
+        refusal(document)
+        == f"lot[0].upstream_password: cannot read file {missing}: No such file or directory"
+    )
+    document = {"cloud": {"api_token": f"file:{tmp_path}"}}
+    assert refusal(document) == f"cloud.api_token: cannot read file {tmp_path}: Is a directory"
+    latin = tmp_path / "latin1"
+    latin.write_bytes(b"caf\xe9\n")
+    document = {"lot": [lot(), lot(park_code="P2", username="u2", secret=f"file:{latin}")]}
+    assert refusal(document) == f"lot[1].secret: cannot read file {latin}: not UTF-8 text"
+
+
+def test_an_empty_secret_file_is_an_empty_value(tmp_path: Path) -> None:
+    """An empty file (or one newline) gives "", refused only where a value is required."""
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert config.parse({"lot": [lot(secret=f"file:{empty}")]}, environ={}).lots[0].secret == ""
+    document = {"cloud": t002(), "lot": [lot(upstream_username="up1", upstream_password=f"file:{empty}")]}
+    assert refusal(document) == "lot[0].upstream_password: required with sink 't002'"
+
+
+def test_repr_hides_secrets() -> None:
+    """The repr of a Config (logged with errors) shows no secret, api token or upstream password."""
+    environ = {"PW": "env-password-9"}
+    document = {
+        "cloud": t002(api_token="api-token-1"),
+        "lot": [
+            lot(
+                secret="lot-secret-2",
+                upstream_username="up1",
+                upstream_password="env:PW",
+                upstream_secret="upstream-secret-3",
+            )
+        ],
+    }
+    settings = config.parse(document, environ=environ)
+    text = repr(settings)
+    for secret in ("api-token-1", "lot-secret-2", "env-password-9", "upstream-secret-3"):
+        assert secret not in text
+    assert "up1" in text and "upstream.example" in text
+    # Hidden from the repr, still compared: a changed secret is a changed config.
+    assert settings.lots[0] != evolve(settings.lots[0], secret="other")

@@ -10,7 +10,9 @@ is writable, or could be created, without opening or recovering it.
 It then looks for choices the gateway accepts but an operator should make on
 purpose: *warnings* (an fsync mode that acknowledges before the disk has the
 record, a lot whose signatures are not checked, the command API reachable from
-the network in clear text, events sent over plain HTTP) and milder *notes*.
+the network in clear text, events sent over plain HTTP, the t002 upstream's
+downlink over plain TCP) and milder *notes* (among them, with sink t002, an
+upstream password written in the file rather than as ``env:``/``file:``).
 ``--strict`` turns warnings, not notes, into a failure.
 
 Exit codes: 0 the gateway would start with this file (warnings and notes
@@ -24,7 +26,9 @@ import argparse
 import ipaddress
 import os
 import sys
+import tomllib
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
@@ -32,7 +36,7 @@ from attrs import frozen
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
-from gateway.config import Config, ConfigError, load
+from gateway.config import SECRET_SOURCES, Config, ConfigError, load
 from gateway.keys import KeyFileError, load_signing_key
 
 if TYPE_CHECKING:
@@ -48,6 +52,7 @@ __all__ = [
     "check_signing_key",
     "review",
     "run_check",
+    "upstream_secrets_in_clear",
 ]
 
 Severity = Literal["warning", "note"]
@@ -104,9 +109,11 @@ def add_parser(subparsers: Subparsers) -> None:
             "exit 1 with one line 'FILE: key: problem' on standard error when it would not. "
             "Weak choices the gateway accepts are printed on standard error as 'warning: ...' "
             "(journal.fsync not always; a lot with signature off; the api listener on a "
-            "non-loopback interface without ssl:; cloud URLs over plain http to another host) "
+            "non-loopback interface without ssl:; cloud URLs over plain http to another host; "
+            "with sink t002, cloud.downlink over plain tcp: to another host) "
             "or, milder, 'note: ...' (signature optional; nobody able to use the command API; "
-            "a signing key still to be created)."
+            "a signing key still to be created; with sink t002, an upstream password or secret "
+            "written in the file instead of env:NAME or file:PATH)."
         ),
     )
     check.add_argument("path", metavar="FILE", help="the configuration file, e.g. conf/gateway.toml")
@@ -151,7 +158,8 @@ def check_config(path: str) -> Report:
     problem = check_journal_directory(settings.journal.path)
     if problem:
         raise CheckFailed(f"{path}: journal.path: {problem}")
-    findings = list(review(settings))
+    in_clear = upstream_secrets_in_clear(path) if settings.cloud.sink == "t002" else frozenset()
+    findings = list(review(settings, in_clear))
     if not key_exists:
         findings.append(
             Finding(
@@ -161,6 +169,28 @@ def check_config(path: str) -> Report:
             )
         )
     return Report(path=path, summary=summarize(settings), findings=tuple(findings))
+
+
+def upstream_secrets_in_clear(path: str) -> frozenset[str]:
+    """The upstream secrets written in the file at ``path``, not as ``env:NAME`` or ``file:PATH``.
+
+    Named by key (``lot[0].upstream_password``). The Config holds only the
+    values read, not where they came from, so this reads the document again;
+    a file that cannot be read again (changed meanwhile) has nothing to report.
+    """
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError):
+        return frozenset()
+    lots = document.get("lot", [])
+    found: set[str] = set()
+    for index, lot in enumerate(lots if isinstance(lots, list) else []):
+        for key in ("upstream_password", "upstream_secret"):
+            value = lot.get(key, "") if isinstance(lot, dict) else ""
+            if isinstance(value, str) and value and not value.startswith(SECRET_SOURCES):
+                found.add(f"lot[{index}].{key}")
+    return frozenset(found)
 
 
 def check_signing_key(path: str) -> bool:
@@ -211,8 +241,12 @@ def _creatable(directory: str) -> str | None:
     return None
 
 
-def review(settings: Config) -> tuple[Finding, ...]:
-    """The weak choices in a configuration start-up accepts, most serious first."""
+def review(settings: Config, in_clear: Collection[str] = frozenset()) -> tuple[Finding, ...]:
+    """The weak choices in a configuration start-up accepts, most serious first.
+
+    ``in_clear`` names the secrets written in the file rather than read from
+    ``env:``/``file:`` (``lot[0].upstream_password``: upstream_secrets_in_clear).
+    """
     findings: list[Finding] = []
     if settings.journal.fsync != "always":
         findings.append(
@@ -246,13 +280,36 @@ def review(settings: Config) -> tuple[Finding, ...]:
                 "and commands (gateOpen) cross the network in clear; bind it to 127.0.0.1 or use ssl:",
             )
         )
+    t002 = settings.cloud.sink == "t002"
     for key, url in (("cloud.url", settings.cloud.url), ("cloud.query_url", settings.cloud.query_url)):
         if _plain_http_to_another_host(url):
+            crossing = "what lots report crosses"
+            if t002 and key == "cloud.url":
+                crossing = "what lots report, and their upstream logins with passwords, cross"
             findings.append(
                 Finding(
                     "warning",
-                    f"{key}: {url!r} is plain http to another host: what lots report crosses the "
+                    f"{key}: {url!r} is plain http to another host: {crossing} the "
                     "network in clear (the signatures prove who sent it, they do not hide it); use https://",
+                )
+            )
+    if t002 and _plain_tcp_to_another_host(settings.cloud.downlink_endpoint):
+        findings.append(
+            Finding(
+                "warning",
+                f"cloud.downlink: {settings.cloud.downlink!r} is plain TCP to another host: the upstream's "
+                "downlink carries tokens and commands (gateOpen) in clear; use tls:HOST:PORT",
+            )
+        )
+    for index, lot in enumerate(settings.lots if t002 else ()):
+        keys = [key for key in ("upstream_password", "upstream_secret") if f"lot[{index}].{key}" in in_clear]
+        if keys:
+            findings.append(
+                Finding(
+                    "note",
+                    f"lot[{index}] ({lot.park_code}): {' and '.join(keys)} "
+                    f"{'is' if len(keys) == 1 else 'are'} written in clear in the file: whoever reads it "
+                    "can act as this lot upstream; write env:NAME or file:PATH instead",
                 )
             )
     if not settings.cloud.api_token and not settings.api_clients:
@@ -299,6 +356,17 @@ def _exposed_in_clear(description: str) -> str | None:
     if interface in ("", "0.0.0.0", "::"):
         return "all interfaces"
     return f"interface {interface}"
+
+
+def _plain_tcp_to_another_host(description: str) -> bool:
+    """Whether the client endpoint ``description`` is plain TCP (``tcp:``) to a host other than loopback."""
+    if not description:
+        return False
+    endpoint = endpoints.clientFromString(MemoryReactor(), description)
+    if not isinstance(endpoint, endpoints.TCP4ClientEndpoint):
+        return False
+    host: str = endpoint._host
+    return not _is_loopback(host)
 
 
 def _plain_http_to_another_host(url: str) -> bool:

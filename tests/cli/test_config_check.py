@@ -397,3 +397,141 @@ def test_help_describes_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "usage: cpmictl config check [-h] [--strict] FILE" in out
     assert "not created" in out
+
+
+def t002_cloud(
+    downlink: str = "tls:upstream.example:9000", url: str = "https://upstream.example/uplink"
+) -> str:
+    """The [cloud] lines of a t002 sink (an api token read from the environment)."""
+    return f'sink = "t002"\nurl = "{url}"\ndownlink = "{downlink}"\napi_token = "env:CPMI_TEST_API_TOKEN"\n'
+
+
+def upstream_lot(park: str, user: str, password: str = "env:CPMI_TEST_UPSTREAM_PW", secret: str = "") -> str:
+    """A standard lot with its upstream account; its password from the environment unless given."""
+    lines = f'upstream_username = "up-{user}"\nupstream_password = "{password}"\n'
+    if secret:
+        lines += f'upstream_secret = "{secret}"\n'
+    return standard_lot(park, user) + lines
+
+
+@pytest.fixture
+def upstream_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment variables the t002 configurations below read their secrets from."""
+    monkeypatch.setenv("CPMI_TEST_API_TOKEN", "api-token")
+    monkeypatch.setenv("CPMI_TEST_UPSTREAM_PW", "upstream-password")
+
+
+@pytest.mark.parametrize(
+    "downlink",
+    [
+        "tls:upstream.example:9000",
+        "127.0.0.1:9000",
+        "localhost:9000",
+        "[::1]:9000",
+        "tcp:host=localhost:port=9000",
+    ],
+)
+@pytest.mark.usefixtures("upstream_env")
+def test_t002_sink_over_tls_or_loopback_is_not_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], downlink: str
+) -> None:
+    """A t002 sink with an https url, a TLS or loopback downlink and secrets from env: gives no finding."""
+    with_key(tmp_path)
+    path = write(tmp_path, config_text(tmp_path, cloud=t002_cloud(downlink), lots=upstream_lot("P001", "u1")))
+    status, out, err = check(capsys, path, "--strict")
+    assert (status, err) == (0, [])
+    assert out == [f"{path}: ok: gateway gw-07, 1 lot (standard 1), 0 api clients, sink t002"]
+
+
+@pytest.mark.parametrize(
+    ("downlink", "warning"),
+    [
+        (
+            "upstream.example:9000",
+            "cloud.downlink: 'upstream.example:9000' is plain TCP to another host: the upstream's downlink "
+            "carries tokens and commands (gateOpen) in clear; use tls:HOST:PORT",
+        ),
+        ("tcp:192.0.2.7:9000", "cloud.downlink: 'tcp:192.0.2.7:9000' is plain TCP to another host"),
+        ("[2001:db8::7]:9000", "cloud.downlink: '[2001:db8::7]:9000' is plain TCP to another host"),
+    ],
+)
+@pytest.mark.usefixtures("upstream_env")
+def test_t002_downlink_over_plain_tcp_to_another_host_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], downlink: str, warning: str
+) -> None:
+    """A t002 downlink over plain TCP to a host that is not loopback is a warning; --strict refuses it."""
+    with_key(tmp_path)
+    path = write(tmp_path, config_text(tmp_path, cloud=t002_cloud(downlink), lots=upstream_lot("P001", "u1")))
+    status, out, err = check(capsys, path)
+    assert status == 0 and out[0].startswith(f"{path}: ok: ")
+    [line] = err
+    assert line.startswith(f"warning: {warning}")
+    assert check(capsys, path, "--strict")[0] == 1
+
+
+@pytest.mark.usefixtures("upstream_env")
+def test_t002_uplink_over_plain_http_is_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The plain-http check covers cloud.url with sink t002, saying the upstream logins cross in clear."""
+    with_key(tmp_path)
+    cloud = t002_cloud(url="http://upstream.example/uplink")
+    path = write(tmp_path, config_text(tmp_path, cloud=cloud, lots=upstream_lot("P001", "u1")))
+    status, _, err = check(capsys, path)
+    assert status == 0
+    assert err == [
+        "warning: cloud.url: 'http://upstream.example/uplink' is plain http to another host: what lots "
+        "report, and their upstream logins with passwords, cross the network in clear (the signatures "
+        "prove who sent it, they do not hide it); use https://"
+    ]
+
+
+@pytest.mark.usefixtures("upstream_env")
+def test_t002_upstream_secrets_written_in_the_file_are_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With t002, an upstream password or secret written in the file (not env:/file:) is a note per lot."""
+    with_key(tmp_path)
+    secret_file = tmp_path / "p002.secret"
+    secret_file.write_text("k2\n")
+    lots = (
+        upstream_lot("P001", "u1", password="in-clear")
+        + upstream_lot("P002", "u2", secret=f"file:{secret_file}")
+        + upstream_lot("P003", "u3", password="in-clear-too", secret="k3")
+    )
+    path = write(tmp_path, config_text(tmp_path, cloud=t002_cloud(), lots=lots))
+    status, _, err = check(capsys, path, "--strict")
+    assert status == 0
+    assert err == [
+        "note: lot[0] (P001): upstream_password is written in clear in the file: whoever reads it can "
+        "act as this lot upstream; write env:NAME or file:PATH instead",
+        "note: lot[2] (P003): upstream_password and upstream_secret are written in clear in the file: "
+        "whoever reads it can act as this lot upstream; write env:NAME or file:PATH instead",
+    ]
+
+
+def test_upstream_secrets_are_not_noted_without_t002(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With another sink the upstream keys are unused, so one written in clear is not noted."""
+    with_key(tmp_path)
+    lots = upstream_lot("P001", "u1", password="in-clear", secret="k1")
+    path = write(tmp_path, config_text(tmp_path, lots=lots))
+    status, _, err = check(capsys, path)
+    assert (status, err) == (0, [])
+
+
+@pytest.mark.usefixtures("upstream_env")
+def test_t002_without_upstream_credentials_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A t002 configuration whose lot has no upstream account would not start: exit 1 naming the lot."""
+    with_key(tmp_path)
+    path = write(tmp_path, config_text(tmp_path, cloud=t002_cloud(), lots=standard_lot("P001", "u1")))
+    assert_one_problem(*check(capsys, path), f"{path}: lot[0].upstream_username: required with sink 't002'")
+
+
+def test_an_unset_secret_variable_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A secret read from an environment variable that is not set stops start-up: exit 1 naming it."""
+    with_key(tmp_path)
+    path = write(tmp_path, config_text(tmp_path, cloud='api_token = "env:CPMI_TEST_UNSET_TOKEN"'))
+    assert_one_problem(
+        *check(capsys, path),
+        f"{path}: cloud.api_token: environment variable CPMI_TEST_UNSET_TOKEN is not set",
+    )
