@@ -8,8 +8,9 @@ lets a caller keep one oprNum across the retries of one message (B.2.3.6). On
 `DownlinkClient` keeps a lot's TCP connection to the gateway (B.3): it binds by
 `heartbeat` with the uplink's token (or by `login`), sends heartbeats, answers
 every ACK with a REPLY signed with the ACK's token, and reconnects with
-exponential backoff when the connection fails or is lost. What a lot replies is
-not decided here: the `answer` function passed in returns a `DownlinkReply`.
+exponential backoff when the connection fails or is lost (or, with `read_idle`,
+when the server has said nothing for that long). What a lot replies is not
+decided here: the `answer` function passed in returns a `DownlinkReply`.
 
 The HTTP client, the clock and the TCP endpoint are passed in, so the same
 classes run a simulator on a real reactor, a test on `Clock`/`StubTreq`/iosim,
@@ -392,6 +393,7 @@ class DownlinkCounters:
     heartbeat_replies: int = 0
     bad_signatures: int = 0
     bad_frames: int = 0
+    read_idle_closes: int = 0
 
 
 class LotDownlinkProtocol(TwistedProtocol):
@@ -405,6 +407,7 @@ class LotDownlinkProtocol(TwistedProtocol):
         self._client.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
+        self._client.data_received(self)
         for event in self._decoder.feed(data):
             if isinstance(event, FrameTooLarge):
                 self._client.counters.bad_frames += 1
@@ -420,6 +423,16 @@ class LotDownlinkProtocol(TwistedProtocol):
     def close(self) -> None:
         """Close the connection after what was written."""
         if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Close the connection at once, dropping what is still buffered (the peer is gone)."""
+        if self.transport is None:
+            return
+        abort = getattr(self.transport, "abortConnection", None)  # ITCPTransport's; not ITransport's
+        if abort is not None:
+            abort()
+        else:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -447,6 +460,10 @@ class DownlinkClient:
     token of the account (B.3.5). `heartbeat_interval` is at most 60 s by the
     standard (B.4.8, 5.1.8). `on_frame`, if given, sees each frame's payload as it
     arrived (still escaped) before it is parsed: a conformance kit checks them.
+    `read_idle` (seconds, 0 = off) closes a connection on which nothing at all
+    has arrived for that long, and so reconnects as after any lost link: a
+    server that vanished without closing (a NAT or firewall dropping the flow)
+    is otherwise only noticed when the kernel gives up, many minutes later.
     """
 
     def __init__(
@@ -466,6 +483,7 @@ class DownlinkClient:
         max_frame_bytes: int = 2**20,
         opr_prefix: str | None = None,
         on_frame: Callable[[bytes], object] | None = None,
+        read_idle: float = 0.0,
     ) -> None:
         if bind not in ("heartbeat", "login"):
             raise ValueError(f"bind must be 'heartbeat' or 'login', not {bind!r}")
@@ -473,6 +491,8 @@ class DownlinkClient:
             raise ValueError("binding by heartbeat needs a token source")
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
+        if read_idle < 0:
+            raise ValueError("read_idle must be 0 (off) or positive")
         self.credentials = credentials
         self.counters = DownlinkCounters()
         self.token = ""
@@ -490,6 +510,7 @@ class DownlinkClient:
         self._max_frame_bytes = max_frame_bytes
         self._prefix = opr_prefix if opr_prefix is not None else _new_prefix()
         self._on_frame = on_frame
+        self._read_idle = read_idle
         self._count = 0
         self._running = False
         self._failures = 0
@@ -499,6 +520,7 @@ class DownlinkClient:
         self._bind_opr = ""
         self._bind_timer: IDelayedCall | None = None
         self._retry_timer: IDelayedCall | None = None
+        self._read_timer: IDelayedCall | None = None
         self._heartbeats = LoopingCall(self.send_heartbeat)
         self._heartbeats.clock = clock
         self._bound_waiters: list[Deferred[None]] = []
@@ -525,10 +547,10 @@ class DownlinkClient:
     def stop(self) -> Deferred[None]:
         """Stop reconnecting and close the connection; fires once it is closed."""
         self._running = False
-        for timer in (self._retry_timer, self._bind_timer):
+        for timer in (self._retry_timer, self._bind_timer, self._read_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._retry_timer = self._bind_timer = None
+        self._retry_timer = self._bind_timer = self._read_timer = None
         if self._heartbeats.running:
             self._heartbeats.stop()
         if self._attempt is not None:
@@ -567,6 +589,20 @@ class DownlinkClient:
         self._failures += 1
         self._reconnect_later()
 
+    def connect_now(self) -> None:
+        """Connect at once, unless stopped, connected or connecting: what it waited for has come.
+
+        A link that had no token waits out its backoff; a fresh login calls
+        this so that it binds without that wait. The backoff starts over.
+        """
+        if not self._running or self._protocol is not None or self._attempt is not None:
+            return
+        if self._retry_timer is not None and self._retry_timer.active():
+            self._retry_timer.cancel()
+        self._retry_timer = None
+        self._failures = 0
+        self._connect()
+
     def _reconnect_later(self) -> None:
         if not self._running or self._retry_timer is not None:
             return
@@ -579,6 +615,7 @@ class DownlinkClient:
         """A connection is up: send the bind frame."""
         self.counters.connects += 1
         self._protocol = protocol
+        self.data_received(protocol)
         opr = self._new_opr()
         secret = self.credentials.secret
         if self._bind_by == "login":
@@ -597,6 +634,28 @@ class DownlinkClient:
         self._bind_timer = self._clock.callLater(self._bind_timeout, self._bind_timed_out, protocol)
         protocol.send(encode_json_frame(text))
 
+    def data_received(self, protocol: LotDownlinkProtocol) -> None:
+        """Something arrived on `protocol` (or it just opened): the read-idle timer starts again."""
+        if self._read_idle <= 0 or protocol is not self._protocol:
+            return
+        timer = self._read_timer
+        if timer is not None and timer.active():
+            timer.reset(self._read_idle)
+        else:
+            self._read_timer = self._clock.callLater(self._read_idle, self._read_idled, protocol)
+
+    def _read_idled(self, protocol: LotDownlinkProtocol) -> None:
+        self._read_timer = None
+        if protocol is not self._protocol:
+            return
+        self.counters.read_idle_closes += 1
+        log.info(
+            "lot {park}: nothing from the server in {seconds:g} s; closing the downlink",
+            park=self.credentials.park_code,
+            seconds=self._read_idle,
+        )
+        protocol.abort()
+
     def _bind_timed_out(self, protocol: LotDownlinkProtocol) -> None:
         self._bind_timer = None
         self.counters.bind_failures += 1
@@ -610,6 +669,9 @@ class DownlinkClient:
         if self._bind_timer is not None and self._bind_timer.active():
             self._bind_timer.cancel()
         self._bind_timer = None
+        if self._read_timer is not None and self._read_timer.active():
+            self._read_timer.cancel()
+        self._read_timer = None
         if self._heartbeats.running:
             self._heartbeats.stop()
         was_bound, self._bound = self._bound, False

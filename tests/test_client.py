@@ -14,12 +14,6 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from gateway import config
-from gateway.lots.downlink import Downlinks, LotReply, ack_frame
-from gateway.lots.sessions import Sessions
-from gateway.protocol.catalog import INTERFACES, lookup
-from gateway.protocol.framing import FrameDecoder, encode_frame
-from gateway.protocol.signing import compact, sign
-from gateway.protocol.validation import validate
 from gateway.client import (
     Backoff,
     CredentialsError,
@@ -33,6 +27,12 @@ from gateway.client import (
     read_credentials,
     request_text,
 )
+from gateway.lots.downlink import Downlinks, LotReply, ack_frame
+from gateway.lots.sessions import Sessions
+from gateway.protocol.catalog import INTERFACES, lookup
+from gateway.protocol.framing import FrameDecoder, encode_frame
+from gateway.protocol.signing import compact, sign
+from gateway.protocol.validation import validate
 from tests.lots.harness import PASSWORD, MemoryJournal, SyncPasswords, Uplink, lot_entry
 from tests.protocol.samples import SAMPLES
 from tests.simulator.helpers import ZONE, PumpEndpoint, ScriptedEndpoint, simulated_lot
@@ -297,6 +297,89 @@ def test_stop_closes_and_does_not_reconnect() -> None:
     assert stopped.called
     clock.advance(100)
     assert endpoint.attempts == 1
+
+
+def bound_client(clock: Clock, endpoint: ScriptedEndpoint, **options: Any) -> tuple[Any, Any, DownlinkClient]:
+    """A started client whose first connection is bound; its protocol and transport."""
+    client = downlink_client(endpoint, clock, **options)
+    client.start()
+    protocol, transport = endpoint.connections[-1]
+    answer_frame(protocol, frames(transport)[0])
+    assert client.bound
+    return protocol, transport, client
+
+
+def test_a_silent_server_is_closed_after_read_idle_and_reconnected() -> None:
+    """A server that sends nothing is closed read_idle seconds after it last spoke, and reconnected."""
+    clock, endpoint = Clock(), ScriptedEndpoint()
+    protocol, transport, client = bound_client(clock, endpoint, heartbeat_interval=20.0, read_idle=45.0)
+    for step in (20.0, 20.0, 4.9):
+        clock.advance(step)
+    assert not transport.disconnecting
+    assert [frame["code"] for frame in frames(transport)] == ["heartbeat", "heartbeat"]
+    clock.advance(0.1)
+    assert transport.disconnecting and client.counters.read_idle_closes == 1
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert not client.bound and client.counters.lost == 1
+    clock.advance(1.0)
+    assert len(endpoint.connections) == 2
+    protocol, transport = endpoint.connections[1]
+    answer_frame(protocol, frames(transport)[0])
+    assert client.bound and client.counters.reconnects == 1
+
+
+def test_a_server_that_never_answers_the_bind_is_closed_after_read_idle() -> None:
+    """read_idle runs from the moment the connection opens, before any bind answer."""
+    clock, endpoint = Clock(), ScriptedEndpoint()
+    client = downlink_client(endpoint, clock, read_idle=5.0, bind_timeout=60.0)
+    client.start()
+    _, transport = endpoint.connections[0]
+    clock.advance(5.0)
+    assert transport.disconnecting and client.counters.read_idle_closes == 1
+
+
+def test_server_traffic_keeps_the_connection_open() -> None:
+    """Every byte from the server starts read_idle again: answered heartbeats, or bytes outside any frame."""
+    clock, endpoint = Clock(), ScriptedEndpoint()
+    protocol, transport, client = bound_client(clock, endpoint, heartbeat_interval=20.0, read_idle=30.0)
+    for _ in range(10):
+        clock.advance(20.0)
+        [beat] = frames(transport)
+        answer_frame(protocol, beat)
+    for _ in range(10):
+        clock.advance(29.0)
+        protocol.dataReceived(b"*")
+        frames(transport)
+    assert not transport.disconnecting and client.counters.read_idle_closes == 0
+    assert client.bound
+
+
+def test_read_idle_zero_never_closes() -> None:
+    """read_idle 0 (the default) sets no timer: a silent server stays connected."""
+    clock, endpoint = Clock(), ScriptedEndpoint()
+    _, transport, client = bound_client(clock, endpoint, heartbeat_interval=20.0)
+    assert len(clock.getDelayedCalls()) == 1  # the heartbeat loop only
+    clock.advance(3600.0)
+    assert not transport.disconnecting and client.counters.read_idle_closes == 0
+    with pytest.raises(ValueError):
+        downlink_client(endpoint, clock, read_idle=-1.0)
+
+
+def test_stop_and_a_lost_connection_cancel_the_read_idle_timer() -> None:
+    """stop cancels the read-idle timer, and so does a connection lost before it fires."""
+    clock, endpoint = Clock(), ScriptedEndpoint()
+    protocol, _, client = bound_client(clock, endpoint, read_idle=45.0)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]  # the reconnection only
+    clock.advance(1.0)
+    protocol, transport = endpoint.connections[1]
+    answer_frame(protocol, frames(transport)[0])
+    stopped = client.stop()
+    assert clock.getDelayedCalls() == []
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert stopped.called
+    clock.advance(100.0)
+    assert client.counters.read_idle_closes == 0 and endpoint.attempts == 2
 
 
 def test_every_downlink_code_is_answered_as_the_gateway_expects() -> None:
