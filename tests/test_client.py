@@ -227,6 +227,29 @@ def test_reconnects_with_backoff_then_binds_by_heartbeat() -> None:
     assert client.bound and bound.called and client.counters.binds == 1
 
 
+def test_connect_now_skips_the_backoff_and_starts_it_over() -> None:
+    """connect_now connects at once while waiting out a backoff, and the next failure waits the first delay."""
+    clock, endpoint = Clock(), ScriptedEndpoint()
+    endpoint.refuse = True
+    client = downlink_client(endpoint, clock)
+    client.start()
+    clock.advance(2.0)
+    clock.advance(4.0)
+    assert endpoint.attempts == 3
+    client.connect_now()
+    assert endpoint.attempts == 4
+    [call] = clock.getDelayedCalls()
+    assert call.getTime() - clock.seconds() == 2.0  # failures counted from 0 again
+    endpoint.refuse = False
+    client.connect_now()
+    assert endpoint.attempts == 5 and len(endpoint.connections) == 1 and not clock.getDelayedCalls()[1:]
+    client.connect_now()  # connected: nothing to do
+    assert endpoint.attempts == 5
+    client.stop()
+    client.connect_now()  # stopped: nothing to do
+    assert endpoint.attempts == 5
+
+
 def test_heartbeats_then_a_lost_connection_is_reconnected_at_once() -> None:
     """Bound, the lot sends a heartbeat every interval; a lost link is reconnected after the initial delay."""
     clock, endpoint = Clock(), ScriptedEndpoint()
