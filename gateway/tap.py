@@ -22,7 +22,7 @@ from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
 from gateway.cloud.forwarder import Forwarder
-from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space
+from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space, register_upstream
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
@@ -45,8 +45,13 @@ from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SyncQueue
 from gateway.reload import Reloader, Sighup
 from gateway.state import Checkpointer, restore_at_start
+from gateway.upstream.forwarding import UpstreamQueries, UpstreamSink
+from gateway.upstream.lots import UpstreamLots
 
 log = Logger()
+
+UPSTREAM_CONCURRENCY = 16
+"""With the t002 sink, how many lots' uplinks go upstream at once (and keep-alive connections)."""
 
 
 class Options(usage.Options):
@@ -172,9 +177,9 @@ class _CloudClient:
     one; the cloud's 3xx is shown as it is instead (and retried, or 9999 for a query).
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, connections: int = 4) -> None:
         pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 4
+        pool.maxPersistentPerHost = connections
         self._client = HTTPClient(Agent(reactor, pool=pool))
 
     def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
@@ -208,7 +213,7 @@ def build_service(
     _Part(start=sealer.start, stop=sealer.stop).setServiceParent(service)
     forwarder: Forwarder | None = None
     progress = Progress()
-    queries: QueryClient | None = None
+    queries: QueryClient | UpstreamQueries | None = None
     if settings.cloud.sink == "cloudevents":
         http = _CloudClient(reactor)
         if settings.cloud.query_url:
@@ -222,7 +227,7 @@ def build_service(
                 deadlines=settings.deadlines,
             )
         # Added right after the journal, so it stops just before the journal closes.
-        forwarder = Forwarder(
+        events = Forwarder(
             journal=journal,
             http=http,
             clock=reactor,
@@ -231,7 +236,8 @@ def build_service(
             zone=settings.gateway.timezone,
             signing_key=key,
         )
-        _Part(start=lambda: forwarder.start(progress.through), stop=forwarder.stop).setServiceParent(service)
+        forwarder = events
+        _Part(start=lambda: events.start(progress.through), stop=events.stop).setServiceParent(service)
 
     sessions = Sessions(reactor, settings.gateway.timezone)
     repeats = Repeats(reactor)
@@ -247,6 +253,13 @@ def build_service(
     lots = LotRouter(settings)
     sync = SyncQueue(lots=lots, journal=journal, clock=reactor)
     _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
+    upstream: UpstreamLots | None = None
+    if settings.cloud.sink == "t002":
+        upstream, queries, t002 = _upstream(settings, reactor, journal, lots, sync)
+        forwarder = t002
+        _Part(start=lambda: t002.start(progress.through), stop=t002.stop).setServiceParent(service)
+        # Stops before the sync queue and the journal: its relays journal what they pass on.
+        _Part(start=upstream.start, stop=upstream.stop).setServiceParent(service)
     parts = GatewayParts(
         config=settings,
         clock=reactor,
@@ -331,6 +344,8 @@ def build_service(
             url=settings.cloud.url,
             seq=progress.through + 1,
         )
+    if upstream is not None:
+        register_upstream(registry, upstream)
     observe_fsync(registry, journal)
     reloader: Reloader | None = None
     if config_path is not None:
@@ -338,7 +353,12 @@ def build_service(
             path=config_path,
             running=settings,
             read=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), load, path),
-            parts=[parts, lots, *(s for s in served.values() if isinstance(s, StandardServer))],
+            parts=[
+                parts,
+                lots,
+                *(s for s in served.values() if isinstance(s, StandardServer)),
+                *([upstream] if upstream is not None else []),
+            ],
             lots=lots,
             sessions=sessions,
             journal=journal,
@@ -402,6 +422,32 @@ def build_service(
             where = ", ".join(f"{settings.listen.endpoint(k)}" for k in listeners) or "no listener"
             log.info("dialect {name}: {count} lots, on {where}", name=name, count=count, where=where)
     return service
+
+
+def _upstream(
+    settings: Config, reactor: Any, journal: Journal, lots: LotRouter, sync: SyncQueue
+) -> tuple[UpstreamLots, UpstreamQueries, Forwarder]:
+    """The t002 sink: each lot's upstream session and link, its queries, and the forwarder."""
+    cloud = settings.cloud
+    upstream = UpstreamLots(
+        config=settings,
+        http=_CloudClient(reactor, connections=UPSTREAM_CONCURRENCY),
+        clock=reactor,
+        endpoint=lambda: endpoints.clientFromString(reactor, cloud.downlink_endpoint),
+        journal=journal,
+        lots=lots,
+        sync=sync,
+        deadlines=settings.deadlines,
+    )
+    queries = UpstreamQueries(session_of=upstream.session, clock=reactor, deadlines=settings.deadlines)
+    sink = UpstreamSink(
+        url=cloud.url,
+        gateway_id=settings.gateway.id,
+        session_of=upstream.session,
+        concurrency=UPSTREAM_CONCURRENCY,
+    )
+    forwarder = Forwarder(journal=journal, clock=reactor, settings=cloud, sink=sink)
+    return upstream, queries, forwarder
 
 
 def _serve_dialects(

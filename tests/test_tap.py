@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from treq.testing import StubTreq
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import ServerFactory
@@ -126,7 +127,7 @@ secret = "s3"
 
 def test_a_dialect_lot_gets_its_dialects_listener(tmp_path: Path) -> None:
     """A bolink lot in the config adds the bolink listener beside the three, with its dialect's factory."""
-    text = SHIPPED.replace("[listen]", "[listen]\nbolink = \"tcp:6789\"", 1) + BOLINK_LOT.split("\n\n", 1)[1]
+    text = SHIPPED.replace("[listen]", '[listen]\nbolink = "tcp:6789"', 1) + BOLINK_LOT.split("\n\n", 1)[1]
     options = tap.Options()
     options.parseOptions(["--config", write_config(tmp_path, text)])
     reactor = MemoryReactor()
@@ -288,3 +289,38 @@ def test_retention_keeps_what_the_cloud_has_not_acknowledged(tmp_path: Path) -> 
         time.sleep(0.5)  # time enough for a pass that would remove something
         assert list_segments(tmp_path / "journal")[: len(before)] == before
         assert not any(r.kind == "retention" for r in read_records(tmp_path / "journal"))
+
+
+T002 = """
+[cloud]
+sink = "t002"
+url = "http://127.0.0.1:9901/uplink"
+downlink = "127.0.0.1:9902"
+
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$Ed6CfvYqHRVcmvbRyh1LZw"
+upstream_username = "p001-upstream"
+upstream_password = "env:P001_UPSTREAM"
+"""
+
+
+def test_the_t002_sink_connects_each_lot_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With sink t002, each lot gets a TCP link to cloud.downlink at start, and /metrics counts the links."""
+    monkeypatch.setenv("P001_UPSTREAM", "upstream-password")
+    text = SHIPPED.split("[cloud]", 1)[0] + T002
+    with running(tmp_path, text) as reactor:
+        reactor.advance(0)
+        assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", 9902)]
+        metrics = tap_metrics(reactor)
+        assert "cpmi_upstream_links_bound 0.0" in metrics
+        assert "upstream-password" not in metrics
+
+
+def tap_metrics(reactor: MemoryReactor) -> str:
+    """The gateway's /metrics text, through its API resource."""
+    [site] = [port[1] for port in reactor.tcpServers if port[0] == 8081]
+    stub = StubTreq(site.resource)
+    response = reactor.wait_for(stub.get("http://127.0.0.1:8081/metrics"))
+    return str(reactor.wait_for(response.text()))

@@ -365,3 +365,62 @@ def register_space(registry: CollectorRegistry, space: FreeSpace) -> SpaceCollec
     collector = SpaceCollector(space)
     registry.register(collector)
     return collector
+
+
+class UpstreamState(Protocol):
+    """What the metrics read of `gateway.upstream.lots.UpstreamLots` (the t002 sink)."""
+
+    def bound(self) -> int: ...
+
+    def totals(self) -> Mapping[str, int]: ...
+
+
+UPSTREAM_COUNTERS = (
+    ("cpmi_upstream_logins", "logins", "Logins of lots at the upstream platform that gave a token."),
+    ("cpmi_upstream_login_failures", "login_failures", "Logins upstream refused or not answered."),
+    ("cpmi_upstream_requests", "requests", "Requests sent upstream (uplinks, queries; repeats too)."),
+    ("cpmi_upstream_held", "held", "Requests held back by the repeat rule (B.2.3.6), once per hold."),
+    ("cpmi_upstream_link_losses", "lost", "Bound upstream TCP links that were lost."),
+    ("cpmi_upstream_read_idle_closes", "read_idle_closes", "Upstream TCP links closed as silent."),
+)
+UPSTREAM_ACK_OUTCOMES = ("replied", "not_connected", "deadline", "refused", "failed")
+
+
+class UpstreamCollector(Collector):
+    """The t002 sink's links and counters, read at each scrape."""
+
+    def __init__(self, upstream: UpstreamState) -> None:
+        self._upstream = upstream
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        totals = {} if describing else dict(self._upstream.totals())
+        bound = "Lots whose TCP link to the upstream is bound now."
+        yield GaugeMetricFamily(
+            "cpmi_upstream_links_bound", bound, value=None if describing else self._upstream.bound()
+        )
+        for name, key, documentation in UPSTREAM_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=None if describing else totals.get(key, 0))
+        acks = CounterMetricFamily(
+            "cpmi_upstream_acks",
+            "Downlinks the upstream sent, by what the lot's side answered.",
+            labels=["outcome"],
+        )
+        if not describing:
+            for outcome in UPSTREAM_ACK_OUTCOMES:
+                acks.add_metric([outcome], totals.get(outcome, 0))
+        yield acks
+
+
+def register_upstream(registry: CollectorRegistry, upstream: UpstreamState) -> UpstreamCollector:
+    """Register the t002 sink's metrics (`cpmi_upstream_*`) on `registry`."""
+    collector = UpstreamCollector(upstream)
+    registry.register(collector)
+    return collector
