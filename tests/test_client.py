@@ -228,7 +228,7 @@ def test_reconnects_with_backoff_then_binds_by_heartbeat() -> None:
 
 
 def test_connect_now_skips_the_backoff_and_starts_it_over() -> None:
-    """connect_now connects at once while waiting out a backoff, and the next failure waits the first delay."""
+    """connect_now connects at once while waiting out a backoff, and the backoff starts over."""
     clock, endpoint = Clock(), ScriptedEndpoint()
     endpoint.refuse = True
     client = downlink_client(endpoint, clock)
