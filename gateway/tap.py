@@ -37,6 +37,7 @@ from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
+from gateway.limits import FdLimit, raise_fd_limit
 from gateway.logs import RecentRejections, WithLogObserver, check_log_format, json_observer, log_stream
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
@@ -161,6 +162,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         )
     else:
         log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
+    _log_fd_limit(raise_fd_limit())
     service = build_service(settings, reactor, journal, key, config_path=config["config"])
     if config["log-format"] != "json":
         return service
@@ -168,6 +170,32 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     parent = getattr(config, "parent", None)
     server_options = parent if isinstance(parent, usage.Options) else None
     return WithLogObserver(service, lambda: json_observer(log_stream(server_options, reactor)))
+
+
+def _log_fd_limit(limit: FdLimit) -> None:
+    """Say how many lot connections the process can hold, and whether the limit could be raised."""
+    if limit.problem:
+        log.warn(
+            "cannot raise the file-descriptor limit from {before} to {hard}: {problem}; room for about "
+            "{lots} lot connections",
+            before=limit.before,
+            hard=limit.hard,
+            problem=limit.problem,
+            lots=limit.lots,
+        )
+    elif limit.after != limit.before:
+        log.info(
+            "file-descriptor limit raised from {before} to {after}: room for about {lots} lot connections",
+            before=limit.before,
+            after=limit.after,
+            lots=limit.lots,
+        )
+    else:
+        log.info(
+            "file-descriptor limit {after}: room for about {lots} lot connections",
+            after=limit.after,
+            lots=limit.lots,
+        )
 
 
 class _CloudClient:

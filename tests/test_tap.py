@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python.threadpool import ThreadPool
 
@@ -324,3 +326,22 @@ def tap_metrics(reactor: MemoryReactor) -> str:
     stub = StubTreq(site.resource)
     response = reactor.wait_for(stub.get("http://127.0.0.1:8081/metrics"))
     return str(reactor.wait_for(response.text()))
+
+
+def test_make_service_tells_how_many_lots_the_fd_limit_allows(tmp_path: Path) -> None:
+    """Start-up raises the file-descriptor limit and logs the room it leaves for lot connections."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        options = tap.Options()
+        options.parseOptions(["--config", write_config(tmp_path)])
+        reactor = MemoryReactor()
+        service = tap.makeService(options, reactor)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    try:
+        [told] = [e for e in events if "lot connections" in e.get("log_format", "")]
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert told["lots"] == soft - 64
+    finally:
+        stop(service, reactor)
