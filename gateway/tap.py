@@ -472,6 +472,8 @@ def _upstream(
         url=cloud.url,
         gateway_id=settings.gateway.id,
         session_of=upstream.session,
+        clock=reactor,
+        settings=cloud,
         concurrency=UPSTREAM_CONCURRENCY,
     )
     forwarder = Forwarder(journal=journal, clock=reactor, settings=cloud, sink=sink)

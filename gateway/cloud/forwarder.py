@@ -87,6 +87,9 @@ __all__ = [
 ANSWER_BYTES = 4096
 # The live buffer holds this many batches' worth of events (by count and by bytes).
 _BUFFER_BATCHES = 4
+# Events finished early (beyond one not yet delivered) may fill this many buffers more
+# before the forwarder stops taking records while it waits for that one.
+_EARLY_BUFFERS = 10
 # After a failed read of the journal, wait this long before reading again.
 _READ_RETRY = 5.0
 
@@ -142,6 +145,8 @@ class Outcome:
     refused: bool = False
     answer: bytes = b""
     reason: str = ""
+    # Not done, and paced by the sink: the lot's events wait until then, other lots' go on.
+    retry_at: float | None = None
 
     @classmethod
     def delivered(cls, status: int) -> Outcome:
@@ -152,8 +157,8 @@ class Outcome:
         return cls(True, status, refused=True, answer=answer)
 
     @classmethod
-    def not_yet(cls, reason: str, status: int | None = None) -> Outcome:
-        return cls(False, status, reason=reason)
+    def not_yet(cls, reason: str, status: int | None = None, retry_at: float | None = None) -> Outcome:
+        return cls(False, status, reason=reason, retry_at=retry_at)
 
 
 @frozen
@@ -354,6 +359,9 @@ class Forwarder:
         # Queued events the sink finished (delivered or refused) while an earlier one was not:
         # they are not sent again, and are taken off the queue once everything before them is.
         self._early: dict[int, Outcome] = {}
+        # Lots whose events the sink asked to hold back (Outcome.retry_at), until when.
+        self._paused: dict[str, float] = {}
+        self._wake_timer: IDelayedCall | None = None
         self._queued_bytes = 0
         self._live = False
         self._reading = False
@@ -432,10 +440,10 @@ class Forwarder:
         self._running = False
         self._live = False  # records committed while stopped are read from disk on a start
         self._journal.commit_observers.remove(self._committed)
-        for timer in (self._batch_timer, self._retry_timer, self._read_timer):
+        for timer in (self._batch_timer, self._retry_timer, self._read_timer, self._wake_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._batch_timer = self._retry_timer = self._read_timer = None
+        self._batch_timer = self._retry_timer = self._read_timer = self._wake_timer = None
         if self._in_flight is not None:
             self._in_flight.cancel()
         if not self._reading and self._cursor is not None:
@@ -445,7 +453,10 @@ class Forwarder:
     # -- taking records in
 
     def _room(self) -> tuple[int, int]:
-        return self._buffer_events - len(self._queue), self._buffer_bytes - self._queued_bytes
+        waiting = len(self._queue) - len(self._early)
+        if len(self._queue) >= _EARLY_BUFFERS * self._buffer_events:
+            return 0, 0
+        return self._buffer_events - waiting, self._buffer_bytes - self._queued_bytes
 
     def _committed(self, records: list[Record]) -> None:
         """A durable batch of the journal: queue its events while live, else leave it to the reads."""
@@ -574,15 +585,41 @@ class Forwarder:
         finally:
             self._pumping = False
 
+    def _next_batch(self) -> list[Entry]:
+        """The next events to send: in order, leaving out finished ones and paused lots' ones."""
+        limit = self._probe or self._max_events
+        now = self._clock.seconds()
+        paused = self._paused
+        batch: list[Entry] = []
+        size = 0
+        for entry in self._queue:
+            if entry.seq in self._early:
+                continue
+            if paused:
+                until = paused.get(entry.park)
+                if until is not None:
+                    if until > now:
+                        continue
+                    del paused[entry.park]
+            if len(batch) >= limit or (batch and size + len(entry.body) > self._max_bytes):
+                break
+            batch.append(entry)
+            size += len(entry.body)
+        return batch
+
     def _send_if_due(self) -> None:
         if not self._running or self._in_flight is not None or self._retry_timer is not None:
             return
         if not self._queue:
             return
+        batch = self._next_batch()
+        if not batch:
+            self._wake_when_unpaused()
+            return
         limit = self._probe or self._max_events
-        due = self._queue[0].at + self._settings.batch_max_delay
+        due = batch[0].at + self._settings.batch_max_delay
         if (
-            len(self._queue) >= limit
+            len(batch) >= limit
             or self._queued_bytes >= self._max_bytes
             or not self._live
             or self._probe is not None
@@ -591,27 +628,26 @@ class Forwarder:
             if self._batch_timer is not None and self._batch_timer.active():
                 self._batch_timer.cancel()
             self._batch_timer = None
-            self._send()
+            self._send(batch)
         elif self._batch_timer is None:
             self._batch_timer = self._clock.callLater(due - self._clock.seconds(), self._batch_due)
+
+    def _wake_when_unpaused(self) -> None:
+        """Everything waiting belongs to paused lots: try again when the first pause ends."""
+        if not self._paused or self._wake_timer is not None:
+            return
+        delay = max(0.0, min(self._paused.values()) - self._clock.seconds())
+        self._wake_timer = self._clock.callLater(delay, self._woken)
+
+    def _woken(self) -> None:
+        self._wake_timer = None
+        self._maybe_send()
 
     def _batch_due(self) -> None:
         self._batch_timer = None
         self._maybe_send()
 
-    def _send(self) -> None:
-        limit = self._probe or self._max_events
-        batch: list[Entry] = []
-        size = 0
-        for entry in self._queue:
-            if entry.seq in self._early:
-                continue
-            if len(batch) >= limit or (batch and size + len(entry.body) > self._max_bytes):
-                break
-            batch.append(entry)
-            size += len(entry.body)
-        if not batch:
-            return
+    def _send(self, batch: list[Entry]) -> None:
         exchange = self._sink.deliver(batch)
         self._in_flight = exchange
         exchange.addCallback(self._answered, batch)
@@ -630,21 +666,29 @@ class Forwarder:
         for entry, outcome in zip(batch, result, strict=True):
             if outcome.done:
                 self._early[entry.seq] = outcome
+                self._queued_bytes -= len(entry.body)
                 status = outcome.status if outcome.status is not None else status
                 if outcome.refused:
                     self._log_refusal(entry, outcome)
+            elif outcome.retry_at is not None:
+                # The sink paces this lot: hold its events back; the others go on.
+                if entry.park not in self._paused:
+                    self.counters["retries"] += 1
+                self._paused[entry.park] = max(self._paused.get(entry.park, 0.0), outcome.retry_at)
+                self.last_error = outcome.reason
             else:
                 not_done.append(entry)
                 if not reason:
                     reason, status_not_done = outcome.reason, outcome.status
-        if status is not None:
-            # An answer ends a run of failed attempts, even if some events must go again.
+        if status is not None and not not_done:
+            # An answer ends a run of failed attempts, unless some events must go again.
             self._recovered(status)
         self._advance()
         if not_done:
             self._retry(not_done, reason, status_not_done)
             return
-        self.last_error = ""
+        if not self._paused:
+            self.last_error = ""
         self._fill()
         self._maybe_send()
 
@@ -654,7 +698,6 @@ class Forwarder:
         status = 0
         while self._queue and self._queue[0].seq in self._early:
             entry = self._queue.popleft()
-            self._queued_bytes -= len(entry.body)
             outcome = self._early.pop(entry.seq)
             if outcome.refused:
                 if delivered:

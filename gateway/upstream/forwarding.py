@@ -37,17 +37,20 @@ within the interface's deadline is ``9999``.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, gatherResults, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cloud.forwarder import Entry, Outcome, Split
 from gateway.cloud.post import failure_reason
+from gateway.config import CloudConfig
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.catalog import deadline_of
 from gateway.protocol.results import Result
@@ -60,7 +63,9 @@ UPLINK_RECORD = "uplink"
 
 _TYPE_PREFIX = "org.cpmi.t002."
 _OK = Result.OK.code
-_RETRIED_CODES = frozenset({Result.TOKEN_INVALID.code, Result.TOO_MANY_REPEATS.code})
+# 9000 twice, the upstream's own repeat limit, and 9999 "failed" (which a gateway answers
+# when it cannot store the message now) say nothing against the message: it goes again.
+_RETRIED_CODES = frozenset({Result.TOKEN_INVALID.code, Result.TOO_MANY_REPEATS.code, Result.FAILED.code})
 
 SessionOf = Callable[[str], "UpstreamSession | None"]
 """The upstream session of a park, or None when the park has no upstream account now."""
@@ -90,11 +95,38 @@ def judge(exchange: Exchange) -> Outcome:
 class UpstreamSink:
     """The forwarder's ``t002`` sink: each lot's uplinks, in order, as the standard's requests."""
 
-    def __init__(self, *, url: str, gateway_id: str, session_of: SessionOf, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        gateway_id: str,
+        session_of: SessionOf,
+        clock: IReactorTime,
+        settings: CloudConfig,
+        concurrency: int = 16,
+        random: Callable[[], float] = random.random,
+    ) -> None:
         self._url = url
         self._gateway_id = gateway_id
         self._session_of = session_of
+        self._clock = clock
+        self._settings = settings
+        self._random = random
         self._lanes = DeferredSemaphore(concurrency)
+        # Lots whose last attempt was not done, and how many times in a row.
+        self._failures: dict[str, int] = {}
+
+    def _retry_at(self, park: str, error: Exception | None) -> float:
+        """When a lot whose entry was not done may try again: its own backoff, or what it waits for."""
+        failures = self._failures[park] = self._failures.get(park, 0) + 1
+        settings = self._settings
+        ceiling = min(settings.retry_max_delay, settings.retry_min_delay * 2 ** min(failures - 1, 62))
+        at = self._clock.seconds() + ceiling / 2 + self._random() * ceiling / 2
+        if isinstance(error, RepeatLimit):
+            at = max(at, error.until)
+        elif isinstance(error, LoginRefused) and error.not_before is not None:
+            at = max(at, error.not_before)
+        return at
 
     @property
     def target(self) -> str:
@@ -146,21 +178,28 @@ class UpstreamSink:
             return [Outcome.refusal(0, answer) for _ in entries]
         outcomes: list[Outcome] = []
         for entry in entries:
+            error: Exception | None = None
             try:
                 exchange = await session.send(entry.code, entry.body.decode("utf-8"), entry.opr)
-            except (LoginRefused, RepeatLimit) as error:
-                outcome = Outcome.not_yet(str(error))
-            except Exception as error:  # a network error, a timeout: the same again later
-                outcome = Outcome.not_yet(failure_reason(Failure(error)))
+            except (LoginRefused, RepeatLimit) as refused:
+                error, outcome = refused, Outcome.not_yet(str(refused))
+            except Exception as failed:  # a network error, a timeout: the same again later
+                error, outcome = failed, Outcome.not_yet(failure_reason(Failure(failed)))
             else:
                 outcome = judge(exchange)
             if outcome.done:
                 session.finished(entry.opr)
-            outcomes.append(outcome)
-            if not outcome.done:
-                break
-        waiting = f"an earlier uplink of lot {park} is not delivered yet"
-        outcomes.extend(Outcome.not_yet(waiting) for _ in entries[len(outcomes) :])
+                self._failures.pop(park, None)
+                outcomes.append(outcome)
+                continue
+            # This lot backs off on its own; the forwarder holds its entries back till then.
+            retry_at = self._retry_at(park, error)
+            outcomes.append(evolve(outcome, retry_at=retry_at))
+            waiting = Outcome.not_yet(
+                f"an earlier uplink of lot {park} is not delivered yet", retry_at=retry_at
+            )
+            outcomes.extend(waiting for _ in entries[len(outcomes) :])
+            break
         return outcomes
 
 
@@ -201,7 +240,7 @@ class UpstreamQueries:
             return QueryOutcome(response.result_code, detail, response.data)
 
         def failed(failure: Failure) -> QueryOutcome:
-            if failure.check(CancelledError, TimeoutError):
+            if failure.check(CancelledError, DeferredTimeout):
                 return _failed(f"no answer from the upstream within {deadline:g} s")
             if failure.check(LoginRefused, RepeatLimit):
                 return _failed(failure.getErrorMessage())

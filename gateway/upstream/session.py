@@ -23,7 +23,8 @@ The lot's oprNum is kept on every attempt, so the upstream drops duplicates.
 The standard allows no more than five repeats of one request an hour
 (B.2.3.6): a request is sent at most six times in any hour. An attempt that
 could not have reached the upstream (the connection was refused, the name did
-not resolve) does not count. Past the limit, :meth:`UpstreamSession.send`
+not resolve), or was answered HTTP 5xx, 408 or 429 (the platform, or a proxy
+before it, took nothing in), does not count. Past the limit, :meth:`UpstreamSession.send`
 fails with :class:`RepeatLimit` naming when the next attempt is allowed, and
 the hold is journaled once as an ``upstream-held`` record.
 """
@@ -114,7 +115,14 @@ class Exchange:
 
 
 class LoginRefused(Exception):
-    """The upstream did not give this lot a token (refused, unreachable, or not tried again yet)."""
+    """The upstream did not give this lot a token (refused, unreachable, or not tried again yet).
+
+    `not_before` is when the next login may be tried (None: at once).
+    """
+
+    def __init__(self, message: str, not_before: float | None = None) -> None:
+        super().__init__(message)
+        self.not_before = not_before
 
 
 class RepeatLimit(Exception):
@@ -279,7 +287,7 @@ class UpstreamSession:
             problem=problem,
             delay=delay,
         )
-        error = LoginRefused(problem)
+        error = LoginRefused(problem, self._login_not_before)
         self._notify(Failure(error))
         raise error
 
@@ -362,14 +370,21 @@ class UpstreamSession:
         times.append(now)
         self.counters["requests"] += 1
 
+        def uncount() -> None:
+            if times and times[-1] == now:
+                times.pop()
+
         def not_sent(failure: Failure) -> Failure:
             if _never_sent(failure):
-                # It never left: it is no repeat in the upstream's eyes.
-                if times and times[-1] == now:
-                    times.pop()
+                uncount()  # it never left: it is no repeat in the upstream's eyes
             return failure
 
-        return self._post(code, data_text, token, opr).addErrback(not_sent)
+        def unanswered(exchange: Exchange) -> Exchange:
+            if exchange.status in (408, 429) or exchange.status >= 500:
+                uncount()  # no answer of the protocol: the platform (or a proxy) took nothing in
+            return exchange
+
+        return self._post(code, data_text, token, opr).addCallbacks(unanswered, not_sent)
 
     def _post(self, code: str, data_text: str, token: str, opr: str) -> Deferred[Exchange]:
         text = envelope_text(code, opr, token, self.account.secret, data_text)
