@@ -16,9 +16,10 @@ by side (at most ``concurrency`` at once). For each request:
 
 - ``0000``: delivered.
 - ``9000`` even after a new login, ``9007`` (the upstream's own repeat
-  limit), HTTP 5xx/408/429, no answer, a network error, a refused login or
-  the repeat rule's hold: not delivered yet; it and the lot's later uplinks
-  go again after the backoff. Other lots' uplinks are not held up by it.
+  limit), ``9999`` (failed: nothing against the message), HTTP 5xx/408/429,
+  no answer, a network error, a refused login or the repeat rule's hold: not
+  delivered yet; it and the lot's later uplinks go again after the lot's own
+  backoff (``Outcome.retry_at``). Other lots' uplinks are not held up by it.
 - any other ``9xxx`` (or a code the standard does not have), or HTTP 4xx:
   refused. The forwarder journals a ``rejected`` record with the upstream's
   answer, and the lot's next uplink follows.
