@@ -57,7 +57,9 @@ __all__ = [
     "Response",
     "UplinkClient",
     "UplinkError",
+    "envelope_text",
     "parse_response",
+    "post_param",
     "read_credentials",
     "reply_text",
     "request_text",
@@ -169,9 +171,8 @@ def parse_response(text: str) -> Response:
     return _response(message, text)
 
 
-def request_text(code: str, opr: str, token: str, secret: str, data: object) -> str:
-    """A request envelope (B.2) as JSON text, signed over the compact `data` it carries."""
-    data_text = compact(data)
+def envelope_text(code: str, opr: str, token: str, secret: str, data_text: str) -> str:
+    """A request envelope (B.2) carrying `data_text` as written, signed over it (B.3.7)."""
     return '{"token":%s,"code":%s,"oprNum":%s,"signature":"%s","data":%s}' % (
         compact(token),
         compact(code),
@@ -179,6 +180,11 @@ def request_text(code: str, opr: str, token: str, secret: str, data: object) -> 
         sign(data_text, token, secret),
         data_text,
     )
+
+
+def request_text(code: str, opr: str, token: str, secret: str, data: object) -> str:
+    """A request envelope (B.2) as JSON text, signed over the compact `data` it carries."""
+    return envelope_text(code, opr, token, secret, compact(data))
 
 
 def reply_text(code: str, opr: str, token: str, secret: str, reply: DownlinkReply) -> str:
@@ -202,6 +208,12 @@ class HTTPRequester(Protocol):
 
     def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
         """Send a request; fires with its `IResponse` once the headers are in."""
+
+
+def post_param(http: HTTPRequester, url: str, text: str) -> Deferred[Any]:
+    """POST `text` to `url` as the `param` of a form (B.2); fires with the response, headers in."""
+    body = urlencode({"param": text}).encode("ascii")
+    return http.request("POST", url, headers=Headers({"Content-Type": [FORM_TYPE]}), data=body)
 
 
 def _new_prefix() -> str:
@@ -251,10 +263,7 @@ class UplinkClient:
 
     def post_text(self, text: str) -> Deferred[Response]:
         """POST `text` as the `param` of a form, whatever it holds (a conformance kit sends broken ones)."""
-        body = urlencode({"param": text}).encode("ascii")
-        sent: Deferred[Any] = self._http.request(
-            "POST", self.url, headers=Headers({"Content-Type": [FORM_TYPE]}), data=body
-        )
+        sent = post_param(self._http, self.url, text)
         sent.addCallback(self._read)
         sent.addTimeout(self._timeout, self._clock)
         return sent

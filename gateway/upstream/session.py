@@ -35,7 +35,6 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import treq
@@ -45,12 +44,11 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 
-from gateway.client import FORM_TYPE, HTTPRequester, Response, UplinkError, parse_response
+from gateway.client import HTTPRequester, Response, UplinkError, envelope_text, parse_response, post_param
 from gateway.cloud.post import failure_reason
 from gateway.protocol.results import Result
-from gateway.protocol.signing import compact, sign
+from gateway.protocol.signing import compact
 from gateway.protocol.times import utc_rfc3339
 
 __all__ = [
@@ -388,10 +386,7 @@ class UpstreamSession:
 
     def _post(self, code: str, data_text: str, token: str, opr: str) -> Deferred[Exchange]:
         text = envelope_text(code, opr, token, self.account.secret, data_text)
-        body = urlencode({"param": text}).encode("ascii")
-        sent: Deferred[Any] = self._http.request(
-            "POST", self._url, headers=Headers({"Content-Type": [FORM_TYPE]}), data=body
-        )
+        sent = post_param(self._http, self._url, text)
         sent.addCallback(self._read)
         sent.addTimeout(self._timeout, self._clock)
         return sent
@@ -411,17 +406,6 @@ class UpstreamSession:
 
         content: Deferred[bytes] = treq.content(response)
         return content.addCallback(parsed)
-
-
-def envelope_text(code: str, opr: str, token: str, secret: str, data_text: str) -> str:
-    """A request envelope (B.2) carrying `data_text` as written, signed over it (B.3.7)."""
-    return '{"token":%s,"code":%s,"oprNum":%s,"signature":"%s","data":%s}' % (
-        compact(token),
-        compact(code),
-        compact(opr),
-        sign(data_text, token, secret),
-        data_text,
-    )
 
 
 def _one_line(text: str, limit: int = 200) -> str:
