@@ -178,9 +178,7 @@ def _create_key_file(path: str, key: SigningKey) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
         # mkstemp opens with O_CREAT|O_EXCL and mode 0600.
-        fd, tmp = tempfile.mkstemp(
-            dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
-        )
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     except OSError as e:
         raise KeyFileError(f"{path}: cannot create key file: {e.strerror}") from None
     try:

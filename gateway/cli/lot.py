@@ -64,7 +64,10 @@ def add_parser(subparsers: Subparsers) -> None:
         ),
     )
     simulate.add_argument(
-        "--uplink", required=True, metavar="URL", help="the gateway's uplink, e.g. http://127.0.0.1:8080/uplink"
+        "--uplink",
+        required=True,
+        metavar="URL",
+        help="the gateway's uplink, e.g. http://127.0.0.1:8080/uplink",
     )
     simulate.add_argument(
         "--downlink", metavar="HOST:PORT", help="the gateway's TCP downlink (without it: HTTP only)"

@@ -68,7 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.post import HTTPRequester, failure_reason, post_signed
+from gateway.cloud.post import HTTPRequester, failure_reason, post_signed, shortened
 from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.config import CloudConfig
 from gateway.journal.reader import Cursor, Damage
@@ -205,10 +205,11 @@ def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: flo
     return entries
 
 
-def _shortened(answer: str, limit: int = 200) -> str:
-    """The start of a cloud's answer, on one line, for the log."""
-    text = " ".join(answer.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def retry_delay(settings: CloudConfig, failures: int, random: Callable[[], float]) -> float:
+    """The wait after `failures` failed attempts in a row: from retry_min_delay, doubling up to
+    retry_max_delay, drawn between half and all of it (jitter, so retries do not come together)."""
+    ceiling = min(settings.retry_max_delay, settings.retry_min_delay * 2 ** min(failures - 1, 62))
+    return ceiling / 2 + random() * ceiling / 2
 
 
 def _read_chunk(
@@ -663,12 +664,14 @@ class Forwarder:
         status: int | None = None
         not_done: list[Entry] = []
         reason, status_not_done = "", None
+        refused = False
         for entry, outcome in zip(batch, result, strict=True):
             if outcome.done:
                 self._early[entry.seq] = outcome
                 self._queued_bytes -= len(entry.body)
                 status = outcome.status if outcome.status is not None else status
                 if outcome.refused:
+                    refused = True
                     self._log_refusal(entry, outcome)
             elif outcome.retry_at is not None:
                 # The sink paces this lot: hold its events back; the others go on.
@@ -687,7 +690,7 @@ class Forwarder:
         if not_done:
             self._retry(not_done, reason, status_not_done)
             return
-        if not self._paused:
+        if not self._paused and not refused:
             self.last_error = ""
         self._fill()
         self._maybe_send()
@@ -744,7 +747,7 @@ class Forwarder:
             count=len(batch),
             first=batch[0].seq,
             last=batch[-1].seq,
-            reason=_shortened(excerpt),
+            reason=shortened(excerpt),
             park="",
             code="",
         )
@@ -762,7 +765,7 @@ class Forwarder:
             count=1,
             first=entry.seq,
             last=entry.seq,
-            reason=_shortened(excerpt),
+            reason=shortened(excerpt),
             park=entry.park,
             code=entry.code,
             id=entry.id,
@@ -789,9 +792,7 @@ class Forwarder:
         self._attempts += 1
         self.counters["retries"] += 1
         self.last_error = reason
-        settings = self._settings
-        ceiling = min(settings.retry_max_delay, settings.retry_min_delay * 2 ** min(self._attempts - 1, 62))
-        delay = ceiling / 2 + self._random() * ceiling / 2
+        delay = retry_delay(self._settings, self._attempts, self._random)
         if self._failing_since is None:
             # One event as a run of failures begins, one as it ends (_recovered); debug lines between.
             self._failing_since = self._clock.seconds()

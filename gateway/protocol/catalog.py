@@ -376,7 +376,12 @@ _SYNC = DeliveryClass.SYNC
 
 INTERFACES: tuple[Interface, ...] = (
     _interface(
-        1, "login", "登录", _LOCAL, None, None,
+        1,
+        "login",
+        "登录",
+        _LOCAL,
+        None,
+        None,
         (
             _use("parkUserName", "停车场登录用户名", "安全相关", required=True),
             _use("parkUserPwd", "停车场登录密码", required=True),
@@ -387,7 +392,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        2, "carIn", "车辆入场", _REPORT, None, 30.0,
+        2,
+        "carIn",
+        "车辆入场",
+        _REPORT,
+        None,
+        30.0,
         (
             _use("recordCode", "停车记录号", "车辆入场信息(唯一标识)", required=True),
             _use("carNum", "车牌号", required=True),
@@ -399,7 +409,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        3, "carFix", "车辆校正", _REPORT, _SYNC, 600.0,
+        3,
+        "carFix",
+        "车辆校正",
+        _REPORT,
+        _SYNC,
+        600.0,
         (
             _use("recordCode", "停车记录号", "车辆入场信息唯一标识", required=True),
             _use("carNum", "车牌号", "校正前车牌号"),
@@ -414,7 +429,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        4, "carOut", "车辆出场", _REPORT, None, 30.0,
+        4,
+        "carOut",
+        "车辆出场",
+        _REPORT,
+        None,
+        30.0,
         (
             _use("recordCode", "停车记录号", "车辆入场信息(唯一标识)", required=True),
             _use("carNum", "车牌号", required=True),
@@ -437,7 +457,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        5, "carImage", "图片上传", _REPORT, None, 600.0,
+        5,
+        "carImage",
+        "图片上传",
+        _REPORT,
+        None,
+        600.0,
         (
             _use("recordCode", "停车记录号", required=True),
             _use("imageCode", "图片编号"),
@@ -448,7 +473,12 @@ INTERFACES: tuple[Interface, ...] = (
         (_use("imagePath", "图片地址"),),
     ),
     _interface(
-        6, "parkEnv", "环境数据上传", _REPORT, None, 600.0,
+        6,
+        "parkEnv",
+        "环境数据上传",
+        _REPORT,
+        None,
+        600.0,
         (
             _use("parkCode", "停车场编码"),
             _use("totalNum", "总车位数", "停车场总车位数", required=True),
@@ -457,7 +487,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        7, "freeSpace", "剩余车位数上传", _REPORT, None, 30.0,
+        7,
+        "freeSpace",
+        "剩余车位数上传",
+        _REPORT,
+        None,
+        30.0,
         (
             _use("parkCode", "停车场编码"),
             _use("emptyNum", "剩余车位数", required=True),
@@ -465,7 +500,12 @@ INTERFACES: tuple[Interface, ...] = (
     ),
     _interface(8, "heartbeat", "心跳保持", _LOCAL, None, None, ()),
     _interface(
-        9, "feeQuery", "停车费用查询", None, _COMMAND, 30.0,
+        9,
+        "feeQuery",
+        "停车费用查询",
+        None,
+        _COMMAND,
+        30.0,
         (
             _use("recordCode", "停车记录号", required=True),
             _use("parkCode", "停车场编码"),
@@ -482,7 +522,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        10, "prepay", "预缴费信息推送", _REPORT, _SYNC, 30.0,
+        10,
+        "prepay",
+        "预缴费信息推送",
+        _REPORT,
+        _SYNC,
+        30.0,
         (
             _use("entryTime", "入场时间", _TIME_NOTE),
             _use("predictExitTime", "出场时间", _TIME_NOTE),
@@ -511,7 +556,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        11, "reserve", "预约车辆下发", None, _SYNC, 600.0,
+        11,
+        "reserve",
+        "预约车辆下发",
+        None,
+        _SYNC,
+        600.0,
         (
             _use("parkCode", "停车场编码"),
             _use("carNum", "车牌号"),
@@ -522,7 +572,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        12, "coupon", "优惠券同步", _REPORT, _SYNC, 30.0,
+        12,
+        "coupon",
+        "优惠券同步",
+        _REPORT,
+        _SYNC,
+        30.0,
         (
             _use("parkCode", "停车场编码"),
             _use("carNum", "车牌号"),
@@ -545,7 +600,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        13, "cashierOff", "收费员结账", _REPORT, None, 60.0,
+        13,
+        "cashierOff",
+        "收费员结账",
+        _REPORT,
+        None,
+        60.0,
         (
             _use("parkCode", "停车场编码"),
             _use("userId", "用户账号"),
@@ -562,7 +622,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        14, "backfill", "补报账单", _REPORT, None, None,
+        14,
+        "backfill",
+        "补报账单",
+        _REPORT,
+        None,
+        None,
         (
             _use("parkCode", "停车场编码"),
             _use("carNum", "车牌号"),
@@ -598,7 +663,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        15, "reconcile", "汇总对账", _REPORT, None, None,
+        15,
+        "reconcile",
+        "汇总对账",
+        _REPORT,
+        None,
+        None,
         (
             _use("parkCode", "停车场编码"),
             _use("dateTime", "汇总对账日期"),
@@ -610,7 +680,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        16, "tempPrice", "临停收费价格同步", _REPORT, _SYNC, 600.0,
+        16,
+        "tempPrice",
+        "临停收费价格同步",
+        _REPORT,
+        _SYNC,
+        600.0,
         (
             _use("parkCode", "停车场编码"),
             _use("freeMinutes", "免费分钟时间", "首免费分钟时间"),
@@ -625,7 +700,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        17, "noPlateIn", "无牌车入场请求", None, _COMMAND, 1.0,
+        17,
+        "noPlateIn",
+        "无牌车入场请求",
+        None,
+        _COMMAND,
+        1.0,
         (
             _use("parkCode", "停车场编码"),
             _use("plateNum", "无牌车临时车牌号", required=True),
@@ -633,7 +713,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        18, "noPlateOut", "无牌车出场请求", None, _COMMAND, 1.0,
+        18,
+        "noPlateOut",
+        "无牌车出场请求",
+        None,
+        _COMMAND,
+        1.0,
         (
             _use("parkCode", "停车场编码"),
             # B.22 writes `plateno`; B.21 and C.5 name the same item plateNum.
@@ -649,7 +734,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        19, "monthCard", "月卡和错时卡办理记录", _REPORT, _SYNC, 60.0,
+        19,
+        "monthCard",
+        "月卡和错时卡办理记录",
+        _REPORT,
+        _SYNC,
+        60.0,
         (
             _use("msRecordId", "月卡办理ID号"),
             _use("carNums", "车牌号组合", "支持一卡多车, 多个车牌号码用英文逗号隔开"),
@@ -679,7 +769,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        20, "monthPrice", "月卡和错时卡价格同步", _REPORT, _SYNC, 600.0,
+        20,
+        "monthPrice",
+        "月卡和错时卡价格同步",
+        _REPORT,
+        _SYNC,
+        600.0,
         (
             _use("monthlyPrice", "月卡价格", "包月收费价格"),
             _use("quarterlyPrice", "季卡价格", "包季度收费价格"),
@@ -696,7 +791,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        21, "gateOpen", "远程开闸", None, _COMMAND, 2.0,
+        21,
+        "gateOpen",
+        "远程开闸",
+        None,
+        _COMMAND,
+        2.0,
         (
             _use("parkCode", "停车场编码"),
             _use("barCode", "道闸编码", "唯一标识码", required=True),
@@ -708,7 +808,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        22, "gateState", "查询道闸状态", None, _COMMAND, 10.0,
+        22,
+        "gateState",
+        "查询道闸状态",
+        None,
+        _COMMAND,
+        10.0,
         (
             _use("parkCode", "停车场编码"),
             _use("barCode", "道闸编码", "唯一标识码", required=True),
@@ -719,7 +824,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        23, "gateManual", "异常(手动)开闸记录", _REPORT, None, 10.0,
+        23,
+        "gateManual",
+        "异常(手动)开闸记录",
+        _REPORT,
+        None,
+        10.0,
         (
             _use("outCross", "出口通道号"),
             _use("inCross", "入口通道号"),
@@ -731,7 +841,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        24, "devStatus", "硬件状态信息", _REPORT, None, 300.0,
+        24,
+        "devStatus",
+        "硬件状态信息",
+        _REPORT,
+        None,
+        300.0,
         (
             _use("equipmentCode", "设备编码", "唯一标识码"),
             _use("equipmentName", "设备名称"),
@@ -748,7 +863,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        25, "pcStatus", "分站电脑状态上传", _REPORT, None, 300.0,
+        25,
+        "pcStatus",
+        "分站电脑状态上传",
+        _REPORT,
+        None,
+        300.0,
         (
             _use("pcName", "分站电脑名称"),
             _use("linkStatus", "设备连接状态", "0 离线 1 在线"),
@@ -757,7 +877,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        26, "devReboot", "硬件远程重启", None, _COMMAND, 2.0,
+        26,
+        "devReboot",
+        "硬件远程重启",
+        None,
+        _COMMAND,
+        2.0,
         (
             _use("parkCode", "停车场编码"),
             _use("pcName", "分站电脑名称"),
@@ -772,7 +897,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        27, "channel", "通道信息上传", _REPORT, None, 300.0,
+        27,
+        "channel",
+        "通道信息上传",
+        _REPORT,
+        None,
+        300.0,
         (
             _use("pcName", "分站电脑名称"),
             _use("channelName", "通道名称"),
@@ -783,7 +913,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        28, "blacklist", "黑名单下发", None, _SYNC, 300.0,
+        28,
+        "blacklist",
+        "黑名单下发",
+        None,
+        _SYNC,
+        300.0,
         (
             _use("carNum", "车牌号", required=True),
             _use("parkCode", "停车场编码"),
@@ -801,7 +936,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        29, "member", "会员名单下发", None, _SYNC, 300.0,
+        29,
+        "member",
+        "会员名单下发",
+        None,
+        _SYNC,
+        300.0,
         (
             _use("parkCode", "停车场编码"),
             _use("carNum", "车牌号"),
@@ -813,7 +953,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        30, "autoPay", "无感支付", _QUERY, None, 1.0,
+        30,
+        "autoPay",
+        "无感支付",
+        _QUERY,
+        None,
+        1.0,
         (
             _use("recordCode", "停车记录号", required=True),
             _use("inTime", "入场时间", _TIME_NOTE),
@@ -842,7 +987,12 @@ INTERFACES: tuple[Interface, ...] = (
         ),
     ),
     _interface(
-        31, "invoice", "电子发票同步", _REPORT, _SYNC, 10.0,
+        31,
+        "invoice",
+        "电子发票同步",
+        _REPORT,
+        _SYNC,
+        10.0,
         (
             _use("recordCode", "停车记录号", required=True),
             _use("invoiceCode", "发票编号"),
@@ -852,9 +1002,7 @@ INTERFACES: tuple[Interface, ...] = (
 )
 
 _BY_KEY: dict[str, Interface] = {
-    key: interface
-    for interface in INTERFACES
-    for key in (interface.code, str(interface.number))
+    key: interface for interface in INTERFACES for key in (interface.code, str(interface.number))
 }
 
 

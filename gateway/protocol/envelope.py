@@ -119,17 +119,13 @@ def parse_request(text: str) -> Request:
     except ValueError as error:
         raise EnvelopeError(Result.MALFORMED, str(error)) from None
     if len(opr) > OPR_NUM_MAX:
-        raise EnvelopeError(
-            Result.MALFORMED, f"oprNum: longer than {OPR_NUM_MAX} characters", code=code
-        )
+        raise EnvelopeError(Result.MALFORMED, f"oprNum: longer than {OPR_NUM_MAX} characters", code=code)
     if "data" in found:
         data, start, end = found["data"]
         data_text = text[start:end]
     else:
         data, data_text = None, ""
-    return Request(
-        token=token, code=code, opr=opr, signature=signature, data=data, data_text=data_text
-    )
+    return Request(token=token, code=code, opr=opr, signature=signature, data=data, data_text=data_text)
 
 
 def build_response(

@@ -19,9 +19,7 @@ def sign(data_text: str, token: str, secret: str) -> str:
     return hashlib.md5((data_text + token + secret).encode("utf-8")).hexdigest().upper()
 
 
-def signature_matches(
-    signature: str, data_text: str, data: object, token: str, secret: str
-) -> bool:
+def signature_matches(signature: str, data_text: str, data: object, token: str, secret: str) -> bool:
     """Whether `signature` signs `data` as written, or its compact re-serialization.
 
     Hex case is not significant: an MD5 digest in lower case is the same digest.

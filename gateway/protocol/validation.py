@@ -230,9 +230,7 @@ def _string_check(field: Field) -> _Check:
             return value  # the default value (B.2.3.5)
         # The format first: "not a time" says more than "too long" about a time.
         if wire_time and not _is_wire_time(text):
-            raise FieldError(
-                f"{prefix}.{name}", f"not a yyyy-MM-dd HH:mm:ss time: {_show(text)}"
-            )
+            raise FieldError(f"{prefix}.{name}", f"not a yyyy-MM-dd HH:mm:ss time: {_show(text)}")
         if max_length is not None and len(text) > max_length:
             raise FieldError(f"{prefix}.{name}", f"longer than {max_length} characters")
         if allowed is not None and text not in allowed:
@@ -317,9 +315,7 @@ def _boolean_check(field: Field) -> _Check:
             answer = _BOOLEAN_TEXT.get(value.lower())
             if answer is not None:
                 return answer
-        raise FieldError(
-            f"{prefix}.{name}", f"not true, false, 0 or 1: {_show(value)}"
-        )
+        raise FieldError(f"{prefix}.{name}", f"not true, false, 0 or 1: {_show(value)}")
 
     return check
 

@@ -381,4 +381,3 @@ class Simulation:
             f"replied {summary.downlinks_replied}"
         )
         self._progress.draw(elapsed / duration if duration else None, text)
-

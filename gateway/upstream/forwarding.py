@@ -49,18 +49,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.forwarder import Entry, Outcome, Split
+from gateway.cloud.forwarder import Entry, Outcome, Split, retry_delay
 from gateway.cloud.post import failure_reason
 from gateway.config import CloudConfig
 from gateway.journal.record import Record, dumps_compact
+from gateway.lots.uplink import UPLINK_RECORD
 from gateway.protocol.catalog import deadline_of
 from gateway.protocol.results import Result
 from gateway.upstream.session import Exchange, LoginRefused, RepeatLimit, UpstreamSession
 
-__all__ = ["UPLINK_RECORD", "UpstreamQueries", "UpstreamSink"]
-
-UPLINK_RECORD = "uplink"
-"""The record kind the lot side journals a lot's uplink as (``gateway.lots.uplink``)."""
+__all__ = ["UpstreamQueries", "UpstreamSink"]
 
 _TYPE_PREFIX = "org.cpmi.t002."
 _OK = Result.OK.code
@@ -120,9 +118,7 @@ class UpstreamSink:
     def _retry_at(self, park: str, error: Exception | None) -> float:
         """When a lot whose entry was not done may try again: its own backoff, or what it waits for."""
         failures = self._failures[park] = self._failures.get(park, 0) + 1
-        settings = self._settings
-        ceiling = min(settings.retry_max_delay, settings.retry_min_delay * 2 ** min(failures - 1, 62))
-        at = self._clock.seconds() + ceiling / 2 + self._random() * ceiling / 2
+        at = self._clock.seconds() + retry_delay(self._settings, failures, self._random)
         if isinstance(error, RepeatLimit):
             at = max(at, error.until)
         elif isinstance(error, LoginRefused) and error.not_before is not None:
@@ -156,16 +152,15 @@ class UpstreamSink:
         lanes: dict[str, list[int]] = {}
         for index, entry in enumerate(batch):
             lanes.setdefault(entry.park, []).append(index)
-        outcomes: list[Outcome | None] = [None] * len(batch)
         runs = [
             self._lanes.run(self._lane, park, [batch[i] for i in indexes]) for park, indexes in lanes.items()
         ]
 
         def collect(results: list[list[Outcome]]) -> Sequence[Outcome] | Split:
+            by_index: dict[int, Outcome] = {}
             for indexes, lane_outcomes in zip(lanes.values(), results, strict=True):
-                for index, outcome in zip(indexes, lane_outcomes, strict=True):
-                    outcomes[index] = outcome
-            return [outcome for outcome in outcomes if outcome is not None]
+                by_index.update(zip(indexes, lane_outcomes, strict=True))
+            return [by_index[index] for index in range(len(batch))]
 
         return gatherResults(runs, consumeErrors=True).addCallback(collect)
 

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from gateway.client import DownlinkReply
 from gateway.dialects.interface import Unsupported
 from gateway.lots.downlink import DeadlinePassed, LotReply, NotConnected
-from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
+from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
 from gateway.protocol.validation import FieldError, validate
@@ -137,7 +137,7 @@ class Relay:
             reply, outcome = DownlinkReply.of(Result.FAILED, "not stored"), "failed"
         else:
             try:
-                reply, outcome = await self._relay(request)
+                reply, outcome = await self._relay(request, interface)
             except Exception:
                 log.failure(
                     "upstream ACK {code} for {park} (opr {opr}) failed", park=park, code=code, opr=opr
@@ -165,10 +165,9 @@ class Relay:
             )
         return reply
 
-    async def _relay(self, request: Request) -> tuple[DownlinkReply, str]:
-        """The REPLY to a journaled ACK and its outcome (a `counters` key)."""
+    async def _relay(self, request: Request, interface: Interface | None) -> tuple[DownlinkReply, str]:
+        """The REPLY to a journaled ACK of `interface` (None: unknown) and its outcome (a `counters` key)."""
         park = self.park
-        interface = lookup(request.code)
         if interface is None:
             return DownlinkReply.of(Result.NO_SUCH_INTERFACE, f"unknown code {request.code!r}"), "refused"
         code = interface.code

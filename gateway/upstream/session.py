@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.client import HTTPRequester, Response, UplinkError, envelope_text, parse_response, post_param
-from gateway.cloud.post import failure_reason
+from gateway.cloud.post import failure_reason, shortened
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
 from gateway.protocol.times import utc_rfc3339
@@ -226,9 +226,8 @@ class UpstreamSession:
             return waiter
         now = self._clock.seconds()
         if now < self._login_not_before:
-            return fail(
-                LoginRefused(f"{self._login_problem}; next login in {self._login_not_before - now:.0f} s")
-            )
+            problem = f"{self._login_problem}; next login in {self._login_not_before - now:.0f} s"
+            return fail(LoginRefused(problem, self._login_not_before))
         self._logging_in = [waiter]
         data = {"parkUserName": self.account.username, "parkUserPwd": self.account.password}
         exchange = self._post("login", compact(data), "", self._new_opr())
@@ -245,7 +244,7 @@ class UpstreamSession:
             token = str(response.data.get("token") or "")
         if not token:
             if response is None:
-                problem = f"HTTP {exchange.status}: {_one_line(exchange.text)}"
+                problem = f"HTTP {exchange.status}: {shortened(exchange.text)}"
             else:
                 problem = f"{response.result_code} {response.result_message}".strip()
             return self._login_refused(f"the upstream refused the login of lot {self.park}: {problem}")
@@ -406,8 +405,3 @@ class UpstreamSession:
 
         content: Deferred[bytes] = treq.content(response)
         return content.addCallback(parsed)
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
