@@ -8,7 +8,6 @@ of the first, the lot is answered 9007.
 
 from __future__ import annotations
 
-from attrs import define
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
@@ -20,31 +19,37 @@ TOO_MANY = Answer(
 )
 
 
-@define
-class _Seen:
-    first: float
-    repeats: int = 0
-    answer: Answer | None = None
-    waiting: list[Deferred[Answer]] | None = None
+_Key = tuple[str, str]
 
 
 class Repeats:
-    """The `oprNum`s each lot used within the last `window` seconds, and their answers."""
+    """The `oprNum`s each lot used within the last `window` seconds, and their answers.
+
+    An hour of a busy gateway's uplinks is hundreds of thousands of entries,
+    so they are kept as plain dict items (strings, floats and the shared answer
+    values) rather than an object each: the garbage collector's full passes
+    then have a few dicts to walk, not one object per uplink.
+    """
 
     def __init__(self, clock: IReactorTime, window: float = 3600.0, limit: int = 5) -> None:
         self._clock = clock
         self._window = window
         self._limit = limit
-        self._entries: dict[tuple[str, str], _Seen] = {}
+        self._first: dict[_Key, float] = {}  # in order of arrival, for pruning
+        self._answers: dict[_Key, Answer] = {}
+        self._repeats: dict[_Key, int] = {}
+        self._waiting: dict[_Key, list[Deferred[Answer]]] = {}
 
     def _prune(self, now: float) -> None:
-        entries = self._entries
+        first = self._first
         horizon = now - self._window
-        while entries:
-            key = next(iter(entries))
-            if entries[key].first > horizon:
+        while first:
+            key = next(iter(first))
+            if first[key] > horizon:
                 break
-            del entries[key]
+            del first[key]
+            self._answers.pop(key, None)
+            self._repeats.pop(key, None)
 
     def seen(self, park: str, opr: str) -> Deferred[Answer] | None:
         """The answer for a repeat, or None when the request is to be processed.
@@ -54,35 +59,35 @@ class Repeats:
         repeat is processed again: call `begin`.
         """
         self._prune(self._clock.seconds())
-        entry = self._entries.get((park, opr))
-        if entry is None:
+        key = (park, opr)
+        if key not in self._first:
             return None
-        entry.repeats += 1
-        if entry.repeats > self._limit:
+        repeats = self._repeats[key] = self._repeats.get(key, 0) + 1
+        if repeats > self._limit:
             return succeed(TOO_MANY)
-        if entry.answer is not None:
-            return succeed(entry.answer)
-        if entry.waiting is not None:
+        answer = self._answers.get(key)
+        if answer is not None:
+            return succeed(answer)
+        waiting = self._waiting.get(key)
+        if waiting is not None:
             waiter: Deferred[Answer] = Deferred()
-            entry.waiting.append(waiter)
+            waiting.append(waiter)
             return waiter
         return None
 
     def begin(self, park: str, opr: str) -> None:
         """Mark the request as being processed, so repeats wait for its answer."""
-        entry = self._entries.get((park, opr))
-        if entry is None:
-            entry = self._entries[(park, opr)] = _Seen(first=self._clock.seconds())
-        entry.waiting = []
+        key = (park, opr)
+        if key not in self._first:
+            self._first[key] = self._clock.seconds()
+        self._waiting[key] = []
 
     def finish(self, park: str, opr: str, answer: Answer, stored: bool) -> None:
         """Give the answer; keep it for later repeats when the request was `stored`."""
-        entry = self._entries.get((park, opr))
-        if entry is None:
-            return
-        waiting, entry.waiting = entry.waiting or [], None
-        if stored:
-            entry.answer = answer
+        key = (park, opr)
+        waiting = self._waiting.pop(key, None) or []
+        if stored and key in self._first:
+            self._answers[key] = answer
         for waiter in waiting:
             waiter.callback(answer)
 
@@ -90,11 +95,10 @@ class Repeats:
         """Remember a stored request found in the journal at start-up."""
         if at <= self._clock.seconds() - self._window:
             return
-        entry = self._entries.get((park, opr))
-        if entry is None:
-            self._entries[(park, opr)] = _Seen(first=at, answer=answer)
-        else:
-            entry.answer = answer
+        key = (park, opr)
+        if key not in self._first:
+            self._first[key] = at
+        self._answers[key] = answer
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._first)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from twisted.internet.task import Clock
 
 from gateway.lots.answers import OK, Answer
@@ -96,3 +98,33 @@ def test_restored_answers_count_only_within_the_window() -> None:
     repeats.restore("P1", "new", 10_000 - 3599, OK)
     assert repeats.seen("P1", "old") is None
     assert result_of(repeats, "P1", "new") is OK
+
+
+def test_a_request_outliving_the_window_still_answers_its_repeats() -> None:
+    """A repeat waiting on a first request that is pruned meanwhile still gets its answer."""
+    clock = Clock()
+    repeats = Repeats(clock, window=10.0)
+    repeats.begin("P1", "o1")
+    waiting = repeats.seen("P1", "o1")
+    assert waiting is not None
+    clock.advance(11)
+    repeats.seen("P1", "other")  # prunes o1
+    answers: list[Answer] = []
+    waiting.addCallback(answers.append)
+    repeats.finish("P1", "o1", OK, stored=True)
+    assert answers == [OK]
+    assert len(repeats) == 0 and repeats.seen("P1", "o1") is None
+
+
+def test_entries_are_not_objects_for_the_garbage_collector() -> None:
+    """Ten thousand remembered uplinks add no objects for the collector's full passes to walk."""
+    repeats = Repeats(Clock())
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(10_000):
+        opr = f"o{n}"
+        repeats.begin("P1", opr)
+        repeats.finish("P1", opr, OK, stored=True)
+    gc.collect()
+    assert len(repeats) == 10_000
+    assert len(gc.get_objects()) - before < 100
