@@ -32,6 +32,7 @@ from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
 from gateway.dialects.interface import IDialectServer
 from gateway.dialects.standard import StandardServer
+from gateway.heap import settle_start_up_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
@@ -164,6 +165,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
     _log_fd_limit(raise_fd_limit())
     service = build_service(settings, reactor, journal, key, config_path=config["config"])
+    reactor.callWhenRunning(settle_start_up_heap)
     if config["log-format"] != "json":
         return service
     # twistd's options (--logfile, -n) are the parent of the plugin's when twistd runs it.

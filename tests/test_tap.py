@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import resource
@@ -344,4 +345,20 @@ def test_make_service_tells_how_many_lots_the_fd_limit_allows(tmp_path: Path) ->
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         assert told["lots"] == soft - 64
     finally:
+        stop(service, reactor)
+
+
+def test_start_up_objects_are_frozen_once_the_reactor_runs(tmp_path: Path) -> None:
+    """When the reactor runs, what start-up built is frozen out of the collector's full passes."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    assert gc.get_freeze_count() == 0
+    try:
+        for hook in reactor.whenRunningHooks:
+            hook[0](*hook[1], **hook[2])
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
         stop(service, reactor)
