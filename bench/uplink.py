@@ -13,24 +13,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import nacl.pwhash
-
+from bench.harness import (
+    BENCH_PASSWORD,
+    CHEAP_HASH,
+    ENV,
+    cpu_seconds,
+    free_port,
+    gateway,
+    metric,
+    thread_cpu_seconds,
+    wait_for,
+    write_result,
+)
 from gateway.protocol.signing import compact, sign
 from tests.protocol.samples import SAMPLES
 
-ROOT = Path(__file__).parent.parent
 BARE = """
 from twisted.internet import reactor
 from twisted.web import resource, server
@@ -59,25 +65,6 @@ end
 CAR_IN = SAMPLES["carIn"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if process.poll() is not None:
-            raise SystemExit(f"server exited: {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("server did not start")
-
-
 def wrk(port: int, script: str, seconds: int, connections: int) -> dict[str, Any]:
     result = subprocess.run(
         [
@@ -96,11 +83,37 @@ def wrk(port: int, script: str, seconds: int, connections: int) -> dict[str, Any
     )
     out = result.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    p99_ms = float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan")
+    percentiles = {
+        f"p{found[1]}_ms": round(float(found[2]) * scale[found[3]], 3)
+        for found in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)$", out, re.MULTILINE)
+    }
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rate, "p99_ms": p99_ms, "non2xx": int(non2xx.group(1)) if non2xx else 0, "raw": out}
+    non2xx_count = int(non2xx.group(1)) if non2xx else 0
+    return {"rps": rate, **percentiles, "non2xx": non2xx_count, "raw": out}
+
+
+def profile(pid: int, path: str, seconds: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling the gateway for the length of the wrk run (collapsed stacks, one per line)."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "400"]
+    command += ["--format", "raw"]
+    return subprocess.Popen([*command, "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL)
+
+
+def loaded(pid: int, port: int, script: str, args: argparse.Namespace) -> dict[str, Any]:
+    """wrk's figures against the server `pid`, with the server's CPU time per request."""
+    before, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
+    figures = wrk(port, script, args.seconds, args.connections)
+    cpu = cpu_seconds(pid) - before
+    threads = thread_cpu_seconds(pid)
+    figures["thread_cpu_share"] = {
+        name: round((seconds - threads_before.get(name, 0.0)) / args.seconds, 3)
+        for name, seconds in threads.items()
+        if seconds - threads_before.get(name, 0.0) > 0
+    }
+    figures["cpu_share"] = cpu / args.seconds
+    figures["cpu_us_per_request"] = cpu / max(figures["rps"] * args.seconds, 1) * 1e6
+    return figures
 
 
 def post(port: int, envelope: dict[str, Any]) -> dict[str, Any]:
@@ -114,46 +127,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--fsync",
+        choices=("always", "interval", "never"),
+        default="always",
+        help="the gateway's journal.fsync (the target is for always)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="record the gateway with py-spy while wrk runs: collapsed stacks to FILE",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
-    password_hash = nacl.pwhash.argon2id.str(b"bench").decode()
-    gateway_port, bare_port = free_port(), free_port()
-    (work / "gateway.toml").write_text(
+    gateway_port, bare_port, api_port = free_port(), free_port(), free_port()
+    config = (
         f'[gateway]\nsigning_key = "{work}/gateway.key"\n'
         f'[listen]\nuplink = "tcp:{gateway_port}:interface=127.0.0.1"\n'
-        f'[journal]\npath = "{work}/journal"\nfsync = "always"\n'
-        f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{password_hash}"\nsecret = "k"\n'
+        f'api = "tcp:{api_port}:interface=127.0.0.1"\n'
+        f'[journal]\npath = "{work}/journal"\nfsync = "{args.fsync}"\n'
+        f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\nsecret = "k"\n'
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     results: dict[str, Any] = {}
-    bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=env)
+    bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
     try:
         wait_for(bare_port, bare)
         script = work / "bare.lua"
         script.write_text('PREFIX = "x"\nSUFFIX = "x"\n' + WRK_SCRIPT)
-        results["baseline"] = wrk(bare_port, str(script), args.seconds, args.connections)
+        results["baseline"] = loaded(bare.pid, bare_port, str(script), args)
     finally:
         bare.terminate()
         bare.wait()
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            "--logfile",
-            str(work / "twistd.log"),
-            "cpmi-gateway",
-            "--config",
-            str(work / "gateway.toml"),
-        ],
-        env=env,
-        cwd=work,
-    )
-    try:
-        wait_for(gateway_port, gateway)
-        login = {"parkUserName": "lot001", "parkUserPwd": "bench"}
+    with gateway(work, config, gateway_port) as server:
+        login = {"parkUserName": "lot001", "parkUserPwd": BENCH_PASSWORD}
         token = post(
             gateway_port,
             {
@@ -172,23 +178,29 @@ def main() -> None:
         assert check["resultCode"] == "0000", check
         script = work / "gateway.lua"
         script.write_text(f'PREFIX = "{prefix}"\nSUFFIX = "{suffix}"\n' + WRK_SCRIPT)
-        results["gateway"] = wrk(gateway_port, str(script), args.seconds, args.connections)
-    finally:
-        gateway.terminate()
-        gateway.wait()
+        profiler = profile(server.pid, args.profile, args.seconds) if args.profile else None
+        results["gateway"] = loaded(server.pid, gateway_port, str(script), args)
+        if profiler is not None:
+            profiler.wait()
+        results["gateway"]["fsyncs"] = int(metric(api_port, "cpmi_journal_fsync_seconds_count"))
     records = sum(1 for segment in (work / "journal").glob("*.jsonl") for _ in segment.open("rb"))
     ratio = results["gateway"]["rps"] / results["baseline"]["rps"]
-    print(f"{'server':<10} {'req/s':>10} {'p99 ms':>8} {'non-2xx':>8}")
+    print(f"{'server':<10} {'req/s':>10} {'p99 ms':>8} {'non-2xx':>8} {'CPU':>6} {'CPU us/req':>11}")
     for name in ("baseline", "gateway"):
         r = results[name]
-        print(f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['non2xx']:>8}")
-    print(f"gateway/baseline = {ratio:.2f}  (target >= 0.7, p99 <= 25 ms); journal records: {records}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['non2xx']:>8}"
+            f" {r['cpu_share']:>6.0%} {r['cpu_us_per_request']:>11.0f}"
+        )
+    per_fsync = records / max(results["gateway"]["fsyncs"], 1)
+    print(
+        f"gateway/baseline = {ratio:.2f}  (target >= 0.7, p99 <= 25 ms); "
+        f"journal records: {records}, {per_fsync:.1f} a fsync"
+    )
     summary = {name: {k: v for k, v in r.items() if k != "raw"} for name, r in results.items()}
     summary["ratio"] = ratio
     summary["journal_records"] = records
-    (out / "uplink.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_result("uplink", summary)
 
 
 if __name__ == "__main__":

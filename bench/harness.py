@@ -1,0 +1,130 @@
+"""What the benchmarks share: ports, a gateway under twistd, process CPU and memory, results.
+
+Every benchmark runs the gateway as its own process (`twistd -n cpmi-gateway`)
+and its load from other processes, so the figures are those of the gateway
+alone; CPU time and RSS are read from /proc (Linux).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import nacl.pwhash
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "bench" / "results"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+# Lots' password hashes with the least work Argon2id allows: thousands of lots
+# log in during a benchmark, and the hash's cost is not what is measured.
+BENCH_PASSWORD = "bench"
+CHEAP_HASH = nacl.pwhash.argon2id.str(
+    BENCH_PASSWORD.encode(),
+    opslimit=nacl.pwhash.argon2id.OPSLIMIT_MIN,
+    memlimit=nacl.pwhash.argon2id.MEMLIMIT_MIN,
+).decode()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for(port: int, process: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
+    """Wait until `port` accepts connections; exit if `process` dies or it takes too long."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited: {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {seconds} s")
+
+
+def twistd_command(config: Path, log: Path) -> list[str]:
+    """The command that runs the gateway on `config` in the foreground, logging to `log`."""
+    prelude = os.environ.get("BENCH_PRELUDE", "")  # e.g. a GC probe, for investigations
+    return [
+        sys.executable,
+        "-c",
+        prelude + "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "--logfile",
+        str(log),
+        "cpmi-gateway",
+        "--config",
+        str(config),
+    ]
+
+
+@contextmanager
+def gateway(work: Path, config_text: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The gateway running in `work` on `config_text`, once `port` listens; stopped on exit."""
+    config = work / "gateway.toml"
+    config.write_text(config_text)
+    process = subprocess.Popen(twistd_command(config, work / "twistd.log"), env=ENV, cwd=work)
+    try:
+        wait_for(port, process, seconds=120.0)
+        yield process
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` and its threads so far."""
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time so far of the reactor's thread ("main") and of the others, by thread id."""
+    return {
+        "main" if task.name == str(pid) else task.name: _stat_cpu(task / "stat")
+        for task in Path(f"/proc/{pid}/task").iterdir()
+    }
+
+
+def _stat_cpu(stat: Path) -> float:
+    fields = stat.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process `pid` now."""
+    found = re.search(r"^VmRSS:\s+(\d+) kB$", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+def metric(api_port: int, name: str) -> float:
+    """The value of the unlabelled metric `name` on the gateway's /metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(name)} ([\d.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def write_result(name: str, figures: dict[str, Any]) -> Path:
+    """Write `figures` as bench/results/NAME.json (with the machine's CPU count); its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    figures = {**figures, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    return path
