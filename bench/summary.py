@@ -1,0 +1,131 @@
+"""The table of issue 10's targets against the figures in bench/results/ (not collected by pytest).
+
+Usage: python -m bench.summary [--markdown]
+
+Reads the JSON each benchmark wrote and prints one row per target: what was
+measured, the target, and whether it is met. A benchmark not run yet shows
+as "not run". `--markdown` prints the table as docs/benchmarks.md has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+
+from bench.harness import RESULTS
+
+
+@frozen
+class Target:
+    """One row: the benchmark's result file, the figure read from it, and whether it is met."""
+
+    what: str
+    result: str
+    target: str
+    figure: Callable[[dict[str, Any]], str]
+    met: Callable[[dict[str, Any]], bool]
+
+
+TARGETS = (
+    Target(
+        "signed carIn uplinks/s, 16 wrk clients, vs bare twisted.web",
+        "uplink",
+        ">= 0.7 x, p99 <= 25 ms",
+        lambda r: (
+            f"{r['ratio']:.2f} x ({r['gateway']['rps']:,.0f} vs {r['baseline']['rps']:,.0f}/s), "
+            f"p99 {r['gateway']['p99_ms']:.1f} ms"
+        ),
+        lambda r: bool(r["ratio"] >= 0.7 and r["gateway"]["p99_ms"] <= 25),
+    ),
+    Target(
+        "RSS per bound idle lot (10,000 lots)",
+        "idle_lots",
+        "<= 4 KiB",
+        lambda r: f"{r['kib_per_lot']:.2f} KiB ({r['lots']:,} lots)",
+        lambda r: bool(r["kib_per_lot"] <= 4),
+    ),
+    Target(
+        "heartbeats of 10,000 lots every 60 s",
+        "idle_lots",
+        "< 10 % of a core",
+        lambda r: f"{r['heartbeat_cpu_share']:.1%} of a core",
+        lambda r: bool(r["heartbeat_cpu_share"] < 0.10),
+    ),
+    Target(
+        "gateOpen API -> lot -> API, 10,000 lots, 300/s",
+        "gate_open",
+        "p99 <= 10 ms",
+        lambda r: (
+            f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms at {r['rate_achieved']:.0f}/s, "
+            f"{r['errors']} errors"
+        ),
+        lambda r: bool(r["p99_ms"] <= 10 and r["errors"] == 0),
+    ),
+    Target(
+        "backlog drain, 100,000 journaled events, local receiver",
+        "backlog_drain",
+        ">= 10,000 events/s, memory flat",
+        lambda r: f"{r['events_per_s']:,.0f} events/s, RSS +{r['rss_growth_mib']:.1f} MiB while draining",
+        lambda r: bool(r["events_per_s"] >= 10_000 and r["memory_flat"]),
+    ),
+    Target(
+        "journal append, group commit, vs os.write+fsync of the same batches",
+        "journal_append",
+        ">= 0.5 x",
+        lambda r: ", ".join(
+            f"{s['shape']}: {s['ratio']:.2f} x" for s in r["shapes"] if "writers" in s["shape"]
+        ),
+        lambda r: bool(r["ratio"] >= 0.5),
+    ),
+    Target(
+        "start-up to ready, 1 GiB journal",
+        "startup",
+        "<= 5 s",
+        lambda r: (
+            f"{r['process_killed_s']:.2f} s after kill -9, {r['process_stopped_s']:.2f} s after a stop "
+            f"({r['mib']} MiB)"
+        ),
+        lambda r: bool(max(r["process_killed_s"], r["process_stopped_s"]) <= 5 and r["mib"] >= 1024),
+    ),
+)
+
+
+def rows(results: Path = RESULTS) -> list[tuple[str, str, str, str]]:
+    """(what, figure, target, met) for every target, from the results in `results`."""
+    table = []
+    for target in TARGETS:
+        path = results / f"{target.result}.json"
+        if not path.exists():
+            table.append((target.what, "not run", target.target, "-"))
+            continue
+        result = json.loads(path.read_text())
+        try:
+            figure, met = target.figure(result), "yes" if target.met(result) else "NO"
+        except KeyError as missing:
+            figure, met = f"{path.name} lacks {missing}", "-"
+        table.append((target.what, figure, target.target, met))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args()
+    table = rows()
+    if args.markdown:
+        print("| what | measured | target | met |\n| --- | --- | --- | --- |")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+        return
+    width = max(len(row[0]) for row in table)
+    for what, figure, target, met in table:
+        print(f"{what:<{width}}  {met:>4}  {figure}  (target {target})")
+
+
+if __name__ == "__main__":
+    main()
