@@ -7,6 +7,7 @@ in the text, because the standard signs `data` exactly as the lot wrote it (B.3.
 from __future__ import annotations
 
 import json
+import re
 from json.decoder import JSONDecodeError, scanstring  # type: ignore[attr-defined]  # not in typeshed
 
 from attrs import frozen
@@ -47,41 +48,51 @@ class Request:
     data_text: str
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
 def _skip(text: str, index: int) -> int:
-    while index < len(text) and text[index] in _WHITESPACE:
-        index += 1
+    # Lots mostly send compact JSON: look before asking the regex.
+    if index < len(text) and text[index] in _WHITESPACE:
+        return _SPACE.match(text, index).end()  # type: ignore[union-attr]  # * always matches
     return index
 
 
 def members(text: str) -> dict[str, tuple[object, int, int]]:
     """The top-level members of a JSON object text: name -> (value, start, end) of the value."""
+    size = len(text)
     index = _skip(text, 0)
-    if index >= len(text) or text[index] != "{":
+    if index >= size or text[index] != "{":
         raise ValueError("the message is not a JSON object")
     found: dict[str, tuple[object, int, int]] = {}
+    decode = _DECODER.raw_decode
     index = _skip(text, index + 1)
-    if index < len(text) and text[index] == "}":
+    if index < size and text[index] == "}":
         end = index + 1
     else:
         while True:
-            if index >= len(text) or text[index] != '"':
+            if index >= size or text[index] != '"':
                 raise ValueError(f"expected a member name at character {index}")
             name, index = scanstring(text, index + 1)
-            index = _skip(text, index)
-            if index >= len(text) or text[index] != ":":
-                raise ValueError(f"expected ':' at character {index}")
+            if index >= size or text[index] != ":":
+                index = _skip(text, index)
+                if index >= size or text[index] != ":":
+                    raise ValueError(f"expected ':' at character {index}")
             start = _skip(text, index + 1)
-            value, index = _DECODER.raw_decode(text, start)
+            value, index = decode(text, start)
             found[name] = (value, start, index)
-            index = _skip(text, index)
-            if index < len(text) and text[index] == ",":
+            if index < size and text[index] == ",":
                 index = _skip(text, index + 1)
                 continue
-            if index < len(text) and text[index] == "}":
+            index = _skip(text, index)
+            if index < size and text[index] == ",":
+                index = _skip(text, index + 1)
+                continue
+            if index < size and text[index] == "}":
                 end = index + 1
                 break
             raise ValueError(f"expected ',' or '}}' at character {index}")
-    if _skip(text, end) != len(text):
+    if _skip(text, end) != size:
         raise ValueError(f"extra text after the message at character {end}")
     return found
 
