@@ -64,7 +64,12 @@ class FrameDecoder:
     `$$` or a lone `#` before their `##`, are dropped and counted in
     `skipped_bytes`. After a `FrameTooLarge` the decoder is dead and returns
     nothing more.
+
+    Every idle connection holds one, so it is slotted and keeps no buffer
+    while nothing is pending.
     """
+
+    __slots__ = ("_buffer", "_dead", "_in_frame", "_limit", "_scan", "_separator_pending", "_skipped")
 
     def __init__(self, max_frame_bytes: int) -> None:
         if max_frame_bytes < 1:
@@ -72,7 +77,8 @@ class FrameDecoder:
         self._limit = max_frame_bytes
         # Between frames: at most one trailing `$` waiting for its pair.
         # In a frame: the `$$` opener at [0:2], then the payload so far.
-        self._buffer = bytearray()
+        # None whenever it would be empty.
+        self._buffer: bytearray | None = None
         self._in_frame = False
         # In a frame, where the next `#` search starts (everything from 2 up to
         # here holds no `#`, and no `$$` that ends before it).
@@ -91,7 +97,7 @@ class FrameDecoder:
     @property
     def buffered_bytes(self) -> int:
         """How many bytes are held waiting for more data (a partial frame, or one `$`)."""
-        return len(self._buffer)
+        return len(self._buffer) if self._buffer is not None else 0
 
     @property
     def dead(self) -> bool:
@@ -103,7 +109,16 @@ class FrameDecoder:
         if self._dead or not data:
             return []
         buffer = self._buffer
-        buffer += data
+        if buffer is None:
+            buffer = self._buffer = bytearray(data)
+        else:
+            buffer += data
+        events = self._decode(buffer)
+        if self._buffer is not None and not self._buffer:
+            self._buffer = None
+        return events
+
+    def _decode(self, buffer: bytearray) -> list[bytes | FrameTooLarge]:
         if self._separator_pending:
             self._separator_pending = False
             if buffer[0] == _STAR:
@@ -167,6 +182,6 @@ class FrameDecoder:
 
     def _too_large(self, events: list[bytes | FrameTooLarge], size: int) -> list[bytes | FrameTooLarge]:
         self._dead = True
-        self._buffer = bytearray()
+        self._buffer = None
         events.append(FrameTooLarge(size=size, limit=self._limit))
         return events

@@ -276,6 +276,18 @@ def test_garbage_never_grows_the_buffer() -> None:
     assert decoder.skipped_bytes + decoder.buffered_bytes == total
 
 
+def test_idle_decoder_holds_no_buffer() -> None:
+    """Between frames a decoder keeps no buffer and no instance dict; a partial frame is kept."""
+    decoder = FrameDecoder(100)
+    assert not hasattr(decoder, "__dict__")
+    assert decoder.feed(b"$${}##*$${") == [b"{}"]
+    assert decoder._buffer == bytearray(b"$${")
+    assert decoder.feed(b"}##*") == [b"{}"]
+    assert decoder._buffer is None and decoder.buffered_bytes == 0
+    assert decoder.feed(b"x$") == [] and decoder.buffered_bytes == 1
+    assert decoder.feed(b"y") == [] and decoder._buffer is None
+
+
 # --- size limit ------------------------------------------------------------
 
 
