@@ -128,3 +128,10 @@ def write_result(name: str, figures: dict[str, Any]) -> Path:
     figures = {**figures, "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     path.write_text(json.dumps(figures, indent=2) + "\n")
     return path
+
+
+def py_spy(pid: int, path: str, seconds: float, rate: int = 400) -> subprocess.Popen[bytes]:
+    """py-spy sampling process `pid` for `seconds`, its collapsed stacks (one per line) to `path`."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
+    command += ["--rate", str(rate), "--format", "raw", "--output", path, "--nonblocking"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
