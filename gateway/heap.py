@@ -1,21 +1,64 @@
-"""The garbage collector for a long-running gateway: what start-up built is set aside.
+"""The garbage collector for a long-running gateway: long-lived objects are set aside.
 
 CPython's full collections walk every container object in the process. Most
-of a gateway's are built at start-up (modules, the interface catalog, the
-configuration, what the journal's replay restored) and live until it stops;
-walking them on every full pass was most of the uplink's p99. Freezing them
-once the gateway runs leaves the collector the objects made since.
+of a gateway's live as long as it does: what start-up builds (modules, the
+interface catalog, the configuration, the replayed state) and each bound
+lot's connection, which lasts for days. Walked on every full pass they were
+the uplink's and gateOpen's p99 (tens of milliseconds a pass at 10,000 lots;
+docs/benchmarks.md). So they are frozen (`gc.freeze`): once the reactor runs,
+and again when a wave of binds has settled, as after a restart when every lot
+reconnects.
+
+Frozen objects are still freed by reference counting; only cycles among them
+would wait. Each settling therefore unfreezes, collects everything once
+(one pause, at a quiet moment) and freezes what is left, so a cycle left by
+a lot that went away lasts until the next wave at most.
 """
 
 from __future__ import annotations
 
 import gc
+from typing import Any
 
-__all__ = ["settle_start_up_heap"]
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["BindSettler", "settle_heap"]
+
+SETTLE_AFTER = 10.0
+"""Seconds without a new bind after which the lots' connections are frozen."""
 
 
-def settle_start_up_heap() -> int:
-    """Collect start-up's garbage, then freeze what is left; the number of objects frozen."""
+def settle_heap() -> int:
+    """Unfreeze, collect everything, freeze what is left; the number of objects frozen."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+class BindSettler:
+    """Freezes the heap `quiet` seconds after the last of a wave of lot binds."""
+
+    def __init__(self, clock: IReactorTime, quiet: float = SETTLE_AFTER) -> None:
+        self._clock = clock
+        self._quiet = quiet
+        self._call: IDelayedCall | None = None
+        self.settled = 0
+
+    def bound(self, *_: Any) -> None:
+        """A lot bound: settle once binds have been quiet for a while (a `bound_listeners` hook)."""
+        if self._call is not None and self._call.active():
+            self._call.reset(self._quiet)
+        else:
+            self._call = self._clock.callLater(self._quiet, self._settle)
+
+    def _settle(self) -> None:
+        self._call = None
+        settle_heap()
+        self.settled += 1
+
+    def stop(self) -> None:
+        """Cancel a pending settling."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

@@ -32,7 +32,7 @@ from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
 from gateway.dialects.interface import IDialectServer
 from gateway.dialects.standard import StandardServer
-from gateway.heap import settle_start_up_heap
+from gateway.heap import BindSettler, settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
@@ -165,7 +165,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
     _log_fd_limit(raise_fd_limit())
     service = build_service(settings, reactor, journal, key, config_path=config["config"])
-    reactor.callWhenRunning(settle_start_up_heap)
+    reactor.callWhenRunning(settle_heap)
     if config["log-format"] != "json":
         return service
     # twistd's options (--logfile, -n) are the parent of the plugin's when twistd runs it.
@@ -346,6 +346,11 @@ def build_service(
         run_blocking=lambda job: deferToThreadPool(reactor, reactor.getThreadPool(), job),
     )
     _Part(start=retention.start, stop=retention.stop).setServiceParent(service)
+    settler = BindSettler(reactor)
+    _Part(stop=settler.stop).setServiceParent(service)
+    for server in served.values():
+        if isinstance(server, StandardServer):
+            server.downlinks.bound_listeners.append(settler.bound)
     for name, server in served.items():
         # Stopping closes the lots' connections, reporting them offline before the journal closes.
         _Part(start=server.start, stop=server.stop).setServiceParent(service)

@@ -26,6 +26,7 @@ from twisted.plugin import getPlugins
 from twisted.python.threadpool import ThreadPool
 
 from gateway import tap
+from gateway.heap import SETTLE_AFTER, BindSettler
 from gateway.journal.reader import read_records, verify
 from gateway.journal.segments import list_segments
 from tests.journal.helpers import Harness
@@ -359,6 +360,30 @@ def test_start_up_objects_are_frozen_once_the_reactor_runs(tmp_path: Path) -> No
         for hook in reactor.whenRunningHooks:
             hook[0](*hook[1], **hook[2])
         assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+        stop(service, reactor)
+
+
+def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
+    """Every bind on the standard downlink tells the settler, which freezes the heap after the wave."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        [factory] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
+        settlers = [
+            listener.__self__
+            for listener in factory.handler.bound_listeners
+            if isinstance(getattr(listener, "__self__", None), BindSettler)
+        ]
+        assert len(settlers) == 1
+        for listener in factory.handler.bound_listeners:
+            listener("P001")
+        reactor.advance(SETTLE_AFTER)
+        assert settlers[0].settled == 1 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
         stop(service, reactor)
