@@ -20,7 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from gateway.cloud.api import CommandApi
+from gateway.cloud.api import ApiRequest, CommandApi
 from gateway.cloud.forwarder import Forwarder
 from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space, register_upstream
 from gateway.cloud.metrics import register as register_metrics
@@ -438,6 +438,7 @@ def build_service(
     if reloader is not None:
         reloader.parts.append(api)
     api_site = Site(api.resource(), reactor=reactor)
+    api_site.requestFactory = ApiRequest
     api_site.displayTracebacks = False
     _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)
     log.info(

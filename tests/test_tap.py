@@ -24,6 +24,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.python.threadpool import ThreadPool
+from twisted.web.test.requesthelper import DummyChannel
 
 from gateway import tap
 from gateway.heap import SETTLE_AFTER, BindSettler
@@ -386,4 +387,19 @@ def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
         assert settlers[0].settled == 1 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+        stop(service, reactor)
+
+
+def test_the_api_does_not_parse_bodies_as_forms(tmp_path: Path) -> None:
+    """The API site's requests leave the body to the API (JSON): no form parse per command."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        [site] = [port[1] for port in reactor.tcpServers if port[0] == 8081]
+        request = site.requestFactory(DummyChannel())
+        assert request._parsePOSTFormSubmission is False
+    finally:
         stop(service, reactor)
