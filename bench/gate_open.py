@@ -44,8 +44,7 @@ from bench.harness import (
     wait_for,
     write_result,
 )
-from bench.lotfleet import API_TOKEN, fleet, gateway_config, park_code, wait_connected
-from gateway.heap import SETTLE_AFTER
+from bench.lotfleet import API_TOKEN, fleet, gateway_config, park_code, settle_argument, wait_connected
 
 P99_TARGET_MS = 10.0
 BAR_CODE = "GATE-OUT-02"
@@ -329,12 +328,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections opened first")
     parser.add_argument("--processes", type=int, default=2, help="processes the lots run in")
-    parser.add_argument(
-        "--settle",
-        type=float,
-        default=SETTLE_AFTER + 5,
-        help="seconds between binding and loading: past the gateway's one collection after a bind wave",
-    )
+    settle_argument(parser, "loading")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway while the commands run")
     # The client process's own options.
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import cpu_seconds, free_port, gateway, metric, py_spy, rss_bytes, wait_for, write_result
-from bench.lotfleet import fleet, gateway_config, wait_connected
-from gateway.heap import SETTLE_AFTER
+from bench.lotfleet import fleet, gateway_config, settle_argument, wait_connected
 
 HEARTBEAT_INTERVAL = 60.0
 KIB_PER_LOT_TARGET = 4.0
@@ -40,12 +39,7 @@ def main() -> None:
     parser.add_argument("--lots", type=int, default=10_000)
     parser.add_argument("--window", type=float, default=60.0, help="seconds of heartbeats measured")
     parser.add_argument("--idle-window", type=float, default=10.0, help="seconds of CPU measured unbound")
-    parser.add_argument(
-        "--settle",
-        type=float,
-        default=SETTLE_AFTER + 5,
-        help="seconds to wait before reading RSS: past the gateway's one collection after a bind wave",
-    )
+    settle_argument(parser, "reading RSS")
     parser.add_argument("--processes", type=int, default=2, help="processes the lots run in")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway over the window")
     args = parser.parse_args()

@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 
 from bench.harness import BENCH_PASSWORD, CHEAP_HASH, ENV, metric
 from gateway.client import DownlinkReply, envelope_text, reply_text
+from gateway.heap import SETTLE_AFTER
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
 from gateway.protocol.signing import compact, sign
 
@@ -69,6 +70,16 @@ COUNTERS = (
     "bad_signatures",
 )
 FAILURES = ("connect_failures", "bind_failures", "lost", "heartbeat_errors", "bad_frames", "bad_signatures")
+
+
+def settle_argument(parser: argparse.ArgumentParser, before: str) -> None:
+    """`--settle`: seconds from all lots bound to `before`, past the gateway's one collection after binds."""
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=SETTLE_AFTER + 5,
+        help=f"seconds between binding and {before}: past the gateway's one collection after a bind wave",
+    )
 
 
 def park_code(index: int) -> str:

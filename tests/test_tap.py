@@ -366,13 +366,19 @@ def test_start_up_objects_are_frozen_once_the_reactor_runs(tmp_path: Path) -> No
         stop(service, reactor)
 
 
-def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
-    """Every bind on the standard downlink tells the settler, which freezes the heap after the wave."""
+def started(tmp_path: Path) -> tuple[MultiService, MemoryReactor]:
+    """The gateway on the shipped configuration, started on a memory reactor."""
     options = tap.Options()
     options.parseOptions(["--config", write_config(tmp_path)])
     reactor = MemoryReactor()
     service = tap.makeService(options, reactor)
     service.startService()
+    return service, reactor
+
+
+def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
+    """Every bind on the standard downlink tells the settler, which freezes the heap after the wave."""
+    service, reactor = started(tmp_path)
     try:
         [factory] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
         settlers = [
@@ -392,11 +398,7 @@ def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
 
 def test_the_api_does_not_parse_bodies_as_forms(tmp_path: Path) -> None:
     """The API site's requests leave the body to the API (JSON): no form parse per command."""
-    options = tap.Options()
-    options.parseOptions(["--config", write_config(tmp_path)])
-    reactor = MemoryReactor()
-    service = tap.makeService(options, reactor)
-    service.startService()
+    service, reactor = started(tmp_path)
     try:
         [site] = [port[1] for port in reactor.tcpServers if port[0] == 8081]
         request = site.requestFactory(DummyChannel())
