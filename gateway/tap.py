@@ -20,7 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from gateway.cloud.api import ApiRequest, CommandApi
+from gateway.cloud.api import CommandApi
 from gateway.cloud.forwarder import Forwarder
 from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space, register_upstream
 from gateway.cloud.metrics import register as register_metrics
@@ -40,6 +40,7 @@ from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
 from gateway.limits import FdLimit, raise_fd_limit
 from gateway.logs import RecentRejections, WithLogObserver, check_log_format, json_observer, log_stream
+from gateway.lots.http import UnparsedBodyRequest
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
@@ -438,7 +439,7 @@ def build_service(
     if reloader is not None:
         reloader.parts.append(api)
     api_site = Site(api.resource(), reactor=reactor)
-    api_site.requestFactory = ApiRequest
+    api_site.requestFactory = UnparsedBodyRequest
     api_site.displayTracebacks = False
     _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)
     log.info(

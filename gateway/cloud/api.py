@@ -34,7 +34,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from twisted.web.server import Request
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
@@ -179,18 +178,6 @@ def _counted(route: str) -> Callable[[_Handler], _Handler]:
         return counted
 
     return decorate
-
-
-class ApiRequest(Request):
-    """A request whose body twisted.web leaves alone: the API takes JSON, never a form.
-
-    twisted.web parses a POST's Content-Type with the email package to look
-    for a form, about a twentieth of a gateOpen command's time in the gateway.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["parsePOSTFormSubmission"] = False
-        super().__init__(*args, **kwargs)
 
 
 class CommandApi:
