@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-__all__ = ["BindSettler", "settle_heap"]
+__all__ = ["SETTLE_AFTER", "BindSettler", "settle_heap"]
 
 SETTLE_AFTER = 10.0
 """Seconds without a new bind after which the lots' connections are frozen."""
