@@ -91,7 +91,22 @@ class JournalConfig:
 
 @frozen
 class UplinkConfig:
+    """The HTTP listeners' bounds against hostile and faulty clients (CONTRACT §4)."""
+
     max_body_bytes: int
+    # Seconds a client has to send its whole request head; then it is closed.
+    header_timeout: int = 10
+    # Bytes a second a body must arrive at, once header_timeout has passed.
+    min_body_rate: int = 1024
+    # Open connections from one peer address, and in all, on the uplink port.
+    max_connections_per_peer: int = 64
+    max_connections: int = 20000
+    # Logins waiting for a password check; more are answered 9999 "busy, retry".
+    max_pending_logins: int = 256
+    # The command API's own, smaller body limit and connection cap, so operators
+    # always reach /healthz while the uplink port is flooded.
+    api_max_body_bytes: int = 2**20
+    api_max_connections: int = 256
 
 
 @frozen
@@ -101,6 +116,8 @@ class TcpConfig:
     all_idle: int
     bind_timeout: int
     max_frame_bytes: int
+    # Bytes a connection may send before it binds; then it is closed (CONTRACT §4).
+    max_unbound_bytes: int = 65536
 
 
 @frozen
@@ -388,7 +405,16 @@ def _journal(raw: object) -> JournalConfig:
 
 def _uplink(raw: object) -> UplinkConfig:
     table = _Table("uplink", raw)
-    result = UplinkConfig(max_body_bytes=table.number("max_body_bytes", 16 * 2**20, 1024))
+    result = UplinkConfig(
+        max_body_bytes=table.number("max_body_bytes", 16 * 2**20, 1024),
+        header_timeout=table.number("header_timeout", 10, 1),
+        min_body_rate=table.number("min_body_rate", 1024, 0),
+        max_connections_per_peer=table.number("max_connections_per_peer", 64, 1),
+        max_connections=table.number("max_connections", 20000, 1),
+        max_pending_logins=table.number("max_pending_logins", 256, 1),
+        api_max_body_bytes=table.number("api_max_body_bytes", 2**20, 1024),
+        api_max_connections=table.number("api_max_connections", 256, 1),
+    )
     table.done()
     return result
 
@@ -401,6 +427,7 @@ def _tcp(raw: object) -> TcpConfig:
         all_idle=table.number("all_idle", 300, 0),
         bind_timeout=table.number("bind_timeout", 10, 1),
         max_frame_bytes=table.number("max_frame_bytes", 2**20, 64),
+        max_unbound_bytes=table.number("max_unbound_bytes", 65536, 64),
     )
     table.done()
     return result

@@ -48,6 +48,29 @@ def test_defaults_follow_the_contract() -> None:
     assert settings.lots == () and settings.api_clients == ()
 
 
+def test_hostile_client_bounds_follow_the_contract() -> None:
+    """The bounds of CONTRACT §4 "Hostile and faulty clients" default as §8 gives them."""
+    settings = config.parse({})
+    up = settings.uplink
+    assert (up.max_body_bytes, up.header_timeout, up.min_body_rate) == (16 * 2**20, 10, 1024)
+    assert (up.max_connections_per_peer, up.max_connections, up.max_pending_logins) == (64, 20000, 256)
+    assert up.api_max_body_bytes < up.max_body_bytes
+    assert settings.tcp.max_unbound_bytes == 65536
+
+
+def test_hostile_client_bounds_are_read_and_checked() -> None:
+    """Each bound is read from its table, and one below its minimum is a one-line error."""
+    settings = config.parse(
+        {"uplink": {"max_connections_per_peer": 3, "max_pending_logins": 9}, "tcp": {"max_unbound_bytes": 100}}
+    )
+    assert settings.uplink.max_connections_per_peer == 3 and settings.uplink.max_pending_logins == 9
+    assert settings.tcp.max_unbound_bytes == 100
+    with pytest.raises(config.ConfigError, match=r"^uplink.max_pending_logins: must be at least 1$"):
+        config.parse({"uplink": {"max_pending_logins": 0}})
+    with pytest.raises(config.ConfigError, match=r"^tcp.max_unbound_bytes: must be at least 64$"):
+        config.parse({"tcp": {"max_unbound_bytes": 1}})
+
+
 def test_lot_defaults_and_lookups() -> None:
     """A lot's signature defaults to required, its dialect to standard; lots are found by account and park."""
     settings = config.parse({"lot": [lot(), lot(park_code="P2", username="u2", signature="off")]})
