@@ -1186,3 +1186,20 @@ def test_amounts_as_the_sdk_writes_them(text: object, amount: float) -> None:
     assert (message.data["payMoney"], message.data["incomeMoney"], message.data["discountMoney"]) == (
         amount,
     ) * 3
+
+
+@given(
+    texts=st.lists(st.dictionaries(st.sampled_from(["a", "车", "b c"]), st.text(max_size=8)), min_size=1),
+    cloud=st.lists(st.booleans(), min_size=1),
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_frames_of_both_framings_mixed_and_split_anywhere(
+    texts: list[dict[str, str]], cloud: list[bool], cuts: list[int]
+) -> None:
+    """Frames written the cloud's way or as lines, mixed and cut anywhere, give back each JSON text."""
+    lines = [json.dumps(text, ensure_ascii=False).encode() for text in texts]
+    stream = b"".join(
+        frame(line.decode(), CLOUD if cloud[index % len(cloud)] else LINES)
+        for index, line in enumerate(lines)
+    )
+    assert feed_chunks(LineSplitter(), split(stream, cuts)) == lines
