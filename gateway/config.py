@@ -164,6 +164,8 @@ class LotConfig:
     upstream_username: str
     upstream_password: str = field(repr=False)
     upstream_secret: str = field(repr=False)
+    # How a dialect writes frames to the lot (bolink: "cloud" = "\n" + JSON + "\r", "lines" = JSON + "\n").
+    framing: str = "cloud"
 
 
 @frozen
@@ -521,6 +523,7 @@ def _lot(index: int, raw: object, dialects: tuple[str, ...], environ: Mapping[st
         upstream_username=table.text("upstream_username", ""),
         upstream_password=table.secret("upstream_password", environ),
         upstream_secret=table.secret("upstream_secret", environ),
+        framing=table.choice("framing", "cloud", ("cloud", "lines")),
     )
     table.done()
     return result
