@@ -14,6 +14,7 @@ from typing import BinaryIO, Protocol, TypeVar
 from attrs import frozen
 
 from gateway.journal.record import BadLine, Record, decode_line
+from gateway.journal.recovery import is_hole
 from gateway.journal.segments import iter_lines, line_seq, list_segments, segment_name, segments_from
 
 __all__ = [
@@ -118,7 +119,8 @@ def read_lines_skipping(
 
     The loop of :func:`read_records_skipping`, for any reading of a line: a
     line ``parse`` refuses with :class:`BadLine` is reported to ``on_damage``
-    (with the seq it should have had) and skipped.
+    (with the seq it should have had) and skipped. A hole, where damage was
+    set aside under a ``recovery`` record, is skipped silently.
     """
     segments = segments_from(list_segments(path), since_seq)
     last = len(segments) - 1
@@ -129,6 +131,9 @@ def read_lines_skipping(
                 if index == last:
                     return
                 on_damage(Damage(segment.name, offset, expected, "partial line"))
+                continue
+            if is_hole(line):
+                expected = None  # the record after it says which seq comes next
                 continue
             try:
                 item = parse(line, segment.name, offset)
@@ -208,6 +213,8 @@ class Cursor:
                 raise ChainError(
                     self.next_seq, "record not found in the journal", self._segment or None, None
                 )
+            if is_hole(line):
+                continue  # damage set aside: the seqs it held are noted missing below
             seq = line_seq(line)
             if seq is not None and seq < self.next_seq:
                 continue  # finding the start in the segment
