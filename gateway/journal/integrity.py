@@ -7,7 +7,14 @@ to a record that says the same seq and chain; with ``seals``, each seal record
 must also sign the record just before it with the journal's key. The first
 break, in journal order, is raised as a :class:`ChainError`.
 
-The journal's key is the one the first seal records, unless keys are given:
+A line that does not check is accepted only as damage set aside at start-up
+(see :mod:`gateway.journal.recovery`): a ``recovery`` record after it names
+its segment and offset, is signed (by a given key, or the journal's), names
+the last record proven before it as its ``before``, and the bytes there are
+its hole or the damaged bytes of its digest; the check then goes on from its
+``after``, and the verdict lists it in :attr:`Verdict.recoveries`.
+
+The journal's key is the one the first seal (or recovery record) records, unless keys are given:
 then a seal holds when any of them made it, so that a journal sealed before
 and after a rotation of the gateway's signing key is checked with both (the
 verdict says which key sealed which seals). A seal by another key is a
