@@ -340,12 +340,11 @@ class _Reader:
                     return  # a write in progress
                 self.damage("partial line")
                 continue
-            if is_hole(line):
-                continue  # damage set aside under a recovery record (verify names it)
             try:
                 head = _parse_head(line)
             except BadLine as e:
-                self.damage(e.args[0])
+                if not is_hole(line):  # a hole: damage set aside under a recovery record (verify names it)
+                    self.damage(e.args[0])
                 continue
             yield head, line
 
@@ -828,8 +827,6 @@ def _stats(args: argparse.Namespace) -> int:
                 reader.offset = offset
                 reader.damage("partial line")
                 continue
-            if is_hole(line):
-                continue  # damage set aside: its recovery record is counted by kind
             found = match(line)
             if found is not None:
                 key: tuple[bytes, ...] = found.group(1, 2, 3)
@@ -837,8 +834,9 @@ def _stats(args: argparse.Namespace) -> int:
                 try:
                     head = _parse_head(line)
                 except BadLine as e:
-                    reader.offset = offset
-                    reader.damage(e.args[0])
+                    if not is_hole(line):  # a hole: damage set aside, its recovery record counted below
+                        reader.offset = offset
+                        reader.damage(e.args[0])
                     continue
                 key = (head.kind, head.park, head.code)
             combos[key] = combos.get(key, 0) + 1

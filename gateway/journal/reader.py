@@ -132,12 +132,12 @@ def read_lines_skipping(
                     return
                 on_damage(Damage(segment.name, offset, expected, "partial line"))
                 continue
-            if is_hole(line):
-                expected = None  # the record after it says which seq comes next
-                continue
             try:
                 item = parse(line, segment.name, offset)
             except BadLine as e:
+                if is_hole(line):
+                    expected = None  # the record after it says which seq comes next
+                    continue
                 on_damage(Damage(segment.name, offset, expected, e.args[0]))
                 if expected is not None:
                     expected += 1
@@ -213,14 +213,14 @@ class Cursor:
                 raise ChainError(
                     self.next_seq, "record not found in the journal", self._segment or None, None
                 )
-            if is_hole(line):
-                continue  # damage set aside: the seqs it held are noted missing below
             seq = line_seq(line)
             if seq is not None and seq < self.next_seq:
                 continue  # finding the start in the segment
             try:
                 record = decode_line(line)
             except BadLine as e:
+                if is_hole(line):
+                    continue  # damage set aside: the seqs it held are noted missing below
                 self.damage.append(Damage(self._segment, offset, self.next_seq, e.args[0]))
                 if seq == self.next_seq:
                     self.next_seq += 1  # its seq is still readable: the next record is not a gap

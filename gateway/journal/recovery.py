@@ -538,20 +538,22 @@ def recover(directory: str, *, directory_fd: int, fsync: Callable[[int], None] =
     while position is not None:
         start, position = position, None
         for offset, line in iter_lines(last.path, start):
-            if is_hole(line):
-                # Damage set aside before: the chain goes on where its recovery record says.
-                found = find_recovery(directory, last.name, offset)
-                point = (
-                    resume_point(found.body) if found is not None and isinstance(found.body, dict) else None
-                )
-                if point is not None:
-                    length, resume_seq, resume_prev = point
-                    seq, chain = resume_seq - 1, resume_prev
-                    position = good_end = offset + length
-                    break
             try:
                 seq, chain = check_line(line, seq, chain)
             except BadLine as e:
+                if is_hole(line):
+                    # Damage set aside before: the chain goes on where its recovery record says.
+                    found = find_recovery(directory, last.name, offset)
+                    point = (
+                        resume_point(found.body)
+                        if found is not None and isinstance(found.body, dict)
+                        else None
+                    )
+                    if point is not None:
+                        length, resume_seq, resume_prev = point
+                        seq, chain = resume_seq - 1, resume_prev
+                        position = good_end = offset + length
+                        break
                 damage = locate_damage(segments, len(segments) - 1, offset, (seq, chain), e.args[0])
                 if damage is None:
                     reason = e.args[0]
