@@ -330,7 +330,7 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: t
                 if key is None:
                     key = recovery.key
                 elif recovery.key != key:
-                    reason = "recovery record signed with " + _another_key(recovery.key, (key,))[12:]
+                    reason = _another_key(recovery.key, (key,), "recovery record signed")
                     raise KeyChangeError(
                         recovery.seq,
                         reason,
@@ -523,7 +523,7 @@ def _vouched(
     if problem is not None:
         return f"{where}: {problem}"
     if keys and key not in keys:
-        return f"{where}: signed with " + _another_key(key, keys)[12:]
+        return _another_key(key, keys, f"{where}: signed")
     assert isinstance(body, dict)
     seq, chain = state
     before = {"seq": seq, "chain": chain.decode("ascii") if chain is not None else None}
@@ -555,11 +555,11 @@ def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii")
 
 
-def _another_key(recorded: bytes, checked: tuple[bytes, ...]) -> str:
+def _another_key(recorded: bytes, checked: tuple[bytes, ...], what: str = "sealed") -> str:
     if len(checked) == 1:
-        return f"sealed with another key ({_b64(recorded)}) than the one checked against ({_b64(checked[0])})"
+        return f"{what} with another key ({_b64(recorded)}) than the one checked against ({_b64(checked[0])})"
     keys = ", ".join(map(_b64, checked))
-    return f"sealed with another key ({_b64(recorded)}) than the ones checked against ({keys})"
+    return f"{what} with another key ({_b64(recorded)}) than the ones checked against ({keys})"
 
 
 def _recorded_key(body: object, signed: tuple[int, bytes] | None) -> bytes:
