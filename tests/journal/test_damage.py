@@ -438,3 +438,26 @@ def test_records_after_the_damage_stay_live_after_a_restart(harness: Callable[..
     assert [r.seq for r in early] == [1, 3, 4, 5]  # the lost seq is stepped over
     assert [d.reason for d in cursor.damage] == ["seqs 2-2 missing"]
     cursor.close()
+
+
+def test_a_bad_last_line_of_an_older_segment_resumes_in_the_next(harness: Callable[..., Harness]) -> None:
+    """Damage ending a segment before the last: the next segment's first record is where the chain resumes."""
+    h = signed(harness, 8, segment_bytes=400)
+    segments = list_segments(h.path)
+    older = Path(segments[1].path)
+    lines = segment_lines(older)
+    data = bytearray(older.read_bytes())
+    data[line_offset(older, len(lines) - 1) + 1] = ord("x")  # its last record no longer parses
+    older.write_bytes(bytes(data))
+    journal = h.open()
+    found: list[Damage] = []
+    list(read_records_skipping(h.path, found.append))
+    [record] = journal.set_aside(found)
+    lost = segments[2].first_seq - 1
+    assert record.body["lost"] == {"first": lost, "last": lost}
+    assert record.body["after"]["seq"] == segments[2].first_seq
+    verdict = whole(h)
+    assert [r.lost for r in verdict.recoveries] == [(lost, lost)]
+    h.close()
+    assert h.open().last_seq == record.seq  # reopening adds nothing
+    whole(h)
