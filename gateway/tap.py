@@ -149,6 +149,9 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             interval=settings.journal.interval,
             # The service tree closes it, last: the parts stopping before it still append.
             close_at_shutdown=False,
+            # Damage set aside at start-up is named by a recovery record signed like the seals.
+            signing_key=key,
+            gateway_id=settings.gateway.id,
         )
     except (ConfigError, KeyFileError) as error:
         raise _fail(str(error)) from None

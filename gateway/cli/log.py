@@ -20,7 +20,9 @@ the journal's lock or writes to it, and a partial last line (a write in
 progress) is left out until it is whole. Reading streams, a line at a time,
 so memory does not grow with the journal. A damaged line in an older segment
 (which the gateway quarantines and skips, see docs/journal.md) is skipped
-with a warning on stderr by every verb but ``verify``, which reports it.
+with a warning on stderr by every verb but ``verify``, which reports it. A
+hole, where the gateway set damage aside under a signed ``recovery`` record,
+is skipped silently; ``verify`` names each, and ``show`` a seq lost in one.
 
 Exit codes: 0 done, 1 the command failed (no journal, a damaged journal, no
 such seq, the cloud refusing a replay, ...), 2 usage.
@@ -54,10 +56,11 @@ from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
 from gateway.config import ConfigError, parse
 from gateway.config import load as load_config
-from gateway.journal.integrity import KeyChangeError, KeyRun, verify_journal
+from gateway.journal.integrity import KeyChangeError, KeyRun, Recovery, verify_journal
 from gateway.journal.reader import ChainError
 from gateway.journal.reader import verify as verify_chain
 from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
+from gateway.journal.recovery import DAMAGED, RECOVERY_RECORD, is_hole
 from gateway.journal.seals import SEAL_RECORD
 from gateway.journal.segments import Segment, iter_lines, line_seq, list_segments, segments_from
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
@@ -110,7 +113,7 @@ NO_EVENT_KINDS = frozenset(
         "command",
         "command-reply",
         "sync",
-        "recovery",
+        RECOVERY_RECORD,
         "quarantine",
         "forwarded",
         SEAL_RECORD,
@@ -340,7 +343,8 @@ class _Reader:
             try:
                 head = _parse_head(line)
             except BadLine as e:
-                self.damage(e.args[0])
+                if not is_hole(line):  # a hole: damage set aside under a recovery record (verify names it)
+                    self.damage(e.args[0])
                 continue
             yield head, line
 
@@ -690,7 +694,41 @@ def _show(args: argparse.Namespace) -> int:
             lines = data.decode("utf-8").split("\n")
             _say("\n".join(_printable(each) for each in lines))
             return 0
+    lost_in = _set_aside_by(segments, seq)
+    if lost_in is not None:
+        raise _Failure(f"record #{seq} was set aside as damaged: {lost_in}")
     raise _Failure(f"no record #{seq} in {args.dir}")
+
+
+_RECOVERY_HEAD = re.compile(rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*","kind":"recovery",')
+
+
+def _set_aside_by(segments: list[Segment], seq: int) -> str | None:
+    """Which ``recovery`` record says ``seq`` was lost in damage set aside, in words; None if none."""
+    for segment in segments_from(segments, seq):
+        for _, line in iter_lines(segment.path):
+            if _RECOVERY_HEAD.match(line) is None:
+                continue
+            try:
+                record = decode_line(line)
+            except BadLine:
+                continue
+            body = record.body
+            lost = body.get("lost") if isinstance(body, dict) else None
+            if (
+                isinstance(body, dict)
+                and body.get("reason") == DAMAGED
+                and isinstance(lost, dict)
+                and type(lost.get("first")) is int
+                and type(lost.get("last")) is int
+                and lost["first"] <= seq <= lost["last"]
+            ):
+                return (
+                    f"recovery record #{record.seq} (segment {body.get('segment')}, offset "
+                    f"{body.get('offset')}, {body.get('bytes')} bytes: {body.get('detail')}; "
+                    f"saved as {body.get('saved_as') or 'nothing'})"
+                )
+    return None
 
 
 # -- stats
@@ -716,6 +754,20 @@ def _is_event(kind: bytes, line: bytes) -> bool:
         return False
     # Only whether there is an event matters here, not its id or times.
     return to_event(record, gateway_id="stats", zone=_UTC_ZONE) is not None
+
+
+def _lost_in(line: bytes) -> int | None:
+    """How many records a ``recovery`` line says damage set aside took; None for a torn-tail cut."""
+    try:
+        body = decode_line(line).body
+    except BadLine:
+        return None
+    if not isinstance(body, dict) or body.get("reason") != DAMAGED:
+        return None
+    lost = body.get("lost")
+    if isinstance(lost, dict) and type(lost.get("first")) is int and type(lost.get("last")) is int:
+        return max(0, lost["last"] - lost["first"] + 1)
+    return 0
 
 
 def _through(line: bytes) -> int:
@@ -758,6 +810,7 @@ def _stats(args: argparse.Namespace) -> int:
     counts = _Counts({}, {})
     combos, decoded_events = counts.combos, counts.decoded_events
     through = 0
+    set_aside = lost = 0  # damage set aside under recovery records, and the records it took
     last_line = b""
     # The counts before each segment: the backlog lies after the highest `through`,
     # known only at the end; these let the second pass read one segment, not all.
@@ -781,13 +834,19 @@ def _stats(args: argparse.Namespace) -> int:
                 try:
                     head = _parse_head(line)
                 except BadLine as e:
-                    reader.offset = offset
-                    reader.damage(e.args[0])
+                    if not is_hole(line):  # a hole: damage set aside, its recovery record counted below
+                        reader.offset = offset
+                        reader.damage(e.args[0])
                     continue
                 key = (head.kind, head.park, head.code)
             combos[key] = combos.get(key, 0) + 1
             last_line = line
             kind = key[0]
+            if kind == b"recovery":
+                n = _lost_in(line)
+                if n is not None:
+                    set_aside += 1
+                    lost += n
             if kind not in counted:
                 if kind in _PROGRESS_KINDS:
                     through = max(through, _through(line))
@@ -830,6 +889,11 @@ def _stats(args: argparse.Namespace) -> int:
         where = f", the oldest #{oldest.seq} ({_short_ts(_text(oldest.ts))})" if oldest else ""
         out.append(f"backlog: {backlog} events not forwarded{where}")
         out += _table("lag by park (events not forwarded)", lag)
+    if set_aside:
+        out.append(
+            f"damage set aside: {set_aside} times, {lost} records lost "
+            f"(recovery records; cpmictl log verify {args.dir} names them)"
+        )
     if reader.damaged:
         out.append(f"damaged lines skipped: {reader.damaged} (cpmictl log verify {args.dir})")
     _say("\n".join(out))
@@ -935,7 +999,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     count, key, last_seal = verdict.records, verdict.key, verdict.last_seal
     first_seq = segments[0].first_seq
-    last_seq = first_seq + count - 1
+    last_seq = first_seq + count - 1 + sum(recovery.lost_count for recovery in verdict.recoveries)
     if verdict.seals and key is not None:
         if len(given) > 1:
             checked = "the given keys: " + _key_runs(verdict.sealed_by, [bytes(each) for each in given])
@@ -951,6 +1015,7 @@ def _verify(args: argparse.Namespace) -> int:
         )
     else:
         out = [f"journal whole: {count} records, no seals (nothing signed to check)"]
+    out += [_recovery_line(recovery) for recovery in verdict.recoveries]
     if first_seq > 1:
         out.append(f"older segments were removed: the chain is checked from #{first_seq}, taken as it is")
     last = list_segments(args.dir)[-1]
@@ -960,6 +1025,21 @@ def _verify(args: argparse.Namespace) -> int:
         )
     _say("\n".join(out))
     return 0
+
+
+def _recovery_line(recovery: Recovery) -> str:
+    """What ``verify`` says of damage set aside: where, what was lost, and which record vouches for it."""
+    if recovery.lost is None:
+        lost = "no record lost (a line that was not one)"
+    elif recovery.lost[0] == recovery.lost[1]:
+        lost = f"record #{recovery.lost[0]} lost"
+    else:
+        lost = f"records #{recovery.lost[0]}\u2013#{recovery.lost[1]} lost"
+    return (
+        f"set aside: {lost}: {recovery.length} bytes at offset {recovery.offset} of segment "
+        f"{recovery.segment} ({recovery.detail}); vouched for by recovery record #{recovery.seq}, "
+        f"signed with {_b64(recovery.key)}"
+    )
 
 
 def _key_runs(runs: tuple[KeyRun, ...], given: list[bytes]) -> str:

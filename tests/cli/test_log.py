@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,6 +36,7 @@ from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.lots.uplink import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from tests.journal.helpers import Harness
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = base64.b64encode(bytes(range(256)) * 293).decode("ascii")  # 100,012 characters
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -381,6 +384,110 @@ def test_verify_flipped_byte(journal: Harness, capsys: pytest.CaptureFixture[str
     assert out == ""
     assert err.startswith("first bad seq: 3: chain does not match")
     assert err.count("\n") == 1
+
+
+def damaged_and_recovered(tmp_path: Path, key: SigningKey) -> tuple[Harness, int]:
+    """A journal of 6 records whose record 3 was altered, then set aside at the next start; and its offset."""
+    h = Harness(tmp_path / "damaged", signing_key=key, gateway_id="gw-test")
+    for n in range(1, 6):
+        car_in(h, "P001", n)
+    seal(h, key)
+    h.close()
+    [segment] = list_segments(h.path)
+    data = Path(segment.path).read_bytes()
+    at = data.index(b'"recordCode":"R3"') + len('"recordCode":"R')
+    offset = data.rindex(b"\n", 0, at) + 1
+    Path(segment.path).write_bytes(data[:at] + b"8" + data[at + 1 :])
+    return h, offset
+
+
+def test_verify_damage_set_aside_passes_and_names_what_was_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the restart verify fails at seq 3; after it, verify exits 0 and names what was lost."""
+    key = SigningKey.generate()
+    h, offset = damaged_and_recovered(tmp_path, key)
+    code, out, err = run(capsys, "verify", str(h.path))
+    assert code == 1 and err.startswith("first bad seq: 3: chain does not match")
+    h.open()
+    h.close()
+    code, out, err = run(capsys, "verify", "--pubkey", public_key_b64(key), str(h.path))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("journal whole: 6 records, 1 seals (checked with the given key")
+    assert (
+        f"set aside: record #3 lost: {len(lines_of(h.path)[2])} bytes at offset {offset} of segment "
+        f"00000000000000000001.jsonl (chain does not match (the line or one before it was altered)); "
+        f"vouched for by recovery record #7, signed with {public_key_b64(key)}"
+    ) in lines
+    assert "last seal: #6, over the records up to #5; 1 records after it" in out
+
+    code, out, err = run(capsys, "verify", "--pubkey", public_key_b64(SigningKey.generate()), str(h.path))
+    assert code == 1 and "first bad seq: 3: recovery record #7: signed with another key" in err
+
+
+def test_show_tail_and_stats_of_a_journal_with_damage_set_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show names the recovery record for a lost seq; tail and stats skip the hole without warnings."""
+    key = SigningKey.generate()
+    h, offset = damaged_and_recovered(tmp_path, key)
+    h.open()
+    h.close()
+    code, out, err = run(capsys, "show", "3", str(h.path))
+    assert code == 1 and out == ""
+    assert err == (
+        f"cpmictl log show: record #3 was set aside as damaged: recovery record #7 (segment "
+        f"00000000000000000001.jsonl, offset {offset}, {len(lines_of(h.path)[2])} bytes: "
+        "chain does not match (the line or one before it was altered); "
+        f"saved as 00000000000000000001.jsonl.damaged-{offset})\n"
+    )
+    code, out, err = run(capsys, "show", "4", str(h.path))
+    assert (code, err) == (0, "") and '"recordCode": "R4"' in out
+    code, out, err = run(capsys, "tail", str(h.path))
+    assert (code, err) == (0, "")
+    assert [line.split()[0] for line in out.splitlines()] == ["#1", "#2", "#4", "#5", "#6", "#7"]
+    assert "recovery" in out.splitlines()[-1]
+    code, out, err = run(capsys, "stats", str(h.path))
+    assert (code, err) == (0, "")
+    assert "damage set aside: 1 times, 1 records lost" in out
+    assert "damaged lines skipped" not in out
+
+
+def test_verify_end_to_end_after_a_restart_in_a_real_process(tmp_path: Path) -> None:
+    """cpmictl log verify, run as a process, exits 0 on the repaired journal and prints the damage."""
+    key = SigningKey.generate()
+    h, offset = damaged_and_recovered(tmp_path, key)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+
+    def cpmictl_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli.main",
+                "log",
+                "verify",
+                "--pubkey",
+                public_key_b64(key),
+                str(h.path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=60,
+            check=False,
+        )
+
+    before = cpmictl_verify()
+    assert before.returncode == 1 and before.stderr.startswith("first bad seq: 3:")
+    h.open()
+    h.close()
+    after = cpmictl_verify()
+    assert after.returncode == 0, after.stderr
+    assert "set aside: record #3 lost: " in after.stdout and f"at offset {offset} " in after.stdout
 
 
 def test_verify_seal_by_another_key(journal: Harness, capsys: pytest.CaptureFixture[str]) -> None:
