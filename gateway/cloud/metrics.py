@@ -116,6 +116,16 @@ DOWNLINK_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Downlink connections closed for not binding within tcp.bind_timeout.",
     ),
     (
+        "cpmi_downlink_closed_unbound_bytes",
+        "closed_unbound_bytes",
+        "Downlink connections closed for sending more than tcp.max_unbound_bytes before binding.",
+    ),
+    (
+        "cpmi_downlink_closed_token",
+        "closed_token",
+        "Bound downlink connections closed (9000) because their token was replaced, revoked or expired.",
+    ),
+    (
         "cpmi_downlink_bad_signatures",
         "bad_signatures",
         "Downlink frames whose signature did not match.",
