@@ -308,13 +308,21 @@ class LotRouter:
         _, server = self._server(park)
         return server is not None and server.supports(code)
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``)."""
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``).
+
+        `opr` is the oprNum the command was journaled under: a dialect that
+        sends oprNums (``command_as``) sends this one.
+        """
         dialect, server = self._server(park)
         if server is None:
             return fail(NotConnected(park))
         if not server.supports(code):
             return fail(Unsupported(dialect, code))
+        command_as = getattr(server, "command_as", None) if opr else None
+        if command_as is not None:
+            sent: Deferred[LotReply] = command_as(park, code, data, opr)
+            return sent
         return server.command(park, code, data)
 
     def state(self, park: str) -> LotState:

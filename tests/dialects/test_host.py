@@ -503,6 +503,24 @@ def test_router_sends_a_command_through_the_lots_dialect() -> None:
     assert router.state("P1") == LotState("P1", True, 1.0, 2.0, "fake:P1")
 
 
+def test_router_gives_the_journaled_opr_num_to_a_dialect_that_sends_one() -> None:
+    """command() with an oprNum uses the dialect's command_as, and plain command for a dialect without it."""
+    _, router = routed_rig()
+    fake = FakeServer(("gateOpen",))
+    given: list[str] = []
+
+    def command_as(park: str, code: str, data: object, opr: str) -> Deferred[LotReply]:
+        given.append(opr)
+        return fail(NotConnected(park))
+
+    router.servers["bolink"] = fake
+    error_of(router.command("P1", "gateOpen", {"barCode": "c1"}, "opr-1"), NotConnected)
+    assert fake.sent == [("P1", "gateOpen", {"barCode": "c1"})] and given == []
+    fake.command_as = command_as  # type: ignore[attr-defined]
+    error_of(router.command("P1", "gateOpen", {"barCode": "c1"}, "opr-2"), NotConnected)
+    assert given == ["opr-2"] and len(fake.sent) == 1
+
+
 def test_router_command_to_an_unknown_park_is_not_connected() -> None:
     """command() to a park that is not configured fails with NotConnected."""
     _, router = routed_rig()
