@@ -124,21 +124,23 @@ class DialectHost:
             return repeated.addCallback(
                 lambda answer: self._refused(park, original, answer) if answer is TOO_MANY else answer
             )
-        repeats.begin(park, opr)
-        try:
-            checked = [self._checked(park, message) for message in messages]
-        except Rejected as rejected:
-            repeats.finish(park, opr, rejected.answer, stored=False)
-            return succeed(self._refused(park, original, rejected.answer))
-        stored = self._store(park, original, opr, checked)
+
+        def handle() -> Deferred[tuple[Answer, bool]]:
+            try:
+                checked = [self._checked(park, message) for message in messages]
+            except Rejected as rejected:
+                return succeed((rejected.answer, False))
+            stored = self._store(park, original, opr, checked)
+            return stored.addCallback(lambda answer: (answer, answer.result is Result.OK))
 
         def done(answer: Answer) -> Answer:
-            repeats.finish(park, opr, answer, stored=answer.result is Result.OK)
             if answer.result is not RESULT_OK:
                 self._refused(park, original, answer)
             return answer
 
-        return stored.addCallback(done)
+        # A fault inside (a message the redaction or the journal chokes on) answers 9999 and
+        # frees the oprNum rather than leaving every retry of it waiting.
+        return repeats.attempt(park, opr, handle).addCallback(done)
 
     def _refused(self, park: str, original: Original, answer: Answer) -> Answer:
         """Log the refusal `answer` of the lot's message (lot.rejected); return it."""

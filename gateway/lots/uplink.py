@@ -14,9 +14,10 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.config import Config, LotConfig
 from gateway.journal.record import Record
@@ -24,7 +25,7 @@ from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
 from gateway.lots.login import STANDARD, Appender, Checker, login, not_stored_answer, signature_ok
 from gateway.lots.parks import ParkTotals
-from gateway.lots.repeats import TOO_MANY, Repeats
+from gateway.lots.repeats import FAULT, TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
@@ -130,12 +131,30 @@ class UplinkHandler:
     def handle(
         self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
     ) -> Deferred[bytes]:
-        """The response envelope, as bytes, for the request `text`."""
+        """The response envelope, as bytes, for the request `text`.
+
+        A fault inside the gateway is answered 9999 with the request's code and
+        oprNum where they could be read (CONTRACT §4), never left to the HTTP layer.
+        """
         try:
             request = parse_request(text)
         except EnvelopeError as error:
             code = error.code or url_code or ""
             return succeed(self._render(code, error.opr, Answer.of(error.result, error.detail)))
+        except Exception:
+            log.failure("parsing an uplink request failed inside the gateway")
+            return succeed(self._render(url_code or "", "", FAULT))
+        try:
+            answered = self._decide(request, url_code, files)
+        except Exception:
+            answered = fail()
+        return answered.addErrback(self._fault, request.code or url_code or "", request.opr)
+
+    def _fault(self, failure: Failure, code: str, opr: str) -> bytes:
+        log.failure("handling an uplink {code} request failed inside the gateway", failure, code=code)
+        return self._render(code, opr, FAULT)
+
+    def _decide(self, request: Request, url_code: str | None, files: Sequence[FilePart]) -> Deferred[bytes]:
         try:
             interface = self._interface(request, url_code)
         except Rejected as rejected:
@@ -164,8 +183,7 @@ class UplinkHandler:
         park, opr = lot.park_code, request.opr
         repeated = self._repeats.seen(park, opr)
         if repeated is None:
-            self._repeats.begin(park, opr)
-            stored = self._store(interface, lot, request, files)
+            stored = self._repeats.attempt(park, opr, lambda: self._store(interface, lot, request, files))
             return stored.addCallback(lambda answer: self._render(code, opr, answer, token, secret, park))
         # The first answer was logged when it was given: only a refusal of the repeat itself is new.
         return repeated.addCallback(
@@ -243,22 +261,21 @@ class UplinkHandler:
 
     def _store(
         self, interface: Interface, lot: LotConfig, request: Request, files: Sequence[FilePart]
-    ) -> Deferred[Answer]:
+    ) -> Deferred[tuple[Answer, bool]]:
+        """The answer to a request to store, and whether it was stored (for the repeat rule)."""
         park, opr, code = lot.park_code, request.opr, interface.code
         try:
             data = self._checked_data(interface, lot, request, files)
         except Rejected as rejected:
-            self._repeats.finish(park, opr, rejected.answer, stored=False)
-            return succeed(rejected.answer)
+            return succeed((rejected.answer, False))
         if interface.uplink is DeliveryClass.QUERY:
             stored = self._query(interface, park, opr, data)
         else:
             stored = self._journal.append(UPLINK_RECORD, park, code, opr, data)
             stored.addCallback(self._reported, code, park, data)
 
-        def done(answer: Answer) -> Answer:
-            self._repeats.finish(park, opr, answer, stored=answer.result is not Result.FAILED)
-            return answer
+        def done(answer: Answer) -> tuple[Answer, bool]:
+            return answer, answer.result is not Result.FAILED
 
         return stored.addErrback(not_stored_answer).addCallback(done)
 

@@ -654,7 +654,23 @@ def test_a_repeat_given_the_first_answer_is_not_logged_again_but_9007_is() -> No
         for waiting, _ in pending:
             waiting.errback(OSError("disk gone"))
         assert result_of(first).result is result_of(second).result is Result.FAILED
-        # The first and its waiting repeat count; the retry is stored, its repeats answered from it.
-        answers = [submit(rig, [Message("carIn", CAR_IN)]).result for _ in range(5)]
-    assert answers == [Result.OK] * 4 + [Result.TOO_MANY_REPEATS]
+        # Attempts not stored do not count (CONTRACT §4): the retry is stored, and is the
+        # first of the repeat rule; its five repeats are answered from it, the sixth 9007.
+        answers = [submit(rig, [Message("carIn", CAR_IN)]).result for _ in range(7)]
+    assert answers == [Result.OK] * 6 + [Result.TOO_MANY_REPEATS]
     assert rejected(events) == [("P1", "in_park", "9999"), ("P1", "in_park", "9007")]
+
+
+def test_a_fault_while_submitting_answers_9999_and_frees_the_opr_num(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message the gateway chokes on (a fault, not a refusal) is answered 9999 and not stored; the
+    next attempt of the same id is processed, never left waiting on the one that faulted."""
+    rig = make_rig()
+
+    def broken(*args: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(rig.host, "_checked", broken)
+    assert submit(rig, [Message("carIn", CAR_IN)]).result is Result.FAILED
+    monkeypatch.undo()
+    assert submit(rig, [Message("carIn", CAR_IN)]).result is Result.OK
+    assert len(rig.records("uplink")) == 1

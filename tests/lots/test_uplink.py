@@ -536,6 +536,38 @@ def test_a_fault_inside_the_gateway_is_answered_9999(gw: Uplink) -> None:
     assert json.loads(body)["resultCode"] == "9999"
 
 
+def test_a_fault_answers_9999_with_its_opr_num_and_frees_it_for_the_retry(gw: Uplink) -> None:
+    """A request whose handling raises is answered 9999 naming its code and oprNum; the retry of
+    that oprNum is processed and stored, not left waiting on the faulted attempt forever."""
+    token = gw.login()
+    store = gw.handler._store
+
+    def broken(*args: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    gw.handler._store = broken  # type: ignore[method-assign]
+    with captured("lot.rejected") as events:
+        answer = gw.send("carIn", CAR_IN, token=token, opr="X-1")
+    assert (answer["resultCode"], answer["code"], answer["oprNum"]) == ("9999", "carIn", "X-1")
+    assert logged(events) == [("P001", "carIn", "9999")]
+    gw.handler._store = store  # type: ignore[method-assign]
+    assert gw.send("carIn", CAR_IN, token=token, opr="X-1")["resultCode"] == "0000"
+    assert [r.kind for r in gw.journal.records if r.opr == "X-1"] == ["uplink"]
+
+
+def test_six_9999_answers_do_not_make_the_seventh_attempt_9007(gw: Uplink) -> None:
+    """Attempts answered 9999 because the disk is low are not stored and never count towards 9007:
+    the seventh attempt, with the disk back, is stored; only its own repeats count from then on."""
+    token = gw.login()
+    gw.journal.broken = OSError(28, "No space left on device")
+    codes = [gw.send("carIn", CAR_IN, token=token, opr="D-1")["resultCode"] for _ in range(6)]
+    assert codes == ["9999"] * 6
+    gw.journal.broken = None
+    codes = [gw.send("carIn", CAR_IN, token=token, opr="D-1")["resultCode"] for _ in range(7)]
+    assert codes == ["0000"] * 6 + ["9007"]
+    assert [r.opr for r in gw.journal.records].count("D-1") == 1
+
+
 def test_login_is_signed_with_an_empty_token_even_when_the_envelope_carries_one(gw: Uplink) -> None:
     """A login is signed over data + "" + secret (the contract); a stale token in its envelope is ignored."""
     old = gw.login()
@@ -755,7 +787,7 @@ def test_answers_the_http_resource_gives_itself_name_the_peer(gw: Uplink) -> Non
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    gw.handler._store = broken  # type: ignore[method-assign]
+    gw.handler.handle = broken  # type: ignore[method-assign]
     with captured("lot.rejected") as events:
         gw.post(b"\xff\xfe", content_type="application/json; charset=utf-8")
         gw.post(urlencode({"param": json.dumps(gw.envelope("carIn", CAR_IN, token=token))}), "/uplink/carIn")
