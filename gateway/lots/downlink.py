@@ -488,6 +488,8 @@ class Downlinks:
             journal=self._journal,
             via="TCP",
             configured=self._lot_by_username,
+            # A connection lost while its login waits for a password check drops the check.
+            gone=lambda: connection.closing,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)

@@ -23,7 +23,15 @@ from gateway.config import Config, LotConfig
 from gateway.journal.record import Record
 from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.login import STANDARD, Appender, Checker, login, not_stored_answer, signature_ok
+from gateway.lots.login import (
+    STANDARD,
+    Appender,
+    Checker,
+    LoginOutcome,
+    login,
+    not_stored_answer,
+    signature_ok,
+)
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import FAULT, TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
@@ -129,12 +137,18 @@ class UplinkHandler:
         return self._config.lot_by_username(username)
 
     def handle(
-        self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
+        self,
+        text: str,
+        url_code: str | None = None,
+        files: Sequence[FilePart] = (),
+        gone: Callable[[], bool] | None = None,
     ) -> Deferred[bytes]:
         """The response envelope, as bytes, for the request `text`.
 
         A fault inside the gateway is answered 9999 with the request's code and
         oprNum where they could be read (CONTRACT §4), never left to the HTTP layer.
+        `gone` tells whether the client has left (a login's password check is
+        then dropped before it runs).
         """
         try:
             request = parse_request(text)
@@ -145,7 +159,7 @@ class UplinkHandler:
             log.failure("parsing an uplink request failed inside the gateway")
             return succeed(self._render(url_code or "", "", FAULT))
         try:
-            answered = self._decide(request, url_code, files)
+            answered = self._decide(request, url_code, files, gone)
         except Exception:
             answered = fail()
         return answered.addErrback(self._fault, request.code or url_code or "", request.opr)
@@ -154,13 +168,19 @@ class UplinkHandler:
         log.failure("handling an uplink {code} request failed inside the gateway", failure, code=code)
         return self._render(code, opr, FAULT)
 
-    def _decide(self, request: Request, url_code: str | None, files: Sequence[FilePart]) -> Deferred[bytes]:
+    def _decide(
+        self,
+        request: Request,
+        url_code: str | None,
+        files: Sequence[FilePart],
+        gone: Callable[[], bool] | None,
+    ) -> Deferred[bytes]:
         try:
             interface = self._interface(request, url_code)
         except Rejected as rejected:
             return succeed(self._render(request.code or url_code or "", request.opr, rejected.answer))
         if interface.code == "login":
-            return self._login(request)
+            return self._login(request, gone)
         code = interface.code
         session = self._sessions.lookup(request.token)
         if session is None:
@@ -240,7 +260,7 @@ class UplinkHandler:
 
     # login (B.4.1)
 
-    def _login(self, request: Request) -> Deferred[bytes]:
+    def _login(self, request: Request, gone: Callable[[], bool] | None) -> Deferred[bytes]:
         outcome = login(
             request,
             config=self._config,
@@ -249,13 +269,16 @@ class UplinkHandler:
             journal=self._journal,
             via="HTTP",
             configured=self._lot_by_username,
+            gone=gone,
         )
-        return outcome.addCallback(lambda done: self._login_render(request, done.lot, done.answer))
+        return outcome.addCallback(self._login_render, request)
 
-    def _login_render(self, request: Request, lot: LotConfig | None, answer: Answer) -> bytes:
+    def _login_render(self, outcome: LoginOutcome, request: Request) -> bytes:
+        # A client gone before its check is not answered, nor logged: a flood must not fill the log.
+        lot, answer, logged = outcome.lot, outcome.answer, not outcome.gone
         if lot is None:
-            return self._render("login", request.opr, answer)
-        return self._render("login", request.opr, answer, "", lot.secret, lot.park_code)
+            return self._render("login", request.opr, answer, log_refusal=logged)
+        return self._render("login", request.opr, answer, "", lot.secret, lot.park_code, logged)
 
     # reports and queries
 

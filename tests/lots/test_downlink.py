@@ -817,7 +817,7 @@ def test_a_reload_during_the_password_check_refuses_the_login() -> None:
     class HeldPasswords:
         """Password checks that finish when the test says so."""
 
-        def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+        def check(self, password_hash: str | None, password: str, gone: Any = None) -> Deferred[bool]:
             held.append(Deferred())
             return held[-1]
 
@@ -1049,3 +1049,23 @@ def test_a_command_goes_out_with_the_opr_num_it_is_given() -> None:
     assert outcome(again).check(ValueError) and lot.received() == []
     lot.reply("journaled-opr", {"barStatus": 1}, token)
     assert outcome(first).data == {"barStatus": 1}
+
+
+def test_a_tcp_login_whose_connection_is_lost_is_dropped_before_its_check() -> None:
+    """A login waiting for a password check on a connection the lot has closed is never checked; a
+    login past max_pending is answered 9999 busy and closed at once."""
+    from gateway.lots.passwords import PasswordChecker
+    from tests.lots.test_passwords import HeldThreads
+
+    gateway = Gateway()
+    runner = HeldThreads()
+    gateway.downlinks._passwords = PasswordChecker(gateway.clock, threads=1, max_pending=1, run=runner)  # type: ignore[arg-type]
+    first, left, busy = gateway.connect(1), gateway.connect(2), gateway.connect(3)
+    for lot in (first, left, busy):
+        lot.request("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+    [answer] = busy.received()
+    assert answer["resultCode"] == "9999" and "busy, retry" in answer["resultMessage"] and busy.closed
+    left.disconnect()
+    runner.answer(0, True)
+    assert first.received()[0]["resultCode"] == "0000"
+    assert runner.running == [] and left.received() == []

@@ -13,16 +13,22 @@ from attrs import define, field, frozen
 from nacl.signing import SigningKey
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
 
 from gateway import config
 from gateway.cloud.query import QueryClient
+from gateway.lots.http import client_gone
+from gateway.lots.passwords import PasswordChecker
 from gateway.lots.sessions import token_digest
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
+from tests.lots.test_passwords import HeldThreads
 from tests.protocol.samples import PNG_BASE64, RESPONSE_SAMPLES, SAMPLES
 from tests.test_logs import captured
 
@@ -793,3 +799,60 @@ def test_answers_the_http_resource_gives_itself_name_the_peer(gw: Uplink) -> Non
         gw.post(urlencode({"param": json.dumps(gw.envelope("carIn", CAR_IN, token=token))}), "/uplink/carIn")
     assert logged(events) == [("", "", "9002"), ("", "carIn", "9999")]
     assert all(event["peer"] for event in events)
+
+
+# logins behind a bounded queue (CONTRACT §4)
+
+
+def queued_logins(gw: Uplink, max_pending: int = 1) -> HeldThreads:
+    """Make the handler's logins go through a real PasswordChecker (one thread, held by the test)."""
+    runner = HeldThreads()
+    checker = PasswordChecker(gw.clock, threads=1, max_pending=max_pending, run=runner)  # type: ignore[arg-type]
+    gw.handler._passwords = checker
+    return runner
+
+
+def login_text(gw: Uplink, password: str = PASSWORD) -> str:
+    return json.dumps(gw.envelope("login", {"parkUserName": "lot001", "parkUserPwd": password}))
+
+
+def test_a_login_past_the_queue_is_answered_9999_busy_at_once_and_reports_go_on() -> None:
+    """While one login is checked and max_pending wait, the next is answered 9999 "busy, retry" at
+    once; a report of a lot already logged in is answered 0000 at once all the while."""
+    gw = Uplink(lots=[lot_entry(), lot_entry(park_code="P002", username="lot002")])
+    token = gw.login("lot002")
+    runner = queued_logins(gw)
+    checked, waiting = gw.handler.handle(login_text(gw)), gw.handler.handle(login_text(gw))
+    with captured("lot.rejected") as events:
+        busy = json.loads(result_of(gw.handler.handle(login_text(gw))))
+    assert busy["resultCode"] == "9999" and "busy, retry" in busy["resultMessage"]
+    assert logged(events) == [("P001", "login", "9999")]
+    assert not fired(checked) and not fired(waiting) and len(runner.running) == 1
+    assert gw.send("carIn", CAR_IN, token=token)["resultCode"] == "0000"
+    assert gw.send("heartbeat", None, token=token)["resultCode"] == "0000"
+    runner.answer(0, True)
+    assert json.loads(result_of(checked))["resultCode"] == "0000"
+    assert len(runner.running) == 1
+
+
+def test_a_login_whose_client_left_is_dropped_unchecked_and_unlogged() -> None:
+    """A login waiting in the queue whose HTTP client has gone is dropped when its turn comes: its
+    password is never checked and no refusal is logged for it."""
+    gw = Uplink()
+    runner = queued_logins(gw, max_pending=4)
+    first = gw.handler.handle(login_text(gw))
+    left = gw.handler.handle(login_text(gw, "left"), gone=lambda: True)
+    with captured("lot.rejected") as events:
+        runner.answer(0, True)
+    assert json.loads(result_of(first))["resultCode"] == "0000"
+    assert json.loads(result_of(left))["resultCode"] == "9999"
+    assert runner.running == [] and events == []
+
+
+def test_an_http_client_is_gone_once_its_connection_is_lost() -> None:
+    """The resource tells the handler a request's client has gone when its connection is lost."""
+    request = Request(DummyChannel())
+    gone = client_gone(request)
+    assert not gone()
+    request.connectionLost(Failure(ConnectionDone()))
+    assert gone()
