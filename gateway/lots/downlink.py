@@ -548,9 +548,9 @@ class Downlinks:
             self.counters["bad_signatures"] += 1
             detail = "signature: required to bind, and missing" if not request.signature else ""
             answer = Answer.of(Result.BAD_SIGNATURE, detail or "signature: does not match data")
-            self._answer(
-                connection, "heartbeat", request.opr, answer, request.token, lot.secret, park=lot.park_code
-            )
+            # Signed without the secret: a signature over the answer's `{}` would be the one
+            # a heartbeat with `data: {}` needs to bind.
+            self._answer(connection, "heartbeat", request.opr, answer, request.token, "", park=lot.park_code)
             connection.close("heartbeat with a wrong signature")
             return
         self._bind(connection, lot, request.token, "heartbeat")

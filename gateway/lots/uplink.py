@@ -192,11 +192,13 @@ class UplinkHandler:
             return succeed(self._render(code, request.opr, answer, park=session.park))
         token, secret = request.token, lot.secret
         if not self._signature_ok(request, lot, heartbeat=code == "heartbeat"):
+            # Not signed with the secret: whoever sent it proved nothing, and a signature over
+            # the answer's data would sign a heartbeat that binds the lot's downlink.
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
-            return succeed(self._render(code, request.opr, answer, token, secret, lot.park_code))
+            return succeed(self._render(code, request.opr, answer, token, "", lot.park_code))
         if code == "heartbeat":
             answer = Answer.of(Result.OK, data={"time": wire_time(self._clock.seconds(), self._zone)})
-            return succeed(self._render(code, request.opr, answer, token, secret))
+            return succeed(self._render(code, request.opr, answer, token, answer_secret(lot, request)))
         if not request.opr:
             answer = Answer.of(Result.MALFORMED, "oprNum: required")
             return succeed(self._render(code, request.opr, answer, token, secret, lot.park_code))
@@ -356,6 +358,20 @@ class UplinkHandler:
         if interface.code == "carImage":
             data = attach_images(data, files)
         return redact(data) if may_hold_secrets(request.data_text) else data
+
+
+def answer_secret(lot: LotConfig, request: Request) -> str:
+    """The secret to sign the answer to an accepted `request` with.
+
+    A lot whose signature is required sends a heartbeat unsigned (the standard's
+    heartbeat has no signature, B.4.8) and it is answered, but not with the
+    secret: the token travels in clear, and an answer signed over `{"time": ...}`
+    would be a signed heartbeat anyone holding the token could bind the lot's
+    downlink with (CONTRACT §5). Every other request accepted was signed.
+    """
+    if lot.signature == "required" and not request.signature:
+        return ""
+    return lot.secret
 
 
 def check_business_rules(

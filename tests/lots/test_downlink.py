@@ -1069,3 +1069,19 @@ def test_a_tcp_login_whose_connection_is_lost_is_dropped_before_its_check() -> N
     runner.answer(0, True)
     assert first.received()[0]["resultCode"] == "0000"
     assert runner.running == [] and left.received() == []
+
+
+def test_the_refusal_of_an_unsigned_bind_signs_nothing_an_attacker_could_replay() -> None:
+    """The 9006 answer to an unsigned binding heartbeat is not signed with the secret: its signature,
+    sent back with the answer's data, does not bind either."""
+    gateway = Gateway()
+    token = gateway.token()
+    probe = gateway.connect(1)
+    probe.request("heartbeat", {}, token=token, signature="")
+    [answer] = probe.received()
+    assert answer["resultCode"] == "9006"
+    assert answer["signature"] != sign(compact(answer["data"]), token, "s3cret")
+    replay = gateway.connect(2)
+    replay.request("heartbeat", answer["data"], token=token, signature=answer["signature"])
+    assert replay.received()[0]["resultCode"] == "9006"
+    assert not gateway.downlinks.state("P001").connected

@@ -856,3 +856,18 @@ def test_an_http_client_is_gone_once_its_connection_is_lost() -> None:
     assert not gone()
     request.connectionLost(Failure(ConnectionDone()))
     assert gone()
+
+
+def test_answers_to_unverified_requests_are_no_signing_oracle(gw: Uplink) -> None:
+    """For a lot whose signature is required, an unsigned heartbeat (allowed, as in B.4.8) and a
+    wrongly signed report are answered without the secret: a token alone gets no signature that
+    would bind the lot's downlink."""
+    token = gw.login()
+    heartbeat = gw.send("heartbeat", None, token=token, signature="")
+    assert heartbeat["resultCode"] == "0000"
+    assert heartbeat["signature"] != sign(compact(heartbeat["data"]), token, "s3cret")
+    refused = gw.send("carIn", CAR_IN, token=token, signature="BAD")
+    assert refused["resultCode"] == "9006"
+    assert refused["signature"] != sign(compact(refused["data"]), token, "s3cret")
+    signed = gw.send("heartbeat", None, token=token)
+    assert signed["signature"] == sign(compact(signed["data"]), token, "s3cret")
