@@ -1,10 +1,14 @@
 """The downlink's decisions (B.3, CONTRACT §5): which connection is which lot, and commands.
 
 `Downlinks` is the `FrameHandler` of every TCP connection. It binds a connection
-to a lot (by `login` or by `heartbeat` with a valid token), answers the lot's
-heartbeats, sends commands as ACK frames and matches the lot's REPLY frames to
-them by oprNum, and runs the one idle sweep (B.3.4) over all connections. The
-protocol in `tcp.py` only turns bytes into envelopes and back.
+to a lot (by `login`, or by `heartbeat` with a valid token, signed when the lot's
+signature is required), answers the lot's heartbeats, sends commands as ACK
+frames and matches the lot's REPLY frames to them by oprNum, and runs the one
+idle sweep (B.3.4) over all connections. What an unbound peer may make it hold
+is bounded (CONTRACT §4): bytes before a bind (max_unbound_bytes), frames
+while a login is checked, and the time to bind; a bound connection whose
+token is no longer in force is closed at its next frame. The protocol in
+`tcp.py` only turns bytes into envelopes and back.
 """
 
 from __future__ import annotations
