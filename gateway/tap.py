@@ -22,7 +22,13 @@ from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
 from gateway.cloud.forwarder import Forwarder
-from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space, register_upstream
+from gateway.cloud.metrics import (
+    observe_fsync,
+    register_forwarder,
+    register_logins,
+    register_space,
+    register_upstream,
+)
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
@@ -282,7 +288,7 @@ def build_service(
             mode=settings.journal.fsync,
         )
 
-    passwords = PasswordChecker(reactor)
+    passwords = PasswordChecker(reactor, max_pending=settings.uplink.max_pending_logins)
     _Part(start=passwords.start, stop=passwords.stop).setServiceParent(service)
     lots = LotRouter(settings)
     sync = SyncQueue(lots=lots, journal=journal, clock=reactor)
@@ -376,6 +382,7 @@ def build_service(
     registry = CollectorRegistry()
     register_metrics(registry, lots, journal, sync)
     register_space(registry, space)
+    register_logins(registry, passwords)
     if forwarder is not None:
         register_forwarder(registry, forwarder)
         log.info(

@@ -80,8 +80,8 @@ class LotCommands(Protocol):
     def supports(self, park: str, code: str) -> bool:
         """Whether the lot's dialect can carry the downlink `code`."""
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send a command to the lot; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send a command as oprNum `opr`; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
 
     def state(self, park: str) -> LotState:
         """The connection state of one configured lot."""
@@ -372,7 +372,8 @@ class CommandApi:
             )
 
         def send(_: object) -> Deferred[bytes]:
-            asked = maybeDeferred(self._lots.command, park, code, data)
+            # Sent with the oprNum it was journaled under, so a reply matches its record (CONTRACT §7).
+            asked = maybeDeferred(self._lots.command, park, code, data, opr)
             deadline = deadline_of(code, self._deadlines)
             asked.addTimeout(deadline + DEADLINE_GRACE, self._clock)
             return asked.addCallbacks(replied, failed)

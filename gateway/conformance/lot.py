@@ -102,7 +102,9 @@ class PlainPasswords:
     def __init__(self, password: str) -> None:
         self._password = password.encode("utf-8")
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
         """Whether `password` is the lot's (for a known account)."""
         return succeed(
             password_hash is not None and hmac.compare_digest(password.encode("utf-8"), self._password)
@@ -152,7 +154,11 @@ class RecordingUplinkHandler(UplinkHandler):
         self._now = clock.seconds
 
     def handle(
-        self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
+        self,
+        text: str,
+        url_code: str | None = None,
+        files: Sequence[FilePart] = (),
+        gone: Callable[[], bool] | None = None,
     ) -> Deferred[bytes]:
         """Answer as the gateway does, then record the exchange."""
         at = self._now()
@@ -180,7 +186,7 @@ class RecordingUplinkHandler(UplinkHandler):
             )
             return body
 
-        return super().handle(text, url_code, files).addCallback(record)
+        return super().handle(text, url_code, files, gone).addCallback(record)
 
 
 class RecordingDownlinks(Downlinks):

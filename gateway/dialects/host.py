@@ -124,21 +124,23 @@ class DialectHost:
             return repeated.addCallback(
                 lambda answer: self._refused(park, original, answer) if answer is TOO_MANY else answer
             )
-        repeats.begin(park, opr)
-        try:
-            checked = [self._checked(park, message) for message in messages]
-        except Rejected as rejected:
-            repeats.finish(park, opr, rejected.answer, stored=False)
-            return succeed(self._refused(park, original, rejected.answer))
-        stored = self._store(park, original, opr, checked)
+
+        def handle() -> Deferred[tuple[Answer, bool]]:
+            try:
+                checked = [self._checked(park, message) for message in messages]
+            except Rejected as rejected:
+                return succeed((rejected.answer, False))
+            stored = self._store(park, original, opr, checked)
+            return stored.addCallback(lambda answer: (answer, answer.result is Result.OK))
 
         def done(answer: Answer) -> Answer:
-            repeats.finish(park, opr, answer, stored=answer.result is Result.OK)
             if answer.result is not RESULT_OK:
                 self._refused(park, original, answer)
             return answer
 
-        return stored.addCallback(done)
+        # A fault inside (a message the redaction or the journal chokes on) answers 9999 and
+        # frees the oprNum rather than leaving every retry of it waiting.
+        return repeats.attempt(park, opr, handle).addCallback(done)
 
     def _refused(self, park: str, original: Original, answer: Answer) -> Answer:
         """Log the refusal `answer` of the lot's message (lot.rejected); return it."""
@@ -308,13 +310,21 @@ class LotRouter:
         _, server = self._server(park)
         return server is not None and server.supports(code)
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``)."""
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``).
+
+        `opr` is the oprNum the command was journaled under: a dialect that
+        sends oprNums (``command_as``) sends this one.
+        """
         dialect, server = self._server(park)
         if server is None:
             return fail(NotConnected(park))
         if not server.supports(code):
             return fail(Unsupported(dialect, code))
+        command_as = getattr(server, "command_as", None) if opr else None
+        if command_as is not None:
+            sent: Deferred[LotReply] = command_as(park, code, data, opr)
+            return sent
         return server.command(park, code, data)
 
     def state(self, park: str) -> LotState:

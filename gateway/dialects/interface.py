@@ -138,6 +138,11 @@ class IDialectServer(Interface):
         Fails with :class:`NotConnected` when the lot has no connection,
         :class:`DeadlinePassed` when it does not answer in time, and
         :class:`Unsupported` for a code the dialect cannot carry. Never queued.
+
+        A dialect whose frames carry the standard's oprNum may also provide
+        ``command_as(park, code, data, opr)``, which sends ``opr``, the oprNum
+        the command was journaled under, so that the lot's reply names its
+        record (CONTRACT §7); without it, commands go by ``command``.
         """
 
     def state(park: str) -> LotState:

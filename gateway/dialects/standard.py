@@ -70,6 +70,10 @@ class StandardServer:
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         return self.downlinks.command(park, code, data)
 
+    def command_as(self, park: str, code: str, data: object, opr: str) -> Deferred[LotReply]:
+        """`command`, sent with the oprNum the command API journaled it under."""
+        return self.downlinks.command(park, code, data, opr)
+
     def state(self, park: str) -> LotState:
         return self.downlinks.state(park)
 

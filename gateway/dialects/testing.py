@@ -19,7 +19,7 @@ pytest import here: the module is imported when plugins are looked for.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -87,7 +87,9 @@ class MemoryJournal:
 class _NoPasswords:
     """Dialects log their lots in their own way; an account password never matches here."""
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
         return succeed(False)
 
 

@@ -1,10 +1,14 @@
 """The downlink's decisions (B.3, CONTRACT §5): which connection is which lot, and commands.
 
 `Downlinks` is the `FrameHandler` of every TCP connection. It binds a connection
-to a lot (by `login` or by `heartbeat` with a valid token), answers the lot's
-heartbeats, sends commands as ACK frames and matches the lot's REPLY frames to
-them by oprNum, and runs the one idle sweep (B.3.4) over all connections. The
-protocol in `tcp.py` only turns bytes into envelopes and back.
+to a lot (by `login`, or by `heartbeat` with a valid token, signed when the lot's
+signature is required), answers the lot's heartbeats, sends commands as ACK
+frames and matches the lot's REPLY frames to them by oprNum, and runs the one
+idle sweep (B.3.4) over all connections. What an unbound peer may make it hold
+is bounded (CONTRACT §4): bytes before a bind (max_unbound_bytes), frames
+while a login is checked, and the time to bind; a bound connection whose
+token is no longer in force is closed at its next frame. The protocol in
+`tcp.py` only turns bytes into envelopes and back.
 """
 
 from __future__ import annotations
@@ -115,6 +119,8 @@ _COUNTERS = (
     "bind_failures",
     "replaced",
     "closed_unbound",
+    "closed_unbound_bytes",
+    "closed_token",
     "closed_idle",
     "closed_oversize",
     "heartbeats_in",
@@ -163,7 +169,7 @@ class Downlinks:
 
     def factory(self) -> ServerFactory:
         """The factory to listen with (`serverFromString(reactor, listen.downlink).listen`)."""
-        return DownlinkFactory(self, self._clock, self._tcp.max_frame_bytes)
+        return DownlinkFactory(self, self._clock, self._tcp.max_frame_bytes, self._tcp.max_unbound_bytes)
 
     def start(self) -> None:
         """Start the idle sweep."""
@@ -231,11 +237,14 @@ class Downlinks:
         interface = lookup(code)
         return interface is not None and interface.downlink is not None
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send `code` with `data` to the lot now; fire with its REPLY.
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send `code` with `data` to the lot now, as oprNum `opr` (a new one if empty); fire with its REPLY.
 
-        Fails at once with NotConnected when the lot is not bound, and with
-        DeadlinePassed when it does not reply in time. Never queued.
+        The command API passes the oprNum it journaled the command with, so the
+        lot's REPLY names the record it answers (CONTRACT §7). Fails at once
+        with NotConnected when the lot is not bound, with ValueError when `opr`
+        is taken by a command still waiting for its REPLY, and with
+        DeadlinePassed when the lot does not reply in time. Never queued.
         """
         interface = lookup(code)
         if interface is None or interface.downlink is None:
@@ -246,7 +255,10 @@ class Downlinks:
         lot = self._config.lot_by_park(park)
         secret = lot.secret if lot is not None else ""
         deadline = deadline_of(interface.code, self._deadlines)
-        opr = uuid.uuid4().hex
+        if not opr:
+            opr = uuid.uuid4().hex
+        elif opr in self._outstanding:
+            return fail(ValueError(f"oprNum {opr!r} is already waiting for a reply"))
 
         def cancel(_: Deferred[LotReply]) -> None:
             pending = self._outstanding.pop(opr, None)
@@ -334,6 +346,12 @@ class Downlinks:
         self._rejected(connection, "", Answer.of(Result.MALFORMED, f"{reason}; closing the connection"))
         connection.close(reason)
 
+    def unbound_overflow(self, connection: Connection, limit: int) -> None:
+        self.counters["closed_unbound_bytes"] += 1
+        reason = f"more than max_unbound_bytes ({limit}) received before a bind"
+        self._rejected(connection, "", Answer.of(Result.MALFORMED, f"{reason}; closing the connection"))
+        connection.close(reason)
+
     def frame_failed(self, connection: Connection, failure: Failure) -> None:
         self.counters["errors"] += 1
         log.failure("handling a frame from {peer} failed", failure, peer=connection.peer)
@@ -360,6 +378,8 @@ class Downlinks:
             self._request(connection, request)
 
     def _malformed(self, connection: Connection, error: EnvelopeError) -> None:
+        if connection.park is not None and not self._token_in_force(connection, error.code, error.opr):
+            return
         self.counters["bad_frames"] += 1
         answer = Answer.of(error.result, error.detail)
         if error.opr:
@@ -370,6 +390,8 @@ class Downlinks:
     def _reply(self, connection: Connection, reply: Reply) -> None:
         if connection.park is None:
             self._refuse_unbound(connection, reply.code, reply.opr)
+            return
+        if not self._token_in_force(connection, reply.code, reply.opr):
             return
         pending = self._outstanding.get(reply.opr)
         if pending is None or pending.connection is not connection:
@@ -405,6 +427,8 @@ class Downlinks:
                 self._bound_heartbeat(connection, request)
         elif connection.park is None:
             self._refuse_unbound(connection, code, request.opr)
+        elif not self._token_in_force(connection, code, request.opr):
+            return
         elif interface is None:
             detail = f"code: {request.code!r} is not an interface" if request.code else "code: required"
             self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
@@ -414,6 +438,22 @@ class Downlinks:
         else:
             detail = f"code: {code!r} is sent by the gateway to the lot, not by the lot"
             self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
+
+    def _token_in_force(self, connection: Connection, code: str, opr: str) -> bool:
+        """Whether the token a bound connection holds is still in force; if not, answer 9000 and close.
+
+        A newer login of the account replaces the token, a reload that removes
+        or changes the lot revokes it, and the month's end expires it: from
+        then on the connection speaks for no one (CONTRACT §5).
+        """
+        session = self._sessions.lookup(connection.token)
+        if session is not None and session.park == connection.park:
+            return True
+        self.counters["closed_token"] += 1
+        answer = Answer.of(Result.TOKEN_INVALID, "token: replaced by a newer login, revoked or expired")
+        self._answer(connection, code, opr, answer)
+        connection.close("its token was replaced, revoked or expired")
+        return False
 
     def connection_lost(self, connection: Connection, reason: Failure) -> None:
         self._unbound.pop(connection, None)
@@ -452,6 +492,8 @@ class Downlinks:
             journal=self._journal,
             via="TCP",
             configured=self._lot_by_username,
+            # A connection lost while its login waits for a password check drops the check.
+            gone=lambda: connection.closing,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)
@@ -500,20 +542,19 @@ class Downlinks:
             self._answer(connection, "heartbeat", request.opr, answer, park=park)
             connection.close("heartbeat with an invalid token")
             return
+        # The token travels in clear in every uplink; the secret never does. So for a
+        # lot whose signature is required, a bind by token alone would let anyone who
+        # saw one uplink take the lot's downlink: the binding heartbeat must be signed.
         if not signature_ok(
-            lot.signature,
-            request.signature,
-            request.data_text,
-            request.data,
-            request.token,
-            lot.secret,
-            optional=True,
+            lot.signature, request.signature, request.data_text, request.data, request.token, lot.secret
         ):
             self.counters["bind_failures"] += 1
-            answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
-            self._answer(
-                connection, "heartbeat", request.opr, answer, request.token, lot.secret, park=lot.park_code
-            )
+            self.counters["bad_signatures"] += 1
+            detail = "signature: required to bind, and missing" if not request.signature else ""
+            answer = Answer.of(Result.BAD_SIGNATURE, detail or "signature: does not match data")
+            # Signed without the secret: a signature over the answer's `{}` would be the one
+            # a heartbeat with `data: {}` needs to bind.
+            self._answer(connection, "heartbeat", request.opr, answer, request.token, "", park=lot.park_code)
             connection.close("heartbeat with a wrong signature")
             return
         self._bind(connection, lot, request.token, "heartbeat")
@@ -522,7 +563,8 @@ class Downlinks:
     def _bound_heartbeat(self, connection: Connection, request: Request) -> None:
         lot = self._config.lot_by_park(connection.park or "")
         secret = lot.secret if lot is not None else ""
-        if request.token and request.token != connection.token:
+        adopt = bool(request.token) and request.token != connection.token
+        if adopt:
             # The lot logged in again (over HTTP): its ACKs must carry the new token.
             session = self._sessions.lookup(request.token)
             if session is None or session.park != connection.park:
@@ -530,7 +572,8 @@ class Downlinks:
                 self._answer(connection, "heartbeat", request.opr, answer)
                 connection.close("heartbeat with an invalid token")
                 return
-            connection.token = request.token
+        elif not self._token_in_force(connection, "heartbeat", request.opr):
+            return
         if lot is not None and not signature_ok(
             lot.signature,
             request.signature,
@@ -540,9 +583,12 @@ class Downlinks:
             lot.secret,
             optional=True,
         ):
+            self.counters["bad_signatures"] += 1
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
             self._answer(connection, "heartbeat", request.opr, answer)
             return
+        if adopt:
+            connection.token = request.token
         self._answer_time(connection, request.opr, connection.token, secret)
 
     def _answer_time(self, connection: Connection, opr: str, token: str, secret: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import io
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
@@ -227,7 +228,7 @@ class UplinkResource(Resource):
             return b"request body too large\n"
         text, files = body
         request.setHeader(b"content-type", JSON_TYPE)
-        answered = maybeDeferred(self._handler.handle, text, url_code, files)
+        answered = maybeDeferred(self._handler.handle, text, url_code, files, client_gone(request))
         return answered.addErrback(self._failed, url_code, request)
 
     def _failed(self, failure: Failure, url_code: str | None, request: IRequest) -> bytes:
@@ -236,6 +237,16 @@ class UplinkResource(Resource):
         answer = Answer.of(Result.FAILED, "internal error in the gateway; retry")
         _rejected(request, url_code, answer)
         return build_response(url_code or "", "", answer.result, answer.message, {}, "", "")
+
+
+def client_gone(request: IRequest) -> Callable[[], bool]:
+    """Whether the client of `request` has gone (connection lost, or the request ended): a login's
+    password check is then dropped before it runs."""
+
+    def gone() -> bool:
+        return getattr(request, "channel", None) is None or bool(getattr(request, "finished", False))
+
+    return gone
 
 
 def _respond(body: bytes, request: Request) -> None:

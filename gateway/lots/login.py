@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from gateway.config import Config, LotConfig
 from gateway.lots.answers import Answer
+from gateway.lots.passwords import ClientGone, LoginsBusy
 from gateway.lots.sessions import TOKEN_RECORD, Sessions
 from gateway.protocol.catalog import lookup
 from gateway.protocol.envelope import Request
@@ -39,10 +40,16 @@ class Appender(Protocol):
 
 
 class Checker(Protocol):
-    """The password checker as the lot side sees it."""
+    """The password checker as the lot side sees it (`gateway.lots.passwords.PasswordChecker`)."""
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
-        """Whether `password` matches `password_hash`; None means an unknown account."""
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
+        """Whether `password` matches `password_hash`; None means an unknown account.
+
+        May fail with `LoginsBusy` (too many waiting) or `ClientGone` (`gone()`
+        was true before the check ran).
+        """
 
 
 @frozen
@@ -52,6 +59,8 @@ class LoginOutcome:
     answer: Answer
     lot: LotConfig | None
     token: str = ""
+    # The client went away before its password was checked: there is no one to answer.
+    gone: bool = False
 
 
 def signature_ok(
@@ -75,6 +84,7 @@ def login(
     journal: Appender,
     via: str,
     configured: Callable[[str], LotConfig | None] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> Deferred[LoginOutcome]:
     """Check a `login` request and issue a token; `via` names the transport in the log.
 
@@ -83,6 +93,8 @@ def login(
     `configured` looks the account up in the running configuration: a reload
     that removes the lot or changes it while its password is being checked, or
     its token stored, refuses the login instead of issuing a token it revoked.
+    `gone` tells whether the client has left: its check is then dropped, and
+    when too many checks wait the login is answered 9999 "busy, retry" at once.
     """
     data = request.data
     lot: LotConfig | None = None
@@ -141,9 +153,15 @@ def login(
     def not_stored(failure: Failure) -> LoginOutcome:
         return LoginOutcome(not_stored_answer(failure), lot)
 
-    outcome: Deferred[LoginOutcome] = passwords.check(lot.password if lot else None, password).addCallback(
-        checked
-    )
+    def unchecked(failure: Failure) -> LoginOutcome:
+        if failure.check(LoginsBusy):
+            detail = "busy, retry: too many logins are waiting for a password check"
+            return LoginOutcome(Answer.of(Result.FAILED, detail), lot)
+        failure.trap(ClientGone)
+        return LoginOutcome(Answer.of(Result.FAILED, "the client went away"), lot, gone=True)
+
+    checking = passwords.check(lot.password if lot else None, password, gone)
+    outcome: Deferred[LoginOutcome] = checking.addCallbacks(checked, unchecked)
     return outcome
 
 

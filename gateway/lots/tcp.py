@@ -150,6 +150,9 @@ class FrameHandler(TypingProtocol):
     def too_large(self, connection: DownlinkProtocol, event: FrameTooLarge) -> None:
         """A frame overflowed max_frame_bytes: the connection must be closed."""
 
+    def unbound_overflow(self, connection: DownlinkProtocol, limit: int) -> None:
+        """More than `limit` bytes arrived before the connection bound: it must be closed."""
+
     def frame_failed(self, connection: DownlinkProtocol, failure: Failure) -> None:
         """Handling one frame raised: logged and counted, the connection goes on."""
 
@@ -162,13 +165,17 @@ class DownlinkProtocol(Protocol):
 
     `park`, `token`, `bound_at`, `binding`, `queued` and `close_reason` belong to
     the handler, which keeps its per-connection state here so that a connection
-    is one object.
+    is one object. Until `park` is set, the bytes received are counted and
+    capped at `max_unbound_bytes` (CONTRACT §4): past the cap the handler is
+    told before the bytes are decoded, so an unbound peer cannot make the
+    gateway decode or hold more than that.
     """
 
     __slots__ = (
         "_clock",
         "_decoder",
         "_handler",
+        "_max_unbound",
         "_skipped",
         "binding",
         "bound_at",
@@ -181,13 +188,23 @@ class DownlinkProtocol(Protocol):
         "peer",
         "queued",
         "token",
+        "unbound_bytes",
     )
 
-    def __init__(self, handler: FrameHandler, clock: IReactorTime, max_frame_bytes: int, peer: str) -> None:
+    def __init__(
+        self,
+        handler: FrameHandler,
+        clock: IReactorTime,
+        max_frame_bytes: int,
+        peer: str,
+        max_unbound_bytes: int = 65536,
+    ) -> None:
         self._handler = handler
         self._clock = clock
         self._decoder = FrameDecoder(max_frame_bytes)
         self._skipped = 0
+        self._max_unbound = max_unbound_bytes
+        self.unbound_bytes = 0
         self.peer = peer
         self.opened = self.last_read = self.last_write = clock.seconds()
         self.park: str | None = None
@@ -203,7 +220,14 @@ class DownlinkProtocol(Protocol):
         self._handler.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
         self.last_read = self._clock.seconds()
+        if self.park is None:
+            self.unbound_bytes += len(data)
+            if self.unbound_bytes > self._max_unbound:
+                self._handler.unbound_overflow(self, self._max_unbound)
+                return
         decoder = self._decoder
         events = decoder.feed(data)
         skipped = decoder.skipped_bytes
@@ -267,11 +291,14 @@ class DownlinkFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, handler: FrameHandler, clock: IReactorTime, max_frame_bytes: int) -> None:
+    def __init__(
+        self, handler: FrameHandler, clock: IReactorTime, max_frame_bytes: int, max_unbound_bytes: int = 65536
+    ) -> None:
         self.handler = handler
         self.clock = clock
         self.max_frame_bytes = max_frame_bytes
+        self.max_unbound_bytes = max_unbound_bytes
 
     def buildProtocol(self, addr: IAddress | None) -> DownlinkProtocol:
         peer = describe(addr) if addr is not None else "unknown"
-        return DownlinkProtocol(self.handler, self.clock, self.max_frame_bytes, peer)
+        return DownlinkProtocol(self.handler, self.clock, self.max_frame_bytes, peer, self.max_unbound_bytes)

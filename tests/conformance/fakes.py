@@ -146,13 +146,15 @@ async def run_kit(options: list[str]) -> tuple[int, str]:
 class UnsignedHandler(RecordingUplinkHandler):
     """Answers like the gateway, but with every signature blanked."""
 
-    def handle(self, text: str, url_code: str | None = None, files: Any = ()) -> Deferred[bytes]:
+    def handle(
+        self, text: str, url_code: str | None = None, files: Any = (), gone: Any = None
+    ) -> Deferred[bytes]:
         def strip(body: bytes) -> bytes:
             answer = json.loads(body)
             answer["signature"] = ""
             return json.dumps(answer, ensure_ascii=False).encode("utf-8")
 
-        return super().handle(text, url_code, files).addCallback(strip)
+        return super().handle(text, url_code, files, gone).addCallback(strip)
 
 
 def unsigned_uplink(platform: ReferencePlatform) -> IResource:
