@@ -3,7 +3,8 @@ The gateway's log: operational events, a JSON-lines observer, and the last rejec
 
 Every operational event is a ``twisted.logger`` event with an ``event`` key
 naming it (``lot.online``, ``lot.offline``, ``lot.rejected``, ``cloud.retrying``,
-``cloud.recovered``, ``cloud.rejected``, ``config.reloaded``, ``config.refused``)
+``cloud.recovered``, ``cloud.rejected``, ``config.reloaded``, ``config.refused``,
+``connection.refused``)
 and its facts as keys; its ``log_format`` reads well in twistd's text log.
 
 ``twistd -n cpmi-gateway --log-format json`` writes the log as JSON lines
@@ -68,9 +69,9 @@ _OWN = frozenset({"time", "level", "namespace", "event", "message", "traceback"}
 _LEGACY = frozenset({"message", "isError", "system", "time", "format", "why", "failure", "printed"})
 _MAX_DEPTH = 20
 _CLIP_MARK = re.compile(r"…\(\+[0-9]+\)")
-_KEPT = frozenset({"lot.rejected", "cloud.rejected", "config.refused"})
+_KEPT = frozenset({"lot.rejected", "cloud.rejected", "config.refused", "connection.refused"})
 # The facts RecentRejections keeps beside time, event, park, code, result and reason, when present.
-_KEPT_FACTS = ("peer", "dialect", "via", "status", "count", "first", "last", "source", "file")
+_KEPT_FACTS = ("peer", "dialect", "via", "status", "count", "first", "last", "source", "file", "listener")
 
 
 def is_secret_name(name: str) -> bool:
@@ -257,8 +258,8 @@ def lot_rejected(
 class RecentRejections:
     """The last `maxlen` rejections, for a status page: a small JSON-safe dict of each.
 
-    Add it to the log publisher; it keeps ``lot.rejected``, ``cloud.rejected``
-    and ``config.refused`` events and lets the others pass. Each entry is
+    Add it to the log publisher; it keeps ``lot.rejected``, ``cloud.rejected``,
+    ``config.refused`` and ``connection.refused`` events and lets the others pass. Each entry is
     bounded whoever logged the event: its values are text of at most
     `ECHO_CHARS` characters (the reason `REASON_CHARS`), numbers or booleans,
     so the list holds at most about `maxlen` × 1 KiB.

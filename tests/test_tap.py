@@ -30,6 +30,7 @@ from gateway import tap
 from gateway.heap import SETTLE_AFTER, BindSettler
 from gateway.journal.reader import read_records, verify
 from gateway.journal.segments import list_segments
+from gateway.limits import GuardedFactory
 from tests.journal.helpers import Harness
 
 ROOT = Path(__file__).parent.parent
@@ -141,8 +142,11 @@ def test_a_dialect_lot_gets_its_dialects_listener(tmp_path: Path) -> None:
     try:
         factories = {port[0]: port[1] for port in reactor.tcpServers}
         assert set(factories) == {8080, 9000, 8081, 6789}
-        assert isinstance(factories[6789], ServerFactory)
-        assert type(factories[6789]).__module__ == "gateway.dialects.bolink"
+        # The dialect's factory, under the connection caps every lot-facing listener has.
+        assert isinstance(factories[6789], GuardedFactory)
+        dialect_factory = factories[6789].wrappedFactory
+        assert isinstance(dialect_factory, ServerFactory)
+        assert type(dialect_factory).__module__ == "gateway.dialects.bolink"
         assert service.getServiceNamed("bolink") is not None
     finally:
         stop(service, reactor)
@@ -380,7 +384,8 @@ def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
     """Every bind on the standard downlink tells the settler, which freezes the heap after the wave."""
     service, reactor = started(tmp_path)
     try:
-        [factory] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
+        [guarded] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
+        factory = guarded.wrappedFactory
         settlers = [
             listener.__self__
             for listener in factory.handler.bound_listeners
