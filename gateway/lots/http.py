@@ -140,12 +140,9 @@ class GuardedChannel(http.HTTPChannel):
             self._body_mark = _IN_GRACE
             self.setTimeout(BODY_GRACE)
 
-    def allContentReceived(self) -> None:
-        self._body_mark = _NO_BODY
-        super().allContentReceived()
-
     def requestDone(self, request: http.Request) -> None:
         # The next request's head has the whole of header_timeout, whatever the body's timer was.
+        self._body_mark = _NO_BODY
         self._savedTimeOut = self.site.limits.header_timeout  # type: ignore[assignment]
         super().requestDone(request)
 
@@ -168,10 +165,16 @@ class GuardedChannel(http.HTTPChannel):
         self.site.guard.note(kind, peer_host(self.transport.getPeer()), limit)  # type: ignore[union-attr]
 
     def refuse_body(self) -> None:
-        """Answer 413 and close: the body is over `max_body_bytes`. Nothing more of it is read."""
+        """Answer 413 and close: the body is over `max_body_bytes`. Nothing more of it is read.
+
+        What the same read still holds is dropped, and the request is never
+        processed, even should its body end there (as twisted.web itself
+        silences a channel that is not persistent).
+        """
         self._refusing = True
         self._body_mark = _NO_BODY
         self.setTimeout(None)
+        self.rawDataReceived = self.allContentReceived = _ignore  # type: ignore[method-assign,assignment]
         self._refuse("body_size", self.site.limits.max_body_bytes)
         self.transport.write(_TOO_LARGE_RESPONSE)  # type: ignore[union-attr]
         self.loseConnection()
@@ -180,6 +183,10 @@ class GuardedChannel(http.HTTPChannel):
         self.site.guard.release(self.peer)
         self.peer = None
         super().connectionLost(reason)
+
+
+def _ignore(*args: object) -> None:
+    """Take what a refused request's channel still gets, and drop it."""
 
 
 class UnparsedBodyRequest(Request):
@@ -198,7 +205,7 @@ class UnparsedBodyRequest(Request):
 
     channel: Any
     _body_left: int | None = None
-    _refused = False
+    """Body bytes still allowed when only counting can tell (a chunked body); None when the length did."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
@@ -208,30 +215,26 @@ class UnparsedBodyRequest(Request):
         channel = self.channel
         if isinstance(channel, GuardedChannel):
             limit = channel.site.limits.max_body_bytes
-            if length is not None and length > limit:
+            if length is None:
+                self._body_left = limit
+            elif length > limit:
                 self._refuse_body(channel)
                 return
-            self._body_left = limit
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
-            return
         left = self._body_left
         if left is not None:
             left -= len(data)
             if left < 0:
-                self._refuse_body(self.channel)
+                if left + len(data) >= 0:  # this chunk passes the limit; any later one is dropped
+                    self._refuse_body(self.channel)
                 return
             self._body_left = left
         self.content.write(data)  # type: ignore[attr-defined]
 
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:  # a refused body is not processed, even should it end in the same read
-            super().requestReceived(command, path, version)
-
     def _refuse_body(self, channel: GuardedChannel) -> None:
-        self._refused = True
+        self._body_left = -1
         self.content = io.BytesIO()  # type: ignore[assignment]
         # No "100 Continue" after the 413: twisted.web would send one for this header.
         self.requestHeaders.removeHeader(b"expect")
