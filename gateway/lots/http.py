@@ -7,7 +7,7 @@ a multipart form with a `param` field (and image files), or raw JSON.
 Both HTTP listeners (the uplink and the command API) face the internet, so
 their channel holds a peer to the bounds of CONTRACT §4 (`HttpLimits`): the
 request head within `header_timeout` of the connection or the last answer,
-the body at `min_body_rate` once its first `BODY_GRACE` seconds are over, no
+the body at `min_body_rate` once its first `header_timeout` seconds are over, no
 body over `max_body_bytes` (413 before it is read, or as soon as a chunked
 one passes it), and connections capped by peer and in all.
 """
@@ -46,8 +46,6 @@ from gateway.protocol.results import Result
 JSON_TYPE = b"application/json; charset=utf-8"
 log = Logger()
 
-BODY_GRACE = 10.0
-"""Seconds a body may take before its rate is checked: the contract's "after the first 10 s"."""
 BODY_WINDOW = 5.0
 """Seconds over which a body's rate is measured after the grace: each must bring `min_body_rate` × 5 bytes."""
 
@@ -103,7 +101,8 @@ class GuardedChannel(http.HTTPChannel):
     connection for ever (issue 19: slowloris). Here the same timer is a
     deadline: bytes do not restart it. It is set to `header_timeout` when the
     connection opens and after each answer (twisted.web's own save and
-    restore of it), to `BODY_GRACE` once a head announcing a body is in, and
+    restore of it), to `header_timeout` again once a head announcing a body
+    is in (the body's free start: the contract's "after the first 10 s"), and
     then to `BODY_WINDOW` again and again while each window brings the body's
     minimum rate. The connection's count in its listener's guard is released
     as it closes.
@@ -113,7 +112,7 @@ class GuardedChannel(http.HTTPChannel):
     peer: str | None = None
     """The host it is counted under in the guard ("" until a proxied peer is known), None once released."""
     _received = 0
-    # Outside a body: _NO_BODY; in its first BODY_GRACE seconds: _IN_GRACE; after: the
+    # Outside a body: _NO_BODY; in its first header_timeout seconds: _IN_GRACE; after: the
     # bytes received (since the connection opened) when its rate was last checked.
     _body_mark = -1
     _refusing = False
@@ -138,7 +137,7 @@ class GuardedChannel(http.HTTPChannel):
         super().allHeadersReceived()  # the request's gotLength may refuse the body already
         if self.length != 0 and not self._refusing:
             self._body_mark = _IN_GRACE
-            self.setTimeout(BODY_GRACE)
+            self.setTimeout(self.site.limits.header_timeout)
 
     def requestDone(self, request: http.Request) -> None:
         # The next request's head has the whole of header_timeout, whatever the body's timer was.

@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from gateway.config import parse
-from gateway.lots.http import BODY_GRACE, BODY_WINDOW, GuardedChannel, HttpLimits, UplinkResource, UplinkSite
+from gateway.lots.http import BODY_WINDOW, GuardedChannel, HttpLimits, UplinkResource, UplinkSite
 
 OK = b'{"resultCode":"0000"}'
 HEAD = b"POST /uplink HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
@@ -100,13 +100,14 @@ def test_each_answer_gives_the_next_head_a_fresh_deadline() -> None:
 
 
 def test_a_body_slower_than_min_body_rate_is_closed_after_its_grace() -> None:
-    """The body's first BODY_GRACE seconds are free; then each window must bring min_body_rate bytes/s."""
+    """A body's first header_timeout seconds are free; then each window must bring min_body_rate bytes/s."""
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, min_body_rate=1024)
+    site = uplink_site(clock, handler, min_body_rate=1024, header_timeout=10)
     channel, transport = connect(site)
+    clock.advance(9)
     channel.dataReceived(HEAD + b"Content-Length: 100000\r\n\r\n")
-    clock.advance(BODY_GRACE)  # nothing came: still free
+    clock.advance(10)  # nothing came, but the head's deadline is gone and the body's grace still runs
     assert not transport.disconnecting
     # A window at the rate keeps it open...
     channel.dataReceived(b" " * int(1024 * BODY_WINDOW))
