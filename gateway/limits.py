@@ -116,7 +116,8 @@ class ConnectionGuard:
     """One listener's open connections against its caps, and what it refused.
 
     `admit` is asked as a connection is accepted and `release` told as it
-    closes; `refused` counts each kind of refusal (`REFUSALS`) for the
+    closes (`settle` takes one out of its peer's count early: a TCP lot that
+    has bound); `refused` counts each kind of refusal (`REFUSALS`) for the
     metrics, and `note` logs them as a ``connection.refused`` event at most
     once a `REFUSAL_LOG_INTERVAL` per kind, so a flood cannot fill the log.
 
@@ -171,11 +172,15 @@ class ConnectionGuard:
             return
         self.open -= 1
         if host:
-            left = self.by_peer[host] - 1
-            if left:
-                self.by_peer[host] = left
-            else:
-                del self.by_peer[host]
+            self.settle(host)
+
+    def settle(self, host: str) -> None:
+        """A connection counted under `host` no longer counts there (it stays in the total)."""
+        left = self.by_peer[host] - 1
+        if left:
+            self.by_peer[host] = left
+        else:
+            del self.by_peer[host]
 
     def _add_peer(self, host: str) -> bool:
         count = self.by_peer.get(host, 0)
@@ -212,19 +217,36 @@ class ConnectionGuard:
 
 
 class _GuardedProtocol(ProtocolWrapper):
-    """Releases its count when the connection closes; places a proxied one's peer on its first bytes."""
+    """Counts its connection in the guard: under its peer while its lot is unbound, in all until it closes."""
 
     factory: GuardedFactory
     host: str | None = None
+    """The host its per-peer count is held under ("" when none is), None once released."""
+    _settled = False
 
     def dataReceived(self, data: bytes) -> None:
-        if self.host == "":
-            host = self.factory.guard.place(self.getPeer())
-            if host is None:
-                self.abortConnection()
-                return
-            self.host = host
-        self.wrappedProtocol.dataReceived(data)
+        if self._settled:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self.host == "" and not self._place():
+            return
+        inner = self.wrappedProtocol
+        inner.dataReceived(data)
+        if getattr(inner, "bound_at", None) is not None:
+            # Its lot has bound: the per-peer cap is for connections that have not.
+            self._settled = True
+            if self.host:
+                self.factory.guard.settle(self.host)
+                self.host = ""
+
+    def _place(self) -> bool:
+        """A proxied connection's peer is known once the PROXY header is read: count it there."""
+        host = self.factory.guard.place(self.getPeer())
+        if host is None:
+            self.abortConnection()
+            return False
+        self.host = host
+        return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.guard.release(self.host)
@@ -233,13 +255,19 @@ class _GuardedProtocol(ProtocolWrapper):
 
 
 class GuardedFactory(WrappingFactory):
-    """A listener's factory under a `ConnectionGuard`: over a cap, a new connection is closed at once.
+    """A lot-facing TCP listener's factory under a `ConnectionGuard`: over a cap, a new connection is closed.
 
     For the TCP downlink and dialect listeners, whose traffic is a few frames a
     minute a lot, so the wrapper's layer costs nothing that matters; the HTTP
     uplink counts in its channel instead (`gateway.lots.http`). Twisted's own
     `policies.LimitConnectionsByPeer` reads addresses as tuples (which they no
     longer are) and has no total cap.
+
+    Many lots may share one address (a NAT, one server running several lots'
+    software) and each holds its connection for good, so here the per-peer cap
+    counts connections whose lot has not bound yet: those an attacker can
+    open. A lot-side protocol tells it has bound by setting `bound_at` (as
+    `gateway.lots.tcp.DownlinkProtocol` and the bolink connection do).
     """
 
     protocol = _GuardedProtocol

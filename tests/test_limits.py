@@ -96,12 +96,15 @@ class Counting(Protocol):
     made = 0
     received = b""
     lost = 0
+    bound_at: float | None = None
 
     def connectionMade(self) -> None:
         self.made += 1
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if b"bind" in data:
+            self.bound_at = 1.0
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost += 1
@@ -150,6 +153,25 @@ def test_a_tcp_listener_holds_at_most_its_caps_and_frees_them_as_connections_clo
     assert guard.open == 0 and guard.by_peer == {}
     assert [p.lost for p in inner] == [1, 1, 1]
     assert open_from(factory, "10.0.0.3") is not None
+
+
+def test_lots_that_have_bound_no_longer_count_against_their_address() -> None:
+    """Many lots behind one address may hold their connections: the per-peer cap is on unbound ones."""
+    factory = guarded(Clock(), per_peer=2, total=5)
+    held = [open_from(factory, "10.0.0.1", port) for port in range(2)]
+    assert open_from(factory, "10.0.0.1", 2) is None
+    for transport in held:
+        assert transport is not None
+        transport.protocol.dataReceived(b"bind")  # type: ignore[attr-defined]
+    assert factory.guard.by_peer == {} and factory.guard.open == 2
+    held += [open_from(factory, "10.0.0.1", port) for port in range(2, 6)]
+    assert [t is not None for t in held] == [True, True, True, True, False, False]
+    assert factory.guard.by_peer == {"10.0.0.1": 2} and factory.guard.open == 4
+    assert factory.guard.refused["per_peer"] == 3 and factory.guard.refused["total"] == 0
+    for transport in held:
+        if transport is not None:
+            lose(transport)
+    assert factory.guard.open == 0 and factory.guard.by_peer == {}
 
 
 def test_behind_a_proxy_a_tcp_connection_is_placed_under_its_peer_on_its_first_bytes() -> None:
