@@ -212,7 +212,7 @@ class ConnectionGuard:
             park="",
             code="",
             result=kind,
-            reason=f"{kind} (limit {limit})",
+            reason=f"{self.listener}: {count} refused, {kind} (limit {limit}), the last from {clip(peer)}",
         )
 
 

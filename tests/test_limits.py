@@ -216,6 +216,8 @@ def test_a_flood_of_refusals_is_one_log_line_a_minute_and_every_one_is_counted()
         ("connection.refused", 10_000, "uplink"),
         ("connection.refused", 1, "uplink"),
     ]
+    reason = str(recent.recent()[0]["reason"])
+    assert reason.startswith("uplink: 10000 refused, per_peer (limit 1), the last from 10.0.0.1")
 
 
 def test_the_guards_are_metrics() -> None:
