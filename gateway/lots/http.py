@@ -35,7 +35,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gateway.config import UplinkConfig
 from gateway.limits import ConnectionGuard, peer_host
-from gateway.logs import ECHO_CHARS, lot_rejected
+from gateway.logs import ECHO_CHARS, clip, lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.login import STANDARD
 from gateway.lots.tcp import describe
@@ -364,7 +364,8 @@ def _form(body: bytes, mime: str, params: dict[str, str]) -> dict[bytes, list[by
         for part in multipart.MultipartParser(io.BytesIO(body), boundary, content_length=len(body)):
             fields.setdefault(part.name.encode("utf-8"), []).append(part.raw)
     except multipart.MultipartError as error:
-        raise BodyError(Result.MALFORMED, f"broken multipart body: {error}") from None
+        detail = clip(str(error), 2 * ECHO_CHARS)
+        raise BodyError(Result.MALFORMED, f"broken multipart body: {detail}") from None
     return fields
 
 
@@ -406,7 +407,7 @@ def request_text(request: IRequest, max_body_bytes: int) -> tuple[str, list[File
     try:
         return raw.decode(charset), files
     except LookupError:
-        raise BodyError(Result.MALFORMED, f"charset {charset!r} is unknown") from None
+        raise BodyError(Result.MALFORMED, f"charset {clip(charset)!r} is unknown") from None
     except UnicodeDecodeError as error:
         raise BodyError(Result.MALFORMED, f"the body is not {charset} text (byte {error.start})") from None
 

@@ -249,3 +249,19 @@ def test_the_api_limits_come_from_its_own_keys() -> None:
     assert (api.max_body_bytes, api.max_connections, api.max_connections_per_peer) == (2**16, 8, 8)
     assert (uplink.max_body_bytes, uplink.max_connections) == (2**24, settings.uplink.max_connections)
     assert api.header_timeout == uplink.header_timeout == settings.uplink.header_timeout
+
+
+def test_an_answer_echoes_at_most_36_characters_of_what_the_peer_sent() -> None:
+    """A huge code in the URL or charset in the header is echoed in the answer as 36 characters."""
+    clock = Clock()
+    site = uplink_site(clock)
+    channel, transport = connect(site)
+    code = "C" * 4000
+    charset = "x" * 4000
+    channel.dataReceived(
+        b"POST /uplink/%s HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json; charset=%s\r\n"
+        b"Content-Length: 2\r\n\r\n{}" % (code.encode(), charset.encode())
+    )
+    answer = transport.value().split(b"\r\n\r\n", 1)[1]
+    assert len(answer) < 600
+    assert b'"code":"' + b"C" * 36 + b'"' in answer and b"x" * 37 not in answer
