@@ -100,7 +100,10 @@ def gateway_config(work: Path, *, uplink: int, downlink: int, api: int, lots: in
         f'downlink = "tcp:{downlink}:interface=127.0.0.1"\n'
         f'api = "tcp:{api}:interface=127.0.0.1"\n'
         f'[journal]\npath = "{work}/journal"\nfsync = "always"\n'
-        f'[cloud]\napi_token = "{API_TOKEN}"\n' + lots_config(lots)
+        f'[cloud]\napi_token = "{API_TOKEN}"\n'
+        # Every bench lot connects from 127.0.0.1 at once: more than one address may have unbound.
+        f"[uplink]\nmax_connections_per_peer = {lots + 64}\nmax_connections = {max(20000, 2 * lots)}\n"
+        + lots_config(lots)
     )
 
 

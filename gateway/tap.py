@@ -18,7 +18,6 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.server import Site
 
 from gateway.cloud.api import CommandApi
 from gateway.cloud.forwarder import Forwarder
@@ -44,9 +43,9 @@ from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
-from gateway.limits import FdLimit, raise_fd_limit
+from gateway.limits import ConnectionGuard, FdLimit, GuardedFactory, proxied, raise_fd_limit, register_guards
 from gateway.logs import RecentRejections, WithLogObserver, check_log_format, json_observer, log_stream
-from gateway.lots.http import UnparsedBodyRequest
+from gateway.lots.http import GuardedSite, HttpLimits
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
@@ -361,13 +360,15 @@ def build_service(
     for server in served.values():
         if isinstance(server, StandardServer):
             server.downlinks.bound_listeners.append(settler.bound)
+    guards: list[ConnectionGuard] = []
     for name, server in served.items():
         # Stopping closes the lots' connections, reporting them offline before the journal closes.
         _Part(start=server.start, stop=server.stop).setServiceParent(service)
         for listener in installed()[name].listeners:
             endpoint = settings.listen.endpoint(listener)
             assert endpoint is not None  # the configuration is refused otherwise
-            _listen(reactor, listener, endpoint, server.factory(listener)).setServiceParent(service)
+            factory = _guarded(settings, reactor, listener, endpoint, server.factory(listener), guards)
+            _listen(reactor, listener, endpoint, factory).setServiceParent(service)
 
     def ready() -> tuple[bool, str]:
         problem = journal.problem or space.problem
@@ -381,6 +382,7 @@ def build_service(
 
     registry = CollectorRegistry()
     register_metrics(registry, lots, journal, sync)
+    register_guards(registry, guards)
     register_space(registry, space)
     register_logins(registry, passwords)
     if forwarder is not None:
@@ -448,9 +450,15 @@ def build_service(
     )
     if reloader is not None:
         reloader.parts.append(api)
-    api_site = Site(api.resource(), reactor=reactor)
-    api_site.requestFactory = UnparsedBodyRequest
-    api_site.displayTracebacks = False
+    # Its own cap and body limit: operators reach /healthz while the lots' ports are flooded.
+    api_site = GuardedSite(
+        api.resource(),
+        reactor=reactor,
+        limits=HttpLimits.api(settings.uplink),
+        name="api",
+        proxied=proxied(settings.listen.api),
+    )
+    guards.append(api_site.guard)
     _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
@@ -517,6 +525,28 @@ def _serve_dialects(
     if isinstance(standard, StandardServer):
         lots.counters = standard.downlinks.counters
     return dict(lots.servers)
+
+
+def _guarded(
+    settings: Config, reactor: Any, name: str, description: str, factory: Any, guards: list[ConnectionGuard]
+) -> Any:
+    """A lot-facing listener's factory with its connections capped by peer and in all (CONTRACT §4).
+
+    An HTTP site guards itself (`GuardedSite`); any other factory (the TCP
+    downlink, a dialect's listener) is wrapped in a `GuardedFactory`.
+    """
+    if isinstance(factory, GuardedSite):
+        guards.append(factory.guard)
+        return factory
+    guard = ConnectionGuard(
+        name,
+        clock=reactor,
+        max_per_peer=settings.uplink.max_connections_per_peer,
+        max_total=settings.uplink.max_connections,
+        proxied=proxied(description),
+    )
+    guards.append(guard)
+    return GuardedFactory(factory, guard)
 
 
 def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:

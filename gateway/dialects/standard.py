@@ -17,8 +17,9 @@ from zope.interface import implementer
 from gateway.config import Config, LotConfig
 from gateway.dialects.host import DialectHost
 from gateway.dialects.interface import IDialect, IDialectServer, LotReply, LotState
+from gateway.limits import proxied
 from gateway.lots.downlink import Downlinks
-from gateway.lots.http import UplinkResource, UplinkSite
+from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
 from gateway.lots.uplink import UplinkHandler
 from gateway.protocol.catalog import lookup
 
@@ -43,8 +44,13 @@ class StandardServer:
             queries=parts.queries,
         )
         self.handler = handler
+        # The uplink's HTTP bounds (CONTRACT §4) live in its site; the downlink's
+        # connection caps are put around every lot-facing listener by tap.py.
         self.site = UplinkSite(
-            UplinkResource(handler, config.uplink.max_body_bytes).resource(), reactor=parts.clock
+            UplinkResource(handler, config.uplink.max_body_bytes).resource(),
+            reactor=parts.clock,
+            limits=HttpLimits.uplink(config.uplink),
+            proxied=proxied(config.listen.uplink),
         )
         self.downlinks = Downlinks(
             config=config,

@@ -79,6 +79,9 @@ downlink = "tcp:{ports["downlink"]}:interface=127.0.0.1"
 api = "tcp:{ports["api"]}:interface=127.0.0.1"
 [journal]
 path = "{tmp_path / "journal"}"
+[uplink]
+# All the lots connect from 127.0.0.1 at once: more than one address may have unbound.
+max_connections_per_peer = {lots + 64}
 [cloud]
 api_token = "{API_TOKEN}"
 {cloud}
