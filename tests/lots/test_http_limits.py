@@ -28,7 +28,9 @@ class Answering:
     def __init__(self) -> None:
         self.texts: list[str] = []
 
-    def handle(self, text: str, url_code: str | None = None, files: object = ()) -> Deferred[bytes]:
+    def handle(
+        self, text: str, url_code: str | None = None, files: object = (), gone: object = None
+    ) -> Deferred[bytes]:
         self.texts.append(text)
         return succeed(OK)
 
