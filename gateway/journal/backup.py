@@ -419,6 +419,9 @@ def _backup(source: str, dest: str, progress: Progress | None) -> BackupResult:
             finally:
                 os.close(fd)
             if target is None:
+                if broken is not None and not written:
+                    os.unlink(os.path.join(dest, segment.name))  # nothing of it checked: no empty segment
+                    new_segments -= 1
                 os.fsync(dest_fd)
             copied += written
             if broken is not None:
