@@ -217,7 +217,7 @@ def test_restore_drill_never_gives_an_event_id_to_two_records(tmp_path: Path) ->
 
 
 def test_backup_every_moment_under_load_with_a_kill_9(tmp_path: Path) -> None:
-    """Backups over and over while twistd takes uplinks and is SIGKILLed: each verifies, none misses a record."""
+    """Backups over and over while twistd takes uplinks and is SIGKILLed: each verifies, misses nothing."""
     port = free_port()
     config = write_config(tmp_path, port, "http://127.0.0.1:1/events")
     journal, dest = tmp_path / "journal", tmp_path / "backup"
