@@ -117,14 +117,22 @@ class RestoreResult:
 
 
 @contextmanager
-def _locked(directory: str, what: str) -> Iterator[int]:
-    """Hold ``flock`` on ``directory`` (the writer's lock); :class:`JournalBusy` if another holds it."""
+def _locked(directory: str, what: str, *, required: bool = True) -> Iterator[int]:
+    """
+    Hold ``flock`` on ``directory`` (the writer's lock); :class:`JournalBusy` if another holds it.
+
+    Not ``required``: on a file system that has no locks (some remote ones),
+    go on without.
+    """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise JournalBusy(what) from None
+        except OSError as e:
+            if required or e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
         yield fd
     finally:
         os.close(fd)
@@ -323,7 +331,7 @@ def backup(source: str, dest: str, *, progress: Progress | None = None) -> Backu
     else:
         os.makedirs(dest)
         _fsync_directory(os.path.dirname(os.path.abspath(dest)))
-    with _locked(dest, f"{dest}: another backup into it is running"):
+    with _locked(dest, f"{dest}: another backup into it is running", required=False):
         return _backup(source, dest, progress)
 
 

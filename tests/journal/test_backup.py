@@ -459,3 +459,19 @@ def test_the_cursor_steps_over_a_restore_jump_without_noting_damage(journal: Har
     cursor.close()
     assert [r.seq for r in read] == [2, 3, floor, floor + 1, floor + 2]
     assert cursor.damage == []
+
+
+def test_a_dest_without_locks_is_backed_up_all_the_same(
+    journal: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a file system without flock (some remote ones), backup goes on unlocked; restore does not."""
+    records(journal, 2)
+    journal.close()
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(journal_backup.fcntl, "flock", no_locks)
+    assert backup(str(journal.path), str(tmp_path / "backup")).last_seq == 2
+    with pytest.raises(OSError, match="No locks available"):
+        restored(tmp_path / "backup", tmp_path / "restored")
