@@ -23,7 +23,8 @@ gateway writes:
   rules of ``verify`` (the whole of DEST is then verified); a line that does
   not check stops the copy just before it: DEST holds every record up to it.
 - Two backups into one DEST at once cannot interleave: DEST is locked
-  (``flock``) while one runs.
+  (``flock``) while one runs (on a file system without locks, some remote
+  ones, it goes on unlocked: the timer never starts two runs at once).
 
 Restore
 -------
@@ -373,8 +374,8 @@ def _backup(source: str, dest: str, progress: Progress | None) -> BackupResult:
             )
         elif seq is not None and later[0].first_seq > seq + 1 and not _starts_with_restore(later[0]):
             raise BackupRefused(
-                f"records #{seq + 1} to #{later[0].first_seq - 1} were removed from {source} (retention) "
-                f"before {dest} got them; back up into an empty DEST, and more often"
+                f"records #{seq + 1} to #{later[0].first_seq - 1} were removed from {source} (by retention, "
+                f"or quarantined) before {dest} got them; back up into an empty DEST, and more often"
             )
         plan += [(segment, 0, None) for segment in later]
     sizes = []
