@@ -1010,7 +1010,11 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             checked = f"the key the journal recorded first: {_b64(key)}"
         out = [f"journal whole: {count} records, {verdict.seals} seals (checked with {checked})"]
-        after = last_seq - (last_seal or 0)
+        after = (
+            last_seq
+            - (last_seal or 0)
+            - sum(r.lost_count for r in verdict.recoveries if r.lost and r.lost[0] > (last_seal or 0))
+        )
         out.append(
             f"last seal: #{last_seal}, over the records up to #{(last_seal or 1) - 1}; "
             f"{after} records after it are covered by the chain only"

@@ -9,6 +9,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from gateway.cli.main import main
+from gateway.journal.seals import SEAL_RECORD, seal_body
 from gateway.journal.segments import list_segments
 from gateway.keys import public_key_b64, write_signing_key
 from tests.journal.helpers import Harness
@@ -136,3 +137,28 @@ def test_help_lists_restore(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["log", "--help"]) == 0
     out = capsys.readouterr().out
     assert "restore" in out and "backup" in out
+
+
+def test_verify_counts_records_after_the_last_seal_not_the_seqs_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key_file: Path
+) -> None:
+    """A seal before the restore: verify counts the records after it, not the seqs the restore skipped."""
+    key = SigningKey(b"k" * 32)
+    h = Harness(tmp_path / "journal")
+    car_ins(h, 3)
+    seq, chain = h.journal.head
+    h.journal.append(SEAL_RECORD, "", "", "", seal_body(key, "gw", seq, chain))
+    h.settle()
+    h.close()
+    dest = tmp_path / "backup"
+    assert run(capsys, "backup", str(h.path), str(dest))[0] == 0
+    target = tmp_path / "restored"
+    argv = ["restore", "--gateway-id", "gw", "--key", str(key_file), str(dest), str(target)]
+    assert run(capsys, *argv)[0] == 0
+    again = Harness(target)
+    car_ins(again, 2, start=10)
+    again.close()
+    code, out, err = run(capsys, "verify", "--pubkey", public_key_b64(key), str(target))
+    assert (code, err) == (0, "")
+    assert "journal whole: 7 records, 1 seals" in out
+    assert "last seal: #4, over the records up to #3; 3 records after it are covered by the chain only" in out
