@@ -8,15 +8,17 @@
 - ``verify``: the chain and the seals;
 - ``export``: the raw lines (JSON Lines) of the records that match;
 - ``replay``: the events of a range of records, sent again with their original ids;
-- ``backup DIR DEST``: a consistent copy of a live journal.
+- ``backup DIR DEST``: copies what is new in a live journal into a backup of it;
+- ``restore DEST DIR``: makes DIR a journal restored from the backup DEST, going on
+  above a seq floor (gateway.journal.backup).
 
 ``--since`` and ``--until`` take a seq -- ``42`` or ``#42`` -- or an RFC 3339 time
 with its offset (``2026-11-24T08:30:00+08:00``, ``2026-11-24T00:30:00Z``); both
 ends are inclusive. A time without an offset is refused rather than guessed at:
 the journal's times are UTC, the lots' are not.
 
-Every verb reads the journal while the gateway writes it: nothing here takes
-the journal's lock or writes to it, and a partial last line (a write in
+Every verb but ``restore`` reads the journal while the gateway writes it:
+nothing else here takes the journal's lock or writes to it, and a partial last line (a write in
 progress) is left out until it is whole. Reading streams, a line at a time,
 so memory does not grow with the journal. A damaged line in an older segment
 (which the gateway quarantines and skips, see docs/journal.md) is skipped
