@@ -267,7 +267,7 @@ def test_backup_every_moment_under_load_with_a_kill_9(tmp_path: Path) -> None:
         backup(str(journal), str(dest))
     finally:
         stop(gateway)
-    assert runs > 10 and len(acknowledged) > 100, (runs, len(acknowledged))
+    assert runs >= 3 and len(acknowledged) > 50, (runs, len(acknowledged))
     verify_journal(dest)
     held = {r.opr for r in read_records(dest) if r.kind == "uplink"}
     assert acknowledged <= held
