@@ -475,3 +475,35 @@ def test_a_dest_without_locks_is_backed_up_all_the_same(
     assert backup(str(journal.path), str(tmp_path / "backup")).last_seq == 2
     with pytest.raises(OSError, match="No locks available"):
         restored(tmp_path / "backup", tmp_path / "restored")
+
+
+def test_a_restore_cut_short_never_goes_on_below_the_floor(
+    journal: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut short after its first rename, a restore leaves the floor in place; run again, it completes."""
+    records(journal, 4)
+    journal.close()
+    dest = tmp_path / "backup"
+    backup(str(journal.path), str(dest))
+    target = tmp_path / "restored"
+    rename = os.rename
+    calls: list[str] = []
+
+    def power_cut(source: str, destination: str) -> None:
+        if calls:
+            raise OSError(errno.EIO, "power cut")
+        calls.append(destination)
+        rename(source, destination)
+
+    monkeypatch.setattr(journal_backup.os, "rename", power_cut)
+    with pytest.raises(OSError, match="power cut"):
+        restored(dest, target)
+    monkeypatch.setattr(journal_backup.os, "rename", rename)
+    floor = seq_floor(4, NOW)
+    assert names(target) == [segment_name(floor)]
+    opened = Harness(target)
+    assert opened.journal.last_seq == floor  # a gateway started now goes on above the floor
+    opened.close()
+    result = restored(dest, target, replace=True)
+    assert result.replaced == (f"{segment_name(floor)}.replaced-20261130T005320Z",)
+    assert verify_journal(target).records == 5
