@@ -8,15 +8,17 @@
 - ``verify``: the chain and the seals;
 - ``export``: the raw lines (JSON Lines) of the records that match;
 - ``replay``: the events of a range of records, sent again with their original ids;
-- ``backup DIR DEST``: a consistent copy of a live journal.
+- ``backup DIR DEST``: copies what is new in a live journal into a backup of it;
+- ``restore DEST DIR``: makes DIR a journal restored from the backup DEST, going on
+  above a seq floor (gateway.journal.backup).
 
 ``--since`` and ``--until`` take a seq -- ``42`` or ``#42`` -- or an RFC 3339 time
 with its offset (``2026-11-24T08:30:00+08:00``, ``2026-11-24T00:30:00Z``); both
 ends are inclusive. A time without an offset is refused rather than guessed at:
 the journal's times are UTC, the lots' are not.
 
-Every verb reads the journal while the gateway writes it: nothing here takes
-the journal's lock or writes to it, and a partial last line (a write in
+Every verb but ``restore`` reads the journal while the gateway writes it:
+nothing else here takes the journal's lock or writes to it, and a partial last line (a write in
 progress) is left out until it is whole. Reading streams, a line at a time,
 so memory does not grow with the journal. A damaged line in an older segment
 (which the gateway quarantines and skips, see docs/journal.md) is skipped
@@ -56,11 +58,12 @@ from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
 from gateway.config import ConfigError, parse
 from gateway.config import load as load_config
+from gateway.journal import backup as journal_backup
 from gateway.journal.integrity import KeyChangeError, KeyRun, Recovery, verify_journal
 from gateway.journal.reader import ChainError
-from gateway.journal.reader import verify as verify_chain
 from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
 from gateway.journal.recovery import DAMAGED, RECOVERY_RECORD, is_hole
+from gateway.journal.restore import RESTORE, RESTORE_RECORD
 from gateway.journal.seals import SEAL_RECORD
 from gateway.journal.segments import Segment, iter_lines, line_seq, list_segments, segments_from
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
@@ -114,6 +117,7 @@ NO_EVENT_KINDS = frozenset(
         "command-reply",
         "sync",
         RECOVERY_RECORD,
+        RESTORE_RECORD,
         "quarantine",
         "forwarded",
         SEAL_RECORD,
@@ -1008,7 +1012,11 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             checked = f"the key the journal recorded first: {_b64(key)}"
         out = [f"journal whole: {count} records, {verdict.seals} seals (checked with {checked})"]
-        after = last_seq - (last_seal or 0)
+        after = (
+            last_seq
+            - (last_seal or 0)
+            - sum(r.lost_count for r in verdict.recoveries if r.lost and r.lost[0] > (last_seal or 0))
+        )
         out.append(
             f"last seal: #{last_seal}, over the records up to #{(last_seal or 1) - 1}; "
             f"{after} records after it are covered by the chain only"
@@ -1028,7 +1036,18 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _recovery_line(recovery: Recovery) -> str:
-    """What ``verify`` says of damage set aside: where, what was lost, and which record vouches for it."""
+    """What ``verify`` says of damage set aside (or a restore's seq jump), and which record vouches for it."""
+    if recovery.reason == RESTORE:
+        skipped = (
+            f"seqs #{recovery.lost[0]}\u2013#{recovery.lost[1]} skipped"
+            if recovery.lost
+            else "no seq skipped"
+        )
+        return (
+            f"restored: {recovery.detail}; {skipped} (the lost journal may have used them); vouched for "
+            f"by restore record #{recovery.seq} in segment {recovery.segment}, signed with "
+            f"{_b64(recovery.key)}"
+        )
     if recovery.lost is None:
         lost = "no record lost (a line that was not one)"
     elif recovery.lost[0] == recovery.lost[1]:
@@ -1303,104 +1322,82 @@ def _post(
 
 
 def run_backup(args: argparse.Namespace) -> int:
-    """``cpmictl log backup DIR DEST``: a consistent copy of a journal, even while it is written."""
+    """``cpmictl log backup DIR DEST``: copy what is new in the journal into DEST (gateway.journal.backup)."""
     return _guard("backup", lambda: _backup(args))
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _byte_progress(verb: str, enabled: bool) -> Callable[[int, int], None] | None:
+    """A one-line progress report on standard error for ``--progress`` on a terminal, else None."""
+    if not enabled or not sys.stderr.isatty():
+        return None
 
+    def report(done: int, total: int) -> None:
+        percent = 100 * done // total if total else 100
+        print(f"\r{verb}: {done} of {total} bytes ({percent}%)", end="", file=sys.stderr, flush=True)
 
-def _copy_segment(segment: Segment, dest: str, whole: bool, created: list[str]) -> tuple[int, int]:
-    """
-    Copy a segment into ``dest``, synced; the bytes copied and the bytes left out.
-
-    ``whole``: as it is. Else (the last segment, being written) as it is now,
-    up to its last whole line.
-    """
-    target = os.path.join(dest, segment.name)
-    with open(segment.path, "rb") as source:
-        stat = os.fstat(source.fileno())
-        remaining = stat.st_size
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        created.append(target)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), stat.st_mode & 0o777)
-            copied = 0
-            keep = 0
-            while whole or remaining > 0:
-                chunk = source.read(1 << 20 if whole else min(1 << 20, remaining))
-                if not chunk:
-                    break
-                out.write(chunk)
-                newline = chunk.rfind(b"\n")
-                if newline >= 0:
-                    keep = copied + newline + 1
-                copied += len(chunk)
-                remaining -= len(chunk)
-            if whole:
-                keep = copied
-            out.flush()
-            if keep < copied:
-                out.truncate(keep)
-            os.fsync(out.fileno())
-    return keep, copied - keep
+    return report
 
 
 def _backup(args: argparse.Namespace) -> int:
-    segments = _journal(args.dir)
-    dest: str = args.dest
-    if os.path.exists(dest):
-        if not os.path.isdir(dest):
-            raise _Failure(f"{dest}: not a directory")
-        if os.path.samefile(dest, args.dir):
-            raise _Usage("DEST is the journal itself")
-        if list_segments(dest):
-            raise _Failure(f"{dest} already holds journal segments; refusing to mix two journals")
-        made = False
-    else:
-        os.makedirs(dest)
-        made = True
-    created: list[str] = []
+    progress = _byte_progress("backup", args.progress)
     try:
-        copied = left_out = 0
-        for index, segment in enumerate(segments):
-            try:
-                kept, dropped = _copy_segment(segment, dest, index < len(segments) - 1, created)
-            except FileNotFoundError:
-                if created:
-                    raise _Failure(f"{segment.path}: removed while it was being copied") from None
-                continue  # retention removed the oldest since they were listed: start after it
-            copied += kept
-            left_out += dropped
-        segments = list_segments(dest)
-        _fsync_directory(dest)
-        if made:
-            _fsync_directory(os.path.dirname(os.path.abspath(dest)))
-    except BaseException:
-        for path in created:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        raise
-    summary = f"copied {len(segments)} segments, {copied} bytes, from {args.dir} to {dest}"
-    try:
-        count = verify_chain(dest)
-    except ChainError as e:
-        _say(summary)
-        raise _Failure(f"the copy does not verify: first bad seq: {e}") from None
-    if count:
-        first = segments[0].first_seq
-        _say(f"{summary}: records #{first} to #{first + count - 1}, chain verified")
+        result = journal_backup.backup(args.dir, args.dest, progress=progress)
+    except journal_backup.BackupRefused as e:
+        raise _Failure(str(e)) from None
+    finally:
+        if progress is not None:
+            print(file=sys.stderr)
+    if result.first_new is None:
+        summary = f"{args.dest}: nothing new since #{result.last_seq}" if result.last_seq else "no records"
     else:
-        _say(f"{summary}: no records")
-    if left_out:
-        _say(f"left out: the incomplete last line ({left_out} bytes, being written)")
+        summary = (
+            f"copied {result.records} records (#{result.first_new} to #{result.last_seq}), {result.bytes} "
+            f"bytes, {result.new_segments} new segments, from {args.dir} to {args.dest}: chain checked"
+        )
+        if result.verified:
+            summary += ", the whole backup verified"
+    _say(summary)
+    if result.left_out:
+        _say(f"left out: the incomplete last line ({result.left_out} bytes, being written)")
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    """``cpmictl log restore DEST DIR``: make DIR a journal restored from the backup DEST."""
+    return _guard("restore", lambda: _restore(args))
+
+
+def _restore(args: argparse.Namespace) -> int:
+    try:
+        gateway_id = args.gateway_id
+        if gateway_id is not None:
+            parse({"gateway": {"id": gateway_id}})  # checks its spelling
+        if gateway_id is None or args.key is None:
+            config = load_config(args.config or DEFAULT_CONFIG)
+            gateway_id = gateway_id or config.gateway.id
+            key_path = args.key or config.gateway.signing_key
+        else:
+            key_path = args.key
+    except ConfigError as e:
+        hint = "" if args.config else " (give --config, or --gateway-id and --key)"
+        raise _Failure(f"{e}{hint}") from None
+    try:
+        key = load_signing_key(key_path)
+    except KeyFileError as e:
+        raise _Failure(str(e)) from None
+    try:
+        result = journal_backup.restore(
+            args.dest, args.dir, signing_key=key, gateway_id=gateway_id, replace=args.replace
+        )
+    except journal_backup.BackupRefused as e:
+        raise _Failure(str(e)) from None
+    for name in result.replaced:
+        _say(f"kept the journal that was there as {name}")
+    _say(
+        f"restored {result.segments} segments, records up to #{result.last_seq}, from {args.dest} "
+        f"to {args.dir}; the journal goes on at #{result.floor} (restore record, signed): "
+        "no seq in between is used"
+    )
     return 0
 
 
@@ -1541,13 +1538,40 @@ def add_parser(subparsers: Subparsers) -> None:
 
     backup = verbs.add_parser(
         "backup",
-        help="copy the journal consistently, even while the gateway writes it",
+        help="copy what is new in the journal into a backup, even while the gateway writes it",
         description=(
-            "Copy the journal DIR into DEST (created; refused if it holds segments): every "
-            "segment, the last one up to its last whole line, each synced; then verify the "
-            "copy. To restore, put DEST's files back as the journal directory."
+            "Copy the journal DIR into DEST (created if missing). Into a backup of the same "
+            "journal, only what is new is copied: new whole lines of its last segment and new "
+            "segments, each checked on the chain from DEST's last record and synced, so it can "
+            "run every minute. A DEST that is not a backup of this journal is refused. DEST "
+            "verifies on its own (cpmictl log verify DEST); restore it with cpmictl log restore."
         ),
     )
+    backup.add_argument("--progress", action="store_true", help="show how far the copy is, on a terminal")
     backup.add_argument("dir", metavar="DIR")
     backup.add_argument("dest", metavar="DEST")
     backup.set_defaults(handler=run_backup)
+
+    restore = verbs.add_parser(
+        "restore",
+        help="make DIR a journal restored from the backup DEST (the gateway stopped)",
+        description=(
+            "Copy the backup DEST into the journal directory DIR and append a restore record, "
+            "signed with the gateway's key, from which the journal goes on at a seq no record "
+            "of the lost journal can have used (the time in microseconds). Refused while a "
+            "gateway holds DIR, and when DIR holds segments unless --replace."
+        ),
+    )
+    restore.add_argument(
+        "--config", metavar="FILE", help=f"the gateway's configuration (default {DEFAULT_CONFIG})"
+    )
+    restore.add_argument("--key", metavar="PATH", help="the signing key file (default: gateway.signing_key)")
+    restore.add_argument("--gateway-id", metavar="ID", help="the gateway id (default: gateway.id)")
+    restore.add_argument(
+        "--replace",
+        action="store_true",
+        help="rename the segments DIR holds to <segment>.replaced-<time> rather than refuse",
+    )
+    restore.add_argument("dest", metavar="DEST")
+    restore.add_argument("dir", metavar="DIR")
+    restore.set_defaults(handler=run_restore)

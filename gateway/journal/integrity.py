@@ -55,6 +55,7 @@ from nacl.signing import VerifyKey
 from gateway.journal.reader import ChainError
 from gateway.journal.record import CHAIN_TAIL_LEN, GENESIS_CHAIN, BadLine, check_line, decode_line
 from gateway.journal.recovery import check_recovery, find_recovery, holds_set_aside, resume_point
+from gateway.journal.restore import RESTORE, check_restore
 from gateway.journal.seals import SEAL_RECORD, check_seal
 from gateway.journal.segments import Segment, line_seq, list_segments, read_last_line
 from gateway.keys import parse_public_key_b64
@@ -105,6 +106,8 @@ class Recovery:
     lost: tuple[int, int] | None
     detail: str
     key: bytes
+    reason: str = "damaged"
+    """``damaged`` (damage set aside) or ``restore`` (the seqs a restore from a backup skipped)."""
 
     @property
     def lost_count(self) -> int:
@@ -370,7 +373,9 @@ def _check_segment(task: _Task) -> _Result:
     recoveries: list[Recovery] = []
     lost = 0  # seqs lost in damage set aside: not records
     check_seals = task.seals
-    if segment.first_seq != seq + 1:
+    # A segment that starts later than the seq expected must begin with a restore record.
+    restored = segment.first_seq > seq + 1
+    if segment.first_seq <= seq:
         reason = f"segment starts at seq {segment.first_seq} where {seq + 1} was expected"
         return _Result(0, (seq, chain), _Break(seq + 1, reason, segment.name, 0), 0, None, None, ())
     # Looked up once: this loop runs for every line of the journal.
@@ -420,6 +425,17 @@ def _check_segment(task: _Task) -> _Result:
                         raise BadLine("decoded record does not match its line")
                 except BadLine as e:
                     offset = file.tell() - len(line)
+                    if restored and offset == 0:
+                        restored = False
+                        jump = _restore_jump(segment, line, (seq, chain), given)
+                        if isinstance(jump, Recovery):
+                            recoveries.append(jump)
+                            lost += jump.lost_count
+                            seq, chain = jump.seq, line[_TAIL_CHAIN]
+                            continue
+                        return _Result(
+                            0, (seq, chain), _Break(expected, jump, segment.name, 0), 0, None, None, ()
+                        )
                     vouched = _vouched(segment, offset, (seq, chain), given)
                     if isinstance(vouched, Recovery):
                         # Set aside under a signed recovery record: go on after it.
@@ -492,6 +508,30 @@ def _check_segment(task: _Task) -> _Result:
     )
 
 
+def _restore_jump(
+    segment: Segment, line: bytes, state: tuple[int, bytes | None], keys: tuple[bytes, ...]
+) -> Recovery | str:
+    """The seq jump the ``restore`` record starting ``segment`` vouches for, or why it does not."""
+    try:
+        jump = check_restore(line, state)
+    except BadLine as e:
+        if line_seq(line) != segment.first_seq or b'"kind":"restore"' not in line[:_SEAL_KIND_REACH]:
+            return f"segment starts at seq {segment.first_seq} where {state[0] + 1} was expected"
+        return str(e.args[0])
+    if keys and jump.key not in keys:
+        return _another_key(jump.key, keys, f"restore record #{jump.seq}: signed")
+    return Recovery(
+        jump.seq,
+        segment.name,
+        0,
+        0,
+        jump.lost,
+        f"from a backup ending at #{jump.before}",
+        jump.key,
+        RESTORE,
+    )
+
+
 @frozen
 class _Vouched(Recovery):
     """A :class:`Recovery` and the (seq, chain) the check goes on from after it."""
@@ -547,7 +587,7 @@ def _vouched(
         lost,
         str(body.get("detail", "")),
         key,
-        (resume_seq - 1, resume_prev),
+        resume=(resume_seq - 1, resume_prev),
     )
 
 

@@ -170,6 +170,13 @@ def verify(
     return verify_journal(path, allow_partial_tail=allow_partial_tail, workers=workers).records
 
 
+def _starts_with_restore(path: str) -> bool:
+    """Whether a segment begins with a ``restore`` record: the seqs before it were skipped, not lost."""
+    for _, line in iter_lines(path):
+        return line.startswith(b'{"seq":') and b'"kind":"restore",' in line[:128]
+    return False
+
+
 class Cursor:
     """
     Reads a live journal forward from a seq, a chunk at a time, keeping its place.
@@ -249,11 +256,15 @@ class Cursor:
             return False
         self.close()
         following = later[0]
-        self.damage.append(
-            Damage(
-                following.name, 0, self.next_seq, f"seqs {self.next_seq}-{following.first_seq - 1} missing"
+        if not _starts_with_restore(following.path):
+            self.damage.append(
+                Damage(
+                    following.name,
+                    0,
+                    self.next_seq,
+                    f"seqs {self.next_seq}-{following.first_seq - 1} missing",
+                )
             )
-        )
         self._file = open(following.path, "rb")  # kept open between reads
         self._segment = following.name
         self.next_seq = following.first_seq

@@ -997,7 +997,7 @@ def test_backup_of_a_live_journal_and_restore(tmp_path: Path, capsys: pytest.Cap
 
     code, out, err = run(capsys, "backup", str(h.path), str(dest))
     assert (code, err) == (0, "")
-    assert f"records #1 to #{last}, chain verified" in out
+    assert f"copied {last} records (#1 to #{last})" in out
     assert "left out: the incomplete last line (33 bytes, being written)" in out
     assert [s.name for s in list_segments(dest)] == [s.name for s in segments]
     assert verify(dest) == last
@@ -1020,17 +1020,21 @@ def test_backup_of_a_live_journal_and_restore(tmp_path: Path, capsys: pytest.Cap
     assert events_after == [5, 6]
 
 
-def test_backup_refuses_a_destination_with_segments(
-    journal: Harness, capsys: pytest.CaptureFixture[str]
+def test_backup_refuses_a_destination_of_another_journal(
+    journal: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """backup into a directory that already holds a journal fails (exit 1) and touches nothing."""
+    """backup into a backup of another journal fails with one line (exit 1) and touches nothing."""
     car_in(journal, "P001", 1)
+    other = Harness(tmp_path / "other")
+    car_in(other, "P009", 1)
+    other.close()
     dest = journal.path.parent / "dest"
-    assert run(capsys, "backup", str(journal.path), str(dest))[0] == 0
+    assert run(capsys, "backup", str(other.path), str(dest))[0] == 0
     before = lines_of(dest)
     code, _, err = run(capsys, "backup", str(journal.path), str(dest))
     assert code == 1
-    assert "already holds journal segments" in err
+    assert err.startswith(f"cpmictl log backup: {dest} is not a backup of {journal.path}")
+    assert err.count("\n") == 1
     assert lines_of(dest) == before
 
 
@@ -1102,9 +1106,9 @@ def test_backup_starts_after_segments_retention_removes_meanwhile(
     def stale(directory: str) -> list[Any]:
         return listed if Path(directory) == h.path else list_segments(directory)
 
-    monkeypatch.setattr("gateway.cli.log.list_segments", stale)
+    monkeypatch.setattr("gateway.journal.backup.list_segments", stale)
     dest = tmp_path / "backup"
     code, out, err = run(capsys, "backup", str(h.path), str(dest))
     assert (code, err) == (0, "")
-    assert f"copied {len(listed) - 1} segments" in out
-    assert f"records #{listed[1].first_seq} to #{last}, chain verified" in out
+    assert f", {len(listed) - 1} new segments, " in out
+    assert f"(#{listed[1].first_seq} to #{last})" in out
