@@ -13,7 +13,7 @@ from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
     ),
@@ -69,12 +69,10 @@ def test_empty_message_is_9005(text: str) -> None:
         ("[1]", "not a JSON object"),
         ("{", "member name"),
         ('{"a":1} trailing', "extra text"),
-        ('{"a":NaN}', "NaN"),
-        ('{"a":Infinity}', "Infinity"),
         ('{"code":["x"]}', "code: must be a string"),
         ('{"token":{}}', "token: must be a string"),
         ('{"oprNum":"' + "x" * 37 + '"}', "oprNum: longer than 36"),
-        ('{"data":' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+        ('{"data":' + "[" * 100_000 + "]" * 100_000 + "}", "nested deeper than 32"),
         ('{"a" 1}', "':'"),
     ],
 )
