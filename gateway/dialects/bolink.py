@@ -13,7 +13,6 @@ decides: logins, binds, answers, commands and the idle sweep.
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
 from collections import deque
@@ -58,6 +57,7 @@ from gateway.dialects.interface import (
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.tcp import describe
+from gateway.protocol.jsontext import loads
 from gateway.protocol.results import Result
 
 __all__ = ["BolinkConnection", "BolinkDialect", "BolinkServer", "bolink"]
@@ -393,8 +393,10 @@ class BolinkServer:
 
     def _liftrod_answered(self, connection: BolinkConnection, line: bytes) -> None:
         try:
-            reply = json.loads(line)
+            reply = loads(line)
         except ValueError:
+            return
+        if not isinstance(reply, dict):
             return
         channel = reply.get("channel_id")
         matching = [p for p in connection.pending if channel is None or p.channel == str(channel)]

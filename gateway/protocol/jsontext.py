@@ -144,7 +144,7 @@ def _slow_float(literal: str) -> object:
 
 
 def _slow_constant(literal: str) -> object:
-    return _Bad(literal, f"{literal} is not a JSON number")
+    return _Bad(literal, f"{literal} is not JSON")
 
 
 _SLOW = json.JSONDecoder(parse_int=_slow_int, parse_float=_slow_float, parse_constant=_slow_constant)
