@@ -47,6 +47,7 @@ INT_LIMIT = 2**63
 ECHO_MAX = 36
 """At most this many characters of a refused value are quoted in an answer or a log line."""
 
+_PATH_MAX = 120  # the longest path a refusal names (32 levels of 36-character names would be 1,200)
 _INT_DIGITS = len(str(INT_LIMIT))  # 19: an integer with fewer digits is in range
 
 
@@ -180,6 +181,8 @@ def _refuse_number(text: str, index: int, path: str) -> JSONRefused:
     if found is None:  # e.g. in a member a later duplicate name replaced
         return JSONRefused(Result.FIELD_INVALID, f"{path or 'the message'}: holds a refused number", path)
     where, bad = found
+    if len(where) > _PATH_MAX:  # its names come from the sender: quoted short, like values
+        where = where[: _PATH_MAX - 1] + "…"
     return JSONRefused(Result.FIELD_INVALID, f"{where or 'the message'}: {bad.why}", where)
 
 
