@@ -176,7 +176,10 @@ def _find_bad(value: object, path: str) -> tuple[str, _Bad] | None:
 
 
 def _refuse_number(text: str, index: int, path: str) -> JSONRefused:
-    value, _ = _SLOW.raw_decode(text, index)
+    try:
+        value, _ = _SLOW.raw_decode(text, index)
+    except json.JSONDecodeError as error:  # the number came before the text broke
+        return JSONRefused(Result.MALFORMED, f"{error.msg} at character {error.pos}")
     found = _find_bad(value, path)
     if found is None:  # e.g. in a member a later duplicate name replaced
         return JSONRefused(Result.FIELD_INVALID, f"{path or 'the message'}: holds a refused number", path)

@@ -15,6 +15,9 @@ from tests.fuzz.ops import steps
 from tests.fuzz.strategies import envelopes, hostile_text
 
 ANSWERS = {Result.MALFORMED, Result.EMPTY_MESSAGE, Result.FIELD_INVALID}
+# A refusal quotes at most 36 characters of a value, each at most 10 long in its repr
+# (`\U0001f888`), inside a sentence, or a path of at most 120 characters.
+_DETAIL_MAX = 36 * 10 + 150
 
 
 def _answer(text: str) -> bytes:
@@ -24,7 +27,7 @@ def _answer(text: str) -> bytes:
     except EnvelopeError as error:
         assert error.result in ANSWERS
         assert len(error.code) <= 10 and len(error.opr) <= 36
-        assert len(error.detail) <= 200, error.detail
+        assert len(error.detail) <= _DETAIL_MAX, error.detail
         return build_response(
             error.code, error.opr, error.result, error.result.message(error.detail), {}, "", ""
         )

@@ -97,7 +97,7 @@ def _parses_or_is_refused(payload: bytes) -> None:
         message = parse_frame(payload)
     except EnvelopeError as error:
         assert error.result in (Result.MALFORMED, Result.EMPTY_MESSAGE, Result.FIELD_INVALID)
-        assert len(error.opr) <= 36 and len(error.code) <= 10 and len(error.detail) <= 200
+        assert len(error.opr) <= 36 and len(error.code) <= 10 and len(error.detail) <= 36 * 10 + 150
         return
     assert isinstance(message, Request | Reply)
 

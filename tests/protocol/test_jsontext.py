@@ -128,3 +128,9 @@ def test_downlink_reply_and_request_follow_the_same_rules() -> None:
         parse_frame(b'{"oprNum":"o2","resultCode":"0000","data":%s}' % _nest(MAX_DEPTH).encode())
     assert caught.value.result is Result.MALFORMED
     assert isinstance(parse_frame(b'{"oprNum":"o3","resultCode":"0000","data":{"x":1.5}}'), Reply)
+
+
+def test_refused_number_in_broken_json_is_9002() -> None:
+    """A refused number followed by text that is not JSON is 9002 (found by the fuzz suite)."""
+    error = _refused("[-9223372036854775809")
+    assert error.result is Result.MALFORMED and "at character" in error.detail
