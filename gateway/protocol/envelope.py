@@ -111,11 +111,26 @@ def _header(members: dict[str, tuple[object, int, int]], name: str) -> str:
     raise ValueError(f"{name}: must be a string")
 
 
-def refusal(error: ValueError) -> EnvelopeError:
-    """The EnvelopeError answering a ValueError of `members`: 9010 or 9002 as the rules say."""
+def refusal(error: ValueError, text: str = "") -> EnvelopeError:
+    """The EnvelopeError answering a ValueError of `members`: 9010 or 9002 as the rules say.
+
+    With the `text`, the answer echoes the `oprNum` it seems to carry (when
+    within bounds), so the lot can tell which request was refused.
+    """
+    opr = seen_opr(text) if text else ""
     if isinstance(error, JSONRefused):
-        return EnvelopeError(error.result, error.detail)
-    return EnvelopeError(Result.MALFORMED, error.msg if isinstance(error, JSONDecodeError) else str(error))
+        return EnvelopeError(error.result, error.detail, opr=opr)
+    detail = error.msg if isinstance(error, JSONDecodeError) else str(error)
+    return EnvelopeError(Result.MALFORMED, detail, opr=opr)
+
+
+_SEEN_OPR = re.compile(r'"oprNum"[ \t\n\r]*:[ \t\n\r]*"([^"\\]{0,%d})"' % OPR_NUM_MAX)
+
+
+def seen_opr(text: str) -> str:
+    """The `"oprNum": "..."` of a text that did not parse, when one within bounds is there, else ""."""
+    match = _SEEN_OPR.search(text)
+    return "" if match is None else match.group(1)
 
 
 def _too_long(code: str, opr: str, token: str, signature: str) -> None:
@@ -142,7 +157,7 @@ def parse_request(text: str) -> Request:
     try:
         found = members(text)
     except ValueError as error:
-        raise refusal(error) from None
+        raise refusal(error, text) from None
     try:
         code = _header(found, "code")
         opr = _header(found, "oprNum")
