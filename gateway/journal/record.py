@@ -100,7 +100,9 @@ def dumps_compact(value: object) -> bytes:
     escaping only for lone surrogates, which UTF-8 cannot hold). Bodies are
     meant to be JSON values; what is not JSON does not come back the same:
     non-str keys become strings (json), non-finite floats become ``null``
-    (orjson; json refuses them), tuples become lists.
+    (either way: a body must not fault for the company it keeps), tuples
+    become lists. What lots and clients send never holds one: the parser
+    refuses NaN, Infinity and ``1e999`` (``gateway.protocol.jsontext``).
     """
     try:
         return _orjson_dumps(value)
