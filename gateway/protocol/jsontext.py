@@ -69,7 +69,10 @@ class JSONRefused(ValueError):
 # Depth ------------------------------------------------------------------------
 
 # A JSON string (escapes and all), or a run of characters that are no bracket.
-_NOT_BRACKETS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+', re.DOTALL)
+# A string left open runs to the end of the text: from a `"` this never fails,
+# so no attempt rescans the rest of the text (`"\"\"\"…` would make a failing
+# pattern try once per quote, quadratic), and the text is not JSON anyway.
+_NOT_BRACKETS = re.compile(r'"[^"\\]*(?:\\(?:.|\Z)[^"\\]*)*(?:"|\Z)|[^\[\]{}"]+', re.DOTALL)
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1, '"': 0}
 
 

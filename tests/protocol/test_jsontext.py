@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.lots.tcp import Reply, parse_frame
 from gateway.protocol.envelope import EnvelopeError, parse_request
-from gateway.protocol.jsontext import ECHO_MAX, INT_LIMIT, MAX_DEPTH, JSONRefused, echo, loads
+from gateway.protocol.jsontext import _NOT_BRACKETS, ECHO_MAX, INT_LIMIT, MAX_DEPTH, JSONRefused, echo, loads
 from gateway.protocol.results import Result
 
 
@@ -134,3 +136,17 @@ def test_refused_number_in_broken_json_is_9002() -> None:
     """A refused number followed by text that is not JSON is 9002 (found by the fuzz suite)."""
     error = _refused("[-9223372036854775809")
     assert error.result is Result.MALFORMED and "at character" in error.detail
+
+
+@given(st.text(alphabet='[]{}"\\ab:,\n', max_size=80) | st.text(max_size=40))
+def test_depth_scan_never_fails_a_match_so_it_is_linear(text: str) -> None:
+    """From any character but a bracket, the depth scan's pattern matches: no attempt fails after a
+    long look (a failing string pattern rescanned the text per quote: 80 KB of `"\\` took 79 s)."""
+    for index, char in enumerate(text):
+        if char not in "[]{}":
+            assert _NOT_BRACKETS.match(text, index) is not None, (text, index)
+
+
+def test_open_strings_with_escapes_are_measured_in_one_pass() -> None:
+    """An unterminated string of `"\\` pairs after 40 brackets is refused 9002 at once."""
+    assert _refused("[" * 40 + '"\\' * 200_000).result is Result.MALFORMED
