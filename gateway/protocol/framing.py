@@ -186,7 +186,14 @@ class FrameDecoder:
                 return events
             if buffer[hash_at + 1] != _HASH:
                 # A lone `#` never occurs in a well-formed payload: drop the frame
-                # through it and look for the next `$$`.
+                # through it and look for the next `$$`. Every `#` before the next
+                # `##` (or before the last byte, which may yet be half of one) is
+                # lone too, and ends whatever frame is open: drop through the last
+                # of them in one step, unless a frame between might exceed the limit.
+                close = buffer.find(FRAME_END, hash_at + 1)
+                last = buffer.rfind(b"#", hash_at + 1, close if close >= 0 else len(buffer) - 1)
+                if last >= 0 and last - hash_at <= self._limit:
+                    hash_at = last
                 self._skipped += hash_at + 1
                 del buffer[: hash_at + 1]
                 self._in_frame = False
