@@ -40,6 +40,7 @@ from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
 from gateway.config import Config
 from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
+from gateway.protocol.jsontext import JSONRefused, loads
 from gateway.protocol.results import Result
 from gateway.protocol.schema import interface_schema
 from gateway.protocol.validation import FieldError, validate
@@ -337,9 +338,10 @@ class CommandApi:
             raise _error(413, "the body is too large")
         content.seek(0)
         try:
-            data = json.loads(content.read(), parse_constant=_no_constant)
-        except ValueError as error:  # UnicodeDecodeError too
-            raise _error(400, f"the body is not JSON: {error}") from None
+            data = loads(content.read(), root="data")  # the rules the lots' JSON follows (CONTRACT §4)
+        except JSONRefused as error:
+            detail = error.detail
+            raise _error(400, f"the body is not JSON: {detail}" if error.path == "" else detail) from None
         if not isinstance(data, dict | list):
             raise _error(400, "the body must be a JSON object or a list of objects")
         try:
@@ -530,11 +532,6 @@ class CommandApi:
     def metrics(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._registry)
-
-
-def _no_constant(name: str) -> object:
-    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _json_bytes(body: object) -> bytes:

@@ -439,7 +439,9 @@ class UplinkResource(Resource):
         if path == b"/uplink":
             code = None
         elif path.startswith(b"/uplink/") and len(path) > 8 and b"/" not in path[8:]:
-            code = unquote(path[8:].decode("latin-1"))
+            # No interface code is longer than 10: whatever the answer and the log
+            # echo of a longer one is cut to 36 characters (CONTRACT §4).
+            code = unquote(path[8:].decode("latin-1"))[:36]
         else:
             page: bytes = notFound().render(request)
             return page

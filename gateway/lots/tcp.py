@@ -10,7 +10,6 @@ since the handler sweeps all connections' idle timestamps at once.
 from __future__ import annotations
 
 import re
-from json.decoder import JSONDecodeError
 from typing import Protocol as TypingProtocol
 
 from attrs import frozen
@@ -25,6 +24,7 @@ from gateway.protocol.envelope import (
     Request,
     _header,
     parse_request,
+    refusal,
 )
 from gateway.protocol.envelope import (
     members as json_members,
@@ -57,8 +57,8 @@ def parse_reply(text: str) -> Reply:
     try:
         members = json_members(text)
         return _reply(text, members)
-    except (ValueError, RecursionError) as error:
-        raise EnvelopeError(Result.MALFORMED, _detail(error)) from None
+    except ValueError as error:
+        raise refusal(error) from None
 
 
 def _reply(text: str, members: dict[str, tuple[object, int, int]]) -> Reply:
@@ -76,12 +76,6 @@ def _reply(text: str, members: dict[str, tuple[object, int, int]]) -> Reply:
         data=data,
         data_text=data_text,
     )
-
-
-def _detail(error: Exception) -> str:
-    if isinstance(error, RecursionError):
-        return "nested too deeply"
-    return error.msg if isinstance(error, JSONDecodeError) else str(error)
 
 
 def parse_frame(payload: bytes) -> Request | Reply:
@@ -103,8 +97,8 @@ def parse_frame(payload: bytes) -> Request | Reply:
                 text = text[1:]
             try:
                 members = json_members(text)
-            except (ValueError, RecursionError) as error:
-                raise EnvelopeError(Result.MALFORMED, _detail(error)) from None
+            except ValueError as error:
+                raise refusal(error) from None
             if "resultCode" in members:
                 try:
                     reply = _reply(text, members)

@@ -6,24 +6,19 @@ in the text, because the standard signs `data` exactly as the lot wrote it (B.3.
 
 from __future__ import annotations
 
-import json
 import re
 from json.decoder import JSONDecodeError, scanstring  # type: ignore[attr-defined]  # not in typeshed
 
 from attrs import frozen
 
+from gateway.protocol.jsontext import JSONRefused, decoder_for, echo
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign
 
 OPR_NUM_MAX = 36
+HEADER_MAX = {"token": 32, "code": 10, "oprNum": OPR_NUM_MAX, "signature": 100}
+"""The longest value each header member of 表B.2 may hold; a longer one is refused (CONTRACT §4)."""
 _WHITESPACE = " \t\n\r"
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 @frozen
@@ -59,13 +54,19 @@ def _skip(text: str, index: int) -> int:
 
 
 def members(text: str) -> dict[str, tuple[object, int, int]]:
-    """The top-level members of a JSON object text: name -> (value, start, end) of the value."""
+    """The top-level members of a JSON object text: name -> (value, start, end) of the value.
+
+    Values are decoded under the rules of `gateway.protocol.jsontext` (numbers
+    finite and in range, nesting at most 32 deep): a refusal raises its
+    `JSONRefused`, naming the member (`data.totalAmount`). Anything else that
+    is not a JSON object raises ValueError.
+    """
     size = len(text)
     index = _skip(text, 0)
     if index >= size or text[index] != "{":
         raise ValueError("the message is not a JSON object")
     found: dict[str, tuple[object, int, int]] = {}
-    decode = _DECODER.raw_decode
+    decode = decoder_for(text)
     index = _skip(text, index + 1)
     if index < size and text[index] == "}":
         end = index + 1
@@ -79,7 +80,7 @@ def members(text: str) -> dict[str, tuple[object, int, int]]:
                 if index >= size or text[index] != ":":
                     raise ValueError(f"expected ':' at character {index}")
             start = _skip(text, index + 1)
-            value, index = decode(text, start)
+            value, index = decode(text, start, name)
             found[name] = (value, start, index)
             # Compact JSON first, without calling _skip: 2 us of a carIn's 7.
             if index < size and text[index] == ",":
@@ -110,6 +111,43 @@ def _header(members: dict[str, tuple[object, int, int]], name: str) -> str:
     raise ValueError(f"{name}: must be a string")
 
 
+def refusal(error: ValueError, text: str = "") -> EnvelopeError:
+    """The EnvelopeError answering a ValueError of `members`: 9010 or 9002 as the rules say.
+
+    With the `text`, the answer echoes the `oprNum` it seems to carry (when
+    within bounds), so the lot can tell which request was refused.
+    """
+    opr = seen_opr(text) if text else ""
+    if isinstance(error, JSONRefused):
+        return EnvelopeError(error.result, error.detail, opr=opr)
+    detail = error.msg if isinstance(error, JSONDecodeError) else str(error)
+    return EnvelopeError(Result.MALFORMED, detail, opr=opr)
+
+
+_SEEN_OPR = re.compile(r'"oprNum"[ \t\n\r]*:[ \t\n\r]*"([^"\\]{0,%d})"' % OPR_NUM_MAX)
+
+
+def seen_opr(text: str) -> str:
+    """The `"oprNum": "..."` of a text that did not parse, when one within bounds is there, else ""."""
+    match = _SEEN_OPR.search(text)
+    return "" if match is None else match.group(1)
+
+
+def _too_long(code: str, opr: str, token: str, signature: str) -> None:
+    """Refuse the first header member longer than 表B.2 allows, quoting at most 36 of its characters.
+
+    The answer echoes `code` and `oprNum` only when they are within bounds.
+    """
+    values = {"token": token, "code": code, "oprNum": opr, "signature": signature}
+    code_echo = code if len(code) <= HEADER_MAX["code"] else ""
+    opr_echo = opr if len(opr) <= OPR_NUM_MAX else ""
+    for name, value in values.items():
+        limit = HEADER_MAX[name]
+        if len(value) > limit:
+            detail = f"{name}: longer than {limit} characters ({echo(value)!r}, {len(value)} characters)"
+            raise EnvelopeError(Result.MALFORMED, detail, code=code_echo, opr=opr_echo)
+
+
 def parse_request(text: str) -> Request:
     """Parse a request envelope, or raise EnvelopeError saying which result code answers it."""
     if text.startswith("\ufeff"):
@@ -118,11 +156,8 @@ def parse_request(text: str) -> Request:
         raise EnvelopeError(Result.EMPTY_MESSAGE, "the message is empty")
     try:
         found = members(text)
-    except (ValueError, RecursionError) as error:
-        detail = error.msg if isinstance(error, JSONDecodeError) else str(error)
-        if isinstance(error, RecursionError):
-            detail = "nested too deeply"
-        raise EnvelopeError(Result.MALFORMED, detail) from None
+    except ValueError as error:
+        raise refusal(error, text) from None
     try:
         code = _header(found, "code")
         opr = _header(found, "oprNum")
@@ -130,8 +165,8 @@ def parse_request(text: str) -> Request:
         signature = _header(found, "signature")
     except ValueError as error:
         raise EnvelopeError(Result.MALFORMED, str(error)) from None
-    if len(opr) > OPR_NUM_MAX:
-        raise EnvelopeError(Result.MALFORMED, f"oprNum: longer than {OPR_NUM_MAX} characters", code=code)
+    if len(code) > 10 or len(opr) > 36 or len(token) > 32 or len(signature) > 100:  # HEADER_MAX
+        _too_long(code, opr, token, signature)
     if "data" in found:
         data, start, end = found["data"]
         data_text = text[start:end]

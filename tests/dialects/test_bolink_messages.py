@@ -351,7 +351,7 @@ def test_not_utf8() -> None:
         ('{"service_name":"x"', "not a JSON object: expected ',' or '}' at character 19"),
         ('{"service_name":"x"} trailing', "not a JSON object: extra text after the message at character 20"),
         ('{"service_name":}', "not a JSON object: Expecting value at character 16"),
-        ('{"service_name":"x","n":NaN}', "not a JSON object: NaN is not JSON"),
+        ('{"service_name":"x","n":NaN}', "not a JSON object: n: NaN is not JSON"),
         ("{service_name:1}", "not a JSON object: expected a member name at character 1"),
     ],
 )
@@ -371,10 +371,13 @@ def test_detail_is_short() -> None:
 
 
 def test_nested_too_deeply() -> None:
-    """Nesting deep enough to exhaust the parser's recursion is a BadMessage, not a crash."""
+    """Nesting deeper than the JSON rules allow (32) is a BadMessage, not a crash."""
     with pytest.raises(BadMessage) as caught:
         envelope('{"service_name":"x","data":%s}' % ("[" * 100_000))
-    assert (caught.value.service, caught.value.reason) == ("", "nested too deeply")
+    assert (caught.value.service, caught.value.reason) == (
+        "",
+        "not a JSON object: nested deeper than 32 levels",
+    )
 
 
 @pytest.mark.parametrize(

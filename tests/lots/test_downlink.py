@@ -436,9 +436,9 @@ def test_unknown_code_answers_9001() -> None:
     gateway = Gateway()
     lot = gateway.connect()
     token = lot.login()
-    lot.request("noSuchThing", {}, token=token)
+    lot.request("noSuchOne", {}, token=token)
     [answer] = lot.received()
-    assert answer["resultCode"] == "9001" and "noSuchThing" in answer["resultMessage"]
+    assert answer["resultCode"] == "9001" and "noSuchOne" in answer["resultMessage"]
     assert not lot.closed
 
 
