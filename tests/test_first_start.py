@@ -56,7 +56,7 @@ def started(config_path: str) -> tuple[Any, MemoryReactor]:
 
 
 def test_first_start_creates_the_api_token_file_and_serves_it(tmp_path: Path) -> None:
-    """The first start writes a random token (mode 0600); GET /v1/parks takes it, and a second start keeps it."""
+    """The first start writes a random token (mode 0600) that GET /v1/parks takes; a second start keeps it."""
     path = write_config(tmp_path)
     service, reactor = started(path)
     token_file = tmp_path / "api-token"
@@ -118,10 +118,8 @@ def test_busy_port_is_one_line_exit_1_and_nothing_created(
         service.privilegedStartService()
     assert exited.value.code == 1
     err = capsys.readouterr().err
-    assert (
-        err
-        == f"cpmi-gateway: listen.{key}: cannot listen on tcp:{port}{'' if port != 8081 else ':interface=127.0.0.1'}: Address already in use\n"
-    )
+    endpoint = f"tcp:{port}" + (":interface=127.0.0.1" if port == 8081 else "")
+    assert err == f"cpmi-gateway: listen.{key}: cannot listen on {endpoint}: Address already in use\n"
     assert created_by_start(tmp_path) == []
 
 
@@ -151,7 +149,7 @@ def test_unwritable_journal_leaves_no_key(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_bad_key_file_leaves_no_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A key file that is no key: one line naming gateway.signing_key; no journal or token made; the file kept."""
+    """A key file that is no key: one line naming gateway.signing_key; no journal or token; the file kept."""
     key = tmp_path / "gateway.key"
     key.write_text("garbage\n")
     key.chmod(0o600)
@@ -179,7 +177,7 @@ def test_fresh_undoes_only_what_did_not_exist(tmp_path: Path) -> None:
 
 
 def test_config_is_found_without_config_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """--config, else $CPMI_GATEWAY_CONFIG, else /etc/cpmi-gateway/gateway.toml if there, else conf/gateway.toml."""
+    """--config, else $CPMI_GATEWAY_CONFIG, else /etc/cpmi-gateway/gateway.toml if there, else conf/..."""
     assert config.find_config("given.toml", {"CPMI_GATEWAY_CONFIG": "env.toml"}) == "given.toml"
     assert config.find_config(None, {"CPMI_GATEWAY_CONFIG": "env.toml"}) == "env.toml"
     monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "etc.toml"))
@@ -231,8 +229,7 @@ def test_twistd_on_a_busy_port_prints_one_line(tmp_path: Path) -> None:
         )
     assert result.returncode == 1, result.stdout + result.stderr
     lines = result.stderr.splitlines()
-    assert lines == [
-        f"cpmi-gateway: listen.uplink: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use"
-    ], result.stderr
+    endpoint = f"tcp:{port}:interface=127.0.0.1"
+    assert lines == [f"cpmi-gateway: listen.uplink: cannot listen on {endpoint}: Address already in use"]
     assert "Traceback" not in result.stdout
     assert created_by_start(tmp_path) == []
