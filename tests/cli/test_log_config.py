@@ -176,3 +176,14 @@ def test_progress_only_on_a_terminal_and_stdout_unchanged(
     assert plain_out == bar_out == quiet_out
     assert "\r" not in plain_err and "\r" not in quiet_err
     assert f"\r{verb}:" in bar_err
+
+
+def test_config_check_finds_the_configuration_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cpmictl config check without FILE checks $CPMI_GATEWAY_CONFIG's file, as the gateway would read it."""
+    path = tmp_path / "env.toml"
+    path.write_text('[gateway]\nid = "gw-env"\n[journal]\npath = "' + str(tmp_path / "j") + '"\n')
+    monkeypatch.setenv("CPMI_GATEWAY_CONFIG", str(path))
+    assert main(["config", "check"]) == 0
+    assert capsys.readouterr().out.startswith(f"{path}: ok: gateway gw-env, ")
