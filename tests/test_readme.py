@@ -7,8 +7,10 @@ steps in the same environment, after which the gateway and `cpmictl` still work
 from any directory, and an uninstall leaves nothing in site-packages (issue 21).
 
 The commands are read from the README itself, so a step missing there fails
-here. Only the ports are changed (to free ones), so that the test does not
-depend on 8080, 9000 and 8081 being free on the machine running it.
+here. Where the system's Python 3.11 is externally managed (Debian, Ubuntu),
+the run command's install steps are also done with it as `python3`. Only the
+ports are changed (to free ones), so that the test does not depend on 8080,
+9000 and 8081 being free on the machine running it.
 """
 
 from __future__ import annotations
@@ -225,3 +227,28 @@ def test_a_new_operator_follows_the_readme(checkout: Path, tmp_path: Path) -> No
     assert left == []
     assert list((site_packages(venv) / "twisted" / "plugins").glob("cpmi_gateway*")) == []
     assert "cpmi-gateway" not in shell(f"{twistd} --help", elsewhere)
+
+
+def distribution_pythons() -> list[Path]:
+    """The system's own Python 3.11 where it refuses `pip install` into itself (PEP 668: Debian, Ubuntu)."""
+    python = Path("/usr/bin/python3.11")
+    marker = Path("/usr/lib/python3.11/EXTERNALLY-MANAGED")
+    return [python] if python.exists() and marker.exists() else []
+
+
+@pytest.mark.parametrize("python", distribution_pythons())
+def test_the_run_command_installs_with_the_distributions_python(python: Path, tmp_path: Path) -> None:
+    """With `python3` the distribution's externally managed 3.11, the run command's install steps make
+    .venv from it and install there; the installed twistd and cpmictl work from any directory."""
+    root = tmp_path / "cpmi-gateway"
+    copy_sources(root)
+    first = tmp_path / "bin"
+    first.mkdir()
+    (first / "python3").symlink_to(python)
+    run_install, _ = split_command(readme_blocks()[0], "twistd ")
+    shell(f'PATH="{first}:$PATH" && {run_install}', root)
+    venv = root / ".venv"
+    base = shell(f"{venv / 'bin' / 'python'} -c 'import sys; print(sys.base_prefix)'", tmp_path).strip()
+    assert Path(base) == Path(python.resolve().parent.parent)  # /usr: the distribution's Python
+    assert shell(f"{venv / 'bin' / 'cpmictl'} --version", tmp_path).strip() == "cpmictl 0.1.0"
+    assert "cpmi-gateway 0.1.0" in shell(f"{venv / 'bin' / 'twistd'} cpmi-gateway --version", tmp_path)
