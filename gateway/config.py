@@ -132,6 +132,9 @@ class CloudConfig:
     # t002 only: cloud.downlink as a Twisted client endpoint description, for
     # endpoints.clientFromString (host:port becomes tcp:host=H:port=P); "" otherwise.
     downlink_endpoint: str = ""
+    # A file holding api_token, created with a new random token at first start when
+    # missing (as gateway.signing_key is): the shipped config's way to a token per install.
+    api_token_file: str = ""
     # Forwarding (sink "cloudevents"): a batch is sent once it holds
     # batch_max_events events or batch_max_bytes of body, or batch_max_delay
     # seconds after its first event; retries back off from retry_min_delay,
@@ -309,6 +312,40 @@ def resolve_secret(value: str, environ: Mapping[str, str]) -> str:
     return value
 
 
+def _token_file(cloud: CloudConfig) -> str:
+    """cloud.api_token read from cloud.api_token_file; "" while the file does not exist yet."""
+    if cloud.api_token:
+        raise ConfigError("cloud.api_token_file: set either api_token or api_token_file, not both")
+    if not os.path.exists(cloud.api_token_file):
+        return ""  # created at first start (gateway.tap)
+    try:
+        token = resolve_secret(f"file:{cloud.api_token_file}", {})
+    except ConfigError as error:
+        raise ConfigError(f"cloud.api_token_file: {error}") from None
+    if not token:
+        raise ConfigError(f"cloud.api_token_file: {cloud.api_token_file} is empty")
+    return token
+
+
+CONFIG_ENVIRONMENT = "CPMI_GATEWAY_CONFIG"
+"""The environment variable naming the configuration file when --config does not."""
+SYSTEM_CONFIG = "/etc/cpmi-gateway/gateway.toml"
+LOCAL_CONFIG = "conf/gateway.toml"
+CONFIG_SEARCH = f"${CONFIG_ENVIRONMENT}, else {SYSTEM_CONFIG} if it exists, else {LOCAL_CONFIG}"
+"""Where the gateway and cpmictl look for the configuration without --config, for --help."""
+
+
+def find_config(given: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The configuration file to read: `given` (--config), else $CPMI_GATEWAY_CONFIG,
+    else /etc/cpmi-gateway/gateway.toml if it exists, else conf/gateway.toml."""
+    if given:
+        return given
+    named = (os.environ if environ is None else environ).get(CONFIG_ENVIRONMENT, "")
+    if named:
+        return named
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else LOCAL_CONFIG
+
+
 def _downlink_endpoint(value: str) -> str:
     """cloud.downlink as a Twisted client endpoint description; raise ConfigError if it is not one.
 
@@ -445,6 +482,7 @@ def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
         downlink=table.text("downlink", ""),
         query_url=table.text("query_url", "", _http_url),
         api_token=table.secret("api_token", environ),
+        api_token_file=table.text("api_token_file", ""),
         batch_max_events=table.number("batch_max_events", 500, 1),
         batch_max_bytes=table.number("batch_max_bytes", 2**20, 1024),
         batch_max_delay=_seconds(table, "batch_max_delay", 0.1, allow_zero=True),
@@ -455,6 +493,8 @@ def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
     table.done()
     if sink in ("cloudevents", "t002") and not url:
         raise ConfigError(f"cloud.url: required with sink {sink!r}")
+    if result.api_token_file:
+        result = evolve(result, api_token=_token_file(result))
     if sink == "t002":
         if not result.downlink:
             raise ConfigError("cloud.downlink: required with sink 't002' (the upstream's TCP host:port)")

@@ -90,8 +90,10 @@ def stop(service: MultiService, reactor: MemoryReactor) -> None:
 
 
 def write_config(tmp_path: Path, text: str = SHIPPED) -> str:
-    text = text.replace('"var/journal"', f'"{tmp_path / "journal"}"').replace(
-        '"conf/gateway.key"', f'"{tmp_path / "gateway.key"}"'
+    text = (
+        text.replace('"var/journal"', f'"{tmp_path / "journal"}"')
+        .replace('"conf/gateway.key"', f'"{tmp_path / "gateway.key"}"')
+        .replace('"var/api-token"', f'"{tmp_path / "api-token"}"')
     )
     path = tmp_path / "gateway.toml"
     path.write_text(text)

@@ -78,9 +78,12 @@ def add_parser(subparsers: Subparsers) -> None:
     platform.add_argument(
         "--wait",
         type=_positive,
-        default=60.0,
+        default=0.0,
         metavar="S",
-        help="without --api: seconds to wait for each downlink",
+        help=(
+            "without --api: seconds to wait for each downlink, triggered by hand on the platform "
+            "(default: none; without --api or --wait the downlink checks are skipped at once)"
+        ),
     )
     platform.add_argument(
         "--timeout", type=_positive, default=10.0, metavar="S", help="seconds any one exchange may take (10)"

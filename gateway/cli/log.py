@@ -43,20 +43,21 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.message import Message
-from typing import IO, TYPE_CHECKING, NamedTuple, TextIO
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
 from nacl.signing import SigningKey, VerifyKey
 
+from gateway.cli import progress as progress_bars
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
-from gateway.config import ConfigError, parse
+from gateway.config import CONFIG_SEARCH, ConfigError, find_config, parse
 from gateway.config import load as load_config
 from gateway.journal import backup as journal_backup
 from gateway.journal.integrity import KeyChangeError, KeyRun, Recovery, verify_journal
@@ -97,7 +98,6 @@ SHORTEN_OVER = 100
 """Base64 strings longer than this are shortened in readable lines."""
 POLL_SECONDS = 0.2
 """How often ``tail -f`` looks for new lines."""
-DEFAULT_CONFIG = "conf/gateway.toml"
 DEFAULT_BATCH = 100
 ANSWER_EXCERPT = 300
 """How much of a refusing answer ``replay`` shows."""
@@ -298,6 +298,17 @@ def _journal(directory: str) -> list[Segment]:
     return segments
 
 
+def _bar(args: argparse.Namespace, segments: Iterable[Segment], description: str) -> Any:
+    """A progress bar over the bytes of `segments` (see gateway.cli.progress: a terminal only)."""
+    total = 0
+    for segment in segments:
+        try:
+            total += os.stat(segment.path).st_size
+        except FileNotFoundError:
+            pass  # removed by retention since it was listed: the verb says so where it matters
+    return progress_bars.bar(args, total=total, description=description)
+
+
 def _whole_end(path: str) -> int:
     """The offset just after the last whole line of a file (0 if it has none)."""
     with open(path, "rb") as file:
@@ -322,6 +333,8 @@ class _Reader:
         self.quiet = quiet
         self.segment = segments[0]
         self.offset = 0
+        # Told the size of each segment read to its end (a progress bar's update).
+        self.progress: Callable[[int], object] | None = None
 
     def damage(self, reason: str) -> None:
         """Warn (up to MAX_WARNINGS times) about the current line."""
@@ -359,6 +372,8 @@ class _Reader:
             for head, line in self.segment_lines(segment, end if segment.name == last else None):
                 if head.seq >= from_seq:
                     yield head, line
+            if self.progress is not None:
+                self.progress(os.stat(segment.path).st_size)
 
     def decode(self, line: bytes) -> Record | None:
         """The record of a line read last, or None (warned) if it does not decode."""
@@ -882,17 +897,21 @@ def _stats(args: argparse.Namespace) -> int:
     out += _table("by kind", kinds)
     out += _table("by code", codes)
     out += _table("by park", parks)
-    if through:
-        out.append(f"forwarding: done through #{through} (forwarded, refused, or no event)")
+    if getattr(args, "sink", None) == "log-only":
+        # Nothing is ever forwarded there: no backlog to show.
+        out.append(f"forwarding: none, the sink is log-only: the journal is the sink ({events} events)")
     else:
-        out.append("forwarding: nothing forwarded yet")
-    backlog, lag, oldest = _backlog(segments, before, through, last.seq, events, event_parks)
-    if backlog == 0:
-        out.append(f"backlog: none ({events} events in all)")
-    else:
-        where = f", the oldest #{oldest.seq} ({_short_ts(_text(oldest.ts))})" if oldest else ""
-        out.append(f"backlog: {backlog} events not forwarded{where}")
-        out += _table("lag by park (events not forwarded)", lag)
+        if through:
+            out.append(f"forwarding: done through #{through} (forwarded, refused, or no event)")
+        else:
+            out.append("forwarding: nothing forwarded yet")
+        backlog, lag, oldest = _backlog(segments, before, through, last.seq, events, event_parks)
+        if backlog == 0:
+            out.append(f"backlog: none ({events} events in all)")
+        else:
+            where = f", the oldest #{oldest.seq} ({_short_ts(_text(oldest.ts))})" if oldest else ""
+            out.append(f"backlog: {backlog} events not forwarded{where}")
+            out += _table("lag by park (events not forwarded)", lag)
     if set_aside:
         out.append(
             f"damage set aside: {set_aside} times, {lost} records lost "
@@ -992,7 +1011,14 @@ def _verify(args: argparse.Namespace) -> int:
     # the same key given twice (as a file and in base64, say) is one key
     given = list({bytes(key): key for key in map(_read_pubkey, args.pubkey or [])}.values())
     try:
-        verdict = verify_journal(args.dir, allow_partial_tail=True, seals=True, keys=given)
+        with _bar(args, segments, "verify") as bar:
+            verdict = verify_journal(
+                args.dir,
+                allow_partial_tail=True,
+                seals=True,
+                keys=given,
+                progress=lambda segment: bar.update(os.stat(segment.path).st_size),
+            )
     except ChainError as e:
         where = f" (segment {e.segment}, offset {e.offset})" if e.segment else ""
         print(
@@ -1115,6 +1141,8 @@ def _export(args: argparse.Namespace) -> int:
     output: IO[bytes] | None = open(args.output, "wb") if args.output else None
     write = output.write if output is not None else _write
     count = 0
+    bar = _bar(args, segments_from(segments, flt.first_seq), "export")
+    reader.progress = bar.update
     try:
         for head, line in reader.lines(flt.first_seq):
             if flt.beyond(head):
@@ -1124,6 +1152,7 @@ def _export(args: argparse.Namespace) -> int:
             write(line)
             count += 1
     finally:
+        bar.close()
         if output is not None:
             output.close()
     if args.output:
@@ -1152,7 +1181,7 @@ class _Identity:
 
 def _identity(args: argparse.Namespace) -> _Identity:
     """The gateway id, zone and key: from the options, else from the configuration file."""
-    path = args.config or DEFAULT_CONFIG
+    path = find_config(args.config)
     try:
         if args.gateway_id is not None:
             parse({"gateway": {"id": args.gateway_id}})  # checks its spelling
@@ -1185,33 +1214,19 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class _Progress:
-    """A progress bar on a terminal; nothing otherwise."""
+class _ReplayProgress:
+    """Replay's progress bar (records from --from to the last), with the events and batches sent."""
 
-    def __init__(self, stream: TextIO, first: int, last: int) -> None:
-        self._stream = stream
+    def __init__(self, args: argparse.Namespace, first: int, last: int) -> None:
         self._first = first
-        self._span = max(1, last - first + 1)
-        self._shown = False
-        try:
-            self._tty = stream.isatty()
-        except (AttributeError, ValueError):
-            self._tty = False
+        self._bar = progress_bars.bar(args, total=max(1, last - first + 1), description="replay", unit="rec")
 
     def update(self, seq: int, sent: int, batches: int) -> None:
-        if not self._tty:
-            return
-        done = min(1.0, max(0.0, (seq - self._first + 1) / self._span))
-        filled = int(done * 30)
-        bar = "#" * filled + "." * (30 - filled)
-        self._stream.write(f"\rreplay [{bar}] {done:4.0%} #{seq}, {sent} events in {batches} batches")
-        self._stream.flush()
-        self._shown = True
+        self._bar.set_postfix_str(f"#{seq}, {sent} events in {batches} batches", refresh=False)
+        self._bar.update(seq - self._first + 1 - self._bar.n)
 
     def end(self) -> None:
-        if self._shown:
-            self._stream.write("\n")
-            self._shown = False
+        self._bar.close()
 
 
 def _replay(args: argparse.Namespace, now: Callable[[], float]) -> int:
@@ -1224,7 +1239,7 @@ def _replay(args: argparse.Namespace, now: Callable[[], float]) -> int:
     parks = frozenset(_utf8(park) for park in args.park or ())
     reader = _Reader("replay", segments)
     last = args.to_seq if args.to_seq is not None else _last_seq(segments)
-    progress = _Progress(sys.stderr, args.from_seq, last if last is not None else args.from_seq)
+    progress = _ReplayProgress(args, args.from_seq, last if last is not None else args.from_seq)
     opener = urllib.request.build_opener(_NoRedirect())
     batch: list[bytes] = []
     batch_seqs: list[int] = []
@@ -1326,27 +1341,21 @@ def run_backup(args: argparse.Namespace) -> int:
     return _guard("backup", lambda: _backup(args))
 
 
-def _byte_progress(verb: str, enabled: bool) -> Callable[[int, int], None] | None:
-    """A one-line progress report on standard error for ``--progress`` on a terminal, else None."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-
-    def report(done: int, total: int) -> None:
-        percent = 100 * done // total if total else 100
-        print(f"\r{verb}: {done} of {total} bytes ({percent}%)", end="", file=sys.stderr, flush=True)
-
-    return report
-
-
 def _backup(args: argparse.Namespace) -> int:
-    progress = _byte_progress("backup", args.progress)
+    bar = progress_bars.bar(args, total=None, description="backup")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.refresh()  # the last figure, whatever tqdm's redraw interval skipped
+
     try:
         result = journal_backup.backup(args.dir, args.dest, progress=progress)
     except journal_backup.BackupRefused as e:
         raise _Failure(str(e)) from None
     finally:
-        if progress is not None:
-            print(file=sys.stderr)
+        bar.close()
     if result.first_new is None:
         summary = f"{args.dest}: nothing new since #{result.last_seq}" if result.last_seq else "no records"
     else:
@@ -1373,7 +1382,7 @@ def _restore(args: argparse.Namespace) -> int:
         if gateway_id is not None:
             parse({"gateway": {"id": gateway_id}})  # checks its spelling
         if gateway_id is None or args.key is None:
-            config = load_config(args.config or DEFAULT_CONFIG)
+            config = load_config(find_config(args.config))
             gateway_id = gateway_id or config.gateway.id
             key_path = args.key or config.gateway.signing_key
         else:
@@ -1420,6 +1429,58 @@ def _add_filters(parser: argparse.ArgumentParser, *, until: bool) -> None:
     parser.add_argument("--kind", action="append", metavar="K", help="only this record kind (repeatable)")
 
 
+def _add_journal(parser: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    """Add a verb's --config and its DIR (the journal), which the configuration gives when left out."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the gateway's configuration, for journal.path and the sink (default: {CONFIG_SEARCH})",
+    )
+    if progress:
+        progress_bars.add_option(parser)
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        help="the journal directory (default: journal.path of the configuration)",
+    )
+
+
+def _from_config(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`handler`, run with DIR from the configuration when not given, and the sink when it is that journal.
+
+    The configuration is --config, else the one the gateway would read
+    (gateway.config.find_config); the sink is known only for its journal.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        verb = handler.__name__.removeprefix("run_")
+        path = find_config(args.config)
+        settings = None
+        if args.config is not None or os.path.exists(path):
+            try:
+                settings = load_config(path)
+            except ConfigError as e:
+                if args.dir is None or args.config is not None:
+                    print(f"cpmictl log {verb}: {e}", file=sys.stderr)
+                    return 2
+        if args.dir is None:
+            if settings is None:
+                print(
+                    f"cpmictl log {verb}: give DIR, the journal directory, or --config (no {path})",
+                    file=sys.stderr,
+                )
+                return 2
+            args.dir = settings.journal.path
+        same = settings is not None and os.path.abspath(settings.journal.path) == os.path.abspath(args.dir)
+        args.sink = settings.cloud.sink if same and settings is not None else None
+        return handler(args)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
 def add_parser(subparsers: Subparsers) -> None:
     """Add ``cpmictl log VERB ... DIR``."""
     log = subparsers.add_parser(
@@ -1427,7 +1488,8 @@ def add_parser(subparsers: Subparsers) -> None:
         help="read, check, export, replay and back up the replay journal",
         description=(
             "Read, check, export, replay and back up the gateway's replay journal (DIR: the "
-            "journal directory, journal.path). Safe while the gateway runs. T is a seq (42 or "
+            "journal directory; when left out, journal.path of the configuration). Safe while "
+            "the gateway runs. T is a seq (42 or "
             "#42) or an RFC 3339 time with its offset (2026-11-24T08:30:00+08:00)."
         ),
     )
@@ -1446,15 +1508,15 @@ def add_parser(subparsers: Subparsers) -> None:
     tail.add_argument("-n", "--lines", type=_count_arg, metavar="N", help="print the last N records")
     _add_filters(tail, until=False)
     tail.add_argument("--json", action="store_true", help="print the raw lines (JSON, nothing shortened)")
-    tail.add_argument("dir", metavar="DIR")
-    tail.set_defaults(handler=run_tail)
+    _add_journal(tail)
+    tail.set_defaults(handler=_from_config(run_tail))
 
     show = verbs.add_parser(
         "show", help="one record, whole", description="Print record SEQ whole, as indented JSON."
     )
-    show.add_argument("seq", type=_seq_arg, metavar="SEQ")
-    show.add_argument("dir", metavar="DIR")
-    show.set_defaults(handler=run_show)
+    show.add_argument("seq", type=_seq_arg, metavar="SEQ", help="the record's seq (42 or #42)")
+    _add_journal(show)
+    show.set_defaults(handler=_from_config(run_show))
 
     stats = verbs.add_parser(
         "stats",
@@ -1464,8 +1526,8 @@ def add_parser(subparsers: Subparsers) -> None:
             "not forwarded yet (the oldest, and per park)."
         ),
     )
-    stats.add_argument("dir", metavar="DIR")
-    stats.set_defaults(handler=run_stats)
+    _add_journal(stats)
+    stats.set_defaults(handler=_from_config(run_stats))
 
     verify = verbs.add_parser(
         "verify",
@@ -1486,8 +1548,8 @@ def add_parser(subparsers: Subparsers) -> None:
             "again for each key it has had: a seal holds when any of them made it"
         ),
     )
-    verify.add_argument("dir", metavar="DIR")
-    verify.set_defaults(handler=run_verify)
+    _add_journal(verify, progress=True)
+    verify.set_defaults(handler=_from_config(run_verify))
 
     export = verbs.add_parser(
         "export",
@@ -1496,8 +1558,8 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     _add_filters(export, until=True)
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    export.add_argument("dir", metavar="DIR")
-    export.set_defaults(handler=run_export)
+    _add_journal(export, progress=True)
+    export.set_defaults(handler=_from_config(run_export))
 
     replay = verbs.add_parser(
         "replay",
@@ -1521,9 +1583,6 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     replay.add_argument("--park", action="append", metavar="P", help="only this lot (repeatable)")
     replay.add_argument("--url", required=True, metavar="URL", help="where to POST the batches")
-    replay.add_argument(
-        "--config", metavar="FILE", help=f"the gateway's configuration (default {DEFAULT_CONFIG})"
-    )
     replay.add_argument("--key", metavar="PATH", help="the signing key file (default: gateway.signing_key)")
     replay.add_argument(
         "--gateway-id",
@@ -1533,8 +1592,8 @@ def add_parser(subparsers: Subparsers) -> None:
     replay.add_argument(
         "--batch", type=_positive_arg, default=DEFAULT_BATCH, metavar="N", help="events per batch (100)"
     )
-    replay.add_argument("dir", metavar="DIR")
-    replay.set_defaults(handler=run_replay)
+    _add_journal(replay, progress=True)
+    replay.set_defaults(handler=_from_config(run_replay))
 
     backup = verbs.add_parser(
         "backup",
@@ -1547,10 +1606,12 @@ def add_parser(subparsers: Subparsers) -> None:
             "verifies on its own (cpmictl log verify DEST); restore it with cpmictl log restore."
         ),
     )
-    backup.add_argument("--progress", action="store_true", help="show how far the copy is, on a terminal")
-    backup.add_argument("dir", metavar="DIR")
-    backup.add_argument("dest", metavar="DEST")
-    backup.set_defaults(handler=run_backup)
+    _add_journal(backup, progress=True)
+    backup.add_argument(
+        "--progress", action="store_true", help="kept for old scripts: a bar is drawn on a terminal anyway"
+    )
+    backup.add_argument("dest", metavar="DEST", help="the backup directory (created if missing)")
+    backup.set_defaults(handler=_from_config(run_backup))
 
     restore = verbs.add_parser(
         "restore",
@@ -1563,7 +1624,7 @@ def add_parser(subparsers: Subparsers) -> None:
         ),
     )
     restore.add_argument(
-        "--config", metavar="FILE", help=f"the gateway's configuration (default {DEFAULT_CONFIG})"
+        "--config", metavar="FILE", help=f"the gateway's configuration (default: {CONFIG_SEARCH})"
     )
     restore.add_argument("--key", metavar="PATH", help="the signing key file (default: gateway.signing_key)")
     restore.add_argument("--gateway-id", metavar="ID", help="the gateway id (default: gateway.id)")
@@ -1572,6 +1633,6 @@ def add_parser(subparsers: Subparsers) -> None:
         action="store_true",
         help="rename the segments DIR holds to <segment>.replaced-<time> rather than refuse",
     )
-    restore.add_argument("dest", metavar="DEST")
-    restore.add_argument("dir", metavar="DIR")
+    restore.add_argument("dest", metavar="DEST", help="the backup directory to restore from")
+    restore.add_argument("dir", metavar="DIR", help="the journal directory to make (the gateway stopped)")
     restore.set_defaults(handler=run_restore)

@@ -844,6 +844,14 @@ class PlatformRun:
                 if check.group == "downlink" or check.name == "tcp.escaped-out":
                     self._add(check.name, _fail(reason), started)
             return
+        if not self.target.api_url and self.target.wait <= 0:
+            # Nobody is there to trigger them: say so at once rather than wait for each.
+            reason = "needs --api, or --wait S to trigger each downlink by hand on the platform"
+            for check in self.report.planned:
+                if check.group == "downlink":
+                    self._add(check.name, _skip(reason), started)
+            await self._check("tcp.escaped-out", self._escaped_out)
+            return
         if not self.target.api_url:
             self._operator(
                 f"No --api given: trigger each downlink for park {self.park} from the platform when asked "

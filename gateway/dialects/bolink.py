@@ -68,7 +68,6 @@ from gateway.dialects.interface import (
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.tcp import describe
-from gateway.protocol.jsontext import loads
 from gateway.protocol.results import Result
 
 __all__ = ["BolinkConnection", "BolinkDialect", "BolinkServer", "bolink"]

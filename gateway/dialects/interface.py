@@ -8,9 +8,9 @@ standard's downlinks into legacy messages and the lot's answers back into the
 standard's replies. Everything behind it (the journal, forwarding, the command
 API) is the same for every dialect.
 
-A dialect is a plugin: an object providing both ``twisted.plugin.IPlugin`` and
-:class:`IDialect`, placed in a ``twisted/plugins/`` module of any installed
-package (or in ``gateway/dialects/`` for the built-in ones). docs/dialects.md
+A dialect is a plugin: an object providing :class:`IDialect`, declared as an
+entry point of the group ``cpmi_gateway.dialects`` by any installed
+distribution (the built-in ones are in ``gateway/dialects/``). docs/dialects.md
 is the guide.
 """
 

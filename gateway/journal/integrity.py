@@ -43,7 +43,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from hashlib import blake2b
 from operator import itemgetter
@@ -224,6 +224,7 @@ def verify_journal(
     keys: Iterable[VerifyKey] = (),
     workers: int | None = None,
     executor: Executor | None = None,
+    progress: Callable[[Segment], None] | None = None,
 ) -> Verdict:
     """
     Check the whole journal in ``path``; raise :class:`ChainError` at the first break.
@@ -235,6 +236,7 @@ def verify_journal(
     records; a seal by another is a :class:`KeyChangeError`. Segments are
     checked in ``workers`` processes (one per CPU, and only for a journal of
     :data:`PARALLEL_FROM_BYTES` or more, when not given), or on ``executor``.
+    ``progress`` is called with each segment once it is checked (a progress bar's hook).
     """
     given = tuple(dict.fromkeys(bytes(each) for each in ([key] if key is not None else []) + list(keys)))
     segments = list_segments(path)
@@ -242,26 +244,31 @@ def verify_journal(
         return Verdict(0, 0, given[0] if len(given) == 1 else None, None)
     tasks = _tasks(segments, allow_partial_tail, seals, given)
     if executor is not None:
-        return _combine_on(executor, tasks, given)
+        return _combine_on(executor, tasks, given, progress)
     if workers is None:
         size = sum(os.stat(segment.path).st_size for segment in segments)
         workers = (os.cpu_count() or 1) if size >= PARALLEL_FROM_BYTES else 1
     workers = min(workers, len(segments))
     if workers <= 1:
-        return _combine(tasks, None, given)
+        return _combine(tasks, None, given, progress)
     try:
         pool = ProcessPoolExecutor(workers)
     except (OSError, NotImplementedError):  # no processes to be had here (no /dev/shm): one will do
-        return _combine(tasks, None, given)
+        return _combine(tasks, None, given, progress)
     with pool:
-        return _combine_on(pool, tasks, given)
+        return _combine_on(pool, tasks, given, progress)
 
 
-def _combine_on(executor: Executor, tasks: list[_Task], given: tuple[bytes, ...]) -> Verdict:
+def _combine_on(
+    executor: Executor,
+    tasks: list[_Task],
+    given: tuple[bytes, ...],
+    progress: Callable[[Segment], None] | None = None,
+) -> Verdict:
     """Check the segments on ``executor``, all submitted at once, in journal order."""
     futures = [executor.submit(_check_segment, task) for task in tasks]
     try:
-        return _combine(tasks, futures, given)
+        return _combine(tasks, futures, given, progress)
     finally:
         for future in futures:
             future.cancel()  # after a break, the segments not begun are not wanted
@@ -293,7 +300,12 @@ def _last_line_state(segment: Segment, before: tuple[int, bytes | None]) -> tupl
     return (seq, line[_TAIL_CHAIN])
 
 
-def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: tuple[bytes, ...]) -> Verdict:
+def _combine(
+    tasks: list[_Task],
+    futures: list[Future[_Result]] | None,
+    given: tuple[bytes, ...],
+    progress: Callable[[Segment], None] | None = None,
+) -> Verdict:
     """
     The verdict of a sequential pass from the segments' results, taken in order.
 
@@ -352,6 +364,8 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: t
             else:
                 runs.append(run)
         state = result.end
+        if progress is not None:
+            progress(task.segment)
     if len(given) == 1:
         key = given[0]
     elif given:
