@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -12,7 +13,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from gateway.lots.passwords import ClientGone, LoginsBusy, PasswordChecker, Verify
+from gateway.lots.passwords import (
+    PASSWORD_NICENESS,
+    ClientGone,
+    LoginsBusy,
+    PasswordChecker,
+    Verify,
+    lower_thread_priority,
+)
 
 HASH = nacl.pwhash.argon2id.str(
     b"right",
@@ -132,3 +140,40 @@ async def test_the_pool_checks_behind_the_queue() -> None:
     finally:
         checker.stop()
     assert answers == [True, False, True] and checker.counters["checked"] == 3
+
+
+def test_a_password_thread_lowers_its_own_priority_and_no_other() -> None:
+    """lower_thread_priority makes the calling thread PASSWORD_NICENESS nicer; the process keeps its own."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[tuple[bool, int]] = []
+
+    def in_thread() -> None:
+        lowered = lower_thread_priority()
+        seen.append((lowered, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join(10)
+    assert seen == [(True, max(before, PASSWORD_NICENESS))]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_checks_run_at_the_password_threads_priority() -> None:
+    """A check in the real pool runs in a thread PASSWORD_NICENESS nicer than the reactor."""
+    checker = PasswordChecker(reactor, threads=1, max_pending=8)
+    niceness: list[int] = []
+    verify_hash = PasswordChecker._verify_hash
+
+    def noting(password_hash: bytes, password: bytes) -> bool:
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return verify_hash(password_hash, password)
+
+    checker._verify_hash = noting  # type: ignore[method-assign]
+    checker.start()
+    try:
+        assert await checker.check(HASH, "right")
+    finally:
+        checker.stop()
+    assert niceness and niceness[0] >= PASSWORD_NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < PASSWORD_NICENESS
