@@ -54,17 +54,8 @@ from gateway.dialects.bolink_messages import (
     sign_ok,
     translate,
 )
-from gateway.dialects.interface import (
-    DeadlinePassed,
-    IDialect,
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    NotConnected,
-    Original,
-    Unsupported,
-)
+from gateway.dialects.interface import IDialect, IDialectHost, IDialectServer, Original, Unsupported
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.tcp import describe

@@ -24,8 +24,8 @@ from twisted.internet.interfaces import IProtocolFactory
 from zope.interface import Attribute, Interface
 
 from gateway.config import LotConfig
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.lots.answers import Answer
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.lots.tcp import describe
 from gateway.protocol.results import Result
 

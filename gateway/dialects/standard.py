@@ -16,7 +16,8 @@ from zope.interface import implementer
 
 from gateway.config import Config, LotConfig
 from gateway.dialects.host import DialectHost
-from gateway.dialects.interface import IDialect, IDialectServer, LotReply, LotState
+from gateway.dialects.interface import IDialect, IDialectServer
+from gateway.interfaces import LotReply, LotState
 from gateway.limits import proxied
 from gateway.lots.downlink import Downlinks
 from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
