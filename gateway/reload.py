@@ -29,9 +29,9 @@ from twisted.internet.defer import Deferred, DeferredLock, gatherResults, maybeD
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, ConfigError, LotConfig
 from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import RELOAD_RECORD, TOKEN_REVOKED_RECORD
+from gateway.settings import Config, ConfigError, LotConfig
 
 __all__ = ["Changes", "ReloadOutcome", "Reloader", "compare"]
 

@@ -37,7 +37,6 @@ from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
-from gateway.config import Config
 from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
 from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
@@ -45,6 +44,7 @@ from gateway.protocol.jsontext import JSONRefused, loads
 from gateway.protocol.results import Result
 from gateway.protocol.schema import interface_schema
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config
 
 __all__ = [
     "ALL_ROLES",

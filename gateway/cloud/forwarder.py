@@ -69,12 +69,12 @@ from twisted.python.failure import Failure
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.post import HTTPRequester, failure_reason, post_signed, shortened
 from gateway.cloud.progress import Progress
-from gateway.config import CloudConfig
 from gateway.interfaces import Entry, JournalAppend, Outcome, Sink, Split
 from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import Cursor, Damage
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.times import rfc3339_seconds
+from gateway.settings import CloudConfig
 
 __all__ = [
     "Forwarder",

@@ -23,10 +23,10 @@ from typing import Protocol
 from attrs import Factory, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.config import Config
 from gateway.interfaces import JournalPosition, LotState
 from gateway.logs import ECHO_CHARS, REASON_CHARS, clip
 from gateway.protocol.times import utc_rfc3339
+from gateway.settings import Config
 
 __all__ = [
     "LATENCY_WINDOW",

@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import Config, LotConfig, TcpConfig
 from gateway.dialects.interface import IDialectHost, IDialectServer, Message, Original, Unsupported
 from gateway.interfaces import JournalAppend, LotReply, LotState, NotConnected
 from gateway.journal.kinds import LEGACY_RECORD, OFFLINE_RECORD, ONLINE_RECORD, UPLINK_RECORD
@@ -39,6 +38,7 @@ from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
 from gateway.protocol.redact import redact
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig, TcpConfig
 
 __all__ = ["DialectHost", "GatewayParts", "LotRouter"]
 

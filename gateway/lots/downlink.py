@@ -25,7 +25,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
 from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
 from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
 from gateway.logs import lot_rejected
@@ -39,6 +38,7 @@ from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.signing import compact, sign
 from gateway.protocol.times import wire_time
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 

@@ -16,7 +16,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
 from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import TOKEN_RECORD
 from gateway.lots.answers import Answer
@@ -27,6 +26,7 @@ from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
 from gateway.protocol.signing import signature_matches
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 

@@ -19,7 +19,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
 from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from gateway.journal.record import Record
@@ -35,6 +34,7 @@ from gateway.protocol.redact import may_hold_secrets, redact
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.times import wire_time
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 

@@ -27,8 +27,8 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from gateway.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials
-from gateway.config import Config, LotConfig
 from gateway.interfaces import JournalAppend
+from gateway.settings import Config, LotConfig
 from gateway.upstream.relay import Relay, RelayLots, RelaySync
 from gateway.upstream.session import UpstreamAccount, UpstreamSession
 
