@@ -29,14 +29,14 @@ from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState
 from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, signature_ok
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login
 from gateway.lots.sessions import Sessions
-from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
+from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol
 from gateway.protocol.catalog import deadline_of, lookup
-from gateway.protocol.envelope import EnvelopeError, Request, build_response
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, ack_frame, build_response
 from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import RESULT_OK, Result
-from gateway.protocol.signing import compact, sign
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.times import wire_time
 from gateway.settings import Config, LotConfig
 
@@ -670,16 +670,3 @@ def record_connection(journal: JournalAppend, kind: str, park: str, peer: str, r
     stored.addErrback(
         lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
     )
-
-
-def ack_frame(code: str, opr: str, token: str, secret: str, data: object) -> bytes:
-    """An ACK frame (a request envelope, B.3.2), signed over compact `data` before the escapes."""
-    data_text = compact(data)
-    text = '{"code":%s,"oprNum":%s,"token":%s,"signature":"%s","data":%s}' % (
-        compact(code),
-        compact(opr),
-        compact(token),
-        sign(data_text, token, secret),
-        data_text,
-    )
-    return encode_json_frame(text)
