@@ -17,10 +17,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.logs import describe
+from gateway.lots.connections import Bind
 from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_frame
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge
 
 log = Logger()
+
+UNBOUND, BINDING, BOUND, CLOSING = Bind.UNBOUND, Bind.BINDING, Bind.BOUND, Bind.CLOSING
 
 
 class FrameHandler(TypingProtocol):
@@ -57,8 +60,8 @@ class FrameHandler(TypingProtocol):
 class DownlinkProtocol(Protocol):
     """One lot's TCP connection: turns bytes into envelopes for the handler, and frames into bytes.
 
-    `park`, `token`, `bound_at`, `binding`, `queued` and `close_reason` belong to
-    the handler, which keeps its per-connection state here so that a connection
+    `park`, `token`, `bound_at`, `phase` (its `Bind`), `queued` and `close_reason`
+    belong to the handler, which keeps its per-connection state here so that a connection
     is one object. Until `park` is set, the bytes received are counted and
     capped at `max_unbound_bytes` (CONTRACT §4): past the cap the handler is
     told before the bytes are decoded, so an unbound peer cannot make the
@@ -71,15 +74,14 @@ class DownlinkProtocol(Protocol):
         "_handler",
         "_max_unbound",
         "_skipped",
-        "binding",
         "bound_at",
         "close_reason",
-        "closing",
         "last_read",
         "last_write",
         "opened",
         "park",
         "peer",
+        "phase",
         "queued",
         "token",
         "unbound_bytes",
@@ -104,17 +106,18 @@ class DownlinkProtocol(Protocol):
         self.park: str | None = None
         self.token = ""
         self.bound_at: float | None = None
-        self.binding = False
+        # The bind lifecycle (gateway.lots.connections.Bind); the handler moves it on.
+        self.phase: Bind = UNBOUND
+        # The frames that arrived while BINDING, handled once the login is decided.
         self.queued: list[Request | Reply | EnvelopeError] | None = None
         self.close_reason = ""
-        self.closing = False
 
     def connectionMade(self) -> None:
         self.opened = self.last_read = self.last_write = self._clock.seconds()
         self._handler.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
+        if self.phase is CLOSING:
             return
         self.last_read = self._clock.seconds()
         if self.park is None:
@@ -129,7 +132,7 @@ class DownlinkProtocol(Protocol):
             self._handler.garbage_received(self, skipped - self._skipped)
             self._skipped = skipped
         for event in events:
-            if self.closing:
+            if self.phase is CLOSING:
                 return
             if isinstance(event, FrameTooLarge):
                 self._handler.too_large(self, event)
@@ -151,23 +154,28 @@ class DownlinkProtocol(Protocol):
         else:
             self._handler.request_received(self, message)
 
+    def settle(self) -> None:
+        """A login is decided: BINDING gives way to BOUND or UNBOUND, by whether the connection has a lot."""
+        if self.phase is BINDING:
+            self.phase = UNBOUND if self.park is None else BOUND
+
     def send(self, frame: bytes) -> None:
         """Write one encoded frame."""
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and self.phase is not CLOSING:
             self.last_write = self._clock.seconds()
             self.transport.write(frame)
 
     def close(self, reason: str) -> None:
         """Close the connection (after what was written), remembering why."""
-        if self.closing:
+        if self.phase is CLOSING:
             return
-        self.closing = True
+        self.phase = CLOSING
         self.close_reason = reason
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closing = True
+        self.phase = CLOSING
         self._handler.connection_lost(self, reason)
 
 
