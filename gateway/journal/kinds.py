@@ -33,6 +33,7 @@ __all__ = [
     "UPLINK_RECORD",
     "UPSTREAM_ACK_RECORD",
     "UPSTREAM_REPLY_RECORD",
+    "kind_member",
 ]
 
 # The lots (gateway.lots, gateway.dialects).
@@ -120,3 +121,8 @@ ALL_KINDS = frozenset(
     }
 )
 """Every kind above."""
+
+
+def kind_member(kind: str) -> bytes:
+    """The kind as its member stands in a record's line (``"kind":"seal"``): to find it without decoding."""
+    return b'"kind":"%s"' % kind.encode()
