@@ -28,8 +28,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.dialects.host import LEGACY_RECORD
+from gateway.forwarding.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.journal.reader import Damage
 from gateway.journal.record import BadLine, Record, format_ts
 from gateway.journal.recovery import QUARANTINE_RECORD, Quarantine
@@ -132,7 +132,8 @@ class StartState:
             if isinstance(done, int):
                 self.sync.pop(done, None)
         elif kind == FORWARDED_RECORD or kind == REJECTED_RECORD:
-            through = body.get("through") if isinstance(body, dict) else None
+            # The main sink's progress: another engine's records name their sink.
+            through = body.get("through") if isinstance(body, dict) and "sink" not in body else None
             if type(through) is int and through > self.forwarded:
                 self.forwarded = through
         elif kind == QUARANTINE_RECORD:

@@ -23,7 +23,7 @@ from twisted.web.http_headers import Headers
 
 from gateway import __version__
 from gateway.cloud.api import CommandApi
-from gateway.cloud.forwarder import Forwarder
+from gateway.cloud.forwarder import CloudEventsSink
 from gateway.cloud.metrics import (
     observe_fsync,
     register_forwarder,
@@ -32,7 +32,6 @@ from gateway.cloud.metrics import (
     register_upstream,
 )
 from gateway.cloud.metrics import register as register_metrics
-from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
 from gateway.cloud.status import StatusReport
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
@@ -41,6 +40,8 @@ from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
 from gateway.dialects.interface import IDialectServer
 from gateway.dialects.standard import StandardServer
 from gateway.firststart import Fresh, create_token_file
+from gateway.forwarding import ForwardingEngine
+from gateway.forwarding.progress import Progress
 from gateway.heap import BindSettler, settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.retention import Retention
@@ -338,7 +339,7 @@ def build_service(
         records=settings.journal.seal_records,
     )
     _Part(start=sealer.start, stop=sealer.stop).setServiceParent(service)
-    forwarder: Forwarder | None = None
+    forwarder: ForwardingEngine | None = None
     progress = Progress()
     queries: QueryClient | UpstreamQueries | None = None
     if settings.cloud.sink == "cloudevents":
@@ -354,8 +355,7 @@ def build_service(
                 deadlines=settings.deadlines,
             )
         # Added right after the journal, so it stops just before the journal closes.
-        events = Forwarder(
-            journal=journal,
+        sink = CloudEventsSink(
             http=http,
             clock=reactor,
             settings=settings.cloud,
@@ -363,6 +363,7 @@ def build_service(
             zone=settings.gateway.timezone,
             signing_key=key,
         )
+        events = ForwardingEngine(journal=journal, clock=reactor, settings=settings.cloud, sink=sink)
         forwarder = events
         _Part(start=lambda: events.start(progress.through), stop=events.stop).setServiceParent(service)
 
@@ -569,7 +570,7 @@ def build_service(
 
 def _upstream(
     settings: Config, reactor: Any, journal: Journal, lots: LotRouter, sync: SyncQueue
-) -> tuple[UpstreamLots, UpstreamQueries, Forwarder]:
+) -> tuple[UpstreamLots, UpstreamQueries, ForwardingEngine]:
     """The t002 sink: each lot's upstream session and link, its queries, and the forwarder."""
     cloud = settings.cloud
     upstream = UpstreamLots(
@@ -591,7 +592,7 @@ def _upstream(
         settings=cloud,
         concurrency=UPSTREAM_CONCURRENCY,
     )
-    forwarder = Forwarder(journal=journal, clock=reactor, settings=cloud, sink=sink)
+    forwarder = ForwardingEngine(journal=journal, clock=reactor, settings=cloud, sink=sink)
     return upstream, queries, forwarder
 
 

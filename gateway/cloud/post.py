@@ -12,7 +12,7 @@ from twisted.web.http_headers import Headers
 
 from gateway.cloud.httpsig import sign_request
 
-__all__ = ["HTTPRequester", "failure_reason", "post_signed", "shortened"]
+__all__ = ["HTTPRequester", "failure_reason", "post_signed"]
 
 _REASON = 100  # characters of a network error's text, in a lot's message or a log line
 
@@ -54,9 +54,3 @@ def failure_reason(failure: Failure) -> str:
             failure = reasons[0]
     text = failure.getErrorMessage().strip() or failure.type.__name__
     return text if len(text) <= _REASON else text[: _REASON - 3] + "..."
-
-
-def shortened(answer: str, limit: int = 200) -> str:
-    """The start of a cloud's answer, on one line, for the log."""
-    text = " ".join(answer.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

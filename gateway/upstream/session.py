@@ -46,7 +46,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.client import HTTPRequester, Response, UplinkError, envelope_text, parse_response, post_param
-from gateway.cloud.post import failure_reason, shortened
+from gateway.cloud.post import failure_reason
+from gateway.forwarding import shortened
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
 from gateway.protocol.times import utc_rfc3339

@@ -23,8 +23,8 @@ from nacl.signing import SigningKey
 from gateway.cli import log
 from gateway.cli.main import build_parser, main
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.cloud.httpsig import verify_request
+from gateway.forwarding import FORWARDED_RECORD, REJECTED_RECORD, Progress
 from gateway.journal.reader import read_records, verify
 from gateway.journal.record import Record, encode_line, format_ts
 from gateway.journal.seals import SEAL_RECORD, seal_body

@@ -23,8 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway import config
 from gateway.cloud import events
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Progress
+from gateway.cloud.forwarder import CloudEventsSink
 from gateway.cloud.httpsig import parse_signature_input, verify_request
+from gateway.forwarding import FORWARDED_RECORD, REJECTED_RECORD, ForwardingEngine, Progress
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record
 from tests.journal.helpers import Harness
@@ -86,15 +87,20 @@ class Rig:
         if start:
             self.forwarder.start()
 
-    def make(self, resume_after: int = 0) -> Forwarder:
-        return Forwarder(
-            journal=self.h.journal,
+    def make(self, resume_after: int = 0) -> ForwardingEngine:
+        sink = CloudEventsSink(
             http=self,
             clock=self.h.clock,
             settings=self.settings,
             gateway_id="gw-01",
             zone=ZONE,
             signing_key=KEY,
+        )
+        return ForwardingEngine(
+            journal=self.h.journal,
+            sink=sink,
+            clock=self.h.clock,
+            settings=self.settings,
             run_blocking=lambda job: self.run_blocking(job),
             random=lambda: self.jitter,
             resume_after=resume_after,

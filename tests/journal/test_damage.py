@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from gateway.cloud.progress import FORWARDED_RECORD, Progress
+from gateway.forwarding.progress import FORWARDED_RECORD, Progress
 from gateway.journal.integrity import KeyChangeError, Verdict, verify_journal
 from gateway.journal.reader import ChainError, Cursor, Damage, read_records, read_records_skipping
 from gateway.journal.record import decode_line

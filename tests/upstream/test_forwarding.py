@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 
 from gateway import config
 from gateway.client import UplinkError, parse_response
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Outcome, Split
+from gateway.forwarding import FORWARDED_RECORD, REJECTED_RECORD, ForwardingEngine, Outcome, Split
 from gateway.journal.record import Record, format_ts
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
@@ -384,7 +384,7 @@ class Rig:
             settings=self.settings,
         )
         self.reads: list[object] = []
-        self.forwarder = Forwarder(
+        self.forwarder = ForwardingEngine(
             journal=self.journal,
             clock=self.clock,
             settings=self.settings,
@@ -615,7 +615,7 @@ def test_a_stuck_lot_does_not_stop_the_others_once_the_buffer_is_full(tmp_path: 
     sink = UpstreamSink(
         url=URL, gateway_id=GATEWAY_ID, session_of=sessions.get, clock=platform.clock, settings=settings
     )
-    forwarder = Forwarder(
+    forwarder = ForwardingEngine(
         journal=h.journal,
         clock=h.clock,
         settings=settings,
