@@ -44,6 +44,7 @@ from gateway.forwarding import ForwardingEngine
 from gateway.forwarding.progress import Progress
 from gateway.heap import BindSettler, settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
+from gateway.journal.jumps import read_jumps
 from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
@@ -340,6 +341,7 @@ def build_service(
     )
     _Part(start=sealer.start, stop=sealer.stop).setServiceParent(service)
     forwarder: ForwardingEngine | None = None
+    jumps = read_jumps(journal.path)  # a restore's seq jumps are no backlog
     progress = Progress()
     queries: QueryClient | UpstreamQueries | None = None
     if settings.cloud.sink == "cloudevents":
@@ -363,7 +365,9 @@ def build_service(
             zone=settings.gateway.timezone,
             signing_key=key,
         )
-        events = ForwardingEngine(journal=journal, clock=reactor, settings=settings.cloud, sink=sink)
+        events = ForwardingEngine(
+            journal=journal, clock=reactor, settings=settings.cloud, sink=sink, skipped=jumps.skipped
+        )
         forwarder = events
         _Part(start=lambda: events.start(progress.through), stop=events.stop).setServiceParent(service)
 
@@ -592,7 +596,9 @@ def _upstream(
         settings=cloud,
         concurrency=UPSTREAM_CONCURRENCY,
     )
-    forwarder = ForwardingEngine(journal=journal, clock=reactor, settings=cloud, sink=sink)
+    forwarder = ForwardingEngine(
+        journal=journal, clock=reactor, settings=cloud, sink=sink, skipped=read_jumps(journal.path).skipped
+    )
     return upstream, queries, forwarder
 
 
