@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from attrs import frozen
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -341,7 +342,7 @@ class CheckpointJournal(Protocol):
     def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
 
 
-class Checkpointer:
+class Checkpointer(Service):
     """
     Keeps a :class:`StartState` up to date from durable records and journals it now and then.
 
@@ -401,6 +402,14 @@ class Checkpointer:
             self._writing = False
 
         return d.addCallbacks(written, not_written).addBoth(done)
+
+    def startService(self) -> None:
+        super().startService()
+        self.start()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self.stop()
 
     def _committed(self, records: list[Record]) -> None:
         state = self._state

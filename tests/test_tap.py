@@ -150,7 +150,7 @@ def test_a_dialect_lot_gets_its_dialects_listener(tmp_path: Path) -> None:
         dialect_factory = factories[6789].wrappedFactory
         assert isinstance(dialect_factory, ServerFactory)
         assert type(dialect_factory).__module__ == "gateway.dialects.bolink"
-        assert service.getServiceNamed("bolink") is not None
+        assert service.getServiceNamed("parts").getServiceNamed("lots").getServiceNamed("bolink") is not None
     finally:
         stop(service, reactor)
 

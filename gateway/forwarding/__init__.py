@@ -20,6 +20,7 @@ from gateway.forwarding.engine import (
     shortened,
 )
 from gateway.forwarding.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
+from gateway.forwarding.service import ForwardingService
 
 __all__ = [
     "FORWARDED_RECORD",
@@ -28,6 +29,7 @@ __all__ = [
     "Feed",
     "ForwarderJournal",
     "ForwardingEngine",
+    "ForwardingService",
     "Outcome",
     "Progress",
     "RunBlocking",
