@@ -30,13 +30,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli.lot import _count, _positive, parse_downlink, uplink_url
-from gateway.client import LotCredentials
 from gateway.conformance.checks import lot_checks
 from gateway.conformance.lot import LotRun, MirrorSettings, ReferencePlatform
 from gateway.conformance.platform import PlatformRun, PlatformTarget, plan
 from gateway.conformance.report import Report, Row, junit_xml, markdown, text_line
+from gateway.logs import describe
+from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.http import UplinkSite
-from gateway.lots.tcp import describe
 
 if TYPE_CHECKING:
     from gateway.cli.main import Subparsers

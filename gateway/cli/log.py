@@ -54,18 +54,18 @@ from attrs import frozen
 from nacl.signing import SigningKey, VerifyKey
 
 from gateway.cli import progress as progress_bars
-from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
+from gateway.cloud.events import BATCH_CONTENT_TYPE, EVENT_KINDS, NO_EVENT_KINDS, to_event
 from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
 from gateway.config import CONFIG_SEARCH, ConfigError, find_config, parse
 from gateway.config import load as load_config
 from gateway.journal import backup as journal_backup
 from gateway.journal.integrity import KeyChangeError, KeyRun, Recovery, verify_journal
+from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import ChainError
 from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
-from gateway.journal.recovery import DAMAGED, RECOVERY_RECORD, is_hole
-from gateway.journal.restore import RESTORE, RESTORE_RECORD
-from gateway.journal.seals import SEAL_RECORD
+from gateway.journal.recovery import DAMAGED, is_hole
+from gateway.journal.restore import RESTORE
 from gateway.journal.segments import Segment, iter_lines, line_seq, list_segments, segments_from
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
 
@@ -104,27 +104,8 @@ ANSWER_EXCERPT = 300
 MAX_WARNINGS = 10
 """Damaged lines warned about one by one; the rest are counted."""
 
-# Kinds whose event (gateway.cloud.events.to_event) does not depend on the body:
-# always one, or never one. Any other kind is decoded and asked. The tests check
-# these against to_event; spelt out here like events.py does.
-EVENT_KINDS = frozenset({"uplink", "lot-online", "lot-offline"})
-NO_EVENT_KINDS = frozenset(
-    {
-        "query",
-        "answer",
-        "token",
-        "command",
-        "command-reply",
-        "sync",
-        RECOVERY_RECORD,
-        RESTORE_RECORD,
-        "quarantine",
-        "forwarded",
-        SEAL_RECORD,
-    }
-)
 # Records that say how far forwarding went (gateway.cloud.forwarder): body "through".
-_PROGRESS_KINDS = frozenset({b"forwarded", b"rejected"})
+_PROGRESS_KINDS = frozenset({FORWARDED_RECORD.encode(), REJECTED_RECORD.encode()})
 _EVENT_KINDS_B = frozenset(kind.encode() for kind in EVENT_KINDS)
 _NO_EVENT_KINDS_B = frozenset(kind.encode() for kind in NO_EVENT_KINDS)
 _UTC_ZONE = ZoneInfo("UTC")

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli import progress
-from gateway.client import CredentialsError, LotCredentials, read_credentials
+from gateway.lotclient.credentials import CredentialsError, LotCredentials, read_credentials
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 

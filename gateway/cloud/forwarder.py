@@ -22,9 +22,9 @@ from twisted.python.failure import Failure
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.post import HTTPRequester, failure_reason, post_signed
-from gateway.config import CloudConfig
-from gateway.forwarding import Entry, Outcome, Split
+from gateway.interfaces import Entry, Outcome, Split
 from gateway.journal.record import Record, dumps_compact
+from gateway.settings import CloudConfig
 
 __all__ = ["CloudEventsSink"]
 

@@ -11,9 +11,9 @@ from twisted.application.service import MultiService
 from gateway.cloud.forwarder import CloudEventsSink
 from gateway.cloud.post import CloudClient
 from gateway.cloud.query import QueryClient
-from gateway.config import Config
 from gateway.forwarding import ForwardingEngine, ForwardingService
 from gateway.journal.writer import Journal
+from gateway.settings import Config
 
 __all__ = ["CloudService"]
 

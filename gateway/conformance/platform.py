@@ -29,21 +29,16 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.web.http_headers import Headers
 
-from gateway.client import (
-    DownlinkClient,
-    DownlinkReply,
-    HTTPRequester,
-    LotCredentials,
-    Response,
-    UplinkClient,
-    request_text,
-)
 from gateway.conformance.checks import FIELD_ERRORS, Check, invalid_field, platform_checks
 from gateway.conformance.report import Outcome, Report, Row
 from gateway.conformance.samples import Scene, downlink_sample, invalid_variant, uplink_sample
 from gateway.conformance.wire import Frame, FrameProbe, connect_probe
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import DownlinkClient, DownlinkReply
+from gateway.lotclient.uplink import HTTPRequester, UplinkClient
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
-from gateway.protocol.envelope import EnvelopeError, Request, parse_request
+from gateway.protocol.envelope import EnvelopeError, Request, parse_request, request_text
+from gateway.protocol.envelope import Reply as Response
 from gateway.protocol.framing import encode_json_frame
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign, signature_matches

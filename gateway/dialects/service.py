@@ -16,7 +16,6 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from gateway.config import Config
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter, Queries
 from gateway.dialects.interface import IDialectServer
@@ -30,6 +29,7 @@ from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SyncQueue
+from gateway.settings import Config
 
 __all__ = ["LotsService"]
 

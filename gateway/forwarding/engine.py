@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from enum import Enum
 from functools import partial
 from typing import Any, Protocol
@@ -73,21 +73,18 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import CloudConfig
-from gateway.forwarding.progress import FORWARDED_RECORD, REJECTED_RECORD
+from gateway.interfaces import Entry, JournalAppend, Outcome, Sink, Split
+from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import Cursor, Damage
 from gateway.journal.record import Record
 from gateway.protocol.times import rfc3339_seconds
+from gateway.settings import CloudConfig
 
 __all__ = [
-    "Entry",
     "Feed",
     "ForwarderJournal",
     "ForwardingEngine",
-    "Outcome",
     "RunBlocking",
-    "Sink",
-    "Split",
     "retry_delay",
     "shortened",
 ]
@@ -105,8 +102,8 @@ _READ_RETRY = 5.0
 _log = Logger()
 
 
-class ForwarderJournal(Protocol):
-    """What the forwarder needs of :class:`gateway.journal.writer.Journal`."""
+class ForwarderJournal(JournalAppend, Protocol):
+    """What the engine needs of :class:`gateway.journal.writer.Journal`."""
 
     @property
     def path(self) -> str: ...
@@ -117,79 +114,9 @@ class ForwarderJournal(Protocol):
     @property
     def commit_observers(self) -> list[Callable[[list[Record]], None]]: ...
 
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
-
 
 RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
 """Runs a blocking job off the reactor thread (``deferToThread``)."""
-
-
-@frozen
-class Entry:
-    """One event waiting to go: its record's identity and what the sink sends of it (``body``)."""
-
-    seq: int
-    park: str
-    code: str
-    opr: str
-    id: str
-    type: str
-    body: bytes
-    at: float  # when it was taken from the journal (for the batch delay)
-    ts: str  # the record's journal time (for the lag)
-
-
-@frozen
-class Outcome:
-    """
-    What became of one event of a batch.
-
-    ``done``: delivered, or (``refused``) refused for good with the ``answer``;
-    either way it is not sent again. Not done: it is sent again after the
-    backoff, and ``reason`` says why not this time.
-    """
-
-    done: bool
-    status: int | None = None
-    refused: bool = False
-    answer: bytes = b""
-    reason: str = ""
-    # Not done, and paced by the sink: the lot's events wait until then, other lots' go on.
-    retry_at: float | None = None
-
-    @classmethod
-    def delivered(cls, status: int) -> Outcome:
-        return cls(True, status)
-
-    @classmethod
-    def refusal(cls, status: int, answer: bytes) -> Outcome:
-        return cls(True, status, refused=True, answer=answer)
-
-    @classmethod
-    def not_yet(cls, reason: str, status: int | None = None, retry_at: float | None = None) -> Outcome:
-        return cls(False, status, reason=reason, retry_at=retry_at)
-
-
-@frozen
-class Split:
-    """The sink refused a batch of several events as a whole: find the refused ones by halving it."""
-
-    status: int
-    answer: bytes
-
-
-class Sink(Protocol):
-    """Where the forwarder's events go, and how: CloudEvents batches, or a T/CPMI 002 upstream."""
-
-    @property
-    def target(self) -> str:
-        """Where events go, for the log (a URL)."""
-
-    def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
-        """The events among `records` (may run in a thread: no state, no I/O)."""
-
-    def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
-        """Send `batch`; fires with an Outcome per entry, in order, or a Split; never fails."""
 
 
 def shortened(answer: str, limit: int = 200) -> str:

@@ -15,8 +15,8 @@ import os
 
 from attrs import frozen
 
+from gateway.journal.kinds import RESTORE_RECORD
 from gateway.journal.record import BadLine, decode_line
-from gateway.journal.restore import RESTORE_RECORD
 from gateway.journal.segments import iter_lines, list_segments
 
 __all__ = ["SeqJumps", "read_jumps"]

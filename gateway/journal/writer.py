@@ -70,6 +70,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from gateway.journal.kinds import QUARANTINE_RECORD, RECOVERY_RECORD
 from gateway.journal.reader import Damage, read_records
 from gateway.journal.record import (
     GENESIS_CHAIN,
@@ -81,8 +82,6 @@ from gateway.journal.record import (
     format_ts,
 )
 from gateway.journal.recovery import (
-    QUARANTINE_RECORD,
-    RECOVERY_RECORD,
     Quarantine,
     SetAside,
     fill_hole,

@@ -50,12 +50,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.cloud.post import failure_reason
-from gateway.config import CloudConfig
-from gateway.forwarding import Entry, Outcome, Split, retry_delay
+from gateway.forwarding import retry_delay
+from gateway.interfaces import Entry, Outcome, Split
+from gateway.journal.kinds import UPLINK_RECORD
 from gateway.journal.record import Record, dumps_compact
-from gateway.lots.uplink import UPLINK_RECORD
 from gateway.protocol.catalog import deadline_of
 from gateway.protocol.results import Result
+from gateway.settings import CloudConfig
 from gateway.upstream.session import Exchange, LoginRefused, RepeatLimit, UpstreamSession
 
 __all__ = ["UpstreamQueries", "UpstreamSink"]

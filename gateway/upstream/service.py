@@ -11,9 +11,9 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from gateway.cloud.post import CloudClient
-from gateway.config import Config
 from gateway.forwarding import ForwardingEngine, ForwardingService
 from gateway.journal.writer import Journal
+from gateway.settings import Config
 from gateway.upstream.forwarding import UpstreamQueries, UpstreamSink
 from gateway.upstream.lots import UpstreamLots
 from gateway.upstream.relay import RelayLots, RelaySync

@@ -25,7 +25,8 @@ from gateway import config
 from gateway.cloud import events
 from gateway.cloud.forwarder import CloudEventsSink
 from gateway.cloud.httpsig import parse_signature_input, verify_request
-from gateway.forwarding import FORWARDED_RECORD, REJECTED_RECORD, ForwardingEngine, Progress
+from gateway.forwarding import ForwardingEngine, Progress
+from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record
 from tests.journal.helpers import Harness

@@ -9,7 +9,8 @@ from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred
 
 from gateway import config
-from gateway.forwarding import Entry, ForwardingEngine, Outcome, Split
+from gateway.forwarding import ForwardingEngine
+from gateway.interfaces import Entry, Outcome, Split
 from gateway.journal.backup import backup, restore
 from gateway.journal.jumps import SeqJumps, read_jumps
 from gateway.journal.record import Record
