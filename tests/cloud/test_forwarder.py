@@ -88,7 +88,7 @@ class Rig:
         if start:
             self.forwarder.start()
 
-    def make(self, resume_after: int = 0) -> ForwardingEngine:
+    def make(self, resume_after: int = 0, progress: str = "") -> ForwardingEngine:
         sink = CloudEventsSink(
             http=self,
             clock=self.h.clock,
@@ -100,6 +100,7 @@ class Rig:
         return ForwardingEngine(
             journal=self.h.journal,
             sink=sink,
+            progress=progress,
             clock=self.h.clock,
             settings=self.settings,
             run_blocking=lambda job: self.run_blocking(job),
@@ -182,6 +183,22 @@ def test_a_2xx_is_journaled_as_forwarded(rigs: Callable[..., Rig]) -> None:
     # The ack record (seq 3) is no event: the next batch holds only seq 4, and is done through 4.
     assert [r.body["through"] for r in rig.records(FORWARDED_RECORD)] == [2, 4]
     assert rig.forwarder.backlog == 1  # the last ack record itself
+
+
+def test_a_named_engine_names_its_sink_in_its_progress_records(rigs: Callable[..., Rig]) -> None:
+    """An engine with a progress name journals it as `sink`; the main sink's form stays without it."""
+    rig = rigs(batch_max_delay=0, start=False)
+    rig.forwarder = rig.make(progress="second")
+    rig.forwarder.start()
+    rig.uplinks(2)
+    rig.settle()
+    [ack] = rig.records(FORWARDED_RECORD)
+    assert ack.body == {"first": 1, "last": 2, "events": 2, "status": 204, "through": 2, "sink": "second"}
+    main, second = Progress(), Progress("second")
+    for record in rig.records(FORWARDED_RECORD):
+        main.restore(record)
+        second.restore(record)
+    assert (main.through, second.through) == (0, 2)
 
 
 def test_batches_are_bounded_by_events_and_bytes(rigs: Callable[..., Rig]) -> None:
