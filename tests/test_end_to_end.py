@@ -51,7 +51,8 @@ def free_port() -> int:
         return port
 
 
-def write_config(tmp_path: Path, port: int) -> str:
+def write_config(tmp_path: Path, port: int, downlink: int = 0, api: int = 0) -> str:
+    """A config with the uplink on `port` and the downlink and API on free loopback ports (or these)."""
     path = tmp_path / "gateway.toml"
     path.write_text(
         f"""
@@ -59,6 +60,8 @@ def write_config(tmp_path: Path, port: int) -> str:
 signing_key = "{tmp_path / "gateway.key"}"
 [listen]
 uplink = "tcp:{port}:interface=127.0.0.1"
+downlink = "tcp:{downlink or free_port()}:interface=127.0.0.1"
+api = "tcp:{api or free_port()}:interface=127.0.0.1"
 [journal]
 path = "{tmp_path / "journal"}"
 [[lot]]
@@ -367,15 +370,8 @@ async def test_gate_open_from_the_api_reaches_the_lot_and_its_reply_comes_back(t
 def api_config(tmp_path: Path) -> tuple[str, int, int]:
     """A config with all three listeners on free loopback ports and an API token."""
     uplink, downlink, api = free_port(), free_port(), free_port()
-    config = Path(write_config(tmp_path, uplink))
-    config.write_text(
-        config.read_text().replace(
-            "[listen]\n",
-            f'[listen]\ndownlink = "tcp:{downlink}:interface=127.0.0.1"\n'
-            f'api = "tcp:{api}:interface=127.0.0.1"\n',
-        )
-        + '[cloud]\napi_token = "cloud-token"\n'
-    )
+    config = Path(write_config(tmp_path, uplink, downlink, api))
+    config.write_text(config.read_text() + '[cloud]\napi_token = "cloud-token"\n')
     return str(config), downlink, api
 
 
