@@ -70,7 +70,7 @@ from gateway.journal.segments import Segment, iter_lines, line_seq, list_segment
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = [
     "EVENT_KINDS",
