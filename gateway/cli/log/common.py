@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from attrs import frozen
 
 from gateway.cli import progress as progress_bars
-from gateway.journal.reader import ChainError
+from gateway.journal.damage import ChainError
 from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
 from gateway.journal.recovery import is_hole
 from gateway.journal.segments import Segment, iter_lines, list_segments, segments_from

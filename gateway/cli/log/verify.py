@@ -11,8 +11,8 @@ import sys
 from nacl.signing import VerifyKey
 
 from gateway.cli.log.common import Usage, byte_bar, guard, journal_segments, say, whole_end
+from gateway.journal.damage import ChainError
 from gateway.journal.integrity import KeyChangeError, KeyRun, Recovery, verify_journal
-from gateway.journal.reader import ChainError
 from gateway.journal.restore import RESTORE
 from gateway.journal.segments import list_segments
 from gateway.keys import parse_public_key_b64
