@@ -182,6 +182,7 @@ class PlatformSession:
         return problems
 
     def data_problem(self, interface: Interface, data: object) -> str:
+        """What is wrong with an answer's data per the catalog, or "" when nothing is."""
         if not interface.response or not isinstance(data, dict | list) or not data:
             return ""
         try:
@@ -191,16 +192,19 @@ class PlatformSession:
         return ""
 
     async def send(self, code: str, data: object, token: str | None = None) -> tuple[Response, str]:
+        """POST an uplink with a new oprNum (and the lot's token unless given); the answer and the oprNum."""
         opr = self.uplink.new_opr()
         response = await self.uplink.post(code, data, token=self.token if token is None else token, opr=opr)
         return response, opr
 
     @staticmethod
     def said(response: Response) -> str:
+        """What an answer said: its result code and message."""
         message = f" {response.result_message}" if response.result_message else ""
         return f"{response.result_code}{message}"
 
     def credentials(self, password: str | None = None) -> dict[str, str]:
+        """The login data of the lot's account (with another password when given)."""
         account = self.target.credentials
         return {
             "parkUserName": account.username,
@@ -208,6 +212,7 @@ class PlatformSession:
         }
 
     def free_space(self) -> object:
+        """A valid freeSpace message: the plain uplink the checks vary."""
         return uplink_sample(self.traffic, "freeSpace", self.now())
 
 
