@@ -27,6 +27,7 @@ from itertools import islice
 from typing import IO, Any, cast
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python import usage
 from twisted.python.components import Componentized
@@ -45,6 +46,7 @@ __all__ = [
     "as_json",
     "check_log_format",
     "clip",
+    "describe",
     "is_secret_name",
     "json_observer",
     "log_stream",
@@ -359,3 +361,12 @@ class WithLogObserver(MultiService):
         if isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._observer())
         super().setServiceParent(parent)
+
+
+def describe(address: IAddress) -> str:
+    """`host:port` of a peer address, or its repr for other kinds of address."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    return repr(address)

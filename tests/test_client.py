@@ -27,7 +27,8 @@ from gateway.client import (
     read_credentials,
     request_text,
 )
-from gateway.lots.downlink import Downlinks, LotReply, ack_frame
+from gateway.interfaces import LotReply
+from gateway.lots.downlink import Downlinks, ack_frame
 from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import INTERFACES, lookup
 from gateway.protocol.framing import FrameDecoder, encode_frame

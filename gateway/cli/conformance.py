@@ -35,8 +35,8 @@ from gateway.conformance.checks import lot_checks
 from gateway.conformance.lot import LotRun, MirrorSettings, ReferencePlatform
 from gateway.conformance.platform import PlatformRun, PlatformTarget, plan
 from gateway.conformance.report import Report, Row, junit_xml, markdown, text_line
+from gateway.logs import describe
 from gateway.lots.http import UplinkSite
-from gateway.lots.tcp import describe
 
 if TYPE_CHECKING:
     from gateway.cli.command import Subparsers

@@ -37,20 +37,20 @@ from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
-from gateway.config import Config
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.jsontext import JSONRefused, loads
 from gateway.protocol.results import Result
 from gateway.protocol.schema import interface_schema
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config
 
 __all__ = [
     "ALL_ROLES",
     "CLOUD_CLIENT",
     "Caller",
     "CommandApi",
-    "CommandJournal",
     "LotCommands",
     "ReloadOutcome",
     "SyncEntries",
@@ -89,13 +89,6 @@ class LotCommands(Protocol):
 
     def states(self) -> list[LotState]:
         """The connection state of the lots."""
-
-
-class CommandJournal(Protocol):
-    """The journal's append, firing once the record is durable."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Append one record."""
 
 
 class SyncEntries(Protocol):
@@ -191,7 +184,7 @@ class CommandApi:
         *,
         config: Config,
         lots: LotCommands,
-        journal: CommandJournal,
+        journal: JournalAppend,
         clock: IReactorTime,
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
@@ -363,7 +356,7 @@ class CommandApi:
                 self._status.latency.record(outcome, elapsed)
             if journal:
                 record = {"client": caller.name, "data": None, **body}
-                self._journal.append("command-reply", park, code, opr, record).addErrback(
+                self._journal.append(COMMAND_REPLY_RECORD, park, code, opr, record).addErrback(
                     self._reply_not_journaled, park, code, opr
                 )
             return _answer(request, status, body)
@@ -405,7 +398,7 @@ class CommandApi:
             )
 
         durable = maybeDeferred(
-            self._journal.append, "command", park, code, opr, {"client": caller.name, "data": data}
+            self._journal.append, COMMAND_RECORD, park, code, opr, {"client": caller.name, "data": data}
         )
         return durable.addCallbacks(send, unjournaled)
 

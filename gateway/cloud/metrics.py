@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.interfaces import JournalPosition
+
 
 class LotConnection(Protocol):
     """One configured lot's downlink state, as far as the metrics need it."""
@@ -36,22 +38,6 @@ class DownlinkCounts(Protocol):
     def counters(self) -> Mapping[str, int]: ...
 
     def states(self) -> Sequence[LotConnection]: ...
-
-
-class JournalPosition(Protocol):
-    """What the metrics read of `gateway.journal.writer.Journal`."""
-
-    @property
-    def last_seq(self) -> int: ...
-
-    @property
-    def committed_seq(self) -> int: ...
-
-    @property
-    def problem(self) -> str | None: ...
-
-    @property
-    def quarantined(self) -> Sequence[object]: ...
 
 
 class SyncQueues(Protocol):

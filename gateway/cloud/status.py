@@ -23,10 +23,10 @@ from typing import Protocol
 from attrs import Factory, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.config import Config
+from gateway.interfaces import JournalPosition, LotState
 from gateway.logs import ECHO_CHARS, REASON_CHARS, clip
-from gateway.lots.downlink import LotState
 from gateway.protocol.times import utc_rfc3339
+from gateway.settings import Config
 
 __all__ = [
     "LATENCY_WINDOW",
@@ -35,7 +35,6 @@ __all__ = [
     "PAGE_ASSETS",
     "CommandLatency",
     "ForwardingProgress",
-    "JournalHead",
     "LotStates",
     "PageAsset",
     "StatusReport",
@@ -75,19 +74,6 @@ class ForwardingProgress(Protocol):
 
     def lag(self, now: float) -> float | None:
         """Seconds the oldest unforwarded record has waited at `now`; None when nothing waits."""
-
-
-class JournalHead(Protocol):
-    """The journal's position (`gateway.journal.writer.Journal`)."""
-
-    @property
-    def last_seq(self) -> int: ...
-
-    @property
-    def committed_seq(self) -> int: ...
-
-    @property
-    def problem(self) -> str | None: ...
 
 
 def _milliseconds(seconds: float) -> float:
@@ -206,7 +192,7 @@ class StatusReport:
     started: float
     lots: LotStates
     backlog: Callable[[str], int]
-    journal: JournalHead
+    journal: JournalPosition
     ready: Callable[[], tuple[bool, str]]
     forwarding: ForwardingProgress | None = None
     rejections: Callable[[], Iterable[Mapping[str, object]]] = _no_rejections

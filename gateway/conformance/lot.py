@@ -31,7 +31,8 @@ from gateway.config import Config, parse
 from gateway.conformance.checks import Check, downlink_interfaces, lot_checks
 from gateway.conformance.report import Outcome, Report, Row
 from gateway.conformance.samples import AUTO_PAY_ANSWER, Scene, downlink_sample
-from gateway.lots.downlink import DeadlinePassed, Downlinks, LotReply, NotConnected
+from gateway.interfaces import DeadlinePassed, LotReply, NotConnected
+from gateway.lots.downlink import Downlinks
 from gateway.lots.http import UplinkResource
 from gateway.lots.login import signature_ok
 from gateway.lots.parks import ParkTotals

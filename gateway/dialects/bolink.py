@@ -30,7 +30,6 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import LotConfig
 from gateway.dialects.bolink_messages import (
     CLOUD,
     HEARTBEAT,
@@ -54,21 +53,12 @@ from gateway.dialects.bolink_messages import (
     sign_ok,
     translate,
 )
-from gateway.dialects.interface import (
-    DeadlinePassed,
-    IDialect,
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    NotConnected,
-    Original,
-    Unsupported,
-)
-from gateway.logs import lot_rejected
+from gateway.dialects.interface import IDialect, IDialectHost, IDialectServer, Original, Unsupported
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.logs import describe, lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.tcp import describe
 from gateway.protocol.results import Result
+from gateway.settings import LotConfig
 
 __all__ = ["BolinkConnection", "BolinkDialect", "BolinkServer", "bolink"]
 

@@ -22,37 +22,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import Config, LotConfig, TcpConfig
-from gateway.dialects.interface import (
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    Message,
-    NotConnected,
-    Original,
-    Unsupported,
-)
+from gateway.dialects.interface import IDialectHost, IDialectServer, Message, Original, Unsupported
+from gateway.interfaces import JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import LEGACY_RECORD, OFFLINE_RECORD, ONLINE_RECORD, UPLINK_RECORD
 from gateway.journal.record import dumps_compact
 from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD, record_connection
-from gateway.lots.login import Appender, Checker, not_stored_answer
+from gateway.lots.downlink import record_connection
+from gateway.lots.login import Checker, not_stored_answer
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.uplink import UPLINK_RECORD, Queries, Rejected, check_business_rules
+from gateway.lots.uplink import Queries, Rejected, check_business_rules
 from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
 from gateway.protocol.redact import redact
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig, TcpConfig
 
-__all__ = ["LEGACY_RECORD", "DialectHost", "GatewayParts", "LotRouter"]
+__all__ = ["DialectHost", "GatewayParts", "LotRouter"]
 
 log = Logger()
 
-LEGACY_RECORD = "legacy"
-"""The journal's record of a legacy message as a dialect received it (kept beside its translations)."""
 
 # "data.recordCode", "data[2].recordCode": the member of the message a FieldError is about.
 _FIELD = re.compile(r"data(?:\[\d+\])?\.([^.\[]+)")
@@ -69,7 +60,7 @@ class GatewayParts:
 
     config: Config
     clock: IReactorTime
-    journal: Appender
+    journal: JournalAppend
     sessions: Sessions
     repeats: Repeats
     totals: ParkTotals

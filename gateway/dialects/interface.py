@@ -23,11 +23,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
 from zope.interface import Attribute, Interface
 
-from gateway.config import LotConfig
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.logs import describe
 from gateway.lots.answers import Answer
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
-from gateway.lots.tcp import describe
 from gateway.protocol.results import Result
+from gateway.settings import LotConfig
 
 # Re-exported, so that a dialect needs nothing else of the gateway but the test kit.
 __all__ = [

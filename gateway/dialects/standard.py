@@ -14,14 +14,15 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import Config, LotConfig
 from gateway.dialects.host import DialectHost
-from gateway.dialects.interface import IDialect, IDialectServer, LotReply, LotState
+from gateway.dialects.interface import IDialect, IDialectServer
+from gateway.interfaces import LotReply, LotState
 from gateway.limits import proxied
 from gateway.lots.downlink import Downlinks
 from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
 from gateway.lots.uplink import UplinkHandler
 from gateway.protocol.catalog import lookup
+from gateway.settings import Config, LotConfig
 
 __all__ = ["StandardDialect", "StandardServer", "standard"]
 

@@ -55,10 +55,11 @@ from attrs import frozen
 from nacl.signing import SigningKey
 
 from gateway.journal.integrity import verify_journal
+from gateway.journal.kinds import RESTORE_RECORD
 from gateway.journal.reader import ChainError
 from gateway.journal.record import BadLine, Record, check_line, decode_line, encode_line, format_ts
 from gateway.journal.recovery import is_hole
-from gateway.journal.restore import RESTORE_RECORD, check_restore, restore_body, seq_floor
+from gateway.journal.restore import check_restore, restore_body, seq_floor
 from gateway.journal.segments import Segment, line_seq, list_segments, segment_name
 
 __all__ = [

@@ -53,10 +53,11 @@ from attrs import evolve, frozen
 from nacl.signing import VerifyKey
 
 from gateway.journal.damage import ChainError
+from gateway.journal.kinds import SEAL_RECORD
 from gateway.journal.record import CHAIN_TAIL_LEN, GENESIS_CHAIN, BadLine, check_line, decode_line
 from gateway.journal.recovery import check_recovery, find_recovery, holds_set_aside, resume_point
 from gateway.journal.restore import RESTORE, check_restore
-from gateway.journal.seals import SEAL_RECORD, check_seal
+from gateway.journal.seals import check_seal
 from gateway.journal.segments import Segment, line_seq, list_segments, read_last_line
 from gateway.keys import parse_public_key_b64
 

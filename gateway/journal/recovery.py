@@ -47,7 +47,6 @@ from gateway.journal.segments import Segment, iter_lines, list_segments, read_la
 
 __all__ = [
     "DAMAGED",
-    "RECOVERY_RECORD",
     "Cut",
     "Quarantine",
     "RecoveredTail",
@@ -66,8 +65,6 @@ __all__ = [
 
 _COPY_CHUNK = 1 << 20
 
-RECOVERY_RECORD = "recovery"
-"""The kind of the record that reports a torn tail cut, or damage set aside (signed)."""
 
 DAMAGED = "damaged"
 """The ``reason`` of a signed ``recovery`` record for damaged lines set aside."""
@@ -385,10 +382,6 @@ class Cut:
             "last_good_seq": self.last_good_seq,
             "saved_as": self.saved_as,
         }
-
-
-QUARANTINE_RECORD = "quarantine"
-"""The kind of the record that reports damage set aside."""
 
 
 @frozen

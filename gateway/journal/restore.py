@@ -33,13 +33,12 @@ import math
 
 from nacl.signing import SigningKey
 
+from gateway.journal.kinds import RESTORE_RECORD
 from gateway.journal.record import CHAIN_TAIL_LEN, BadLine, Record, chain_digest, check_line, decode_line
 from gateway.journal.recovery import check_recovery, recovery_message
 
-__all__ = ["RESTORE", "RESTORE_RECORD", "RestoreJump", "check_restore", "restore_body", "seq_floor"]
+__all__ = ["RESTORE", "RestoreJump", "check_restore", "restore_body", "seq_floor"]
 
-RESTORE_RECORD = "restore"
-"""The kind of the signed record a restored journal goes on from."""
 
 RESTORE = "restore"
 """Its ``reason``, as a damage recovery record's is ``damaged``."""

@@ -18,10 +18,9 @@ from nacl.signing import SigningKey
 from twisted.logger import Logger
 
 from gateway.journal.damage import Damage
+from gateway.journal.kinds import QUARANTINE_RECORD, RECOVERY_RECORD
 from gateway.journal.record import GENESIS_CHAIN, BadLine, Record, check_line
 from gateway.journal.recovery import (
-    QUARANTINE_RECORD,
-    RECOVERY_RECORD,
     Quarantine,
     SetAside,
     fill_hole,

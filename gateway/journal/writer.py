@@ -80,6 +80,7 @@ from gateway.journal.disk import (
     timed_fsync,
     write_error,
 )
+from gateway.journal.kinds import RECOVERY_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import (
     Record,
@@ -88,7 +89,6 @@ from gateway.journal.record import (
     format_ts,
 )
 from gateway.journal.recovery import (
-    RECOVERY_RECORD,
     Quarantine,
     recover,
 )

@@ -18,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from zoneinfo import ZoneInfo
 
-from attrs import frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -26,10 +25,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.login import STANDARD, Appender, Checker, LoginOutcome, login, signature_ok
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, signature_ok
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
 from gateway.protocol.catalog import deadline_of, lookup
@@ -38,11 +38,10 @@ from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.signing import compact, sign
 from gateway.protocol.times import wire_time
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 
-ONLINE_RECORD = "lot-online"
-OFFLINE_RECORD = "lot-offline"
 SWEEP_INTERVAL = 1.0
 # Frames a lot may send while its login's password check is under way.
 MAX_QUEUED = 32
@@ -50,44 +49,6 @@ MAX_QUEUED = 32
 _EXPIRED_KEPT = 1024
 
 Connection = DownlinkProtocol
-
-
-class NotConnected(Exception):
-    """The lot has no bound downlink connection (or lost it before replying)."""
-
-    def __init__(self, park: str) -> None:
-        super().__init__(f"lot {park} is not connected")
-        self.park = park
-
-
-class DeadlinePassed(Exception):
-    """The lot did not reply to a command within its deadline."""
-
-    def __init__(self, park: str, code: str, deadline: float) -> None:
-        super().__init__(f"lot {park} did not reply to {code} within {deadline:g} s")
-        self.park = park
-        self.code = code
-        self.deadline = deadline
-
-
-@frozen
-class LotReply:
-    """A lot's REPLY to a command: the business answer the cloud gets."""
-
-    result_code: str
-    result_message: str
-    data: object
-
-
-@frozen
-class LotState:
-    """A lot's downlink connection as the command API shows it."""
-
-    park: str
-    connected: bool
-    since: float | None
-    last_seen: float | None
-    peer: str
 
 
 class _Pending:
@@ -141,7 +102,7 @@ class Downlinks:
         config: Config,
         sessions: Sessions,
         passwords: Checker,
-        journal: Appender,
+        journal: JournalAppend,
         clock: IReactorTime,
         deadlines: Mapping[str, float] | None = None,
     ) -> None:
@@ -695,7 +656,7 @@ class Downlinks:
         connection.send(frame)
 
 
-def record_connection(journal: Appender, kind: str, park: str, peer: str, reason: str) -> None:
+def record_connection(journal: JournalAppend, kind: str, park: str, peer: str, reason: str) -> None:
     """Journal a lot going online or offline (`kind`), from `peer`, and why; for every dialect.
 
     These records are facts to forward, not promises: nothing waits on them, and

@@ -34,15 +34,14 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from gateway.config import UplinkConfig
 from gateway.limits import ConnectionGuard, peer_host
-from gateway.logs import ECHO_CHARS, clip, lot_rejected
+from gateway.logs import ECHO_CHARS, clip, describe, lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.login import STANDARD
-from gateway.lots.tcp import describe
 from gateway.lots.uplink import FilePart, UplinkHandler
 from gateway.protocol.envelope import build_response
 from gateway.protocol.results import Result
+from gateway.settings import UplinkConfig
 
 JSON_TYPE = b"application/json; charset=utf-8"
 log = Logger()

@@ -9,34 +9,29 @@ record and put it in force once that record is durable.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import TOKEN_RECORD
 from gateway.lots.answers import Answer
 from gateway.lots.passwords import ClientGone, LoginsBusy
-from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import lookup
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
 from gateway.protocol.signing import signature_matches
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 
 # The dialect whose lots log in here (gateway.dialects.standard).
 STANDARD = "standard"
-
-
-class Appender(Protocol):
-    """The journal as the lot side sees it."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Store a record; the Deferred fires once it is durable."""
 
 
 class Checker(Protocol):
@@ -81,7 +76,7 @@ def login(
     config: Config,
     sessions: Sessions,
     passwords: Checker,
-    journal: Appender,
+    journal: JournalAppend,
     via: str,
     configured: Callable[[str], LotConfig | None] | None = None,
     gone: Callable[[], bool] | None = None,

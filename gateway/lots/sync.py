@@ -32,7 +32,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.protocol.catalog import DeliveryClass, lookup
 from gateway.protocol.results import Result
 from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
@@ -40,16 +41,12 @@ from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
 __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TTL",
-    "SYNC_DONE_RECORD",
-    "SYNC_RECORD",
     "SyncLots",
     "SyncQueue",
 ]
 
 log = Logger()
 
-SYNC_RECORD = "sync"
-SYNC_DONE_RECORD = "sync-done"
 DEFAULT_TTL = 86400.0
 DEFAULT_RETRY = 30.0
 
@@ -62,13 +59,6 @@ class SyncLots(Protocol):
 
     def state(self, park: str) -> LotState:
         """Whether the lot is connected now."""
-
-
-class SyncJournal(Protocol):
-    """The journal's append: fires with the record (its `seq`) once durable."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Append one record."""
 
 
 class _Entry:
@@ -117,7 +107,7 @@ class SyncQueue:
         self,
         *,
         lots: SyncLots,
-        journal: SyncJournal,
+        journal: JournalAppend,
         clock: IReactorTime,
         ttl: float = DEFAULT_TTL,
         retry: float = DEFAULT_RETRY,

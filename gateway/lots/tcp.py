@@ -18,6 +18,7 @@ from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.logs import describe
 from gateway.protocol.envelope import (
     OPR_NUM_MAX,
     EnvelopeError,
@@ -269,15 +270,6 @@ class DownlinkProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
         self._handler.connection_lost(self, reason)
-
-
-def describe(address: IAddress) -> str:
-    """`host:port` of a peer address, or its repr for other kinds of address."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    return repr(address)
 
 
 class DownlinkFactory(ServerFactory):

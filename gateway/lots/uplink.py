@@ -19,19 +19,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from gateway.journal.record import Record
 from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.login import (
-    STANDARD,
-    Appender,
-    Checker,
-    LoginOutcome,
-    login,
-    not_stored_answer,
-    signature_ok,
-)
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, not_stored_answer, signature_ok
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import FAULT, TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
@@ -41,10 +34,7 @@ from gateway.protocol.redact import may_hold_secrets, redact
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.times import wire_time
 from gateway.protocol.validation import FieldError, validate
-
-UPLINK_RECORD = "uplink"
-QUERY_RECORD = "query"
-ANSWER_RECORD = "answer"
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 
@@ -110,7 +100,7 @@ class UplinkHandler:
         self,
         *,
         config: Config,
-        journal: Appender,
+        journal: JournalAppend,
         sessions: Sessions,
         repeats: Repeats,
         totals: ParkTotals,
@@ -296,8 +286,9 @@ class UplinkHandler:
         if interface.uplink is DeliveryClass.QUERY:
             stored = self._query(interface, park, opr, data)
         else:
-            stored = self._journal.append(UPLINK_RECORD, park, code, opr, data)
-            stored.addCallback(self._reported, code, park, data)
+            stored = self._journal.append(UPLINK_RECORD, park, code, opr, data).addCallback(
+                self._reported, code, park, data
+            )
 
         def done(answer: Answer) -> tuple[Answer, bool]:
             return answer, answer.result is not Result.FAILED

@@ -27,8 +27,9 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
 from gateway.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials
-from gateway.config import Config, LotConfig
-from gateway.upstream.relay import Relay, RelayJournal, RelayLots, RelaySync
+from gateway.interfaces import JournalAppend
+from gateway.settings import Config, LotConfig
+from gateway.upstream.relay import Relay, RelayLots, RelaySync
 from gateway.upstream.session import UpstreamAccount, UpstreamSession
 
 __all__ = ["HEARTBEAT_INTERVAL", "UpstreamLots"]
@@ -76,7 +77,7 @@ class UpstreamLots:
         http: HTTPRequester,
         clock: IReactorTime,
         endpoint: Callable[[], IStreamClientEndpoint],
-        journal: RelayJournal,
+        journal: JournalAppend,
         lots: RelayLots,
         sync: RelaySync | None,
         deadlines: Mapping[str, float],

@@ -9,7 +9,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from gateway.cli.main import main
-from gateway.journal.seals import SEAL_RECORD, seal_body
+from gateway.journal.kinds import SEAL_RECORD
+from gateway.journal.seals import seal_body
 from gateway.journal.segments import list_segments
 from gateway.keys import public_key_b64, write_signing_key
 from tests.journal.helpers import Harness

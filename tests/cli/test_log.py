@@ -23,17 +23,26 @@ from nacl.signing import SigningKey
 from gateway.cli import log
 from gateway.cli.main import build_parser, main
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Progress
+from gateway.cloud.forwarder import Progress
 from gateway.cloud.httpsig import verify_request
+from gateway.journal.kinds import (
+    ANSWER_RECORD,
+    FORWARDED_RECORD,
+    OFFLINE_RECORD,
+    ONLINE_RECORD,
+    QUERY_RECORD,
+    REJECTED_RECORD,
+    SEAL_RECORD,
+    SYNC_DONE_RECORD,
+    SYNC_RECORD,
+    TOKEN_RECORD,
+    UPLINK_RECORD,
+)
 from gateway.journal.reader import read_records, verify
 from gateway.journal.record import Record, encode_line, format_ts
-from gateway.journal.seals import SEAL_RECORD, seal_body
+from gateway.journal.seals import seal_body
 from gateway.journal.segments import list_segments
 from gateway.keys import public_key_b64, write_signing_key
-from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD
-from gateway.lots.sessions import TOKEN_RECORD
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD
-from gateway.lots.uplink import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from tests.journal.helpers import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

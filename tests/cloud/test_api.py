@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 
 from gateway import config
 from gateway.cloud.api import CommandApi
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD, SyncQueue
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
+from gateway.lots.sync import SyncQueue
 from tests.lots.harness import HASH, MemoryJournal, fired, result_of
 
 START = 1_795_000_000.0  # 2026-11-18T11:06:40Z

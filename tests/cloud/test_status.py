@@ -25,7 +25,7 @@ from gateway.cloud.status import (
     page_assets,
     rfc3339,
 )
-from gateway.lots.downlink import LotState
+from gateway.interfaces import LotState
 from tests.cloud.test_api import CLOUD_TOKEN, START, TOKENS, Api
 from tests.lots.harness import HASH, fired
 
@@ -66,6 +66,7 @@ class FakeJournal:
     last_seq: int = 42
     committed_seq: int = 41
     problem: str | None = None
+    quarantined: list[object] = field(factory=list)
 
 
 @define

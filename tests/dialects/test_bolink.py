@@ -15,17 +15,10 @@ from zope.interface.verify import verifyObject
 
 from gateway.config import ConfigError, parse
 from gateway.dialects.bolink import BolinkDialect, BolinkServer, bolink, legacy_opr
-from gateway.dialects.interface import (
-    DeadlinePassed,
-    IDialect,
-    IDialectServer,
-    LotReply,
-    LotState,
-    NotConnected,
-    Unsupported,
-)
+from gateway.dialects.interface import IDialect, IDialectServer, Unsupported
 from gateway.dialects.standard import standard
 from gateway.dialects.testing import START, DialectRig, LotPeer
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.journal.record import Record
 from gateway.protocol.results import Result
 from tests.test_logs import captured

@@ -16,19 +16,12 @@ from zope.interface.verify import verifyObject
 from gateway.config import parse
 from gateway.dialects.bolink import bolink
 from gateway.dialects.bolink_messages import sign
-from gateway.dialects.host import LEGACY_RECORD, DialectHost, LotRouter
-from gateway.dialects.interface import (
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    Message,
-    NotConnected,
-    Original,
-    Unsupported,
-)
+from gateway.dialects.host import DialectHost, LotRouter
+from gateway.dialects.interface import IDialectHost, IDialectServer, Message, Original, Unsupported
 from gateway.dialects.standard import StandardServer, standard
 from gateway.dialects.testing import DialectRig, MemoryJournal
+from gateway.interfaces import LotReply, LotState, NotConnected
+from gateway.journal.kinds import LEGACY_RECORD
 from gateway.journal.record import Record, dumps_compact
 from gateway.lots.answers import OK, Answer
 from gateway.protocol.results import Result

@@ -13,9 +13,10 @@ from nacl.signing import SigningKey
 from gateway.journal import backup as journal_backup
 from gateway.journal.backup import BackupRefused, JournalBusy, backup, restore
 from gateway.journal.integrity import verify_journal
+from gateway.journal.kinds import RESTORE_RECORD
 from gateway.journal.reader import ChainError, Cursor, read_records
 from gateway.journal.record import decode_line, encode_line
-from gateway.journal.restore import RESTORE, RESTORE_RECORD, seq_floor
+from gateway.journal.restore import RESTORE, seq_floor
 from gateway.journal.segments import list_segments, segment_name
 from gateway.journal.writer import JournalWriteError
 from tests.journal.helpers import Harness

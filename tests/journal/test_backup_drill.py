@@ -21,8 +21,8 @@ from typing import Any
 
 from gateway.journal.backup import backup
 from gateway.journal.integrity import verify_journal
+from gateway.journal.kinds import RESTORE_RECORD
 from gateway.journal.reader import read_records
-from gateway.journal.restore import RESTORE_RECORD
 from gateway.journal.segments import list_segments
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.test_end_to_end import (

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from gateway.cloud.progress import FORWARDED_RECORD, Progress
+from gateway.cloud.progress import Progress
 from gateway.journal.integrity import KeyChangeError, Verdict, verify_journal
+from gateway.journal.kinds import FORWARDED_RECORD, RECOVERY_RECORD, SEAL_RECORD
 from gateway.journal.reader import ChainError, Cursor, Damage, read_records, read_records_skipping
 from gateway.journal.record import decode_line
-from gateway.journal.recovery import DAMAGED, RECOVERY_RECORD, check_recovery, is_hole
-from gateway.journal.seals import SEAL_RECORD, seal_body
+from gateway.journal.recovery import DAMAGED, check_recovery, is_hole
+from gateway.journal.seals import seal_body
 from gateway.journal.segments import list_segments
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats

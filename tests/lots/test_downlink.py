@@ -17,15 +17,9 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from gateway import config
-from gateway.lots.downlink import (
-    OFFLINE_RECORD,
-    ONLINE_RECORD,
-    DeadlinePassed,
-    Downlinks,
-    LotReply,
-    LotState,
-    NotConnected,
-)
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
+from gateway.lots.downlink import Downlinks
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkProtocol
 from gateway.protocol.framing import FrameDecoder, encode_frame

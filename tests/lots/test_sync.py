@@ -7,11 +7,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD, SyncQueue
+from gateway.lots.sync import SyncQueue
 from gateway.state import rebuild
 from tests.lots.harness import ZONE, MemoryJournal, fired, lot_entry, result_of
 

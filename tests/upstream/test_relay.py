@@ -13,11 +13,13 @@ from twisted.logger import LogEvent
 
 from gateway.client import Backoff, DownlinkClient, DownlinkReply, LotCredentials
 from gateway.dialects.interface import Unsupported
-from gateway.lots.downlink import DeadlinePassed, LotReply, NotConnected, ack_frame
+from gateway.interfaces import DeadlinePassed, LotReply, NotConnected
+from gateway.journal.kinds import UPSTREAM_ACK_RECORD, UPSTREAM_REPLY_RECORD
+from gateway.lots.downlink import ack_frame
 from gateway.protocol.envelope import Request
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
-from gateway.upstream.relay import UPSTREAM_ACK_RECORD, UPSTREAM_REPLY_RECORD, Relay
+from gateway.upstream.relay import Relay
 from tests.journal.helpers import logs_of
 from tests.simulator.helpers import PumpEndpoint
 

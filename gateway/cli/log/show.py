@@ -7,6 +7,7 @@ import json
 import re
 
 from gateway.cli.log.common import Failure, guard, journal_segments, printable, say
+from gateway.journal.kinds import RECOVERY_RECORD
 from gateway.journal.record import BadLine, decode_line
 from gateway.journal.recovery import DAMAGED
 from gateway.journal.segments import Segment, iter_lines, line_seq, segments_from
@@ -59,7 +60,9 @@ def _show(args: argparse.Namespace) -> int:
     raise Failure(f"no record #{seq} in {args.dir}")
 
 
-_RECOVERY_HEAD = re.compile(rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*","kind":"recovery",')
+_RECOVERY_HEAD = re.compile(
+    rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*","kind":"' + re.escape(RECOVERY_RECORD.encode()) + rb'",'
+)
 
 
 def _set_aside_by(segments: list[Segment], seq: int) -> str | None:

@@ -19,37 +19,20 @@ from gateway.cli.log.common import (
     say,
     short_ts,
 )
-from gateway.cloud.events import to_event
+from gateway.cloud.events import EVENT_KINDS, NO_EVENT_KINDS, to_event
 from gateway.cloud.progress import Progress
+from gateway.journal.kinds import FORWARDED_RECORD, RECOVERY_RECORD, REJECTED_RECORD
 from gateway.journal.record import BadLine, decode_line
-from gateway.journal.recovery import DAMAGED, RECOVERY_RECORD, is_hole
-from gateway.journal.restore import RESTORE_RECORD
-from gateway.journal.seals import SEAL_RECORD
+from gateway.journal.recovery import DAMAGED, is_hole
 from gateway.journal.segments import Segment, iter_lines
 
-# Kinds whose event (gateway.cloud.events.to_event) does not depend on the body:
-# always one, or never one. Any other kind is decoded and asked. The tests check
-# these against to_event; spelt out here like events.py does.
-EVENT_KINDS = frozenset({"uplink", "lot-online", "lot-offline"})
-NO_EVENT_KINDS = frozenset(
-    {
-        "query",
-        "answer",
-        "token",
-        "command",
-        "command-reply",
-        "sync",
-        RECOVERY_RECORD,
-        RESTORE_RECORD,
-        "quarantine",
-        "forwarded",
-        SEAL_RECORD,
-    }
-)
 # Records that say how far forwarding went (gateway.cloud.forwarder): body "through".
-_PROGRESS_KINDS = frozenset({b"forwarded", b"rejected"})
+_PROGRESS_KINDS = frozenset({FORWARDED_RECORD.encode(), REJECTED_RECORD.encode()})
+# Kinds whose event (gateway.cloud.events.to_event) does not depend on the body:
+# always one, or never one. Any other kind is decoded and asked.
 _EVENT_KINDS_B = frozenset(kind.encode() for kind in EVENT_KINDS)
 _NO_EVENT_KINDS_B = frozenset(kind.encode() for kind in NO_EVENT_KINDS)
+_RECOVERY_KIND = RECOVERY_RECORD.encode()
 _UTC_ZONE = ZoneInfo("UTC")
 
 
@@ -162,7 +145,7 @@ def _stats(args: argparse.Namespace) -> int:
             combos[key] = combos.get(key, 0) + 1
             last_line = line
             kind = key[0]
-            if kind == b"recovery":
+            if kind == _RECOVERY_KIND:
                 n = _lost_in(line)
                 if n is not None:
                     set_aside += 1
