@@ -16,9 +16,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    # For annotations only (argparse's class is not subscriptable at run time):
+    # groups import it under TYPE_CHECKING too.
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
-__all__ = ["CommandGroup", "Handler", "Subparsers"]
+__all__ = ["CommandGroup", "Handler"]
 
 Handler = Callable[[argparse.Namespace], int]
 
