@@ -31,6 +31,7 @@ from twisted.internet.testing import MemoryReactor
 
 from gateway.dialects import DialectConflict, installed
 from gateway.protocol.catalog import DeliveryClass, lookup
+from gateway.protocol.signing import SIGNATURE_MODES
 from gateway.settings import (
     ApiClient,
     CloudConfig,
@@ -48,7 +49,6 @@ T = TypeVar("T")
 
 FSYNC_MODES = ("always", "interval", "never")
 SINKS = ("log-only", "cloudevents", "t002")
-SIGNATURE_MODES = ("required", "optional", "off")
 ROLES = ("read", "command", "sync", "admin")
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -30,12 +30,12 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli.arguments import at_least_one, parse_downlink, positive, uplink_url
-from gateway.client import LotCredentials
 from gateway.conformance.checks import lot_checks
 from gateway.conformance.lot import LotRun, MirrorSettings, ReferencePlatform
 from gateway.conformance.platform import PlatformRun, PlatformTarget, plan
 from gateway.conformance.report import Report, Row, junit_xml, markdown, text_line
 from gateway.logs import describe
+from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.http import UplinkSite
 
 if TYPE_CHECKING:

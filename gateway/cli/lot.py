@@ -33,7 +33,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli import progress
 from gateway.cli.arguments import at_least_one, not_negative, parse_downlink, positive, uplink_url
-from gateway.client import CredentialsError, LotCredentials, read_credentials
+from gateway.lotclient.credentials import CredentialsError, LotCredentials, read_credentials
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 

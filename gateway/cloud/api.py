@@ -37,7 +37,7 @@ from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
-from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotCommands, LotReply, LotState, NotConnected
 from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.jsontext import JSONRefused, loads
@@ -51,7 +51,6 @@ __all__ = [
     "CLOUD_CLIENT",
     "Caller",
     "CommandApi",
-    "LotCommands",
     "ReloadOutcome",
     "SyncEntries",
 ]
@@ -73,22 +72,6 @@ PAGE_POLICY = (
 )
 
 _T = TypeVar("_T")
-
-
-class LotCommands(Protocol):
-    """What the API needs of the lots' side (`gateway.dialects.host.LotRouter`)."""
-
-    def supports(self, park: str, code: str) -> bool:
-        """Whether the lot's dialect can carry the downlink `code`."""
-
-    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
-        """Send a command as oprNum `opr`; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
-
-    def state(self, park: str) -> LotState:
-        """The connection state of one configured lot."""
-
-    def states(self) -> list[LotState]:
-        """The connection state of the lots."""
 
 
 class SyncEntries(Protocol):

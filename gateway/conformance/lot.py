@@ -26,24 +26,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.resource import IResource
 
-from gateway.client import LotCredentials
 from gateway.config import Config, parse
 from gateway.conformance.checks import Check, downlink_interfaces, lot_checks
 from gateway.conformance.report import Outcome, Report, Row
 from gateway.conformance.samples import AUTO_PAY_ANSWER, Scene, downlink_sample
 from gateway.interfaces import DeadlinePassed, LotReply, NotConnected
+from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.downlink import Downlinks
 from gateway.lots.http import UplinkResource
-from gateway.lots.login import signature_ok
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.tcp import DownlinkProtocol, Reply
+from gateway.lots.tcp import DownlinkProtocol
 from gateway.lots.uplink import FilePart, UplinkHandler
 from gateway.protocol.catalog import Interface, lookup
-from gateway.protocol.envelope import EnvelopeError, Request, parse_request
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_request
 from gateway.protocol.framing import FrameTooLarge
 from gateway.protocol.results import Result
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.validation import FieldError, validate
 from gateway.simulator.traffic import Layout, Traffic
 

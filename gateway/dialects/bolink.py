@@ -57,6 +57,7 @@ from gateway.dialects.interface import IDialect, IDialectHost, IDialectServer, O
 from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.logs import describe, lot_rejected
 from gateway.lots.answers import Answer
+from gateway.lots.connections import Bind, Registry
 from gateway.protocol.results import Result
 from gateway.settings import LotConfig
 
@@ -88,7 +89,8 @@ class BolinkConnection(Protocol):
         self.framing = CLOUD
         self.unbound_bytes = 0
         self.opened = self.last_read = self.bound_at = server.clock.seconds()
-        self.closing = False
+        # The bind lifecycle: UNBOUND until a login, BOUND, then CLOSING (logins are decided at once).
+        self.phase = Bind.UNBOUND
         self.close_reason = ""
         # operate_liftrod commands sent and not yet answered, oldest first.
         self.pending: deque[_Pending] = deque()
@@ -106,7 +108,7 @@ class BolinkConnection(Protocol):
                 self.close(f"more than {self._server.host.tcp.max_unbound_bytes} bytes before logging in")
                 return
         for line in self._lines.feed(data):
-            if self.closing:
+            if self.phase is Bind.CLOSING:
                 return
             try:
                 if isinstance(line, Oversize):
@@ -118,20 +120,20 @@ class BolinkConnection(Protocol):
 
     def send(self, line: bytes) -> None:
         """Write one frame (with its ends)."""
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and self.phase is not Bind.CLOSING:
             self.transport.write(line)
 
     def close(self, reason: str) -> None:
         """Close after what was written, remembering why."""
-        if self.closing:
+        if self.phase is Bind.CLOSING:
             return
-        self.closing = True
+        self.phase = Bind.CLOSING
         self.close_reason = reason
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closing = True
+        self.phase = Bind.CLOSING
         self._server.connection_lost(self, reason)
 
 
@@ -187,13 +189,10 @@ class BolinkServer:
     def __init__(self, host: IDialectHost) -> None:
         self.host = host
         self.clock = host.clock
-        self._bound: dict[str, BolinkConnection] = {}
-        self._unbound: dict[BolinkConnection, None] = {}
-        self._last_seen: dict[str, float] = {}
-        self._last_peer: dict[str, str] = {}
+        self._connections: Registry[BolinkConnection] = Registry()
         # (park, opr) of each stored in_park/out_park/upload_order -> when, oldest first.
         self._processed: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self.max_line = min(MAX_LINE, host.tcp.max_frame_bytes)
+        self.max_line: int = min(MAX_LINE, host.tcp.max_frame_bytes)
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = host.clock
 
@@ -210,8 +209,8 @@ class BolinkServer:
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         if code != "gateOpen":
             return fail(Unsupported(NAME, code))
-        connection = self._bound.get(park)
-        if connection is None or connection.closing:
+        connection = self._connections.lot(park)
+        if connection is None or connection.phase is Bind.CLOSING:
             return fail(NotConnected(park))
         fields = data if isinstance(data, Mapping) else {}
         channel = str(fields.get("barCode", ""))
@@ -231,13 +230,10 @@ class BolinkServer:
         return pending.deferred
 
     def state(self, park: str) -> LotState:
-        connection = self._bound.get(park)
-        if connection is not None:
-            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
-        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+        return self._connections.state(park)
 
     def disconnect(self, park: str, reason: str) -> bool:
-        connection = self._bound.get(park)
+        connection = self._connections.lot(park)
         if connection is None:
             return False
         self._unbind(connection, park, reason)
@@ -251,10 +247,10 @@ class BolinkServer:
     def stop(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
-        for park, connection in list(self._bound.items()):
+        for park, connection in self._connections.bound():
             self._unbind(connection, park, "gateway stopping")
             connection.close("gateway stopping")
-        for connection in list(self._unbound):
+        for connection in self._connections.unbound():
             connection.close("gateway stopping")
 
     # the sweep
@@ -263,23 +259,23 @@ class BolinkServer:
         """Close connections not logged in within bind_timeout, and lots silent for read_idle."""
         now = self.clock.seconds()
         tcp = self.host.tcp
-        for connection in list(self._unbound):
+        for connection in self._connections.unbound():
             if connection.opened <= now - tcp.bind_timeout:
                 connection.close("not logged in within bind_timeout")
         if tcp.read_idle:
-            for connection in list(self._bound.values()):
+            for _, connection in self._connections.bound():
                 if connection.last_read <= now - tcp.read_idle:
                     connection.close(f"nothing received for {tcp.read_idle} s (read_idle)")
 
     # events from the connections
 
     def connection_made(self, connection: BolinkConnection) -> None:
-        self._unbound[connection] = None
+        self._connections.opened(connection)
 
     def connection_lost(self, connection: BolinkConnection, reason: Failure) -> None:
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         park = connection.park
-        if park is not None and self._bound.get(park) is connection:
+        if park is not None and self._connections.holds(connection, park):
             why = connection.close_reason or f"closed by the lot: {reason.getErrorMessage()}"
             self._unbind(connection, park, why)
         self._fail_pending(connection, NotConnected(park or "?"))
@@ -378,29 +374,28 @@ class BolinkServer:
     def _bind(self, connection: BolinkConnection, lot: LotConfig, token: str, how: str) -> None:
         park = lot.park_code
         previous = connection.park
-        if previous is not None and previous != park and self._bound.get(previous) is connection:
+        if previous is not None and previous != park and self._connections.holds(connection, previous):
             self._unbind(connection, previous, f"the connection logged in as {park}")
             self._fail_pending(connection, NotConnected(previous))
-        old = self._bound.get(park)
+        old = self._connections.lot(park)
         if old is not None and old is not connection:
             self._unbind(old, park, f"replaced by a new connection from {connection.peer}")
             old.park = None
             old.close("replaced by a newer connection of the same lot")
             self._fail_pending(old, NotConnected(park))
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         connection.token = token
         if old is connection:
             return
         connection.park = park
         connection.bound_at = self.clock.seconds()
-        self._bound[park] = connection
+        if connection.phase is not Bind.CLOSING:
+            connection.phase = Bind.BOUND
+        self._connections.bind(connection, park)
         self.host.online(park, connection.peer, how)
 
     def _unbind(self, connection: BolinkConnection, park: str, reason: str) -> None:
-        if self._bound.get(park) is connection:
-            del self._bound[park]
-        self._last_seen[park] = connection.last_read
-        self._last_peer[park] = connection.peer
+        self._connections.release(connection, park)
         self.host.offline(park, connection.peer, reason)
 
     # uplinks

@@ -55,7 +55,7 @@ from attrs import frozen
 from nacl.signing import SigningKey
 
 from gateway.journal.integrity import verify_journal
-from gateway.journal.kinds import RESTORE_RECORD
+from gateway.journal.kinds import RESTORE_RECORD, kind_member
 from gateway.journal.reader import ChainError
 from gateway.journal.record import BadLine, Record, check_line, decode_line, encode_line, format_ts
 from gateway.journal.recovery import is_hole
@@ -470,10 +470,13 @@ def _backup(source: str, dest: str, progress: Progress | None) -> BackupResult:
     )
 
 
+_RESTORE_KIND = kind_member(RESTORE_RECORD) + b","
+
+
 def _starts_with_restore(segment: Segment) -> bool:
     with open(segment.path, "rb") as f:
         line = f.readline()
-    return line.endswith(b"\n") and b'"kind":"restore",' in line[:128]
+    return line.endswith(b"\n") and _RESTORE_KIND in line[:128]
 
 
 # -- restore

@@ -33,6 +33,7 @@ from attrs import frozen
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from gateway.journal.kinds import RECOVERY_RECORD, kind_member
 from gateway.journal.record import (
     CHAIN_TAIL_LEN,
     GENESIS_CHAIN,
@@ -74,7 +75,8 @@ HOLE = b"#"
 
 _MAX_CANDIDATES = 8
 # A recovery record found the way verify finds seals: its kind in the head.
-_RECOVERY_HEAD = re.compile(rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*","kind":"recovery",')
+_RECOVERY_KIND = kind_member(RECOVERY_RECORD)
+_RECOVERY_HEAD = re.compile(rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*",' + re.escape(_RECOVERY_KIND) + b",")
 _RECOVERY_REACH = 128
 
 
@@ -296,7 +298,7 @@ def find_recovery(directory: str, segment: str, offset: int) -> Record | None:
     for each in segments:
         start = offset if each.name == segment else 0
         for _, line in iter_lines(each.path, start):
-            if line.find(b'"kind":"recovery"', 0, _RECOVERY_REACH) < 0 or _RECOVERY_HEAD.match(line) is None:
+            if line.find(_RECOVERY_KIND, 0, _RECOVERY_REACH) < 0 or _RECOVERY_HEAD.match(line) is None:
                 continue
             try:
                 record = decode_line(line)

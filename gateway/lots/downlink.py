@@ -29,14 +29,15 @@ from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState
 from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, signature_ok
+from gateway.lots.connections import Bind, Registry
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login
 from gateway.lots.sessions import Sessions
-from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
+from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol
 from gateway.protocol.catalog import deadline_of, lookup
-from gateway.protocol.envelope import EnvelopeError, Request, build_response
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, ack_frame, build_response
 from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import RESULT_OK, Result
-from gateway.protocol.signing import compact, sign
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.times import wire_time
 from gateway.settings import Config, LotConfig
 
@@ -49,6 +50,7 @@ MAX_QUEUED = 32
 _EXPIRED_KEPT = 1024
 
 Connection = DownlinkProtocol
+UNBOUND, BINDING, BOUND, CLOSING = Bind.UNBOUND, Bind.BINDING, Bind.BOUND, Bind.CLOSING
 
 
 class _Pending:
@@ -114,12 +116,9 @@ class Downlinks:
         self._clock = clock
         self._zone: ZoneInfo = config.gateway.timezone
         self._deadlines = dict(deadlines or {})
-        self._bound: dict[str, Connection] = {}
-        self._unbound: dict[Connection, None] = {}
+        self._connections: Registry[Connection] = Registry()
         self._outstanding: dict[str, _Pending] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
-        self._last_seen: dict[str, float] = {}
-        self._last_peer: dict[str, str] = {}
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
@@ -149,11 +148,10 @@ class Downlinks:
         records are appended here, not when the connections are finally lost
         (by then the journal no longer takes records).
         """
-        for park, connection in list(self._bound.items()):
-            del self._bound[park]
+        for park, connection in self._connections.bound():
             self._unbind(connection, park, reason)
             connection.close(reason)
-        for connection in list(self._unbound):
+        for connection in self._connections.unbound():
             connection.close(reason)
 
     def disconnect(self, park: str, reason: str) -> bool:
@@ -161,7 +159,7 @@ class Downlinks:
 
         A reload that removes the lot or changes its credentials cuts it off this way.
         """
-        connection = self._bound.pop(park, None)
+        connection = self._connections.lot(park)
         if connection is None:
             return False
         self._unbind(connection, park, reason)
@@ -182,10 +180,7 @@ class Downlinks:
 
     def state(self, park: str) -> LotState:
         """The downlink state of the lot `park` (configured or not)."""
-        connection = self._bound.get(park)
-        if connection is not None:
-            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
-        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+        return self._connections.state(park)
 
     def states(self) -> list[LotState]:
         """The state of every configured lot, in configuration order."""
@@ -210,8 +205,8 @@ class Downlinks:
         interface = lookup(code)
         if interface is None or interface.downlink is None:
             return fail(ValueError(f"{code!r} is not a downlink interface"))
-        connection = self._bound.get(park)
-        if connection is None or connection.closing:
+        connection = self._connections.lot(park)
+        if connection is None or connection.phase is CLOSING:
             return fail(NotConnected(park))
         lot = self._config.lot_by_park(park)
         secret = lot.secret if lot is not None else ""
@@ -259,8 +254,8 @@ class Downlinks:
         """Close idle and unbound connections and heartbeat quiet ones: one pass over all of them."""
         now = self._clock.seconds()
         bind_by = now - self._tcp.bind_timeout
-        for connection in list(self._unbound):
-            if connection.opened <= bind_by and not connection.closing:
+        for connection in self._connections.unbound():
+            if connection.opened <= bind_by and connection.phase is not CLOSING:
                 self.counters["closed_unbound"] += 1
                 connection.close("not bound within bind_timeout")
         tcp = self._tcp
@@ -271,7 +266,7 @@ class Downlinks:
         write_by = now - tcp.write_idle if tcp.write_idle else never
         idle: list[tuple[Connection, str]] = []
         quiet: list[Connection] = []
-        for connection in self._bound.values():
+        for connection in self._connections.bound_connections():
             read, written = connection.last_read, connection.last_write
             if read <= read_by:
                 idle.append((connection, f"nothing received for {tcp.read_idle} s (read_idle)"))
@@ -280,7 +275,7 @@ class Downlinks:
             elif written <= write_by:
                 quiet.append(connection)
         for connection, reason in idle:
-            if not connection.closing:
+            if connection.phase is not CLOSING:
                 self.counters["closed_idle"] += 1
                 connection.close(reason)
         for connection in quiet:
@@ -296,7 +291,7 @@ class Downlinks:
 
     def connection_made(self, connection: Connection) -> None:
         self.counters["connections"] += 1
-        self._unbound[connection] = None
+        self._connections.opened(connection)
 
     def garbage_received(self, connection: Connection, count: int) -> None:
         self.counters["garbage_bytes"] += count
@@ -319,21 +314,21 @@ class Downlinks:
 
     def malformed_received(self, connection: Connection, error: EnvelopeError) -> None:
         self.counters["frames_in"] += 1
-        if connection.binding:
+        if connection.phase is BINDING:
             self._queue(connection, error)
         else:
             self._malformed(connection, error)
 
     def reply_received(self, connection: Connection, reply: Reply) -> None:
         self.counters["frames_in"] += 1
-        if connection.binding:
+        if connection.phase is BINDING:
             self._queue(connection, reply)
         else:
             self._reply(connection, reply)
 
     def request_received(self, connection: Connection, request: Request) -> None:
         self.counters["frames_in"] += 1
-        if connection.binding:
+        if connection.phase is BINDING:
             self._queue(connection, request)
         else:
             self._request(connection, request)
@@ -417,11 +412,10 @@ class Downlinks:
         return False
 
     def connection_lost(self, connection: Connection, reason: Failure) -> None:
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         connection.queued = None
         park = connection.park
-        if park is not None and self._bound.get(park) is connection:
-            del self._bound[park]
+        if park is not None and self._connections.holds(connection, park):
             why = connection.close_reason or f"closed by the lot: {reason.getErrorMessage()}"
             self._unbind(connection, park, why)
         self._fail_outstanding(connection)
@@ -444,7 +438,7 @@ class Downlinks:
         connection.close("first frame was neither login nor heartbeat")
 
     def _login(self, connection: Connection, request: Request) -> None:
-        connection.binding = True
+        connection.phase = BINDING
         outcome = login(
             request,
             config=self._config,
@@ -454,15 +448,15 @@ class Downlinks:
             via="TCP",
             configured=self._lot_by_username,
             # A connection lost while its login waits for a password check drops the check.
-            gone=lambda: connection.closing,
+            gone=lambda: connection.phase is CLOSING,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)
 
     def _logged_in(self, outcome: LoginOutcome, connection: Connection, request: Request) -> None:
-        connection.binding = False
+        connection.settle()
         queued, connection.queued = connection.queued, None
-        if connection.closing:
+        if connection.phase is CLOSING:
             return
         lot = outcome.lot
         secret = lot.secret if lot is not None else ""
@@ -475,7 +469,7 @@ class Downlinks:
             return
         self._bind(connection, lot, outcome.token, "login")
         for event in queued or ():
-            if connection.closing:
+            if connection.phase is CLOSING:
                 break
             try:
                 if isinstance(event, Reply):
@@ -488,7 +482,7 @@ class Downlinks:
                 self.frame_failed(connection, Failure())
 
     def _login_failed(self, failure: Failure, connection: Connection) -> None:
-        connection.binding = False
+        connection.settle()
         connection.queued = None
         self.frame_failed(connection, failure)
         connection.close("login failed inside the gateway")
@@ -562,26 +556,27 @@ class Downlinks:
         if (
             previous_park is not None
             and previous_park != park
-            and self._bound.get(previous_park) is connection
+            and self._connections.holds(connection, previous_park)
         ):
             # The same connection logged in as another lot: it leaves the first one.
-            del self._bound[previous_park]
             self._unbind(connection, previous_park, f"the connection logged in as {park}")
             self._fail_outstanding(connection)
-        old = self._bound.get(park)
+        old = self._connections.lot(park)
         if old is not None and old is not connection:
             self.counters["replaced"] += 1
             old.park = None
             self._unbind(old, park, f"replaced by a new connection from {connection.peer}")
             old.close("replaced by a newer connection of the same lot")
             self._fail_outstanding(old)
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         connection.token = token
         if old is connection:
             return
         connection.park = park
         connection.bound_at = self._clock.seconds()
-        self._bound[park] = connection
+        if connection.phase is not CLOSING:
+            connection.phase = BOUND
+        self._connections.bind(connection, park)
         self.counters["binds"] += 1
         log.info(
             "lot {park} bound from {peer} by {how}",
@@ -599,8 +594,7 @@ class Downlinks:
                 log.failure("a bound listener failed for lot {park}", park=park)
 
     def _unbind(self, connection: Connection, park: str, reason: str) -> None:
-        self._last_seen[park] = connection.last_read
-        self._last_peer[park] = connection.peer
+        self._connections.release(connection, park)
         log.info(
             "lot {park} unbound from {peer}: {reason}",
             event="lot.offline",
@@ -650,7 +644,7 @@ class Downlinks:
         )
 
     def _send(self, connection: Connection, frame: bytes) -> None:
-        if connection.closing:
+        if connection.phase is CLOSING:
             return
         self.counters["frames_out"] += 1
         connection.send(frame)
@@ -670,16 +664,3 @@ def record_connection(journal: JournalAppend, kind: str, park: str, peer: str, r
     stored.addErrback(
         lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
     )
-
-
-def ack_frame(code: str, opr: str, token: str, secret: str, data: object) -> bytes:
-    """An ACK frame (a request envelope, B.3.2), signed over compact `data` before the escapes."""
-    data_text = compact(data)
-    text = '{"code":%s,"oprNum":%s,"token":%s,"signature":"%s","data":%s}' % (
-        compact(code),
-        compact(opr),
-        compact(token),
-        sign(data_text, token, secret),
-        data_text,
-    )
-    return encode_json_frame(text)

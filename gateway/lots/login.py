@@ -24,7 +24,7 @@ from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import lookup
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
-from gateway.protocol.signing import signature_matches
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.validation import FieldError, validate
 from gateway.settings import Config, LotConfig
 
@@ -56,18 +56,6 @@ class LoginOutcome:
     token: str = ""
     # The client went away before its password was checked: there is no one to answer.
     gone: bool = False
-
-
-def signature_ok(
-    mode: str, signature: str, data_text: str, data: object, token: str, secret: str, optional: bool = False
-) -> bool:
-    """Whether a message's signature passes the lot's `signature` mode (B.3.7).
-
-    With `optional` (heartbeats, like HTTP), a missing signature passes in every mode.
-    """
-    if mode == "off" or ((mode == "optional" or optional) and not signature):
-        return True
-    return signature_matches(signature, data_text, data, token, secret)
 
 
 def login(

@@ -9,119 +9,21 @@ since the handler sweeps all connections' idle timestamps at once.
 
 from __future__ import annotations
 
-import re
 from typing import Protocol as TypingProtocol
 
-from attrs import frozen
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.logs import describe
-from gateway.protocol.envelope import (
-    OPR_NUM_MAX,
-    EnvelopeError,
-    Request,
-    _header,
-    parse_request,
-    refusal,
-)
-from gateway.protocol.envelope import (
-    members as json_members,
-)
+from gateway.lots.connections import Bind
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_frame
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge
-from gateway.protocol.results import Result
 
 log = Logger()
 
-_OPR_NUM = re.compile(r'"oprNum"\s*:\s*"([^"]*)"')
-
-
-@frozen
-class Reply:
-    """A response envelope (B.3) from a lot: its REPLY to one of the gateway's ACKs."""
-
-    code: str
-    opr: str
-    result_code: str
-    result_message: str
-    signature: str
-    data: object
-    data_text: str
-
-
-def parse_reply(text: str) -> Reply:
-    """Parse a response envelope, or raise EnvelopeError (9002) saying what is wrong."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    try:
-        members = json_members(text)
-        return _reply(text, members)
-    except ValueError as error:
-        raise refusal(error) from None
-
-
-def _reply(text: str, members: dict[str, tuple[object, int, int]]) -> Reply:
-    if "data" in members:
-        data, start, end = members["data"]
-        data_text = text[start:end]
-    else:
-        data, data_text = None, ""
-    return Reply(
-        code=_header(members, "code"),
-        opr=_header(members, "oprNum"),
-        result_code=_header(members, "resultCode"),
-        result_message=_header(members, "resultMessage"),
-        signature=_header(members, "signature"),
-        data=data,
-        data_text=data_text,
-    )
-
-
-def parse_frame(payload: bytes) -> Request | Reply:
-    """A frame's payload as a request (from the lot: heartbeat, login) or a reply to an ACK.
-
-    A payload is a reply when its top-level object has a `resultCode` member.
-    Raises EnvelopeError when it is neither; `error.opr` is set when an oprNum
-    could still be read from the text, so the sender can be told.
-    """
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EnvelopeError(
-            Result.MALFORMED, "not UTF-8", opr=opr_in(payload.decode("utf-8", "replace")) or ""
-        ) from None
-    try:
-        if '"resultCode"' in text:
-            if text.startswith("\ufeff"):
-                text = text[1:]
-            try:
-                members = json_members(text)
-            except ValueError as error:
-                raise refusal(error) from None
-            if "resultCode" in members:
-                try:
-                    reply = _reply(text, members)
-                except ValueError as error:
-                    raise EnvelopeError(Result.MALFORMED, str(error)) from None
-                if len(reply.opr) > OPR_NUM_MAX:
-                    raise EnvelopeError(Result.MALFORMED, f"oprNum: longer than {OPR_NUM_MAX} characters")
-                return reply
-        return parse_request(text)
-    except EnvelopeError as error:
-        if error.opr:
-            raise
-        opr = opr_in(text)
-        raise EnvelopeError(error.result, error.detail, code=error.code, opr=opr or "") from None
-
-
-def opr_in(text: str) -> str | None:
-    """The oprNum a text that does not parse seems to carry, if one can be read (and is not too long)."""
-    match = _OPR_NUM.search(text)
-    if match is None or len(match.group(1)) > OPR_NUM_MAX:
-        return None
-    return match.group(1)
+UNBOUND, BINDING, BOUND, CLOSING = Bind.UNBOUND, Bind.BINDING, Bind.BOUND, Bind.CLOSING
 
 
 class FrameHandler(TypingProtocol):
@@ -158,8 +60,8 @@ class FrameHandler(TypingProtocol):
 class DownlinkProtocol(Protocol):
     """One lot's TCP connection: turns bytes into envelopes for the handler, and frames into bytes.
 
-    `park`, `token`, `bound_at`, `binding`, `queued` and `close_reason` belong to
-    the handler, which keeps its per-connection state here so that a connection
+    `park`, `token`, `bound_at`, `phase` (its `Bind`), `queued` and `close_reason`
+    belong to the handler, which keeps its per-connection state here so that a connection
     is one object. Until `park` is set, the bytes received are counted and
     capped at `max_unbound_bytes` (CONTRACT §4): past the cap the handler is
     told before the bytes are decoded, so an unbound peer cannot make the
@@ -172,15 +74,14 @@ class DownlinkProtocol(Protocol):
         "_handler",
         "_max_unbound",
         "_skipped",
-        "binding",
         "bound_at",
         "close_reason",
-        "closing",
         "last_read",
         "last_write",
         "opened",
         "park",
         "peer",
+        "phase",
         "queued",
         "token",
         "unbound_bytes",
@@ -205,17 +106,18 @@ class DownlinkProtocol(Protocol):
         self.park: str | None = None
         self.token = ""
         self.bound_at: float | None = None
-        self.binding = False
+        # The bind lifecycle (gateway.lots.connections.Bind); the handler moves it on.
+        self.phase: Bind = UNBOUND
+        # The frames that arrived while BINDING, handled once the login is decided.
         self.queued: list[Request | Reply | EnvelopeError] | None = None
         self.close_reason = ""
-        self.closing = False
 
     def connectionMade(self) -> None:
         self.opened = self.last_read = self.last_write = self._clock.seconds()
         self._handler.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
+        if self.phase is CLOSING:
             return
         self.last_read = self._clock.seconds()
         if self.park is None:
@@ -230,7 +132,7 @@ class DownlinkProtocol(Protocol):
             self._handler.garbage_received(self, skipped - self._skipped)
             self._skipped = skipped
         for event in events:
-            if self.closing:
+            if self.phase is CLOSING:
                 return
             if isinstance(event, FrameTooLarge):
                 self._handler.too_large(self, event)
@@ -252,23 +154,28 @@ class DownlinkProtocol(Protocol):
         else:
             self._handler.request_received(self, message)
 
+    def settle(self) -> None:
+        """A login is decided: BINDING gives way to BOUND or UNBOUND, by whether the connection has a lot."""
+        if self.phase is BINDING:
+            self.phase = UNBOUND if self.park is None else BOUND
+
     def send(self, frame: bytes) -> None:
         """Write one encoded frame."""
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and self.phase is not CLOSING:
             self.last_write = self._clock.seconds()
             self.transport.write(frame)
 
     def close(self, reason: str) -> None:
         """Close the connection (after what was written), remembering why."""
-        if self.closing:
+        if self.phase is CLOSING:
             return
-        self.closing = True
+        self.phase = CLOSING
         self.close_reason = reason
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closing = True
+        self.phase = CLOSING
         self._handler.connection_lost(self, reason)
 
 

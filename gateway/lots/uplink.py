@@ -24,7 +24,7 @@ from gateway.journal.kinds import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from gateway.journal.record import Record
 from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, not_stored_answer, signature_ok
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, not_stored_answer
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import FAULT, TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
@@ -32,6 +32,7 @@ from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
 from gateway.protocol.redact import may_hold_secrets, redact
 from gateway.protocol.results import RESULT_OK, Result
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.times import wire_time
 from gateway.protocol.validation import FieldError, validate
 from gateway.settings import Config, LotConfig

@@ -26,7 +26,9 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 
-from gateway.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials, UplinkClient
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import Backoff, DownlinkClient
+from gateway.lotclient.uplink import HTTPRequester, UplinkClient
 from gateway.simulator.lot import HEARTBEAT_INTERVAL, LotModel, SimulatedLot
 from gateway.simulator.stats import LatencyHistogram, Stats, Summary
 from gateway.simulator.traffic import Layout, Traffic

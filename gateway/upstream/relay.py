@@ -24,10 +24,10 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybe
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.client import DownlinkReply
 from gateway.dialects.interface import Unsupported
 from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, NotConnected
 from gateway.journal.kinds import UPSTREAM_ACK_RECORD, UPSTREAM_REPLY_RECORD
+from gateway.lotclient.downlink import DownlinkReply
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result

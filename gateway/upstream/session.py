@@ -45,10 +45,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.client import HTTPRequester, Response, UplinkError, envelope_text, parse_response, post_param
 from gateway.cloud.post import failure_reason, shortened
 from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import HELD_RECORD
+from gateway.lotclient.uplink import HTTPRequester, UplinkError, parse_response, post_param
+from gateway.protocol.envelope import Reply as Response
+from gateway.protocol.envelope import signed_request_text as envelope_text
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
 from gateway.protocol.times import utc_rfc3339

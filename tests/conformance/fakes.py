@@ -22,9 +22,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from gateway.cli.main import build_parser
-from gateway.client import LotCredentials
 from gateway.cloud.api import CommandApi
 from gateway.conformance.lot import MirrorSettings, PaidQueries, RecordingUplinkHandler, ReferencePlatform
+from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.http import UplinkResource, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats

@@ -7,8 +7,7 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.lots.tcp import Reply, parse_frame
-from gateway.protocol.envelope import EnvelopeError, Request
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_frame
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge
 from gateway.protocol.results import Result
 from tests.fuzz.ops import decoder_ops

@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.protocol.envelope import EnvelopeError, build_response, parse_request
+from gateway.protocol.envelope import (
+    EnvelopeError,
+    ack_frame,
+    build_response,
+    parse_reply,
+    parse_request,
+    request_text,
+    response_text,
+    signed_request_text,
+)
+from gateway.protocol.framing import encode_json_frame
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign
 
@@ -154,3 +164,28 @@ def test_long_opr_num_is_not_echoed() -> None:
         parse_request('{"code":"carIn","oprNum":"%s","data":{}}' % ("9" * 1000))
     assert (caught.value.code, caught.value.opr) == ("carIn", "")
     assert "9" * 37 not in caught.value.detail
+
+
+def test_one_request_builder_for_acks_and_lots() -> None:
+    """request_text, signed_request_text and ack_frame make the same signed envelope; ack_frame as a frame."""
+    text = request_text("gateOpen", "o1", "T", "k", {"barCode": "G1"})
+    assert text == signed_request_text("gateOpen", "o1", "T", "k", '{"barCode":"G1"}')
+    assert ack_frame("gateOpen", "o1", "T", "k", {"barCode": "G1"}) == encode_json_frame(text)
+    request = parse_request(text)
+    assert (request.code, request.opr, request.token) == ("gateOpen", "o1", "T")
+    assert request.signature == sign('{"barCode":"G1"}', "T", "k")
+
+
+def test_a_lots_reply_and_the_gateways_response_share_one_builder() -> None:
+    """response_text with a Result's code is build_response's text; any other result code is escaped."""
+    built = build_response("carIn", "o1", Result.OK, "ok", {"a": 1}, "T", "k")
+    assert response_text("carIn", "o1", "0000", "ok", {"a": 1}, "T", "k").encode() == built
+    odd = parse_reply(response_text("gateOpen", "o2", 'x"y', "m", {}, "T", "k"))
+    assert odd.result_code == 'x"y' and odd.signed_by("T", "k") and not odd.ok
+
+
+def test_a_reply_without_a_result_code_is_refused() -> None:
+    """parse_reply refuses a text without resultCode (9002), naming it."""
+    with pytest.raises(EnvelopeError) as caught:
+        parse_reply('{"code":"carIn","oprNum":"o"}')
+    assert caught.value.result is Result.MALFORMED and "resultCode" in caught.value.detail

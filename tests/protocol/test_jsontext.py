@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.lots.tcp import Reply, parse_frame
-from gateway.protocol.envelope import EnvelopeError, parse_request
+from gateway.protocol.envelope import EnvelopeError, Reply, parse_frame, parse_request
 from gateway.protocol.jsontext import _NOT_BRACKETS, ECHO_MAX, INT_LIMIT, MAX_DEPTH, JSONRefused, echo, loads
 from gateway.protocol.results import Result
 

@@ -28,8 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gateway import tap
-from gateway.client import LotCredentials
 from gateway.journal.reader import read_records
+from gateway.lotclient.credentials import LotCredentials
 from gateway.protocol.times import wire_time
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from gateway.client import LotCredentials
+from gateway.lotclient.credentials import LotCredentials
 from gateway.simulator.run import ProgressBar, Settings, Simulation
 from gateway.simulator.stats import LatencyHistogram, Summary
 from tests.lots.harness import PASSWORD, Uplink, lot_entry

@@ -21,11 +21,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from gateway import config
-from gateway.client import UplinkError, parse_response
 from gateway.cloud.forwarder import Forwarder
 from gateway.interfaces import Outcome, Split
 from gateway.journal.kinds import FORWARDED_RECORD, HELD_RECORD, REJECTED_RECORD
 from gateway.journal.record import Record, format_ts
+from gateway.lotclient.uplink import UplinkError, parse_response
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
 from gateway.upstream.forwarding import QueryOutcome, UpstreamQueries, UpstreamSink, judge

@@ -31,8 +31,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request as WebRequest
 
 from gateway import config
-from gateway.client import FORM_TYPE
 from gateway.journal.kinds import HELD_RECORD
+from gateway.lotclient.uplink import FORM_TYPE
 from gateway.lots.uplink import Queries
 from gateway.protocol.envelope import parse_request
 from gateway.protocol.signing import compact, sign

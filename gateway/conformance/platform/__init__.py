@@ -5,7 +5,7 @@ each: login and tokens, signatures, every uplink (valid, then invalid), repeats,
 then on the TCP downlink the binds, framing and escaping, the idle timers, and
 every downlink interface, triggered through the command API (CONTRACT §6) when
 one is given, otherwise by a human operator told what to trigger. The lot's
-side of the protocol is the simulator's (`gateway.client`), its
+side of the protocol is the simulator's (`gateway.lotclient`), its
 answers to downlinks the simulator's `LotModel`.
 
 The HTTP client, the clock and the TCP endpoint are passed in. The checks come

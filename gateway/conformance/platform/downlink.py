@@ -17,10 +17,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.http_headers import Headers
 
-from gateway.client import (
-    DownlinkClient,
-    DownlinkReply,
-)
 from gateway.conformance.checks import platform_checks
 from gateway.conformance.platform.session import (
     PlatformSession,
@@ -32,6 +28,7 @@ from gateway.conformance.platform.session import (
 )
 from gateway.conformance.report import Outcome
 from gateway.conformance.samples import Scene, downlink_sample
+from gateway.lotclient.downlink import DownlinkClient, DownlinkReply
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, parse_request
 from gateway.protocol.signing import compact, signature_matches

@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
-from gateway.client import HTTPRequester
 from gateway.conformance.checks import Check, platform_checks
 from gateway.conformance.platform.downlink import DownlinkChecks
 from gateway.conformance.platform.session import PlatformSession, PlatformTarget
 from gateway.conformance.platform.tcp import TcpChecks
 from gateway.conformance.platform.uplink import UplinkChecks
 from gateway.conformance.report import Report
+from gateway.lotclient.uplink import HTTPRequester
 
 __all__ = ["PlatformRun", "plan"]
 

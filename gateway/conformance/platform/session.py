@@ -14,17 +14,14 @@ from zoneinfo import ZoneInfo
 from attrs import field, frozen
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 
-from gateway.client import (
-    DownlinkClient,
-    HTTPRequester,
-    LotCredentials,
-    Response,
-    UplinkClient,
-)
 from gateway.conformance.checks import platform_checks
 from gateway.conformance.report import Outcome, Report, Row
 from gateway.conformance.samples import uplink_sample
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import DownlinkClient
+from gateway.lotclient.uplink import HTTPRequester, UplinkClient
 from gateway.protocol.catalog import Interface, lookup
+from gateway.protocol.envelope import Reply as Response
 from gateway.protocol.results import Result
 from gateway.protocol.validation import FieldError, validate
 from gateway.simulator.lot import LotModel

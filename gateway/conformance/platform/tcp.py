@@ -7,9 +7,6 @@ import secrets
 
 from twisted.internet.task import deferLater
 
-from gateway.client import (
-    request_text,
-)
 from gateway.conformance.platform.session import (
     OK,
     TOKEN_INVALID,
@@ -22,6 +19,7 @@ from gateway.conformance.platform.session import (
 from gateway.conformance.report import Outcome
 from gateway.conformance.wire import Frame, FrameProbe, connect_probe
 from gateway.protocol.catalog import lookup
+from gateway.protocol.envelope import request_text
 from gateway.protocol.framing import encode_json_frame
 from gateway.protocol.signing import compact, signature_matches
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 
-from gateway.client import (
-    Response,
-)
 from gateway.conformance.checks import FIELD_ERRORS, invalid_field
 from gateway.conformance.platform.session import (
     BAD_CREDENTIALS,
@@ -25,6 +22,7 @@ from gateway.conformance.platform.session import (
 from gateway.conformance.report import Outcome
 from gateway.conformance.samples import invalid_variant, uplink_sample
 from gateway.protocol.catalog import DeliveryClass, lookup
+from gateway.protocol.envelope import Reply as Response
 from gateway.protocol.signing import compact, sign
 
 
