@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 __all__ = ["SETTLE_AFTER", "BindSettler", "settle_heap"]
@@ -36,7 +37,7 @@ def settle_heap() -> int:
     return gc.get_freeze_count()
 
 
-class BindSettler:
+class BindSettler(Service):
     """Freezes the heap `quiet` seconds after the last of a wave of lot binds."""
 
     def __init__(self, clock: IReactorTime, quiet: float = SETTLE_AFTER) -> None:
@@ -62,3 +63,7 @@ class BindSettler:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stop()

@@ -16,7 +16,10 @@ from attrs import frozen
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.internet.protocol import connectionDone
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -30,6 +33,8 @@ __all__ = [
     "FdLimit",
     "GuardCollector",
     "GuardedFactory",
+    "ListenFailed",
+    "Listener",
     "peer_host",
     "proxied",
     "raise_fd_limit",
@@ -324,3 +329,42 @@ def register_guards(registry: CollectorRegistry, guards: Sequence[ConnectionGuar
     collector = GuardCollector(guards)
     registry.register(collector)
     return collector
+
+
+class ListenFailed(Exception):
+    """A listener could not bind its port as the gateway started: ``name`` is its key under ``listen``."""
+
+    def __init__(self, name: str, error: CannotListenError) -> None:
+        super().__init__(name, error)
+        self.name = name
+        self.error = error
+
+
+class Listener(MultiService):
+    """
+    One port of the gateway, named by its key under ``listen``: Twisted's strports service.
+
+    A port that cannot be bound stops start-up (strports raises at once
+    rather than leaving a deaf gateway running); this names the listener in
+    the :class:`ListenFailed` it raises, for the one-line error.
+    """
+
+    def __init__(self, name: str, description: str, factory: Factory | Any, reactor: Any) -> None:
+        super().__init__()
+        self.setName(name)
+        self.key = name
+        self.description = description
+        self.factory = factory
+        strports.service(description, factory, reactor=reactor).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            raise ListenFailed(self.key, error) from error
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except CannotListenError as error:
+            raise ListenFailed(self.key, error) from error

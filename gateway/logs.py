@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import IO, Any, cast
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.interfaces import IAddress
-from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
+from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
@@ -254,6 +254,21 @@ def lot_rejected(
         dialect=dialect,
         via=via,
     )
+
+
+class Observing(Service):
+    """Adds a log observer to the global publisher while it runs (the status page's rejections)."""
+
+    def __init__(self, observer: ILogObserver) -> None:
+        self.observer = observer
+
+    def startService(self) -> None:
+        super().startService()
+        globalLogPublisher.addObserver(self.observer)
+
+    def stopService(self) -> None:
+        super().stopService()
+        globalLogPublisher.removeObserver(self.observer)
 
 
 @implementer(ILogObserver)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import attrs
 from attrs import frozen
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -338,7 +339,7 @@ class Reloader:
         return attrs.evolve(outcome, journal_error=failure.getErrorMessage())
 
 
-class Sighup:
+class Sighup(Service):
     """Reload on SIGHUP while the gateway runs, as daemons do (`systemctl reload`, `kill -HUP`)."""
 
     def __init__(self, reactor: Any, reload: Callable[[str], object]) -> None:
@@ -357,6 +358,14 @@ class Sighup:
         if self._installed:
             signal.signal(signal.SIGHUP, self._previous)
             self._installed = False
+
+    def startService(self) -> None:
+        super().startService()
+        self.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stop()
 
     def _received(self, signum: int, frame: object) -> None:
         # A signal handler may run between any two bytecodes: hand the work to the reactor.

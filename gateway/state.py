@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from attrs import frozen
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.progress import Progress
+from gateway.forwarding.progress import Progress
 from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import (
     ANSWER_RECORD,
@@ -141,7 +142,8 @@ class StartState:
             if isinstance(done, int):
                 self.sync.pop(done, None)
         elif kind == FORWARDED_RECORD or kind == REJECTED_RECORD:
-            through = body.get("through") if isinstance(body, dict) else None
+            # The main sink's progress: another engine's records name their sink.
+            through = body.get("through") if isinstance(body, dict) and "sink" not in body else None
             if type(through) is int and through > self.forwarded:
                 self.forwarded = through
         elif kind == QUARANTINE_RECORD:
@@ -347,7 +349,7 @@ class CheckpointJournal(JournalAppend, Protocol):
     def commit_observers(self) -> list[Callable[[list[Record]], None]]: ...
 
 
-class Checkpointer:
+class Checkpointer(Service):
     """
     Keeps a :class:`StartState` up to date from durable records and journals it now and then.
 
@@ -407,6 +409,14 @@ class Checkpointer:
             self._writing = False
 
         return d.addCallbacks(written, not_written).addBoth(done)
+
+    def startService(self) -> None:
+        super().startService()
+        self.start()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self.stop()
 
     def _committed(self, records: list[Record]) -> None:
         state = self._state

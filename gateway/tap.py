@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 from attrs import evolve
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
-from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.error import CannotListenError
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, LoggingFile, globalLogPublisher
+from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 
 from gateway import __version__
 from gateway.cloud.api import CommandApi
-from gateway.cloud.forwarder import Forwarder
 from gateway.cloud.metrics import (
     observe_fsync,
     register_forwarder,
@@ -32,39 +26,42 @@ from gateway.cloud.metrics import (
     register_upstream,
 )
 from gateway.cloud.metrics import register as register_metrics
-from gateway.cloud.progress import Progress
-from gateway.cloud.query import QueryClient
+from gateway.cloud.service import CloudService
 from gateway.cloud.status import StatusReport
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
-from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
-from gateway.dialects.interface import IDialectServer
-from gateway.dialects.standard import StandardServer
+from gateway.dialects.host import GatewayParts
+from gateway.dialects.service import LotsService
 from gateway.firststart import Fresh, create_token_file
-from gateway.heap import BindSettler, settle_heap
+from gateway.heap import settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
-from gateway.journal.retention import Retention
-from gateway.journal.sealer import Sealer
-from gateway.journal.space import SpaceWatch
+from gateway.journal.jumps import read_jumps
+from gateway.journal.service import JournalService
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
-from gateway.limits import ConnectionGuard, FdLimit, GuardedFactory, proxied, raise_fd_limit, register_guards
-from gateway.logs import RecentRejections, WithLogObserver, check_log_format, json_observer, log_stream
+from gateway.limits import (
+    ConnectionGuard,
+    FdLimit,
+    Listener,
+    ListenFailed,
+    proxied,
+    raise_fd_limit,
+    register_guards,
+)
+from gateway.logs import (
+    Observing,
+    RecentRejections,
+    WithLogObserver,
+    check_log_format,
+    json_observer,
+    log_stream,
+)
 from gateway.lots.http import GuardedSite, HttpLimits
-from gateway.lots.parks import ParkTotals
-from gateway.lots.passwords import PasswordChecker
-from gateway.lots.repeats import Repeats
-from gateway.lots.sessions import Sessions
-from gateway.lots.sync import SyncQueue
 from gateway.reload import Reloader, Sighup
 from gateway.state import Checkpointer, restore_at_start
-from gateway.upstream.forwarding import UpstreamQueries, UpstreamSink
-from gateway.upstream.lots import UpstreamLots
+from gateway.upstream.service import UpstreamService
 from twisted import version as twisted_version
 
 log = Logger()
-
-UPSTREAM_CONCURRENCY = 16
-"""With the t002 sink, how many lots' uplinks go upstream at once (and keep-alive connections)."""
 
 
 class Options(usage.Options):
@@ -102,67 +99,47 @@ class Options(usage.Options):
         check_log_format(self["log-format"], parent if isinstance(parent, usage.Options) else None)
 
 
-class _Part(Service):
-    """One part of the gateway in the service tree: `start` as it starts, `stop` as it stops.
-
-    Services stop in the reverse order of their start, so a part added before
-    another outlives it: the journal, added first, closes last.
+class GatewayService(MultiService):
     """
+    The gateway's service tree: the journal first, then the parts that use it.
 
-    def __init__(
-        self,
-        stop: Callable[[], Deferred[None] | None],
-        start: Callable[[], None] | None = None,
-    ) -> None:
-        self._start = start
-        self._stop = stop
-
-    def startService(self) -> None:
-        super().startService()
-        if self._start is not None:
-            self._start()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        return self._stop()
-
-
-class _Gateway(MultiService):
-    """
-    The gateway's parts, stopped as a ``MultiService`` stops them, but the journal last.
-
-    Parts append as they stop (offline records, a checkpoint, a seal) and some
-    only once what they wait for is done (a retention pass, an fsync), so the
-    journal, the first part, is closed only after every other part's stop has
-    finished; ``MultiService`` alone would close it at once with the others.
+    Its children stop one after the other, the last added first, each once the
+    one after it has finished: the parts append as they stop (offline records,
+    a checkpoint) and some only once what they wait for is done, so the
+    journal, the first child, closes only after every other part has stopped.
     """
 
     cannot_listen: Callable[[str, BaseException], NoReturn] | None = None
     """Called with a listener's name and error when it cannot bind its port (see makeService)."""
 
     def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        for part in self:
-            self._starting(part, part.privilegedStartService)
+        try:
+            super().privilegedStartService()
+        except ListenFailed as failed:
+            self._failed(failed)
 
     def startService(self) -> None:
-        Service.startService(self)
-        for part in self:
-            self._starting(part, part.startService)
-
-    def _starting(self, part: IService, start: Callable[[], None]) -> None:
         try:
-            start()
-        except CannotListenError as error:
-            if self.cannot_listen is None or not isinstance(part, StreamServerEndpointService):
-                raise
-            self.cannot_listen(part.name or "?", error)
+            super().startService()
+        except ListenFailed as failed:
+            self._failed(failed)
+
+    def _failed(self, failed: ListenFailed) -> None:
+        if self.cannot_listen is None:
+            raise failed.error
+        self.cannot_listen(failed.name, failed.error)
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
-        journal, *others = list(self)
-        stopping = DeferredList([maybeDeferred(part.stopService) for part in reversed(others)])
-        return stopping.addCallback(lambda results: DeferredList([maybeDeferred(journal.stopService)]))
+        stopped: Deferred[Any] = succeed(None)
+        for child in reversed(list(self)):
+            stopped.addCallback(_stop_after, child)
+        return stopped
+
+
+def _stop_after(_: object, child: IService) -> Deferred[Any]:
+    """Stop `child` once the one before has stopped; its failure is logged, the next still stops."""
+    return DeferredList([maybeDeferred(child.stopService)])
 
 
 def _fail(error: str) -> SystemExit:
@@ -297,116 +274,61 @@ def _log_fd_limit(limit: FdLimit) -> None:
         )
 
 
-class _CloudClient:
-    """The treq client the cloud side sends with: keep-alive connections, no redirects.
-
-    A redirect would carry a signature made for the configured URL to another
-    one; the cloud's 3xx is shown as it is instead (and retried, or 9999 for a query).
-    """
-
-    def __init__(self, reactor: Any, connections: int = 4) -> None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = connections
-        self._client = HTTPClient(Agent(reactor, pool=pool))
-
-    def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
-        return self._client.request(method, url, headers=headers, data=data, allow_redirects=False)
-
-
 def build_service(
     settings: Config, reactor: Any, journal: Journal, key: SigningKey, config_path: str | None = None
-) -> _Gateway:
+) -> GatewayService:
     """Wire the parts of the gateway around an open journal and the gateway's signing key.
 
     With `config_path`, the file `settings` were read from, the gateway reloads
     it on SIGHUP and on ``POST /v1/admin/reload``.
     """
-    service = _Gateway()
-    _Part(stop=journal.close).setServiceParent(service)
-    space = SpaceWatch(
-        path=settings.journal.path, min_free_bytes=settings.journal.min_free_bytes, clock=reactor
-    )
-    journal.guard = space.guard
-    _Part(start=space.start, stop=space.stop).setServiceParent(service)
-    # Next to the journal: it stops (sealing the end) just before the journal closes.
-    sealer = Sealer(
-        journal=journal,
+    root = GatewayService()
+    run_blocking = partial(deferToThreadPool, reactor, reactor.getThreadPool())
+    store = JournalService(
+        journal,
+        clock=reactor,
         key=key,
         gateway_id=settings.gateway.id,
-        clock=reactor,
-        interval=settings.journal.seal_interval,
-        records=settings.journal.seal_records,
+        min_free_bytes=settings.journal.min_free_bytes,
+        seal_interval=settings.journal.seal_interval,
+        seal_records=settings.journal.seal_records,
+        retain_bytes=settings.journal.retain_bytes,
+        retain_age=settings.journal.retain_days * 86400,
+        run_blocking=run_blocking,
     )
-    _Part(start=sealer.start, stop=sealer.stop).setServiceParent(service)
-    forwarder: Forwarder | None = None
-    progress = Progress()
-    queries: QueryClient | UpstreamQueries | None = None
-    if settings.cloud.sink == "cloudevents":
-        http = _CloudClient(reactor)
-        if settings.cloud.query_url:
-            queries = QueryClient(
-                http=http,
-                clock=reactor,
-                url=settings.cloud.query_url,
-                gateway_id=settings.gateway.id,
-                zone=settings.gateway.timezone,
-                signing_key=key,
-                deadlines=settings.deadlines,
-            )
-        # Added right after the journal, so it stops just before the journal closes.
-        events = Forwarder(
-            journal=journal,
-            http=http,
-            clock=reactor,
-            settings=settings.cloud,
-            gateway_id=settings.gateway.id,
-            zone=settings.gateway.timezone,
-            signing_key=key,
-        )
-        forwarder = events
-        _Part(start=lambda: events.start(progress.through), stop=events.stop).setServiceParent(service)
-
-    sessions = Sessions(reactor, settings.gateway.timezone)
-    repeats = Repeats(reactor)
-    totals = ParkTotals()
+    store.setServiceParent(root)
+    parts = MultiService()
+    parts.setName("parts")
+    parts.setServiceParent(root)
     if settings.journal.fsync != "always":
         log.warn(
             "journal.fsync is {mode}: lots may be acknowledged before their records are on disk",
             mode=settings.journal.fsync,
         )
-
-    passwords = PasswordChecker(reactor, max_pending=settings.uplink.max_pending_logins)
-    _Part(start=passwords.start, stop=passwords.stop).setServiceParent(service)
-    lots = LotRouter(settings)
-    sync = SyncQueue(lots=lots, journal=journal, clock=reactor)
-    _Part(stop=sync.stop).setServiceParent(service)  # its timers, before the journal closes
-    upstream: UpstreamLots | None = None
-    if settings.cloud.sink == "t002":
-        upstream, queries, t002 = _upstream(settings, reactor, journal, lots, sync)
-        forwarder = t002
-        _Part(start=lambda: t002.start(progress.through), stop=t002.stop).setServiceParent(service)
-        # Stops before the sync queue and the journal: its relays journal what they pass on.
-        _Part(start=upstream.start, stop=upstream.stop).setServiceParent(service)
-    parts = GatewayParts(
-        config=settings,
-        clock=reactor,
-        journal=journal,
-        sessions=sessions,
-        repeats=repeats,
-        totals=totals,
-        passwords=passwords,
-        queries=queries,
-    )
-    served = _serve_dialects(settings, parts, lots, sync)
+    lots = LotsService(settings, reactor=reactor, journal=journal)
+    lots.setServiceParent(parts)
+    sink: CloudService | UpstreamService | None = None
+    skipped = read_jumps(journal.path).skipped  # a restore's seq jump is no backlog
+    if settings.cloud.sink == "cloudevents":
+        sink = CloudService(settings, reactor=reactor, journal=journal, key=key, skipped=skipped)
+    elif settings.cloud.sink == "t002":
+        sink = UpstreamService(
+            settings, reactor=reactor, journal=journal, lots=lots.router, sync=lots.sync, skipped=skipped
+        )
+    if sink is not None:
+        # After the lots, so it stops before them: the upstream's relays journal what they pass on.
+        sink.setServiceParent(parts)
+    gateway_parts = lots.serve(sink.queries if sink is not None else None)
+    forwarding = sink.forwarding if sink is not None else None
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
     restored = restore_at_start(
         journal,
         now=reactor.seconds(),
-        sessions=sessions,
-        repeats=repeats,
-        totals=totals,
-        sync=sync,
-        progress=progress,
+        sessions=lots.sessions,
+        repeats=lots.repeats,
+        totals=lots.totals,
+        sync=lots.sync,
+        progress=forwarding.progress if forwarding is not None else None,
     )
     log.info(
         "journal {path}: read {count} records from seq {first} ({whence}); {tokens} tokens in force, "
@@ -415,139 +337,36 @@ def build_service(
         count=restored.records,
         first=restored.from_seq,
         whence=f"checkpoint {restored.checkpoint}" if restored.checkpoint else "no checkpoint",
-        tokens=len(sessions),
-        sync=sync.pending_total(),
+        tokens=len(lots.sessions),
+        sync=lots.sync.pending_total(),
     )
     checkpointer = Checkpointer(
         journal=journal, state=restored.state, clock=reactor, records=settings.journal.checkpoint_records
     )
-    # Stops before the sealer does, so the last seal covers the last checkpoint.
-    _Part(start=checkpointer.start, stop=checkpointer.stop).setServiceParent(service)
-
-    def floor() -> int:
-        """The first seq retention must keep: start-up, forwarding and sync still need it."""
-        keep = [checkpointer.floor]
-        if forwarder is not None:
-            keep.append(forwarder.done_through + 1)
-        pending = sync.first_pending_seq()
-        if pending is not None:
-            keep.append(pending)
-        return min(keep)
-
-    retention = Retention(
-        journal,
-        reactor,
-        max_bytes=settings.journal.retain_bytes,
-        max_age=settings.journal.retain_days * 86400,
-        floor=floor,
-        run_blocking=lambda job: deferToThreadPool(reactor, reactor.getThreadPool(), job),
-    )
-    _Part(start=retention.start, stop=retention.stop).setServiceParent(service)
-    settler = BindSettler(reactor)
-    _Part(stop=settler.stop).setServiceParent(service)
-    for server in served.values():
-        if isinstance(server, StandardServer):
-            server.downlinks.bound_listeners.append(settler.bound)
-    guards: list[ConnectionGuard] = []
-    for name, server in served.items():
-        # Stopping closes the lots' connections, reporting them offline before the journal closes.
-        _Part(start=server.start, stop=server.stop).setServiceParent(service)
-        for listener in installed()[name].listeners:
-            endpoint = settings.listen.endpoint(listener)
-            assert endpoint is not None  # the configuration is refused otherwise
-            factory = _guarded(settings, reactor, listener, endpoint, server.factory(listener), guards)
-            _listen(reactor, listener, endpoint, factory).setServiceParent(service)
-
-    def ready() -> tuple[bool, str]:
-        problem = journal.problem or space.problem
-        if problem:
-            return False, f"journal cannot write: {problem}"
-        # Damage set aside does not stop serving, but whoever looks must see it.
-        damaged = "; ".join(
-            f"segment {q.segment} quarantined at seq {q.seq}: {q.reason}" for q in journal.quarantined
-        )
-        return True, f"journal writable; {damaged}" if damaged else "journal writable"
+    checkpointer.setServiceParent(store)  # stops before the sealer: the last seal covers it
+    # Retention keeps what start-up, forwarding and sync still need.
+    store.keep(lambda: checkpointer.floor)
+    store.keep(lots.sync.first_pending_seq)
+    if forwarding is not None:
+        store.keep(lambda: forwarding.engine.done_through + 1)
 
     registry = CollectorRegistry()
-    register_metrics(registry, lots, journal, sync)
-    register_guards(registry, guards)
-    register_space(registry, space)
-    register_logins(registry, passwords)
-    if forwarder is not None:
-        register_forwarder(registry, forwarder)
+    register_metrics(registry, lots.router, journal, lots.sync)
+    register_space(registry, store.space)
+    register_logins(registry, lots.passwords)
+    if forwarding is not None:
+        register_forwarder(registry, forwarding.engine)
         log.info(
             "forwarding events to {url}, from journal seq {seq} on",
             url=settings.cloud.url,
-            seq=progress.through + 1,
+            seq=forwarding.progress.through + 1,
         )
-    if upstream is not None:
-        register_upstream(registry, upstream)
+    if isinstance(sink, UpstreamService):
+        register_upstream(registry, sink.links)
     observe_fsync(registry, journal)
-    reloader: Reloader | None = None
-    if config_path is not None:
-        reloader = Reloader(
-            path=config_path,
-            running=settings,
-            read=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), load, path),
-            parts=[
-                parts,
-                lots,
-                *(s for s in served.values() if isinstance(s, StandardServer)),
-                *([upstream] if upstream is not None else []),
-            ],
-            lots=lots,
-            sessions=sessions,
-            journal=journal,
-            served=frozenset(served),
-        )
-        sighup = Sighup(reactor, reloader.reload)
-        _Part(start=sighup.start, stop=sighup.stop).setServiceParent(service)
-
-    def running() -> Config:
-        """The configuration in force: a reload changes it."""
-        return reloader.running if reloader is not None else settings
-
-    # The status page's recent rejections are the log's `lot.rejected`/`cloud.rejected` events.
-    rejections = RecentRejections()
-    _Part(
-        start=lambda: globalLogPublisher.addObserver(rejections),
-        stop=lambda: globalLogPublisher.removeObserver(rejections),
-    ).setServiceParent(service)
-    status = StatusReport(
-        config=running,
-        clock=reactor,
-        started=reactor.seconds(),
-        lots=lots,
-        backlog=sync.pending,
-        journal=journal,
-        ready=ready,
-        forwarding=forwarder,
-        rejections=rejections.recent,
-    )
-    api = CommandApi(
-        config=settings,
-        lots=lots,
-        journal=journal,
-        clock=reactor,
-        registry=registry,
-        ready=ready,
-        sync=sync,
-        deadlines=settings.deadlines,
-        status=status,
-        reload=reloader.reload if reloader is not None else None,
-    )
-    if reloader is not None:
-        reloader.parts.append(api)
-    # Its own cap and body limit: operators reach /healthz while the lots' ports are flooded.
-    api_site = GuardedSite(
-        api.resource(),
-        reactor=reactor,
-        limits=HttpLimits.api(settings.uplink),
-        name="api",
-        proxied=proxied(settings.listen.api),
-    )
-    guards.append(api_site.guard)
-    _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)
+    api = _api(settings, reactor, journal, store, lots, registry, gateway_parts, sink, config_path)
+    api.setServiceParent(parts)
+    register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
         "{lots} lots, sink {sink}",
@@ -558,88 +377,94 @@ def build_service(
         lots=len(settings.lots),
         sink=settings.cloud.sink,
     )
-    for name in served:
+    for name in lots.servers:
         if name != "standard":
             count = sum(1 for lot in settings.lots if lot.dialect == name)
             listeners = installed()[name].listeners
             where = ", ".join(f"{settings.listen.endpoint(k)}" for k in listeners) or "no listener"
             log.info("dialect {name}: {count} lots, on {where}", name=name, count=count, where=where)
-    return service
+    return root
 
 
-def _upstream(
-    settings: Config, reactor: Any, journal: Journal, lots: LotRouter, sync: SyncQueue
-) -> tuple[UpstreamLots, UpstreamQueries, Forwarder]:
-    """The t002 sink: each lot's upstream session and link, its queries, and the forwarder."""
-    cloud = settings.cloud
-    upstream = UpstreamLots(
-        config=settings,
-        http=_CloudClient(reactor, connections=UPSTREAM_CONCURRENCY),
+class _ApiService(MultiService):
+    """The command API's listener, the status page's rejections and SIGHUP; :attr:`guards` its cap."""
+
+    guards: list[ConnectionGuard]
+
+
+def _api(
+    settings: Config,
+    reactor: Any,
+    journal: Journal,
+    store: JournalService,
+    lots: LotsService,
+    registry: CollectorRegistry,
+    gateway_parts: GatewayParts,
+    sink: CloudService | UpstreamService | None,
+    config_path: str | None,
+) -> _ApiService:
+    """The operators' side: the command API and status page, the reload (SIGHUP too)."""
+    forwarding = sink.forwarding if sink is not None else None
+    service = _ApiService()
+    service.setName("api")
+    reloader: Reloader | None = None
+    if config_path is not None:
+        reloader = Reloader(
+            path=config_path,
+            running=settings,
+            read=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), load, path),
+            parts=[
+                gateway_parts,
+                *lots.reconfigurable(),
+                *([sink.links] if isinstance(sink, UpstreamService) else []),
+            ],
+            lots=lots.router,
+            sessions=lots.sessions,
+            journal=journal,
+            served=frozenset(lots.servers),
+        )
+        Sighup(reactor, reloader.reload).setServiceParent(service)
+
+    def running() -> Config:
+        """The configuration in force: a reload changes it."""
+        return reloader.running if reloader is not None else settings
+
+    # The status page's recent rejections are the log's `lot.rejected`/`cloud.rejected` events.
+    rejections = RecentRejections()
+    Observing(rejections).setServiceParent(service)
+    status = StatusReport(
+        config=running,
         clock=reactor,
-        endpoint=lambda: endpoints.clientFromString(reactor, cloud.downlink_endpoint),
+        started=reactor.seconds(),
+        lots=lots.router,
+        backlog=lots.sync.pending,
         journal=journal,
-        lots=lots,
-        sync=sync,
+        ready=store.ready,
+        forwarding=forwarding.engine if forwarding is not None else None,
+        rejections=rejections.recent,
+    )
+    api = CommandApi(
+        config=settings,
+        lots=lots.router,
+        journal=journal,
+        clock=reactor,
+        registry=registry,
+        ready=store.ready,
+        sync=lots.sync,
         deadlines=settings.deadlines,
+        status=status,
+        reload=reloader.reload if reloader is not None else None,
     )
-    queries = UpstreamQueries(session_of=upstream.session, clock=reactor, deadlines=settings.deadlines)
-    sink = UpstreamSink(
-        url=cloud.url,
-        gateway_id=settings.gateway.id,
-        session_of=upstream.session,
-        clock=reactor,
-        settings=cloud,
-        concurrency=UPSTREAM_CONCURRENCY,
+    if reloader is not None:
+        reloader.parts.append(api)
+    # Its own cap and body limit: operators reach /healthz while the lots' ports are flooded.
+    site = GuardedSite(
+        api.resource(),
+        reactor=reactor,
+        limits=HttpLimits.api(settings.uplink),
+        name="api",
+        proxied=proxied(settings.listen.api),
     )
-    forwarder = Forwarder(journal=journal, clock=reactor, settings=cloud, sink=sink)
-    return upstream, queries, forwarder
-
-
-def _serve_dialects(
-    settings: Config, parts: GatewayParts, lots: LotRouter, sync: SyncQueue
-) -> dict[str, IDialectServer]:
-    """The running dialects: the standard one always, others when a lot speaks them or they listen."""
-    dialects = installed()
-    used = {"standard"} | {lot.dialect for lot in settings.lots}
-    used |= {
-        name
-        for name, dialect in dialects.items()
-        if any(settings.listen.endpoint(listener) for listener in dialect.listeners)
-    }
-    for name in sorted(used):
-        host = DialectHost(name, parts, sync.lot_bound)
-        lots.servers[name] = dialects[name].serve(host)
-    standard = lots.servers["standard"]
-    if isinstance(standard, StandardServer):
-        lots.counters = standard.downlinks.counters
-    return dict(lots.servers)
-
-
-def _guarded(
-    settings: Config, reactor: Any, name: str, description: str, factory: Any, guards: list[ConnectionGuard]
-) -> Any:
-    """A lot-facing listener's factory with its connections capped by peer and in all (CONTRACT §4).
-
-    An HTTP site guards itself (`GuardedSite`); any other factory (the TCP
-    downlink, a dialect's listener) is wrapped in a `GuardedFactory`.
-    """
-    if isinstance(factory, GuardedSite):
-        guards.append(factory.guard)
-        return factory
-    guard = ConnectionGuard(
-        name,
-        clock=reactor,
-        max_per_peer=settings.uplink.max_connections_per_peer,
-        max_total=settings.uplink.max_connections,
-        proxied=proxied(description),
-    )
-    guards.append(guard)
-    return GuardedFactory(factory, guard)
-
-
-def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:
-    listener = StreamServerEndpointService(endpoints.serverFromString(reactor, description), factory)
-    listener.setName(name)
-    # A port that cannot be bound stops start-up instead of leaving a deaf gateway running.
-    listener._raiseSynchronously = True
-    return listener
+    service.guards = [site.guard]
+    Listener("api", settings.listen.api, site, reactor).setServiceParent(service)
+    return service

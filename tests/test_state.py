@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 
-from gateway.cloud.progress import Progress
+from gateway.forwarding.progress import Progress
 from gateway.journal.kinds import CHECKPOINT_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record, encode_line, format_ts

@@ -123,6 +123,38 @@ def test_make_service_listens_on_the_three_endpoints(tmp_path: Path) -> None:
         stop(service, reactor)
 
 
+def test_the_service_tree_closes_the_journal_after_the_parts_stop(tmp_path: Path) -> None:
+    """The tree is the journal, then the parts (lots, API); the journal closes only once they stopped."""
+    options = tap.Options()
+    options.parseOptions(["--config", write_config(tmp_path)])
+    reactor = MemoryReactor()
+    service = tap.makeService(options, reactor)
+    assert [child.name for child in service] == ["journal", "parts"]
+    parts = service.getServiceNamed("parts")
+    assert isinstance(parts, MultiService)
+    assert [child.name for child in parts] == ["lots", "api"]  # the shipped sink is log-only
+    journal = service.getServiceNamed("journal")
+    lots = parts.getServiceNamed("lots")
+    stopping = lots.stopService
+    held: Deferred[object] = Deferred()
+
+    def stop_lots() -> Deferred[object]:
+        """The lots' stop takes its time (a connection slow to close)."""
+        stopped = maybeDeferred(stopping)
+        return stopped.addCallback(lambda _: held)
+
+    lots.stopService = stop_lots  # type: ignore[method-assign]
+    service.startService()
+    stopped = service.stopService()
+    # Everything else has stopped and sealed; the journal still waits for the lots.
+    with pytest.raises(queue.Empty):
+        reactor.wait_until(lambda: journal.journal._closed, timeout=1.0)  # type: ignore[attr-defined]
+    held.callback(None)
+    result = reactor.wait_for(stopped)
+    assert not hasattr(result, "raiseException"), result
+    assert journal.journal._closed  # type: ignore[attr-defined]
+
+
 BOLINK_LOT = """
 [listen]
 bolink = "tcp:6789"
@@ -150,7 +182,7 @@ def test_a_dialect_lot_gets_its_dialects_listener(tmp_path: Path) -> None:
         dialect_factory = factories[6789].wrappedFactory
         assert isinstance(dialect_factory, ServerFactory)
         assert type(dialect_factory).__module__ == "gateway.dialects.bolink"
-        assert service.getServiceNamed("bolink") is not None
+        assert service.getServiceNamed("parts").getServiceNamed("lots").getServiceNamed("bolink") is not None
     finally:
         stop(service, reactor)
 

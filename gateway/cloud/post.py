@@ -5,14 +5,21 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from nacl.signing import SigningKey
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 
 from gateway.cloud.httpsig import sign_request
 
-__all__ = ["HTTPRequester", "failure_reason", "post_signed", "shortened"]
+__all__ = ["CloudClient", "HTTPRequester", "failure_reason", "post_signed"]
 
 _REASON = 100  # characters of a network error's text, in a lot's message or a log line
 
@@ -56,7 +63,17 @@ def failure_reason(failure: Failure) -> str:
     return text if len(text) <= _REASON else text[: _REASON - 3] + "..."
 
 
-def shortened(answer: str, limit: int = 200) -> str:
-    """The start of a cloud's answer, on one line, for the log."""
-    text = " ".join(answer.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+class CloudClient:
+    """The treq client the cloud side sends with: keep-alive connections, no redirects.
+
+    A redirect would carry a signature made for the configured URL to another
+    one; the cloud's 3xx is shown as it is instead (and retried, or 9999 for a query).
+    """
+
+    def __init__(self, reactor: Any, connections: int = 4) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = connections
+        self._client = HTTPClient(Agent(reactor, pool=pool))
+
+    def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
+        return self._client.request(method, url, headers=headers, data=data, allow_redirects=False)

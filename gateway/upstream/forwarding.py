@@ -1,7 +1,7 @@
 """
 Uplinks to the upstream platform: the ``t002`` sink of the forwarder, and ``autoPay`` asked at once.
 
-:class:`UpstreamSink` plugs into :class:`gateway.cloud.forwarder.Forwarder`,
+:class:`UpstreamSink` plugs into :class:`gateway.forwarding.ForwardingEngine`,
 which follows the journal, keeps progress and rejections as records and backs
 off while the upstream is away, as it does for CloudEvents. What differs is
 the delivery: every journaled ``uplink`` of a lot (a standard lot's request,
@@ -49,8 +49,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.forwarder import retry_delay
 from gateway.cloud.post import failure_reason
+from gateway.forwarding import retry_delay
 from gateway.interfaces import Entry, Outcome, Split
 from gateway.journal.kinds import UPLINK_RECORD
 from gateway.journal.record import Record, dumps_compact

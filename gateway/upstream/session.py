@@ -45,7 +45,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.post import failure_reason, shortened
+from gateway.cloud.post import failure_reason
+from gateway.forwarding import shortened
 from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import HELD_RECORD
 from gateway.lotclient.uplink import HTTPRequester, UplinkError, parse_response, post_param

@@ -23,8 +23,8 @@ from nacl.signing import SigningKey
 from gateway.cli import log
 from gateway.cli.main import build_parser, main
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.forwarder import Progress
 from gateway.cloud.httpsig import verify_request
+from gateway.forwarding import Progress
 from gateway.journal.kinds import (
     ANSWER_RECORD,
     FORWARDED_RECORD,

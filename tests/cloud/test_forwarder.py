@@ -23,8 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway import config
 from gateway.cloud import events
-from gateway.cloud.forwarder import Forwarder, Progress
+from gateway.cloud.forwarder import CloudEventsSink
 from gateway.cloud.httpsig import parse_signature_input, verify_request
+from gateway.forwarding import ForwardingEngine, Progress
 from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record
@@ -87,15 +88,21 @@ class Rig:
         if start:
             self.forwarder.start()
 
-    def make(self, resume_after: int = 0) -> Forwarder:
-        return Forwarder(
-            journal=self.h.journal,
+    def make(self, resume_after: int = 0, progress: str = "") -> ForwardingEngine:
+        sink = CloudEventsSink(
             http=self,
             clock=self.h.clock,
             settings=self.settings,
             gateway_id="gw-01",
             zone=ZONE,
             signing_key=KEY,
+        )
+        return ForwardingEngine(
+            journal=self.h.journal,
+            sink=sink,
+            progress=progress,
+            clock=self.h.clock,
+            settings=self.settings,
             run_blocking=lambda job: self.run_blocking(job),
             random=lambda: self.jitter,
             resume_after=resume_after,
@@ -176,6 +183,22 @@ def test_a_2xx_is_journaled_as_forwarded(rigs: Callable[..., Rig]) -> None:
     # The ack record (seq 3) is no event: the next batch holds only seq 4, and is done through 4.
     assert [r.body["through"] for r in rig.records(FORWARDED_RECORD)] == [2, 4]
     assert rig.forwarder.backlog == 1  # the last ack record itself
+
+
+def test_a_named_engine_names_its_sink_in_its_progress_records(rigs: Callable[..., Rig]) -> None:
+    """An engine with a progress name journals it as `sink`; the main sink's form stays without it."""
+    rig = rigs(batch_max_delay=0, start=False)
+    rig.forwarder = rig.make(progress="second")
+    rig.forwarder.start()
+    rig.uplinks(2)
+    rig.settle()
+    [ack] = rig.records(FORWARDED_RECORD)
+    assert ack.body == {"first": 1, "last": 2, "events": 2, "status": 204, "through": 2, "sink": "second"}
+    main, second = Progress(), Progress("second")
+    for record in rig.records(FORWARDED_RECORD):
+        main.restore(record)
+        second.restore(record)
+    assert (main.through, second.through) == (0, 2)
 
 
 def test_batches_are_bounded_by_events_and_bytes(rigs: Callable[..., Rig]) -> None:

@@ -9,7 +9,6 @@ from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.cloud.forwarder import Forwarder
 from gateway.cloud.metrics import (
     DOWNLINK_COUNTERS,
     FSYNC_BUCKETS,
@@ -19,6 +18,7 @@ from gateway.cloud.metrics import (
     register_forwarder,
     register_space,
 )
+from gateway.forwarding import ForwardingEngine
 from gateway.lots.downlink import _COUNTERS
 
 
@@ -217,7 +217,7 @@ class FakeForwarder:
 
 def test_forwarder_metrics_show_its_counters_and_backlog() -> None:
     """cpmi_forward_* show the forwarder's counters, backlog and progress as they are at each scrape."""
-    forwarder = FakeForwarder(counters=dict.fromkeys(Forwarder(**_forwarder_parts()).counters, 0))
+    forwarder = FakeForwarder(counters=dict.fromkeys(ForwardingEngine(**_forwarder_parts()).counters, 0))
     registry = CollectorRegistry()
     register_forwarder(registry, forwarder)
     forwarder.counters.update(events=1200, batches=3, retries=7, rejected=1)
@@ -234,22 +234,27 @@ def test_forwarder_metrics_show_its_counters_and_backlog() -> None:
 
 
 def _forwarder_parts() -> dict[str, object]:
-    """What a Forwarder needs to be built (not started): its counter keys are what the metrics read."""
+    """What a ForwardingEngine needs to be built (not started): its counter keys are what the metrics read."""
     from zoneinfo import ZoneInfo
 
     from nacl.signing import SigningKey
     from twisted.internet.task import Clock
 
     from gateway import config
+    from gateway.cloud.forwarder import CloudEventsSink
 
     return {
         "journal": FakeJournal(),
-        "http": object(),
         "clock": Clock(),
         "settings": config.parse({"cloud": {"url": "http://c/e"}}).cloud,
-        "gateway_id": "gw",
-        "zone": ZoneInfo("UTC"),
-        "signing_key": SigningKey.generate(),
+        "sink": CloudEventsSink(
+            http=object(),  # type: ignore[arg-type]
+            clock=Clock(),
+            settings=config.parse({"cloud": {"url": "http://c/e"}}).cloud,
+            gateway_id="gw",
+            zone=ZoneInfo("UTC"),
+            signing_key=SigningKey.generate(),
+        ),
     }
 
 

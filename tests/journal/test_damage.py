@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from gateway.cloud.progress import Progress
+from gateway.forwarding.progress import Progress
 from gateway.journal.integrity import KeyChangeError, Verdict, verify_journal
 from gateway.journal.kinds import FORWARDED_RECORD, RECOVERY_RECORD, SEAL_RECORD
 from gateway.journal.reader import ChainError, Cursor, Damage, read_records, read_records_skipping

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from gateway import config
-from gateway.cloud.forwarder import Forwarder
+from gateway.forwarding import ForwardingEngine
 from gateway.interfaces import Outcome, Split
 from gateway.journal.kinds import FORWARDED_RECORD, HELD_RECORD, REJECTED_RECORD
 from gateway.journal.record import Record, format_ts
@@ -386,7 +386,7 @@ class Rig:
             settings=self.settings,
         )
         self.reads: list[object] = []
-        self.forwarder = Forwarder(
+        self.forwarder = ForwardingEngine(
             journal=self.journal,
             clock=self.clock,
             settings=self.settings,
@@ -617,7 +617,7 @@ def test_a_stuck_lot_does_not_stop_the_others_once_the_buffer_is_full(tmp_path: 
     sink = UpstreamSink(
         url=URL, gateway_id=GATEWAY_ID, session_of=sessions.get, clock=platform.clock, settings=settings
     )
-    forwarder = Forwarder(
+    forwarder = ForwardingEngine(
         journal=h.journal,
         clock=h.clock,
         settings=settings,

@@ -1,0 +1,132 @@
+"""
+The lot side of the service tree: the lots' sessions and logins, the sync queue, and the dialect hosts.
+
+:class:`LotsService` builds what every dialect shares (sessions, repeats,
+park totals, the password checker, the lot router and the sync queue), then
+:meth:`LotsService.serve` runs the dialects the configuration uses, each on
+its listeners under the connection caps (CONTRACT §4). Stopping stops the
+listeners first, then the servers (reporting their lots offline), then the
+shared parts -- all before the journal closes, which is the tree's to order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+
+from gateway.dialects import installed
+from gateway.dialects.host import DialectHost, GatewayParts, LotRouter, Queries
+from gateway.dialects.interface import IDialectServer
+from gateway.dialects.standard import StandardServer
+from gateway.heap import BindSettler
+from gateway.journal.writer import Journal
+from gateway.limits import ConnectionGuard, GuardedFactory, Listener, proxied
+from gateway.lots.http import GuardedSite
+from gateway.lots.parks import ParkTotals
+from gateway.lots.passwords import PasswordChecker
+from gateway.lots.repeats import Repeats
+from gateway.lots.sessions import Sessions
+from gateway.lots.sync import SyncQueue
+from gateway.settings import Config
+
+__all__ = ["LotsService"]
+
+
+class LotsService(MultiService):
+    """Everything that faces the lots; :attr:`guards` are its listeners' caps, for the metrics."""
+
+    def __init__(self, settings: Config, *, reactor: Any, journal: Journal) -> None:
+        super().__init__()
+        self.setName("lots")
+        self._settings = settings
+        self._reactor = reactor
+        self._journal = journal
+        self.sessions = Sessions(reactor, settings.gateway.timezone)
+        self.repeats = Repeats(reactor)
+        self.totals = ParkTotals()
+        self.passwords = PasswordChecker(reactor, max_pending=settings.uplink.max_pending_logins)
+        self.router = LotRouter(settings)
+        self.sync = SyncQueue(lots=self.router, journal=journal, clock=reactor)
+        # The heap is settled once a wave of binds is over (gateway.heap).
+        self.settler = BindSettler(reactor)
+        self.settler.setServiceParent(self)
+        self.guards: list[ConnectionGuard] = []
+        self.servers: dict[str, IDialectServer] = {}
+        self.parts: GatewayParts | None = None
+
+    def serve(self, queries: Queries | None) -> GatewayParts:
+        """Run every dialect the configuration uses, on its listeners; ``queries`` answers autoPay."""
+        settings, reactor = self._settings, self._reactor
+        parts = GatewayParts(
+            config=settings,
+            clock=reactor,
+            journal=self._journal,
+            sessions=self.sessions,
+            repeats=self.repeats,
+            totals=self.totals,
+            passwords=self.passwords,
+            queries=queries,
+        )
+        self.parts = parts
+        dialects = installed()
+        # The standard one always, others when a lot speaks them or they listen.
+        used = {"standard"} | {lot.dialect for lot in settings.lots}
+        used |= {
+            name
+            for name, dialect in dialects.items()
+            if any(settings.listen.endpoint(listener) for listener in dialect.listeners)
+        }
+        for name in sorted(used):
+            server = dialects[name].serve(DialectHost(name, parts, self.sync.lot_bound))
+            self.router.servers[name] = server
+            self.servers[name] = server
+            if isinstance(server, StandardServer):
+                server.downlinks.bound_listeners.append(self.settler.bound)
+                # The standard dialect's downlink counters, for the metrics.
+                self.router.counters = server.downlinks.counters
+            for listener in dialects[name].listeners:
+                endpoint = settings.listen.endpoint(listener)
+                assert endpoint is not None  # the configuration is refused otherwise
+                factory = self._guarded(listener, endpoint, server.factory(listener))
+                Listener(listener, endpoint, factory, reactor).setServiceParent(self)
+        return parts
+
+    def reconfigurable(self) -> list[Any]:
+        """The parts a reload hands the new configuration to."""
+        standard = [s for s in self.servers.values() if isinstance(s, StandardServer)]
+        return [*([self.parts] if self.parts is not None else []), self.router, *standard]
+
+    def _guarded(self, name: str, description: str, factory: Any) -> Any:
+        """A listener's factory with its connections capped by peer and in all.
+
+        An HTTP site guards itself (`GuardedSite`); any other factory (the TCP
+        downlink, a dialect's listener) is wrapped in a `GuardedFactory`.
+        """
+        if isinstance(factory, GuardedSite):
+            self.guards.append(factory.guard)
+            return factory
+        guard = ConnectionGuard(
+            name,
+            clock=self._reactor,
+            max_per_peer=self._settings.uplink.max_connections_per_peer,
+            max_total=self._settings.uplink.max_connections,
+            proxied=proxied(description),
+        )
+        self.guards.append(guard)
+        return GuardedFactory(factory, guard)
+
+    def startService(self) -> None:
+        self.passwords.start()
+        for server in self.servers.values():
+            server.start()
+        super().startService()  # the settler and the listeners
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop listening, then the servers (their lots go offline), then the sync timers and logins."""
+        stopping = [maybeDeferred(super().stopService)]
+        stopping += [maybeDeferred(server.stop) for server in reversed(list(self.servers.values()))]
+        self.sync.stop()
+        self.passwords.stop()
+        return DeferredList(stopping)
