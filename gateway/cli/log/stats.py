@@ -20,13 +20,13 @@ from gateway.cli.log.common import (
     short_ts,
 )
 from gateway.cloud.events import EVENT_KINDS, NO_EVENT_KINDS, to_event
-from gateway.cloud.progress import Progress
+from gateway.forwarding.progress import Progress
 from gateway.journal.kinds import FORWARDED_RECORD, RECOVERY_RECORD, REJECTED_RECORD
 from gateway.journal.record import BadLine, decode_line
 from gateway.journal.recovery import DAMAGED, is_hole
 from gateway.journal.segments import Segment, iter_lines
 
-# Records that say how far forwarding went (gateway.cloud.forwarder): body "through".
+# Records that say how far forwarding went (gateway.forwarding): body "through".
 _PROGRESS_KINDS = frozenset({FORWARDED_RECORD.encode(), REJECTED_RECORD.encode()})
 # Kinds whose event (gateway.cloud.events.to_event) does not depend on the body:
 # always one, or never one. Any other kind is decoded and asked.
