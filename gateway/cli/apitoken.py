@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from gateway.config import ROLES
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = ["add_parser", "new_token", "run", "token_sha256"]
 

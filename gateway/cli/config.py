@@ -40,7 +40,7 @@ from gateway.config import CONFIG_SEARCH, SECRET_SOURCES, Config, ConfigError, f
 from gateway.keys import KeyFileError, load_signing_key
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = [
     "CheckFailed",

@@ -29,7 +29,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.cli.lot import _count, _positive, parse_downlink, uplink_url
+from gateway.cli.arguments import at_least_one, parse_downlink, positive, uplink_url
 from gateway.conformance.checks import lot_checks
 from gateway.conformance.lot import LotRun, MirrorSettings, ReferencePlatform
 from gateway.conformance.platform import PlatformRun, PlatformTarget, plan
@@ -39,7 +39,7 @@ from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.http import UplinkSite
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = ["add_parser", "lot_main", "platform_main"]
 
@@ -77,7 +77,7 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     platform.add_argument(
         "--wait",
-        type=_positive,
+        type=positive,
         default=0.0,
         metavar="S",
         help=(
@@ -86,20 +86,20 @@ def add_parser(subparsers: Subparsers) -> None:
         ),
     )
     platform.add_argument(
-        "--timeout", type=_positive, default=10.0, metavar="S", help="seconds any one exchange may take (10)"
+        "--timeout", type=positive, default=10.0, metavar="S", help="seconds any one exchange may take (10)"
     )
     platform.add_argument(
-        "--read-idle", type=_positive, metavar="S", help="the platform's read_idle, to check it"
+        "--read-idle", type=positive, metavar="S", help="the platform's read_idle, to check it"
     )
     platform.add_argument(
-        "--write-idle", type=_positive, metavar="S", help="the platform's write_idle, to check it"
+        "--write-idle", type=positive, metavar="S", help="the platform's write_idle, to check it"
     )
     platform.add_argument(
-        "--idle-wait", type=_positive, default=120.0, metavar="S", help="longest idle timer to wait for (120)"
+        "--idle-wait", type=positive, default=120.0, metavar="S", help="longest idle timer to wait for (120)"
     )
     platform.add_argument(
         "--max-frame-bytes",
-        type=_count,
+        type=at_least_one,
         default=2**20,
         metavar="N",
         help="the platform's frame limit (1048576)",
@@ -132,13 +132,13 @@ def add_parser(subparsers: Subparsers) -> None:
     lot.add_argument("--secret", default="", help="the key-pool secret the lot signs with (B.3.7)")
     lot.add_argument("--park", default="P001", help="the lot's park code (P001)")
     lot.add_argument(
-        "--duration", type=_positive, default=300.0, metavar="S", help="seconds the run lasts (300)"
+        "--duration", type=positive, default=300.0, metavar="S", help="seconds the run lasts (300)"
     )
     lot.add_argument(
-        "--deadline", type=_positive, metavar="S", help="every downlink's deadline (default: CONTRACT §3)"
+        "--deadline", type=positive, metavar="S", help="every downlink's deadline (default: CONTRACT §3)"
     )
-    lot.add_argument("--read-idle", type=_count, default=180, metavar="S", help="read_idle (180)")
-    lot.add_argument("--write-idle", type=_count, default=60, metavar="S", help="write_idle (60)")
+    lot.add_argument("--read-idle", type=at_least_one, default=180, metavar="S", help="read_idle (180)")
+    lot.add_argument("--write-idle", type=at_least_one, default=60, metavar="S", help="write_idle (60)")
     lot.add_argument("--timezone", default="Asia/Shanghai", help="the zone of the times on the wire")
     _outputs(lot)
     lot.set_defaults(handler=run_lot)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from gateway.dialects import DialectConflict, installed
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 
 def add_parser(subparsers: Subparsers) -> None:

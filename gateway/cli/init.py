@@ -24,7 +24,7 @@ from gateway.config import ROLES, ConfigError, load
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = ["add_parser", "example_config", "run", "write_config"]
 

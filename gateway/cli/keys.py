@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 from gateway.keys import KeyFileError, load_signing_key, public_key_b64, write_signing_key
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = ["add_parser", "run_keygen", "run_pubkey"]
 

@@ -22,7 +22,6 @@ import argparse
 import resource
 import sys
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from treq.client import HTTPClient
@@ -33,14 +32,15 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli import progress
+from gateway.cli.arguments import at_least_one, not_negative, parse_downlink, positive, uplink_url
 from gateway.lotclient.credentials import CredentialsError, LotCredentials, read_credentials
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
-__all__ = ["add_parser", "parse_downlink", "run_simulate", "uplink_url"]
+__all__ = ["add_parser", "run_simulate"]
 
 MAX_HEARTBEAT = 60.0
 """B.4.8 / 5.1.8: a lot calls heartbeat at most a minute apart."""
@@ -76,20 +76,20 @@ def add_parser(subparsers: Subparsers) -> None:
     simulate.add_argument(
         "--credentials", required=True, metavar="FILE", help="CSV of park_code,username,password[,secret]"
     )
-    simulate.add_argument("--lots", type=_count, metavar="N", help="only the first N lots of FILE")
+    simulate.add_argument("--lots", type=at_least_one, metavar="N", help="only the first N lots of FILE")
     simulate.add_argument(
-        "--duration", type=_positive, default=60.0, metavar="S", help="seconds of traffic (default 60)"
+        "--duration", type=positive, default=60.0, metavar="S", help="seconds of traffic (default 60)"
     )
     simulate.add_argument(
         "--rate",
-        type=_not_negative,
+        type=not_negative,
         default=10.0,
         metavar="R",
         help="events a second, all lots together (default 10)",
     )
     simulate.add_argument(
         "--time-scale",
-        type=_positive,
+        type=positive,
         default=1.0,
         metavar="X",
         help="divide the standard's periods by X (10 min retries, heartbeats); for tests (default 1)",
@@ -99,21 +99,21 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     simulate.add_argument(
         "--summary-every",
-        type=_positive,
+        type=positive,
         default=60.0,
         metavar="S",
         help="soak: seconds between summaries (default 60)",
     )
     simulate.add_argument(
         "--drain",
-        type=_not_negative,
+        type=not_negative,
         default=30.0,
         metavar="S",
         help="at the end, wait up to S seconds for uploads still unacknowledged (default 30)",
     )
     simulate.add_argument(
         "--heartbeat",
-        type=_positive,
+        type=positive,
         default=30.0,
         metavar="S",
         help="seconds between heartbeats, at most 60 (default 30)",
@@ -126,59 +126,6 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     progress.add_option(simulate)
     simulate.set_defaults(handler=run_simulate)
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _not_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def uplink_url(text: str) -> str:
-    """The URL to POST to: `text`, with `/uplink` as its path when it has none."""
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--uplink: not an http(s) URL: {text!r}")
-    if parts.path in ("", "/"):
-        parts = parts._replace(path="/uplink")
-    return urlunsplit(parts)
-
-
-def parse_downlink(text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) as a host and a port."""
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--downlink: expected HOST:PORT, got {text!r}")
-    return host, int(port)
 
 
 def _fail(message: str, code: int) -> int:

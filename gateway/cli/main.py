@@ -1,13 +1,9 @@
 """``cpmictl``, the operator command line: argument parsing and dispatch only.
 
-Each command group lives in its own module under ``gateway.cli`` and exposes
-
-    def add_parser(subparsers: Subparsers) -> None
-
-which adds its sub-command(s) and sets ``handler`` -- a
-``Callable[[argparse.Namespace], int]`` returning the exit code -- with
-``set_defaults``. To add a group, write the module and list it in
-``COMMAND_GROUPS``.
+Each command group lives in its own module (or package) under ``gateway.cli``
+and exposes ``add_parser`` (see ``gateway.cli.command``, whose words the groups
+import so that none imports this module). To add a group, write the module and
+list it in ``COMMAND_GROUPS``.
 
 Exit codes: 0 success, 1 the command failed (missing or bad file, refused
 overwrite), 2 usage or input error.
@@ -17,28 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
-from typing import TYPE_CHECKING, Protocol
 
 from gateway.cli import apitoken, config, conformance, dialects, init, keys, log, lot, passwd
-
-if TYPE_CHECKING:
-    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+from gateway.cli.command import CommandGroup, Handler
 
 __all__ = ["COMMAND_GROUPS", "CommandGroup", "Handler", "build_parser", "main"]
 
 DISTRIBUTION = "cpmi-gateway"
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-class CommandGroup(Protocol):
-    """A module that adds one or more sub-commands to ``cpmictl``."""
-
-    def add_parser(self, subparsers: Subparsers) -> None:
-        """Add the group's sub-commands, each with a ``handler`` default."""
-
 
 COMMAND_GROUPS: Sequence[CommandGroup] = (
     init,

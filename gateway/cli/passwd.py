@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 import nacl.pwhash
 
 if TYPE_CHECKING:
-    from gateway.cli.main import Subparsers
+    from gateway.cli.command import Subparsers
 
 __all__ = ["add_parser", "hash_password", "read_first_line", "run"]
 

@@ -52,8 +52,8 @@ import orjson
 from attrs import evolve, frozen
 from nacl.signing import VerifyKey
 
+from gateway.journal.damage import ChainError
 from gateway.journal.kinds import SEAL_RECORD
-from gateway.journal.reader import ChainError
 from gateway.journal.record import CHAIN_TAIL_LEN, GENESIS_CHAIN, BadLine, check_line, decode_line
 from gateway.journal.recovery import check_recovery, find_recovery, holds_set_aside, resume_point
 from gateway.journal.restore import RESTORE, check_restore

@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol, TypeVar
 
-from attrs import frozen
-
+from gateway.journal.damage import ChainError, Damage
+from gateway.journal.integrity import verify_journal
 from gateway.journal.record import BadLine, Record, decode_line
 from gateway.journal.recovery import is_hole
 from gateway.journal.segments import iter_lines, line_seq, list_segments, segment_name, segments_from
@@ -26,48 +26,6 @@ __all__ = [
     "read_records_skipping",
     "verify",
 ]
-
-
-class ChainError(Exception):
-    """
-    The journal is not whole.
-
-    ``seq`` is the first seq that cannot be vouched for: the seq the record at
-    the break should have had (one more than the last good record), or None
-    when no seq applies. ``segment`` and ``offset`` say where the break is.
-    """
-
-    seq: int | None
-    reason: str
-    segment: str | None
-    offset: int | None
-
-    def __init__(
-        self,
-        seq: int | None,
-        reason: str,
-        segment: str | None = None,
-        offset: int | None = None,
-    ) -> None:
-        super().__init__(seq, reason, segment, offset)
-        self.seq = seq
-        self.reason = reason
-        self.segment = segment
-        self.offset = offset
-
-    def __str__(self) -> str:
-        where = f" (segment {self.segment}, offset {self.offset})" if self.segment else ""
-        return f"seq {self.seq}: {self.reason}{where}" if self.seq else f"{self.reason}{where}"
-
-
-@frozen
-class Damage:
-    """A line a tolerant reader skipped: where, the seq it should have had, and why."""
-
-    segment: str
-    offset: int
-    seq: int | None
-    reason: str
 
 
 def _raise(damage: Damage) -> None:
@@ -164,9 +122,6 @@ def verify(
     are checked in parallel processes, ``workers`` of them (one per CPU if not
     given; see :func:`gateway.journal.integrity.verify_journal`).
     """
-    # Imported here: gateway.journal.integrity imports ChainError from this module.
-    from gateway.journal.integrity import verify_journal
-
     return verify_journal(path, allow_partial_tail=allow_partial_tail, workers=workers).records
 
 

@@ -59,39 +59,41 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from hashlib import blake2b as _blake2b
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from attrs import evolve
 from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from gateway.journal.kinds import QUARANTINE_RECORD, RECOVERY_RECORD
-from gateway.journal.reader import Damage, read_records
+from gateway.journal.damage import Damage
+from gateway.journal.disk import (
+    OPEN_SEGMENT,
+    JournalReactor,
+    JournalWriteError,
+    PoolRunner,
+    RunBlocking,
+    SegmentNotSynced,
+    create_segment,
+    timed_fsync,
+    write_error,
+)
+from gateway.journal.kinds import RECOVERY_RECORD
+from gateway.journal.reader import read_records
 from gateway.journal.record import (
-    GENESIS_CHAIN,
-    BadLine,
     Record,
-    check_line,
     dumps_compact,
     encode_line,
     format_ts,
 )
 from gateway.journal.recovery import (
     Quarantine,
-    SetAside,
-    fill_hole,
-    find_recovery,
-    is_hole,
-    locate_damage,
     recover,
-    save_damaged,
 )
-from gateway.journal.segments import Segment, iter_lines, list_segments, read_last_line, segment_name
+from gateway.journal.segments import segment_name
+from gateway.journal.setaside import StartupDamage
 
 __all__ = ["FSYNC_MODES", "Journal", "JournalReactor", "JournalWriteError", "RunBlocking"]
 
@@ -100,119 +102,8 @@ FSYNC_MODES = ("always", "interval", "never")
 _T = TypeVar("_T")
 _log = Logger()
 
-_OPEN_SEGMENT = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-_CREATE_SEGMENT = _OPEN_SEGMENT | os.O_CREAT | os.O_TRUNC
 _CHAIN_OPEN = b',"chain":"'
 _CHAIN_CLOSE = b'"}\n'
-
-
-class JournalReactor(Protocol):
-    """What the journal needs of a reactor: its time (``IReactorTime``)."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
-    ) -> Any: ...
-
-
-class RunBlocking(Protocol):
-    """Runs a blocking job off the reactor thread; the Deferred fires in it."""
-
-    def __call__(self, job: Callable[[], _T]) -> Deferred[_T]: ...
-
-
-class JournalWriteError(Exception):
-    """A record was not written (or not synced); ``errno`` is None if no OS error."""
-
-    errno: int | None
-    message: str
-
-    def __init__(self, errno: int | None, message: str) -> None:
-        super().__init__(errno, message)
-        self.errno = errno
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"[Errno {self.errno}] {self.message}" if self.errno is not None else self.message
-
-
-class _SegmentNotSynced(Exception):
-    """The sync of a full segment failed during rotation."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-def _write_error(reason: Failure | BaseException, what: str) -> JournalWriteError:
-    error = reason.value if isinstance(reason, Failure) else reason
-    if isinstance(error, _SegmentNotSynced):
-        error = error.error
-    if isinstance(error, OSError):
-        return JournalWriteError(error.errno, f"{what}: {error.strerror or error}")
-    return JournalWriteError(None, f"{what}: {error!r}")
-
-
-class _PoolRunner:
-    """Runs jobs on the journal's own one-thread pool."""
-
-    def __init__(self, reactor: JournalReactor, pool: ThreadPool) -> None:
-        self._reactor = cast(IReactorFromThreads, reactor)
-        self._pool = pool
-
-    def __call__(self, job: Callable[[], _T]) -> Deferred[_T]:
-        if not self._pool.started:
-            # Started at the first job, so that a journal opened by a process
-            # whose reactor never runs leaves no thread to keep it alive.
-            self._pool.start()
-        return deferToThreadPool(self._reactor, self._pool, job)
-
-
-def _timed_fsync(fsync: Callable[[int], None], fd: int) -> float:
-    """Run ``fsync(fd)`` (in the pool thread) and return how many seconds it took."""
-    # A wall clock is right here: it measures the syscall and decides nothing.
-    start = time.perf_counter()
-    fsync(fd)
-    return time.perf_counter() - start
-
-
-def _create_segment(directory: str, directory_fd: int, name: str, fsync: Callable[[int], None]) -> int:
-    """Create (or empty) a segment file and sync the directory; return its fd."""
-    fd = os.open(os.path.join(directory, name), _CREATE_SEGMENT, 0o644)
-    try:
-        fsync(directory_fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _state_before(segments: list[Segment], index: int, offset: int) -> tuple[int, bytes | None] | None:
-    """
-    The (seq, chain) of the record just before ``offset`` of ``segments[index]``, as its line says.
-
-    For damage found in an older segment: the chain resumes after it from
-    there (``verify`` checks that line in its turn). None when the line before
-    is damage itself.
-    """
-    segment = segments[index]
-    line: bytes | None = None
-    if offset == 0:
-        if index == 0:
-            return (0, GENESIS_CHAIN) if segment.first_seq == 1 else (segment.first_seq - 1, None)
-        line = read_last_line(segments[index - 1].path)
-    else:
-        for line_offset, each in iter_lines(segment.path):
-            if line_offset >= offset:
-                break
-            line = each
-    if line is None or is_hole(line):
-        return None
-    try:
-        return check_line(line, None, None)
-    except BadLine:
-        return None
 
 
 class Journal:
@@ -230,13 +121,13 @@ class Journal:
         "_closed",
         "_committed_chain",
         "_committed_seq",
+        "_damage",
         "_directory",
         "_directory_fd",
         "_dirty",
         "_fd",
         "_finishing",
         "_flush_call",
-        "_gateway_id",
         "_interval",
         "_interval_call",
         "_interval_syncing",
@@ -246,7 +137,6 @@ class Journal:
         "_os_ftruncate",
         "_os_write",
         "_pool",
-        "_quarantined",
         "_reactor",
         "_records",
         "_refusal",
@@ -256,7 +146,6 @@ class Journal:
         "_segment_name",
         "_segment_size",
         "_seq",
-        "_signing_key",
         "_sync_batches",
         "_trigger",
         "_ts_prefix",
@@ -328,17 +217,17 @@ class Journal:
             tail = recover(directory, directory_fd=directory_fd, fsync=os_fsync)
             if tail.segment is None:
                 name = segment_name(tail.last_seq + 1)
-                fd = _create_segment(directory, directory_fd, name, os_fsync)
+                fd = create_segment(directory, directory_fd, name, os_fsync)
             else:
                 name = tail.segment.name
-                fd = os.open(tail.segment.path, _OPEN_SEGMENT)
+                fd = os.open(tail.segment.path, OPEN_SEGMENT)
         except BaseException:
             os.close(directory_fd)
             raise
         pool = None
         if run_blocking is None:
             pool = ThreadPool(minthreads=1, maxthreads=1, name="cpmi-journal-fsync")
-            run_blocking = _PoolRunner(reactor, pool)
+            run_blocking = PoolRunner(reactor, pool)
         journal = cls(
             reactor=reactor,
             directory=directory,
@@ -356,16 +245,16 @@ class Journal:
             os_ftruncate=os_ftruncate,
             run_blocking=run_blocking,
             pool=pool,
+            signing_key=signing_key,
+            gateway_id=gateway_id,
         )
-        journal._signing_key = signing_key
-        journal._gateway_id = gateway_id
         try:
             if tail.cut is not None:
                 journal._append_now(RECOVERY_RECORD, "", "", "", tail.cut.as_body())
             for damage in tail.set_aside:
-                journal._set_aside_damage(damage)
+                journal._damage.set_aside_damage(damage)
             if tail.quarantine is not None:
-                journal._quarantine(tail.quarantine)
+                journal._damage.quarantine(tail.quarantine)
         except BaseException:
             os.close(fd)
             os.close(directory_fd)
@@ -395,6 +284,8 @@ class Journal:
         os_ftruncate: Callable[[int, int], None],
         run_blocking: RunBlocking,
         pool: ThreadPool | None,
+        signing_key: SigningKey | None = None,
+        gateway_id: str = "",
     ) -> None:
         """Use :meth:`open`."""
         self._reactor = reactor
@@ -444,9 +335,14 @@ class Journal:
         order. The list is the observer's to keep. An observer that raises is
         logged and ignored. The forwarder follows the journal this way.
         """
-        self._quarantined: list[Quarantine] = []
-        self._signing_key: SigningKey | None = None
-        self._gateway_id = ""
+        self._damage = StartupDamage(
+            directory=directory,
+            directory_fd=directory_fd,
+            os_fsync=os_fsync,
+            append_now=self._append_now,
+            signing_key=signing_key,
+            gateway_id=gateway_id,
+        )
         self.guard: Callable[[], str | None] | None = None
         """
         Asked before each append: a reason to refuse it (the disk is nearly
@@ -491,7 +387,7 @@ class Journal:
     @property
     def quarantined(self) -> list[Quarantine]:
         """Damage found since the journal was opened (in recovery or the start-up replay)."""
-        return list(self._quarantined)
+        return list(self._damage.quarantined)
 
     def set_aside(self, found: list[Damage]) -> list[Record]:
         """
@@ -499,106 +395,14 @@ class Journal:
 
         For a start-up read that skips damage (``read_records_skipping``,
         ``scan_headers``), so the gateway starts and serves instead of failing
-        on every start. Damage followed by an intact record the chain resumes
-        at is set aside alone, with a signed ``recovery`` record (as recovery
-        does in the last segment); other damage gets a ``quarantine`` record
-        and stays for ``verify`` to report. Each is also listed in
-        :attr:`quarantined` and logged as critical. Blocks (appends and syncs
-        at once): call it before the reactor runs.
+        on every start (see :meth:`StartupDamage.set_aside`). Blocks (appends
+        and syncs at once): call it before the reactor runs.
         """
-        records: list[Record] = []
-        done: list[tuple[str, int, int]] = []  # (segment, start, end) set aside here
-        for damage in found:
-            if any(name == damage.segment and start <= damage.offset < end for name, start, end in done):
-                continue  # a further line of damage set aside with the one before it
-            located = self._locate(damage)
-            if located is not None:
-                record = self._set_aside_damage(located)
-                done.append((located.segment, located.offset, located.offset + located.length))
-                if record is not None:
-                    records.append(record)
-                continue
-            quarantine = Quarantine(damage.segment, damage.offset, damage.seq, damage.reason, None, "")
-            records.append(self._quarantine(quarantine))
-        return records
-
-    def _locate(self, damage: Damage) -> SetAside | None:
-        """The damage a start-up read found, as lines to set aside, when the chain resumes after them."""
-        segments = list_segments(self._directory)
-        index = next((i for i, s in enumerate(segments) if s.name == damage.segment), None)
-        if index is None:
-            return None
-        before = _state_before(segments, index, damage.offset)
-        if before is None:
-            return None
-        return locate_damage(segments, index, damage.offset, before, damage.reason)
-
-    def _set_aside_damage(self, damage: SetAside) -> Record | None:
-        """
-        Set aside damaged lines: save them, journal a signed ``recovery`` record, then make them a hole.
-
-        In that order, each step synced: a crash before the hole is made
-        leaves the record, which the next start finds (:func:`find_recovery`),
-        so no second record is journaled for the same damage. Returns the
-        record, or None when it was journaled before.
-        """
-        path = os.path.join(self._directory, damage.segment)
-        record: Record | None = None
-        existing = find_recovery(self._directory, damage.segment, damage.offset)
-        if (
-            existing is None
-            or not isinstance(existing.body, dict)
-            or existing.body.get("digest") != damage.digest
-        ):
-            saved_as = save_damaged(
-                Segment(0, damage.segment, path), damage, self._os_fsync, self._directory_fd
-            )
-            damage = evolve(damage, saved_as=saved_as)
-            lost = damage.lost
-            _log.critical(
-                "journal: damaged record in segment {segment} at offset {offset} ({lost}): {reason}; "
-                "set aside alone ({length} bytes, kept in {saved_as}); the records after it stay live",
-                segment=damage.segment,
-                offset=damage.offset,
-                lost=f"seqs {lost[0]}-{lost[1]} lost" if lost else "no seq lost",
-                reason=damage.detail,
-                length=damage.length,
-                saved_as=saved_as,
-            )
-            if self._signing_key is None:
-                _log.warn("journal: no signing key: the recovery record is not signed, verify will refuse it")
-            record = self._append_now(
-                RECOVERY_RECORD, "", "", "", damage.body(self._gateway_id, self._signing_key)
-            )
-        fill_hole(path, damage.offset, damage.length, self._os_fsync)
-        lost = damage.lost
-        self._quarantined.append(
-            Quarantine(
-                damage.segment,
-                damage.offset,
-                lost[0] if lost else None,
-                f"set aside alone: {damage.detail}",
-                lost[1] if lost else None,
-                damage.saved_as,
-            )
-        )
-        return record
+        return self._damage.set_aside(found)
 
     def note_quarantined(self, quarantine: Quarantine) -> None:
         """List in :attr:`quarantined` damage journaled before (read back at start-up)."""
-        self._quarantined.append(quarantine)
-
-    def _quarantine(self, quarantine: Quarantine) -> Record:
-        _log.critical(
-            "journal: damaged record in segment {segment} at offset {offset} (seq {seq}): {reason}; "
-            "set aside as quarantined, the gateway goes on (cpmictl log verify; restore from a backup)",
-            segment=quarantine.segment,
-            offset=quarantine.offset,
-            seq=quarantine.seq,
-            reason=quarantine.reason,
-        )
-        self._quarantined.append(quarantine)
-        return self._append_now(QUARANTINE_RECORD, "", "", "", quarantine.as_body())
+        self._damage.note_quarantined(quarantine)
 
     def replay(self, since_seq: int = 1) -> Iterator[Record]:
         """
@@ -698,15 +502,15 @@ class Journal:
         try:
             self._write_all(fd, data)
         except OSError as e:
-            self._batch_failed(_write_error(e, f"write to {self._segment_name}"), records, waiters, fd, start)
+            self._batch_failed(write_error(e, f"write to {self._segment_name}"), records, waiters, fd, start)
             return
         self._segment_size = start + len(data)
         if self._sync_batches:
-            d = self._run_blocking(partial(_timed_fsync, self._os_fsync, fd))
+            d = self._run_blocking(partial(timed_fsync, self._os_fsync, fd))
             d.addCallbacks(
                 lambda seconds: self._batch_synced(seconds, records, waiters),
                 lambda f: self._batch_failed(
-                    _write_error(f, f"fsync of {self._segment_name}"), records, waiters, fd, start
+                    write_error(f, f"fsync of {self._segment_name}"), records, waiters, fd, start
                 ),
             )
             d.addErrback(self._log_bug)
@@ -779,7 +583,7 @@ class Journal:
 
         def not_undone(failure: Failure) -> None:
             self._break(
-                _write_error(
+                write_error(
                     failure,
                     f"could not cut failed records {records[0].seq}- off {self._segment_name} "
                     f"at offset {start}; the journal is broken until restarted",
@@ -836,8 +640,8 @@ class Journal:
                 try:
                     fsync(old_fd)
                 except OSError as e:
-                    raise _SegmentNotSynced(e) from e
-            return _create_segment(directory, directory_fd, name, fsync)
+                    raise SegmentNotSynced(e) from e
+            return create_segment(directory, directory_fd, name, fsync)
 
         def rotated(fd: int) -> None:
             if self._interval_syncing:
@@ -852,9 +656,9 @@ class Journal:
 
         def not_rotated(failure: Failure) -> None:
             self._busy = False
-            error = _write_error(failure, f"start of segment {name}")
-            if failure.check(_SegmentNotSynced):
-                self._break(_write_error(failure, f"fsync of full segment {self._segment_name}"))
+            error = write_error(failure, f"start of segment {name}")
+            if failure.check(SegmentNotSynced):
+                self._break(write_error(failure, f"fsync of full segment {self._segment_name}"))
             else:
                 _log.error("journal: {error}", error=str(error))
             self._fail_pending(error)
@@ -878,7 +682,7 @@ class Journal:
         self._dirty = False
         self._interval_syncing = True
         fd = self._fd
-        d = self._run_blocking(partial(_timed_fsync, self._os_fsync, fd))
+        d = self._run_blocking(partial(timed_fsync, self._os_fsync, fd))
         d.addCallbacks(self._interval_synced, self._interval_sync_failed)
         d.addErrback(self._log_bug)
 
@@ -899,7 +703,7 @@ class Journal:
     def _interval_sync_failed(self, failure: Failure) -> None:
         self._end_interval_sync()
         self._break(
-            _write_error(
+            write_error(
                 failure,
                 f"fsync of {self._segment_name}; records acknowledged since the last fsync may be lost",
             )
@@ -915,7 +719,7 @@ class Journal:
         line, chain = encode_line(seq, ts, kind, park, code, opr, body, self._chain)
         if self._segment_size > 0 and self._segment_size + len(line) > self._segment_bytes:
             name = segment_name(seq)
-            fd = _create_segment(self._directory, self._directory_fd, name, self._os_fsync)
+            fd = create_segment(self._directory, self._directory_fd, name, self._os_fsync)
             os.close(self._fd)
             self._fd, self._segment_name, self._segment_size = fd, name, 0
         self._write_all(self._fd, line)
@@ -984,7 +788,7 @@ class Journal:
                 self._trigger = None
             waiters = self._close_waiters or []
             if isinstance(result, Failure):
-                error = _write_error(result, f"final fsync of {self._segment_name}")
+                error = write_error(result, f"final fsync of {self._segment_name}")
                 for d in waiters:
                     d.errback(error)
             else:

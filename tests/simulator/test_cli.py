@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli.lot import parse_downlink, uplink_url
+from gateway.cli.arguments import parse_downlink, uplink_url
 from gateway.cli.main import main
 
 
