@@ -583,7 +583,7 @@ class LoginProbe:
             }
             envelope["signature"] = sign(compact(data), "", "")
             try:
-                outcome = str(post(self.port, envelope, timeout=60)["resultCode"])
+                outcome = str(post(self.port, envelope, timeout=30)["resultCode"])
             except (OSError, ValueError) as error:
                 outcome = f"error {type(error).__name__}"
             self.samples.append((phase, (time.monotonic() - started) * 1000, outcome))
@@ -695,10 +695,21 @@ def assess(figures: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def log_lines(log: Path, needle: str) -> int:
-    """How many lines of `log` hold `needle` (grep: the log may be gigabytes)."""
-    found = subprocess.run(["grep", "-c", "-F", needle, str(log)], capture_output=True, text=True)
-    return int(found.stdout.strip() or 0)
+def log_files(work: Path) -> list[Path]:
+    """The gateway's log in `work`, with the files twistd rotated it into."""
+    return sorted(work.glob("twistd.log*"))
+
+
+def log_lines(work: Path, needle: str) -> int:
+    """How many lines of the gateway's logs hold `needle` (grep: they may be gigabytes)."""
+    command = ["grep", "-c", "-h", "-F", needle, *map(str, log_files(work))]
+    found = subprocess.run(command, capture_output=True, text=True)
+    return sum(int(count) for count in found.stdout.split())
+
+
+def log_size(work: Path) -> int:
+    """Bytes in the gateway's logs, rotated ones included."""
+    return sum(path.stat().st_size for path in log_files(work))
 
 
 def gateway_config(work: Path, uplink: int, downlink: int, api: int) -> str:
@@ -737,6 +748,7 @@ def main() -> None:
     parser.add_argument("--probe", type=float, help="seconds between honest logins of P003 (5; quick 1)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under attack")
     parser.add_argument("--keep", action="store_true", help="keep the gateway's directory (log, journal)")
+    parser.add_argument("--stop-wait", type=float, default=30.0, help="seconds a stop may take before kill")
     attack_arguments(parser)
     args = parser.parse_args()
     defaults = (3, 5, 1, 40, 2, 2, 8, 1) if args.quick else (30, 60, 5, 800, 8, 12, 180, 5)
@@ -752,11 +764,29 @@ def main() -> None:
         with gateway(work, gateway_config(work, uplink, downlink, api), uplink) as server:
             wait_for(downlink, server)
             figures = measure(server.pid, work, uplink, downlink, connections, phase, args)
+            figures.update(stop(server, args.stop_wait))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     report(figures)
     print(f"wrote {write_result('hostile-quick' if args.quick else 'hostile', figures)}")
+
+
+def stop(server: subprocess.Popen[bytes], seconds: float) -> dict[str, Any]:
+    """Stop the gateway (SIGTERM), killing it after `seconds`: how long it took, and whether killed.
+
+    Work the attack left queued (password checks of clients long gone) can hold a stop up.
+    """
+    started = time.monotonic()
+    server.terminate()
+    try:
+        server.wait(timeout=seconds)
+        killed = False
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        killed = True
+    return {"stop_seconds": round(time.monotonic() - started, 1), "stop_killed": killed}
 
 
 def measure(
@@ -774,14 +804,13 @@ def measure(
     envelope["signature"] = sign(compact(login), "", HONEST_SECRET)
     token = post(uplink, envelope)["data"]["token"]
     ports = {"slowloris": uplink, "dollar": downlink, "junk": uplink, "flood": uplink}
-    log = work / "twistd.log"
     with Sampler(pid, phase) as sampler, HonestLot(uplink, token, args.rate, phase) as honest:
         with LoginProbe(uplink, args.probe, phase) as probe:
             time.sleep(2)
             phase.name = "quiet"
             time.sleep(args.quiet)
             phase.name = "ramp"
-            log_before = log.stat().st_size
+            log_before = log_size(work)
             with attacks(ports, connections, args.ramp + args.attack, args) as reports:
                 time.sleep(args.ramp)
                 phase.name = "attack"
@@ -791,9 +820,11 @@ def measure(
                 if profiler is not None:
                     profiler.wait()
             time.sleep(max(2.0, args.ramp))
-            log_growth = log.stat().st_size - log_before
+            log_growth = log_size(work) - log_before
             rss_after = rss_bytes(pid) - argon2_bytes(Path(f"/proc/{pid}/smaps").read_text())
     quiet, attacked = latency(honest.samples, "quiet"), latency(honest.samples, "attack")
+    phases = ("quiet", "ramp", "attack", "after")
+    failures = {name: latency(honest.samples, name)["failures"] for name in phases}
     under = [sample for sample in sampler.samples if sample[0] in ("ramp", "attack")]
     # The quiet RSS leaves out the probe's password checks, which come and go.
     rss_quiet = percentile((s[1] - s[2] for s in sampler.samples if s[0] == "quiet"), 0.5)
@@ -804,6 +835,7 @@ def measure(
         "connections": connections,
         "quiet": quiet,
         "attacked": attacked,
+        "failures": failures,
         "p99_ratio": round(attacked["p99_ms"] / max(quiet["p99_ms"], 0.001), 2),
         "p50_ratio": round(attacked["p50_ms"] / max(quiet["p50_ms"], 0.001), 2),
         "rss_quiet_mib": round(rss_quiet / 2**20, 1),
@@ -815,7 +847,7 @@ def measure(
         "fds_peak": max((s[3] for s in under), default=0),
         "fds_limit": fd_limit(pid),
         "honest_connect_failures": sum(1 for _, _, outcome in honest.samples if outcome == "connect"),
-        "emfile_log_lines": log_lines(log, "EMFILE") + log_lines(log, "Too many open files"),
+        "emfile_log_lines": log_lines(work, "EMFILE") + log_lines(work, "Too many open files"),
         "log_growth_mib": round(log_growth / 2**20, 1),
         "login_probe": {
             name: [(round(ms), outcome) for phase_name, ms, outcome in probe.samples if phase_name == name]
@@ -838,7 +870,7 @@ def report(figures: dict[str, Any]) -> None:
     quiet, attacked, met = figures["quiet"], figures["attacked"], figures["met"]
     mark = {True: "yes", False: "NO"}
     total = sum(figures["connections"].values())
-    fails = {"quiet": quiet["failures"], "attack": attacked["failures"]}
+    fails = figures["failures"]
     rows = [
         (
             "attack connections",
@@ -875,6 +907,7 @@ def report(figures: dict[str, Any]) -> None:
         ("log growth under attack", f"{figures['log_growth_mib']:.1f} MiB"),
         ("honest login (P003) quiet", _probe_text(figures["login_probe"]["quiet"])),
         ("honest login under attack", _probe_text(figures["login_probe"]["attack"])),
+        ("gateway's stop took", f"{figures['stop_seconds']:.1f} s" + (" (killed)" * figures["stop_killed"])),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
