@@ -1,16 +1,18 @@
 """An honest lot's uplink latency, quiet and under four attacks at once; the gateway's RSS and fds.
 
 Usage: python -m bench.hostile [--quick] [--rate R] [--quiet S] [--attack S]
-           [--slowloris N] [--dollar N] [--junk N] [--flood N] [--profile FILE]
+           [--again S] [--slowloris N] [--dollar N] [--junk N] [--flood N] [--profile FILE]
        python -m bench.hostile attack KIND --port P ...   (one attack process; the benchmark runs them)
 
 The gateway runs as its own process (twistd, journal.fsync = "always") with
 three lots: P001 (the honest one, signature required), P002 (the login
 flood's target: a real `cpmictl passwd` hash, the default empty secret) and
-P003 (a real hash too: an honest login is timed now and then). One client in
+P003 (an honest login of it is timed now and then: the wait for the password
+pool, its hash being the bench's cheap one). One client in
 this process posts P001's signed carIns at a steady `--rate`, each on a new
 connection, as much parking software does; its latency is measured while
-quiet, then while four kinds of attack run, each from its own process:
+quiet, then while four kinds of attack run, each from its own process (and
+quiet again once they have stopped, `--again` seconds, to show the machine's drift):
 
 - slowloris: `--slowloris` connections to the uplink, each sending one header
   byte every `--drip` seconds and never finishing its headers;
@@ -71,6 +73,7 @@ from bench.harness import (
     gateway,
     py_spy,
     rss_bytes,
+    thread_cpu_seconds,
     wait_for,
     write_result,
 )
@@ -88,6 +91,7 @@ ARGON2_KIB = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE // 1024
 MAPPING = re.compile(r"[0-9a-f]+-[0-9a-f]+ ")
 DECLARED = 300 * 2**20
 TICK = 0.05
+CORES = os.cpu_count() or 1
 RECONNECT_DELAY = 0.2
 
 
@@ -560,7 +564,7 @@ class HonestLot:
 
 
 class LoginProbe:
-    """An honest login of P003 (a real hash) every `interval` seconds: (phase, ms, answer)."""
+    """An honest login of P003 every `interval` seconds: (phase, ms, answer)."""
 
     def __init__(self, port: int, interval: float, phase: Phase) -> None:
         self.port, self.interval, self.phase = port, interval, phase
@@ -573,7 +577,7 @@ class LoginProbe:
         while not self.stopping.wait(self.interval):
             serial += 1
             phase, started = self.phase.name, time.monotonic()
-            data = {"parkUserName": "lot003", "parkUserPwd": REAL_PASSWORD}
+            data = {"parkUserName": "lot003", "parkUserPwd": BENCH_PASSWORD}
             envelope = {
                 "token": "",
                 "code": "login",
@@ -727,7 +731,7 @@ def gateway_config(work: Path, uplink: int, downlink: int, api: int) -> str:
         f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\n'
         f'secret = "{HONEST_SECRET}"\n'
         f'[[lot]]\npark_code = "P002"\nusername = "lot002"\npassword = "{real}"\n'
-        f'[[lot]]\npark_code = "P003"\nusername = "lot003"\npassword = "{real}"\n'
+        f'[[lot]]\npark_code = "P003"\nusername = "lot003"\npassword = "{CHEAP_HASH}"\n'
     )
 
 
@@ -746,13 +750,14 @@ def main() -> None:
     parser.add_argument("--junk", type=int, help="junk request connections (12; quick 2)")
     parser.add_argument("--flood", type=int, help="login flood connections (180; quick 8)")
     parser.add_argument("--probe", type=float, help="seconds between honest logins of P003 (5; quick 1)")
+    parser.add_argument("--again", type=float, help="seconds measured quiet after the attack (15; quick 2)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under attack")
     parser.add_argument("--keep", action="store_true", help="keep the gateway's directory (log, journal)")
     parser.add_argument("--stop-wait", type=float, default=30.0, help="seconds a stop may take before kill")
     attack_arguments(parser)
     args = parser.parse_args()
-    defaults = (3, 5, 1, 40, 2, 2, 8, 1) if args.quick else (30, 60, 5, 800, 8, 12, 180, 5)
-    names = ("quiet", "attack", "ramp", "slowloris", "dollar", "junk", "flood", "probe")
+    defaults = (3, 5, 1, 40, 2, 2, 8, 1, 2) if args.quick else (30, 60, 5, 800, 8, 12, 180, 5, 15)
+    names = ("quiet", "attack", "ramp", "slowloris", "dollar", "junk", "flood", "probe", "again")
     for name, default in zip(names, defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -770,6 +775,30 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     report(figures)
     print(f"wrote {write_result('hostile-quick' if args.quick else 'hostile', figures)}")
+
+
+class CpuMark:
+    """CPU time so far: the machine's busy and total jiffies, the gateway's threads' seconds."""
+
+    def __init__(self, when: float, busy: int, total: int, threads: dict[str, float]) -> None:
+        self.when, self.busy, self.total, self.threads = when, busy, total, threads
+
+    @classmethod
+    def now(cls, pid: int) -> CpuMark:
+        fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return cls(time.monotonic(), sum(fields) - idle, sum(fields), thread_cpu_seconds(pid))
+
+    def share(self, later: CpuMark) -> dict[str, float]:
+        """From this mark to `later`: the machine's busy cores, the gateway's reactor and other threads."""
+        seconds = later.when - self.when
+        busy = (later.busy - self.busy) / max(later.total - self.total, 1)
+        others = sum(v - self.threads.get(k, 0.0) for k, v in later.threads.items() if k != "main")
+        return {
+            "machine_busy_cores": round(busy * CORES, 2),
+            "reactor": round((later.threads["main"] - self.threads["main"]) / seconds, 2),
+            "other_threads": round(others / seconds, 2),
+        }
 
 
 def stop(server: subprocess.Popen[bytes], seconds: float) -> dict[str, Any]:
@@ -808,22 +837,30 @@ def measure(
         with LoginProbe(uplink, args.probe, phase) as probe:
             time.sleep(2)
             phase.name = "quiet"
+            cpu = [CpuMark.now(pid)]
             time.sleep(args.quiet)
             phase.name = "ramp"
+            cpu.append(CpuMark.now(pid))
             log_before = log_size(work)
             with attacks(ports, connections, args.ramp + args.attack, args) as reports:
                 time.sleep(args.ramp)
                 phase.name = "attack"
+                cpu.append(CpuMark.now(pid))
                 profiler = py_spy(pid, args.profile, args.attack) if args.profile else None
                 time.sleep(args.attack)
                 phase.name = "after"
+                cpu.append(CpuMark.now(pid))
                 if profiler is not None:
                     profiler.wait()
             time.sleep(max(2.0, args.ramp))
             log_growth = log_size(work) - log_before
             rss_after = rss_bytes(pid) - argon2_bytes(Path(f"/proc/{pid}/smaps").read_text())
+            phase.name = "again"
+            cpu.append(CpuMark.now(pid))
+            time.sleep(args.again)
+            cpu.append(CpuMark.now(pid))
     quiet, attacked = latency(honest.samples, "quiet"), latency(honest.samples, "attack")
-    phases = ("quiet", "ramp", "attack", "after")
+    phases = ("quiet", "ramp", "attack", "after", "again")
     failures = {name: latency(honest.samples, name)["failures"] for name in phases}
     under = [sample for sample in sampler.samples if sample[0] in ("ramp", "attack")]
     # The quiet RSS leaves out the probe's password checks, which come and go.
@@ -835,7 +872,9 @@ def measure(
         "connections": connections,
         "quiet": quiet,
         "attacked": attacked,
+        "again": latency(honest.samples, "again"),
         "failures": failures,
+        "cpu": {"quiet": cpu[0].share(cpu[1]), "attack": cpu[2].share(cpu[3]), "again": cpu[4].share(cpu[5])},
         "p99_ratio": round(attacked["p99_ms"] / max(quiet["p99_ms"], 0.001), 2),
         "p50_ratio": round(attacked["p50_ms"] / max(quiet["p50_ms"], 0.001), 2),
         "rss_quiet_mib": round(rss_quiet / 2**20, 1),
@@ -882,6 +921,11 @@ def report(figures: dict[str, Any]) -> None:
             f"{attacked['p50_ms']:.1f} / {attacked['p99_ms']:.1f} ms ({attacked['requests']} carIns,"
             f" max {attacked['max_ms']:.0f} ms)",
         ),
+        (
+            "quiet again p50 / p99",
+            f"{figures['again']['p50_ms']:.1f} / {figures['again']['p99_ms']:.1f} ms"
+            f" ({figures['again']['requests']} carIns, after the attack)",
+        ),
         ("p99 attacked / quiet", f"{figures['p99_ratio']:.2f} x  (target <= 3)  {mark[met['p99_ratio']]}"),
         ("p50 attacked / quiet", f"{figures['p50_ratio']:.2f} x"),
         (
@@ -907,6 +951,14 @@ def report(figures: dict[str, Any]) -> None:
         ("log growth under attack", f"{figures['log_growth_mib']:.1f} MiB"),
         ("honest login (P003) quiet", _probe_text(figures["login_probe"]["quiet"])),
         ("honest login under attack", _probe_text(figures["login_probe"]["attack"])),
+        *(
+            (
+                f"CPU {name}",
+                f"reactor {c['reactor']:.0%}, gateway's other threads {c['other_threads']:.0%} of a core;"
+                f" machine {c['machine_busy_cores']:.2f} of {CORES} cores busy",
+            )
+            for name, c in figures["cpu"].items()
+        ),
         ("gateway's stop took", f"{figures['stop_seconds']:.1f} s" + (" (killed)" * figures["stop_killed"])),
     ]
     width = max(len(name) for name, _ in rows)
