@@ -69,6 +69,7 @@ from bench.harness import (
     BENCH_PASSWORD,
     CHEAP_HASH,
     ENV,
+    cpu_seconds,
     free_port,
     gateway,
     py_spy,
@@ -780,23 +781,26 @@ def main() -> None:
 class CpuMark:
     """CPU time so far: the machine's busy and total jiffies, the gateway's threads' seconds."""
 
-    def __init__(self, when: float, busy: int, total: int, threads: dict[str, float]) -> None:
-        self.when, self.busy, self.total, self.threads = when, busy, total, threads
+    def __init__(self, when: float, busy: int, total: int, process: float, reactor: float) -> None:
+        self.when, self.busy, self.total, self.process, self.reactor = when, busy, total, process, reactor
 
     @classmethod
     def now(cls, pid: int) -> CpuMark:
         fields = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + fields[4]
-        return cls(time.monotonic(), sum(fields) - idle, sum(fields), thread_cpu_seconds(pid))
+        # The process's time counts the threads that have ended (pool threads come and go).
+        reactor = thread_cpu_seconds(pid)["main"]
+        return cls(time.monotonic(), sum(fields) - idle, sum(fields), cpu_seconds(pid), reactor)
 
     def share(self, later: CpuMark) -> dict[str, float]:
         """From this mark to `later`: the machine's busy cores, the gateway's reactor and other threads."""
         seconds = later.when - self.when
         busy = (later.busy - self.busy) / max(later.total - self.total, 1)
-        others = sum(v - self.threads.get(k, 0.0) for k, v in later.threads.items() if k != "main")
+        reactor = later.reactor - self.reactor
+        others = later.process - self.process - reactor
         return {
             "machine_busy_cores": round(busy * CORES, 2),
-            "reactor": round((later.threads["main"] - self.threads["main"]) / seconds, 2),
+            "reactor": round(reactor / seconds, 2),
             "other_threads": round(others / seconds, 2),
         }
 
