@@ -7,12 +7,12 @@ Usage: python -m bench.hostile [--quick] [--rate R] [--quiet S] [--attack S]
 The gateway runs as its own process (twistd, journal.fsync = "always") with
 three lots: P001 (the honest one, signature required), P002 (the login
 flood's target: a real `cpmictl passwd` hash, the default empty secret) and
-P003 (an honest login of it is timed now and then: the wait for the password
-pool, its hash being the bench's cheap one). One client in
-this process posts P001's signed carIns at a steady `--rate`, each on a new
+P003 (an honest login of it is timed every `--probe` seconds: the wait for
+the password pool, its hash being the bench's cheap one). One client in this
+process posts P001's signed carIns at a steady `--rate`, each on a new
 connection, as much parking software does; its latency is measured while
-quiet, then while four kinds of attack run, each from its own process (and
-quiet again once they have stopped, `--again` seconds, to show the machine's drift):
+quiet, then while four kinds of attack run, each from its own process, then
+quiet again for `--again` seconds (to show how far the machine drifted):
 
 - slowloris: `--slowloris` connections to the uplink, each sending one header
   byte every `--drip` seconds and never finishing its headers;
@@ -29,8 +29,10 @@ Every attack connects to 127.0.0.1 from source addresses of its own in
 127.K.0.0/16 (at most `--per-peer` connections each, below the gateway's cap
 per peer), reconnects when cut, and stops by itself when its time is up.
 Attack processes run at `--attack-nice` so that the two cores measure the
-gateway and not the attackers' own CPU. The gateway's RSS and open fds are
-sampled from /proc every 0.2 s.
+gateway and not the attackers' own CPU. The gateway's RSS (and the part of it
+that is Argon2id's working memory) and open fds are sampled from /proc every
+0.2 s; CPU is read per phase for its reactor thread, its other threads and
+the machine.
 
 Targets (issue 19, CONTRACT §4): p99 under attack <= 3 x quiet, RSS <= +64 MiB,
 no fd exhaustion (and the honest lot never fails to connect). Prints a table
@@ -58,7 +60,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import nacl.pwhash
 from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall, IReactorTCP, IReactorTime
@@ -82,7 +84,7 @@ from bench.uplink import CAR_IN
 from gateway.protocol.signing import compact, sign
 
 HONEST_SECRET = "k"
-# The flood's and the login probe's accounts carry what `cpmictl passwd` makes.
+# The login flood's account (P002) carries what `cpmictl passwd` makes.
 REAL_PASSWORD = "a real lot password"
 KINDS = ("slowloris", "dollar", "junk", "flood")
 RATIO_TARGET = 3.0
@@ -94,6 +96,7 @@ DECLARED = 300 * 2**20
 TICK = 0.05
 CORES = os.cpu_count() or 1
 RECONNECT_DELAY = 0.2
+ANSWER_WAIT = 30.0  # junk: how long a huge member's answer is waited for
 
 
 # --- the attacks (each runs in a process of its own) -----------------------------------------
@@ -125,12 +128,12 @@ def login_body(username: str, password: str, opr: str, secret: str = "") -> byte
     return b"param=" + urllib.parse.quote(json.dumps(envelope), safe="").encode()
 
 
-def http_head(length: int | None, extra: str = "") -> bytes:
+def http_head(length: int | None) -> bytes:
     """A POST /uplink head: a Content-Length, or chunked when `length` is None; Connection: close."""
     size = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
     return (
         "POST /uplink HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
-        f"Content-Type: application/x-www-form-urlencoded\r\n{size}\r\n{extra}\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\n{size}\r\n\r\n"
     ).encode()
 
 
@@ -180,11 +183,11 @@ class Attack:
         self.count("connect_failures")
         self.again(index)
 
-    def lost(self, index: int, by_us: bool) -> None:
+    def lost(self, index: int, by_us: bool, delay: float) -> None:
         self.live.pop(index, None)
         if not by_us and not self.stopping:
             self.count("cut")
-        self.again(index)
+        self.again(index, delay)
 
     def again(self, index: int, delay: float = RECONNECT_DELAY) -> None:
         if not self.stopping:
@@ -248,10 +251,14 @@ class AttackProtocol(Protocol):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.ended()
-        self.attack.lost(self.index, self.hung_up)
+        self.attack.lost(self.index, self.hung_up, self.pause())
 
     def ended(self) -> None:
         """Count what the connection came to."""
+
+    def pause(self) -> float:
+        """Seconds before the next connection in this one's place."""
+        return RECONNECT_DELAY
 
 
 class Slowloris(AttackProtocol):
@@ -291,12 +298,9 @@ class DollarStream(AttackProtocol):
     def tick(self) -> None:
         if not self.paused:
             size = max(1, int(self.attack.args.dollar_rate * TICK))
-            chunk = (DOLLAR_JUNK[self.offset :] + DOLLAR_JUNK)[:size]
-            while len(chunk) < size:
-                chunk += DOLLAR_JUNK
-            chunk = chunk[:size]
+            repeats = (self.offset + size) // len(DOLLAR_JUNK) + 1
+            self.send((DOLLAR_JUNK * repeats)[self.offset : self.offset + size])
             self.offset = (self.offset + size) % len(DOLLAR_JUNK)
-            self.send(chunk)
         self.later(TICK, self.tick)
 
 
@@ -320,7 +324,7 @@ class JunkRequest(AttackProtocol):
             member = HUGE_MEMBERS[(serial - 1) // len(JUNK_SHAPES) % len(HUGE_MEMBERS)]
             body = huge_member_body(member, HUGE, f"junk-{os.getpid()}-{serial}")
             self.send(http_head(len(body)) + body)
-            self.later(self.attack.args.patience * 10, self.hang_up)
+            self.later(ANSWER_WAIT, self.hang_up)
         else:
             self.send(http_head(DECLARED if self.shape == "declared-over" else None))
             self.later(0, self.stream)
@@ -343,16 +347,9 @@ class JunkRequest(AttackProtocol):
     def ended(self) -> None:
         status = self.received.split(b" ", 2)[1].decode(errors="replace") if b" " in self.received else "none"
         self.attack.count(f"{self.shape} {status}")
-        self.attack.again(self.index, self.attack.args.pause)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # The next request goes out after --pause, not at once.
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.ended()
-        self.attack.live.pop(self.index, None)
-        if not self.hung_up and not self.attack.stopping:
-            self.attack.count("cut")
+    def pause(self) -> float:
+        return float(self.attack.args.pause)
 
 
 class LoginFlood(AttackProtocol):
@@ -378,13 +375,8 @@ class LoginFlood(AttackProtocol):
         if b'"resultCode":"' not in self.received:
             self.attack.count("abandoned" if self.hung_up else "cut unanswered")
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        # The next login goes out after --flood-pause.
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.ended()
-        self.attack.live.pop(self.index, None)
-        self.attack.again(self.index, self.attack.args.flood_pause)
+    def pause(self) -> float:
+        return float(self.attack.args.flood_pause)
 
 
 PROTOCOLS: dict[str, type[AttackProtocol]] = {
@@ -506,14 +498,32 @@ def percentile(values: Iterable[float], share: float) -> float:
     return ordered[int(rank) - 1]
 
 
-class HonestLot:
+class Background:
+    """A thread of the benchmark's that samples until the `with` block it is entered by ends."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        """Sample until `stopping` is set."""
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
+class HonestLot(Background):
     """P001 posting signed carIns at `rate` a second, each on a new connection, until stopped."""
 
     def __init__(self, port: int, token: str, rate: float, phase: Phase) -> None:
         self.port, self.token, self.rate, self.phase = port, token, rate, phase
         self.samples: list[tuple[str, float, str]] = []  # (phase, ms, outcome)
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
         data = compact(CAR_IN)
         self.head = json.dumps({"token": token, "code": "carIn"})[:-1] + ',"oprNum":"h'
         self.tail = '","signature":"%s","data":%s}' % (sign(data, token, HONEST_SECRET), data)
@@ -555,23 +565,14 @@ class HonestLot:
         finally:
             connection.close()
 
-    def __enter__(self) -> HonestLot:
-        self.thread.start()
-        return self
 
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join()
-
-
-class LoginProbe:
+class LoginProbe(Background):
     """An honest login of P003 every `interval` seconds: (phase, ms, answer)."""
 
     def __init__(self, port: int, interval: float, phase: Phase) -> None:
         self.port, self.interval, self.phase = port, interval, phase
         self.samples: list[tuple[str, float, str]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
 
     def run(self) -> None:
         serial = 0
@@ -592,14 +593,6 @@ class LoginProbe:
             except (OSError, ValueError) as error:
                 outcome = f"error {type(error).__name__}"
             self.samples.append((phase, (time.monotonic() - started) * 1000, outcome))
-
-    def __enter__(self) -> LoginProbe:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join()
 
 
 def post(port: int, envelope: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
@@ -644,14 +637,13 @@ def argon2_bytes(smaps: str) -> int:
     return total
 
 
-class Sampler:
+class Sampler(Background):
     """The gateway's RSS, Argon2id's part of it and open fds every 0.2 s: (phase, rss, argon2, fds)."""
 
     def __init__(self, pid: int, phase: Phase) -> None:
         self.pid, self.phase = pid, phase
         self.samples: list[tuple[str, int, int, int]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__()
 
     def run(self) -> None:
         smaps = Path(f"/proc/{self.pid}/smaps")
@@ -661,14 +653,6 @@ class Sampler:
                 self.samples.append((self.phase.name, rss, argon2, fd_count(self.pid)))
             except OSError:
                 return
-
-    def __enter__(self) -> Sampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stopping.set()
-        self.thread.join()
 
 
 def latency(samples: list[tuple[str, float, str]], phase: str) -> dict[str, Any]:
@@ -937,12 +921,12 @@ def report(figures: dict[str, Any]) -> None:
             f"{figures['rss_quiet_mib']:.0f} / {figures['rss_peak_mib']:.0f}"
             f" / {figures['rss_after_mib']:.0f} MiB",
         ),
-        ("RSS growth (peak)", f"+{figures['rss_growth_mib']:.1f} MiB  (target <= +64)  {mark[met['rss']]}"),
+        ("RSS growth (peak)", f"{figures['rss_growth_mib']:+.1f} MiB  (target <= +64)  {mark[met['rss']]}"),
         (
             "  of which Argon2id",
             f"{figures['argon2_peak_mib']:.0f} MiB at most; the rest"
-            f" +{figures['rss_growth_outside_argon2_mib']:.1f} MiB at its peak,"
-            f" +{figures['rss_retained_mib']:.1f} MiB after",
+            f" {figures['rss_growth_outside_argon2_mib']:+.1f} MiB at its peak,"
+            f" {figures['rss_retained_mib']:+.1f} MiB after",
         ),
         (
             "open fds quiet / peak / limit",

@@ -115,9 +115,9 @@ TARGETS = (
         "hostile",
         "<= +64 MiB",
         lambda r: (
-            f"+{r['rss_growth_mib']:.0f} MiB at the peak ({r['argon2_peak_mib']:.0f} of it Argon2id's "
-            f"working memory, the rest +{r['rss_growth_outside_argon2_mib']:.0f}), "
-            f"+{r['rss_retained_mib']:.0f} MiB after"
+            f"{r['rss_growth_mib']:+.0f} MiB at the peak ({r['argon2_peak_mib']:.0f} of it Argon2id's "
+            f"working memory, the rest {r['rss_growth_outside_argon2_mib']:+.0f}), "
+            f"{r['rss_retained_mib']:+.0f} MiB after"
         ),
         lambda r: bool(r["rss_growth_mib"] <= 64),
     ),
