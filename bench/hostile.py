@@ -75,7 +75,6 @@ from bench.harness import (
     free_port,
     gateway,
     py_spy,
-    rss_bytes,
     thread_cpu_seconds,
     wait_for,
     write_result,
@@ -616,25 +615,34 @@ def fd_limit(pid: int) -> int:
     return 0
 
 
-def argon2_bytes(smaps: str) -> int:
-    """Resident bytes of the mappings Argon2id works in, from the text of /proc/PID/smaps.
+def memory(smaps: str) -> tuple[int, int]:
+    """Resident bytes in all, and in the mappings Argon2id works in, from one read of /proc/PID/smaps.
 
     libsodium maps each check's memory on its own (`mmap`, 64 MiB at the interactive
     limits `cpmictl passwd` uses) and unmaps it after: an anonymous read-write mapping
-    whose size is a multiple of 64 MiB (two side by side may be merged into one).
+    whose size is a multiple of 64 MiB (two side by side may be merged into one). Both
+    figures come from the one read, or a check ending between two reads would show
+    as 64 MiB of other memory.
     """
-    total, candidate = 0, False
+    total, argon2, candidate = 0, 0, False
     for line in smaps.splitlines():
         first = line.split()
         if MAPPING.match(line):
             candidate = first[1] == "rw-p" and len(first) == 5
-        elif candidate and first[0] == "Size:":
+        elif first[0] == "Size:":
             kib = int(first[1])
-            candidate = kib > 0 and kib % ARGON2_KIB == 0
-        elif candidate and first[0] == "Rss:":
+            candidate = candidate and kib > 0 and kib % ARGON2_KIB == 0
+        elif first[0] == "Rss:":
             total += int(first[1]) * 1024
+            if candidate:
+                argon2 += int(first[1]) * 1024
             candidate = False
-    return total
+    return total, argon2
+
+
+def smaps(pid: int) -> str:
+    """The text of /proc/PID/smaps."""
+    return Path(f"/proc/{pid}/smaps").read_text()
 
 
 class Sampler(Background):
@@ -646,10 +654,9 @@ class Sampler(Background):
         super().__init__()
 
     def run(self) -> None:
-        smaps = Path(f"/proc/{self.pid}/smaps")
         while not self.stopping.wait(0.2):
             try:
-                rss, argon2 = rss_bytes(self.pid), argon2_bytes(smaps.read_text())
+                rss, argon2 = memory(smaps(self.pid))
                 self.samples.append((self.phase.name, rss, argon2, fd_count(self.pid)))
             except OSError:
                 return
@@ -842,7 +849,8 @@ def measure(
                     profiler.wait()
             time.sleep(max(2.0, args.ramp))
             log_growth = log_size(work) - log_before
-            rss_after = rss_bytes(pid) - argon2_bytes(Path(f"/proc/{pid}/smaps").read_text())
+            rss, argon2 = memory(smaps(pid))
+            rss_after = rss - argon2
             phase.name = "again"
             cpu.append(CpuMark.now(pid))
             time.sleep(args.again)
