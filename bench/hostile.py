@@ -708,7 +708,22 @@ def log_size(work: Path) -> int:
     return sum(path.stat().st_size for path in log_files(work))
 
 
-def gateway_config(work: Path, uplink: int, downlink: int, api: int) -> str:
+def settings_toml(settings: list[str]) -> str:
+    """TOML tables from `--set SECTION.KEY=VALUE` items (VALUE as TOML): `uplink.max_body_bytes=65536`."""
+    tables: dict[str, list[str]] = {}
+    for item in settings:
+        name, equals, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not (equals and dot and section and key and value.strip()):
+            raise SystemExit(f"--set {item!r}: expected SECTION.KEY=VALUE")
+        if section in ("gateway", "listen", "journal", "lot"):
+            raise SystemExit(f"--set {item!r}: the benchmark sets [{section}] itself")
+        tables.setdefault(section, []).append(f"{key.strip()} = {value.strip()}")
+    return "".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in tables.items())
+
+
+def gateway_config(work: Path, uplink: int, downlink: int, api: int, settings: list[str]) -> str:
+    """The gateway's configuration: loopback ports, fsync "always", P001-P003, and the `--set` tables."""
     real = nacl.pwhash.argon2id.str(
         REAL_PASSWORD.encode(),
         opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
@@ -720,7 +735,8 @@ def gateway_config(work: Path, uplink: int, downlink: int, api: int) -> str:
         f'downlink = "tcp:{downlink}:interface=127.0.0.1"\n'
         f'api = "tcp:{api}:interface=127.0.0.1"\n'
         f'[journal]\npath = "{work}/journal"\nfsync = "always"\n'
-        f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\n'
+        + settings_toml(settings)
+        + f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\n'
         f'secret = "{HONEST_SECRET}"\n'
         f'[[lot]]\npark_code = "P002"\nusername = "lot002"\npassword = "{real}"\n'
         f'[[lot]]\npark_code = "P003"\nusername = "lot003"\npassword = "{CHEAP_HASH}"\n'
@@ -745,6 +761,13 @@ def main() -> None:
     parser.add_argument("--again", type=float, help="seconds measured quiet after the attack (15; quick 2)")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under attack")
     parser.add_argument("--keep", action="store_true", help="keep the gateway's directory (log, journal)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a gateway setting to measure with (VALUE as TOML), e.g. uplink.max_body_bytes=1048576",
+    )
     parser.add_argument("--stop-wait", type=float, default=30.0, help="seconds a stop may take before kill")
     attack_arguments(parser)
     args = parser.parse_args()
@@ -758,7 +781,7 @@ def main() -> None:
     uplink, downlink, api = free_port(), free_port(), free_port()
     phase = Phase()
     try:
-        with gateway(work, gateway_config(work, uplink, downlink, api), uplink) as server:
+        with gateway(work, gateway_config(work, uplink, downlink, api, args.set), uplink) as server:
             wait_for(downlink, server)
             figures = measure(server.pid, work, uplink, downlink, connections, phase, args)
             figures.update(stop(server, args.stop_wait))
@@ -863,6 +886,7 @@ def measure(
     rss_quiet = percentile((s[1] - s[2] for s in sampler.samples if s[0] == "quiet"), 0.5)
     figures: dict[str, Any] = {
         "quick": args.quick,
+        "settings": args.set,
         "rate": args.rate,
         "seconds": {"quiet": args.quiet, "ramp": args.ramp, "attack": args.attack},
         "connections": connections,

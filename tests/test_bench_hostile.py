@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import urllib.parse
 from typing import Any
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from bench.hostile import (
@@ -21,6 +23,7 @@ from bench.hostile import (
     latency,
     memory,
     percentile,
+    settings_toml,
     source_address,
 )
 
@@ -162,3 +165,13 @@ def test_figures_read_percentiles_failures_and_targets() -> None:
     }
     assert assess(figures) == {"p99_ratio": True, "rss": False, "fds": True}
     assert assess({**figures, "honest_connect_failures": 1})["fds"] is False
+
+
+def test_settings_become_toml_tables_and_the_benchmarks_own_are_refused() -> None:
+    """`--set uplink.KEY=VALUE` items group into one table per section; [journal] and the like are its own."""
+    items = ["uplink.max_body_bytes=1048576", "tcp.max_unbound_bytes = 4096", "uplink.header_timeout=5"]
+    text = settings_toml(items)
+    assert text == "[uplink]\nmax_body_bytes = 1048576\nheader_timeout = 5\n[tcp]\nmax_unbound_bytes = 4096\n"
+    for wrong in ('journal.fsync="never"', "uplink.max_body_bytes", "max_body_bytes=1"):
+        with pytest.raises(SystemExit, match=re.escape(wrong)):
+            settings_toml([wrong])
