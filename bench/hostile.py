@@ -620,23 +620,24 @@ def memory(smaps: str) -> tuple[int, int]:
 
     libsodium maps each check's memory on its own (`mmap`, 64 MiB at the interactive
     limits `cpmictl passwd` uses) and unmaps it after: an anonymous read-write mapping
-    whose size is a multiple of 64 MiB (two side by side may be merged into one). Both
-    figures come from the one read, or a check ending between two reads would show
-    as 64 MiB of other memory.
+    of 64 MiB, which the kernel may merge with its neighbours (another check's, or a
+    smaller one). So each anonymous read-write mapping of 64 MiB or more counts as
+    Argon2id's for its whole 64 MiBs, up to what of it is resident. Both figures come
+    from the one read, or a check ending between two reads would show as 64 MiB of
+    other memory.
     """
-    total, argon2, candidate = 0, 0, False
+    total, argon2, whole, anonymous = 0, 0, 0, False
     for line in smaps.splitlines():
         first = line.split()
         if MAPPING.match(line):
-            candidate = first[1] == "rw-p" and len(first) == 5
+            anonymous = first[1] == "rw-p" and len(first) == 5
         elif first[0] == "Size:":
-            kib = int(first[1])
-            candidate = candidate and kib > 0 and kib % ARGON2_KIB == 0
+            whole = int(first[1]) // ARGON2_KIB * ARGON2_KIB if anonymous else 0
         elif first[0] == "Rss:":
-            total += int(first[1]) * 1024
-            if candidate:
-                argon2 += int(first[1]) * 1024
-            candidate = False
+            kib = int(first[1])
+            total += kib * 1024
+            argon2 += min(kib, whole) * 1024
+            whole = 0
     return total, argon2
 
 
