@@ -60,9 +60,9 @@ from bench.harness import (
 )
 from gateway.cloud.httpsig import content_digest
 from gateway.config import CloudConfig
+from gateway.journal.kinds import UPLINK_RECORD
 from gateway.journal.writer import Journal
 from gateway.keys import public_key_b64, write_signing_key
-from gateway.lots.uplink import UPLINK_RECORD
 from tests.journal.helpers import ManualRunner
 from tests.protocol.samples import SAMPLES
 

@@ -40,8 +40,9 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from gateway.journal.integrity import verify_journal
+from gateway.journal.kinds import SEAL_RECORD
 from gateway.journal.record import GENESIS_CHAIN, encode_line, format_ts
-from gateway.journal.seals import SEAL_RECORD, seal_body
+from gateway.journal.seals import seal_body
 from gateway.journal.segments import list_segments, segment_name
 
 ROOT = Path(__file__).parent.parent

@@ -43,9 +43,10 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from bench.harness import BENCH_PASSWORD, CHEAP_HASH, ENV, metric
-from gateway.client import DownlinkReply, envelope_text, reply_text
 from gateway.heap import SETTLE_AFTER
+from gateway.protocol.envelope import response_text, signed_request_text
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
+from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign
 
 SECRET = "bench-secret"
@@ -100,7 +101,10 @@ def gateway_config(work: Path, *, uplink: int, downlink: int, api: int, lots: in
         f'downlink = "tcp:{downlink}:interface=127.0.0.1"\n'
         f'api = "tcp:{api}:interface=127.0.0.1"\n'
         f'[journal]\npath = "{work}/journal"\nfsync = "always"\n'
-        f'[cloud]\napi_token = "{API_TOKEN}"\n' + lots_config(lots)
+        f'[cloud]\napi_token = "{API_TOKEN}"\n'
+        # Every bench lot connects from 127.0.0.1 at once: more than one address may have unbound.
+        f"[uplink]\nmax_connections_per_peer = {lots + 64}\nmax_connections = {max(20000, 2 * lots)}\n"
+        + lots_config(lots)
     )
 
 
@@ -143,7 +147,7 @@ class FleetLot(Protocol):
         fleet = self.fleet
         fleet.counters["connects"] += 1
         data = compact({"parkUserName": username(self.index), "parkUserPwd": fleet.password})
-        text = envelope_text("login", f"login-{self.index}", "", fleet.secret, data)
+        text = signed_request_text("login", f"login-{self.index}", "", fleet.secret, data)
         self.transport.write(encode_json_frame(text))  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
@@ -194,13 +198,15 @@ class FleetLot(Protocol):
         answer: dict[str, object] = {}
         if fields is not None and isinstance(data, dict):
             answer = {fields[0]: data.get(fields[0], ""), fields[1]: 1}
-        text = reply_text(code, str(message.get("oprNum")), token, fleet.secret, DownlinkReply(data=answer))
+        text = response_text(
+            code, str(message.get("oprNum")), Result.OK.code, Result.OK.text, answer, token, fleet.secret
+        )
         fleet.counters["replies"] += 1
         self.transport.write(encode_json_frame(text))  # type: ignore[union-attr]
 
     def heartbeat(self, opr: str) -> None:
         """Send one heartbeat request."""
-        text = envelope_text("heartbeat", opr, self.token, self.fleet.secret, "{}")
+        text = signed_request_text("heartbeat", opr, self.token, self.fleet.secret, "{}")
         self.transport.write(encode_json_frame(text))  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

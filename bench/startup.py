@@ -37,6 +37,7 @@ from twisted.internet.task import Clock
 
 from bench.harness import CHEAP_HASH, ENV, free_port, twistd_command, write_result
 from gateway.cloud.progress import Progress
+from gateway.journal.kinds import CHECKPOINT_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import GENESIS_CHAIN, Record, encode_line, format_ts
 from gateway.journal.segments import segment_name
@@ -44,7 +45,7 @@ from gateway.journal.writer import Journal
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.state import CHECKPOINT_RECORD, StartState, rebuild, restore_at_start
+from gateway.state import StartState, rebuild, restore_at_start
 from tests.journal.helpers import ManualRunner
 from tests.lots.harness import ZONE
 

@@ -1,4 +1,9 @@
-"""The TOML configuration (CONTRACT §8) as frozen values.
+"""The TOML configuration (CONTRACT §8): read, checked, and made frozen values.
+
+The values (`Config`, `LotConfig`, ...) are `gateway.settings`'; they are
+re-exported here for the readers of a configuration (the plugin, cpmictl).
+Checking a lot needs its dialect, so this module imports `gateway.dialects`;
+the dialects and the lots import `gateway.settings`, never this module.
 
 Every problem is reported as one line naming the key, in jq's path syntax with
 0-based indexes: `lot[0].password: not an argon2id hash` is the first `[[lot]]`.
@@ -16,22 +21,34 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from functools import cached_property
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from attrs import evolve, field, frozen
+from attrs import evolve
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
+from gateway.dialects import DialectConflict, installed
 from gateway.protocol.catalog import DeliveryClass, lookup
+from gateway.protocol.signing import SIGNATURE_MODES
+from gateway.settings import (
+    ApiClient,
+    CloudConfig,
+    Config,
+    ConfigError,
+    GatewayConfig,
+    JournalConfig,
+    ListenConfig,
+    LotConfig,
+    TcpConfig,
+    UplinkConfig,
+)
 
 T = TypeVar("T")
 
 FSYNC_MODES = ("always", "interval", "never")
 SINKS = ("log-only", "cloudevents", "t002")
-SIGNATURE_MODES = ("required", "optional", "off")
 ROLES = ("read", "command", "sync", "admin")
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -41,165 +58,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # cloud.downlink as host:port (a name or IPv4 address) or [IPv6 address]:port.
 _HOST_PORT = re.compile(r"(?P<host>[^\s:\[\]/\\=]+):(?P<port>[0-9]+)")
 _BRACKETED_HOST_PORT = re.compile(r"\[(?P<host>[^\]]+)\]:(?P<port>[0-9]+)")
-
-
-class ConfigError(Exception):
-    """A configuration problem; `str()` is the one line to show the operator."""
-
-
-@frozen
-class GatewayConfig:
-    id: str
-    timezone: ZoneInfo
-    signing_key: str
-
-
-@frozen
-class ListenConfig:
-    uplink: str
-    downlink: str
-    api: str
-    # The endpoints of the dialects' own listeners: [listen] bolink = "tcp:6789".
-    dialects: tuple[tuple[str, str], ...] = ()
-
-    def endpoint(self, name: str) -> str | None:
-        """The endpoint configured for the listener `name`, or None."""
-        if name in ("uplink", "downlink", "api"):
-            return str(getattr(self, name))
-        return dict(self.dialects).get(name)
-
-
-@frozen
-class JournalConfig:
-    path: str
-    fsync: str
-    segment_bytes: int
-    interval: float
-    # A seal record signs the chain head every seal_interval seconds, or after
-    # seal_records records, whichever comes first (when anything was appended).
-    seal_interval: float = 60.0
-    seal_records: int = 10_000
-    # Below this many free bytes on the journal's file system, appends are refused.
-    min_free_bytes: int = 64 * 2**20
-    # A checkpoint record (what start-up rebuilds) after this many records, and at stop.
-    checkpoint_records: int = 100_000
-    # Retention: the oldest segments go once the journal is larger than retain_bytes
-    # or their records older than retain_days (0: no limit), unless still needed.
-    retain_bytes: int = 0
-    retain_days: float = 0.0
-
-
-@frozen
-class UplinkConfig:
-    """The HTTP listeners' bounds against hostile and faulty clients (CONTRACT §4)."""
-
-    max_body_bytes: int
-    # Seconds a client has to send its whole request head; then it is closed.
-    header_timeout: int = 10
-    # Bytes a second a body must arrive at, once header_timeout has passed.
-    min_body_rate: int = 1024
-    # Open connections from one peer address, and in all, on the uplink port.
-    max_connections_per_peer: int = 64
-    max_connections: int = 20000
-    # Logins waiting for a password check; more are answered 9999 "busy, retry".
-    max_pending_logins: int = 256
-    # The command API's own, smaller body limit and connection cap, so operators
-    # always reach /healthz while the uplink port is flooded.
-    api_max_body_bytes: int = 2**20
-    api_max_connections: int = 256
-
-
-@frozen
-class TcpConfig:
-    read_idle: int
-    write_idle: int
-    all_idle: int
-    bind_timeout: int
-    max_frame_bytes: int
-    # Bytes a connection may send before it binds; then it is closed (CONTRACT §4).
-    max_unbound_bytes: int = 65536
-
-
-@frozen
-class CloudConfig:
-    sink: str
-    # cloudevents: the events endpoint; t002: the upstream platform's uplink URL.
-    url: str
-    # t002 only: the upstream's TCP downlink as written (host:port, tcp:..., tls:...).
-    downlink: str
-    query_url: str
-    api_token: str = field(repr=False)
-    # t002 only: cloud.downlink as a Twisted client endpoint description, for
-    # endpoints.clientFromString (host:port becomes tcp:host=H:port=P); "" otherwise.
-    downlink_endpoint: str = ""
-    # Forwarding (sink "cloudevents"): a batch is sent once it holds
-    # batch_max_events events or batch_max_bytes of body, or batch_max_delay
-    # seconds after its first event; retries back off from retry_min_delay,
-    # doubling up to retry_max_delay, each wait drawn between half and all of it.
-    # Sink t002 forwards each uplink as its own request, retried like events (CONTRACT §6).
-    batch_max_events: int = 500
-    batch_max_bytes: int = 2**20
-    batch_max_delay: float = 0.1
-    retry_min_delay: float = 0.5
-    retry_max_delay: float = 60.0
-    request_timeout: float = 30.0
-
-
-@frozen
-class ApiClient:
-    name: str
-    token_sha256: str
-    roles: tuple[str, ...]
-
-
-@frozen
-class LotConfig:
-    park_code: str
-    username: str
-    password: str
-    signature: str
-    secret: str = field(repr=False)
-    dialect: str
-    # Sink t002: the account this lot logs in with upstream, and its key-pool secret there.
-    upstream_username: str
-    upstream_password: str = field(repr=False)
-    upstream_secret: str = field(repr=False)
-
-
-@frozen
-class Config:
-    gateway: GatewayConfig
-    listen: ListenConfig
-    journal: JournalConfig
-    uplink: UplinkConfig
-    tcp: TcpConfig
-    cloud: CloudConfig
-    api_clients: tuple[ApiClient, ...]
-    lots: tuple[LotConfig, ...]
-    # [deadlines]: seconds per downlink or query code, overriding CONTRACT §3's table.
-    deadline_overrides: tuple[tuple[str, float], ...] = ()
-
-    @property
-    def deadlines(self) -> dict[str, float]:
-        """The configured deadline overrides, by interface code."""
-        return dict(self.deadline_overrides)
-
-    @cached_property
-    def _by_username(self) -> dict[str, LotConfig]:
-        # Lots of a dialect that logs in without an account have no username.
-        return {lot.username: lot for lot in self.lots if lot.username}
-
-    @cached_property
-    def _by_park(self) -> dict[str, LotConfig]:
-        return {lot.park_code: lot for lot in self.lots}
-
-    def lot_by_username(self, username: str) -> LotConfig | None:
-        """The lot whose login account is `username` (asked on every request: a dict lookup)."""
-        return self._by_username.get(username)
-
-    def lot_by_park(self, park_code: str) -> LotConfig | None:
-        """The lot whose park code is `park_code`."""
-        return self._by_park.get(park_code)
 
 
 class _Table:
@@ -305,6 +163,40 @@ def resolve_secret(value: str, environ: Mapping[str, str]) -> str:
             raise ConfigError(f"cannot read file {path}: not UTF-8 text") from None
         return text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
     return value
+
+
+def _token_file(cloud: CloudConfig) -> str:
+    """cloud.api_token read from cloud.api_token_file; "" while the file does not exist yet."""
+    if cloud.api_token:
+        raise ConfigError("cloud.api_token_file: set either api_token or api_token_file, not both")
+    if not os.path.exists(cloud.api_token_file):
+        return ""  # created at first start (gateway.tap)
+    try:
+        token = resolve_secret(f"file:{cloud.api_token_file}", {})
+    except ConfigError as error:
+        raise ConfigError(f"cloud.api_token_file: {error}") from None
+    if not token:
+        raise ConfigError(f"cloud.api_token_file: {cloud.api_token_file} is empty")
+    return token
+
+
+CONFIG_ENVIRONMENT = "CPMI_GATEWAY_CONFIG"
+"""The environment variable naming the configuration file when --config does not."""
+SYSTEM_CONFIG = "/etc/cpmi-gateway/gateway.toml"
+LOCAL_CONFIG = "conf/gateway.toml"
+CONFIG_SEARCH = f"${CONFIG_ENVIRONMENT}, else {SYSTEM_CONFIG} if it exists, else {LOCAL_CONFIG}"
+"""Where the gateway and cpmictl look for the configuration without --config, for --help."""
+
+
+def find_config(given: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The configuration file to read: `given` (--config), else $CPMI_GATEWAY_CONFIG,
+    else /etc/cpmi-gateway/gateway.toml if it exists, else conf/gateway.toml."""
+    if given:
+        return given
+    named = (os.environ if environ is None else environ).get(CONFIG_ENVIRONMENT, "")
+    if named:
+        return named
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else LOCAL_CONFIG
 
 
 def _downlink_endpoint(value: str) -> str:
@@ -443,6 +335,7 @@ def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
         downlink=table.text("downlink", ""),
         query_url=table.text("query_url", "", _http_url),
         api_token=table.secret("api_token", environ),
+        api_token_file=table.text("api_token_file", ""),
         batch_max_events=table.number("batch_max_events", 500, 1),
         batch_max_bytes=table.number("batch_max_bytes", 2**20, 1024),
         batch_max_delay=_seconds(table, "batch_max_delay", 0.1, allow_zero=True),
@@ -453,6 +346,8 @@ def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
     table.done()
     if sink in ("cloudevents", "t002") and not url:
         raise ConfigError(f"cloud.url: required with sink {sink!r}")
+    if result.api_token_file:
+        result = evolve(result, api_token=_token_file(result))
     if sink == "t002":
         if not result.downlink:
             raise ConfigError("cloud.downlink: required with sink 't002' (the upstream's TCP host:port)")
@@ -521,6 +416,7 @@ def _lot(index: int, raw: object, dialects: tuple[str, ...], environ: Mapping[st
         upstream_username=table.text("upstream_username", ""),
         upstream_password=table.secret("upstream_password", environ),
         upstream_secret=table.secret("upstream_secret", environ),
+        framing=table.choice("framing", "cloud", ("cloud", "lines")),
     )
     table.done()
     return result
@@ -559,9 +455,6 @@ def _unique(items: tuple[T, ...], prefix: str, attribute: str) -> None:
 
 
 def _installed_dialects() -> Mapping[str, Any]:
-    # Imported here: the dialects import the lot side, which imports this module.
-    from gateway.dialects import DialectConflict, installed
-
     try:
         return installed()
     except DialectConflict as error:

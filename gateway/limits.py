@@ -1,4 +1,4 @@
-"""The process's file-descriptor limit: raised to the hard limit at start, so lots are not refused early.
+"""The process's file descriptors: its limit raised at start, and each listener's connections capped.
 
 Every bound lot holds a TCP connection, and each connection is a file
 descriptor. Many systems start services with a soft limit of 1024, which
@@ -9,11 +9,34 @@ more; the soft limit is the process's own to raise up to the hard one.
 from __future__ import annotations
 
 import resource
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 from attrs import frozen
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 
-__all__ = ["RESERVED", "FdLimit", "raise_fd_limit"]
+from gateway.logs import ECHO_CHARS, clip
+
+__all__ = [
+    "REFUSALS",
+    "RESERVED",
+    "ConnectionGuard",
+    "FdLimit",
+    "GuardCollector",
+    "GuardedFactory",
+    "peer_host",
+    "proxied",
+    "raise_fd_limit",
+    "register_guards",
+]
+
+_log = Logger()
 
 RESERVED = 64
 """Descriptors kept for what is not a lot: listeners, journal segments, the cloud, threads."""
@@ -59,3 +82,245 @@ def raise_fd_limit(limits: Limits = resource) -> FdLimit:
     except (ValueError, OSError) as error:
         return FdLimit(soft, soft, hard, str(error))
     return FdLimit(soft, target, hard)
+
+
+# Connections: how many one listener holds, by peer address and in all (CONTRACT §4).
+
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two log lines of one kind of refusal on a listener: a flood is a line a minute."""
+
+REFUSALS = ("per_peer", "total", "header_timeout", "body_rate", "body_size")
+"""What a listener refuses: a connection over a cap, a head or a body too slow, a body too large."""
+
+_REFUSAL_TEXT = {
+    "per_peer": "connections from one peer over max_connections_per_peer ({limit})",
+    "total": "connections over the listener's cap ({limit})",
+    "header_timeout": "connections whose request head took over {limit} s",
+    "body_rate": "connections whose body came slower than {limit} bytes/s",
+    "body_size": "request bodies over {limit} bytes (413)",
+}
+
+
+def proxied(description: str) -> bool:
+    """Whether a listener's endpoint description takes the PROXY protocol (`haproxy:...`, CONTRACT §9)."""
+    return description.strip().lower().startswith("haproxy:")
+
+
+def peer_host(address: object) -> str:
+    """The part of a peer's address connections are counted by: its IP address (a UNIX socket: "unix")."""
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else type(address).__name__
+
+
+class ConnectionGuard:
+    """One listener's open connections against its caps, and what it refused.
+
+    `admit` is asked as a connection is accepted and `release` told as it
+    closes (`settle` takes one out of its peer's count early: a TCP lot that
+    has bound); `refused` counts each kind of refusal (`REFUSALS`) for the
+    metrics, and `note` logs them as a ``connection.refused`` event at most
+    once a `REFUSAL_LOG_INTERVAL` per kind, so a flood cannot fill the log.
+
+    Behind a PROXY-protocol balancer (`proxied`) the address a connection is
+    accepted from is the balancer's: its peer is counted once known, by `place`.
+    """
+
+    def __init__(
+        self,
+        listener: str,
+        *,
+        clock: Any,
+        max_per_peer: int,
+        max_total: int,
+        proxied: bool = False,
+    ) -> None:
+        self.listener = listener
+        self.max_per_peer = max_per_peer
+        self.max_total = max_total
+        self.proxied = proxied
+        self.open = 0
+        self.by_peer: dict[str, int] = {}
+        self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+        self._clock = clock
+        self._unlogged: dict[str, int] = dict.fromkeys(REFUSALS, 0)
+        self._logged_at: dict[str, float] = {}
+
+    def admit(self, address: object) -> str | None:
+        """Count a connection accepted from `address`: the host it is counted by ("" until placed), or None.
+
+        None means a cap is reached: the caller closes the connection at once.
+        """
+        if self.open >= self.max_total:
+            self.note("total", peer_host(address), self.max_total)
+            return None
+        host = ""
+        if not self.proxied:
+            host = peer_host(address)
+            if not self._add_peer(host):
+                return None
+        self.open += 1
+        return host
+
+    def place(self, address: object) -> str | None:
+        """Count a proxied connection under its peer, known now: the host, or None if over the cap."""
+        host = peer_host(address)
+        return host if self._add_peer(host) else None
+
+    def release(self, host: str | None) -> None:
+        """A connection `admit` counted (under `host`, "" if never placed) has closed."""
+        if host is None:
+            return
+        self.open -= 1
+        if host:
+            self.settle(host)
+
+    def settle(self, host: str) -> None:
+        """A connection counted under `host` no longer counts there (it stays in the total)."""
+        left = self.by_peer[host] - 1
+        if left:
+            self.by_peer[host] = left
+        else:
+            del self.by_peer[host]
+
+    def _add_peer(self, host: str) -> bool:
+        count = self.by_peer.get(host, 0)
+        if count >= self.max_per_peer:
+            self.note("per_peer", host, self.max_per_peer)
+            return False
+        self.by_peer[host] = count + 1
+        return True
+
+    def note(self, kind: str, peer: str, limit: float) -> None:
+        """Count one refusal of `kind` (from `peer`); log them at most once a `REFUSAL_LOG_INTERVAL`."""
+        self.refused[kind] += 1
+        self._unlogged[kind] += 1
+        now = self._clock.seconds()
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        count = self._unlogged[kind]
+        self._unlogged[kind] = 0
+        self._logged_at[kind] = now
+        _log.warn(
+            "{listener}: refused {count} " + _REFUSAL_TEXT[kind] + ", the last from {peer}",
+            event="connection.refused",
+            listener=self.listener,
+            limit=limit,
+            refusal=kind,
+            count=count,
+            peer=clip(peer, 2 * ECHO_CHARS),
+            park="",
+            code="",
+            result=kind,
+            reason=f"{self.listener}: {count} refused, {kind} (limit {limit}), the last from {clip(peer)}",
+        )
+
+
+class _GuardedProtocol(ProtocolWrapper):
+    """Counts its connection in the guard: under its peer while its lot is unbound, in all until it closes."""
+
+    factory: GuardedFactory
+    host: str | None = None
+    """The host its per-peer count is held under ("" when none is), None once released."""
+    _settled = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._settled:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self.host == "" and not self._place():
+            return
+        inner = self.wrappedProtocol
+        inner.dataReceived(data)
+        if getattr(inner, "bound_at", None) is not None:
+            # Its lot has bound: the per-peer cap is for connections that have not.
+            self._settled = True
+            if self.host:
+                self.factory.guard.settle(self.host)
+                self.host = ""
+
+    def _place(self) -> bool:
+        """A proxied connection's peer is known once the PROXY header is read: count it there."""
+        host = self.factory.guard.place(self.getPeer())
+        if host is None:
+            self.abortConnection()
+            return False
+        self.host = host
+        return True
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.guard.release(self.host)
+        self.host = None
+        super().connectionLost(reason)
+
+
+class GuardedFactory(WrappingFactory):
+    """A lot-facing TCP listener's factory under a `ConnectionGuard`: over a cap, a new connection is closed.
+
+    For the TCP downlink and dialect listeners, whose traffic is a few frames a
+    minute a lot, so the wrapper's layer costs nothing that matters; the HTTP
+    uplink counts in its channel instead (`gateway.lots.http`). Twisted's own
+    `policies.LimitConnectionsByPeer` reads addresses as tuples (which they no
+    longer are) and has no total cap.
+
+    Many lots may share one address (a NAT, one server running several lots'
+    software) and each holds its connection for good, so here the per-peer cap
+    counts connections whose lot has not bound yet: those an attacker can
+    open. A lot-side protocol tells it has bound by setting `bound_at` (as
+    `gateway.lots.tcp.DownlinkProtocol` and the bolink connection do).
+    """
+
+    protocol = _GuardedProtocol
+
+    def __init__(self, wrappedFactory: Any, guard: ConnectionGuard) -> None:
+        super().__init__(wrappedFactory)
+        self.guard = guard
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = self.guard.admit(addr)
+        if host is None:
+            return None
+        protocol = super().buildProtocol(addr)
+        if not isinstance(protocol, _GuardedProtocol):
+            self.guard.release(host)
+            return None
+        protocol.host = host
+        return protocol
+
+
+class GuardCollector(Collector):
+    """The listeners' guards as Prometheus metrics: open connections and refusals by kind."""
+
+    def __init__(self, guards: Sequence[ConnectionGuard]) -> None:
+        self._guards = guards
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        open_ = GaugeMetricFamily(
+            "cpmi_listener_connections", "Connections open on a listener.", labels=["listener"]
+        )
+        refused = CounterMetricFamily(
+            "cpmi_listener_refused",
+            "Connections or requests a listener refused, by limit: per_peer, total (caps), "
+            "header_timeout, body_rate (too slow), body_size (413).",
+            labels=["listener", "limit"],
+        )
+        if not describing:
+            for guard in self._guards:
+                open_.add_metric([guard.listener], guard.open)
+                for kind, count in guard.refused.items():
+                    refused.add_metric([guard.listener, kind], count)
+        yield open_
+        yield refused
+
+
+def register_guards(registry: CollectorRegistry, guards: Sequence[ConnectionGuard]) -> GuardCollector:
+    """Expose the listeners' guards on `registry`."""
+    collector = GuardCollector(guards)
+    registry.register(collector)
+    return collector

@@ -3,7 +3,8 @@ The gateway's log: operational events, a JSON-lines observer, and the last rejec
 
 Every operational event is a ``twisted.logger`` event with an ``event`` key
 naming it (``lot.online``, ``lot.offline``, ``lot.rejected``, ``cloud.retrying``,
-``cloud.recovered``, ``cloud.rejected``, ``config.reloaded``, ``config.refused``)
+``cloud.recovered``, ``cloud.rejected``, ``config.reloaded``, ``config.refused``,
+``connection.refused``)
 and its facts as keys; its ``log_format`` reads well in twistd's text log.
 
 ``twistd -n cpmi-gateway --log-format json`` writes the log as JSON lines
@@ -26,6 +27,7 @@ from itertools import islice
 from typing import IO, Any, cast
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IAddress
 from twisted.logger import ILogObserver, LogEvent, Logger, formatEvent
 from twisted.python import usage
 from twisted.python.components import Componentized
@@ -36,11 +38,15 @@ from gateway.protocol.redact import REDACTED, SECRET_FIELDS, redact
 from gateway.protocol.times import utc_rfc3339
 
 __all__ = [
+    "ECHO_CHARS",
     "LOG_FORMATS",
+    "REASON_CHARS",
     "RecentRejections",
     "WithLogObserver",
     "as_json",
     "check_log_format",
+    "clip",
+    "describe",
     "is_secret_name",
     "json_observer",
     "log_stream",
@@ -51,15 +57,23 @@ __all__ = [
 LOG_FORMATS = ("text", "json")
 """The choices of the plugin's ``--log-format``."""
 
+ECHO_CHARS = 36
+"""The most of a refused value (code, park, oprNum) a log line or the status page repeats (CONTRACT §4)."""
+REASON_CHARS = 240
+"""The most of a refusal's reason kept: room to name a field and echo 36 characters of it."""
+KEPT_REJECTIONS = 200
+"""How many rejections `RecentRejections` keeps by default."""
+
 _SECRET_NAME = re.compile(r"password|passwd|pwd|token|secret|authorization|api[_-]?key", re.IGNORECASE)
 # What the JSON line says itself; an event's own key of the same name is written with a "_" after it.
 _OWN = frozenset({"time", "level", "namespace", "event", "message", "traceback"})
 # Keys twisted.python.log.msg adds to its events (they are marked by "isError").
 _LEGACY = frozenset({"message", "isError", "system", "time", "format", "why", "failure", "printed"})
 _MAX_DEPTH = 20
-_KEPT = frozenset({"lot.rejected", "cloud.rejected", "config.refused"})
+_CLIP_MARK = re.compile(r"…\(\+[0-9]+\)")
+_KEPT = frozenset({"lot.rejected", "cloud.rejected", "config.refused", "connection.refused"})
 # The facts RecentRejections keeps beside time, event, park, code, result and reason, when present.
-_KEPT_FACTS = ("peer", "dialect", "via", "status", "count", "first", "last", "source", "file")
+_KEPT_FACTS = ("peer", "dialect", "via", "status", "count", "first", "last", "source", "file", "listener")
 
 
 def is_secret_name(name: str) -> bool:
@@ -89,6 +103,18 @@ def _hides(name: object, value: object, top: bool = False) -> bool:
 def _redacted(value: object) -> object:
     """`value` with every secret-named member of its dicts replaced; the same object when there is none."""
     return redact(value, _hides, _MAX_DEPTH)
+
+
+def clip(value: object, limit: int = ECHO_CHARS) -> str:
+    """`value` as text of at most `limit` characters, plus a mark saying how many more there were.
+
+    Whatever an unauthenticated peer sends is logged and kept through this:
+    a 5 MiB `code` is logged as its first 36 characters and ``…(+5242844)``.
+    """
+    text = value if isinstance(value, str) else _text(value)
+    if len(text) <= limit or _CLIP_MARK.fullmatch(text, limit):
+        return text  # short, or clipped at this limit already
+    return f"{text[:limit]}…(+{len(text) - limit})"
 
 
 def _text(value: object) -> str:
@@ -205,7 +231,13 @@ def lot_rejected(
     `park` is "" when unknown, `code` the interface (or the dialect's message),
     `result` the four-digit result code, `reason` the answer's message, `via`
     "http", "tcp" or the dialect's name; `peer` is written when known.
+
+    What the peer sent may be any size: the park, the code and the peer are
+    written as their first `ECHO_CHARS` characters (CONTRACT §4), the reason as
+    its first `REASON_CHARS`, so one line is a few hundred bytes whatever came.
     """
+    park, code, peer = clip(park), clip(code), clip(peer, 2 * ECHO_CHARS)
+    reason, dialect, via = clip(reason, REASON_CHARS), clip(dialect), clip(via)
     text = "refused {code}" if code else "refused a message"
     if park:
         text += " of lot {park}"
@@ -228,11 +260,14 @@ def lot_rejected(
 class RecentRejections:
     """The last `maxlen` rejections, for a status page: a small JSON-safe dict of each.
 
-    Add it to the log publisher; it keeps ``lot.rejected``, ``cloud.rejected``
-    and ``config.refused`` events and lets the others pass.
+    Add it to the log publisher; it keeps ``lot.rejected``, ``cloud.rejected``,
+    ``config.refused`` and ``connection.refused`` events and lets the others pass. Each entry is
+    bounded whoever logged the event: its values are text of at most
+    `ECHO_CHARS` characters (the reason `REASON_CHARS`), numbers or booleans,
+    so the list holds at most about `maxlen` × 1 KiB.
     """
 
-    def __init__(self, maxlen: int = 200) -> None:
+    def __init__(self, maxlen: int = KEPT_REJECTIONS) -> None:
         self._kept: deque[dict[str, object]] = deque(maxlen=maxlen)
 
     def __call__(self, event: LogEvent) -> None:
@@ -244,14 +279,14 @@ class RecentRejections:
         summary: dict[str, object] = {
             "time": event.get("log_time"),
             "event": name,
-            "park": _jsonable(safe.get("park", "")),
-            "code": _jsonable(safe.get("code", "")),
-            "result": _jsonable(safe.get("result", "")),
-            "reason": _jsonable(reason) if reason is not None else formatEvent(safe),
+            "park": _kept_fact(safe.get("park", ""), ECHO_CHARS),
+            "code": _kept_fact(safe.get("code", ""), ECHO_CHARS),
+            "result": _kept_fact(safe.get("result", ""), ECHO_CHARS),
+            "reason": clip(reason if reason is not None else formatEvent(safe), REASON_CHARS),
         }
         for key in _KEPT_FACTS:
             if key in safe:
-                summary[key] = _jsonable(safe[key])
+                summary[key] = _kept_fact(safe[key], 2 * ECHO_CHARS)
         self._kept.append(summary)
 
     def recent(self, limit: int = 50) -> list[dict[str, object]]:
@@ -260,6 +295,17 @@ class RecentRejections:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+def _kept_fact(value: object, limit: int) -> object:
+    """A rejection's fact as kept: a number or boolean as it is, else text of `limit` characters."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else clip(value, limit)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    return clip(value, limit)
 
 
 # twistd
@@ -315,3 +361,12 @@ class WithLogObserver(MultiService):
         if isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self._observer())
         super().setServiceParent(parent)
+
+
+def describe(address: IAddress) -> str:
+    """`host:port` of a peer address, or its repr for other kinds of address."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"{host}:{port}"
+    return repr(address)

@@ -29,14 +29,14 @@ from twisted.internet.defer import Deferred, DeferredLock, gatherResults, maybeD
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, ConfigError, LotConfig
-from gateway.lots.sessions import TOKEN_REVOKED_RECORD
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import RELOAD_RECORD, TOKEN_REVOKED_RECORD
+from gateway.settings import Config, ConfigError, LotConfig
 
-__all__ = ["RELOAD_RECORD", "Changes", "ReloadOutcome", "Reloader", "compare"]
+__all__ = ["Changes", "ReloadOutcome", "Reloader", "compare"]
 
 log = Logger()
 
-RELOAD_RECORD = "reload"
 
 # The sections read only at start, compared field by field to name what needs a restart.
 _AT_START = ("gateway", "listen", "journal", "uplink", "tcp", "cloud")
@@ -63,13 +63,6 @@ class TokenSessions(Protocol):
 
     def revoke(self, username: str) -> bool:
         """Take the account's token out of force; whether it had one."""
-
-
-class ReloadJournal(Protocol):
-    """The journal's append, firing once the record is durable."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Append one record."""
 
 
 @frozen
@@ -243,7 +236,7 @@ class Reloader:
         parts: Sequence[Reconfigurable],
         lots: LotConnections,
         sessions: TokenSessions,
-        journal: ReloadJournal,
+        journal: JournalAppend,
         served: frozenset[str],
     ) -> None:
         """`read` loads and checks the file (in a thread: it reads a file and parses it)."""

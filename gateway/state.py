@@ -28,24 +28,34 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
-from gateway.dialects.host import LEGACY_RECORD
+from gateway.cloud.progress import Progress
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import (
+    ANSWER_RECORD,
+    CHECKPOINT_RECORD,
+    FORWARDED_RECORD,
+    LEGACY_RECORD,
+    QUARANTINE_RECORD,
+    REJECTED_RECORD,
+    SYNC_DONE_RECORD,
+    SYNC_RECORD,
+    TOKEN_RECORD,
+    TOKEN_REVOKED_RECORD,
+    UPLINK_RECORD,
+)
 from gateway.journal.reader import Damage
 from gateway.journal.record import BadLine, Record, format_ts
-from gateway.journal.recovery import QUARANTINE_RECORD, Quarantine
+from gateway.journal.recovery import Quarantine
 from gateway.journal.scan import find_last, first_seq_since, scan_headers
 from gateway.journal.writer import Journal
 from gateway.lots.answers import OK, Answer
 from gateway.lots.parks import ParkTotals, park_total
 from gateway.lots.repeats import Repeats
-from gateway.lots.sessions import TOKEN_RECORD, TOKEN_REVOKED_RECORD, Sessions
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD
-from gateway.lots.uplink import ANSWER_RECORD, UPLINK_RECORD
+from gateway.lots.sessions import Sessions
 from gateway.protocol.results import Result
 from gateway.protocol.times import rfc3339_seconds
 
 __all__ = [
-    "CHECKPOINT_RECORD",
     "Checkpointer",
     "Restored",
     "StartState",
@@ -54,7 +64,6 @@ __all__ = [
     "restore_at_start",
 ]
 
-CHECKPOINT_RECORD = "checkpoint"
 CHECKPOINT_VERSION = 1
 
 log = Logger()
@@ -331,13 +340,11 @@ def restore_at_start(
     return Restored(state, used, from_seq, count)
 
 
-class CheckpointJournal(Protocol):
+class CheckpointJournal(JournalAppend, Protocol):
     """What the checkpointer needs of :class:`gateway.journal.writer.Journal`."""
 
     @property
     def commit_observers(self) -> list[Callable[[list[Record]], None]]: ...
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
 
 
 class Checkpointer:

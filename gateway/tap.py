@@ -4,43 +4,52 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
+from attrs import evolve
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, LoggingFile, globalLogPublisher
 from twisted.python import usage
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.server import Site
 
+from gateway import __version__
 from gateway.cloud.api import CommandApi
 from gateway.cloud.forwarder import Forwarder
-from gateway.cloud.metrics import observe_fsync, register_forwarder, register_space, register_upstream
+from gateway.cloud.metrics import (
+    observe_fsync,
+    register_forwarder,
+    register_logins,
+    register_space,
+    register_upstream,
+)
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.progress import Progress
 from gateway.cloud.query import QueryClient
 from gateway.cloud.status import StatusReport
-from gateway.config import Config, ConfigError, load
+from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter
 from gateway.dialects.interface import IDialectServer
 from gateway.dialects.standard import StandardServer
+from gateway.firststart import Fresh, create_token_file
 from gateway.heap import BindSettler, settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.retention import Retention
 from gateway.journal.sealer import Sealer
 from gateway.journal.space import SpaceWatch
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
-from gateway.limits import FdLimit, raise_fd_limit
+from gateway.limits import ConnectionGuard, FdLimit, GuardedFactory, proxied, raise_fd_limit, register_guards
 from gateway.logs import RecentRejections, WithLogObserver, check_log_format, json_observer, log_stream
-from gateway.lots.http import UnparsedBodyRequest
+from gateway.lots.http import GuardedSite, HttpLimits
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
@@ -50,6 +59,7 @@ from gateway.reload import Reloader, Sighup
 from gateway.state import Checkpointer, restore_at_start
 from gateway.upstream.forwarding import UpstreamQueries, UpstreamSink
 from gateway.upstream.lots import UpstreamLots
+from twisted import version as twisted_version
 
 log = Logger()
 
@@ -65,10 +75,10 @@ class Options(usage.Options):
         "Run cpmi-gateway, a T/CPMI 002-2018 gateway between parking-lot systems and an "
         "operator cloud. Everything it receives is stored in its replay journal before it "
         "is acknowledged. The configuration (TOML) names the listeners, the journal, the "
-        "cloud and the lots; see conf/gateway.toml."
+        "cloud and the lots; see conf/gateway.toml. Without --config it reads " + CONFIG_SEARCH + "."
     )
     optParameters = [
-        ["config", "c", "conf/gateway.toml", "The configuration file (TOML)."],
+        ["config", "c", None, f"The configuration file (TOML). [default: {CONFIG_SEARCH}]"],
         [
             "log-format",
             None,
@@ -79,8 +89,15 @@ class Options(usage.Options):
         ],
     ]
 
+    def opt_version(self) -> NoReturn:
+        """Print the gateway's version (and Twisted's) and exit."""
+        print(f"cpmi-gateway {__version__} (Twisted {twisted_version.short()})")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
-        """Refuse a --log-format other than text or json, or json where twistd cannot write it."""
+        """Find the configuration; refuse a --log-format other than text or json, or json where
+        twistd cannot write it."""
+        self["config"] = find_config(self["config"])
         parent = getattr(self, "parent", None)
         check_log_format(self["log-format"], parent if isinstance(parent, usage.Options) else None)
 
@@ -120,6 +137,27 @@ class _Gateway(MultiService):
     finished; ``MultiService`` alone would close it at once with the others.
     """
 
+    cannot_listen: Callable[[str, BaseException], NoReturn] | None = None
+    """Called with a listener's name and error when it cannot bind its port (see makeService)."""
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        for part in self:
+            self._starting(part, part.privilegedStartService)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        for part in self:
+            self._starting(part, part.startService)
+
+    def _starting(self, part: IService, start: Callable[[], None]) -> None:
+        try:
+            start()
+        except CannotListenError as error:
+            if self.cannot_listen is None or not isinstance(part, StreamServerEndpointService):
+                raise
+            self.cannot_listen(part.name or "?", error)
+
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
         journal, *others = list(self)
@@ -128,19 +166,41 @@ class _Gateway(MultiService):
 
 
 def _fail(error: str) -> SystemExit:
-    sys.stderr.write(f"cpmi-gateway: {error}\n")
+    # Once twistd logs, sys.stderr feeds its log: the operator's terminal is the original.
+    stream = sys.__stderr__ if isinstance(sys.stderr, LoggingFile) and sys.__stderr__ else sys.stderr
+    stream.write(f"cpmi-gateway: {error}\n")
+    stream.flush()
     return SystemExit(1)
 
 
+def _cause(error: BaseException) -> str:
+    """The operating system's words for why `error` happened, without Twisted's wrapping."""
+    reason = getattr(error, "socketError", None) or error
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return str(reason)
+
+
 def makeService(config: Options, reactor: Any = None) -> MultiService:
-    """Build the gateway from the configuration file; one line and exit 1 on a bad one."""
+    """Build the gateway from the configuration file; one line and exit 1 on a bad one.
+
+    A start that fails, here or while binding its ports, takes back what it
+    created (the key, the journal, the API token file) before it exits.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     try:
         settings = load(config["config"])
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    cloud = settings.cloud
+    fresh = Fresh.before([settings.gateway.signing_key, settings.journal.path, cloud.api_token_file])
+    where = "gateway.signing_key"
+    try:
         key, created = load_or_create_signing_key(settings.gateway.signing_key)
+        where = "journal.path"
         journal = Journal.open(
             settings.journal.path,
             reactor=reactor,
@@ -149,13 +209,53 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
             interval=settings.journal.interval,
             # The service tree closes it, last: the parts stopping before it still append.
             close_at_shutdown=False,
+            # Damage set aside at start-up is named by a recovery record signed like the seals.
+            signing_key=key,
+            gateway_id=settings.gateway.id,
         )
-    except (ConfigError, KeyFileError) as error:
+        where = "cloud.api_token_file"
+        token_created = bool(cloud.api_token_file) and not cloud.api_token
+        if token_created:
+            settings = evolve(
+                settings, cloud=evolve(cloud, api_token=create_token_file(cloud.api_token_file))
+            )
+        where = "journal.path"
+        service = build_service(settings, reactor, journal, key, config_path=config["config"])
+    except ConfigError as error:
+        fresh.undo()
         raise _fail(str(error)) from None
+    except KeyFileError as error:
+        fresh.undo()
+        raise _fail(f"gateway.signing_key: {error}") from None
     except OSError as error:
-        raise _fail(f"{error.filename or settings.journal.path}: {error.strerror or error}") from None
+        fresh.undo()
+        raise _fail(f"{where}: {error.filename or settings.journal.path}: {_cause(error)}") from None
     except (JournalWriteError, ChainError) as error:
-        raise _fail(f"journal {settings.journal.path}: {error}") from None
+        fresh.undo()
+        raise _fail(f"journal.path: {settings.journal.path}: {error}") from None
+
+    def cannot_listen(name: str, error: BaseException) -> NoReturn:
+        """A port that cannot be bound: one line naming its key, nothing left behind, exit 1."""
+        fresh.undo()
+        endpoint = settings.listen.endpoint(name)
+        raise _fail(f"listen.{name}: cannot listen on {endpoint}: {_cause(error)}")
+
+    service.cannot_listen = cannot_listen
+    # Said once the ports are bound: a start that fails before takes them back (Fresh).
+    reactor.callWhenRunning(_log_keys, settings, key, created, token_created)
+    log.info("cpmi-gateway {version}, configuration {path}", version=__version__, path=config["config"])
+    _log_fd_limit(raise_fd_limit())
+    reactor.callWhenRunning(settle_heap)
+    if config["log-format"] != "json":
+        return service
+    # twistd's options (--logfile, -n) are the parent of the plugin's when twistd runs it.
+    parent = getattr(config, "parent", None)
+    server_options = parent if isinstance(parent, usage.Options) else None
+    return WithLogObserver(service, lambda: json_observer(log_stream(server_options, reactor)))
+
+
+def _log_keys(settings: Config, key: SigningKey, created: bool, token_created: bool) -> None:
+    """Log the signing key's public key, and which of the key and the API token file this start made."""
     if created:
         log.info(
             "created the signing key {path}; its public key is {public_key}",
@@ -164,15 +264,11 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         )
     else:
         log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
-    _log_fd_limit(raise_fd_limit())
-    service = build_service(settings, reactor, journal, key, config_path=config["config"])
-    reactor.callWhenRunning(settle_heap)
-    if config["log-format"] != "json":
-        return service
-    # twistd's options (--logfile, -n) are the parent of the plugin's when twistd runs it.
-    parent = getattr(config, "parent", None)
-    server_options = parent if isinstance(parent, usage.Options) else None
-    return WithLogObserver(service, lambda: json_observer(log_stream(server_options, reactor)))
+    if token_created:
+        log.info(
+            "created the API token file {path}: its content is a bearer token with every role",
+            path=settings.cloud.api_token_file,
+        )
 
 
 def _log_fd_limit(limit: FdLimit) -> None:
@@ -219,7 +315,7 @@ class _CloudClient:
 
 def build_service(
     settings: Config, reactor: Any, journal: Journal, key: SigningKey, config_path: str | None = None
-) -> MultiService:
+) -> _Gateway:
     """Wire the parts of the gateway around an open journal and the gateway's signing key.
 
     With `config_path`, the file `settings` were read from, the gateway reloads
@@ -279,7 +375,7 @@ def build_service(
             mode=settings.journal.fsync,
         )
 
-    passwords = PasswordChecker(reactor)
+    passwords = PasswordChecker(reactor, max_pending=settings.uplink.max_pending_logins)
     _Part(start=passwords.start, stop=passwords.stop).setServiceParent(service)
     lots = LotRouter(settings)
     sync = SyncQueue(lots=lots, journal=journal, clock=reactor)
@@ -352,13 +448,15 @@ def build_service(
     for server in served.values():
         if isinstance(server, StandardServer):
             server.downlinks.bound_listeners.append(settler.bound)
+    guards: list[ConnectionGuard] = []
     for name, server in served.items():
         # Stopping closes the lots' connections, reporting them offline before the journal closes.
         _Part(start=server.start, stop=server.stop).setServiceParent(service)
         for listener in installed()[name].listeners:
             endpoint = settings.listen.endpoint(listener)
             assert endpoint is not None  # the configuration is refused otherwise
-            _listen(reactor, listener, endpoint, server.factory(listener)).setServiceParent(service)
+            factory = _guarded(settings, reactor, listener, endpoint, server.factory(listener), guards)
+            _listen(reactor, listener, endpoint, factory).setServiceParent(service)
 
     def ready() -> tuple[bool, str]:
         problem = journal.problem or space.problem
@@ -372,7 +470,9 @@ def build_service(
 
     registry = CollectorRegistry()
     register_metrics(registry, lots, journal, sync)
+    register_guards(registry, guards)
     register_space(registry, space)
+    register_logins(registry, passwords)
     if forwarder is not None:
         register_forwarder(registry, forwarder)
         log.info(
@@ -438,9 +538,15 @@ def build_service(
     )
     if reloader is not None:
         reloader.parts.append(api)
-    api_site = Site(api.resource(), reactor=reactor)
-    api_site.requestFactory = UnparsedBodyRequest
-    api_site.displayTracebacks = False
+    # Its own cap and body limit: operators reach /healthz while the lots' ports are flooded.
+    api_site = GuardedSite(
+        api.resource(),
+        reactor=reactor,
+        limits=HttpLimits.api(settings.uplink),
+        name="api",
+        proxied=proxied(settings.listen.api),
+    )
+    guards.append(api_site.guard)
     _listen(reactor, "api", settings.listen.api, api_site).setServiceParent(service)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
@@ -507,6 +613,28 @@ def _serve_dialects(
     if isinstance(standard, StandardServer):
         lots.counters = standard.downlinks.counters
     return dict(lots.servers)
+
+
+def _guarded(
+    settings: Config, reactor: Any, name: str, description: str, factory: Any, guards: list[ConnectionGuard]
+) -> Any:
+    """A lot-facing listener's factory with its connections capped by peer and in all (CONTRACT §4).
+
+    An HTTP site guards itself (`GuardedSite`); any other factory (the TCP
+    downlink, a dialect's listener) is wrapped in a `GuardedFactory`.
+    """
+    if isinstance(factory, GuardedSite):
+        guards.append(factory.guard)
+        return factory
+    guard = ConnectionGuard(
+        name,
+        clock=reactor,
+        max_per_peer=settings.uplink.max_connections_per_peer,
+        max_total=settings.uplink.max_connections,
+        proxied=proxied(description),
+    )
+    guards.append(guard)
+    return GuardedFactory(factory, guard)
 
 
 def _listen(reactor: Any, name: str, description: str, factory: Any) -> StreamServerEndpointService:

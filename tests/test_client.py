@@ -14,22 +14,14 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from gateway import config
-from gateway.client import (
-    Backoff,
-    CredentialsError,
-    DownlinkClient,
-    DownlinkReply,
-    LotCredentials,
-    Response,
-    UplinkClient,
-    UplinkError,
-    parse_response,
-    read_credentials,
-    request_text,
-)
-from gateway.lots.downlink import Downlinks, LotReply, ack_frame
+from gateway.interfaces import LotReply
+from gateway.lotclient.credentials import CredentialsError, LotCredentials, read_credentials
+from gateway.lotclient.downlink import Backoff, DownlinkClient, DownlinkReply
+from gateway.lotclient.uplink import UplinkClient, UplinkError, parse_response
+from gateway.lots.downlink import Downlinks
 from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import INTERFACES, lookup
+from gateway.protocol.envelope import Reply, ack_frame, request_text
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from gateway.protocol.validation import validate
@@ -113,7 +105,7 @@ def test_login_and_a_signed_upload_are_accepted() -> None:
     """The client logs in, then its signed carIn is stored; the answers are signed with the token."""
     gateway = Uplink()
     client = uplink_client(gateway)
-    answer: Response = settle(gateway.treq, client.send("carIn", SAMPLES["carIn"]))
+    answer: Reply = settle(gateway.treq, client.send("carIn", SAMPLES["carIn"]))
     assert answer.ok, answer
     assert len(client.token) == 32 and client.park_code == "P001" and client.logins == 1
     assert answer.signed_by(client.token, SECRET)
@@ -127,7 +119,7 @@ def test_a_replaced_token_is_renewed_and_the_request_sent_again_with_its_opr() -
     settle(gateway.treq, client.login())
     old = client.token
     settle(gateway.treq, uplink_client(gateway).login())  # a second login of the account (B.3.5)
-    answer: Response = settle(gateway.treq, client.send("carIn", SAMPLES["carIn"], opr="keep-me"))
+    answer: Reply = settle(gateway.treq, client.send("carIn", SAMPLES["carIn"], opr="keep-me"))
     assert answer.ok and answer.opr == "keep-me"
     assert client.token != old and client.logins == 2
     assert [r.opr for r in gateway.journal.records if r.kind == "uplink"] == ["keep-me"]
@@ -137,7 +129,7 @@ def test_wrong_credentials_are_the_answer() -> None:
     """A refused login (9003) is what send returns; no token is kept."""
     gateway = Uplink()
     client = uplink_client(gateway, LotCredentials("P001", "lot001", "wrong", SECRET))
-    answer: Response = settle(gateway.treq, client.send("carIn", SAMPLES["carIn"]))
+    answer: Reply = settle(gateway.treq, client.send("carIn", SAMPLES["carIn"]))
     assert answer.result_code == "9003" and answer.code == "login" and client.token == ""
 
 

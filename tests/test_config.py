@@ -61,7 +61,10 @@ def test_hostile_client_bounds_follow_the_contract() -> None:
 def test_hostile_client_bounds_are_read_and_checked() -> None:
     """Each bound is read from its table, and one below its minimum is a one-line error."""
     settings = config.parse(
-        {"uplink": {"max_connections_per_peer": 3, "max_pending_logins": 9}, "tcp": {"max_unbound_bytes": 100}}
+        {
+            "uplink": {"max_connections_per_peer": 3, "max_pending_logins": 9},
+            "tcp": {"max_unbound_bytes": 100},
+        }
     )
     assert settings.uplink.max_connections_per_peer == 3 and settings.uplink.max_pending_logins == 9
     assert settings.tcp.max_unbound_bytes == 100

@@ -21,7 +21,7 @@ from tests.test_tap import SHIPPED, running
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "conf" / "cpmi-gateway.service"
 DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
-INSTALLED_BIN = "/usr/local/bin/"
+INSTALLED_BIN = "/opt/cpmi-gateway/bin/"  # the virtual environment of docs/operations.md
 
 
 # --- the systemd unit ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import HTTPConnectionPool
 
 from gateway import tap
+from gateway.journal.integrity import verify_journal
 from gateway.journal.reader import read_records, read_records_skipping, verify
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.framing import FrameDecoder, encode_frame
@@ -455,7 +456,10 @@ async def test_configured_deadline_applies_to_a_silent_lot(tmp_path: Path) -> No
 
 @pytest_twisted.ensureDeferred
 async def test_damaged_journal_starts_degraded_and_keeps_serving(tmp_path: Path) -> None:
-    """An altered record in an old segment and in the last one: the gateway starts, says so, and serves."""
+    """An altered record in an old segment and in the last one: the gateway starts, says so, and serves.
+
+    Each is set aside alone under a signed recovery record, so the journal verifies whole again.
+    """
     config, _, api = api_config(tmp_path)
     text = Path(config).read_text()
     Path(config).write_text(text.replace("[journal]\n", "[journal]\nsegment_bytes = 65536\n"))
@@ -498,4 +502,7 @@ async def test_damaged_journal_starts_degraded_and_keeps_serving(tmp_path: Path)
     finally:
         await service.stopService()
     kinds = [r.kind for r in read_records_skipping(tmp_path / "journal", lambda damage: None)]
-    assert kinds.count("quarantine") == 2 and kinds[-1] == "seal"
+    assert kinds.count("recovery") == 2 and kinds[-1] == "seal"
+    third = int(segments[-1].name[:20]) + 2  # the third record of the last segment
+    verdict = verify_journal(tmp_path / "journal", seals=True)
+    assert [r.lost for r in verdict.recoveries] == [(3, 3), (third, third)]

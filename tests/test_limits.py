@@ -1,12 +1,29 @@
-"""The file-descriptor limit is raised to the hard limit at start, and what it allows is told."""
+"""The file-descriptor limit is raised at start; each listener's connections are capped by peer and in all."""
 
 from __future__ import annotations
 
 import resource
 
 from attrs import define
+from prometheus_client import CollectorRegistry, generate_latest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
-from gateway.limits import RESERVED, raise_fd_limit
+from gateway.limits import (
+    REFUSAL_LOG_INTERVAL,
+    RESERVED,
+    ConnectionGuard,
+    GuardedFactory,
+    proxied,
+    raise_fd_limit,
+    register_guards,
+)
+from gateway.logs import RecentRejections
 
 INFINITY = resource.RLIM_INFINITY
 
@@ -68,3 +85,155 @@ def test_the_real_limit_can_be_raised_in_this_process() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert limit.problem == "" and soft == limit.after
     assert soft == hard or (hard == INFINITY and soft == 1048576)
+
+
+# connection caps (CONTRACT §4)
+
+
+class Counting(Protocol):
+    """A lot-side protocol stand-in: counts what it is told."""
+
+    made = 0
+    received = b""
+    lost = 0
+    bound_at: float | None = None
+
+    def connectionMade(self) -> None:
+        self.made += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"bind" in data:
+            self.bound_at = 1.0
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost += 1
+
+
+def guarded(clock: Clock, per_peer: int, total: int, proxy: bool = False) -> GuardedFactory:
+    guard = ConnectionGuard("downlink", clock=clock, max_per_peer=per_peer, max_total=total, proxied=proxy)
+    return GuardedFactory(Factory.forProtocol(Counting), guard)
+
+
+def open_from(
+    factory: GuardedFactory, host: str, port: int = 1, peer: str | None = None
+) -> StringTransport | None:
+    """Accept a connection from host:port as a port would; `peer` is what getPeer says later (a proxy's)."""
+    address = IPv4Address("TCP", host, port)
+    protocol = factory.buildProtocol(address)
+    if protocol is None:
+        return None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer or host, port))
+    protocol.makeConnection(transport)
+    transport.protocol = protocol
+    return transport
+
+
+def lose(transport: StringTransport) -> None:
+    transport.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_a_tcp_listener_holds_at_most_its_caps_and_frees_them_as_connections_close() -> None:
+    """Over the per-peer or total cap, a TCP connection is refused before the lot side sees it."""
+    factory = guarded(Clock(), per_peer=2, total=3)
+    held = [open_from(factory, "10.0.0.1", port) for port in range(3)]
+    assert held[2] is None  # per peer
+    held.append(open_from(factory, "10.0.0.2"))
+    assert open_from(factory, "10.0.0.3") is None  # in all
+    guard = factory.guard
+    assert guard.open == 3 and guard.by_peer == {"10.0.0.1": 2, "10.0.0.2": 1}
+    assert guard.refused["per_peer"] == 1 and guard.refused["total"] == 1
+    kept = [t for t in held if t is not None]
+    inner = [t.protocol.wrappedProtocol for t in kept]  # type: ignore[attr-defined]
+    assert [p.made for p in inner] == [1, 1, 1]
+    kept[0].protocol.dataReceived(b"$$")  # type: ignore[attr-defined]
+    assert inner[0].received == b"$$"
+    for transport in kept:
+        lose(transport)
+    assert guard.open == 0 and guard.by_peer == {}
+    assert [p.lost for p in inner] == [1, 1, 1]
+    assert open_from(factory, "10.0.0.3") is not None
+
+
+def test_lots_that_have_bound_no_longer_count_against_their_address() -> None:
+    """Many lots behind one address may hold their connections: the per-peer cap is on unbound ones."""
+    factory = guarded(Clock(), per_peer=2, total=5)
+    held = [open_from(factory, "10.0.0.1", port) for port in range(2)]
+    assert open_from(factory, "10.0.0.1", 2) is None
+    for transport in held:
+        assert transport is not None
+        transport.protocol.dataReceived(b"bind")  # type: ignore[attr-defined]
+    assert factory.guard.by_peer == {} and factory.guard.open == 2
+    held += [open_from(factory, "10.0.0.1", port) for port in range(2, 6)]
+    assert [t is not None for t in held] == [True, True, True, True, False, False]
+    assert factory.guard.by_peer == {"10.0.0.1": 2} and factory.guard.open == 4
+    assert factory.guard.refused["per_peer"] == 3 and factory.guard.refused["total"] == 0
+    for transport in held:
+        if transport is not None:
+            lose(transport)
+    assert factory.guard.open == 0 and factory.guard.by_peer == {}
+
+
+def test_behind_a_proxy_a_tcp_connection_is_placed_under_its_peer_on_its_first_bytes() -> None:
+    """The balancer's address is not capped; a lot site's third connection is closed, nothing passed on."""
+    factory = guarded(Clock(), per_peer=2, total=10, proxy=True)
+    held = [open_from(factory, "10.9.9.9", port, peer="192.0.2.7") for port in range(3)]
+    for transport in held:
+        assert transport is not None
+        transport.protocol.dataReceived(b"$ping#")  # type: ignore[attr-defined]
+    assert [t.disconnected for t in held if t is not None] == [False, False, True]
+    assert held[2] is not None and held[2].protocol.wrappedProtocol.received == b""  # type: ignore[attr-defined]
+    assert factory.guard.by_peer == {"192.0.2.7": 2} and factory.guard.open == 3
+    for transport in held:
+        assert transport is not None
+        lose(transport)
+    assert factory.guard.open == 0 and factory.guard.by_peer == {}
+
+
+def test_a_flood_of_refusals_is_one_log_line_a_minute_and_every_one_is_counted() -> None:
+    """10,000 refusals in a minute log one connection.refused line; the next says how many since."""
+    clock = Clock()
+    guard = ConnectionGuard("uplink", clock=clock, max_per_peer=1, max_total=10)
+    events: list[LogEvent] = []
+    recent = RecentRejections()
+    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(recent)
+    try:
+        for _ in range(10_000):
+            guard.note("per_peer", "10.0.0.1", 1)
+            clock.advance(REFUSAL_LOG_INTERVAL / 10_001)
+        clock.advance(REFUSAL_LOG_INTERVAL)
+        guard.note("per_peer", "10.0.0.1" * 1000, 1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(recent)
+    logged = [e for e in events if e.get("event") == "connection.refused"]
+    assert [e["count"] for e in logged] == [1, 10_000]
+    assert guard.refused["per_peer"] == 10_001
+    assert len(logged[1]["peer"]) < 100 and logged[1]["listener"] == "uplink"
+    # The status page's rejections show the two lines, not ten thousand entries.
+    assert [(r["event"], r["count"], r["listener"]) for r in recent.recent()] == [
+        ("connection.refused", 10_000, "uplink"),
+        ("connection.refused", 1, "uplink"),
+    ]
+    reason = str(recent.recent()[0]["reason"])
+    assert reason.startswith("uplink: 10000 refused, per_peer (limit 1), the last from 10.0.0.1")
+
+
+def test_the_guards_are_metrics() -> None:
+    """Each listener's open connections and refusals by kind are exposed for Prometheus."""
+    factory = guarded(Clock(), per_peer=1, total=5)
+    open_from(factory, "10.0.0.1")
+    open_from(factory, "10.0.0.1")
+    registry = CollectorRegistry()
+    register_guards(registry, [factory.guard])
+    text = generate_latest(registry).decode()
+    assert 'cpmi_listener_connections{listener="downlink"} 1.0' in text
+    assert 'cpmi_listener_refused_total{limit="per_peer",listener="downlink"} 1.0' in text
+    assert 'cpmi_listener_refused_total{limit="body_size",listener="downlink"} 0.0' in text
+
+
+def test_haproxy_endpoints_are_proxied() -> None:
+    """A listener takes the PROXY protocol when its endpoint description says haproxy."""
+    assert proxied("haproxy:tcp:8080") and proxied(" HAProxy:tcp:8080")
+    assert not proxied("tcp:8080") and not proxied("ssl:8443:privateKey=k.pem")

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 from twisted.application.service import Application, IServiceCollection, MultiService, Service
-from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python import log as legacy_log
 from twisted.python import usage
 from twisted.python.logfile import LogFile
@@ -22,9 +22,13 @@ from twisted.scripts.twistd import ServerOptions
 
 from gateway import tap
 from gateway.logs import (
+    ECHO_CHARS,
+    KEPT_REJECTIONS,
+    REASON_CHARS,
     RecentRejections,
     WithLogObserver,
     check_log_format,
+    clip,
     is_secret_name,
     json_observer,
     log_stream,
@@ -293,7 +297,69 @@ def test_the_rejection_helper_writes_what_is_known() -> None:
     }
 
 
+def test_a_refusal_of_a_huge_value_is_logged_as_its_first_36_characters() -> None:
+    """A 5 MiB code, park, peer and reason make one line of a few hundred bytes, text and JSON alike.
+
+    Issue 19 item 1: such a code was logged in full, 400 MiB of log for 40 requests.
+    """
+    stream = io.StringIO()
+    huge = "C" * (5 * 2**20)
+    events: list[LogEvent] = []
+    to_json = json_observer(stream)
+
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+        to_json(event)
+
+    lot_rejected(
+        Logger(namespace="gateway.test", observer=cast(ILogObserver, observe)),
+        park=huge,
+        peer=huge,
+        code=huge,
+        result="9002",
+        reason=f"code: {huge} unknown",
+        dialect=huge,
+        via="http",
+    )
+    [line] = stream.getvalue().splitlines()
+    assert len(line.encode("utf-8")) < 2048
+    [event] = events
+    assert len(formatEvent(event)) < 1024
+    logged = json.loads(line)
+    assert logged["code"] == "C" * ECHO_CHARS + f"…(+{len(huge) - ECHO_CHARS})"
+    assert logged["park"].startswith("C" * ECHO_CHARS + "…") and len(logged["reason"]) < REASON_CHARS + 16
+
+
+def test_clip_keeps_short_text_and_does_not_clip_twice() -> None:
+    """clip leaves short text alone, marks what it cut, and clipping its result again changes nothing."""
+    assert clip("carIn") == "carIn" and clip("x" * ECHO_CHARS) == "x" * ECHO_CHARS
+    once = clip("x" * 100)
+    assert once == "x" * ECHO_CHARS + "…(+64)" and clip(once) == once
+    assert clip(12345, 3) == "123…(+2)"
+
+
 # recent rejections
+
+
+def test_recent_rejections_hold_a_bounded_count_of_bounded_entries() -> None:
+    """Thousands of rejections of 1 MiB values keep `KEPT_REJECTIONS` entries of under 1 KiB each.
+
+    Issue 19 item 1: the list kept every refused value whole, and the status answer grew to 200 MiB.
+    Entries logged by anyone, not only through lot_rejected, are clipped.
+    """
+    recent = RecentRejections()
+    huge = "V" * 2**20
+    for n in range(KEPT_REJECTIONS + 300):
+        values = {key: huge for key in ("park", "code", "result", "reason", "peer", "via")}
+        recent(rejection(n, **values, count=10**400, file=[huge]))
+    assert len(recent) == KEPT_REJECTIONS
+    kept = recent.recent(limit=10**6)
+    assert len(kept) == KEPT_REJECTIONS
+    sizes = [len(json.dumps(entry, ensure_ascii=False).encode("utf-8")) for entry in kept]
+    assert max(sizes) < 1024
+    first = kept[0]
+    assert first["code"] == "V" * ECHO_CHARS + f"…(+{len(huge) - ECHO_CHARS})"
+    assert str(first["reason"]).startswith("V" * REASON_CHARS + "…")
 
 
 def rejection(n: int, name: str = "lot.rejected", **keys: Any) -> LogEvent:
@@ -382,11 +448,11 @@ def test_recent_rejections_keep_cloud_and_config_refusals_and_nothing_else() -> 
 
 
 def test_recent_rejections_are_json_safe_and_redacted_and_their_copies_are_the_callers() -> None:
-    """Odd values are kept as text, secrets as "***"; changing what recent() gave changes nothing kept."""
+    """Odd values are kept as bounded text, secrets as "***"; changing what recent() gave changes nothing."""
     recent = RecentRejections()
     recent(rejection(1, reason=ValueError("boom"), peer={"token": "abc"}))
     [kept] = recent.recent()
-    assert kept["reason"] == "boom" and kept["peer"] == {"token": "***"}
+    assert kept["reason"] == "boom" and kept["peer"] == "{'token': '***'}"
     kept["park"] = "changed"
     assert recent.recent()[0]["park"] == "P001"
 

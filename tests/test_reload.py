@@ -12,8 +12,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 
 from gateway.config import Config, ConfigError, LotConfig, load, parse
-from gateway.lots.sessions import TOKEN_REVOKED_RECORD
-from gateway.reload import RELOAD_RECORD, Changes, Reloader, Sighup, compare
+from gateway.journal.kinds import RELOAD_RECORD, TOKEN_REVOKED_RECORD
+from gateway.reload import Changes, Reloader, Sighup, compare
 from tests.lots.harness import HASH, result_of
 
 SERVED = frozenset({"standard", "bolink"})

@@ -13,6 +13,7 @@ from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 
 from gateway.cloud.progress import Progress
+from gateway.journal.kinds import CHECKPOINT_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record, encode_line, format_ts
 from gateway.journal.scan import find_last, first_seq_since, scan_headers
@@ -21,7 +22,7 @@ from gateway.journal.writer import JournalWriteError
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.state import CHECKPOINT_RECORD, Checkpointer, StartState, rebuild, restore_at_start
+from gateway.state import Checkpointer, StartState, rebuild, restore_at_start
 from tests.journal.helpers import Harness
 from tests.lots.harness import ZONE
 

@@ -30,6 +30,8 @@ from gateway import tap
 from gateway.heap import SETTLE_AFTER, BindSettler
 from gateway.journal.reader import read_records, verify
 from gateway.journal.segments import list_segments
+from gateway.limits import GuardedFactory
+from gateway.lots.http import GuardedSite
 from tests.journal.helpers import Harness
 
 ROOT = Path(__file__).parent.parent
@@ -88,8 +90,10 @@ def stop(service: MultiService, reactor: MemoryReactor) -> None:
 
 
 def write_config(tmp_path: Path, text: str = SHIPPED) -> str:
-    text = text.replace('"var/journal"', f'"{tmp_path / "journal"}"').replace(
-        '"conf/gateway.key"', f'"{tmp_path / "gateway.key"}"'
+    text = (
+        text.replace('"var/journal"', f'"{tmp_path / "journal"}"')
+        .replace('"conf/gateway.key"', f'"{tmp_path / "gateway.key"}"')
+        .replace('"var/api-token"', f'"{tmp_path / "api-token"}"')
     )
     path = tmp_path / "gateway.toml"
     path.write_text(text)
@@ -141,8 +145,11 @@ def test_a_dialect_lot_gets_its_dialects_listener(tmp_path: Path) -> None:
     try:
         factories = {port[0]: port[1] for port in reactor.tcpServers}
         assert set(factories) == {8080, 9000, 8081, 6789}
-        assert isinstance(factories[6789], ServerFactory)
-        assert type(factories[6789]).__module__ == "gateway.dialects.bolink"
+        # The dialect's factory, under the connection caps every lot-facing listener has.
+        assert isinstance(factories[6789], GuardedFactory)
+        dialect_factory = factories[6789].wrappedFactory
+        assert isinstance(dialect_factory, ServerFactory)
+        assert type(dialect_factory).__module__ == "gateway.dialects.bolink"
         assert service.getServiceNamed("bolink") is not None
     finally:
         stop(service, reactor)
@@ -380,7 +387,8 @@ def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
     """Every bind on the standard downlink tells the settler, which freezes the heap after the wave."""
     service, reactor = started(tmp_path)
     try:
-        [factory] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
+        [guarded] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
+        factory = guarded.wrappedFactory
         settlers = [
             listener.__self__
             for listener in factory.handler.bound_listeners
@@ -405,3 +413,22 @@ def test_the_api_does_not_parse_bodies_as_forms(tmp_path: Path) -> None:
         assert request._parsePOSTFormSubmission is False
     finally:
         stop(service, reactor)
+
+
+def test_every_listener_is_bounded_by_the_configured_keys(tmp_path: Path) -> None:
+    """The uplink and API sites take their [uplink] limits, the downlink is capped; /metrics shows them."""
+    text = SHIPPED.replace("max_connections_per_peer = 64", "max_connections_per_peer = 7", 1).replace(
+        "# api_max_connections = 256", "api_max_connections = 9", 1
+    )
+    assert text != SHIPPED
+    with running(tmp_path, text) as reactor:
+        factories = {port[0]: port[1] for port in reactor.tcpServers}
+        uplink, downlink, api = factories[8080], factories[9000], factories[8081]
+        assert isinstance(uplink, GuardedSite) and isinstance(api, GuardedSite)
+        assert uplink.limits.max_body_bytes == 16 * 2**20 and uplink.guard.max_per_peer == 7
+        assert (api.limits.max_body_bytes, api.guard.max_total, api.guard.max_per_peer) == (2**20, 9, 7)
+        assert isinstance(downlink, GuardedFactory)
+        assert (downlink.guard.max_per_peer, downlink.guard.max_total) == (7, 20000)
+        metrics = tap_metrics(reactor)
+        for listener in ("uplink", "downlink", "api"):
+            assert f'cpmi_listener_connections{{listener="{listener}"}}' in metrics

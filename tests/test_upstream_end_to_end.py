@@ -26,10 +26,11 @@ from gateway.journal.reader import read_records
 from gateway.journal.record import Record
 from gateway.protocol.framing import encode_frame
 from gateway.protocol.signing import compact, sign
+from tests.dialects.test_bolink_end_to_end import API_TOKEN, SECRET, Cloud, api_post
+from tests.dialects.test_bolink_end_to_end import ParkingOSLot as LegacyLot
 from tests.lots.harness import HASH, PASSWORD
 from tests.protocol.samples import RESPONSE_SAMPLES, SAMPLES
 from tests.test_cloud_end_to_end import QueryEndpoint, wait_until
-from tests.test_dialect_end_to_end import API_TOKEN, SECRET, Cloud, LegacyLot, api_post
 from tests.test_end_to_end import envelope, free_port, plain_post, start_twistd, wait_for_port
 from tests.test_reload_end_to_end import TcpLot
 from tests.test_reload_end_to_end import _hash as argon2id_hash
@@ -320,8 +321,10 @@ def test_uplinks_commands_and_queries_pass_through_a_to_b(pair: Pair) -> None:
         lifted: list[dict[str, Any]] = []
 
         def lift() -> None:
-            lifted.append(legacy.read())
-            legacy.socket.sendall(b'{"service_name":"operate_liftrod","state":1}\n')
+            command = legacy.read()
+            lifted.append(command)
+            answer = {key: command[key] for key in ("channel_id", "operate", "liftrod_id")}
+            legacy.send("operate_liftrod", {"state": 1, **answer})  # signed, its members in data
 
         status, body = pair.command("P002", lift)
         assert status == 200 and body["resultCode"] == "0000", body

@@ -36,7 +36,7 @@ from attrs import frozen
 from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 
-from gateway.config import SECRET_SOURCES, Config, ConfigError, load
+from gateway.config import CONFIG_SEARCH, SECRET_SOURCES, Config, ConfigError, find_config, load
 from gateway.keys import KeyFileError, load_signing_key
 
 if TYPE_CHECKING:
@@ -116,7 +116,12 @@ def add_parser(subparsers: Subparsers) -> None:
             "written in the file instead of env:NAME or file:PATH)."
         ),
     )
-    check.add_argument("path", metavar="FILE", help="the configuration file, e.g. conf/gateway.toml")
+    check.add_argument(
+        "path",
+        metavar="FILE",
+        nargs="?",
+        help=f"the configuration file (default: the gateway's: {CONFIG_SEARCH})",
+    )
     check.add_argument(
         "--strict",
         action="store_true",
@@ -128,7 +133,7 @@ def add_parser(subparsers: Subparsers) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """Check the configuration ``args.path``; print the summary, the findings or the problem."""
     try:
-        report = check_config(args.path)
+        report = check_config(find_config(args.path))
     except CheckFailed as error:
         print(error, file=sys.stderr)
         return 1

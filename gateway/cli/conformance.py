@@ -30,13 +30,13 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli.lot import _count, _positive, parse_downlink, uplink_url
-from gateway.client import LotCredentials
 from gateway.conformance.checks import lot_checks
 from gateway.conformance.lot import LotRun, MirrorSettings, ReferencePlatform
 from gateway.conformance.platform import PlatformRun, PlatformTarget, plan
 from gateway.conformance.report import Report, Row, junit_xml, markdown, text_line
+from gateway.logs import describe
+from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.http import UplinkSite
-from gateway.lots.tcp import describe
 
 if TYPE_CHECKING:
     from gateway.cli.main import Subparsers
@@ -78,9 +78,12 @@ def add_parser(subparsers: Subparsers) -> None:
     platform.add_argument(
         "--wait",
         type=_positive,
-        default=60.0,
+        default=0.0,
         metavar="S",
-        help="without --api: seconds to wait for each downlink",
+        help=(
+            "without --api: seconds to wait for each downlink, triggered by hand on the platform "
+            "(default: none; without --api or --wait the downlink checks are skipped at once)"
+        ),
     )
     platform.add_argument(
         "--timeout", type=_positive, default=10.0, metavar="S", help="seconds any one exchange may take (10)"

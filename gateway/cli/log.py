@@ -8,19 +8,23 @@
 - ``verify``: the chain and the seals;
 - ``export``: the raw lines (JSON Lines) of the records that match;
 - ``replay``: the events of a range of records, sent again with their original ids;
-- ``backup DIR DEST``: a consistent copy of a live journal.
+- ``backup DIR DEST``: copies what is new in a live journal into a backup of it;
+- ``restore DEST DIR``: makes DIR a journal restored from the backup DEST, going on
+  above a seq floor (gateway.journal.backup).
 
 ``--since`` and ``--until`` take a seq -- ``42`` or ``#42`` -- or an RFC 3339 time
 with its offset (``2026-11-24T08:30:00+08:00``, ``2026-11-24T00:30:00Z``); both
 ends are inclusive. A time without an offset is refused rather than guessed at:
 the journal's times are UTC, the lots' are not.
 
-Every verb reads the journal while the gateway writes it: nothing here takes
-the journal's lock or writes to it, and a partial last line (a write in
+Every verb but ``restore`` reads the journal while the gateway writes it:
+nothing else here takes the journal's lock or writes to it, and a partial last line (a write in
 progress) is left out until it is whole. Reading streams, a line at a time,
 so memory does not grow with the journal. A damaged line in an older segment
 (which the gateway quarantines and skips, see docs/journal.md) is skipped
-with a warning on stderr by every verb but ``verify``, which reports it.
+with a warning on stderr by every verb but ``verify``, which reports it. A
+hole, where the gateway set damage aside under a signed ``recovery`` record,
+is skipped silently; ``verify`` names each, and ``show`` a seq lost in one.
 
 Exit codes: 0 done, 1 the command failed (no journal, a damaged journal, no
 such seq, the cloud refusing a replay, ...), 2 usage.
@@ -39,26 +43,29 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from email.message import Message
-from typing import IO, TYPE_CHECKING, NamedTuple, TextIO
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
 from nacl.signing import SigningKey, VerifyKey
 
-from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
+from gateway.cli import progress as progress_bars
+from gateway.cloud.events import BATCH_CONTENT_TYPE, EVENT_KINDS, NO_EVENT_KINDS, to_event
 from gateway.cloud.httpsig import sign_request
 from gateway.cloud.progress import Progress
-from gateway.config import ConfigError, parse
+from gateway.config import CONFIG_SEARCH, ConfigError, find_config, parse
 from gateway.config import load as load_config
-from gateway.journal.integrity import KeyChangeError, KeyRun, verify_journal
+from gateway.journal import backup as journal_backup
+from gateway.journal.integrity import KeyChangeError, KeyRun, Recovery, verify_journal
+from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import ChainError
-from gateway.journal.reader import verify as verify_chain
 from gateway.journal.record import BadLine, Record, decode_line, dumps_compact
-from gateway.journal.seals import SEAL_RECORD
+from gateway.journal.recovery import DAMAGED, is_hole
+from gateway.journal.restore import RESTORE
 from gateway.journal.segments import Segment, iter_lines, line_seq, list_segments, segments_from
 from gateway.keys import KeyFileError, load_signing_key, parse_public_key_b64
 
@@ -91,33 +98,14 @@ SHORTEN_OVER = 100
 """Base64 strings longer than this are shortened in readable lines."""
 POLL_SECONDS = 0.2
 """How often ``tail -f`` looks for new lines."""
-DEFAULT_CONFIG = "conf/gateway.toml"
 DEFAULT_BATCH = 100
 ANSWER_EXCERPT = 300
 """How much of a refusing answer ``replay`` shows."""
 MAX_WARNINGS = 10
 """Damaged lines warned about one by one; the rest are counted."""
 
-# Kinds whose event (gateway.cloud.events.to_event) does not depend on the body:
-# always one, or never one. Any other kind is decoded and asked. The tests check
-# these against to_event; spelt out here like events.py does.
-EVENT_KINDS = frozenset({"uplink", "lot-online", "lot-offline"})
-NO_EVENT_KINDS = frozenset(
-    {
-        "query",
-        "answer",
-        "token",
-        "command",
-        "command-reply",
-        "sync",
-        "recovery",
-        "quarantine",
-        "forwarded",
-        SEAL_RECORD,
-    }
-)
 # Records that say how far forwarding went (gateway.cloud.forwarder): body "through".
-_PROGRESS_KINDS = frozenset({b"forwarded", b"rejected"})
+_PROGRESS_KINDS = frozenset({FORWARDED_RECORD.encode(), REJECTED_RECORD.encode()})
 _EVENT_KINDS_B = frozenset(kind.encode() for kind in EVENT_KINDS)
 _NO_EVENT_KINDS_B = frozenset(kind.encode() for kind in NO_EVENT_KINDS)
 _UTC_ZONE = ZoneInfo("UTC")
@@ -291,6 +279,17 @@ def _journal(directory: str) -> list[Segment]:
     return segments
 
 
+def _bar(args: argparse.Namespace, segments: Iterable[Segment], description: str) -> Any:
+    """A progress bar over the bytes of `segments` (see gateway.cli.progress: a terminal only)."""
+    total = 0
+    for segment in segments:
+        try:
+            total += os.stat(segment.path).st_size
+        except FileNotFoundError:
+            pass  # removed by retention since it was listed: the verb says so where it matters
+    return progress_bars.bar(args, total=total, description=description)
+
+
 def _whole_end(path: str) -> int:
     """The offset just after the last whole line of a file (0 if it has none)."""
     with open(path, "rb") as file:
@@ -315,6 +314,8 @@ class _Reader:
         self.quiet = quiet
         self.segment = segments[0]
         self.offset = 0
+        # Told the size of each segment read to its end (a progress bar's update).
+        self.progress: Callable[[int], object] | None = None
 
     def damage(self, reason: str) -> None:
         """Warn (up to MAX_WARNINGS times) about the current line."""
@@ -340,7 +341,8 @@ class _Reader:
             try:
                 head = _parse_head(line)
             except BadLine as e:
-                self.damage(e.args[0])
+                if not is_hole(line):  # a hole: damage set aside under a recovery record (verify names it)
+                    self.damage(e.args[0])
                 continue
             yield head, line
 
@@ -351,6 +353,8 @@ class _Reader:
             for head, line in self.segment_lines(segment, end if segment.name == last else None):
                 if head.seq >= from_seq:
                     yield head, line
+            if self.progress is not None:
+                self.progress(os.stat(segment.path).st_size)
 
     def decode(self, line: bytes) -> Record | None:
         """The record of a line read last, or None (warned) if it does not decode."""
@@ -690,7 +694,41 @@ def _show(args: argparse.Namespace) -> int:
             lines = data.decode("utf-8").split("\n")
             _say("\n".join(_printable(each) for each in lines))
             return 0
+    lost_in = _set_aside_by(segments, seq)
+    if lost_in is not None:
+        raise _Failure(f"record #{seq} was set aside as damaged: {lost_in}")
     raise _Failure(f"no record #{seq} in {args.dir}")
+
+
+_RECOVERY_HEAD = re.compile(rb'\{"seq":[1-9][0-9]*,"ts":"[^"\\]*","kind":"recovery",')
+
+
+def _set_aside_by(segments: list[Segment], seq: int) -> str | None:
+    """Which ``recovery`` record says ``seq`` was lost in damage set aside, in words; None if none."""
+    for segment in segments_from(segments, seq):
+        for _, line in iter_lines(segment.path):
+            if _RECOVERY_HEAD.match(line) is None:
+                continue
+            try:
+                record = decode_line(line)
+            except BadLine:
+                continue
+            body = record.body
+            lost = body.get("lost") if isinstance(body, dict) else None
+            if (
+                isinstance(body, dict)
+                and body.get("reason") == DAMAGED
+                and isinstance(lost, dict)
+                and type(lost.get("first")) is int
+                and type(lost.get("last")) is int
+                and lost["first"] <= seq <= lost["last"]
+            ):
+                return (
+                    f"recovery record #{record.seq} (segment {body.get('segment')}, offset "
+                    f"{body.get('offset')}, {body.get('bytes')} bytes: {body.get('detail')}; "
+                    f"saved as {body.get('saved_as') or 'nothing'})"
+                )
+    return None
 
 
 # -- stats
@@ -716,6 +754,20 @@ def _is_event(kind: bytes, line: bytes) -> bool:
         return False
     # Only whether there is an event matters here, not its id or times.
     return to_event(record, gateway_id="stats", zone=_UTC_ZONE) is not None
+
+
+def _lost_in(line: bytes) -> int | None:
+    """How many records a ``recovery`` line says damage set aside took; None for a torn-tail cut."""
+    try:
+        body = decode_line(line).body
+    except BadLine:
+        return None
+    if not isinstance(body, dict) or body.get("reason") != DAMAGED:
+        return None
+    lost = body.get("lost")
+    if isinstance(lost, dict) and type(lost.get("first")) is int and type(lost.get("last")) is int:
+        return max(0, lost["last"] - lost["first"] + 1)
+    return 0
 
 
 def _through(line: bytes) -> int:
@@ -758,6 +810,7 @@ def _stats(args: argparse.Namespace) -> int:
     counts = _Counts({}, {})
     combos, decoded_events = counts.combos, counts.decoded_events
     through = 0
+    set_aside = lost = 0  # damage set aside under recovery records, and the records it took
     last_line = b""
     # The counts before each segment: the backlog lies after the highest `through`,
     # known only at the end; these let the second pass read one segment, not all.
@@ -781,13 +834,19 @@ def _stats(args: argparse.Namespace) -> int:
                 try:
                     head = _parse_head(line)
                 except BadLine as e:
-                    reader.offset = offset
-                    reader.damage(e.args[0])
+                    if not is_hole(line):  # a hole: damage set aside, its recovery record counted below
+                        reader.offset = offset
+                        reader.damage(e.args[0])
                     continue
                 key = (head.kind, head.park, head.code)
             combos[key] = combos.get(key, 0) + 1
             last_line = line
             kind = key[0]
+            if kind == b"recovery":
+                n = _lost_in(line)
+                if n is not None:
+                    set_aside += 1
+                    lost += n
             if kind not in counted:
                 if kind in _PROGRESS_KINDS:
                     through = max(through, _through(line))
@@ -819,17 +878,26 @@ def _stats(args: argparse.Namespace) -> int:
     out += _table("by kind", kinds)
     out += _table("by code", codes)
     out += _table("by park", parks)
-    if through:
-        out.append(f"forwarding: done through #{through} (forwarded, refused, or no event)")
+    if getattr(args, "sink", None) == "log-only":
+        # Nothing is ever forwarded there: no backlog to show.
+        out.append(f"forwarding: none, the sink is log-only: the journal is the sink ({events} events)")
     else:
-        out.append("forwarding: nothing forwarded yet")
-    backlog, lag, oldest = _backlog(segments, before, through, last.seq, events, event_parks)
-    if backlog == 0:
-        out.append(f"backlog: none ({events} events in all)")
-    else:
-        where = f", the oldest #{oldest.seq} ({_short_ts(_text(oldest.ts))})" if oldest else ""
-        out.append(f"backlog: {backlog} events not forwarded{where}")
-        out += _table("lag by park (events not forwarded)", lag)
+        if through:
+            out.append(f"forwarding: done through #{through} (forwarded, refused, or no event)")
+        else:
+            out.append("forwarding: nothing forwarded yet")
+        backlog, lag, oldest = _backlog(segments, before, through, last.seq, events, event_parks)
+        if backlog == 0:
+            out.append(f"backlog: none ({events} events in all)")
+        else:
+            where = f", the oldest #{oldest.seq} ({_short_ts(_text(oldest.ts))})" if oldest else ""
+            out.append(f"backlog: {backlog} events not forwarded{where}")
+            out += _table("lag by park (events not forwarded)", lag)
+    if set_aside:
+        out.append(
+            f"damage set aside: {set_aside} times, {lost} records lost "
+            f"(recovery records; cpmictl log verify {args.dir} names them)"
+        )
     if reader.damaged:
         out.append(f"damaged lines skipped: {reader.damaged} (cpmictl log verify {args.dir})")
     _say("\n".join(out))
@@ -924,7 +992,14 @@ def _verify(args: argparse.Namespace) -> int:
     # the same key given twice (as a file and in base64, say) is one key
     given = list({bytes(key): key for key in map(_read_pubkey, args.pubkey or [])}.values())
     try:
-        verdict = verify_journal(args.dir, allow_partial_tail=True, seals=True, keys=given)
+        with _bar(args, segments, "verify") as bar:
+            verdict = verify_journal(
+                args.dir,
+                allow_partial_tail=True,
+                seals=True,
+                keys=given,
+                progress=lambda segment: bar.update(os.stat(segment.path).st_size),
+            )
     except ChainError as e:
         where = f" (segment {e.segment}, offset {e.offset})" if e.segment else ""
         print(
@@ -935,7 +1010,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 1
     count, key, last_seal = verdict.records, verdict.key, verdict.last_seal
     first_seq = segments[0].first_seq
-    last_seq = first_seq + count - 1
+    last_seq = first_seq + count - 1 + sum(recovery.lost_count for recovery in verdict.recoveries)
     if verdict.seals and key is not None:
         if len(given) > 1:
             checked = "the given keys: " + _key_runs(verdict.sealed_by, [bytes(each) for each in given])
@@ -944,13 +1019,18 @@ def _verify(args: argparse.Namespace) -> int:
         else:
             checked = f"the key the journal recorded first: {_b64(key)}"
         out = [f"journal whole: {count} records, {verdict.seals} seals (checked with {checked})"]
-        after = last_seq - (last_seal or 0)
+        after = (
+            last_seq
+            - (last_seal or 0)
+            - sum(r.lost_count for r in verdict.recoveries if r.lost and r.lost[0] > (last_seal or 0))
+        )
         out.append(
             f"last seal: #{last_seal}, over the records up to #{(last_seal or 1) - 1}; "
             f"{after} records after it are covered by the chain only"
         )
     else:
         out = [f"journal whole: {count} records, no seals (nothing signed to check)"]
+    out += [_recovery_line(recovery) for recovery in verdict.recoveries]
     if first_seq > 1:
         out.append(f"older segments were removed: the chain is checked from #{first_seq}, taken as it is")
     last = list_segments(args.dir)[-1]
@@ -960,6 +1040,32 @@ def _verify(args: argparse.Namespace) -> int:
         )
     _say("\n".join(out))
     return 0
+
+
+def _recovery_line(recovery: Recovery) -> str:
+    """What ``verify`` says of damage set aside (or a restore's seq jump), and which record vouches for it."""
+    if recovery.reason == RESTORE:
+        skipped = (
+            f"seqs #{recovery.lost[0]}\u2013#{recovery.lost[1]} skipped"
+            if recovery.lost
+            else "no seq skipped"
+        )
+        return (
+            f"restored: {recovery.detail}; {skipped} (the lost journal may have used them); vouched for "
+            f"by restore record #{recovery.seq} in segment {recovery.segment}, signed with "
+            f"{_b64(recovery.key)}"
+        )
+    if recovery.lost is None:
+        lost = "no record lost (a line that was not one)"
+    elif recovery.lost[0] == recovery.lost[1]:
+        lost = f"record #{recovery.lost[0]} lost"
+    else:
+        lost = f"records #{recovery.lost[0]}\u2013#{recovery.lost[1]} lost"
+    return (
+        f"set aside: {lost}: {recovery.length} bytes at offset {recovery.offset} of segment "
+        f"{recovery.segment} ({recovery.detail}); vouched for by recovery record #{recovery.seq}, "
+        f"signed with {_b64(recovery.key)}"
+    )
 
 
 def _key_runs(runs: tuple[KeyRun, ...], given: list[bytes]) -> str:
@@ -1016,6 +1122,8 @@ def _export(args: argparse.Namespace) -> int:
     output: IO[bytes] | None = open(args.output, "wb") if args.output else None
     write = output.write if output is not None else _write
     count = 0
+    bar = _bar(args, segments_from(segments, flt.first_seq), "export")
+    reader.progress = bar.update
     try:
         for head, line in reader.lines(flt.first_seq):
             if flt.beyond(head):
@@ -1025,6 +1133,7 @@ def _export(args: argparse.Namespace) -> int:
             write(line)
             count += 1
     finally:
+        bar.close()
         if output is not None:
             output.close()
     if args.output:
@@ -1053,7 +1162,7 @@ class _Identity:
 
 def _identity(args: argparse.Namespace) -> _Identity:
     """The gateway id, zone and key: from the options, else from the configuration file."""
-    path = args.config or DEFAULT_CONFIG
+    path = find_config(args.config)
     try:
         if args.gateway_id is not None:
             parse({"gateway": {"id": args.gateway_id}})  # checks its spelling
@@ -1086,33 +1195,19 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-class _Progress:
-    """A progress bar on a terminal; nothing otherwise."""
+class _ReplayProgress:
+    """Replay's progress bar (records from --from to the last), with the events and batches sent."""
 
-    def __init__(self, stream: TextIO, first: int, last: int) -> None:
-        self._stream = stream
+    def __init__(self, args: argparse.Namespace, first: int, last: int) -> None:
         self._first = first
-        self._span = max(1, last - first + 1)
-        self._shown = False
-        try:
-            self._tty = stream.isatty()
-        except (AttributeError, ValueError):
-            self._tty = False
+        self._bar = progress_bars.bar(args, total=max(1, last - first + 1), description="replay", unit="rec")
 
     def update(self, seq: int, sent: int, batches: int) -> None:
-        if not self._tty:
-            return
-        done = min(1.0, max(0.0, (seq - self._first + 1) / self._span))
-        filled = int(done * 30)
-        bar = "#" * filled + "." * (30 - filled)
-        self._stream.write(f"\rreplay [{bar}] {done:4.0%} #{seq}, {sent} events in {batches} batches")
-        self._stream.flush()
-        self._shown = True
+        self._bar.set_postfix_str(f"#{seq}, {sent} events in {batches} batches", refresh=False)
+        self._bar.update(seq - self._first + 1 - self._bar.n)
 
     def end(self) -> None:
-        if self._shown:
-            self._stream.write("\n")
-            self._shown = False
+        self._bar.close()
 
 
 def _replay(args: argparse.Namespace, now: Callable[[], float]) -> int:
@@ -1125,7 +1220,7 @@ def _replay(args: argparse.Namespace, now: Callable[[], float]) -> int:
     parks = frozenset(_utf8(park) for park in args.park or ())
     reader = _Reader("replay", segments)
     last = args.to_seq if args.to_seq is not None else _last_seq(segments)
-    progress = _Progress(sys.stderr, args.from_seq, last if last is not None else args.from_seq)
+    progress = _ReplayProgress(args, args.from_seq, last if last is not None else args.from_seq)
     opener = urllib.request.build_opener(_NoRedirect())
     batch: list[bytes] = []
     batch_seqs: list[int] = []
@@ -1223,104 +1318,76 @@ def _post(
 
 
 def run_backup(args: argparse.Namespace) -> int:
-    """``cpmictl log backup DIR DEST``: a consistent copy of a journal, even while it is written."""
+    """``cpmictl log backup DIR DEST``: copy what is new in the journal into DEST (gateway.journal.backup)."""
     return _guard("backup", lambda: _backup(args))
 
 
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_segment(segment: Segment, dest: str, whole: bool, created: list[str]) -> tuple[int, int]:
-    """
-    Copy a segment into ``dest``, synced; the bytes copied and the bytes left out.
-
-    ``whole``: as it is. Else (the last segment, being written) as it is now,
-    up to its last whole line.
-    """
-    target = os.path.join(dest, segment.name)
-    with open(segment.path, "rb") as source:
-        stat = os.fstat(source.fileno())
-        remaining = stat.st_size
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        created.append(target)
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), stat.st_mode & 0o777)
-            copied = 0
-            keep = 0
-            while whole or remaining > 0:
-                chunk = source.read(1 << 20 if whole else min(1 << 20, remaining))
-                if not chunk:
-                    break
-                out.write(chunk)
-                newline = chunk.rfind(b"\n")
-                if newline >= 0:
-                    keep = copied + newline + 1
-                copied += len(chunk)
-                remaining -= len(chunk)
-            if whole:
-                keep = copied
-            out.flush()
-            if keep < copied:
-                out.truncate(keep)
-            os.fsync(out.fileno())
-    return keep, copied - keep
-
-
 def _backup(args: argparse.Namespace) -> int:
-    segments = _journal(args.dir)
-    dest: str = args.dest
-    if os.path.exists(dest):
-        if not os.path.isdir(dest):
-            raise _Failure(f"{dest}: not a directory")
-        if os.path.samefile(dest, args.dir):
-            raise _Usage("DEST is the journal itself")
-        if list_segments(dest):
-            raise _Failure(f"{dest} already holds journal segments; refusing to mix two journals")
-        made = False
-    else:
-        os.makedirs(dest)
-        made = True
-    created: list[str] = []
+    bar = progress_bars.bar(args, total=None, description="backup")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.refresh()  # the last figure, whatever tqdm's redraw interval skipped
+
     try:
-        copied = left_out = 0
-        for index, segment in enumerate(segments):
-            try:
-                kept, dropped = _copy_segment(segment, dest, index < len(segments) - 1, created)
-            except FileNotFoundError:
-                if created:
-                    raise _Failure(f"{segment.path}: removed while it was being copied") from None
-                continue  # retention removed the oldest since they were listed: start after it
-            copied += kept
-            left_out += dropped
-        segments = list_segments(dest)
-        _fsync_directory(dest)
-        if made:
-            _fsync_directory(os.path.dirname(os.path.abspath(dest)))
-    except BaseException:
-        for path in created:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        raise
-    summary = f"copied {len(segments)} segments, {copied} bytes, from {args.dir} to {dest}"
-    try:
-        count = verify_chain(dest)
-    except ChainError as e:
-        _say(summary)
-        raise _Failure(f"the copy does not verify: first bad seq: {e}") from None
-    if count:
-        first = segments[0].first_seq
-        _say(f"{summary}: records #{first} to #{first + count - 1}, chain verified")
+        result = journal_backup.backup(args.dir, args.dest, progress=progress)
+    except journal_backup.BackupRefused as e:
+        raise _Failure(str(e)) from None
+    finally:
+        bar.close()
+    if result.first_new is None:
+        summary = f"{args.dest}: nothing new since #{result.last_seq}" if result.last_seq else "no records"
     else:
-        _say(f"{summary}: no records")
-    if left_out:
-        _say(f"left out: the incomplete last line ({left_out} bytes, being written)")
+        summary = (
+            f"copied {result.records} records (#{result.first_new} to #{result.last_seq}), {result.bytes} "
+            f"bytes, {result.new_segments} new segments, from {args.dir} to {args.dest}: chain checked"
+        )
+        if result.verified:
+            summary += ", the whole backup verified"
+    _say(summary)
+    if result.left_out:
+        _say(f"left out: the incomplete last line ({result.left_out} bytes, being written)")
+    return 0
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    """``cpmictl log restore DEST DIR``: make DIR a journal restored from the backup DEST."""
+    return _guard("restore", lambda: _restore(args))
+
+
+def _restore(args: argparse.Namespace) -> int:
+    try:
+        gateway_id = args.gateway_id
+        if gateway_id is not None:
+            parse({"gateway": {"id": gateway_id}})  # checks its spelling
+        if gateway_id is None or args.key is None:
+            config = load_config(find_config(args.config))
+            gateway_id = gateway_id or config.gateway.id
+            key_path = args.key or config.gateway.signing_key
+        else:
+            key_path = args.key
+    except ConfigError as e:
+        hint = "" if args.config else " (give --config, or --gateway-id and --key)"
+        raise _Failure(f"{e}{hint}") from None
+    try:
+        key = load_signing_key(key_path)
+    except KeyFileError as e:
+        raise _Failure(str(e)) from None
+    try:
+        result = journal_backup.restore(
+            args.dest, args.dir, signing_key=key, gateway_id=gateway_id, replace=args.replace
+        )
+    except journal_backup.BackupRefused as e:
+        raise _Failure(str(e)) from None
+    for name in result.replaced:
+        _say(f"kept the journal that was there as {name}")
+    _say(
+        f"restored {result.segments} segments, records up to #{result.last_seq}, from {args.dest} "
+        f"to {args.dir}; the journal goes on at #{result.floor} (restore record, signed): "
+        "no seq in between is used"
+    )
     return 0
 
 
@@ -1343,6 +1410,58 @@ def _add_filters(parser: argparse.ArgumentParser, *, until: bool) -> None:
     parser.add_argument("--kind", action="append", metavar="K", help="only this record kind (repeatable)")
 
 
+def _add_journal(parser: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    """Add a verb's --config and its DIR (the journal), which the configuration gives when left out."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the gateway's configuration, for journal.path and the sink (default: {CONFIG_SEARCH})",
+    )
+    if progress:
+        progress_bars.add_option(parser)
+    parser.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        help="the journal directory (default: journal.path of the configuration)",
+    )
+
+
+def _from_config(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`handler`, run with DIR from the configuration when not given, and the sink when it is that journal.
+
+    The configuration is --config, else the one the gateway would read
+    (gateway.config.find_config); the sink is known only for its journal.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        verb = handler.__name__.removeprefix("run_")
+        path = find_config(args.config)
+        settings = None
+        if args.config is not None or os.path.exists(path):
+            try:
+                settings = load_config(path)
+            except ConfigError as e:
+                if args.dir is None or args.config is not None:
+                    print(f"cpmictl log {verb}: {e}", file=sys.stderr)
+                    return 2
+        if args.dir is None:
+            if settings is None:
+                print(
+                    f"cpmictl log {verb}: give DIR, the journal directory, or --config (no {path})",
+                    file=sys.stderr,
+                )
+                return 2
+            args.dir = settings.journal.path
+        same = settings is not None and os.path.abspath(settings.journal.path) == os.path.abspath(args.dir)
+        args.sink = settings.cloud.sink if same and settings is not None else None
+        return handler(args)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
 def add_parser(subparsers: Subparsers) -> None:
     """Add ``cpmictl log VERB ... DIR``."""
     log = subparsers.add_parser(
@@ -1350,7 +1469,8 @@ def add_parser(subparsers: Subparsers) -> None:
         help="read, check, export, replay and back up the replay journal",
         description=(
             "Read, check, export, replay and back up the gateway's replay journal (DIR: the "
-            "journal directory, journal.path). Safe while the gateway runs. T is a seq (42 or "
+            "journal directory; when left out, journal.path of the configuration). Safe while "
+            "the gateway runs. T is a seq (42 or "
             "#42) or an RFC 3339 time with its offset (2026-11-24T08:30:00+08:00)."
         ),
     )
@@ -1369,15 +1489,15 @@ def add_parser(subparsers: Subparsers) -> None:
     tail.add_argument("-n", "--lines", type=_count_arg, metavar="N", help="print the last N records")
     _add_filters(tail, until=False)
     tail.add_argument("--json", action="store_true", help="print the raw lines (JSON, nothing shortened)")
-    tail.add_argument("dir", metavar="DIR")
-    tail.set_defaults(handler=run_tail)
+    _add_journal(tail)
+    tail.set_defaults(handler=_from_config(run_tail))
 
     show = verbs.add_parser(
         "show", help="one record, whole", description="Print record SEQ whole, as indented JSON."
     )
-    show.add_argument("seq", type=_seq_arg, metavar="SEQ")
-    show.add_argument("dir", metavar="DIR")
-    show.set_defaults(handler=run_show)
+    show.add_argument("seq", type=_seq_arg, metavar="SEQ", help="the record's seq (42 or #42)")
+    _add_journal(show)
+    show.set_defaults(handler=_from_config(run_show))
 
     stats = verbs.add_parser(
         "stats",
@@ -1387,8 +1507,8 @@ def add_parser(subparsers: Subparsers) -> None:
             "not forwarded yet (the oldest, and per park)."
         ),
     )
-    stats.add_argument("dir", metavar="DIR")
-    stats.set_defaults(handler=run_stats)
+    _add_journal(stats)
+    stats.set_defaults(handler=_from_config(run_stats))
 
     verify = verbs.add_parser(
         "verify",
@@ -1409,8 +1529,8 @@ def add_parser(subparsers: Subparsers) -> None:
             "again for each key it has had: a seal holds when any of them made it"
         ),
     )
-    verify.add_argument("dir", metavar="DIR")
-    verify.set_defaults(handler=run_verify)
+    _add_journal(verify, progress=True)
+    verify.set_defaults(handler=_from_config(run_verify))
 
     export = verbs.add_parser(
         "export",
@@ -1419,8 +1539,8 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     _add_filters(export, until=True)
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    export.add_argument("dir", metavar="DIR")
-    export.set_defaults(handler=run_export)
+    _add_journal(export, progress=True)
+    export.set_defaults(handler=_from_config(run_export))
 
     replay = verbs.add_parser(
         "replay",
@@ -1444,9 +1564,6 @@ def add_parser(subparsers: Subparsers) -> None:
     )
     replay.add_argument("--park", action="append", metavar="P", help="only this lot (repeatable)")
     replay.add_argument("--url", required=True, metavar="URL", help="where to POST the batches")
-    replay.add_argument(
-        "--config", metavar="FILE", help=f"the gateway's configuration (default {DEFAULT_CONFIG})"
-    )
     replay.add_argument("--key", metavar="PATH", help="the signing key file (default: gateway.signing_key)")
     replay.add_argument(
         "--gateway-id",
@@ -1456,18 +1573,47 @@ def add_parser(subparsers: Subparsers) -> None:
     replay.add_argument(
         "--batch", type=_positive_arg, default=DEFAULT_BATCH, metavar="N", help="events per batch (100)"
     )
-    replay.add_argument("dir", metavar="DIR")
-    replay.set_defaults(handler=run_replay)
+    _add_journal(replay, progress=True)
+    replay.set_defaults(handler=_from_config(run_replay))
 
     backup = verbs.add_parser(
         "backup",
-        help="copy the journal consistently, even while the gateway writes it",
+        help="copy what is new in the journal into a backup, even while the gateway writes it",
         description=(
-            "Copy the journal DIR into DEST (created; refused if it holds segments): every "
-            "segment, the last one up to its last whole line, each synced; then verify the "
-            "copy. To restore, put DEST's files back as the journal directory."
+            "Copy the journal DIR into DEST (created if missing). Into a backup of the same "
+            "journal, only what is new is copied: new whole lines of its last segment and new "
+            "segments, each checked on the chain from DEST's last record and synced, so it can "
+            "run every minute. A DEST that is not a backup of this journal is refused. DEST "
+            "verifies on its own (cpmictl log verify DEST); restore it with cpmictl log restore."
         ),
     )
-    backup.add_argument("dir", metavar="DIR")
-    backup.add_argument("dest", metavar="DEST")
-    backup.set_defaults(handler=run_backup)
+    _add_journal(backup, progress=True)
+    backup.add_argument(
+        "--progress", action="store_true", help="kept for old scripts: a bar is drawn on a terminal anyway"
+    )
+    backup.add_argument("dest", metavar="DEST", help="the backup directory (created if missing)")
+    backup.set_defaults(handler=_from_config(run_backup))
+
+    restore = verbs.add_parser(
+        "restore",
+        help="make DIR a journal restored from the backup DEST (the gateway stopped)",
+        description=(
+            "Copy the backup DEST into the journal directory DIR and append a restore record, "
+            "signed with the gateway's key, from which the journal goes on at a seq no record "
+            "of the lost journal can have used (the time in microseconds). Refused while a "
+            "gateway holds DIR, and when DIR holds segments unless --replace."
+        ),
+    )
+    restore.add_argument(
+        "--config", metavar="FILE", help=f"the gateway's configuration (default: {CONFIG_SEARCH})"
+    )
+    restore.add_argument("--key", metavar="PATH", help="the signing key file (default: gateway.signing_key)")
+    restore.add_argument("--gateway-id", metavar="ID", help="the gateway id (default: gateway.id)")
+    restore.add_argument(
+        "--replace",
+        action="store_true",
+        help="rename the segments DIR holds to <segment>.replaced-<time> rather than refuse",
+    )
+    restore.add_argument("dest", metavar="DEST", help="the backup directory to restore from")
+    restore.add_argument("dir", metavar="DIR", help="the journal directory to make (the gateway stopped)")
+    restore.set_defaults(handler=run_restore)

@@ -32,7 +32,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from gateway.client import CredentialsError, LotCredentials, read_credentials
+from gateway.cli import progress
+from gateway.lotclient.credentials import CredentialsError, LotCredentials, read_credentials
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 
@@ -80,20 +81,28 @@ def add_parser(subparsers: Subparsers) -> None:
         "--duration", type=_positive, default=60.0, metavar="S", help="seconds of traffic (default 60)"
     )
     simulate.add_argument(
-        "--rate", type=_not_negative, default=10.0, metavar="R", help="events a second, all lots together"
+        "--rate",
+        type=_not_negative,
+        default=10.0,
+        metavar="R",
+        help="events a second, all lots together (default 10)",
     )
     simulate.add_argument(
         "--time-scale",
         type=_positive,
         default=1.0,
         metavar="X",
-        help="divide the standard's periods by X (10 min retries, heartbeats); for tests",
+        help="divide the standard's periods by X (10 min retries, heartbeats); for tests (default 1)",
     )
     simulate.add_argument(
         "--soak", action="store_true", help="run until stopped, a summary line every minute"
     )
     simulate.add_argument(
-        "--summary-every", type=_positive, default=60.0, metavar="S", help="soak: seconds between summaries"
+        "--summary-every",
+        type=_positive,
+        default=60.0,
+        metavar="S",
+        help="soak: seconds between summaries (default 60)",
     )
     simulate.add_argument(
         "--drain",
@@ -103,10 +112,19 @@ def add_parser(subparsers: Subparsers) -> None:
         help="at the end, wait up to S seconds for uploads still unacknowledged (default 30)",
     )
     simulate.add_argument(
-        "--heartbeat", type=_positive, default=30.0, metavar="S", help="seconds between heartbeats (<= 60)"
+        "--heartbeat",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="seconds between heartbeats, at most 60 (default 30)",
     )
     simulate.add_argument("--seed", type=int, help="seed of the traffic's random (default: a new one)")
-    simulate.add_argument("--timezone", default="Asia/Shanghai", help="the lots' zone for times on the wire")
+    simulate.add_argument(
+        "--timezone",
+        default="Asia/Shanghai",
+        help="the lots' zone for times on the wire (default Asia/Shanghai)",
+    )
+    progress.add_option(simulate)
     simulate.set_defaults(handler=run_simulate)
 
 
@@ -213,7 +231,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     from twisted.internet import reactor
 
     outcome: list[Summary | Failure] = []
-    simulation = _simulation(reactor, lots, url, downlink, settings)
+    simulation = _simulation(reactor, lots, url, downlink, settings, progress.shown(args))
     shutting_down: list[bool] = []
 
     def begin() -> None:
@@ -263,6 +281,7 @@ def _simulation(
     url: str,
     downlink: tuple[str, int] | None,
     settings: Settings,
+    show_progress: bool = False,
 ) -> Simulation:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max(4, min(len(lots), 256))
@@ -279,6 +298,6 @@ def _simulation(
         clock=reactor,
         settings=settings,
         downlink=endpoint if downlink is not None else None,
-        progress=sys.stderr if sys.stderr.isatty() else None,
+        progress=sys.stderr if show_progress else None,
         summaries=sys.stdout,
     )

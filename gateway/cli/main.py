@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.cli import apitoken, config, conformance, dialects, keys, log, lot, passwd
+from gateway.cli import apitoken, config, conformance, dialects, init, keys, log, lot, passwd
 
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -40,7 +40,17 @@ class CommandGroup(Protocol):
         """Add the group's sub-commands, each with a ``handler`` default."""
 
 
-COMMAND_GROUPS: Sequence[CommandGroup] = (passwd, keys, apitoken, log, lot, conformance, dialects, config)
+COMMAND_GROUPS: Sequence[CommandGroup] = (
+    init,
+    passwd,
+    keys,
+    apitoken,
+    log,
+    lot,
+    conformance,
+    dialects,
+    config,
+)
 
 
 def distribution_version() -> str:

@@ -37,20 +37,20 @@ from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
-from gateway.config import Config
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotCommands, LotReply, LotState, NotConnected
+from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
+from gateway.protocol.jsontext import JSONRefused, loads
 from gateway.protocol.results import Result
 from gateway.protocol.schema import interface_schema
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config
 
 __all__ = [
     "ALL_ROLES",
     "CLOUD_CLIENT",
     "Caller",
     "CommandApi",
-    "CommandJournal",
-    "LotCommands",
     "ReloadOutcome",
     "SyncEntries",
 ]
@@ -72,29 +72,6 @@ PAGE_POLICY = (
 )
 
 _T = TypeVar("_T")
-
-
-class LotCommands(Protocol):
-    """What the API needs of the lots' side (`gateway.dialects.host.LotRouter`)."""
-
-    def supports(self, park: str, code: str) -> bool:
-        """Whether the lot's dialect can carry the downlink `code`."""
-
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send a command to the lot; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
-
-    def state(self, park: str) -> LotState:
-        """The connection state of one configured lot."""
-
-    def states(self) -> list[LotState]:
-        """The connection state of the lots."""
-
-
-class CommandJournal(Protocol):
-    """The journal's append, firing once the record is durable."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Append one record."""
 
 
 class SyncEntries(Protocol):
@@ -190,7 +167,7 @@ class CommandApi:
         *,
         config: Config,
         lots: LotCommands,
-        journal: CommandJournal,
+        journal: JournalAppend,
         clock: IReactorTime,
         registry: CollectorRegistry,
         ready: Callable[[], tuple[bool, str]],
@@ -332,13 +309,15 @@ class CommandApi:
         """The request's JSON body checked against the interface, normalised."""
         content = request.content
         content.seek(0, 2)
-        if content.tell() > self._config.uplink.max_body_bytes:
+        # The channel refuses a larger body before reading it; this holds where there is none (tests).
+        if content.tell() > self._config.uplink.api_max_body_bytes:
             raise _error(413, "the body is too large")
         content.seek(0)
         try:
-            data = json.loads(content.read(), parse_constant=_no_constant)
-        except ValueError as error:  # UnicodeDecodeError too
-            raise _error(400, f"the body is not JSON: {error}") from None
+            data = loads(content.read(), root="data")  # the rules the lots' JSON follows (CONTRACT §4)
+        except JSONRefused as error:
+            detail = error.detail
+            raise _error(400, f"the body is not JSON: {detail}" if error.path == "" else detail) from None
         if not isinstance(data, dict | list):
             raise _error(400, "the body must be a JSON object or a list of objects")
         try:
@@ -360,7 +339,7 @@ class CommandApi:
                 self._status.latency.record(outcome, elapsed)
             if journal:
                 record = {"client": caller.name, "data": None, **body}
-                self._journal.append("command-reply", park, code, opr, record).addErrback(
+                self._journal.append(COMMAND_REPLY_RECORD, park, code, opr, record).addErrback(
                     self._reply_not_journaled, park, code, opr
                 )
             return _answer(request, status, body)
@@ -372,7 +351,8 @@ class CommandApi:
             )
 
         def send(_: object) -> Deferred[bytes]:
-            asked = maybeDeferred(self._lots.command, park, code, data)
+            # Sent with the oprNum it was journaled under, so a reply matches its record (CONTRACT §7).
+            asked = maybeDeferred(self._lots.command, park, code, data, opr)
             deadline = deadline_of(code, self._deadlines)
             asked.addTimeout(deadline + DEADLINE_GRACE, self._clock)
             return asked.addCallbacks(replied, failed)
@@ -401,7 +381,7 @@ class CommandApi:
             )
 
         durable = maybeDeferred(
-            self._journal.append, "command", park, code, opr, {"client": caller.name, "data": data}
+            self._journal.append, COMMAND_RECORD, park, code, opr, {"client": caller.name, "data": data}
         )
         return durable.addCallbacks(send, unjournaled)
 
@@ -528,11 +508,6 @@ class CommandApi:
     def metrics(self, request: IRequest) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._registry)
-
-
-def _no_constant(name: str) -> object:
-    """NaN and Infinity are not JSON (RFC 8259), though Python's parser takes them."""
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def _json_bytes(body: object) -> bytes:

@@ -8,9 +8,8 @@ its times converted to RFC 3339 with the lot's offset. Records the cloud is not
 told about (tokens, recovery, queries and answers, commands and their replies,
 sync entries themselves, anything unknown) map to ``None``.
 
-The record kinds are spelt out here rather than imported from ``gateway.lots``:
-this module sits on the cloud side and depends only on ``protocol`` and
-``journal``; the tests check that the spellings agree.
+The record kinds come from ``gateway.journal.kinds``: this module sits on the
+cloud side and depends only on ``protocol`` and ``journal``.
 """
 
 from __future__ import annotations
@@ -23,12 +22,33 @@ from zoneinfo import ZoneInfo
 
 from attrs import frozen
 
+from gateway.journal.kinds import (
+    ANSWER_RECORD,
+    COMMAND_RECORD,
+    COMMAND_REPLY_RECORD,
+    FORWARDED_RECORD,
+    LEGACY_RECORD,
+    OFFLINE_RECORD,
+    ONLINE_RECORD,
+    QUARANTINE_RECORD,
+    QUERY_RECORD,
+    RECOVERY_RECORD,
+    REJECTED_RECORD,
+    RESTORE_RECORD,
+    SEAL_RECORD,
+    SYNC_DONE_RECORD,
+    SYNC_RECORD,
+    TOKEN_RECORD,
+    UPLINK_RECORD,
+)
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.catalog import Field, lookup
 
 __all__ = [
     "BATCH_CONTENT_TYPE",
     "EVENT_CONTENT_TYPE",
+    "EVENT_KINDS",
+    "NO_EVENT_KINDS",
     "batch_body",
     "local_to_rfc3339",
     "query_event",
@@ -41,24 +61,35 @@ BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 EVENT_CONTENT_TYPE = "application/cloudevents+json"
 """The ``Content-Type`` of one event sent on its own (queries)."""
 
-# Record kinds (gateway.lots.uplink / downlink / sync).
-_UPLINK = "uplink"
-_ONLINE = "lot-online"
-_OFFLINE = "lot-offline"
-_SYNC_DONE = "sync-done"
-_QUERY = "query"
 # A legacy message as a dialect received it (gateway.dialects.host); forwarded only
 # when nothing of the standard was made of it, as org.cpmi.dialect.{dialect}.{service}.v1.
-_LEGACY = "legacy"
 _TYPE_PREFIX_DIALECT = "org.cpmi.dialect."
 # The forwarder's record of an event the cloud refused (gateway.cloud.forwarder).
-_REJECTED = "rejected"
 _REJECTED_TYPE = "org.cpmi.gateway.rejected.v1"
+
+# Kinds whose event (`to_event`) does not depend on the body: always one, or never
+# one. Any other kind is decoded and asked (`cpmictl log` counts by these).
+EVENT_KINDS = frozenset({UPLINK_RECORD, ONLINE_RECORD, OFFLINE_RECORD})
+NO_EVENT_KINDS = frozenset(
+    {
+        QUERY_RECORD,
+        ANSWER_RECORD,
+        TOKEN_RECORD,
+        COMMAND_RECORD,
+        COMMAND_REPLY_RECORD,
+        SYNC_RECORD,
+        RECOVERY_RECORD,
+        RESTORE_RECORD,
+        QUARANTINE_RECORD,
+        FORWARDED_RECORD,
+        SEAL_RECORD,
+    }
+)
 
 _TYPE_PREFIX_T002 = "org.cpmi.t002."
 _LOT_TYPES = {
-    _ONLINE: "org.cpmi.gateway.lot-online.v1",
-    _OFFLINE: "org.cpmi.gateway.lot-offline.v1",
+    ONLINE_RECORD: "org.cpmi.gateway.lot-online.v1",
+    OFFLINE_RECORD: "org.cpmi.gateway.lot-offline.v1",
 }
 _SYNC_DONE_TYPES = {
     "delivered": "org.cpmi.gateway.downlink-delivered.v1",
@@ -191,12 +222,12 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
     with the record's body, so treat it as read-only (serialize it, don't edit it).
     """
     kind = record.kind
-    if kind == _UPLINK:
+    if kind == UPLINK_RECORD:
         return _interface_event(record, gateway_id, zone)
     lot_type = _LOT_TYPES.get(kind)
     if lot_type is not None:
         return _envelope(record, gateway_id, lot_type, record.body)
-    if kind == _SYNC_DONE:
+    if kind == SYNC_DONE_RECORD:
         body = record.body
         if not isinstance(body, Mapping):
             return None
@@ -205,9 +236,9 @@ def to_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str, ob
         if done_type is None:
             return None
         return _envelope(record, gateway_id, done_type, {**body, "code": record.code})
-    if kind == _LEGACY:
+    if kind == LEGACY_RECORD:
         return _legacy_event(record, gateway_id)
-    if kind == _REJECTED:
+    if kind == REJECTED_RECORD:
         body = record.body
         # The refusal of a refusal's own event is recorded but not sent again: no loop.
         if not isinstance(body, Mapping) or body.get("type") == _REJECTED_TYPE:
@@ -241,7 +272,7 @@ def query_event(record: Record, *, gateway_id: str, zone: ZoneInfo) -> dict[str,
     ``{gateway id}-{seq}``, times converted); raises ValueError for a record of
     another kind.
     """
-    if record.kind != _QUERY:
+    if record.kind != QUERY_RECORD:
         raise ValueError(f"not a query record: {record.kind!r}")
     return _interface_event(record, gateway_id, zone)
 

@@ -60,7 +60,6 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import treq
-from attrs import frozen
 from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -69,15 +68,15 @@ from twisted.python.failure import Failure
 
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.post import HTTPRequester, failure_reason, post_signed, shortened
-from gateway.cloud.progress import FORWARDED_RECORD, REJECTED_RECORD, Progress
-from gateway.config import CloudConfig
+from gateway.cloud.progress import Progress
+from gateway.interfaces import Entry, JournalAppend, Outcome, Sink, Split
+from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import Cursor, Damage
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.times import rfc3339_seconds
+from gateway.settings import CloudConfig
 
 __all__ = [
-    "FORWARDED_RECORD",
-    "REJECTED_RECORD",
     "Forwarder",
     "ForwarderJournal",
     "Progress",
@@ -96,7 +95,7 @@ _READ_RETRY = 5.0
 _log = Logger()
 
 
-class ForwarderJournal(Protocol):
+class ForwarderJournal(JournalAppend, Protocol):
     """What the forwarder needs of :class:`gateway.journal.writer.Journal`."""
 
     @property
@@ -108,79 +107,9 @@ class ForwarderJournal(Protocol):
     @property
     def commit_observers(self) -> list[Callable[[list[Record]], None]]: ...
 
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
-
 
 RunBlocking = Callable[[Callable[[], Any]], Deferred[Any]]
 """Runs a blocking job off the reactor thread (``deferToThread``)."""
-
-
-@frozen
-class Entry:
-    """One event waiting to go: its record's identity and what the sink sends of it (``body``)."""
-
-    seq: int
-    park: str
-    code: str
-    opr: str
-    id: str
-    type: str
-    body: bytes
-    at: float  # when it was taken from the journal (for the batch delay)
-    ts: str  # the record's journal time (for the lag)
-
-
-@frozen
-class Outcome:
-    """
-    What became of one event of a batch.
-
-    ``done``: delivered, or (``refused``) refused for good with the ``answer``;
-    either way it is not sent again. Not done: it is sent again after the
-    backoff, and ``reason`` says why not this time.
-    """
-
-    done: bool
-    status: int | None = None
-    refused: bool = False
-    answer: bytes = b""
-    reason: str = ""
-    # Not done, and paced by the sink: the lot's events wait until then, other lots' go on.
-    retry_at: float | None = None
-
-    @classmethod
-    def delivered(cls, status: int) -> Outcome:
-        return cls(True, status)
-
-    @classmethod
-    def refusal(cls, status: int, answer: bytes) -> Outcome:
-        return cls(True, status, refused=True, answer=answer)
-
-    @classmethod
-    def not_yet(cls, reason: str, status: int | None = None, retry_at: float | None = None) -> Outcome:
-        return cls(False, status, reason=reason, retry_at=retry_at)
-
-
-@frozen
-class Split:
-    """The sink refused a batch of several events as a whole: find the refused ones by halving it."""
-
-    status: int
-    answer: bytes
-
-
-class Sink(Protocol):
-    """Where the forwarder's events go, and how: CloudEvents batches, or a T/CPMI 002 upstream."""
-
-    @property
-    def target(self) -> str:
-        """Where events go, for the log (a URL)."""
-
-    def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
-        """The events among `records` (may run in a thread: no state, no I/O)."""
-
-    def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
-        """Send `batch`; fires with an Outcome per entry, in order, or a Split; never fails."""
 
 
 def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[Entry]:

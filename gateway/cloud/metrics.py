@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.interfaces import JournalPosition
+
 
 class LotConnection(Protocol):
     """One configured lot's downlink state, as far as the metrics need it."""
@@ -36,22 +38,6 @@ class DownlinkCounts(Protocol):
     def counters(self) -> Mapping[str, int]: ...
 
     def states(self) -> Sequence[LotConnection]: ...
-
-
-class JournalPosition(Protocol):
-    """What the metrics read of `gateway.journal.writer.Journal`."""
-
-    @property
-    def last_seq(self) -> int: ...
-
-    @property
-    def committed_seq(self) -> int: ...
-
-    @property
-    def problem(self) -> str | None: ...
-
-    @property
-    def quarantined(self) -> Sequence[object]: ...
 
 
 class SyncQueues(Protocol):
@@ -114,6 +100,16 @@ DOWNLINK_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "cpmi_downlink_closed_unbound",
         "closed_unbound",
         "Downlink connections closed for not binding within tcp.bind_timeout.",
+    ),
+    (
+        "cpmi_downlink_closed_unbound_bytes",
+        "closed_unbound_bytes",
+        "Downlink connections closed for sending more than tcp.max_unbound_bytes before binding.",
+    ),
+    (
+        "cpmi_downlink_closed_token",
+        "closed_token",
+        "Bound downlink connections closed (9000) because their token was replaced, revoked or expired.",
     ),
     (
         "cpmi_downlink_bad_signatures",
@@ -422,5 +418,57 @@ class UpstreamCollector(Collector):
 def register_upstream(registry: CollectorRegistry, upstream: UpstreamState) -> UpstreamCollector:
     """Register the t002 sink's metrics (`cpmi_upstream_*`) on `registry`."""
     collector = UpstreamCollector(upstream)
+    registry.register(collector)
+    return collector
+
+
+class LoginChecks(Protocol):
+    """What the metrics read of `gateway.lots.passwords.PasswordChecker`."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
+LOGIN_COUNTERS = (
+    ("cpmi_login_checks", "checked", "Password checks run (HTTP and TCP logins)."),
+    (
+        "cpmi_login_busy",
+        "busy",
+        "Logins answered 9999 busy at once: uplink.max_pending_logins checks were already waiting.",
+    ),
+    ("cpmi_login_dropped", "dropped", "Password checks dropped unrun: their client had gone away."),
+)
+
+
+class LoginCollector(Collector):
+    """The login queue in front of the password threads, read at each scrape."""
+
+    def __init__(self, checks: LoginChecks) -> None:
+        self._checks = checks
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        counters = {} if describing else dict(self._checks.counters)
+        waiting = "Logins waiting for a password check now."
+        yield GaugeMetricFamily(
+            "cpmi_login_waiting", waiting, value=None if describing else self._checks.waiting
+        )
+        for name, key, documentation in LOGIN_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=None if describing else counters.get(key, 0))
+
+
+def register_logins(registry: CollectorRegistry, checks: LoginChecks) -> LoginCollector:
+    """Register the login queue's metrics (`cpmi_login_*`) on `registry`."""
+    collector = LoginCollector(checks)
     registry.register(collector)
     return collector

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from gateway.journal.record import Record
 
-__all__ = ["FORWARDED_RECORD", "REJECTED_RECORD", "Progress"]
-
-FORWARDED_RECORD = "forwarded"
-REJECTED_RECORD = "rejected"
+__all__ = ["Progress"]
 
 
 class Progress:

@@ -13,7 +13,6 @@ answer. :meth:`QueryClient.ask` always comes back with a :class:`QueryAnswer`:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from zoneinfo import ZoneInfo
 
@@ -34,6 +33,7 @@ from gateway.cloud.events import EVENT_CONTENT_TYPE, query_event
 from gateway.cloud.post import HTTPRequester, failure_reason, post_signed
 from gateway.journal.record import Record, dumps_compact
 from gateway.protocol.catalog import lookup
+from gateway.protocol.jsontext import loads
 from gateway.protocol.validation import FieldError, validate
 
 __all__ = [
@@ -59,14 +59,6 @@ _EXCERPT = 120  # bytes of a refused answer quoted in the log
 log = Logger()
 
 _OnTimeout = Callable[[object, float], "QueryAnswer"]
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-# NaN and Infinity are not JSON, and the journal could not keep them.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 @frozen
@@ -216,8 +208,8 @@ class QueryClient:
             limit = _size(self._max_answer_bytes)
             return self._refused(f"cloud answer larger than {limit}", code, opr, body)
         try:
-            data = _DECODER.decode(body.content.decode("utf-8"))
-        except (ValueError, RecursionError):
+            data = loads(body.content)  # what goes on to the lot follows the lots' JSON rules
+        except ValueError:
             data = None
         if not isinstance(data, dict):
             return self._refused("cloud answer is not a JSON object", code, opr, body)

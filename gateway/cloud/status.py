@@ -23,9 +23,10 @@ from typing import Protocol
 from attrs import Factory, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.config import Config
-from gateway.lots.downlink import LotState
+from gateway.interfaces import JournalPosition, LotState
+from gateway.logs import ECHO_CHARS, REASON_CHARS, clip
 from gateway.protocol.times import utc_rfc3339
+from gateway.settings import Config
 
 __all__ = [
     "LATENCY_WINDOW",
@@ -34,7 +35,6 @@ __all__ = [
     "PAGE_ASSETS",
     "CommandLatency",
     "ForwardingProgress",
-    "JournalHead",
     "LotStates",
     "PageAsset",
     "StatusReport",
@@ -47,6 +47,8 @@ MAX_REJECTIONS = 50
 LOG_ONLY_NOTE = "log-only: the journal is the sink"
 # The keys a rejection shows; anything else the ring buffer keeps is left out.
 REJECTION_KEYS = ("event", "park", "code", "result", "reason")
+# The most characters of each shown (ECHO_CHARS for the others): a reason names a field and why.
+_REJECTION_CHARS = {"reason": REASON_CHARS}
 
 JSON = dict[str, object]
 
@@ -72,19 +74,6 @@ class ForwardingProgress(Protocol):
 
     def lag(self, now: float) -> float | None:
         """Seconds the oldest unforwarded record has waited at `now`; None when nothing waits."""
-
-
-class JournalHead(Protocol):
-    """The journal's position (`gateway.journal.writer.Journal`)."""
-
-    @property
-    def last_seq(self) -> int: ...
-
-    @property
-    def committed_seq(self) -> int: ...
-
-    @property
-    def problem(self) -> str | None: ...
 
 
 def _milliseconds(seconds: float) -> float:
@@ -155,20 +144,29 @@ def _epoch(value: object) -> float | None:
     return None
 
 
-def _scalar(value: object) -> object:
-    """A JSON scalar as it is; anything else as its text, so the report is always JSON."""
-    if value is None or isinstance(value, str | int | bool):
+def _scalar(value: object, limit: int = ECHO_CHARS) -> object:
+    """A JSON scalar as it is, text clipped to `limit` characters; anything else as its clipped text.
+
+    Rejections hold what peers sent: clipped here too, so the report stays
+    small whatever the list it is given holds (CONTRACT §4).
+    """
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else clip(value, limit)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    return str(value)
+    return clip(value, limit)
 
 
 def _latest_rejections(rejections: Iterable[Mapping[str, object]]) -> list[JSON]:
     """The newest `MAX_REJECTIONS` first; rejections at the same time keep the order given."""
     newest = heapq.nlargest(MAX_REJECTIONS, rejections, key=lambda item: _epoch(item.get("time")) or 0.0)
     return [
-        {"time": rfc3339(_epoch(item.get("time"))), **{key: _scalar(item.get(key)) for key in REJECTION_KEYS}}
+        {
+            "time": rfc3339(_epoch(item.get("time"))),
+            **{key: _scalar(item.get(key), _REJECTION_CHARS.get(key, ECHO_CHARS)) for key in REJECTION_KEYS},
+        }
         for item in newest
     ]
 
@@ -194,7 +192,7 @@ class StatusReport:
     started: float
     lots: LotStates
     backlog: Callable[[str], int]
-    journal: JournalHead
+    journal: JournalPosition
     ready: Callable[[], tuple[bool, str]]
     forwarding: ForwardingProgress | None = None
     rejections: Callable[[], Iterable[Mapping[str, object]]] = _no_rejections

@@ -26,23 +26,24 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.resource import IResource
 
-from gateway.client import LotCredentials
 from gateway.config import Config, parse
 from gateway.conformance.checks import Check, downlink_interfaces, lot_checks
 from gateway.conformance.report import Outcome, Report, Row
 from gateway.conformance.samples import AUTO_PAY_ANSWER, Scene, downlink_sample
-from gateway.lots.downlink import DeadlinePassed, Downlinks, LotReply, NotConnected
+from gateway.interfaces import DeadlinePassed, LotReply, NotConnected
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lots.downlink import Downlinks
 from gateway.lots.http import UplinkResource
-from gateway.lots.login import signature_ok
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.tcp import DownlinkProtocol, Reply
+from gateway.lots.tcp import DownlinkProtocol
 from gateway.lots.uplink import FilePart, UplinkHandler
 from gateway.protocol.catalog import Interface, lookup
-from gateway.protocol.envelope import EnvelopeError, Request, parse_request
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_request
 from gateway.protocol.framing import FrameTooLarge
 from gateway.protocol.results import Result
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.validation import FieldError, validate
 from gateway.simulator.traffic import Layout, Traffic
 
@@ -102,7 +103,9 @@ class PlainPasswords:
     def __init__(self, password: str) -> None:
         self._password = password.encode("utf-8")
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
         """Whether `password` is the lot's (for a known account)."""
         return succeed(
             password_hash is not None and hmac.compare_digest(password.encode("utf-8"), self._password)
@@ -152,7 +155,11 @@ class RecordingUplinkHandler(UplinkHandler):
         self._now = clock.seconds
 
     def handle(
-        self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
+        self,
+        text: str,
+        url_code: str | None = None,
+        files: Sequence[FilePart] = (),
+        gone: Callable[[], bool] | None = None,
     ) -> Deferred[bytes]:
         """Answer as the gateway does, then record the exchange."""
         at = self._now()
@@ -180,7 +187,7 @@ class RecordingUplinkHandler(UplinkHandler):
             )
             return body
 
-        return super().handle(text, url_code, files).addCallback(record)
+        return super().handle(text, url_code, files, gone).addCallback(record)
 
 
 class RecordingDownlinks(Downlinks):

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IS
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from gateway.client import request_text
+from gateway.protocol.envelope import request_text
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
 
 __all__ = ["Frame", "FrameProbe", "connect_probe"]

@@ -1,11 +1,14 @@
 """
 The `bolink` dialect: lots speaking the ParkingOS cloud's line protocol, on their own TCP port.
 
-One JSON object a line, ``{"service_name","token","sign","data"}``, signed with
+One JSON object a frame, ``{"service_name","token","sign","data"}``, signed with
 the lot's secret (`bolink_messages`). A lot logs in with its park id, then sends
 its entries and exits (``in_park``, ``out_park``, ``upload_order``), which become
 the standard's ``carIn``/``carOut``/``freeSpace``; anything else it sends is kept
-and forwarded as it came. ``gateOpen`` goes down as ``operate_liftrod``.
+and forwarded as it came. ``gateOpen`` goes down as ``operate_liftrod``, whose
+answer the lot sends as a signed message of its own. Frames from a lot end in
+"\n", "\r\n" or "\r"; frames to it are written as the ParkingOS server writes
+them, "\n" + JSON + "\r", unless its ``[[lot]]`` says ``framing = "lines"``.
 
 `BolinkConnection` turns bytes into lines and lines into bytes; `BolinkServer`
 decides: logins, binds, answers, commands and the idle sweep.
@@ -13,10 +16,9 @@ decides: logins, binds, answers, commands and the idle sweep.
 
 from __future__ import annotations
 
-import json
 import secrets
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred, fail
@@ -28,37 +30,36 @@ from twisted.plugin import IPlugin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import LotConfig
 from gateway.dialects.bolink_messages import (
+    CLOUD,
     HEARTBEAT,
     HEARTBEAT_ANSWER,
+    MAX_LINE,
+    TRANSLATED,
     BadMessage,
     Envelope,
+    LiftrodReply,
     LineSplitter,
     Oversize,
     Untranslatable,
     answer,
+    digest,
+    frame,
+    liftrod_reply,
     login_answer,
     operate_liftrod,
     parse_line,
+    repeat_answer,
     sign_ok,
     translate,
 )
-from gateway.dialects.interface import (
-    DeadlinePassed,
-    IDialect,
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    NotConnected,
-    Original,
-    Unsupported,
-)
-from gateway.logs import lot_rejected
+from gateway.dialects.interface import IDialect, IDialectHost, IDialectServer, Original, Unsupported
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.logs import describe, lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.tcp import describe
+from gateway.lots.connections import Bind, Registry
 from gateway.protocol.results import Result
+from gateway.settings import LotConfig
 
 __all__ = ["BolinkConnection", "BolinkDialect", "BolinkServer", "bolink"]
 
@@ -68,6 +69,11 @@ NAME = "bolink"
 SWEEP_INTERVAL = 1.0
 _BYTE_HEARTBEAT = b"\x11"
 _LIFTROD = "operate_liftrod"
+# The in_park/out_park/upload_order each lot had stored, answered "数据已处理过..." when
+# they come again: for as long as the host's repeat rule remembers them (B.2.3.6), and
+# at most this many, oldest forgotten first (the ParkingOS server keeps 5000).
+REPEAT_WINDOW = 3600.0
+REPEAT_MEMORY = 10_000
 
 
 class BolinkConnection(Protocol):
@@ -75,12 +81,16 @@ class BolinkConnection(Protocol):
 
     def __init__(self, server: BolinkServer, peer: str) -> None:
         self._server = server
-        self._lines = LineSplitter()
+        self._lines = LineSplitter(server.max_line)
         self.peer = peer
         self.park: str | None = None
         self.token = ""
+        # How frames are written to this lot: the ParkingOS server's way until a lot logs in.
+        self.framing = CLOUD
+        self.unbound_bytes = 0
         self.opened = self.last_read = self.bound_at = server.clock.seconds()
-        self.closing = False
+        # The bind lifecycle: UNBOUND until a login, BOUND, then CLOSING (logins are decided at once).
+        self.phase = Bind.UNBOUND
         self.close_reason = ""
         # operate_liftrod commands sent and not yet answered, oldest first.
         self.pending: deque[_Pending] = deque()
@@ -91,8 +101,14 @@ class BolinkConnection(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.last_read = self._server.clock.seconds()
+        if self.park is None:
+            # Whatever a peer that has not logged in sends is bounded ([tcp] max_unbound_bytes).
+            self.unbound_bytes += len(data)
+            if self.unbound_bytes > self._server.host.tcp.max_unbound_bytes:
+                self.close(f"more than {self._server.host.tcp.max_unbound_bytes} bytes before logging in")
+                return
         for line in self._lines.feed(data):
-            if self.closing:
+            if self.phase is Bind.CLOSING:
                 return
             try:
                 if isinstance(line, Oversize):
@@ -103,33 +119,43 @@ class BolinkConnection(Protocol):
                 log.failure("handling a line from {peer} failed", peer=self.peer)
 
     def send(self, line: bytes) -> None:
-        """Write one line (with its end)."""
-        if self.transport is not None and not self.closing:
+        """Write one frame (with its ends)."""
+        if self.transport is not None and self.phase is not Bind.CLOSING:
             self.transport.write(line)
 
     def close(self, reason: str) -> None:
         """Close after what was written, remembering why."""
-        if self.closing:
+        if self.phase is Bind.CLOSING:
             return
-        self.closing = True
+        self.phase = Bind.CLOSING
         self.close_reason = reason
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closing = True
+        self.phase = Bind.CLOSING
         self._server.connection_lost(self, reason)
 
 
 class _Pending:
     """A gateOpen sent as operate_liftrod, waiting for the lot's answer."""
 
-    __slots__ = ("channel", "deferred", "timer")
+    __slots__ = ("channel", "deferred", "liftrod_id", "operate", "timer")
 
-    def __init__(self, channel: str, deferred: Deferred[LotReply]) -> None:
+    def __init__(self, channel: str, operate: int, liftrod_id: str, deferred: Deferred[LotReply]) -> None:
         self.channel = channel
+        self.operate = operate
+        self.liftrod_id = liftrod_id
         self.deferred = deferred
         self.timer: IDelayedCall | None = None
+
+    def answered_by(self, reply: LiftrodReply) -> bool:
+        """Whether `reply` is this command's answer, as far as the members it gives tell."""
+        if reply.liftrod_id is not None:
+            return reply.liftrod_id == self.liftrod_id
+        if reply.channel_id is not None and reply.channel_id != self.channel:
+            return False
+        return reply.operate is None or reply.operate == self.operate
 
 
 class _Factory(ServerFactory):
@@ -142,12 +168,18 @@ class _Factory(ServerFactory):
         return BolinkConnection(self.server, describe(addr) if addr is not None else "unknown")
 
 
-def legacy_opr(service: str, order_id: str) -> str:
-    """The message's id for the repeat rule: its service and order, or a fresh one without an order.
+def legacy_opr(service: str, order_id: str, fingerprint: str = "") -> str:
+    """The message's id for the repeat rule: its service, order and data's fingerprint, or a fresh one.
 
-    The host journals one longer than 32 characters as its MD5.
+    The same order sent again with other data (an exit settled again with another
+    pay_type, as the SDK documentation allows) is a new message, as it is to the
+    ParkingOS server, whose repeat check is by the sign. A message without an
+    order has no identity: it gets a fresh id. The host journals an id longer than
+    32 characters as its MD5.
     """
-    return f"{service}:{order_id}" if order_id else uuid.uuid4().hex
+    if not order_id:
+        return uuid.uuid4().hex
+    return f"{service}:{order_id}:{fingerprint}" if fingerprint else f"{service}:{order_id}"
 
 
 @implementer(IDialectServer)
@@ -157,10 +189,10 @@ class BolinkServer:
     def __init__(self, host: IDialectHost) -> None:
         self.host = host
         self.clock = host.clock
-        self._bound: dict[str, BolinkConnection] = {}
-        self._unbound: dict[BolinkConnection, None] = {}
-        self._last_seen: dict[str, float] = {}
-        self._last_peer: dict[str, str] = {}
+        self._connections: Registry[BolinkConnection] = Registry()
+        # (park, opr) of each stored in_park/out_park/upload_order -> when, oldest first.
+        self._processed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.max_line: int = min(MAX_LINE, host.tcp.max_frame_bytes)
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = host.clock
 
@@ -177,32 +209,31 @@ class BolinkServer:
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         if code != "gateOpen":
             return fail(Unsupported(NAME, code))
-        connection = self._bound.get(park)
-        if connection is None or connection.closing:
+        connection = self._connections.lot(park)
+        if connection is None or connection.phase is Bind.CLOSING:
             return fail(NotConnected(park))
         fields = data if isinstance(data, Mapping) else {}
         channel = str(fields.get("barCode", ""))
-        # isOpen absent is its default, 0 (B.2.3.5): the command says what to do.
-        operate = 1 if fields.get("isOpen") in (1, True, "1") else 0
+        # operate_liftrod's operate: 0 抬杆 (raise: open), 1 落杆 (lower: close) (SDK documentation;
+        # liftrod_info_tb.operate "0抬杆1落杆2暂停" in the ParkingOS schema; its console lifts with 0).
+        # isOpen 1 is 开闸; absent it is its default, 0 (B.2.3.5), 关闸: the command says which.
+        operate = 0 if fields.get("isOpen") in (1, True, "1") else 1
         deadline = self.host.deadline(code)
 
         def cancel(_: Deferred[LotReply]) -> None:
             self._forget(connection, pending)
 
-        pending = _Pending(channel, Deferred(cancel))
+        pending = _Pending(channel, operate, uuid.uuid4().hex, Deferred(cancel))
         pending.timer = self.clock.callLater(deadline, self._expire, connection, pending, park, deadline)
         connection.pending.append(pending)
-        connection.send(operate_liftrod(channel, operate))
+        connection.send(operate_liftrod(channel, operate, park, pending.liftrod_id, connection.framing))
         return pending.deferred
 
     def state(self, park: str) -> LotState:
-        connection = self._bound.get(park)
-        if connection is not None:
-            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
-        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+        return self._connections.state(park)
 
     def disconnect(self, park: str, reason: str) -> bool:
-        connection = self._bound.get(park)
+        connection = self._connections.lot(park)
         if connection is None:
             return False
         self._unbind(connection, park, reason)
@@ -216,10 +247,10 @@ class BolinkServer:
     def stop(self) -> None:
         if self._sweep.running:
             self._sweep.stop()
-        for park, connection in list(self._bound.items()):
+        for park, connection in self._connections.bound():
             self._unbind(connection, park, "gateway stopping")
             connection.close("gateway stopping")
-        for connection in list(self._unbound):
+        for connection in self._connections.unbound():
             connection.close("gateway stopping")
 
     # the sweep
@@ -228,23 +259,23 @@ class BolinkServer:
         """Close connections not logged in within bind_timeout, and lots silent for read_idle."""
         now = self.clock.seconds()
         tcp = self.host.tcp
-        for connection in list(self._unbound):
+        for connection in self._connections.unbound():
             if connection.opened <= now - tcp.bind_timeout:
                 connection.close("not logged in within bind_timeout")
         if tcp.read_idle:
-            for connection in list(self._bound.values()):
+            for _, connection in self._connections.bound():
                 if connection.last_read <= now - tcp.read_idle:
                     connection.close(f"nothing received for {tcp.read_idle} s (read_idle)")
 
     # events from the connections
 
     def connection_made(self, connection: BolinkConnection) -> None:
-        self._unbound[connection] = None
+        self._connections.opened(connection)
 
     def connection_lost(self, connection: BolinkConnection, reason: Failure) -> None:
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         park = connection.park
-        if park is not None and self._bound.get(park) is connection:
+        if park is not None and self._connections.holds(connection, park):
             why = connection.close_reason or f"closed by the lot: {reason.getErrorMessage()}"
             self._unbind(connection, park, why)
         self._fail_pending(connection, NotConnected(park or "?"))
@@ -252,20 +283,21 @@ class BolinkServer:
     def oversize(self, connection: BolinkConnection, event: Oversize) -> None:
         detail = f"line longer than {event.limit} bytes; dropped"
         self._rejected(connection, "", Result.MALFORMED, detail)
-        connection.send(answer("", False, detail, ""))
+        connection.send(answer("", False, detail, "", connection.framing))
 
     def line_received(self, connection: BolinkConnection, line: bytes) -> None:
+        framing = connection.framing
         if line == HEARTBEAT:
-            connection.send(HEARTBEAT_ANSWER)
+            connection.send(frame(HEARTBEAT_ANSWER, framing))
             return
         if line == _BYTE_HEARTBEAT:
-            connection.send(b"\x12\n")
+            connection.send(frame("\x12", framing))
             return
         try:
             envelope = parse_line(line)
         except BadMessage as error:
             self._rejected(connection, error.service, Result.MALFORMED, str(error))
-            connection.send(answer(error.service, False, str(error), ""))
+            connection.send(answer(error.service, False, str(error), "", framing))
             return
         service = envelope.service
         if service == "login":
@@ -276,21 +308,24 @@ class BolinkServer:
         if park is None or lot is None:
             detail = "log in first (service_name login)"
             self._rejected(connection, service, Result.TOKEN_INVALID, detail)
-            connection.send(answer(service, False, detail, envelope.order_id))
+            connection.send(answer(service, False, detail, envelope.order_id, framing))
             return
-        if service == _LIFTROD:
-            # The lot's answer to a gateOpen (lots never ask the platform to lift a rod).
-            self._liftrod_answered(connection, line)
-            return
+        # Every message after the login, the lot's answers to operate_liftrod included, has
+        # its token and sign checked first (SensorServerHandler: checkTokenSign).
         if envelope.token != connection.token:
             detail = "token: not the one this connection's login gave; log in again"
             self._rejected(connection, service, Result.TOKEN_INVALID, detail)
-            connection.send(answer(service, False, detail, envelope.order_id))
+            connection.send(answer(service, False, detail, envelope.order_id, framing))
             return
         if not sign_ok(envelope, lot.secret, lot.signature):
             detail = "sign: does not match data"
             self._rejected(connection, service, Result.BAD_SIGNATURE, detail)
-            connection.send(answer(service, False, detail, envelope.order_id))
+            connection.send(answer(service, False, detail, envelope.order_id, framing))
+            return
+        if service == _LIFTROD:
+            # The lot's answer to a gateOpen (lots never ask the platform to lift a rod).
+            # The ParkingOS server answers it with an empty frame, which no lot needs: none.
+            self._liftrod_answered(connection, envelope)
             return
         self._uplink(connection, park, envelope)
 
@@ -321,46 +356,46 @@ class BolinkServer:
         if lot is None:
             detail = f"park_id: {park_id!r} is not a bolink lot of this gateway"
             self._rejected(connection, "login", Result.NO_SUCH_PARK, detail)
-            connection.send(login_answer(False, detail, ""))
+            connection.send(login_answer(False, detail, "", connection.framing))
             return
         if not sign_ok(envelope, lot.secret, lot.signature):
             detail = "sign: does not match data"
             self._rejected(connection, "login", Result.BAD_SIGNATURE, detail, lot.park_code)
-            connection.send(login_answer(False, detail, ""))
+            connection.send(login_answer(False, detail, "", lot.framing))
             return
         token = secrets.token_hex(16)
         local = data.get("local_id")
         self._bind(
             connection, lot, token, f"login (local_id {local})" if local not in (None, "") else "login"
         )
-        connection.send(login_answer(True, "", token))
+        connection.framing = lot.framing
+        connection.send(login_answer(True, "", token, lot.framing))
 
     def _bind(self, connection: BolinkConnection, lot: LotConfig, token: str, how: str) -> None:
         park = lot.park_code
         previous = connection.park
-        if previous is not None and previous != park and self._bound.get(previous) is connection:
+        if previous is not None and previous != park and self._connections.holds(connection, previous):
             self._unbind(connection, previous, f"the connection logged in as {park}")
             self._fail_pending(connection, NotConnected(previous))
-        old = self._bound.get(park)
+        old = self._connections.lot(park)
         if old is not None and old is not connection:
             self._unbind(old, park, f"replaced by a new connection from {connection.peer}")
             old.park = None
             old.close("replaced by a newer connection of the same lot")
             self._fail_pending(old, NotConnected(park))
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         connection.token = token
         if old is connection:
             return
         connection.park = park
         connection.bound_at = self.clock.seconds()
-        self._bound[park] = connection
+        if connection.phase is not Bind.CLOSING:
+            connection.phase = Bind.BOUND
+        self._connections.bind(connection, park)
         self.host.online(park, connection.peer, how)
 
     def _unbind(self, connection: BolinkConnection, park: str, reason: str) -> None:
-        if self._bound.get(park) is connection:
-            del self._bound[park]
-        self._last_seen[park] = connection.last_read
-        self._last_peer[park] = connection.peer
+        self._connections.release(connection, park)
         self.host.offline(park, connection.peer, reason)
 
     # uplinks
@@ -372,16 +407,27 @@ class BolinkServer:
             messages = translate(service, data, self.host.zone)
         except Untranslatable as error:
             self._rejected(connection, service, Result.FIELD_INVALID, str(error))
-            connection.send(answer(service, False, str(error), order_id))
+            connection.send(answer(service, False, str(error), order_id, connection.framing))
+            return
+        opr = legacy_opr(service, order_id, digest(envelope))
+        watched = service in TRANSLATED and bool(order_id)
+        if watched and self._seen(park, opr):
+            # As the later ParkingOS server answers an entry or exit it has had (TempUtil.isReSend).
+            plate = data.get("car_number")
+            connection.send(
+                repeat_answer(service, order_id, plate if isinstance(plate, str) else "", connection.framing)
+            )
             return
         # The token is the connection's own: not kept.
         kept = {"service_name": service, "sign": envelope.sign, "data": envelope.data}
-        original = Original(service=service, opr=legacy_opr(service, order_id), message=kept)
+        original = Original(service=service, opr=opr, message=kept)
         stored = self.host.submit(park, original, messages or ())
 
         def answered(outcome: Answer) -> None:
             ok = outcome.result is Result.OK
-            connection.send(answer(service, ok, "" if ok else outcome.message, order_id))
+            if ok and watched:
+                self._remember(park, opr)
+            connection.send(answer(service, ok, "" if ok else outcome.message, order_id, connection.framing))
 
         stored.addCallback(answered).addErrback(
             lambda failure: log.failure(
@@ -389,32 +435,48 @@ class BolinkServer:
             )
         )
 
+    def _seen(self, park: str, opr: str) -> bool:
+        """Whether the lot's message `opr` was stored within REPEAT_WINDOW seconds."""
+        key = (park, opr)
+        when = self._processed.get(key)
+        if when is None:
+            return False
+        if when > self.clock.seconds() - REPEAT_WINDOW:
+            return True
+        del self._processed[key]
+        return False
+
+    def _remember(self, park: str, opr: str) -> None:
+        processed = self._processed
+        processed[(park, opr)] = self.clock.seconds()
+        processed.move_to_end((park, opr))
+        horizon = self.clock.seconds() - REPEAT_WINDOW
+        while processed and (len(processed) > REPEAT_MEMORY or next(iter(processed.values())) <= horizon):
+            processed.popitem(last=False)
+
     # gateOpen
 
-    def _liftrod_answered(self, connection: BolinkConnection, line: bytes) -> None:
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            return
-        channel = reply.get("channel_id")
-        matching = [p for p in connection.pending if channel is None or p.channel == str(channel)]
-        if not matching:
+    def _liftrod_answered(self, connection: BolinkConnection, envelope: Envelope) -> None:
+        reply = liftrod_reply(envelope)
+        pending = next((p for p in connection.pending if p.answered_by(reply)), None)
+        if pending is None:
             log.info("an operate_liftrod answer from {peer} matched no command", peer=connection.peer)
             return
-        pending = matching[0]
         self._forget(connection, pending)
-        state = reply.get("state")
-        errmsg = reply.get("errmsg") if isinstance(reply.get("errmsg"), str) else ""
-        if state in (1, "1"):
+        errmsg = reply.errmsg
+        if reply.state == 1:
             result = LotReply(
-                Result.OK.code, errmsg or Result.OK.text, {"barCode": pending.channel, "status": 1}
+                Result.OK.code,
+                errmsg or Result.OK.text,
+                {"barCode": pending.channel, "status": 1},
             )
         else:
-            detail = f"the lot answered operate_liftrod with state {state!r}" + (
-                f": {errmsg}" if errmsg else ""
-            )
+            said = "no data.state" if reply.state is None else f"state {reply.state}"
+            detail = f"the lot answered operate_liftrod with {said}" + (f": {errmsg}" if errmsg else "")
             result = LotReply(
-                Result.FAILED.code, Result.FAILED.message(detail), {"barCode": pending.channel, "status": 0}
+                Result.FAILED.code,
+                Result.FAILED.message(detail),
+                {"barCode": pending.channel, "status": 0},
             )
         pending.deferred.callback(result)
 

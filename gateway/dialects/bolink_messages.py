@@ -2,9 +2,14 @@
 
 bolink is the lot protocol of the ParkingOS cloud as legacy lot software speaks
 it: one JSON object per line, ``{"service_name": ..., "token": ..., "sign": ...,
-"data": {...}}``, signed with the upper-case MD5 of ``data`` as written +
-``"key="`` + the lot's secret. A lot sends the bare line ``0x11`` as a heartbeat
-and is answered ``0x12``.
+"data": {...}}``, signed with the upper-case MD5 of ``data`` + ``"key="`` + the
+lot's secret. A lot sends the line ``0x11`` as a heartbeat and is answered ``0x12``.
+
+The ground truth is the ParkingOS cloud's own server (``SensorServerHandler``
+and ``DoUploadImpl`` of ParkingOS_cloud, both its 2017 ``com.zld.sdk`` version
+and its later ``parkingos.com.bolink`` one), lines captured from a real SDK
+2.1.0.0 (daiybh/Park_Cloud) and the bolink SDK documentation; docs/dialects.md
+says which rule comes from where.
 
 This module only turns bytes into values and values into bytes; the Twisted
 protocol on top of it decides what to do with them. :func:`translate` turns the
@@ -15,6 +20,9 @@ kept as they are by the caller.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import math
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -29,19 +37,29 @@ from gateway.protocol.envelope import members
 from gateway.protocol.times import wire_time
 
 __all__ = [
+    "CLOUD",
+    "FRAMINGS",
     "HEARTBEAT",
     "HEARTBEAT_ANSWER",
+    "LINES",
     "MAX_LINE",
+    "PROCESSED_ALREADY",
     "TRANSLATED",
     "BadMessage",
     "Envelope",
+    "LiftrodReply",
     "LineSplitter",
     "Oversize",
     "Untranslatable",
     "answer",
+    "canonical",
+    "digest",
+    "frame",
+    "liftrod_reply",
     "login_answer",
     "operate_liftrod",
     "parse_line",
+    "repeat_answer",
     "sign",
     "sign_ok",
     "translate",
@@ -49,7 +67,19 @@ __all__ = [
 
 MAX_LINE = 65536
 HEARTBEAT = b"0x11"
-HEARTBEAT_ANSWER = b"0x12\n"
+HEARTBEAT_ANSWER = "0x12"
+
+# How frames are written to a lot (the [[lot]] key `framing`). The ParkingOS server writes
+# every frame, the 0x12 heartbeat and an empty answer included, as "\n" + text + "\r"
+# (SensorServerHandler.doBackMessage, both versions); "lines" is text + "\n", for lot
+# software written against a line protocol.
+CLOUD = "cloud"
+LINES = "lines"
+FRAMINGS = (CLOUD, LINES)
+
+# The later ParkingOS server's answer to an in_park, out_park or upload_order it has seen
+# (TempUtil.isReSend): state 0 and this text, with the order_id and car_number.
+PROCESSED_ALREADY = "数据已处理过..."
 
 # What bolink appends to the data text before the secret, where the standard puts the token.
 _KEY_PREFIX = "key="
@@ -232,53 +262,229 @@ def parse_line(line: bytes) -> Envelope:
 
 # --- signatures ----------------------------------------------------------------------------------
 
+# fastjson escapes these in a string besides '"' and '\\' (IOUtils.specicalFlags_doubleQuotes):
+# \b \t \n \f \r by their letter, the other controls and U+007F..U+009F as \uXXXX.
+_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+_ESCAPED = (
+    frozenset(_SHORT_ESCAPES) | frozenset(map(chr, range(0x20))) | frozenset(map(chr, range(0x7F, 0xA0)))
+)
+
+
+def _quote(text: str) -> str:
+    if _ESCAPED.isdisjoint(text):
+        return '"' + text + '"'
+    parts = ['"']
+    for character in text:
+        if character in _ESCAPED:
+            parts.append(_SHORT_ESCAPES.get(character) or f"\\u{ord(character):04X}")
+        else:
+            parts.append(character)
+    parts.append('"')
+    return "".join(parts)
+
+
+def _number(value: Decimal) -> str:
+    # Java's BigDecimal.toString and Python's str(Decimal) follow the same scientific
+    # notation rules; BigDecimal has no negative zero.
+    return str(value.copy_abs() if value.is_zero() else value)
+
+
+def _canonical(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ",".join(_quote(k) + ":" + _canonical(v) for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    if isinstance(value, str):
+        return _quote(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, Decimal):
+        return _number(value)
+    return str(value)  # an int
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def canonical(data_text: str) -> str | None:
+    """`data` as the ParkingOS server signs it: re-serialized compactly, or None when it is no JSON.
+
+    The server parses the message with fastjson (``Feature.OrderedField``) and
+    signs ``getString("data")``: the members in their order, no blanks, text
+    unescaped but for the characters fastjson escapes, numbers as they were
+    written (fastjson reads them as BigDecimal), except a negative zero.
+    """
+    try:
+        value = json.loads(data_text, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        return None
+    try:
+        return _canonical(value)
+    except RecursionError:
+        return None
+
 
 def sign(data_text: str, secret: str) -> str:
     """The signature of `data_text` for a lot sharing `secret`: upper-case MD5 of text + "key=" + secret."""
     return signing.sign(data_text, _KEY_PREFIX, secret)
 
 
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest().upper()
+
+
 def sign_ok(envelope: Envelope, secret: str, mode: str) -> bool:
     """Whether `envelope` passes the lot's signature `mode`: "off", "optional" or anything else (required).
 
-    "optional" lets an unsigned message through but checks a signed one. The
-    signature may sign `data` as written or its compact form, in either hex case;
-    a message without `data` signs the empty text.
+    As the ParkingOS server checks it (``DoUploadImpl.checkTokenSign`` and
+    ``doLogin``): ``sign`` must equal the upper-case MD5 of :func:`canonical`
+    ``data`` + ``"key="`` + secret, character for character. ``data`` exactly as
+    the lot wrote it is accepted too (the same text for a lot writing compact
+    JSON). "optional" lets an unsigned message through but checks a signed one; a
+    message without ``data`` signs the empty text.
     """
     if mode == "off":
         return True
     if mode == "optional" and not envelope.sign:
         return True
-    return signing.signature_matches(envelope.sign, envelope.data_text, envelope.data, _KEY_PREFIX, secret)
+    claimed = envelope.sign.encode("utf-8", "replace")
+    written = _md5(envelope.data_text + _KEY_PREFIX + secret)
+    if hmac.compare_digest(claimed, written.encode("ascii")):
+        return True
+    if not envelope.data_text:
+        return False
+    text = canonical(envelope.data_text)
+    if text is None or text == envelope.data_text:
+        return False
+    return hmac.compare_digest(claimed, _md5(text + _KEY_PREFIX + secret).encode("ascii"))
 
 
-# --- answers -------------------------------------------------------------------------------------
+def digest(envelope: Envelope) -> str:
+    """A short fingerprint of the message's `data`, whatever its blanks: the repeat rule's key."""
+    text = canonical(envelope.data_text) if envelope.data_text else ""
+    if text is None:
+        text = envelope.data_text
+    return hashlib.md5(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
-def _line(message: dict[str, object]) -> bytes:
+# --- answers and downlinks -----------------------------------------------------------------------
+
+
+def frame(text: str, framing: str = CLOUD) -> bytes:
+    """One frame as written to a lot: "\\n" + text + "\\r" as the ParkingOS server writes it, or a line."""
     # A lone surrogate (JSON allows "\ud800") cannot be UTF-8; as "\ud800" again it is still JSON.
-    return (signing.compact(message) + "\n").encode("utf-8", "backslashreplace")
+    data = text.encode("utf-8", "backslashreplace")
+    return data + b"\n" if framing == LINES else b"\n" + data + b"\r"
 
 
-def answer(service: str, ok: bool, errmsg: str, order_id: str) -> bytes:
-    """The line answering a message of `service`: state 1 when `ok`, else 0 with `errmsg`."""
-    return _line({"service_name": service, "state": 1 if ok else 0, "errmsg": errmsg, "order_id": order_id})
+def _message(message: dict[str, object], framing: str) -> bytes:
+    return frame(signing.compact(message), framing)
 
 
-def login_answer(ok: bool, errmsg: str, token: str) -> bytes:
-    """The line answering a login: state 1 and the session's `token` when `ok`, else 0 with `errmsg`."""
-    return _line({"service_name": "login", "state": 1 if ok else 0, "errmsg": errmsg, "token": token})
+def answer(service: str, ok: bool, errmsg: str, order_id: str, framing: str = CLOUD) -> bytes:
+    """The frame answering a message of `service`: state 1 when `ok`, else 0 with `errmsg`.
+
+    The members of the ParkingOS server's answers to in_park, out_park and upload_order.
+    """
+    return _message(
+        {"service_name": service, "state": 1 if ok else 0, "errmsg": errmsg, "order_id": order_id}, framing
+    )
 
 
-def operate_liftrod(channel_id: str, operate: int) -> bytes:
-    """The line telling a lot to work the barrier of the channel `channel_id`."""
-    return _line(
+def repeat_answer(service: str, order_id: str, car_number: str, framing: str = CLOUD) -> bytes:
+    """The frame answering a repeat of an in_park/out_park/upload_order: state 0 "数据已处理过...".
+
+    The later ParkingOS server's answer (SensorServerHandler, TempUtil.isReSend).
+    """
+    message: dict[str, object] = {"state": 0, "errmsg": PROCESSED_ALREADY, "service_name": service}
+    if order_id:
+        message["order_id"] = order_id
+    if car_number:
+        message["car_number"] = car_number
+    return _message(message, framing)
+
+
+def login_answer(ok: bool, errmsg: str, token: str, framing: str = CLOUD) -> bytes:
+    """The frame answering a login, as the ParkingOS server writes it (SensorServerHandler.doLogin).
+
+    ``{"state":1,"token":...,"service_name":"login"}``, or state 0 with `errmsg`.
+    """
+    if ok:
+        return _message({"state": 1, "token": token, "service_name": "login"}, framing)
+    return _message({"state": 0, "errmsg": errmsg, "service_name": "login"}, framing)
+
+
+def operate_liftrod(
+    channel_id: str, operate: int, park_id: str, liftrod_id: str, framing: str = CLOUD
+) -> bytes:
+    """The frame telling a lot to work the barrier of `channel_id`: `operate` 0 raises it, 1 lowers it.
+
+    The members the ParkingOS cloud sends (SendMessageByTCPAction: ``channel_name``,
+    ``channel_id``, ``operate``, ``service_name``) and those the SDK documentation
+    adds (``park_id``, ``liftrod_id``, which the lot returns as it was).
+    """
+    return _message(
         {
             "service_name": "operate_liftrod",
             "channel_id": channel_id,
             "channel_name": "",
             "operate": operate,
-        }
+            "park_id": park_id,
+            "liftrod_id": liftrod_id,
+        },
+        framing,
+    )
+
+
+@frozen
+class LiftrodReply:
+    """A lot's answer to operate_liftrod, from its signed ``data``; None where it left a member out."""
+
+    state: int | None
+    channel_id: str | None
+    operate: int | None
+    liftrod_id: str | None
+    errmsg: str
+
+
+def _small_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) < 10:
+        return int(value.strip())
+    return None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def liftrod_reply(envelope: Envelope) -> LiftrodReply:
+    """The members of a lot's operate_liftrod answer: inside ``data``, where the server reads them.
+
+    The ParkingOS server reads ``state``, ``channel_id`` and ``operate`` of
+    ``data`` (SensorServerHandler); members beside ``data`` are not signed and are
+    not read.
+    """
+    data = envelope.data if isinstance(envelope.data, dict) else {}
+    errmsg = data.get("errmsg")
+    return LiftrodReply(
+        state=_small_int(data.get("state")),
+        channel_id=_text(data.get("channel_id")),
+        operate=_small_int(data.get("operate")),
+        liftrod_id=_text(data.get("liftrod_id")),
+        errmsg=errmsg if isinstance(errmsg, str) else "",
     )
 
 
@@ -296,27 +502,76 @@ class Untranslatable(Exception):
 
 TRANSLATED = ("in_park", "out_park", "upload_order")
 
-# bolink's car_type -> the standard's inIdentity (C: 1 月租车 2 临时车 3 储值车 4 军警车 5 会员免费车).
-_IDENTITY: Mapping[str, int] = {
+# The standard's inIdentity (车辆类型, T/CPMI 002-2018 表B.6 and 表B.8): 1 月租车, 2 临时车,
+# 3 储值车, 4 军警车, 5 会员免费车.
+#
+# From car_cost_type (车辆种类), bolink SDK documentation 2.1 车辆入场: 1 临停车, 2 月卡车,
+# 3 白名单车, 4 无牌车, 5 贵宾车, 6 VIP, 7 内部车, 8 月卡多位多车, 9 储值车.
+_IDENTITY_BY_COST_TYPE: Mapping[int, int] = {
+    1: 2,  # 临停车 -> 临时车
+    2: 1,  # 月卡车 -> 月租车
+    # 白名单车: a car let through free by a list -> 会员免费车. Judgement: the standard's
+    # other free kind, 军警车, is a white list too, but nothing in the message says so.
+    3: 5,
+    # 无牌车: a car without a plate, charged by the time it stayed -> 临时车. Judgement: it
+    # says how the car was recognised, not who pays; a no-plate car pays as a temporary one.
+    4: 2,
+    5: 5,  # 贵宾车 -> 会员免费车. Judgement: a guest the lot lets through free.
+    6: 5,  # VIP -> 会员免费车. Judgement: as 贵宾车.
+    # 内部车: the operator's or tenants' own cars -> 会员免费车. Judgement: they pass free;
+    # a lot that bills them monthly reports them as 月卡车 anyway.
+    7: 5,
+    8: 1,  # 月卡多位多车 (one month card, several cars and places) -> 月租车
+    9: 3,  # 储值车 -> 储值车
+}
+# From car_type, when car_cost_type is absent. car_type is the vehicle's size in the SDK
+# documentation (小车, 大车), which the standard does not carry; but lots also write the
+# category there, as the captured upload_order quoted in the ParkingOS server
+# (TempUtil.isReSend) shows ("car_type":"临时车"). Those category names, and nothing else:
+_IDENTITY_BY_NAME: Mapping[str, int] = {
     "月租车": 1,
+    "月卡车": 1,
     "临时车": 2,
+    "临停车": 2,
     "储值车": 3,
     "军警车": 4,
     "免费车": 5,
     "会员免费车": 5,
 }
-_DEFAULT_IDENTITY = 2
 
-# bolink's pay_type -> the standard's paymentMode (0 未知, 1 现金, 8 月卡, 9 钱包).
-_PAYMENT_MODE: Mapping[str, int] = {"cash": 1, "wallet": 9, "monthuser": 8, "sweepcode": 0}
-_DEFAULT_PAYMENT_MODE = 0
+# The standard's paymentMode (支付方式, 表B.8): 0 未知, 1 现金, 2 自发卡, 3 次数, 4 微信支付,
+# 5 支付宝支付, 6 银联闪付, 7 交通卡, 8 免费, 9 账户余额, 10 银联接触卡, 11 银联网络支付,
+# 12 第三方余额.
+#
+# From pay_type, bolink SDK documentation 2.2 车辆出场 and 2.3 (cash, wallet, sweepcode,
+# escape, etc_pay, monthuser, free; scancode), the asynchronous payment result (etc) and
+# the ParkingOS server's setOrder (scancode counted with wallet and sweepcode as electronic).
+_PAYMENT_MODE: Mapping[str, int] = {
+    "cash": 1,  # 现金 -> 现金
+    "wallet": 9,  # 余额支付, the car owner's balance with the platform -> 账户余额
+    # 扫码枪 / 出场扫码 / 付款码: WeChat or Alipay, the message does not say which -> 未知.
+    "sweepcode": 0,
+    "scancode": 0,
+    "auth_code": 0,
+    # 月卡用户: nothing is paid at the exit -> 免费. The standard has no month-card payment;
+    # the car's inIdentity (月租车) says why.
+    "monthuser": 8,
+    "free": 8,  # 免费 -> 免费
+    "escape": 0,  # 逃单出场: left without paying; no payment was made -> 未知
+    # ETC: the toll card of the car's on-board unit -> 交通卡. Judgement: the nearest kind.
+    "etc_pay": 7,
+    "etc": 7,
+}
+# The SDK documentation (2.2): "free 和 无效值为免费", free and any value it does not define
+# mean free.
+_UNDEFINED_PAY_TYPE = 8
 
 _CAR_IN_SOURCES: Mapping[str, str] = {
     "recordCode": "order_id",
     "carNum": "car_number",
     "inCross": "in_channel_id",
     "inTime": "in_time",
-    "inIdentity": "car_type",
+    "inIdentity": "car_cost_type",
 }
 _CAR_OUT_SOURCES: Mapping[str, str] = {
     "recordCode": "order_id",
@@ -325,14 +580,17 @@ _CAR_OUT_SOURCES: Mapping[str, str] = {
     "outCross": "out_channel_id",
     "inTime": "in_time",
     "outTime": "out_time",
-    "inIdentity": "car_type",
+    "inIdentity": "car_cost_type",
     "parkMinutes": "out_time",
     "payMoney": "amount_receivable",
     "incomeMoney": "total",
     "discountMoney": "reduce_amount",
     "paymentMode": "pay_type",
 }
-_FREE_SPACE_SOURCES: Mapping[str, str] = {"emptyNum": "empty_plot"}
+# SDK 2.1.0.0 writes empty_plot of out_park with a blank in its name (json_test.go of
+# daiybh/Park_Cloud: "empty_ plot"); it is read when empty_plot is absent.
+_EMPTY_PLOT = "empty_plot"
+_EMPTY_PLOT_MISSPELT = "empty_ plot"
 
 # Characters of an amount written as text; Decimal alone would also take "1_000", "NaN" or Arabic digits.
 _AMOUNT_CHARACTERS = frozenset("0123456789+-.eE")
@@ -442,23 +700,37 @@ def _amount(data: Mapping[str, object], name: str) -> float | None:
     return number
 
 
-def _identity(data: Mapping[str, object]) -> int:
-    value = data.get("car_type")
-    if isinstance(value, str):
-        return _IDENTITY.get(value.strip(), _DEFAULT_IDENTITY)
-    return _DEFAULT_IDENTITY
+def _identity(data: Mapping[str, object]) -> int | None:
+    """inIdentity from car_cost_type, else from a category name in car_type; None when neither says."""
+    value = data.get("car_cost_type")
+    if not _absent(value):
+        number = _small_int(value)
+        if number is None:
+            raise Untranslatable("car_cost_type", f"not a whole number: {_show(value)}")
+        return _IDENTITY_BY_COST_TYPE.get(number)
+    name = data.get("car_type")
+    if isinstance(name, str):
+        return _IDENTITY_BY_NAME.get(name.strip())
+    return None
 
 
-def _payment_mode(data: Mapping[str, object]) -> int:
+def _payment_mode(data: Mapping[str, object]) -> int | None:
+    """paymentMode from pay_type; None when the lot gave none."""
     value = data.get("pay_type")
+    if _absent(value):
+        return None
     if isinstance(value, str):
-        return _PAYMENT_MODE.get(value.strip(), _DEFAULT_PAYMENT_MODE)
-    return _DEFAULT_PAYMENT_MODE
+        return _PAYMENT_MODE.get(value.strip(), _UNDEFINED_PAY_TYPE)
+    return _UNDEFINED_PAY_TYPE
 
 
 def _free_space(data: Mapping[str, object]) -> tuple[Message, ...]:
     """The freeSpace message of `empty_plot`, or nothing when the lot did not give it."""
-    value = data.get("empty_plot")
+    name = _EMPTY_PLOT
+    value = data.get(name)
+    if _absent(value) and not _absent(data.get(_EMPTY_PLOT_MISSPELT)):
+        name = _EMPTY_PLOT_MISSPELT
+        value = data[name]
     if _absent(value):
         return ()
     count: int | None = None
@@ -472,8 +744,8 @@ def _free_space(data: Mapping[str, object]) -> tuple[Message, ...]:
         if digits.isascii() and digits.isdigit() and len(digits) <= 18:
             count = int(text)
     if count is None:
-        raise Untranslatable("empty_plot", f"not a whole number: {_show(value)}")
-    return (Message("freeSpace", {"emptyNum": count}, _FREE_SPACE_SOURCES),)
+        raise Untranslatable(name, f"not a whole number: {_show(value)}")
+    return (Message("freeSpace", {"emptyNum": count}, {"emptyNum": name}),)
 
 
 def _car_in(data: Mapping[str, object], zone: ZoneInfo) -> tuple[Message, ...]:
@@ -484,7 +756,9 @@ def _car_in(data: Mapping[str, object], zone: ZoneInfo) -> tuple[Message, ...]:
     in_seconds = _seconds(data, "in_time")
     if in_seconds is not None:
         out["inTime"] = _time(in_seconds, "in_time", data["in_time"], zone)
-    out["inIdentity"] = _identity(data)
+    identity = _identity(data)
+    if identity is not None:
+        out["inIdentity"] = identity
     return (Message("carIn", out, _CAR_IN_SOURCES), *_free_space(data))
 
 
@@ -500,7 +774,9 @@ def _car_out(data: Mapping[str, object], zone: ZoneInfo) -> tuple[Message, ...]:
         out["inTime"] = _time(in_seconds, "in_time", data["in_time"], zone)
     if out_seconds is not None:
         out["outTime"] = _time(out_seconds, "out_time", data["out_time"], zone)
-    out["inIdentity"] = _identity(data)
+    identity = _identity(data)
+    if identity is not None:
+        out["inIdentity"] = identity
     if in_seconds is not None and out_seconds is not None:
         if out_seconds < in_seconds:
             raise Untranslatable("out_time", "before in_time")
@@ -513,7 +789,9 @@ def _car_out(data: Mapping[str, object], zone: ZoneInfo) -> tuple[Message, ...]:
         amount = _amount(data, legacy)
         if amount is not None:
             out[name] = amount
-    out["paymentMode"] = _payment_mode(data)
+    mode = _payment_mode(data)
+    if mode is not None:
+        out["paymentMode"] = mode
     return (Message("carOut", out, _CAR_OUT_SOURCES), *_free_space(data))
 
 

@@ -22,37 +22,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway.config import Config, LotConfig, TcpConfig
-from gateway.dialects.interface import (
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    Message,
-    NotConnected,
-    Original,
-    Unsupported,
-)
+from gateway.dialects.interface import IDialectHost, IDialectServer, Message, Original, Unsupported
+from gateway.interfaces import JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import LEGACY_RECORD, OFFLINE_RECORD, ONLINE_RECORD, UPLINK_RECORD
 from gateway.journal.record import dumps_compact
 from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD, record_connection
-from gateway.lots.login import Appender, Checker, not_stored_answer
+from gateway.lots.downlink import record_connection
+from gateway.lots.login import Checker, not_stored_answer
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.uplink import UPLINK_RECORD, Queries, Rejected, check_business_rules
+from gateway.lots.uplink import Queries, Rejected, check_business_rules
 from gateway.protocol.catalog import DeliveryClass, deadline_of, lookup
 from gateway.protocol.redact import redact
 from gateway.protocol.results import RESULT_OK, Result
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig, TcpConfig
 
-__all__ = ["LEGACY_RECORD", "DialectHost", "GatewayParts", "LotRouter"]
+__all__ = ["DialectHost", "GatewayParts", "LotRouter"]
 
 log = Logger()
 
-LEGACY_RECORD = "legacy"
-"""The journal's record of a legacy message as a dialect received it (kept beside its translations)."""
 
 # "data.recordCode", "data[2].recordCode": the member of the message a FieldError is about.
 _FIELD = re.compile(r"data(?:\[\d+\])?\.([^.\[]+)")
@@ -69,7 +60,7 @@ class GatewayParts:
 
     config: Config
     clock: IReactorTime
-    journal: Appender
+    journal: JournalAppend
     sessions: Sessions
     repeats: Repeats
     totals: ParkTotals
@@ -124,21 +115,23 @@ class DialectHost:
             return repeated.addCallback(
                 lambda answer: self._refused(park, original, answer) if answer is TOO_MANY else answer
             )
-        repeats.begin(park, opr)
-        try:
-            checked = [self._checked(park, message) for message in messages]
-        except Rejected as rejected:
-            repeats.finish(park, opr, rejected.answer, stored=False)
-            return succeed(self._refused(park, original, rejected.answer))
-        stored = self._store(park, original, opr, checked)
+
+        def handle() -> Deferred[tuple[Answer, bool]]:
+            try:
+                checked = [self._checked(park, message) for message in messages]
+            except Rejected as rejected:
+                return succeed((rejected.answer, False))
+            stored = self._store(park, original, opr, checked)
+            return stored.addCallback(lambda answer: (answer, answer.result is Result.OK))
 
         def done(answer: Answer) -> Answer:
-            repeats.finish(park, opr, answer, stored=answer.result is Result.OK)
             if answer.result is not RESULT_OK:
                 self._refused(park, original, answer)
             return answer
 
-        return stored.addCallback(done)
+        # A fault inside (a message the redaction or the journal chokes on) answers 9999 and
+        # frees the oprNum rather than leaving every retry of it waiting.
+        return repeats.attempt(park, opr, handle).addCallback(done)
 
     def _refused(self, park: str, original: Original, answer: Answer) -> Answer:
         """Log the refusal `answer` of the lot's message (lot.rejected); return it."""
@@ -308,13 +301,21 @@ class LotRouter:
         _, server = self._server(park)
         return server is not None and server.supports(code)
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``)."""
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send a downlink to the lot now, through its dialect (see ``Downlinks.command``).
+
+        `opr` is the oprNum the command was journaled under: a dialect that
+        sends oprNums (``command_as``) sends this one.
+        """
         dialect, server = self._server(park)
         if server is None:
             return fail(NotConnected(park))
         if not server.supports(code):
             return fail(Unsupported(dialect, code))
+        command_as = getattr(server, "command_as", None) if opr else None
+        if command_as is not None:
+            sent: Deferred[LotReply] = command_as(park, code, data, opr)
+            return sent
         return server.command(park, code, data)
 
     def state(self, park: str) -> LotState:

@@ -8,9 +8,9 @@ standard's downlinks into legacy messages and the lot's answers back into the
 standard's replies. Everything behind it (the journal, forwarding, the command
 API) is the same for every dialect.
 
-A dialect is a plugin: an object providing both ``twisted.plugin.IPlugin`` and
-:class:`IDialect`, placed in a ``twisted/plugins/`` module of any installed
-package (or in ``gateway/dialects/`` for the built-in ones). docs/dialects.md
+A dialect is a plugin: an object providing :class:`IDialect`, declared as an
+entry point of the group ``cpmi_gateway.dialects`` by any installed
+distribution (the built-in ones are in ``gateway/dialects/``). docs/dialects.md
 is the guide.
 """
 
@@ -23,11 +23,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
 from zope.interface import Attribute, Interface
 
-from gateway.config import LotConfig
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.logs import describe
 from gateway.lots.answers import Answer
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
-from gateway.lots.tcp import describe
 from gateway.protocol.results import Result
+from gateway.settings import LotConfig
 
 # Re-exported, so that a dialect needs nothing else of the gateway but the test kit.
 __all__ = [
@@ -138,6 +138,11 @@ class IDialectServer(Interface):
         Fails with :class:`NotConnected` when the lot has no connection,
         :class:`DeadlinePassed` when it does not answer in time, and
         :class:`Unsupported` for a code the dialect cannot carry. Never queued.
+
+        A dialect whose frames carry the standard's oprNum may also provide
+        ``command_as(park, code, data, opr)``, which sends ``opr``, the oprNum
+        the command was journaled under, so that the lot's reply names its
+        record (CONTRACT §7); without it, commands go by ``command``.
         """
 
     def state(park: str) -> LotState:

@@ -14,13 +14,15 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from gateway.config import Config, LotConfig
 from gateway.dialects.host import DialectHost
-from gateway.dialects.interface import IDialect, IDialectServer, LotReply, LotState
+from gateway.dialects.interface import IDialect, IDialectServer
+from gateway.interfaces import LotReply, LotState
+from gateway.limits import proxied
 from gateway.lots.downlink import Downlinks
-from gateway.lots.http import UplinkResource, UplinkSite
+from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
 from gateway.lots.uplink import UplinkHandler
 from gateway.protocol.catalog import lookup
+from gateway.settings import Config, LotConfig
 
 __all__ = ["StandardDialect", "StandardServer", "standard"]
 
@@ -43,8 +45,13 @@ class StandardServer:
             queries=parts.queries,
         )
         self.handler = handler
+        # The uplink's HTTP bounds (CONTRACT §4) live in its site; the downlink's
+        # connection caps are put around every lot-facing listener by tap.py.
         self.site = UplinkSite(
-            UplinkResource(handler, config.uplink.max_body_bytes).resource(), reactor=parts.clock
+            UplinkResource(handler, config.uplink.max_body_bytes).resource(),
+            reactor=parts.clock,
+            limits=HttpLimits.uplink(config.uplink),
+            proxied=proxied(config.listen.uplink),
         )
         self.downlinks = Downlinks(
             config=config,
@@ -69,6 +76,10 @@ class StandardServer:
 
     def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
         return self.downlinks.command(park, code, data)
+
+    def command_as(self, park: str, code: str, data: object, opr: str) -> Deferred[LotReply]:
+        """`command`, sent with the oprNum the command API journaled it under."""
+        return self.downlinks.command(park, code, data, opr)
 
     def state(self, park: str) -> LotState:
         return self.downlinks.state(park)

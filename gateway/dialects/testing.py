@@ -19,7 +19,7 @@ pytest import here: the module is imported when plugins are looked for.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,14 +32,15 @@ from twisted.internet.testing import StringTransport
 
 from gateway.cloud.events import to_event
 from gateway.config import Config, parse
-from gateway.dialects.host import LEGACY_RECORD, DialectHost, GatewayParts
-from gateway.dialects.interface import IDialect, IDialectServer, LotReply
+from gateway.dialects.host import DialectHost, GatewayParts
+from gateway.dialects.interface import IDialect, IDialectServer
 from gateway.dialects.standard import standard
+from gateway.interfaces import LotReply
+from gateway.journal.kinds import LEGACY_RECORD, UPLINK_RECORD
 from gateway.journal.record import Record
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.uplink import UPLINK_RECORD
 from gateway.protocol.catalog import lookup
 from gateway.protocol.validation import FieldError, validate
 
@@ -87,7 +88,9 @@ class MemoryJournal:
 class _NoPasswords:
     """Dialects log their lots in their own way; an account password never matches here."""
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
         return succeed(False)
 
 

@@ -7,7 +7,14 @@ to a record that says the same seq and chain; with ``seals``, each seal record
 must also sign the record just before it with the journal's key. The first
 break, in journal order, is raised as a :class:`ChainError`.
 
-The journal's key is the one the first seal records, unless keys are given:
+A line that does not check is accepted only as damage set aside at start-up
+(see :mod:`gateway.journal.recovery`): a ``recovery`` record after it names
+its segment and offset, is signed (by a given key, or the journal's), names
+the last record proven before it as its ``before``, and the bytes there are
+its hole or the damaged bytes of its digest; the check then goes on from its
+``after``, and the verdict lists it in :attr:`Verdict.recoveries`.
+
+The journal's key is the one the first seal (or recovery record) records, unless keys are given:
 then a seal holds when any of them made it, so that a journal sealed before
 and after a rotation of the gateway's signing key is checked with both (the
 verdict says which key sealed which seals). A seal by another key is a
@@ -36,7 +43,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from hashlib import blake2b
 from operator import itemgetter
@@ -45,13 +52,16 @@ import orjson
 from attrs import evolve, frozen
 from nacl.signing import VerifyKey
 
+from gateway.journal.kinds import SEAL_RECORD
 from gateway.journal.reader import ChainError
 from gateway.journal.record import CHAIN_TAIL_LEN, GENESIS_CHAIN, BadLine, check_line, decode_line
-from gateway.journal.seals import SEAL_RECORD, check_seal
+from gateway.journal.recovery import check_recovery, find_recovery, holds_set_aside, resume_point
+from gateway.journal.restore import RESTORE, check_restore
+from gateway.journal.seals import check_seal
 from gateway.journal.segments import Segment, line_seq, list_segments, read_last_line
 from gateway.keys import parse_public_key_b64
 
-__all__ = ["PARALLEL_FROM_BYTES", "KeyChangeError", "KeyRun", "Verdict", "verify_journal"]
+__all__ = ["PARALLEL_FROM_BYTES", "KeyChangeError", "KeyRun", "Recovery", "Verdict", "verify_journal"]
 
 PARALLEL_FROM_BYTES = 16 * 2**20
 """Journals smaller than this are checked in this process unless told otherwise: a pool costs more."""
@@ -81,6 +91,32 @@ class KeyRun:
 
 
 @frozen
+class Recovery:
+    """
+    Damage set aside, vouched for by the signed ``recovery`` record ``seq``.
+
+    ``length`` bytes at ``offset`` of ``segment``; ``lost`` the first and last
+    seq lost (None: no seq, an inserted line); ``detail`` what was wrong; ``key``
+    the key that signed it.
+    """
+
+    seq: int
+    segment: str
+    offset: int
+    length: int
+    lost: tuple[int, int] | None
+    detail: str
+    key: bytes
+    reason: str = "damaged"
+    """``damaged`` (damage set aside) or ``restore`` (the seqs a restore from a backup skipped)."""
+
+    @property
+    def lost_count(self) -> int:
+        """How many seqs were lost."""
+        return 0 if self.lost is None else self.lost[1] - self.lost[0] + 1
+
+
+@frozen
 class Verdict:
     """A whole journal: its records, and its seals when they were checked."""
 
@@ -94,6 +130,8 @@ class Verdict:
     last_seal: int | None
     sealed_by: tuple[KeyRun, ...] = ()
     """Which key made which seals, in journal order: a new run where the key changes."""
+    recoveries: tuple[Recovery, ...] = ()
+    """Damage set aside under signed ``recovery`` records, in journal order: what was lost."""
 
 
 class KeyChangeError(ChainError):
@@ -169,6 +207,7 @@ class _Result:
     last_seal: int | None
     first_key: tuple[int, bytes, int] | None
     runs: tuple[KeyRun, ...]
+    recoveries: tuple[Recovery, ...] = ()
 
 
 class _BadSeal(Exception):
@@ -186,6 +225,7 @@ def verify_journal(
     keys: Iterable[VerifyKey] = (),
     workers: int | None = None,
     executor: Executor | None = None,
+    progress: Callable[[Segment], None] | None = None,
 ) -> Verdict:
     """
     Check the whole journal in ``path``; raise :class:`ChainError` at the first break.
@@ -197,6 +237,7 @@ def verify_journal(
     records; a seal by another is a :class:`KeyChangeError`. Segments are
     checked in ``workers`` processes (one per CPU, and only for a journal of
     :data:`PARALLEL_FROM_BYTES` or more, when not given), or on ``executor``.
+    ``progress`` is called with each segment once it is checked (a progress bar's hook).
     """
     given = tuple(dict.fromkeys(bytes(each) for each in ([key] if key is not None else []) + list(keys)))
     segments = list_segments(path)
@@ -204,26 +245,31 @@ def verify_journal(
         return Verdict(0, 0, given[0] if len(given) == 1 else None, None)
     tasks = _tasks(segments, allow_partial_tail, seals, given)
     if executor is not None:
-        return _combine_on(executor, tasks, given)
+        return _combine_on(executor, tasks, given, progress)
     if workers is None:
         size = sum(os.stat(segment.path).st_size for segment in segments)
         workers = (os.cpu_count() or 1) if size >= PARALLEL_FROM_BYTES else 1
     workers = min(workers, len(segments))
     if workers <= 1:
-        return _combine(tasks, None, given)
+        return _combine(tasks, None, given, progress)
     try:
         pool = ProcessPoolExecutor(workers)
     except (OSError, NotImplementedError):  # no processes to be had here (no /dev/shm): one will do
-        return _combine(tasks, None, given)
+        return _combine(tasks, None, given, progress)
     with pool:
-        return _combine_on(pool, tasks, given)
+        return _combine_on(pool, tasks, given, progress)
 
 
-def _combine_on(executor: Executor, tasks: list[_Task], given: tuple[bytes, ...]) -> Verdict:
+def _combine_on(
+    executor: Executor,
+    tasks: list[_Task],
+    given: tuple[bytes, ...],
+    progress: Callable[[Segment], None] | None = None,
+) -> Verdict:
     """Check the segments on ``executor``, all submitted at once, in journal order."""
     futures = [executor.submit(_check_segment, task) for task in tasks]
     try:
-        return _combine(tasks, futures, given)
+        return _combine(tasks, futures, given, progress)
     finally:
         for future in futures:
             future.cancel()  # after a break, the segments not begun are not wanted
@@ -255,7 +301,12 @@ def _last_line_state(segment: Segment, before: tuple[int, bytes | None]) -> tupl
     return (seq, line[_TAIL_CHAIN])
 
 
-def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: tuple[bytes, ...]) -> Verdict:
+def _combine(
+    tasks: list[_Task],
+    futures: list[Future[_Result]] | None,
+    given: tuple[bytes, ...],
+    progress: Callable[[Segment], None] | None = None,
+) -> Verdict:
     """
     The verdict of a sequential pass from the segments' results, taken in order.
 
@@ -265,6 +316,7 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: t
     records = seals = 0
     key: bytes | None = None  # without given keys, the journal's: the one its first seal records
     runs: list[KeyRun] = []
+    recoveries: tuple[Recovery, ...] = ()
     last_seal: int | None = None
     state = tasks[0].entry
     for index, task in enumerate(tasks):
@@ -289,6 +341,21 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: t
                 where = (broken.seq, broken.reason, broken.segment, broken.offset)
                 raise KeyChangeError(*where, recorded=recorded, checked=checked)
             raise ChainError(broken.seq, broken.reason, broken.segment, broken.offset)
+        for recovery in result.recoveries:
+            if not given:
+                if key is None:
+                    key = recovery.key
+                elif recovery.key != key:
+                    reason = _another_key(recovery.key, (key,), "recovery record signed")
+                    raise KeyChangeError(
+                        recovery.seq,
+                        reason,
+                        task.segment.name,
+                        recovery.offset,
+                        recorded=recovery.key,
+                        checked=(key,),
+                    )
+        recoveries += result.recoveries
         records += result.records
         seals += result.seals
         last_seal = result.last_seal if result.last_seal is not None else last_seal
@@ -298,11 +365,13 @@ def _combine(tasks: list[_Task], futures: list[Future[_Result]] | None, given: t
             else:
                 runs.append(run)
         state = result.end
+        if progress is not None:
+            progress(task.segment)
     if len(given) == 1:
         key = given[0]
     elif given:
         key = runs[0].key if runs else None
-    return Verdict(records, seals, key, last_seal, tuple(runs))
+    return Verdict(records, seals, key, last_seal, tuple(runs), recoveries)
 
 
 def _check_segment(task: _Task) -> _Result:
@@ -316,8 +385,12 @@ def _check_segment(task: _Task) -> _Result:
     given = task.keys
     key: bytes | None = None  # without given keys, the segment's first seal's
     runs: list[KeyRun] = []
+    recoveries: list[Recovery] = []
+    lost = 0  # seqs lost in damage set aside: not records
     check_seals = task.seals
-    if segment.first_seq != seq + 1:
+    # A segment that starts later than the seq expected must begin with a restore record.
+    restored = segment.first_seq > seq + 1
+    if segment.first_seq <= seq:
         reason = f"segment starts at seq {segment.first_seq} where {seq + 1} was expected"
         return _Result(0, (seq, chain), _Break(seq + 1, reason, segment.name, 0), 0, None, None, ())
     # Looked up once: this loop runs for every line of the journal.
@@ -367,14 +440,34 @@ def _check_segment(task: _Task) -> _Result:
                         raise BadLine("decoded record does not match its line")
                 except BadLine as e:
                     offset = file.tell() - len(line)
+                    if restored and offset == 0:
+                        restored = False
+                        jump = _restore_jump(segment, line, (seq, chain), given)
+                        if isinstance(jump, Recovery):
+                            recoveries.append(jump)
+                            lost += jump.lost_count
+                            seq, chain = jump.seq, line[_TAIL_CHAIN]
+                            continue
+                        return _Result(
+                            0, (seq, chain), _Break(expected, jump, segment.name, 0), 0, None, None, ()
+                        )
+                    vouched = _vouched(segment, offset, (seq, chain), given)
+                    if isinstance(vouched, Recovery):
+                        # Set aside under a signed recovery record: go on after it.
+                        recoveries.append(vouched)
+                        lost += vouched.lost_count
+                        file.seek(offset + vouched.length)
+                        seq, chain = vouched.resume
+                        continue
                     return _Result(
-                        seq - first_seq,
+                        seq - first_seq - lost,
                         (seq, chain),
-                        _Break(expected, e.args[0], segment.name, offset),
+                        _Break(expected, vouched or e.args[0], segment.name, offset),
                         seals,
                         last_seal,
                         first_key,
                         tuple(runs),
+                        tuple(recoveries),
                     )
                 kind = record.kind
             if check_seals and (
@@ -401,13 +494,14 @@ def _check_segment(task: _Task) -> _Result:
                 except (BadLine, _BadSeal) as e:
                     key_change = e.key_change if isinstance(e, _BadSeal) else None
                     return _Result(
-                        seq - first_seq,
+                        seq - first_seq - lost,
                         (seq, chain),
                         _Break(expected, e.args[0], segment.name, offset, key_change),
                         seals,
                         last_seal,
                         first_key,
                         tuple(runs),
+                        tuple(recoveries),
                     )
                 seals += 1
                 last_seal = expected
@@ -417,18 +511,110 @@ def _check_segment(task: _Task) -> _Result:
                 else:
                     runs.append(KeyRun(recorded, expected, expected, 1))
             seq, chain = expected, new_chain
-    return _Result(seq - first_seq, (seq, chain), None, seals, last_seal, first_key, tuple(runs))
+    return _Result(
+        seq - first_seq - lost,
+        (seq, chain),
+        None,
+        seals,
+        last_seal,
+        first_key,
+        tuple(runs),
+        tuple(recoveries),
+    )
+
+
+def _restore_jump(
+    segment: Segment, line: bytes, state: tuple[int, bytes | None], keys: tuple[bytes, ...]
+) -> Recovery | str:
+    """The seq jump the ``restore`` record starting ``segment`` vouches for, or why it does not."""
+    try:
+        jump = check_restore(line, state)
+    except BadLine as e:
+        if line_seq(line) != segment.first_seq or b'"kind":"restore"' not in line[:_SEAL_KIND_REACH]:
+            return f"segment starts at seq {segment.first_seq} where {state[0] + 1} was expected"
+        return str(e.args[0])
+    if keys and jump.key not in keys:
+        return _another_key(jump.key, keys, f"restore record #{jump.seq}: signed")
+    return Recovery(
+        jump.seq,
+        segment.name,
+        0,
+        0,
+        jump.lost,
+        f"from a backup ending at #{jump.before}",
+        jump.key,
+        RESTORE,
+    )
+
+
+@frozen
+class _Vouched(Recovery):
+    """A :class:`Recovery` and the (seq, chain) the check goes on from after it."""
+
+    resume: tuple[int, bytes] = (0, GENESIS_CHAIN)
+
+
+def _vouched(
+    segment: Segment, offset: int, state: tuple[int, bytes | None], keys: tuple[bytes, ...]
+) -> _Vouched | str | None:
+    """
+    The signed ``recovery`` record that vouches for the bad line at ``offset``, or why it does not.
+
+    None when no recovery record names it (the break stands as it is). The
+    record must be signed by its key (one of ``keys``, when given), name the
+    record just before the damage as ``state`` (so it vouches for this place
+    of this chain and no other), and the bytes it set aside must be a hole or
+    the damaged bytes it took the digest of.
+    """
+    found = find_recovery(os.path.dirname(segment.path), segment.name, offset)
+    if found is None:
+        return None
+    body = found.body
+    where = f"recovery record #{found.seq}"
+    try:
+        key, problem = check_recovery(body)
+    except ValueError as e:
+        return f"{where}: {e}"
+    if problem is not None:
+        return f"{where}: {problem}"
+    if keys and key not in keys:
+        return _another_key(key, keys, f"{where}: signed")
+    assert isinstance(body, dict)
+    seq, chain = state
+    before = {"seq": seq, "chain": chain.decode("ascii") if chain is not None else None}
+    if body.get("before") != before:
+        return f"{where} names damage after {body.get('before')}, but the record before it is {before}"
+    point = resume_point(body)
+    if point is None:
+        return f"{where} does not say where the chain resumes"
+    length, resume_seq, resume_prev = point
+    if not holds_set_aside(segment.path, offset, length, body.get("digest")):
+        return f"{where}: the {length} bytes it set aside were changed since"
+    lost_body = body.get("lost")
+    lost = (seq + 1, resume_seq - 1) if resume_seq > seq + 1 else None
+    if (lost_body or None) != ({"first": lost[0], "last": lost[1]} if lost else None):
+        return f"{where}: the seqs it says were lost ({lost_body}) are not those skipped"
+    return _Vouched(
+        found.seq,
+        segment.name,
+        offset,
+        length,
+        lost,
+        str(body.get("detail", "")),
+        key,
+        resume=(resume_seq - 1, resume_prev),
+    )
 
 
 def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode("ascii")
 
 
-def _another_key(recorded: bytes, checked: tuple[bytes, ...]) -> str:
+def _another_key(recorded: bytes, checked: tuple[bytes, ...], what: str = "sealed") -> str:
     if len(checked) == 1:
-        return f"sealed with another key ({_b64(recorded)}) than the one checked against ({_b64(checked[0])})"
+        return f"{what} with another key ({_b64(recorded)}) than the one checked against ({_b64(checked[0])})"
     keys = ", ".join(map(_b64, checked))
-    return f"sealed with another key ({_b64(recorded)}) than the ones checked against ({keys})"
+    return f"{what} with another key ({_b64(recorded)}) than the ones checked against ({keys})"
 
 
 def _recorded_key(body: object, signed: tuple[int, bytes] | None) -> bytes:

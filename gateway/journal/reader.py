@@ -14,6 +14,7 @@ from typing import BinaryIO, Protocol, TypeVar
 from attrs import frozen
 
 from gateway.journal.record import BadLine, Record, decode_line
+from gateway.journal.recovery import is_hole
 from gateway.journal.segments import iter_lines, line_seq, list_segments, segment_name, segments_from
 
 __all__ = [
@@ -118,7 +119,8 @@ def read_lines_skipping(
 
     The loop of :func:`read_records_skipping`, for any reading of a line: a
     line ``parse`` refuses with :class:`BadLine` is reported to ``on_damage``
-    (with the seq it should have had) and skipped.
+    (with the seq it should have had) and skipped. A hole, where damage was
+    set aside under a ``recovery`` record, is skipped silently.
     """
     segments = segments_from(list_segments(path), since_seq)
     last = len(segments) - 1
@@ -133,6 +135,9 @@ def read_lines_skipping(
             try:
                 item = parse(line, segment.name, offset)
             except BadLine as e:
+                if is_hole(line):
+                    expected = None  # the record after it says which seq comes next
+                    continue
                 on_damage(Damage(segment.name, offset, expected, e.args[0]))
                 if expected is not None:
                     expected += 1
@@ -163,6 +168,13 @@ def verify(
     from gateway.journal.integrity import verify_journal
 
     return verify_journal(path, allow_partial_tail=allow_partial_tail, workers=workers).records
+
+
+def _starts_with_restore(path: str) -> bool:
+    """Whether a segment begins with a ``restore`` record: the seqs before it were skipped, not lost."""
+    for _, line in iter_lines(path):
+        return line.startswith(b'{"seq":') and b'"kind":"restore",' in line[:128]
+    return False
 
 
 class Cursor:
@@ -214,6 +226,8 @@ class Cursor:
             try:
                 record = decode_line(line)
             except BadLine as e:
+                if is_hole(line):
+                    continue  # damage set aside: the seqs it held are noted missing below
                 self.damage.append(Damage(self._segment, offset, self.next_seq, e.args[0]))
                 if seq == self.next_seq:
                     self.next_seq += 1  # its seq is still readable: the next record is not a gap
@@ -242,11 +256,15 @@ class Cursor:
             return False
         self.close()
         following = later[0]
-        self.damage.append(
-            Damage(
-                following.name, 0, self.next_seq, f"seqs {self.next_seq}-{following.first_seq - 1} missing"
+        if not _starts_with_restore(following.path):
+            self.damage.append(
+                Damage(
+                    following.name,
+                    0,
+                    self.next_seq,
+                    f"seqs {self.next_seq}-{following.first_seq - 1} missing",
+                )
             )
-        )
         self._file = open(following.path, "rb")  # kept open between reads
         self._segment = following.name
         self.next_seq = following.first_seq

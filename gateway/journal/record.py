@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from typing import Any
@@ -99,18 +100,59 @@ def dumps_compact(value: object) -> bytes:
     escaping only for lone surrogates, which UTF-8 cannot hold). Bodies are
     meant to be JSON values; what is not JSON does not come back the same:
     non-str keys become strings (json), non-finite floats become ``null``
-    (orjson; json refuses them), tuples become lists.
+    (either way: a body must not fault for the company it keeps), tuples
+    become lists. What lots and clients send never holds one: the parser
+    refuses NaN, Infinity and ``1e999`` (``gateway.protocol.jsontext``).
     """
     try:
         return _orjson_dumps(value)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            # A non-finite float beside what orjson refused (an integer over
+            # 64 bits, say): null, as orjson writes it, rather than a fault.
+            value = _finite(value)
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         try:
             return text.encode("utf-8")
         except UnicodeEncodeError:
             return json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False).encode(
                 "ascii"
             )
+
+
+def _finite(value: object) -> object:
+    """
+    ``value`` with every non-finite float replaced by ``None``; dicts, lists and tuples copied.
+
+    A walk with its own stack (no depth makes it raise RecursionError); a
+    container inside itself raises ``ValueError``, as ``json.dumps`` does.
+    """
+    holder: list[object] = [value]
+    on_path: set[int] = set()
+    # (container, where its copy goes, under which key) to copy, or (None, None, id) to leave.
+    stack: list[tuple[Any, Any, Any]] = [(value, holder, 0)]
+    while stack:
+        source, target, slot = stack.pop()
+        if source is None:
+            on_path.discard(slot)
+            continue
+        if isinstance(source, float):
+            target[slot] = source if math.isfinite(source) else None
+            continue
+        if not isinstance(source, dict | list | tuple):
+            continue
+        if id(source) in on_path:
+            raise ValueError("Circular reference detected")
+        on_path.add(id(source))
+        stack.append((None, None, id(source)))
+        copy: Any = dict(source) if isinstance(source, dict) else list(source)
+        target[slot] = copy
+        stack.extend(
+            (item, copy, key) for key, item in (copy.items() if isinstance(copy, dict) else enumerate(copy))
+        )
+    return holder[0]
 
 
 def chain_digest(prev_chain: bytes, head: bytes) -> bytes:

@@ -29,12 +29,13 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.journal.record import BadLine, Record, decode_line
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import RETENTION_RECORD
+from gateway.journal.record import BadLine, decode_line
 from gateway.journal.segments import list_segments, read_last_line
 from gateway.journal.writer import RunBlocking
 
 __all__ = [
-    "RETENTION_RECORD",
     "Removal",
     "RetainedJournal",
     "Retention",
@@ -44,8 +45,6 @@ __all__ = [
     "record_seconds",
 ]
 
-RETENTION_RECORD = "retention"
-"""The ``kind`` of the record that says which segments retention removed."""
 
 _log = Logger()
 _T = TypeVar("_T")
@@ -164,13 +163,11 @@ class RetentionPass:
     error: str | None
 
 
-class RetainedJournal(Protocol):
+class RetainedJournal(JournalAppend, Protocol):
     """What retention needs of :class:`gateway.journal.writer.Journal`."""
 
     @property
     def path(self) -> str: ...
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
 
 
 def _in_thread(job: Callable[[], _T]) -> Deferred[_T]:

@@ -11,15 +11,17 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import SEAL_RECORD
 from gateway.journal.record import Record
-from gateway.journal.seals import SEAL_RECORD, seal_body
+from gateway.journal.seals import seal_body
 
 __all__ = ["Sealer"]
 
 _log = Logger()
 
 
-class SealedJournal(Protocol):
+class SealedJournal(JournalAppend, Protocol):
     """What the sealer needs of :class:`gateway.journal.writer.Journal`."""
 
     @property
@@ -27,8 +29,6 @@ class SealedJournal(Protocol):
 
     @property
     def commit_observers(self) -> list[Callable[[list[Record]], None]]: ...
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]: ...
 
 
 class Sealer:

@@ -25,9 +25,7 @@ from collections.abc import Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-__all__ = ["SEAL_RECORD", "check_seal", "seal_body", "seal_message"]
-
-SEAL_RECORD = "seal"
+__all__ = ["check_seal", "seal_body", "seal_message"]
 
 
 def seal_message(gateway: str, seq: int, chain: str) -> bytes:

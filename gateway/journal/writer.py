@@ -61,6 +61,8 @@ from functools import partial
 from hashlib import blake2b as _blake2b
 from typing import Any, Protocol, TypeVar, cast
 
+from attrs import evolve
+from nacl.signing import SigningKey
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
@@ -68,10 +70,28 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from gateway.journal.kinds import QUARANTINE_RECORD, RECOVERY_RECORD
 from gateway.journal.reader import Damage, read_records
-from gateway.journal.record import Record, dumps_compact, encode_line, format_ts
-from gateway.journal.recovery import QUARANTINE_RECORD, Quarantine, recover
-from gateway.journal.segments import segment_name
+from gateway.journal.record import (
+    GENESIS_CHAIN,
+    BadLine,
+    Record,
+    check_line,
+    dumps_compact,
+    encode_line,
+    format_ts,
+)
+from gateway.journal.recovery import (
+    Quarantine,
+    SetAside,
+    fill_hole,
+    find_recovery,
+    is_hole,
+    locate_damage,
+    recover,
+    save_damaged,
+)
+from gateway.journal.segments import Segment, iter_lines, list_segments, read_last_line, segment_name
 
 __all__ = ["FSYNC_MODES", "Journal", "JournalReactor", "JournalWriteError", "RunBlocking"]
 
@@ -168,6 +188,33 @@ def _create_segment(directory: str, directory_fd: int, name: str, fsync: Callabl
     return fd
 
 
+def _state_before(segments: list[Segment], index: int, offset: int) -> tuple[int, bytes | None] | None:
+    """
+    The (seq, chain) of the record just before ``offset`` of ``segments[index]``, as its line says.
+
+    For damage found in an older segment: the chain resumes after it from
+    there (``verify`` checks that line in its turn). None when the line before
+    is damage itself.
+    """
+    segment = segments[index]
+    line: bytes | None = None
+    if offset == 0:
+        if index == 0:
+            return (0, GENESIS_CHAIN) if segment.first_seq == 1 else (segment.first_seq - 1, None)
+        line = read_last_line(segments[index - 1].path)
+    else:
+        for line_offset, each in iter_lines(segment.path):
+            if line_offset >= offset:
+                break
+            line = each
+    if line is None or is_hole(line):
+        return None
+    try:
+        return check_line(line, None, None)
+    except BadLine:
+        return None
+
+
 class Journal:
     """
     An open journal directory: append records, replay them, close.
@@ -189,6 +236,7 @@ class Journal:
         "_fd",
         "_finishing",
         "_flush_call",
+        "_gateway_id",
         "_interval",
         "_interval_call",
         "_interval_syncing",
@@ -208,6 +256,7 @@ class Journal:
         "_segment_name",
         "_segment_size",
         "_seq",
+        "_signing_key",
         "_sync_batches",
         "_trigger",
         "_ts_prefix",
@@ -232,6 +281,8 @@ class Journal:
         os_ftruncate: Callable[[int, int], None] = os.ftruncate,
         run_blocking: RunBlocking | None = None,
         close_at_shutdown: bool = True,
+        signing_key: SigningKey | None = None,
+        gateway_id: str = "",
     ) -> Journal:
         """
         Open the journal in ``path`` (created if needed) and recover it.
@@ -242,9 +293,12 @@ class Journal:
         are kept in ``<segment>.cut-<offset>``) and, if anything was cut,
         appends a ``kind="recovery"`` record whose body says what: ``segment``,
         ``offset``, ``dropped_bytes``, ``reason``, ``last_good_seq``,
-        ``saved_as``. Raises :class:`~gateway.journal.reader.ChainError` for
-        damage a crash cannot cause, and :class:`JournalWriteError` if another
-        process has the journal open (the directory is locked with ``flock``).
+        ``saved_as``. Damaged records in the last segment with intact records
+        after them are set aside alone, each named by a ``recovery`` record
+        signed with ``signing_key`` for ``gateway_id`` (see :meth:`set_aside`;
+        unsigned without a key, which ``verify`` then refuses). Raises
+        :class:`JournalWriteError` if another process has the journal open
+        (the directory is locked with ``flock``).
 
         ``os_fsync``, ``os_write``, ``os_ftruncate`` and ``run_blocking``
         replace the OS calls and the fsync thread (for tests). Without
@@ -303,9 +357,13 @@ class Journal:
             run_blocking=run_blocking,
             pool=pool,
         )
+        journal._signing_key = signing_key
+        journal._gateway_id = gateway_id
         try:
             if tail.cut is not None:
-                journal._append_now("recovery", "", "", "", tail.cut.as_body())
+                journal._append_now(RECOVERY_RECORD, "", "", "", tail.cut.as_body())
+            for damage in tail.set_aside:
+                journal._set_aside_damage(damage)
             if tail.quarantine is not None:
                 journal._quarantine(tail.quarantine)
         except BaseException:
@@ -387,6 +445,8 @@ class Journal:
         logged and ignored. The forwarder follows the journal this way.
         """
         self._quarantined: list[Quarantine] = []
+        self._signing_key: SigningKey | None = None
+        self._gateway_id = ""
         self.guard: Callable[[], str | None] | None = None
         """
         Asked before each append: a reason to refuse it (the disk is nearly
@@ -435,17 +495,94 @@ class Journal:
 
     def set_aside(self, found: list[Damage]) -> list[Record]:
         """
-        Journal each damaged line found at start-up as a ``quarantine`` record; returns them.
+        Set aside each damaged line found at start-up; returns the records that say so.
 
         For a start-up read that skips damage (``read_records_skipping``,
         ``scan_headers``), so the gateway starts and serves instead of failing
-        on every start. Each is also listed in :attr:`quarantined` and logged as critical.
-        Blocks (appends and syncs at once): call it before the reactor runs.
+        on every start. Damage followed by an intact record the chain resumes
+        at is set aside alone, with a signed ``recovery`` record (as recovery
+        does in the last segment); other damage gets a ``quarantine`` record
+        and stays for ``verify`` to report. Each is also listed in
+        :attr:`quarantined` and logged as critical. Blocks (appends and syncs
+        at once): call it before the reactor runs.
         """
-        return [
-            self._quarantine(Quarantine(damage.segment, damage.offset, damage.seq, damage.reason, None, ""))
-            for damage in found
-        ]
+        records: list[Record] = []
+        done: list[tuple[str, int, int]] = []  # (segment, start, end) set aside here
+        for damage in found:
+            if any(name == damage.segment and start <= damage.offset < end for name, start, end in done):
+                continue  # a further line of damage set aside with the one before it
+            located = self._locate(damage)
+            if located is not None:
+                record = self._set_aside_damage(located)
+                done.append((located.segment, located.offset, located.offset + located.length))
+                if record is not None:
+                    records.append(record)
+                continue
+            quarantine = Quarantine(damage.segment, damage.offset, damage.seq, damage.reason, None, "")
+            records.append(self._quarantine(quarantine))
+        return records
+
+    def _locate(self, damage: Damage) -> SetAside | None:
+        """The damage a start-up read found, as lines to set aside, when the chain resumes after them."""
+        segments = list_segments(self._directory)
+        index = next((i for i, s in enumerate(segments) if s.name == damage.segment), None)
+        if index is None:
+            return None
+        before = _state_before(segments, index, damage.offset)
+        if before is None:
+            return None
+        return locate_damage(segments, index, damage.offset, before, damage.reason)
+
+    def _set_aside_damage(self, damage: SetAside) -> Record | None:
+        """
+        Set aside damaged lines: save them, journal a signed ``recovery`` record, then make them a hole.
+
+        In that order, each step synced: a crash before the hole is made
+        leaves the record, which the next start finds (:func:`find_recovery`),
+        so no second record is journaled for the same damage. Returns the
+        record, or None when it was journaled before.
+        """
+        path = os.path.join(self._directory, damage.segment)
+        record: Record | None = None
+        existing = find_recovery(self._directory, damage.segment, damage.offset)
+        if (
+            existing is None
+            or not isinstance(existing.body, dict)
+            or existing.body.get("digest") != damage.digest
+        ):
+            saved_as = save_damaged(
+                Segment(0, damage.segment, path), damage, self._os_fsync, self._directory_fd
+            )
+            damage = evolve(damage, saved_as=saved_as)
+            lost = damage.lost
+            _log.critical(
+                "journal: damaged record in segment {segment} at offset {offset} ({lost}): {reason}; "
+                "set aside alone ({length} bytes, kept in {saved_as}); the records after it stay live",
+                segment=damage.segment,
+                offset=damage.offset,
+                lost=f"seqs {lost[0]}-{lost[1]} lost" if lost else "no seq lost",
+                reason=damage.detail,
+                length=damage.length,
+                saved_as=saved_as,
+            )
+            if self._signing_key is None:
+                _log.warn("journal: no signing key: the recovery record is not signed, verify will refuse it")
+            record = self._append_now(
+                RECOVERY_RECORD, "", "", "", damage.body(self._gateway_id, self._signing_key)
+            )
+        fill_hole(path, damage.offset, damage.length, self._os_fsync)
+        lost = damage.lost
+        self._quarantined.append(
+            Quarantine(
+                damage.segment,
+                damage.offset,
+                lost[0] if lost else None,
+                f"set aside alone: {damage.detail}",
+                lost[1] if lost else None,
+                damage.saved_as,
+            )
+        )
+        return record
 
     def note_quarantined(self, quarantine: Quarantine) -> None:
         """List in :attr:`quarantined` damage journaled before (read back at start-up)."""

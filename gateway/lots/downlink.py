@@ -1,10 +1,14 @@
 """The downlink's decisions (B.3, CONTRACT §5): which connection is which lot, and commands.
 
 `Downlinks` is the `FrameHandler` of every TCP connection. It binds a connection
-to a lot (by `login` or by `heartbeat` with a valid token), answers the lot's
-heartbeats, sends commands as ACK frames and matches the lot's REPLY frames to
-them by oprNum, and runs the one idle sweep (B.3.4) over all connections. The
-protocol in `tcp.py` only turns bytes into envelopes and back.
+to a lot (by `login`, or by `heartbeat` with a valid token, signed when the lot's
+signature is required), answers the lot's heartbeats, sends commands as ACK
+frames and matches the lot's REPLY frames to them by oprNum, and runs the one
+idle sweep (B.3.4) over all connections. What an unbound peer may make it hold
+is bounded (CONTRACT §4): bytes before a bind (max_unbound_bytes), frames
+while a login is checked, and the time to bind; a bound connection whose
+token is no longer in force is closed at its next frame. The protocol in
+`tcp.py` only turns bytes into envelopes and back.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from zoneinfo import ZoneInfo
 
-from attrs import frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -22,23 +25,24 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
 from gateway.logs import lot_rejected
 from gateway.lots.answers import Answer
-from gateway.lots.login import STANDARD, Appender, Checker, LoginOutcome, login, signature_ok
+from gateway.lots.connections import Bind, Registry
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login
 from gateway.lots.sessions import Sessions
-from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply
+from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol
 from gateway.protocol.catalog import deadline_of, lookup
-from gateway.protocol.envelope import EnvelopeError, Request, build_response
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, ack_frame, build_response
 from gateway.protocol.framing import FrameTooLarge, encode_json_frame
 from gateway.protocol.results import RESULT_OK, Result
-from gateway.protocol.signing import compact, sign
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.times import wire_time
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 
-ONLINE_RECORD = "lot-online"
-OFFLINE_RECORD = "lot-offline"
 SWEEP_INTERVAL = 1.0
 # Frames a lot may send while its login's password check is under way.
 MAX_QUEUED = 32
@@ -46,44 +50,7 @@ MAX_QUEUED = 32
 _EXPIRED_KEPT = 1024
 
 Connection = DownlinkProtocol
-
-
-class NotConnected(Exception):
-    """The lot has no bound downlink connection (or lost it before replying)."""
-
-    def __init__(self, park: str) -> None:
-        super().__init__(f"lot {park} is not connected")
-        self.park = park
-
-
-class DeadlinePassed(Exception):
-    """The lot did not reply to a command within its deadline."""
-
-    def __init__(self, park: str, code: str, deadline: float) -> None:
-        super().__init__(f"lot {park} did not reply to {code} within {deadline:g} s")
-        self.park = park
-        self.code = code
-        self.deadline = deadline
-
-
-@frozen
-class LotReply:
-    """A lot's REPLY to a command: the business answer the cloud gets."""
-
-    result_code: str
-    result_message: str
-    data: object
-
-
-@frozen
-class LotState:
-    """A lot's downlink connection as the command API shows it."""
-
-    park: str
-    connected: bool
-    since: float | None
-    last_seen: float | None
-    peer: str
+UNBOUND, BINDING, BOUND, CLOSING = Bind.UNBOUND, Bind.BINDING, Bind.BOUND, Bind.CLOSING
 
 
 class _Pending:
@@ -115,6 +82,8 @@ _COUNTERS = (
     "bind_failures",
     "replaced",
     "closed_unbound",
+    "closed_unbound_bytes",
+    "closed_token",
     "closed_idle",
     "closed_oversize",
     "heartbeats_in",
@@ -135,7 +104,7 @@ class Downlinks:
         config: Config,
         sessions: Sessions,
         passwords: Checker,
-        journal: Appender,
+        journal: JournalAppend,
         clock: IReactorTime,
         deadlines: Mapping[str, float] | None = None,
     ) -> None:
@@ -147,12 +116,9 @@ class Downlinks:
         self._clock = clock
         self._zone: ZoneInfo = config.gateway.timezone
         self._deadlines = dict(deadlines or {})
-        self._bound: dict[str, Connection] = {}
-        self._unbound: dict[Connection, None] = {}
+        self._connections: Registry[Connection] = Registry()
         self._outstanding: dict[str, _Pending] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
-        self._last_seen: dict[str, float] = {}
-        self._last_peer: dict[str, str] = {}
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
@@ -163,7 +129,7 @@ class Downlinks:
 
     def factory(self) -> ServerFactory:
         """The factory to listen with (`serverFromString(reactor, listen.downlink).listen`)."""
-        return DownlinkFactory(self, self._clock, self._tcp.max_frame_bytes)
+        return DownlinkFactory(self, self._clock, self._tcp.max_frame_bytes, self._tcp.max_unbound_bytes)
 
     def start(self) -> None:
         """Start the idle sweep."""
@@ -182,11 +148,10 @@ class Downlinks:
         records are appended here, not when the connections are finally lost
         (by then the journal no longer takes records).
         """
-        for park, connection in list(self._bound.items()):
-            del self._bound[park]
+        for park, connection in self._connections.bound():
             self._unbind(connection, park, reason)
             connection.close(reason)
-        for connection in list(self._unbound):
+        for connection in self._connections.unbound():
             connection.close(reason)
 
     def disconnect(self, park: str, reason: str) -> bool:
@@ -194,7 +159,7 @@ class Downlinks:
 
         A reload that removes the lot or changes its credentials cuts it off this way.
         """
-        connection = self._bound.pop(park, None)
+        connection = self._connections.lot(park)
         if connection is None:
             return False
         self._unbind(connection, park, reason)
@@ -215,10 +180,7 @@ class Downlinks:
 
     def state(self, park: str) -> LotState:
         """The downlink state of the lot `park` (configured or not)."""
-        connection = self._bound.get(park)
-        if connection is not None:
-            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
-        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+        return self._connections.state(park)
 
     def states(self) -> list[LotState]:
         """The state of every configured lot, in configuration order."""
@@ -231,22 +193,28 @@ class Downlinks:
         interface = lookup(code)
         return interface is not None and interface.downlink is not None
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send `code` with `data` to the lot now; fire with its REPLY.
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send `code` with `data` to the lot now, as oprNum `opr` (a new one if empty); fire with its REPLY.
 
-        Fails at once with NotConnected when the lot is not bound, and with
-        DeadlinePassed when it does not reply in time. Never queued.
+        The command API passes the oprNum it journaled the command with, so the
+        lot's REPLY names the record it answers (CONTRACT §7). Fails at once
+        with NotConnected when the lot is not bound, with ValueError when `opr`
+        is taken by a command still waiting for its REPLY, and with
+        DeadlinePassed when the lot does not reply in time. Never queued.
         """
         interface = lookup(code)
         if interface is None or interface.downlink is None:
             return fail(ValueError(f"{code!r} is not a downlink interface"))
-        connection = self._bound.get(park)
-        if connection is None or connection.closing:
+        connection = self._connections.lot(park)
+        if connection is None or connection.phase is CLOSING:
             return fail(NotConnected(park))
         lot = self._config.lot_by_park(park)
         secret = lot.secret if lot is not None else ""
         deadline = deadline_of(interface.code, self._deadlines)
-        opr = uuid.uuid4().hex
+        if not opr:
+            opr = uuid.uuid4().hex
+        elif opr in self._outstanding:
+            return fail(ValueError(f"oprNum {opr!r} is already waiting for a reply"))
 
         def cancel(_: Deferred[LotReply]) -> None:
             pending = self._outstanding.pop(opr, None)
@@ -286,8 +254,8 @@ class Downlinks:
         """Close idle and unbound connections and heartbeat quiet ones: one pass over all of them."""
         now = self._clock.seconds()
         bind_by = now - self._tcp.bind_timeout
-        for connection in list(self._unbound):
-            if connection.opened <= bind_by and not connection.closing:
+        for connection in self._connections.unbound():
+            if connection.opened <= bind_by and connection.phase is not CLOSING:
                 self.counters["closed_unbound"] += 1
                 connection.close("not bound within bind_timeout")
         tcp = self._tcp
@@ -298,7 +266,7 @@ class Downlinks:
         write_by = now - tcp.write_idle if tcp.write_idle else never
         idle: list[tuple[Connection, str]] = []
         quiet: list[Connection] = []
-        for connection in self._bound.values():
+        for connection in self._connections.bound_connections():
             read, written = connection.last_read, connection.last_write
             if read <= read_by:
                 idle.append((connection, f"nothing received for {tcp.read_idle} s (read_idle)"))
@@ -307,7 +275,7 @@ class Downlinks:
             elif written <= write_by:
                 quiet.append(connection)
         for connection, reason in idle:
-            if not connection.closing:
+            if connection.phase is not CLOSING:
                 self.counters["closed_idle"] += 1
                 connection.close(reason)
         for connection in quiet:
@@ -323,7 +291,7 @@ class Downlinks:
 
     def connection_made(self, connection: Connection) -> None:
         self.counters["connections"] += 1
-        self._unbound[connection] = None
+        self._connections.opened(connection)
 
     def garbage_received(self, connection: Connection, count: int) -> None:
         self.counters["garbage_bytes"] += count
@@ -334,32 +302,40 @@ class Downlinks:
         self._rejected(connection, "", Answer.of(Result.MALFORMED, f"{reason}; closing the connection"))
         connection.close(reason)
 
+    def unbound_overflow(self, connection: Connection, limit: int) -> None:
+        self.counters["closed_unbound_bytes"] += 1
+        reason = f"more than max_unbound_bytes ({limit}) received before a bind"
+        self._rejected(connection, "", Answer.of(Result.MALFORMED, f"{reason}; closing the connection"))
+        connection.close(reason)
+
     def frame_failed(self, connection: Connection, failure: Failure) -> None:
         self.counters["errors"] += 1
         log.failure("handling a frame from {peer} failed", failure, peer=connection.peer)
 
     def malformed_received(self, connection: Connection, error: EnvelopeError) -> None:
         self.counters["frames_in"] += 1
-        if connection.binding:
+        if connection.phase is BINDING:
             self._queue(connection, error)
         else:
             self._malformed(connection, error)
 
     def reply_received(self, connection: Connection, reply: Reply) -> None:
         self.counters["frames_in"] += 1
-        if connection.binding:
+        if connection.phase is BINDING:
             self._queue(connection, reply)
         else:
             self._reply(connection, reply)
 
     def request_received(self, connection: Connection, request: Request) -> None:
         self.counters["frames_in"] += 1
-        if connection.binding:
+        if connection.phase is BINDING:
             self._queue(connection, request)
         else:
             self._request(connection, request)
 
     def _malformed(self, connection: Connection, error: EnvelopeError) -> None:
+        if connection.park is not None and not self._token_in_force(connection, error.code, error.opr):
+            return
         self.counters["bad_frames"] += 1
         answer = Answer.of(error.result, error.detail)
         if error.opr:
@@ -370,6 +346,8 @@ class Downlinks:
     def _reply(self, connection: Connection, reply: Reply) -> None:
         if connection.park is None:
             self._refuse_unbound(connection, reply.code, reply.opr)
+            return
+        if not self._token_in_force(connection, reply.code, reply.opr):
             return
         pending = self._outstanding.get(reply.opr)
         if pending is None or pending.connection is not connection:
@@ -405,6 +383,8 @@ class Downlinks:
                 self._bound_heartbeat(connection, request)
         elif connection.park is None:
             self._refuse_unbound(connection, code, request.opr)
+        elif not self._token_in_force(connection, code, request.opr):
+            return
         elif interface is None:
             detail = f"code: {request.code!r} is not an interface" if request.code else "code: required"
             self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
@@ -415,12 +395,27 @@ class Downlinks:
             detail = f"code: {code!r} is sent by the gateway to the lot, not by the lot"
             self._answer(connection, code, request.opr, Answer.of(Result.NO_SUCH_INTERFACE, detail))
 
+    def _token_in_force(self, connection: Connection, code: str, opr: str) -> bool:
+        """Whether the token a bound connection holds is still in force; if not, answer 9000 and close.
+
+        A newer login of the account replaces the token, a reload that removes
+        or changes the lot revokes it, and the month's end expires it: from
+        then on the connection speaks for no one (CONTRACT §5).
+        """
+        session = self._sessions.lookup(connection.token)
+        if session is not None and session.park == connection.park:
+            return True
+        self.counters["closed_token"] += 1
+        answer = Answer.of(Result.TOKEN_INVALID, "token: replaced by a newer login, revoked or expired")
+        self._answer(connection, code, opr, answer)
+        connection.close("its token was replaced, revoked or expired")
+        return False
+
     def connection_lost(self, connection: Connection, reason: Failure) -> None:
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         connection.queued = None
         park = connection.park
-        if park is not None and self._bound.get(park) is connection:
-            del self._bound[park]
+        if park is not None and self._connections.holds(connection, park):
             why = connection.close_reason or f"closed by the lot: {reason.getErrorMessage()}"
             self._unbind(connection, park, why)
         self._fail_outstanding(connection)
@@ -443,7 +438,7 @@ class Downlinks:
         connection.close("first frame was neither login nor heartbeat")
 
     def _login(self, connection: Connection, request: Request) -> None:
-        connection.binding = True
+        connection.phase = BINDING
         outcome = login(
             request,
             config=self._config,
@@ -452,14 +447,16 @@ class Downlinks:
             journal=self._journal,
             via="TCP",
             configured=self._lot_by_username,
+            # A connection lost while its login waits for a password check drops the check.
+            gone=lambda: connection.phase is CLOSING,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)
 
     def _logged_in(self, outcome: LoginOutcome, connection: Connection, request: Request) -> None:
-        connection.binding = False
+        connection.settle()
         queued, connection.queued = connection.queued, None
-        if connection.closing:
+        if connection.phase is CLOSING:
             return
         lot = outcome.lot
         secret = lot.secret if lot is not None else ""
@@ -472,7 +469,7 @@ class Downlinks:
             return
         self._bind(connection, lot, outcome.token, "login")
         for event in queued or ():
-            if connection.closing:
+            if connection.phase is CLOSING:
                 break
             try:
                 if isinstance(event, Reply):
@@ -485,7 +482,7 @@ class Downlinks:
                 self.frame_failed(connection, Failure())
 
     def _login_failed(self, failure: Failure, connection: Connection) -> None:
-        connection.binding = False
+        connection.settle()
         connection.queued = None
         self.frame_failed(connection, failure)
         connection.close("login failed inside the gateway")
@@ -500,20 +497,19 @@ class Downlinks:
             self._answer(connection, "heartbeat", request.opr, answer, park=park)
             connection.close("heartbeat with an invalid token")
             return
+        # The token travels in clear in every uplink; the secret never does. So for a
+        # lot whose signature is required, a bind by token alone would let anyone who
+        # saw one uplink take the lot's downlink: the binding heartbeat must be signed.
         if not signature_ok(
-            lot.signature,
-            request.signature,
-            request.data_text,
-            request.data,
-            request.token,
-            lot.secret,
-            optional=True,
+            lot.signature, request.signature, request.data_text, request.data, request.token, lot.secret
         ):
             self.counters["bind_failures"] += 1
-            answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
-            self._answer(
-                connection, "heartbeat", request.opr, answer, request.token, lot.secret, park=lot.park_code
-            )
+            self.counters["bad_signatures"] += 1
+            detail = "signature: required to bind, and missing" if not request.signature else ""
+            answer = Answer.of(Result.BAD_SIGNATURE, detail or "signature: does not match data")
+            # Signed without the secret: a signature over the answer's `{}` would be the one
+            # a heartbeat with `data: {}` needs to bind.
+            self._answer(connection, "heartbeat", request.opr, answer, request.token, "", park=lot.park_code)
             connection.close("heartbeat with a wrong signature")
             return
         self._bind(connection, lot, request.token, "heartbeat")
@@ -522,7 +518,8 @@ class Downlinks:
     def _bound_heartbeat(self, connection: Connection, request: Request) -> None:
         lot = self._config.lot_by_park(connection.park or "")
         secret = lot.secret if lot is not None else ""
-        if request.token and request.token != connection.token:
+        adopt = bool(request.token) and request.token != connection.token
+        if adopt:
             # The lot logged in again (over HTTP): its ACKs must carry the new token.
             session = self._sessions.lookup(request.token)
             if session is None or session.park != connection.park:
@@ -530,7 +527,8 @@ class Downlinks:
                 self._answer(connection, "heartbeat", request.opr, answer)
                 connection.close("heartbeat with an invalid token")
                 return
-            connection.token = request.token
+        elif not self._token_in_force(connection, "heartbeat", request.opr):
+            return
         if lot is not None and not signature_ok(
             lot.signature,
             request.signature,
@@ -540,9 +538,12 @@ class Downlinks:
             lot.secret,
             optional=True,
         ):
+            self.counters["bad_signatures"] += 1
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
             self._answer(connection, "heartbeat", request.opr, answer)
             return
+        if adopt:
+            connection.token = request.token
         self._answer_time(connection, request.opr, connection.token, secret)
 
     def _answer_time(self, connection: Connection, opr: str, token: str, secret: str) -> None:
@@ -555,26 +556,27 @@ class Downlinks:
         if (
             previous_park is not None
             and previous_park != park
-            and self._bound.get(previous_park) is connection
+            and self._connections.holds(connection, previous_park)
         ):
             # The same connection logged in as another lot: it leaves the first one.
-            del self._bound[previous_park]
             self._unbind(connection, previous_park, f"the connection logged in as {park}")
             self._fail_outstanding(connection)
-        old = self._bound.get(park)
+        old = self._connections.lot(park)
         if old is not None and old is not connection:
             self.counters["replaced"] += 1
             old.park = None
             self._unbind(old, park, f"replaced by a new connection from {connection.peer}")
             old.close("replaced by a newer connection of the same lot")
             self._fail_outstanding(old)
-        self._unbound.pop(connection, None)
+        self._connections.forget(connection)
         connection.token = token
         if old is connection:
             return
         connection.park = park
         connection.bound_at = self._clock.seconds()
-        self._bound[park] = connection
+        if connection.phase is not CLOSING:
+            connection.phase = BOUND
+        self._connections.bind(connection, park)
         self.counters["binds"] += 1
         log.info(
             "lot {park} bound from {peer} by {how}",
@@ -592,8 +594,7 @@ class Downlinks:
                 log.failure("a bound listener failed for lot {park}", park=park)
 
     def _unbind(self, connection: Connection, park: str, reason: str) -> None:
-        self._last_seen[park] = connection.last_read
-        self._last_peer[park] = connection.peer
+        self._connections.release(connection, park)
         log.info(
             "lot {park} unbound from {peer}: {reason}",
             event="lot.offline",
@@ -643,13 +644,13 @@ class Downlinks:
         )
 
     def _send(self, connection: Connection, frame: bytes) -> None:
-        if connection.closing:
+        if connection.phase is CLOSING:
             return
         self.counters["frames_out"] += 1
         connection.send(frame)
 
 
-def record_connection(journal: Appender, kind: str, park: str, peer: str, reason: str) -> None:
+def record_connection(journal: JournalAppend, kind: str, park: str, peer: str, reason: str) -> None:
     """Journal a lot going online or offline (`kind`), from `peer`, and why; for every dialect.
 
     These records are facts to forward, not promises: nothing waits on them, and
@@ -663,16 +664,3 @@ def record_connection(journal: Appender, kind: str, park: str, peer: str, reason
     stored.addErrback(
         lambda failure: log.failure("the journal could not store a {kind} record", failure, kind=kind)
     )
-
-
-def ack_frame(code: str, opr: str, token: str, secret: str, data: object) -> bytes:
-    """An ACK frame (a request envelope, B.3.2), signed over compact `data` before the escapes."""
-    data_text = compact(data)
-    text = '{"code":%s,"oprNum":%s,"token":%s,"signature":"%s","data":%s}' % (
-        compact(code),
-        compact(opr),
-        compact(token),
-        sign(data_text, token, secret),
-        data_text,
-    )
-    return encode_json_frame(text)

@@ -9,21 +9,24 @@ record and put it in force once that record is durable.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import TOKEN_RECORD
 from gateway.lots.answers import Answer
-from gateway.lots.sessions import TOKEN_RECORD, Sessions
+from gateway.lots.passwords import ClientGone, LoginsBusy
+from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import lookup
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
-from gateway.protocol.signing import signature_matches
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.validation import FieldError, validate
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 
@@ -31,18 +34,17 @@ log = Logger()
 STANDARD = "standard"
 
 
-class Appender(Protocol):
-    """The journal as the lot side sees it."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Store a record; the Deferred fires once it is durable."""
-
-
 class Checker(Protocol):
-    """The password checker as the lot side sees it."""
+    """The password checker as the lot side sees it (`gateway.lots.passwords.PasswordChecker`)."""
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
-        """Whether `password` matches `password_hash`; None means an unknown account."""
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
+        """Whether `password` matches `password_hash`; None means an unknown account.
+
+        May fail with `LoginsBusy` (too many waiting) or `ClientGone` (`gone()`
+        was true before the check ran).
+        """
 
 
 @frozen
@@ -52,18 +54,8 @@ class LoginOutcome:
     answer: Answer
     lot: LotConfig | None
     token: str = ""
-
-
-def signature_ok(
-    mode: str, signature: str, data_text: str, data: object, token: str, secret: str, optional: bool = False
-) -> bool:
-    """Whether a message's signature passes the lot's `signature` mode (B.3.7).
-
-    With `optional` (heartbeats, like HTTP), a missing signature passes in every mode.
-    """
-    if mode == "off" or ((mode == "optional" or optional) and not signature):
-        return True
-    return signature_matches(signature, data_text, data, token, secret)
+    # The client went away before its password was checked: there is no one to answer.
+    gone: bool = False
 
 
 def login(
@@ -72,9 +64,10 @@ def login(
     config: Config,
     sessions: Sessions,
     passwords: Checker,
-    journal: Appender,
+    journal: JournalAppend,
     via: str,
     configured: Callable[[str], LotConfig | None] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> Deferred[LoginOutcome]:
     """Check a `login` request and issue a token; `via` names the transport in the log.
 
@@ -83,6 +76,8 @@ def login(
     `configured` looks the account up in the running configuration: a reload
     that removes the lot or changes it while its password is being checked, or
     its token stored, refuses the login instead of issuing a token it revoked.
+    `gone` tells whether the client has left: its check is then dropped, and
+    when too many checks wait the login is answered 9999 "busy, retry" at once.
     """
     data = request.data
     lot: LotConfig | None = None
@@ -141,9 +136,15 @@ def login(
     def not_stored(failure: Failure) -> LoginOutcome:
         return LoginOutcome(not_stored_answer(failure), lot)
 
-    outcome: Deferred[LoginOutcome] = passwords.check(lot.password if lot else None, password).addCallback(
-        checked
-    )
+    def unchecked(failure: Failure) -> LoginOutcome:
+        if failure.check(LoginsBusy):
+            detail = "busy, retry: too many logins are waiting for a password check"
+            return LoginOutcome(Answer.of(Result.FAILED, detail), lot)
+        failure.trap(ClientGone)
+        return LoginOutcome(Answer.of(Result.FAILED, "the client went away"), lot, gone=True)
+
+    checking = passwords.check(lot.password if lot else None, password, gone)
+    outcome: Deferred[LoginOutcome] = checking.addCallbacks(checked, unchecked)
     return outcome
 
 

@@ -1,30 +1,116 @@
-"""Argon2id password checks, in threads of their own so the reactor never waits on one."""
+"""Argon2id password checks, in threads of their own so the reactor never waits on one.
+
+Checks wait in a bounded queue in front of the threads (CONTRACT §4, hostile
+clients): when `max_pending` already wait, a further check fails at once with
+`LoginsBusy` (the lot is answered 9999 "busy, retry"); a waiting check whose
+client has gone away (its `gone` says so) is dropped before it runs, failing
+with `ClientGone`. So a flood of logins costs a bounded queue and the pool's
+threads, never the reactor's time or other lots' answers.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+
 import nacl.exceptions
 import nacl.pwhash
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 # Checked against when the account is unknown, so that an unknown user name takes
 # as long to refuse as a wrong password. Made on first use, in a pool thread.
 _DECOY_PASSWORD = b"cpmi-gateway decoy password"
 
+# How much nicer than the reactor the password threads run (Linux: a thread's own
+# priority). A login flood then takes the cores the reactor leaves idle, not the
+# reactor's: reports and heartbeats of every lot keep their latency (bench/hostile.py).
+PASSWORD_NICENESS = 10
+
+_thread_state = threading.local()
+
+
+def lower_thread_priority(niceness: int = PASSWORD_NICENESS) -> bool:
+    """Make the calling thread `niceness` nicer, once per thread; whether it is now that nice.
+
+    On Linux `setpriority(PRIO_PROCESS, tid)` sets one thread's priority. Where
+    that is not possible (another system, a sandbox refusing it) the check
+    still runs, at the reactor's priority.
+    """
+    if getattr(_thread_state, "lowered", False):
+        return True
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    except (AttributeError, OSError):
+        return False
+    _thread_state.lowered = True
+    return True
+
+
+Verify = Callable[[str | None, bytes], bool]
+Runner = Callable[[Verify, str | None, bytes], "Deferred[bool]"]
+"""Runs one verification off the reactor: `run(verify, password_hash, password)`."""
+
+
+class LoginsBusy(Exception):
+    """Too many logins are waiting for a password check: retry later."""
+
+
+class ClientGone(Exception):
+    """The client went away before its password check ran: it was dropped."""
+
+
+def _never() -> bool:
+    return False
+
+
+class _Waiting:
+    """One check in the queue."""
+
+    __slots__ = ("deferred", "gone", "password", "password_hash")
+
+    def __init__(
+        self, password_hash: str | None, password: bytes, gone: Callable[[], bool], deferred: Deferred[bool]
+    ) -> None:
+        self.password_hash = password_hash
+        self.password = password
+        self.gone = gone
+        self.deferred = deferred
+
 
 class PasswordChecker:
-    """Verifies passwords against `$argon2id$` hashes in a small dedicated pool.
+    """Verifies passwords against `$argon2id$` hashes in a small dedicated pool, behind a bounded queue.
 
     Each check takes tens of milliseconds and 64 MiB, so the pool is small (one
     thread per core on the target machine) and separate from the reactor's own.
+    At most `threads` checks are handed to the pool at once; the rest wait here,
+    where a check can still be dropped. `run` is how a check reaches a thread
+    (the pool by default; tests pass their own).
     """
 
-    def __init__(self, reactor: IReactorFromThreads, threads: int = 2) -> None:
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        threads: int = 2,
+        max_pending: int = 256,
+        run: Runner | None = None,
+    ) -> None:
         self._reactor = reactor
+        self._threads = threads
+        self._max_pending = max_pending
         self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="cpmi-passwords")
+        self._run: Runner = run if run is not None else self._in_pool
         self._decoy: bytes | None = None
+        self._waiting: deque[_Waiting] = deque()
+        self._running = 0
+        # Read by the metrics: checks run, refused as busy, dropped for a client gone.
+        self.counters: dict[str, int] = {"checked": 0, "busy": 0, "dropped": 0}
 
     def start(self) -> None:
         """Start the pool."""
@@ -35,13 +121,82 @@ class PasswordChecker:
         if self._pool.started:
             self._pool.stop()
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
-        """Whether `password` matches `password_hash`; None means an unknown account."""
-        return deferToThreadPool(
-            self._reactor, self._pool, self._verify, password_hash, password.encode("utf-8")
-        )
+    @property
+    def waiting(self) -> int:
+        """How many checks wait for a thread now."""
+        return len(self._waiting)
+
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
+        """Whether `password` matches `password_hash`; None means an unknown account.
+
+        Fails with LoginsBusy at once when `max_pending` checks already wait,
+        and with ClientGone when `gone()` is true by the time a thread is free.
+        Cancelling the Deferred drops a check that has not started.
+        """
+        if len(self._waiting) >= self._max_pending:
+            self._drop_gone()
+            if len(self._waiting) >= self._max_pending:
+                self.counters["busy"] += 1
+                return fail(LoginsBusy(f"{len(self._waiting)} logins are waiting for a password check"))
+
+        def cancel(_: Deferred[bool]) -> None:
+            try:
+                self._waiting.remove(entry)
+            except ValueError:
+                pass  # under way: its result is ignored
+
+        deferred: Deferred[bool] = Deferred(cancel)
+        entry = _Waiting(password_hash, password.encode("utf-8"), gone or _never, deferred)
+        self._waiting.append(entry)
+        self._next()
+        return deferred
+
+    def _drop_gone(self) -> None:
+        """Drop the waiting checks whose clients have gone, making room for those still there."""
+        kept: deque[_Waiting] = deque()
+        for entry in self._waiting:
+            if entry.gone():
+                self._dropped(entry)
+            else:
+                kept.append(entry)
+        self._waiting = kept
+
+    def _dropped(self, entry: _Waiting) -> None:
+        self.counters["dropped"] += 1
+        if not entry.deferred.called:
+            entry.deferred.errback(ClientGone("the client went away before its password check"))
+
+    def _next(self) -> None:
+        """Hand waiting checks to the pool while it has a thread free."""
+        while self._running < self._threads and self._waiting:
+            entry = self._waiting.popleft()
+            if entry.deferred.called:
+                continue
+            if entry.gone():
+                self._dropped(entry)
+                continue
+            self._running += 1
+            self.counters["checked"] += 1
+            ran: Deferred[bool] = maybeDeferred(self._run, self._verify, entry.password_hash, entry.password)
+            ran.addBoth(self._ran, entry)
+
+    def _ran(self, result: bool | Failure, entry: _Waiting) -> None:
+        self._running -= 1
+        self._next()
+        if entry.deferred.called:
+            return  # cancelled while it ran
+        if isinstance(result, Failure):
+            entry.deferred.errback(result)
+        else:
+            entry.deferred.callback(result)
+
+    def _in_pool(self, verify: Verify, password_hash: str | None, password: bytes) -> Deferred[bool]:
+        return deferToThreadPool(self._reactor, self._pool, verify, password_hash, password)
 
     def _verify(self, password_hash: str | None, password: bytes) -> bool:
+        lower_thread_priority()
         if password_hash is None:
             if self._decoy is None:
                 self._decoy = nacl.pwhash.argon2id.str(_DECOY_PASSWORD)

@@ -4,12 +4,22 @@ A repeat is answered with the first answer and is neither journaled nor
 forwarded again; a repeat that arrives while the first is still being
 journaled waits for its answer. Past `limit` repeats within `window` seconds
 of the first, the lot is answered 9007.
+
+Only a request that was stored is a repeat (CONTRACT §4): an attempt answered
+without being stored (a refusal, or 9999 for a full disk, a failing journal or
+a fault inside the gateway) leaves its oprNum free and uncounted, so the lot's
+next attempt is processed as a first one. `attempt` guarantees that every
+attempt begun is finished, whatever happens while it is handled.
 """
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.lots.answers import Answer
 from gateway.protocol.results import Result
@@ -17,6 +27,10 @@ from gateway.protocol.results import Result
 TOO_MANY = Answer(
     Result.TOO_MANY_REPEATS, Result.TOO_MANY_REPEATS.message("more than 5 repeats within an hour")
 )
+FAULT = Answer.of(Result.FAILED, "internal error in the gateway; retry")
+"""The answer to a request whose handling failed inside the gateway: not stored, so the lot retries."""
+
+log = Logger()
 
 
 _Key = tuple[str, str]
@@ -54,9 +68,9 @@ class Repeats:
     def seen(self, park: str, opr: str) -> Deferred[Answer] | None:
         """The answer for a repeat, or None when the request is to be processed.
 
-        Every call for an `oprNum` seen before counts as a repeat. When the
-        first request was answered without being stored (a rejection), the
-        repeat is processed again: call `begin`.
+        Every call for an `oprNum` stored (or being processed) counts as a
+        repeat. An `oprNum` whose attempts were all answered without being
+        stored is new: the request is processed (`attempt`, or `begin`).
         """
         self._prune(self._clock.seconds())
         key = (park, opr)
@@ -83,13 +97,51 @@ class Repeats:
         self._waiting[key] = []
 
     def finish(self, park: str, opr: str, answer: Answer, stored: bool) -> None:
-        """Give the answer; keep it for later repeats when the request was `stored`."""
+        """Give the answer; keep it for later repeats when the request was `stored`.
+
+        A request not stored is no request of the repeat rule: its `oprNum` is
+        forgotten, with the repeats counted while it was processed, so that
+        failures (a full disk answering 9999 six times, say) never add up to 9007.
+        """
         key = (park, opr)
         waiting = self._waiting.pop(key, None) or []
-        if stored and key in self._first:
-            self._answers[key] = answer
+        if stored:
+            if key in self._first:
+                self._answers[key] = answer
+        elif key not in self._answers:
+            self._first.pop(key, None)
+            self._repeats.pop(key, None)
         for waiter in waiting:
             waiter.callback(answer)
+
+    def attempt(
+        self, park: str, opr: str, handle: Callable[[], Deferred[tuple[Answer, bool]]]
+    ) -> Deferred[Answer]:
+        """Process the first attempt of `opr`: its repeats wait for it, and it is always finished.
+
+        `handle` gives the answer and whether the request was stored. When it
+        raises or fails instead, the fault is logged, the attempt is answered
+        FAULT (9999, not stored) and the `oprNum` freed: no later attempt is
+        left waiting on an answer that would never come.
+        """
+        self.begin(park, opr)
+        try:
+            handled = handle()
+        except Exception:
+            handled = fail()
+
+        def faulted(failure: Failure) -> tuple[Answer, bool]:
+            log.failure(
+                "handling oprNum {opr} of lot {park} failed inside the gateway", failure, park=park, opr=opr
+            )
+            return FAULT, False
+
+        def done(outcome: tuple[Answer, bool]) -> Answer:
+            answer, stored = outcome
+            self.finish(park, opr, answer, stored)
+            return answer
+
+        return handled.addErrback(faulted).addCallback(done)
 
     def restore(self, park: str, opr: str, at: float, answer: Answer) -> None:
         """Remember a stored request found in the journal at start-up."""

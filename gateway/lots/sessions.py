@@ -18,10 +18,6 @@ from twisted.internet.interfaces import IReactorTime
 
 from gateway.protocol.times import end_of_month, rfc3339_seconds
 
-TOKEN_RECORD = "token"
-TOKEN_REVOKED_RECORD = "token-revoked"
-"""The journal's record of an account's token taken out of force (a reload removed or changed the lot)."""
-
 
 def new_token() -> str:
     """A fresh 32-character token."""

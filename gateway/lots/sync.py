@@ -10,10 +10,12 @@ cloud is told of. Any other reply, or no reply in time, is retried after `retry`
 seconds while the lot stays connected; a lot that goes away is resumed when it
 binds again (`lot_bound`).
 
-Delivery is at least once. Each attempt is a new ACK with a new oprNum (the
-downlink matches replies by it), and an entry whose `sync-done` was not stored
-is delivered again after a restart: a lot must apply a sync entry's data
-idempotently (a blacklist entry set twice is one entry).
+Delivery is at least once. Every attempt is an ACK with the oprNum the entry
+was journaled under, so a reply always names its record (CONTRACT §7) and a
+lot can tell a delivery it has already applied (B.2.3.6 from its side); an
+entry whose `sync-done` was not stored is delivered again after a restart: a
+lot must apply a sync entry's data idempotently (a blacklist entry set twice
+is one entry).
 
 At start-up the queue is rebuilt from the journal (`restore`, fed by
 `gateway.state`): every `sync` record without a later `sync-done` is
@@ -30,7 +32,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, LotState, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.protocol.catalog import DeliveryClass, lookup
 from gateway.protocol.results import Result
 from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
@@ -38,16 +41,12 @@ from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
 __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TTL",
-    "SYNC_DONE_RECORD",
-    "SYNC_RECORD",
     "SyncLots",
     "SyncQueue",
 ]
 
 log = Logger()
 
-SYNC_RECORD = "sync"
-SYNC_DONE_RECORD = "sync-done"
 DEFAULT_TTL = 86400.0
 DEFAULT_RETRY = 30.0
 
@@ -55,18 +54,11 @@ DEFAULT_RETRY = 30.0
 class SyncLots(Protocol):
     """What the queue needs of the downlink side (`gateway.lots.downlink.Downlinks`)."""
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-        """Send to the lot now; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send to the lot now as oprNum `opr`; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
 
     def state(self, park: str) -> LotState:
         """Whether the lot is connected now."""
-
-
-class SyncJournal(Protocol):
-    """The journal's append: fires with the record (its `seq`) once durable."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Append one record."""
 
 
 class _Entry:
@@ -115,7 +107,7 @@ class SyncQueue:
         self,
         *,
         lots: SyncLots,
-        journal: SyncJournal,
+        journal: JournalAppend,
         clock: IReactorTime,
         ttl: float = DEFAULT_TTL,
         retry: float = DEFAULT_RETRY,
@@ -292,7 +284,9 @@ class SyncQueue:
                 log.failure("sync {seq} to {park} failed; retrying", failure, seq=entry.seq, park=entry.park)
             self._retry_later(lane, entry)
 
-        sent: Deferred[LotReply] = maybeDeferred(self._lots.command, entry.park, entry.code, entry.data)
+        sent: Deferred[LotReply] = maybeDeferred(
+            self._lots.command, entry.park, entry.code, entry.data, entry.opr
+        )
         sent.addCallbacks(replied, failed)
         sent.addBoth(self._sent, lane, entry)
 

@@ -9,124 +9,21 @@ since the handler sweeps all connections' idle timestamps at once.
 
 from __future__ import annotations
 
-import re
-from json.decoder import JSONDecodeError
 from typing import Protocol as TypingProtocol
 
-from attrs import frozen
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.protocol.envelope import (
-    OPR_NUM_MAX,
-    EnvelopeError,
-    Request,
-    _header,
-    parse_request,
-)
-from gateway.protocol.envelope import (
-    members as json_members,
-)
+from gateway.logs import describe
+from gateway.lots.connections import Bind
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_frame
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge
-from gateway.protocol.results import Result
 
 log = Logger()
 
-_OPR_NUM = re.compile(r'"oprNum"\s*:\s*"([^"]*)"')
-
-
-@frozen
-class Reply:
-    """A response envelope (B.3) from a lot: its REPLY to one of the gateway's ACKs."""
-
-    code: str
-    opr: str
-    result_code: str
-    result_message: str
-    signature: str
-    data: object
-    data_text: str
-
-
-def parse_reply(text: str) -> Reply:
-    """Parse a response envelope, or raise EnvelopeError (9002) saying what is wrong."""
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    try:
-        members = json_members(text)
-        return _reply(text, members)
-    except (ValueError, RecursionError) as error:
-        raise EnvelopeError(Result.MALFORMED, _detail(error)) from None
-
-
-def _reply(text: str, members: dict[str, tuple[object, int, int]]) -> Reply:
-    if "data" in members:
-        data, start, end = members["data"]
-        data_text = text[start:end]
-    else:
-        data, data_text = None, ""
-    return Reply(
-        code=_header(members, "code"),
-        opr=_header(members, "oprNum"),
-        result_code=_header(members, "resultCode"),
-        result_message=_header(members, "resultMessage"),
-        signature=_header(members, "signature"),
-        data=data,
-        data_text=data_text,
-    )
-
-
-def _detail(error: Exception) -> str:
-    if isinstance(error, RecursionError):
-        return "nested too deeply"
-    return error.msg if isinstance(error, JSONDecodeError) else str(error)
-
-
-def parse_frame(payload: bytes) -> Request | Reply:
-    """A frame's payload as a request (from the lot: heartbeat, login) or a reply to an ACK.
-
-    A payload is a reply when its top-level object has a `resultCode` member.
-    Raises EnvelopeError when it is neither; `error.opr` is set when an oprNum
-    could still be read from the text, so the sender can be told.
-    """
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EnvelopeError(
-            Result.MALFORMED, "not UTF-8", opr=opr_in(payload.decode("utf-8", "replace")) or ""
-        ) from None
-    try:
-        if '"resultCode"' in text:
-            if text.startswith("\ufeff"):
-                text = text[1:]
-            try:
-                members = json_members(text)
-            except (ValueError, RecursionError) as error:
-                raise EnvelopeError(Result.MALFORMED, _detail(error)) from None
-            if "resultCode" in members:
-                try:
-                    reply = _reply(text, members)
-                except ValueError as error:
-                    raise EnvelopeError(Result.MALFORMED, str(error)) from None
-                if len(reply.opr) > OPR_NUM_MAX:
-                    raise EnvelopeError(Result.MALFORMED, f"oprNum: longer than {OPR_NUM_MAX} characters")
-                return reply
-        return parse_request(text)
-    except EnvelopeError as error:
-        if error.opr:
-            raise
-        opr = opr_in(text)
-        raise EnvelopeError(error.result, error.detail, code=error.code, opr=opr or "") from None
-
-
-def opr_in(text: str) -> str | None:
-    """The oprNum a text that does not parse seems to carry, if one can be read (and is not too long)."""
-    match = _OPR_NUM.search(text)
-    if match is None or len(match.group(1)) > OPR_NUM_MAX:
-        return None
-    return match.group(1)
+UNBOUND, BINDING, BOUND, CLOSING = Bind.UNBOUND, Bind.BINDING, Bind.BOUND, Bind.CLOSING
 
 
 class FrameHandler(TypingProtocol):
@@ -150,6 +47,9 @@ class FrameHandler(TypingProtocol):
     def too_large(self, connection: DownlinkProtocol, event: FrameTooLarge) -> None:
         """A frame overflowed max_frame_bytes: the connection must be closed."""
 
+    def unbound_overflow(self, connection: DownlinkProtocol, limit: int) -> None:
+        """More than `limit` bytes arrived before the connection bound: it must be closed."""
+
     def frame_failed(self, connection: DownlinkProtocol, failure: Failure) -> None:
         """Handling one frame raised: logged and counted, the connection goes on."""
 
@@ -160,50 +60,71 @@ class FrameHandler(TypingProtocol):
 class DownlinkProtocol(Protocol):
     """One lot's TCP connection: turns bytes into envelopes for the handler, and frames into bytes.
 
-    `park`, `token`, `bound_at`, `binding`, `queued` and `close_reason` belong to
-    the handler, which keeps its per-connection state here so that a connection
-    is one object.
+    `park`, `token`, `bound_at`, `phase` (its `Bind`), `queued` and `close_reason`
+    belong to the handler, which keeps its per-connection state here so that a connection
+    is one object. Until `park` is set, the bytes received are counted and
+    capped at `max_unbound_bytes` (CONTRACT §4): past the cap the handler is
+    told before the bytes are decoded, so an unbound peer cannot make the
+    gateway decode or hold more than that.
     """
 
     __slots__ = (
         "_clock",
         "_decoder",
         "_handler",
+        "_max_unbound",
         "_skipped",
-        "binding",
         "bound_at",
         "close_reason",
-        "closing",
         "last_read",
         "last_write",
         "opened",
         "park",
         "peer",
+        "phase",
         "queued",
         "token",
+        "unbound_bytes",
     )
 
-    def __init__(self, handler: FrameHandler, clock: IReactorTime, max_frame_bytes: int, peer: str) -> None:
+    def __init__(
+        self,
+        handler: FrameHandler,
+        clock: IReactorTime,
+        max_frame_bytes: int,
+        peer: str,
+        max_unbound_bytes: int = 65536,
+    ) -> None:
         self._handler = handler
         self._clock = clock
         self._decoder = FrameDecoder(max_frame_bytes)
         self._skipped = 0
+        self._max_unbound = max_unbound_bytes
+        self.unbound_bytes = 0
         self.peer = peer
         self.opened = self.last_read = self.last_write = clock.seconds()
         self.park: str | None = None
         self.token = ""
         self.bound_at: float | None = None
-        self.binding = False
+        # The bind lifecycle (gateway.lots.connections.Bind); the handler moves it on.
+        self.phase: Bind = UNBOUND
+        # The frames that arrived while BINDING, handled once the login is decided.
         self.queued: list[Request | Reply | EnvelopeError] | None = None
         self.close_reason = ""
-        self.closing = False
 
     def connectionMade(self) -> None:
         self.opened = self.last_read = self.last_write = self._clock.seconds()
         self._handler.connection_made(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self.phase is CLOSING:
+            return
         self.last_read = self._clock.seconds()
+        if self.park is None:
+            self.unbound_bytes += len(data)
+            if self.unbound_bytes > self._max_unbound:
+                self._handler.unbound_overflow(self, self._max_unbound)
+                return
         decoder = self._decoder
         events = decoder.feed(data)
         skipped = decoder.skipped_bytes
@@ -211,7 +132,7 @@ class DownlinkProtocol(Protocol):
             self._handler.garbage_received(self, skipped - self._skipped)
             self._skipped = skipped
         for event in events:
-            if self.closing:
+            if self.phase is CLOSING:
                 return
             if isinstance(event, FrameTooLarge):
                 self._handler.too_large(self, event)
@@ -233,33 +154,29 @@ class DownlinkProtocol(Protocol):
         else:
             self._handler.request_received(self, message)
 
+    def settle(self) -> None:
+        """A login is decided: BINDING gives way to BOUND or UNBOUND, by whether the connection has a lot."""
+        if self.phase is BINDING:
+            self.phase = UNBOUND if self.park is None else BOUND
+
     def send(self, frame: bytes) -> None:
         """Write one encoded frame."""
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and self.phase is not CLOSING:
             self.last_write = self._clock.seconds()
             self.transport.write(frame)
 
     def close(self, reason: str) -> None:
         """Close the connection (after what was written), remembering why."""
-        if self.closing:
+        if self.phase is CLOSING:
             return
-        self.closing = True
+        self.phase = CLOSING
         self.close_reason = reason
         if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closing = True
+        self.phase = CLOSING
         self._handler.connection_lost(self, reason)
-
-
-def describe(address: IAddress) -> str:
-    """`host:port` of a peer address, or its repr for other kinds of address."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    return repr(address)
 
 
 class DownlinkFactory(ServerFactory):
@@ -267,11 +184,14 @@ class DownlinkFactory(ServerFactory):
 
     noisy = False
 
-    def __init__(self, handler: FrameHandler, clock: IReactorTime, max_frame_bytes: int) -> None:
+    def __init__(
+        self, handler: FrameHandler, clock: IReactorTime, max_frame_bytes: int, max_unbound_bytes: int = 65536
+    ) -> None:
         self.handler = handler
         self.clock = clock
         self.max_frame_bytes = max_frame_bytes
+        self.max_unbound_bytes = max_unbound_bytes
 
     def buildProtocol(self, addr: IAddress | None) -> DownlinkProtocol:
         peer = describe(addr) if addr is not None else "unknown"
-        return DownlinkProtocol(self.handler, self.clock, self.max_frame_bytes, peer)
+        return DownlinkProtocol(self.handler, self.clock, self.max_frame_bytes, peer, self.max_unbound_bytes)

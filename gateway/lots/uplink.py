@@ -14,28 +14,28 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from gateway.config import Config, LotConfig
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from gateway.journal.record import Record
 from gateway.logs import lot_rejected
 from gateway.lots.answers import OK, Answer
-from gateway.lots.login import STANDARD, Appender, Checker, login, not_stored_answer, signature_ok
+from gateway.lots.login import STANDARD, Checker, LoginOutcome, login, not_stored_answer
 from gateway.lots.parks import ParkTotals
-from gateway.lots.repeats import TOO_MANY, Repeats
+from gateway.lots.repeats import FAULT, TOO_MANY, Repeats
 from gateway.lots.sessions import Sessions
 from gateway.protocol.catalog import DeliveryClass, Interface, lookup
 from gateway.protocol.envelope import EnvelopeError, Request, build_response, parse_request
 from gateway.protocol.redact import may_hold_secrets, redact
 from gateway.protocol.results import RESULT_OK, Result
+from gateway.protocol.signing import signature_ok
 from gateway.protocol.times import wire_time
 from gateway.protocol.validation import FieldError, validate
-
-UPLINK_RECORD = "uplink"
-QUERY_RECORD = "query"
-ANSWER_RECORD = "answer"
+from gateway.settings import Config, LotConfig
 
 log = Logger()
 
@@ -101,7 +101,7 @@ class UplinkHandler:
         self,
         *,
         config: Config,
-        journal: Appender,
+        journal: JournalAppend,
         sessions: Sessions,
         repeats: Repeats,
         totals: ParkTotals,
@@ -128,20 +128,50 @@ class UplinkHandler:
         return self._config.lot_by_username(username)
 
     def handle(
-        self, text: str, url_code: str | None = None, files: Sequence[FilePart] = ()
+        self,
+        text: str,
+        url_code: str | None = None,
+        files: Sequence[FilePart] = (),
+        gone: Callable[[], bool] | None = None,
     ) -> Deferred[bytes]:
-        """The response envelope, as bytes, for the request `text`."""
+        """The response envelope, as bytes, for the request `text`.
+
+        A fault inside the gateway is answered 9999 with the request's code and
+        oprNum where they could be read (CONTRACT §4), never left to the HTTP layer.
+        `gone` tells whether the client has left (a login's password check is
+        then dropped before it runs).
+        """
         try:
             request = parse_request(text)
         except EnvelopeError as error:
             code = error.code or url_code or ""
             return succeed(self._render(code, error.opr, Answer.of(error.result, error.detail)))
+        except Exception:
+            log.failure("parsing an uplink request failed inside the gateway")
+            return succeed(self._render(url_code or "", "", FAULT))
+        try:
+            answered = self._decide(request, url_code, files, gone)
+        except Exception:
+            answered = fail()
+        return answered.addErrback(self._fault, request.code or url_code or "", request.opr)
+
+    def _fault(self, failure: Failure, code: str, opr: str) -> bytes:
+        log.failure("handling an uplink {code} request failed inside the gateway", failure, code=code)
+        return self._render(code, opr, FAULT)
+
+    def _decide(
+        self,
+        request: Request,
+        url_code: str | None,
+        files: Sequence[FilePart],
+        gone: Callable[[], bool] | None,
+    ) -> Deferred[bytes]:
         try:
             interface = self._interface(request, url_code)
         except Rejected as rejected:
             return succeed(self._render(request.code or url_code or "", request.opr, rejected.answer))
         if interface.code == "login":
-            return self._login(request)
+            return self._login(request, gone)
         code = interface.code
         session = self._sessions.lookup(request.token)
         if session is None:
@@ -153,19 +183,20 @@ class UplinkHandler:
             return succeed(self._render(code, request.opr, answer, park=session.park))
         token, secret = request.token, lot.secret
         if not self._signature_ok(request, lot, heartbeat=code == "heartbeat"):
+            # Not signed with the secret: whoever sent it proved nothing, and a signature over
+            # the answer's data would sign a heartbeat that binds the lot's downlink.
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
-            return succeed(self._render(code, request.opr, answer, token, secret, lot.park_code))
+            return succeed(self._render(code, request.opr, answer, token, "", lot.park_code))
         if code == "heartbeat":
             answer = Answer.of(Result.OK, data={"time": wire_time(self._clock.seconds(), self._zone)})
-            return succeed(self._render(code, request.opr, answer, token, secret))
+            return succeed(self._render(code, request.opr, answer, token, answer_secret(lot, request)))
         if not request.opr:
             answer = Answer.of(Result.MALFORMED, "oprNum: required")
             return succeed(self._render(code, request.opr, answer, token, secret, lot.park_code))
         park, opr = lot.park_code, request.opr
         repeated = self._repeats.seen(park, opr)
         if repeated is None:
-            self._repeats.begin(park, opr)
-            stored = self._store(interface, lot, request, files)
+            stored = self._repeats.attempt(park, opr, lambda: self._store(interface, lot, request, files))
             return stored.addCallback(lambda answer: self._render(code, opr, answer, token, secret, park))
         # The first answer was logged when it was given: only a refusal of the repeat itself is new.
         return repeated.addCallback(
@@ -222,7 +253,7 @@ class UplinkHandler:
 
     # login (B.4.1)
 
-    def _login(self, request: Request) -> Deferred[bytes]:
+    def _login(self, request: Request, gone: Callable[[], bool] | None) -> Deferred[bytes]:
         outcome = login(
             request,
             config=self._config,
@@ -231,34 +262,37 @@ class UplinkHandler:
             journal=self._journal,
             via="HTTP",
             configured=self._lot_by_username,
+            gone=gone,
         )
-        return outcome.addCallback(lambda done: self._login_render(request, done.lot, done.answer))
+        return outcome.addCallback(self._login_render, request)
 
-    def _login_render(self, request: Request, lot: LotConfig | None, answer: Answer) -> bytes:
+    def _login_render(self, outcome: LoginOutcome, request: Request) -> bytes:
+        # A client gone before its check is not answered, nor logged: a flood must not fill the log.
+        lot, answer, logged = outcome.lot, outcome.answer, not outcome.gone
         if lot is None:
-            return self._render("login", request.opr, answer)
-        return self._render("login", request.opr, answer, "", lot.secret, lot.park_code)
+            return self._render("login", request.opr, answer, log_refusal=logged)
+        return self._render("login", request.opr, answer, "", lot.secret, lot.park_code, logged)
 
     # reports and queries
 
     def _store(
         self, interface: Interface, lot: LotConfig, request: Request, files: Sequence[FilePart]
-    ) -> Deferred[Answer]:
+    ) -> Deferred[tuple[Answer, bool]]:
+        """The answer to a request to store, and whether it was stored (for the repeat rule)."""
         park, opr, code = lot.park_code, request.opr, interface.code
         try:
             data = self._checked_data(interface, lot, request, files)
         except Rejected as rejected:
-            self._repeats.finish(park, opr, rejected.answer, stored=False)
-            return succeed(rejected.answer)
+            return succeed((rejected.answer, False))
         if interface.uplink is DeliveryClass.QUERY:
             stored = self._query(interface, park, opr, data)
         else:
-            stored = self._journal.append(UPLINK_RECORD, park, code, opr, data)
-            stored.addCallback(self._reported, code, park, data)
+            stored = self._journal.append(UPLINK_RECORD, park, code, opr, data).addCallback(
+                self._reported, code, park, data
+            )
 
-        def done(answer: Answer) -> Answer:
-            self._repeats.finish(park, opr, answer, stored=answer.result is not Result.FAILED)
-            return answer
+        def done(answer: Answer) -> tuple[Answer, bool]:
+            return answer, answer.result is not Result.FAILED
 
         return stored.addErrback(not_stored_answer).addCallback(done)
 
@@ -316,6 +350,20 @@ class UplinkHandler:
         if interface.code == "carImage":
             data = attach_images(data, files)
         return redact(data) if may_hold_secrets(request.data_text) else data
+
+
+def answer_secret(lot: LotConfig, request: Request) -> str:
+    """The secret to sign the answer to an accepted `request` with.
+
+    A lot whose signature is required sends a heartbeat unsigned (the standard's
+    heartbeat has no signature, B.4.8) and it is answered, but not with the
+    secret: the token travels in clear, and an answer signed over `{"time": ...}`
+    would be a signed heartbeat anyone holding the token could bind the lot's
+    downlink with (CONTRACT §5). Every other request accepted was signed.
+    """
+    if lot.signature == "required" and not request.signature:
+        return ""
+    return lot.secret
 
 
 def check_business_rules(

@@ -8,6 +8,8 @@ frame boundaries with a plain byte search and resynchronise after garbage.
 
 from __future__ import annotations
 
+import re
+
 from attrs import frozen
 
 from gateway.protocol.signing import compact
@@ -18,6 +20,7 @@ SEPARATOR = b"*"
 _DOLLAR = ord("$")
 _HASH = ord("#")
 _STAR = ord("*")
+_DOLLAR_RUN = re.compile(rb"\$*")
 
 
 def escape_json(text: str) -> str:
@@ -119,11 +122,16 @@ class FrameDecoder:
         return events
 
     def _decode(self, buffer: bytearray) -> list[bytes | FrameTooLarge]:
+        # Linear in the bytes fed, whatever they are: each byte is searched for
+        # `#` once and for `$$` once, and a run of `$` is crossed in one step
+        # (a byte at a time it would cost a pass of the loop per `$`).
         if self._separator_pending:
             self._separator_pending = False
             if buffer[0] == _STAR:
                 del buffer[:1]
         events: list[bytes | FrameTooLarge] = []
+        # The first `#` at or after self._scan, when known; None: not searched yet.
+        hash_at: int | None = None
         while True:
             if not self._in_frame:
                 start = buffer.find(FRAME_START)
@@ -137,8 +145,10 @@ class FrameDecoder:
                 del buffer[:start]
                 self._in_frame = True
                 self._scan = 2
+                hash_at = None
             scan = self._scan
-            hash_at = buffer.find(b"#", scan)
+            if hash_at is None:
+                hash_at = buffer.find(b"#", scan)
             end = hash_at if hash_at >= 0 else len(buffer)
             # From 1, not 2: in `$$$` the frame opens at the last pair. A `$$`
             # split by the previous search's end starts at scan - 1.
@@ -146,9 +156,19 @@ class FrameDecoder:
             if restart >= 0:
                 if restart - 2 > self._limit:
                     return self._too_large(events, restart - 2)
-                # The frame was broken: a new one opens inside it.
-                self._skipped += restart
-                del buffer[:restart]
+                # The frame was broken: a new one opens inside it. Of the frames
+                # broken before this `#` (or the end) only the last can complete:
+                # jump to its opener, unless one between might exceed the limit;
+                # then to the last pair of this run of `$` (`$$$` opens at 1).
+                # Nothing before the `#` already found is a `#`, so that search
+                # holds, shifted.
+                opener = buffer.rfind(FRAME_START, restart, end)
+                if opener - restart > self._limit:
+                    opener = _DOLLAR_RUN.match(buffer, restart).end() - 2  # type: ignore[union-attr]  # * always matches
+                self._skipped += opener
+                del buffer[:opener]
+                if hash_at >= 0:
+                    hash_at -= opener
                 self._scan = 2
                 continue
             if hash_at < 0:
@@ -166,7 +186,14 @@ class FrameDecoder:
                 return events
             if buffer[hash_at + 1] != _HASH:
                 # A lone `#` never occurs in a well-formed payload: drop the frame
-                # through it and look for the next `$$`.
+                # through it and look for the next `$$`. Every `#` before the next
+                # `##` (or before the last byte, which may yet be half of one) is
+                # lone too, and ends whatever frame is open: drop through the last
+                # of them in one step, unless a frame between might exceed the limit.
+                close = buffer.find(FRAME_END, hash_at + 1)
+                last = buffer.rfind(b"#", hash_at + 1, close if close >= 0 else len(buffer) - 1)
+                if last >= 0 and last - hash_at <= self._limit:
+                    hash_at = last
                 self._skipped += hash_at + 1
                 del buffer[: hash_at + 1]
                 self._in_frame = False

@@ -31,3 +31,19 @@ def signature_matches(signature: str, data_text: str, data: object, token: str, 
     if compact_text == data_text:
         return False
     return hmac.compare_digest(claimed, sign(compact_text, token, secret).encode("ascii"))
+
+
+SIGNATURE_MODES = ("required", "optional", "off")
+"""A lot's `signature` setting: how strictly its messages' signatures are checked."""
+
+
+def signature_ok(
+    mode: str, signature: str, data_text: str, data: object, token: str, secret: str, optional: bool = False
+) -> bool:
+    """Whether a message's signature passes the lot's `signature` mode (B.3.7).
+
+    With `optional` (heartbeats, like HTTP), a missing signature passes in every mode.
+    """
+    if mode == "off" or ((mode == "optional" or optional) and not signature):
+        return True
+    return signature_matches(signature, data_text, data, token, secret)

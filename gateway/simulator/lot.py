@@ -27,8 +27,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.client import DownlinkReply, LotCredentials, Response
-from gateway.protocol.envelope import Request
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import DownlinkReply
+from gateway.protocol.envelope import Reply, Request
 from gateway.protocol.results import Result
 from gateway.protocol.times import wire_time
 from gateway.simulator.fees import Fee, Tariff, compute_fee, parking_minutes
@@ -392,13 +393,13 @@ class Uplink(Protocol):
     def new_opr(self) -> str:
         """A new oprNum."""
 
-    def login(self) -> Deferred[Response]:
+    def login(self) -> Deferred[Reply]:
         """Log in; the answer."""
 
-    def send(self, code: str, data: object, opr: str | None = None) -> Deferred[Response]:
+    def send(self, code: str, data: object, opr: str | None = None) -> Deferred[Reply]:
         """Send one message (re-logging in on 9000); the answer."""
 
-    def heartbeat(self) -> Deferred[Response]:
+    def heartbeat(self) -> Deferred[Reply]:
         """Send a heartbeat; the answer."""
 
 
@@ -630,7 +631,7 @@ class SimulatedLot:
             return
         self._heartbeat_pending = True
 
-        def answered(response: Response) -> None:
+        def answered(response: Reply) -> None:
             if response.ok:
                 self._set_online(True)
 
@@ -694,7 +695,7 @@ class SimulatedLot:
         self._in_flight = None
         self._pump()
 
-    def _answered(self, response: Response, upload: Upload, started: float) -> None:
+    def _answered(self, response: Reply, upload: Upload, started: float) -> None:
         self._stats.answered(self._clock.seconds() - started)
         if response.ok:
             self._set_online(True)

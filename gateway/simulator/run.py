@@ -21,11 +21,14 @@ from typing import TextIO
 from zoneinfo import ZoneInfo
 
 from attrs import field, frozen
+from tqdm import tqdm
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall, deferLater
 
-from gateway.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials, UplinkClient
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import Backoff, DownlinkClient
+from gateway.lotclient.uplink import HTTPRequester, UplinkClient
 from gateway.simulator.lot import HEARTBEAT_INTERVAL, LotModel, SimulatedLot
 from gateway.simulator.stats import LatencyHistogram, Stats, Summary
 from gateway.simulator.traffic import Layout, Traffic
@@ -94,32 +97,39 @@ class Settings:
 
 
 class ProgressBar:
-    """One line redrawn in place on a terminal: a bar when the end is known, the counts."""
+    """One line redrawn in place on a terminal, by tqdm: a bar when the end is known, the counts."""
 
     WIDTH = 30
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._drawn = False
+        self._bar: tqdm | None = None
+        self._known: bool | None = None
 
     def draw(self, fraction: float | None, text: str) -> None:
         """Redraw the line: `fraction` of the bar filled (None: no bar), then `text`."""
-        if fraction is None:
-            line = text
-        else:
-            fraction = min(1.0, max(0.0, fraction))
-            filled = int(fraction * self.WIDTH)
-            line = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {int(fraction * 100):3d}% {text}"
-        self._stream.write("\r" + line + "\x1b[K")
-        self._stream.flush()
-        self._drawn = True
+        known = fraction is not None
+        if self._bar is not None and known != self._known:
+            self.finish()
+        if self._bar is None:
+            self._known = known
+            self._bar = tqdm(
+                total=1000 if known else None,
+                file=self._stream,
+                bar_format=f"{{bar:{self.WIDTH}}} {{percentage:3.0f}}% {{desc}}" if known else "{desc}",
+                mininterval=0,
+                dynamic_ncols=True,
+            )
+        if fraction is not None:
+            self._bar.n = round(min(1.0, max(0.0, fraction)) * 1000)
+        self._bar.set_description_str(text, refresh=False)
+        self._bar.refresh()
 
     def finish(self) -> None:
         """End the line, so what follows starts on its own."""
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 class Simulation:

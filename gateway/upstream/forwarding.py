@@ -49,13 +49,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cloud.forwarder import Entry, Outcome, Split, retry_delay
+from gateway.cloud.forwarder import retry_delay
 from gateway.cloud.post import failure_reason
-from gateway.config import CloudConfig
+from gateway.interfaces import Entry, Outcome, Split
+from gateway.journal.kinds import UPLINK_RECORD
 from gateway.journal.record import Record, dumps_compact
-from gateway.lots.uplink import UPLINK_RECORD
 from gateway.protocol.catalog import deadline_of
 from gateway.protocol.results import Result
+from gateway.settings import CloudConfig
 from gateway.upstream.session import Exchange, LoginRefused, RepeatLimit, UpstreamSession
 
 __all__ = ["UpstreamQueries", "UpstreamSink"]

@@ -26,9 +26,12 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
-from gateway.client import Backoff, DownlinkClient, HTTPRequester, LotCredentials
-from gateway.config import Config, LotConfig
-from gateway.upstream.relay import Relay, RelayJournal, RelayLots, RelaySync
+from gateway.interfaces import JournalAppend
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import Backoff, DownlinkClient
+from gateway.lotclient.uplink import HTTPRequester
+from gateway.settings import Config, LotConfig
+from gateway.upstream.relay import Relay, RelayLots, RelaySync
 from gateway.upstream.session import UpstreamAccount, UpstreamSession
 
 __all__ = ["HEARTBEAT_INTERVAL", "UpstreamLots"]
@@ -76,7 +79,7 @@ class UpstreamLots:
         http: HTTPRequester,
         clock: IReactorTime,
         endpoint: Callable[[], IStreamClientEndpoint],
-        journal: RelayJournal,
+        journal: JournalAppend,
         lots: RelayLots,
         sync: RelaySync | None,
         deadlines: Mapping[str, float],

@@ -18,36 +18,29 @@ it was told.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gateway.client import DownlinkReply
 from gateway.dialects.interface import Unsupported
-from gateway.lots.downlink import DeadlinePassed, LotReply, NotConnected
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, NotConnected
+from gateway.journal.kinds import UPSTREAM_ACK_RECORD, UPSTREAM_REPLY_RECORD
+from gateway.lotclient.downlink import DownlinkReply
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
 from gateway.protocol.validation import FieldError, validate
 
 __all__ = [
-    "UPSTREAM_ACK_RECORD",
-    "UPSTREAM_REPLY_RECORD",
     "Relay",
-    "RelayJournal",
     "RelayLots",
     "RelaySync",
 ]
 
 log = Logger()
 
-UPSTREAM_ACK_RECORD = "upstream-ack"
-"""Journal kind: an ACK received from the upstream; body `{"data"}` as it came."""
-
-UPSTREAM_REPLY_RECORD = "upstream-reply"
-"""Journal kind: the REPLY sent back for an ACK; body `{"resultCode", "resultMessage", "data"}`."""
 
 SYNC_CLIENT = "upstream"
 """The `client` the sync queue's entries from the upstream are journaled with."""
@@ -70,13 +63,6 @@ class RelaySync(Protocol):
         """Journal a sync entry for `park`; fires with its seq once durable, then delivers it."""
 
 
-class RelayJournal(Protocol):
-    """Where the relay keeps each ACK and REPLY before acting on it."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]:
-        """Append one record; fires once it is durable."""
-
-
 class Relay:
     """One lot's answers to the upstream's ACKs: journal, check, relay to the lot, journal the REPLY.
 
@@ -93,7 +79,7 @@ class Relay:
         park: str,
         lots: RelayLots,
         sync: RelaySync | None,
-        journal: RelayJournal,
+        journal: JournalAppend,
         clock: IReactorTime,
         deadlines: Mapping[str, float],
     ) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import treq
@@ -45,14 +45,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.client import HTTPRequester, Response, UplinkError, envelope_text, parse_response, post_param
 from gateway.cloud.post import failure_reason, shortened
+from gateway.interfaces import JournalAppend
+from gateway.journal.kinds import HELD_RECORD
+from gateway.lotclient.uplink import HTTPRequester, UplinkError, parse_response, post_param
+from gateway.protocol.envelope import Reply as Response
+from gateway.protocol.envelope import signed_request_text as envelope_text
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
 from gateway.protocol.times import utc_rfc3339
 
 __all__ = [
-    "HELD_RECORD",
     "Exchange",
     "LoginRefused",
     "RepeatLimit",
@@ -60,8 +63,6 @@ __all__ = [
     "UpstreamSession",
 ]
 
-HELD_RECORD = "upstream-held"
-"""The journal's record of a request held back by the repeat rule until the hour allows it."""
 
 REPEAT_WINDOW = 3600.0
 MAX_ATTEMPTS = 6
@@ -77,12 +78,6 @@ _TOKEN_INVALID = Result.TOKEN_INVALID.code
 _OK = Result.OK.code
 
 log = Logger()
-
-
-class Appender(Protocol):
-    """The journal as the session uses it."""
-
-    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Any]: ...
 
 
 @frozen
@@ -153,7 +148,7 @@ class UpstreamSession:
         clock: IReactorTime,
         zone: ZoneInfo,
         timeout: float,
-        journal: Appender | None = None,
+        journal: JournalAppend | None = None,
         opr_prefix: str = "",
     ) -> None:
         self.account = account

@@ -395,7 +395,7 @@ def test_help_describes_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     """`cpmictl config check --help` exits 0 and explains what is and is not done."""
     assert main(["config", "check", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "usage: cpmictl config check [-h] [--strict] FILE" in out
+    assert "usage: cpmictl config check [-h] [--strict] [FILE]" in out
     assert "not created" in out
 
 

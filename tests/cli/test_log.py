@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -21,19 +23,29 @@ from nacl.signing import SigningKey
 from gateway.cli import log
 from gateway.cli.main import build_parser, main
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Progress
+from gateway.cloud.forwarder import Progress
 from gateway.cloud.httpsig import verify_request
+from gateway.journal.kinds import (
+    ANSWER_RECORD,
+    FORWARDED_RECORD,
+    OFFLINE_RECORD,
+    ONLINE_RECORD,
+    QUERY_RECORD,
+    REJECTED_RECORD,
+    SEAL_RECORD,
+    SYNC_DONE_RECORD,
+    SYNC_RECORD,
+    TOKEN_RECORD,
+    UPLINK_RECORD,
+)
 from gateway.journal.reader import read_records, verify
 from gateway.journal.record import Record, encode_line, format_ts
-from gateway.journal.seals import SEAL_RECORD, seal_body
+from gateway.journal.seals import seal_body
 from gateway.journal.segments import list_segments
 from gateway.keys import public_key_b64, write_signing_key
-from gateway.lots.downlink import OFFLINE_RECORD, ONLINE_RECORD
-from gateway.lots.sessions import TOKEN_RECORD
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD
-from gateway.lots.uplink import ANSWER_RECORD, QUERY_RECORD, UPLINK_RECORD
 from tests.journal.helpers import Harness
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE = base64.b64encode(bytes(range(256)) * 293).decode("ascii")  # 100,012 characters
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -381,6 +393,110 @@ def test_verify_flipped_byte(journal: Harness, capsys: pytest.CaptureFixture[str
     assert out == ""
     assert err.startswith("first bad seq: 3: chain does not match")
     assert err.count("\n") == 1
+
+
+def damaged_and_recovered(tmp_path: Path, key: SigningKey) -> tuple[Harness, int]:
+    """A journal of 6 records whose record 3 was altered, then set aside at the next start; and its offset."""
+    h = Harness(tmp_path / "damaged", signing_key=key, gateway_id="gw-test")
+    for n in range(1, 6):
+        car_in(h, "P001", n)
+    seal(h, key)
+    h.close()
+    [segment] = list_segments(h.path)
+    data = Path(segment.path).read_bytes()
+    at = data.index(b'"recordCode":"R3"') + len('"recordCode":"R')
+    offset = data.rindex(b"\n", 0, at) + 1
+    Path(segment.path).write_bytes(data[:at] + b"8" + data[at + 1 :])
+    return h, offset
+
+
+def test_verify_damage_set_aside_passes_and_names_what_was_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the restart verify fails at seq 3; after it, verify exits 0 and names what was lost."""
+    key = SigningKey.generate()
+    h, offset = damaged_and_recovered(tmp_path, key)
+    code, out, err = run(capsys, "verify", str(h.path))
+    assert code == 1 and err.startswith("first bad seq: 3: chain does not match")
+    h.open()
+    h.close()
+    code, out, err = run(capsys, "verify", "--pubkey", public_key_b64(key), str(h.path))
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].startswith("journal whole: 6 records, 1 seals (checked with the given key")
+    assert (
+        f"set aside: record #3 lost: {len(lines_of(h.path)[2])} bytes at offset {offset} of segment "
+        f"00000000000000000001.jsonl (chain does not match (the line or one before it was altered)); "
+        f"vouched for by recovery record #7, signed with {public_key_b64(key)}"
+    ) in lines
+    assert "last seal: #6, over the records up to #5; 1 records after it" in out
+
+    code, out, err = run(capsys, "verify", "--pubkey", public_key_b64(SigningKey.generate()), str(h.path))
+    assert code == 1 and "first bad seq: 3: recovery record #7: signed with another key" in err
+
+
+def test_show_tail_and_stats_of_a_journal_with_damage_set_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show names the recovery record for a lost seq; tail and stats skip the hole without warnings."""
+    key = SigningKey.generate()
+    h, offset = damaged_and_recovered(tmp_path, key)
+    h.open()
+    h.close()
+    code, out, err = run(capsys, "show", "3", str(h.path))
+    assert code == 1 and out == ""
+    assert err == (
+        f"cpmictl log show: record #3 was set aside as damaged: recovery record #7 (segment "
+        f"00000000000000000001.jsonl, offset {offset}, {len(lines_of(h.path)[2])} bytes: "
+        "chain does not match (the line or one before it was altered); "
+        f"saved as 00000000000000000001.jsonl.damaged-{offset})\n"
+    )
+    code, out, err = run(capsys, "show", "4", str(h.path))
+    assert (code, err) == (0, "") and '"recordCode": "R4"' in out
+    code, out, err = run(capsys, "tail", str(h.path))
+    assert (code, err) == (0, "")
+    assert [line.split()[0] for line in out.splitlines()] == ["#1", "#2", "#4", "#5", "#6", "#7"]
+    assert "recovery" in out.splitlines()[-1]
+    code, out, err = run(capsys, "stats", str(h.path))
+    assert (code, err) == (0, "")
+    assert "damage set aside: 1 times, 1 records lost" in out
+    assert "damaged lines skipped" not in out
+
+
+def test_verify_end_to_end_after_a_restart_in_a_real_process(tmp_path: Path) -> None:
+    """cpmictl log verify, run as a process, exits 0 on the repaired journal and prints the damage."""
+    key = SigningKey.generate()
+    h, offset = damaged_and_recovered(tmp_path, key)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+
+    def cpmictl_verify() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli.main",
+                "log",
+                "verify",
+                "--pubkey",
+                public_key_b64(key),
+                str(h.path),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=60,
+            check=False,
+        )
+
+    before = cpmictl_verify()
+    assert before.returncode == 1 and before.stderr.startswith("first bad seq: 3:")
+    h.open()
+    h.close()
+    after = cpmictl_verify()
+    assert after.returncode == 0, after.stderr
+    assert "set aside: record #3 lost: " in after.stdout and f"at offset {offset} " in after.stdout
 
 
 def test_verify_seal_by_another_key(journal: Harness, capsys: pytest.CaptureFixture[str]) -> None:
@@ -845,17 +961,32 @@ def test_replay_stops_at_an_error(journal: Harness, cloud: Cloud, capsys: pytest
 def test_replay_progress_bar_on_a_terminal(
     journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On a terminal, replay draws a progress bar on stderr, then the summary line."""
+    """On a terminal, replay draws a progress bar on stderr (cleared at the end), then the summary line."""
     replay_journal(journal)
     write_signing_key(str(journal.path.parent / "gateway.key"), SigningKey.generate())
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     argv = ["replay", "--from", "1", "--url", cloud.url, "--gateway-id", "gw-test", "--key", "gateway.key"]
-    code, _, err = run(capsys, *argv, str(journal.path))
+    code, out, err = run(capsys, *argv, str(journal.path))
     assert code == 0
-    bar, summary, end = err.split("\n")
-    assert end == ""
-    assert bar.startswith("\rreplay [##############################] 100% #7, 5 events in 1 batches")
-    assert summary.startswith("replayed 5 events in 1 batches")
+    assert out == ""
+    drawn, summary = err.rsplit("\r", 1)
+    # tqdm redraws at most ten times a second: the bar over the 7 records shows at least its start.
+    assert drawn.startswith("\rreplay:") and "/7 [" in drawn
+    assert summary.startswith("replayed 5 events in 1 batches") and summary.count("\n") == 1
+
+
+def test_replay_no_progress_on_a_terminal(
+    journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-progress leaves stderr to the summary line alone, even on a terminal."""
+    replay_journal(journal)
+    write_signing_key(str(journal.path.parent / "gateway.key"), SigningKey.generate())
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["replay", "--no-progress", "--from", "1", "--url", cloud.url, "--gateway-id", "gw-test"]
+    code, _, err = run(capsys, *argv, "--key", "gateway.key", str(journal.path))
+    assert code == 0
+    assert "\r" not in err
+    assert err.startswith("replayed 5 events in 1 batches") and err.count("\n") == 1
 
 
 def test_replay_without_identity_fails_cleanly(
@@ -890,7 +1021,7 @@ def test_backup_of_a_live_journal_and_restore(tmp_path: Path, capsys: pytest.Cap
 
     code, out, err = run(capsys, "backup", str(h.path), str(dest))
     assert (code, err) == (0, "")
-    assert f"records #1 to #{last}, chain verified" in out
+    assert f"copied {last} records (#1 to #{last})" in out
     assert "left out: the incomplete last line (33 bytes, being written)" in out
     assert [s.name for s in list_segments(dest)] == [s.name for s in segments]
     assert verify(dest) == last
@@ -913,17 +1044,21 @@ def test_backup_of_a_live_journal_and_restore(tmp_path: Path, capsys: pytest.Cap
     assert events_after == [5, 6]
 
 
-def test_backup_refuses_a_destination_with_segments(
-    journal: Harness, capsys: pytest.CaptureFixture[str]
+def test_backup_refuses_a_destination_of_another_journal(
+    journal: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """backup into a directory that already holds a journal fails (exit 1) and touches nothing."""
+    """backup into a backup of another journal fails with one line (exit 1) and touches nothing."""
     car_in(journal, "P001", 1)
+    other = Harness(tmp_path / "other")
+    car_in(other, "P009", 1)
+    other.close()
     dest = journal.path.parent / "dest"
-    assert run(capsys, "backup", str(journal.path), str(dest))[0] == 0
+    assert run(capsys, "backup", str(other.path), str(dest))[0] == 0
     before = lines_of(dest)
     code, _, err = run(capsys, "backup", str(journal.path), str(dest))
     assert code == 1
-    assert "already holds journal segments" in err
+    assert err.startswith(f"cpmictl log backup: {dest} is not a backup of {journal.path}")
+    assert err.count("\n") == 1
     assert lines_of(dest) == before
 
 
@@ -995,9 +1130,9 @@ def test_backup_starts_after_segments_retention_removes_meanwhile(
     def stale(directory: str) -> list[Any]:
         return listed if Path(directory) == h.path else list_segments(directory)
 
-    monkeypatch.setattr("gateway.cli.log.list_segments", stale)
+    monkeypatch.setattr("gateway.journal.backup.list_segments", stale)
     dest = tmp_path / "backup"
     code, out, err = run(capsys, "backup", str(h.path), str(dest))
     assert (code, err) == (0, "")
-    assert f"copied {len(listed) - 1} segments" in out
-    assert f"records #{listed[1].first_seq} to #{last}, chain verified" in out
+    assert f", {len(listed) - 1} new segments, " in out
+    assert f"(#{listed[1].first_seq} to #{last})" in out

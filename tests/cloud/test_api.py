@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 
 from gateway import config
 from gateway.cloud.api import CommandApi
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD, SyncQueue
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
+from gateway.lots.sync import SyncQueue
 from tests.lots.harness import HASH, MemoryJournal, fired, result_of
 
 START = 1_795_000_000.0  # 2026-11-18T11:06:40Z
@@ -52,12 +53,14 @@ class FakeLots:
         self.clock = clock
         self.mode = "reply"
         self.asked: list[tuple[str, str, object]] = []
+        self.oprs: list[str] = []
         self.waiting: list[Deferred[LotReply]] = []
         self.reply = LotReply(result_code="0000", result_message="操作成功", data={"barStatus": 1})
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
         """Answer as `mode` says: reply, not-connected, deadline, or never."""
         self.asked.append((park, code, data))
+        self.oprs.append(opr)
         if self.mode == "reply":
             return succeed(self.reply)
         if self.mode == "not-connected":
@@ -384,6 +387,46 @@ def test_reply_is_200_and_journaled(gw: Api) -> None:
         "resultMessage": "操作成功",
         "data": {"barStatus": 1},
     }
+
+
+def test_the_lot_is_sent_the_opr_num_the_command_was_journaled_under(gw: Api) -> None:
+    """The API hands the downlink the oprNum of its `command` record (CONTRACT §7)."""
+    assert gw.gate()[0] == 200
+    command, reply = gw.journal.records
+    assert gw.lots.oprs == [command.opr] and reply.opr == command.opr
+
+
+def test_a_real_downlink_sends_the_journaled_opr_num_and_matches_the_reply() -> None:
+    """Through the real downlink, the ACK's oprNum is the journal's, and the REPLY to it answers the API."""
+    from tests.lots.test_downlink import Gateway
+
+    lots = Gateway(lots=[{"park_code": "P001", "username": "lot001", "password": HASH, "secret": "s3cret"}])
+    lot = lots.connect()
+    token = lot.login()
+    api = CommandApi(
+        config=_settings(),
+        lots=lots.downlinks,
+        journal=lots.journal,
+        clock=lots.clock,
+        registry=CollectorRegistry(),
+        ready=lambda: (True, "journal open"),
+    )
+    treq = StubTreq(api.resource())
+    pending = treq.request(
+        "POST",
+        "http://gw/v1/parks/P001/commands/gateOpen",
+        data=json.dumps({"barCode": "B1"}).encode(),
+        headers={"Authorization": [f"Bearer {CLOUD_TOKEN}"]},
+    )
+    treq.flush()
+    [ack] = lot.received()
+    [command] = [record for record in lots.journal.records if record.kind == "command"]
+    assert ack["oprNum"] == command.opr
+    lot.reply(ack["oprNum"], {"barStatus": 1}, token)
+    treq.flush()
+    assert result_of(pending).code == 200
+    [reply] = [record for record in lots.journal.records if record.kind == "command-reply"]
+    assert reply.opr == command.opr and reply.body["resultCode"] == "0000"
 
 
 def test_table_number_is_taken_as_code(gw: Api) -> None:

@@ -23,8 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway import config
 from gateway.cloud import events
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Progress
+from gateway.cloud.forwarder import Forwarder, Progress
 from gateway.cloud.httpsig import parse_signature_input, verify_request
+from gateway.journal.kinds import FORWARDED_RECORD, REJECTED_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import Record
 from tests.journal.helpers import Harness

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import json
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from gateway.cloud.status import (
     page_assets,
     rfc3339,
 )
-from gateway.lots.downlink import LotState
+from gateway.interfaces import LotState
 from tests.cloud.test_api import CLOUD_TOKEN, START, TOKENS, Api
 from tests.lots.harness import HASH, fired
 
@@ -65,6 +66,7 @@ class FakeJournal:
     last_seq: int = 42
     committed_seq: int = 41
     problem: str | None = None
+    quarantined: list[object] = field(factory=list)
 
 
 @define
@@ -389,6 +391,24 @@ def test_rejections_latest_first_at_most_fifty() -> None:
         assert shown[2]["time"] == rfc3339(START + 78) and shown[2]["result"] == 422
     first = _json(_report(rejections=lambda: rejections))["rejections"]
     assert [item["reason"] for item in first[:2]] == ["79 too, given first", "79"]
+
+
+def test_the_status_answer_stays_small_whatever_the_rejections_hold() -> None:
+    """Rejections holding 1 MiB values (as an unclipped list might) give a report of tens of KiB, not MiB.
+
+    Issue 19 item 1: /v1/status became a 200 MiB answer; each shown value is clipped here too.
+    """
+    huge = "R" * 2**20
+    rejections = [
+        {"time": START + i, "event": huge, "park": huge, "code": huge, "result": huge, "reason": huge}
+        for i in range(500)
+    ]
+    shown = _json(_report(rejections=lambda: rejections))
+    assert len(json.dumps(shown).encode("utf-8")) < 64 * 1024
+    assert len(shown["rejections"]) == 50
+    first = shown["rejections"][0]
+    assert first["code"].startswith("R" * 36 + "…") and len(first["code"]) < 36 + 16
+    assert len(first["reason"]) < 240 + 16
 
 
 def test_rejection_fields_are_made_json() -> None:

@@ -22,9 +22,9 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from gateway.cli.main import build_parser
-from gateway.client import LotCredentials
 from gateway.cloud.api import CommandApi
 from gateway.conformance.lot import MirrorSettings, PaidQueries, RecordingUplinkHandler, ReferencePlatform
+from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.http import UplinkResource, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
@@ -146,13 +146,15 @@ async def run_kit(options: list[str]) -> tuple[int, str]:
 class UnsignedHandler(RecordingUplinkHandler):
     """Answers like the gateway, but with every signature blanked."""
 
-    def handle(self, text: str, url_code: str | None = None, files: Any = ()) -> Deferred[bytes]:
+    def handle(
+        self, text: str, url_code: str | None = None, files: Any = (), gone: Any = None
+    ) -> Deferred[bytes]:
         def strip(body: bytes) -> bytes:
             answer = json.loads(body)
             answer["signature"] = ""
             return json.dumps(answer, ensure_ascii=False).encode("utf-8")
 
-        return super().handle(text, url_code, files).addCallback(strip)
+        return super().handle(text, url_code, files, gone).addCallback(strip)
 
 
 def unsigned_uplink(platform: ReferencePlatform) -> IResource:

@@ -17,9 +17,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from gateway.cli.conformance import lot_main
 from gateway.cli.main import build_parser
-from gateway.client import DownlinkClient, DownlinkReply, LotCredentials, UplinkClient, request_text
 from gateway.conformance.checks import lot_checks
-from gateway.protocol.envelope import Request
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import DownlinkClient, DownlinkReply
+from gateway.lotclient.uplink import UplinkClient
+from gateway.protocol.envelope import Request, request_text
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.traffic import Layout, Traffic
 from tests.conformance.fakes import CREDENTIALS, PASSWORD, SECRET, rows_of

@@ -21,7 +21,8 @@ from gateway import tap
 from gateway.conformance.checks import platform_checks
 from gateway.conformance.samples import AUTO_PAY_ANSWER
 from gateway.journal import Journal
-from gateway.lots.sessions import TOKEN_RECORD, token_digest
+from gateway.journal.kinds import TOKEN_RECORD
+from gateway.lots.sessions import token_digest
 from tests.conformance.fakes import (
     DeafToHeartbeats,
     ForgetfulRepeats,

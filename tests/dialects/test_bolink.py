@@ -15,17 +15,10 @@ from zope.interface.verify import verifyObject
 
 from gateway.config import ConfigError, parse
 from gateway.dialects.bolink import BolinkDialect, BolinkServer, bolink, legacy_opr
-from gateway.dialects.interface import (
-    DeadlinePassed,
-    IDialect,
-    IDialectServer,
-    LotReply,
-    LotState,
-    NotConnected,
-    Unsupported,
-)
+from gateway.dialects.interface import IDialect, IDialectServer, Unsupported
 from gateway.dialects.standard import standard
 from gateway.dialects.testing import START, DialectRig, LotPeer
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.journal.record import Record
 from gateway.protocol.results import Result
 from tests.test_logs import captured
@@ -57,7 +50,6 @@ EXIT: dict[str, Any] = {
     "pay_type": "cash",
     "empty_plot": 6,
 }
-LIFTED = b'{"service_name":"operate_liftrod","state":1}\n'
 E = TypeVar("E", bound=Exception)
 
 
@@ -101,9 +93,39 @@ def line(
     return ("{" + ",".join(members) + "}\n").encode("utf-8")
 
 
+def frames(data: bytes) -> list[bytes]:
+    """The frames in `data`, each of which must be as the ParkingOS server writes it: "\\n" + text + "\\r"."""
+    found = re.findall(rb"\n([^\r\n]*)\r", data)
+    assert b"".join(b"\n" + text + b"\r" for text in found) == data, data
+    return found
+
+
+def opr_of(service: str, data: dict[str, Any]) -> str:
+    """The journal's opr of a legacy message: service, order_id and 8 hex digits of its data's MD5.
+
+    One longer than 32 characters is journaled as its MD5 (the host's rule).
+    """
+    fingerprint = hashlib.md5(json_text(data).encode()).hexdigest()[:8]
+    opr = f"{service}:{data['order_id']}:{fingerprint}"
+    return opr if len(opr) <= 32 else hashlib.md5(opr.encode()).hexdigest()
+
+
+def liftrod_answer(token: str, command: dict[str, Any], state: int = 1, **data: Any) -> bytes:
+    """The lot's answer to the operate_liftrod `command` as the SDK sends it: signed, members in data."""
+    members = {
+        "data_target": "cloud",
+        "state": state,
+        "channel_id": command["channel_id"],
+        "operate": command["operate"],
+        "liftrod_id": command["liftrod_id"],
+        **data,
+    }
+    return line("operate_liftrod", {k: v for k, v in members.items() if v is not None}, token=token)
+
+
 def answers(peer: LotPeer) -> list[dict[str, Any]]:
-    """The lines the gateway wrote to `peer` since the last call, parsed."""
-    return [json.loads(text) for text in peer.received().splitlines()]
+    """The frames the gateway wrote to `peer` since the last call, parsed."""
+    return [json.loads(text) for text in frames(peer.received())]
 
 
 def body(record: Record) -> dict[str, Any]:
@@ -175,23 +197,25 @@ def test_server_provides_the_server_interface() -> None:
 
 
 def test_heartbeat_line_is_answered() -> None:
-    """The line 0x11 is answered with the line 0x12, before and after login, and journals nothing."""
+    """The line 0x11 is answered 0x12 framed as the server frames it ("\\n0x12\\r"), journaling nothing."""
     rig = make_rig()
     peer = rig.connect()
     peer.send(b"0x11\n")
-    assert peer.received() == b"0x12\n"
+    assert peer.received() == b"\n0x12\r"
     peer, _ = log_in(rig)
     peer.send(b"0x11\r\n")
-    assert peer.received() == b"0x12\n"
+    assert peer.received() == b"\n0x12\r"
+    peer.send(b"\n0x11\r")
+    assert peer.received() == b"\n0x12\r"
     assert [r.kind for r in rig.records()] == ["lot-online"]
 
 
 def test_heartbeat_byte_with_line_end_is_answered() -> None:
-    """The byte 0x11 on a line of its own is answered with the byte 0x12 and a line end."""
+    """The byte 0x11 on a line of its own is answered with the byte 0x12, framed."""
     rig = make_rig()
     peer, _ = log_in(rig)
     peer.send(b"\x11\n")
-    assert peer.received() == b"\x12\n"
+    assert peer.received() == b"\n\x12\r"
     assert peer.closed is False
 
 
@@ -200,8 +224,76 @@ def test_heartbeat_bare_byte_is_answered() -> None:
     rig = make_rig()
     peer = rig.connect()
     peer.send(b"\x11")
-    assert peer.received() == b"\x12\n"
+    assert peer.received() == b"\n\x12\r"
     peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
+    assert only_answer(peer)["state"] == 1
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+
+def test_frames_of_either_framing_are_read() -> None:
+    """A lot's frames may be "\\n" + JSON + "\\r" (as the cloud writes) or JSON + "\\n" / "\\r\\n", mixed."""
+    rig = make_rig()
+    peer = rig.connect()
+    login = line("login", {"park_id": "P1", "local_id": "L1"})
+    peer.send(b"\n" + login.rstrip(b"\n") + b"\r")
+    token = only_answer(peer)["token"]
+    entry = line("in_park", ENTRY, token=token).rstrip(b"\n")
+    exit_ = line("out_park", EXIT, token=token).rstrip(b"\n")
+    stream = b"\n" + entry + b"\r" + exit_ + b"\r\n" + b"\n0x11\r"
+    for index in range(0, len(stream), 7):  # in pieces, as TCP may deliver it
+        peer.send(stream[index : index + 7])
+    *stored, heartbeat = frames(peer.received())
+    assert [json.loads(text)["service_name"] for text in stored] == ["in_park", "out_park"]
+    assert heartbeat == b"0x12"
+    assert rig.codes() == ["carIn", "freeSpace", "carOut", "freeSpace"]
+
+
+def test_a_lot_configured_for_lines_gets_lines() -> None:
+    """A lot with framing = "lines" gets JSON + "\\n" from its login on: answers, heartbeats, commands."""
+    rig = make_rig(lot_table(framing="lines"))
+    peer = rig.connect()
+    peer.send(b"0x11\n")
+    assert peer.received() == b"\n0x12\r"  # not logged in: not known yet
+    peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
+    login = peer.received()
+    assert login.endswith(b"\n") and login.count(b"\n") == 1 and b"\r" not in login
+    token = json.loads(login)["token"]
+    peer.send(b"0x11\n")
+    assert peer.received() == b"0x12\n"
+    peer.send(line("in_park", ENTRY, token=token))
+    assert json.loads(peer.received())["state"] == 1
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    sent = peer.received()
+    assert sent.endswith(b"\n") and not sent.startswith(b"\n")
+    peer.send(liftrod_answer(token, json.loads(sent)))
+    assert [r.result_code for r in results] == ["0000"]
+
+
+def test_bytes_before_logging_in_are_bounded() -> None:
+    """A peer that has not logged in is closed once it has sent more than [tcp] max_unbound_bytes."""
+    rig = make_rig(tcp={"max_unbound_bytes": 1000})
+    peer = rig.connect()
+    peer.send(b"0x11\n" * 190)
+    assert peer.closed is False
+    peer.send(b"x" * 100)
+    assert peer.closed is True
+    # A lot that logged in may send what it likes.
+    peer, token = log_in(rig)
+    for _ in range(20):
+        peer.send(line("park_status", {"free": 3}, token=token))
+    assert peer.closed is False
+
+
+def test_a_line_longer_than_max_frame_bytes_is_dropped() -> None:
+    """[tcp] max_frame_bytes below 64 KiB bounds a bolink line too: a longer one is answered and dropped."""
+    rig = make_rig(tcp={"max_frame_bytes": 1024})
+    peer, token = log_in(rig)
+    peer.send(line("park_log", {"text": "x" * 1100}, token=token))
+    answer = only_answer(peer)
+    assert (answer["state"], answer["errmsg"]) == (0, "line longer than 1024 bytes; dropped")
+    peer.send(line("in_park", ENTRY, token=token))
     assert only_answer(peer)["state"] == 1
 
 
@@ -214,16 +306,50 @@ def test_login_answers_a_token_and_binds_the_lot() -> None:
     peer = rig.connect()
     peer.send(line("login", {"park_id": "P1", "local_id": "L1"}))
     answer = only_answer(peer)
-    assert list(answer) == ["service_name", "state", "errmsg", "token"]
+    # The members, in the order, of the ParkingOS server's answer (SensorServerHandler.doLogin).
+    assert list(answer) == ["state", "token", "service_name"]
     assert answer["service_name"] == "login"
     assert answer["state"] == 1
-    assert answer["errmsg"] == ""
     assert re.fullmatch(r"[0-9a-f]{32}", answer["token"])
     [online] = rig.records()
     assert (online.kind, online.park, online.code, online.opr) == ("lot-online", "P1", "", "")
     assert online.body == {"peer": "192.0.2.7:40001", "reason": "login (local_id L1)"}
     assert rig.resumed == ["P1"]
     assert rig.server.state("P1") == LotState("P1", True, START, START, "192.0.2.7:40001")
+
+
+def test_an_sdk_2_1_login_with_union_id_and_version() -> None:
+    """A login as SDK 2.1.0.0 writes it (union_id, park_id, local_id, version) binds, naming its local_id."""
+    rig = make_rig(lot_table("30001"))
+    peer = rig.connect()
+    local = "0a1b2c3d4e5f_2.1.0.0_channels_1_2_3"
+    data = {"union_id": "200300", "park_id": "30001", "local_id": local, "version": "2.1.0.0"}
+    peer.send(line("login", data))
+    assert only_answer(peer)["state"] == 1
+    [online] = rig.records()
+    assert online.body == {"peer": "192.0.2.7:40001", "reason": f"login (local_id {local})"}
+
+
+def test_a_sign_over_the_data_as_the_server_reserializes_it_is_accepted() -> None:
+    """Data written with blanks, signed as the server signs it (compact, numbers as written), is accepted."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    spaced = '{ "order_id" : "A7", "car_number" : "京A12345", "total" : 12.50, "in_time" : 1700000000 }'
+    compact = '{"order_id":"A7","car_number":"京A12345","total":12.50,"in_time":1700000000}'
+    message = '{"service_name":"in_park","token":"%s","sign":"%s","data":%s}\n' % (
+        token,
+        signed(compact),
+        spaced,
+    )
+    peer.send(message.encode())
+    assert only_answer(peer)["state"] == 1
+    message = '{"service_name":"in_park","token":"%s","sign":"%s","data":%s}\n' % (
+        token,
+        signed(compact).lower(),
+        compact.replace("A7", "A8"),
+    )
+    peer.send(message.encode())
+    assert only_answer(peer)["errmsg"] == "sign: does not match data"
 
 
 def test_each_login_gets_its_own_token() -> None:
@@ -240,7 +366,7 @@ def test_login_with_a_wrong_sign_is_refused_and_the_connection_kept() -> None:
     peer = rig.connect()
     peer.send(line("login", {"park_id": "P1", "local_id": "L1"}, secret="not-the-secret"))
     answer = only_answer(peer)
-    assert answer == {"service_name": "login", "state": 0, "errmsg": answer["errmsg"], "token": ""}
+    assert answer == {"state": 0, "errmsg": answer["errmsg"], "service_name": "login"}
     assert "sign" in answer["errmsg"]
     assert peer.closed is False
     assert rig.records() == []
@@ -264,7 +390,7 @@ def test_login_of_a_park_that_is_no_bolink_lot_is_refused(data: dict[str, Any]) 
     peer = rig.connect()
     peer.send(line("login", data))
     answer = only_answer(peer)
-    assert (answer["state"], answer["token"]) == (0, "")
+    assert (answer["state"], "token" in answer) == (0, False)
     assert "park_id" in answer["errmsg"]
     assert peer.closed is False
     assert rig.records() == []
@@ -377,7 +503,7 @@ def test_in_park_is_stored_as_car_in_and_free_space() -> None:
         "uplink",
         "P1",
         "carIn",
-        "in_park:A20231115001-0",
+        opr_of("in_park", ENTRY) + "-0",
     )
     assert car_in.body == {
         "recordCode": "A20231115001",
@@ -389,14 +515,14 @@ def test_in_park_is_stored_as_car_in_and_free_space() -> None:
     assert (free_space.kind, free_space.code, free_space.opr) == (
         "uplink",
         "freeSpace",
-        "in_park:A20231115001-1",
+        opr_of("in_park", ENTRY) + "-1",
     )
     assert free_space.body == {"emptyNum": 5}
     assert (original.kind, original.park, original.code, original.opr) == (
         "legacy",
         "P1",
         "in_park",
-        "in_park:A20231115001",
+        opr_of("in_park", ENTRY),
     )
     # The token is the connection's: not kept.
     assert original.body == {
@@ -421,7 +547,7 @@ def test_in_park_events_carry_rfc3339_times() -> None:
         "type": "org.cpmi.t002.carIn.v1",
         "time": "2023-11-14T22:13:20.000000Z",
         "datacontenttype": "application/json",
-        "cpmioprnum": "in_park:A20231115001-0",
+        "cpmioprnum": opr_of("in_park", ENTRY) + "-0",
         "cpmiseq": 2,
         "data": {
             "recordCode": "A20231115001",
@@ -438,7 +564,7 @@ def test_in_park_events_carry_rfc3339_times() -> None:
         "type": "org.cpmi.t002.freeSpace.v1",
         "time": "2023-11-14T22:13:20.000000Z",
         "datacontenttype": "application/json",
-        "cpmioprnum": "in_park:A20231115001-1",
+        "cpmioprnum": opr_of("in_park", ENTRY) + "-1",
         "cpmiseq": 3,
         "data": {"emptyNum": 5},
     }
@@ -469,7 +595,7 @@ def test_exit_is_stored_as_car_out_and_free_space(service: str) -> None:
         "order_id": "A20231115001",
     }
     car_out, free_space = rig.records("uplink")
-    opr = f"{service}:A20231115001"
+    opr = opr_of(service, EXIT)
     assert (car_out.code, car_out.opr, free_space.code, free_space.opr) == (
         "carOut",
         f"{opr}-0",
@@ -532,7 +658,7 @@ def test_other_services_are_kept_and_forwarded_as_they_came() -> None:
     }
     assert rig.codes() == []
     [original] = rig.originals()
-    assert (original.code, original.opr) == ("month_member_sync", "month_member_sync:M1")
+    assert (original.code, original.opr) == ("month_member_sync", opr_of("month_member_sync", data))
     message = {"service_name": "month_member_sync", "sign": signed(json_text(data)), "data": data}
     assert original.body == {"dialect": "bolink", "translated": [], "message": message}
     _, event = rig.events()
@@ -543,7 +669,7 @@ def test_other_services_are_kept_and_forwarded_as_they_came() -> None:
         "type": "org.cpmi.dialect.bolink.month_member_sync.v1",
         "time": "2023-11-14T22:13:20.000000Z",
         "datacontenttype": "application/json",
-        "cpmioprnum": "month_member_sync:M1",
+        "cpmioprnum": opr_of("month_member_sync", data),
         "cpmiseq": 2,
         "data": message,
     }
@@ -595,15 +721,49 @@ def test_journal_failure_is_answered_state_0_and_the_retry_stored() -> None:
 # --- repeats -------------------------------------------------------------------------------------
 
 
-def test_a_repeated_in_park_is_answered_again_and_stored_once() -> None:
-    """The same in_park (same order_id) sent twice is answered state 1 both times and journaled once."""
+def test_a_repeated_in_park_is_answered_as_processed_already_and_stored_once() -> None:
+    """The same in_park sent again is answered state 0 "数据已处理过..." with order and plate; stored once."""
     rig = make_rig()
     peer, token = log_in(rig)
     peer.send(line("in_park", ENTRY, token=token))
-    peer.send(line("in_park", ENTRY, token=token))
-    assert [a["state"] for a in answers(peer)] == [1, 1]
+    assert only_answer(peer)["state"] == 1
+    for _ in range(7):
+        peer.send(line("in_park", ENTRY, token=token))
+        # The later ParkingOS server's answer to a repeat (TempUtil.isReSend), member for member.
+        assert only_answer(peer) == {
+            "state": 0,
+            "errmsg": "数据已处理过...",
+            "service_name": "in_park",
+            "order_id": "A20231115001",
+            "car_number": "京A12345",
+        }
     assert rig.codes() == ["carIn", "freeSpace"]
     assert len(rig.originals()) == 1
+
+
+@pytest.mark.parametrize("service", ["out_park", "upload_order"])
+def test_an_exit_settled_again_with_other_data_is_stored_again(service: str) -> None:
+    """An exit of the same order sent again with other data (paid another way) is a new message, stored."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line(service, {**EXIT, "pay_type": "sweepcode"}, token=token))
+    peer.send(line(service, EXIT, token=token))
+    peer.send(line(service, EXIT, token=token))
+    assert [(a["state"], a["errmsg"]) for a in answers(peer)] == [(1, ""), (1, ""), (0, "数据已处理过...")]
+    assert rig.codes() == ["carOut", "freeSpace", "carOut", "freeSpace"]
+    assert [r.body["paymentMode"] for r in rig.records("uplink") if r.code == "carOut"] == [0, 1]
+
+
+def test_a_repeat_with_other_blanks_is_a_repeat() -> None:
+    """The same data written with blanks between its members is the same message: a repeat."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    peer.send(line("in_park", ENTRY, token=token))
+    spaced = json.dumps(ENTRY, ensure_ascii=False, separators=(", ", ": "))
+    sign = signed(json_text(ENTRY))
+    peer.send(f'{{"service_name":"in_park","token":"{token}","sign":"{sign}","data": {spaced}}}\n'.encode())
+    assert [a["state"] for a in answers(peer)] == [1, 0]
+    assert rig.codes() == ["carIn", "freeSpace"]
 
 
 def test_a_repeat_while_the_first_is_held_waits_for_its_answer() -> None:
@@ -620,18 +780,15 @@ def test_a_repeat_while_the_first_is_held_waits_for_its_answer() -> None:
     assert rig.codes() == ["carIn", "freeSpace"]
 
 
-def test_the_seventh_sending_within_an_hour_is_refused() -> None:
-    """The 7th sending of one in_park within an hour (its 6th repeat) is answered state 0 with 9007's text."""
+def test_a_kept_message_sent_again_is_answered_as_the_first_time() -> None:
+    """A repeat of a service the server does not check (no entry or exit) is answered as the first time."""
     rig = make_rig()
     peer, token = log_in(rig)
-    for _ in range(6):
-        peer.send(line("in_park", ENTRY, token=token))
-        assert only_answer(peer)["state"] == 1
-    peer.send(line("in_park", ENTRY, token=token))
-    answer = only_answer(peer)
-    assert answer["state"] == 0
-    assert answer["errmsg"].startswith(Result.TOO_MANY_REPEATS.text)
-    assert rig.codes() == ["carIn", "freeSpace"]
+    data = {"order_id": "M1", "fee": 300}
+    peer.send(line("month_pay_record", data, token=token))
+    peer.send(line("month_pay_record", data, token=token))
+    assert [a["state"] for a in answers(peer)] == [1, 1]
+    assert len(rig.originals()) == 1
 
 
 def test_a_repeat_after_reconnecting_is_answered_and_not_stored_again() -> None:
@@ -643,7 +800,7 @@ def test_a_repeat_after_reconnecting_is_answered_and_not_stored_again() -> None:
     peer.lose()
     peer, token = log_in(rig)
     peer.send(line("in_park", ENTRY, token=token))
-    assert only_answer(peer)["state"] == 1
+    assert only_answer(peer)["errmsg"] == "数据已处理过..."
     assert rig.codes() == ["carIn", "freeSpace"]
 
 
@@ -657,8 +814,22 @@ def test_the_same_in_park_an_hour_later_is_stored_again() -> None:
     assert rig.codes() == ["carIn", "freeSpace"]
     rig.clock.advance(1)
     peer.send(line("in_park", ENTRY, token=token))
-    assert [a["state"] for a in answers(peer)] == [1, 1, 1]
+    assert [a["state"] for a in answers(peer)] == [1, 0, 1]
     assert rig.codes() == ["carIn", "freeSpace", "carIn", "freeSpace"]
+
+
+def test_the_memory_of_stored_messages_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past REPEAT_MEMORY stored entries and exits the oldest is forgotten (the host still stores it once)."""
+    monkeypatch.setattr("gateway.dialects.bolink.REPEAT_MEMORY", 3)
+    rig = make_rig()
+    peer, token = log_in(rig)
+    for order in range(5):
+        peer.send(line("in_park", {**ENTRY, "order_id": f"A{order}"}, token=token))
+    assert len(server(rig)._processed) == 3
+    peer.send(line("in_park", {**ENTRY, "order_id": "A0"}, token=token))
+    peer.send(line("in_park", {**ENTRY, "order_id": "A4"}, token=token))
+    assert [a["state"] for a in answers(peer)] == [1] * 5 + [1, 0]
+    assert len(rig.originals()) == 5
 
 
 def test_entry_and_exit_of_one_order_are_not_repeats() -> None:
@@ -797,40 +968,92 @@ def test_negative_free_space_refusal_names_the_legacy_member() -> None:
 # --- gateOpen ------------------------------------------------------------------------------------
 
 
-def test_gate_open_goes_down_as_operate_liftrod() -> None:
-    """gateOpen reaches the lot as exactly one operate_liftrod line for the barCode's channel."""
+def test_gate_open_goes_down_as_operate_liftrod_raising_the_barrier() -> None:
+    """gateOpen with isOpen 1 reaches the lot as one operate_liftrod frame with operate 0 (抬杆, raise)."""
     rig = make_rig()
-    peer, _ = log_in(rig)
+    peer, token = log_in(rig)
     results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
-    assert peer.received() == (
-        b'{"service_name":"operate_liftrod","channel_id":"c1","channel_name":"","operate":1}\n'
-    )
+    [sent] = frames(peer.received())
+    command = json.loads(sent)
+    assert re.fullmatch(r"[0-9a-f]{32}", command["liftrod_id"])
+    assert command == {
+        "service_name": "operate_liftrod",
+        "channel_id": "c1",
+        "channel_name": "",
+        "operate": 0,
+        "park_id": "P1",
+        "liftrod_id": command["liftrod_id"],
+    }
     assert results == []
-    peer.send(LIFTED)
+    peer.send(liftrod_answer(token, command))
     assert results == [LotReply("0000", Result.OK.text, {"barCode": "c1", "status": 1})]
+    # The answer to a command is not answered in turn.
     assert peer.received() == b""
     assert rig.clock.getDelayedCalls() == []
     # Commands and their answers are not lot messages: nothing is journaled for them here.
     assert [r.kind for r in rig.records()] == ["lot-online"]
 
 
-@pytest.mark.parametrize(("data", "operate"), [({"barCode": "c1"}, 0), ({"barCode": "c1", "isOpen": 0}, 0)])
-def test_gate_open_without_is_open_sets_operate_0(data: dict[str, Any], operate: int) -> None:
-    """gateOpen without isOpen (or with 0) goes down with operate 0."""
+@pytest.mark.parametrize(
+    ("data", "operate"),
+    [
+        ({"barCode": "c1", "isOpen": 1}, 0),
+        ({"barCode": "c1", "isOpen": True}, 0),
+        ({"barCode": "c1", "isOpen": "1"}, 0),
+        ({"barCode": "c1", "isOpen": 0}, 1),
+        ({"barCode": "c1"}, 1),  # isOpen's default is 0 (B.2.3.5): close
+    ],
+)
+def test_is_open_1_raises_and_0_lowers_the_barrier(data: dict[str, Any], operate: int) -> None:
+    """isOpen 1 (开闸) goes down as operate 0 (抬杆); isOpen 0 or absent (关闸) as operate 1 (落杆)."""
     rig = make_rig()
-    peer, _ = log_in(rig)
+    peer, token = log_in(rig)
     results = outcome(rig.command("P1", "gateOpen", data))
-    assert json.loads(peer.received())["operate"] == operate
-    peer.send(LIFTED)
-    assert len(results) == 1
+    command = json.loads(frames(peer.received())[0])
+    assert command["operate"] == operate
+    peer.send(liftrod_answer(token, command))
+    assert [r.result_code for r in results] == ["0000"]
+
+
+def test_the_answer_is_read_inside_data_not_beside_it() -> None:
+    """state outside data (unsigned) is not read: a lot answering state 1 only there gets no 0000."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    command = json.loads(frames(peer.received())[0])
+    text = json_text({"channel_id": "c1", "liftrod_id": command["liftrod_id"]})
+    peer.send(
+        b'{"service_name":"operate_liftrod","state":1,"token":"%s","sign":"%s","data":%s}\n'
+        % (token.encode(), signed(text).encode(), text.encode())
+    )
+    [reply] = results
+    assert reply.result_code == "9999"
+    assert "no data.state" in reply.result_message
+
+
+def test_an_unsigned_or_wrongly_signed_answer_is_refused_and_the_command_waits() -> None:
+    """An operate_liftrod answer with a wrong sign or token is refused state 0; the command is still open."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    command = json.loads(frames(peer.received())[0])
+    answer = liftrod_answer(token, command)
+    peer.send(answer.replace(signed(json_text(json.loads(answer)["data"])).encode(), b"0" * 32))
+    assert only_answer(peer)["errmsg"] == "sign: does not match data"
+    peer.send(liftrod_answer("f" * 32, command))
+    assert "token" in only_answer(peer)["errmsg"]
+    assert results == []
+    peer.send(liftrod_answer(token, command))
+    assert [r.result_code for r in results] == ["0000"]
 
 
 def test_a_refused_operate_liftrod_is_a_9999_reply() -> None:
     """The lot's operate_liftrod answer with state 0 is a LotReply 9999 carrying its errmsg."""
     rig = make_rig()
-    peer, _ = log_in(rig)
+    peer, token = log_in(rig)
     results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
-    peer.send(b'{"service_name":"operate_liftrod","state":0,"errmsg":"barrier jammed"}\n')
+    command = json.loads(frames(peer.received())[0])
+    peer.send(liftrod_answer(token, command, state=0, errmsg="barrier jammed"))
     [reply] = results
     assert isinstance(reply, LotReply)
     assert reply.result_code == "9999"
@@ -841,14 +1064,15 @@ def test_a_refused_operate_liftrod_is_a_9999_reply() -> None:
 def test_gate_open_unanswered_within_the_deadline_fails() -> None:
     """gateOpen the lot does not answer within 2 s fails with DeadlinePassed; a late answer is ignored."""
     rig = make_rig()
-    peer, _ = log_in(rig)
+    peer, token = log_in(rig)
     results = outcome(rig.command("P1", "gateOpen", {"barCode": "c1"}))
+    command = json.loads(frames(peer.received())[0])
     rig.clock.advance(1.9)
     assert results == []
     rig.clock.advance(0.1)
     error = failed_with(results, DeadlinePassed)
     assert (error.park, error.code, error.deadline) == ("P1", "gateOpen", 2.0)
-    peer.send(LIFTED)
+    peer.send(liftrod_answer(token, command))
     assert len(results) == 1
     assert peer.closed is False
 
@@ -882,16 +1106,39 @@ def test_gate_open_fails_when_the_connection_is_lost_while_waiting() -> None:
     assert rig.clock.getDelayedCalls() == []
 
 
-def test_gate_open_answers_are_matched_by_channel() -> None:
-    """Two gateOpens to different channels answered out of order each get their own channel's answer."""
+def test_gate_open_answers_are_matched_by_liftrod_id() -> None:
+    """Two gateOpens to one channel answered out of order each get the answer carrying their liftrod_id."""
     rig = make_rig()
-    peer, _ = log_in(rig)
+    peer, token = log_in(rig)
     first = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
-    second = outcome(rig.command("P1", "gateOpen", {"barCode": "c2", "isOpen": 1}))
-    peer.send(b'{"service_name":"operate_liftrod","channel_id":"c2","state":0}\n')
+    second = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 0}))
+    one, two = (json.loads(text) for text in frames(peer.received()))
+    peer.send(liftrod_answer(token, two, state=0))
     assert first == []
     assert [r.result_code for r in second] == ["9999"]
-    peer.send(b'{"service_name":"operate_liftrod","channel_id":"c1","state":1}\n')
+    peer.send(liftrod_answer(token, {**two, "liftrod_id": "stale"}))
+    assert first == []
+    peer.send(liftrod_answer(token, one))
+    assert first == [LotReply("0000", Result.OK.text, {"barCode": "c1", "status": 1})]
+
+
+def test_gate_open_answers_without_liftrod_id_are_matched_by_channel_and_operate() -> None:
+    """Answers without liftrod_id (the 2017 server sends none) are matched by channel_id and operate."""
+    rig = make_rig()
+    peer, token = log_in(rig)
+    first = outcome(rig.command("P1", "gateOpen", {"barCode": "c1", "isOpen": 1}))
+    second = outcome(rig.command("P1", "gateOpen", {"barCode": "c2", "isOpen": 1}))
+    third = outcome(rig.command("P1", "gateOpen", {"barCode": "c2", "isOpen": 0}))
+    _, two, three = (json.loads(text) for text in frames(peer.received()))
+    peer.send(liftrod_answer(token, three, liftrod_id=None))
+    peer.send(liftrod_answer(token, two, state=0, liftrod_id=None))
+    assert (first, [r.result_code for r in second], [r.result_code for r in third]) == (
+        [],
+        ["9999"],
+        ["0000"],
+    )
+    # Nothing but the state: the oldest command.
+    peer.send(line("operate_liftrod", {"state": 1}, token=token))
     assert first == [LotReply("0000", Result.OK.text, {"barCode": "c1", "status": 1})]
 
 
@@ -1093,8 +1340,9 @@ def test_stop_closes_every_connection_and_reports_bound_lots_offline() -> None:
 # --- legacy_opr ----------------------------------------------------------------------------------
 
 
-def test_legacy_opr_is_service_and_order() -> None:
-    """A message's repeat id is its service and order_id (the host shortens long ones), else fresh."""
+def test_legacy_opr_is_service_order_and_fingerprint() -> None:
+    """A message's repeat id is its service, order_id and data's fingerprint, or fresh."""
+    assert legacy_opr("in_park", "A1", "0123abcd") == "in_park:A1:0123abcd"
     assert legacy_opr("in_park", "A1") == "in_park:A1"
     assert legacy_opr("upload_order", "X" * 21) == "upload_order:" + "X" * 21
     assert re.fullmatch(r"[0-9a-f]{32}", legacy_opr("park_status", ""))
@@ -1127,6 +1375,17 @@ def test_config_requires_the_bolink_listener() -> None:
     with pytest.raises(ConfigError, match=r"^listen\.acme: "):
         configure(lot_table(), listen={"bolink": "tcp:6789", "acme": "tcp:6790"})
     configure(lot_table())
+
+
+def test_config_reads_the_framing_of_a_lot() -> None:
+    """[[lot]] framing is "cloud" by default or "lines"; anything else is refused naming the key."""
+    settings = parse(
+        {"listen": {"bolink": "tcp:6789"}, "lot": [lot_table("P1"), lot_table("P2", framing="lines")]},
+        dialects={"bolink": bolink, "standard": standard},
+    )
+    assert [lot.framing for lot in settings.lots] == ["cloud", "lines"]
+    with pytest.raises(ConfigError, match=r"^lot\[0\]\.framing: 'crlf' is not one of cloud, lines$"):
+        configure(lot_table(framing="crlf"))
 
 
 # --- the log: lot.online, lot.offline, lot.rejected ----------------------------------------------

@@ -13,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.dialects.bolink_messages import (
+    CLOUD,
     HEARTBEAT,
     HEARTBEAT_ANSWER,
+    LINES,
     MAX_LINE,
     TRANSLATED,
     BadMessage,
@@ -23,9 +25,14 @@ from gateway.dialects.bolink_messages import (
     Oversize,
     Untranslatable,
     answer,
+    canonical,
+    digest,
+    frame,
+    liftrod_reply,
     login_answer,
     operate_liftrod,
     parse_line,
+    repeat_answer,
     sign,
     sign_ok,
     translate,
@@ -126,7 +133,9 @@ def test_unterminated_line_waits_for_its_end() -> None:
 def test_heartbeat_is_a_bare_line() -> None:
     """The heartbeat arrives as a line of its own, and its answer is one line."""
     assert LineSplitter().feed(b'0x11\r\n{"a":1}\n') == [HEARTBEAT, b'{"a":1}']
-    assert HEARTBEAT_ANSWER == b"0x12\n"
+    assert HEARTBEAT_ANSWER == "0x12"
+    assert frame(HEARTBEAT_ANSWER) == b"\n0x12\r"
+    assert frame(HEARTBEAT_ANSWER, LINES) == b"0x12\n"
 
 
 def test_byte_at_a_time() -> None:
@@ -342,7 +351,7 @@ def test_not_utf8() -> None:
         ('{"service_name":"x"', "not a JSON object: expected ',' or '}' at character 19"),
         ('{"service_name":"x"} trailing', "not a JSON object: extra text after the message at character 20"),
         ('{"service_name":}', "not a JSON object: Expecting value at character 16"),
-        ('{"service_name":"x","n":NaN}', "not a JSON object: NaN is not JSON"),
+        ('{"service_name":"x","n":NaN}', "not a JSON object: n: NaN is not JSON"),
         ("{service_name:1}", "not a JSON object: expected a member name at character 1"),
     ],
 )
@@ -362,10 +371,13 @@ def test_detail_is_short() -> None:
 
 
 def test_nested_too_deeply() -> None:
-    """Nesting deep enough to exhaust the parser's recursion is a BadMessage, not a crash."""
+    """Nesting deeper than the JSON rules allow (32) is a BadMessage, not a crash."""
     with pytest.raises(BadMessage) as caught:
         envelope('{"service_name":"x","data":%s}' % ("[" * 100_000))
-    assert (caught.value.service, caught.value.reason) == ("", "nested too deeply")
+    assert (caught.value.service, caught.value.reason) == (
+        "",
+        "not a JSON object: nested deeper than 32 levels",
+    )
 
 
 @pytest.mark.parametrize(
@@ -436,13 +448,61 @@ def test_sign_ok_optional() -> None:
 
 @pytest.mark.parametrize("mode", ["required", "on"])
 def test_sign_ok_required(mode: str) -> None:
-    """Any other mode requires a signature matching the data as written or its compact form."""
+    """Any other mode requires a signature matching the data as written or as the server re-serializes it."""
     assert not sign_ok(signed(SPACED, ""), "s", mode)
     assert sign_ok(signed(SPACED, md5_upper(SPACED + "key=s")), "s", mode)
     assert sign_ok(signed(SPACED, md5_upper(COMPACT + "key=s")), "s", mode)
-    assert sign_ok(signed(SPACED, md5_upper(SPACED + "key=s").lower()), "s", mode)
     assert not sign_ok(signed(SPACED, md5_upper(SPACED + "key=t")), "s", mode)
     assert not sign_ok(signed(SPACED, md5_upper(SPACED + "s")), "s", mode)
+
+
+def test_sign_ok_takes_upper_case_only() -> None:
+    """The server compares the sign with its upper-case MD5 character for character: lower case is refused."""
+    assert not sign_ok(signed(COMPACT, md5_upper(COMPACT + "key=s").lower()), "s", "required")
+    assert not sign_ok(signed(COMPACT, " " + md5_upper(COMPACT + "key=s")), "s", "required")
+
+
+@pytest.mark.parametrize(
+    ("written", "server"),
+    [
+        # Members in their order, blanks gone, the numbers' text kept (fastjson reads BigDecimal).
+        (
+            '{ "total" : "0.0", "amount" : 12.50, "in_time" : 1577244491 }',
+            '{"total":"0.0","amount":12.50,"in_time":1577244491}',
+        ),
+        (
+            '{"b":1,"a":[1.0, 2E3, -0.0, 1e-7, true, false, null]}',
+            '{"b":1,"a":[1.0,2E+3,0.0,1E-7,true,false,null]}',
+        ),
+        # Escapes undone but for those fastjson writes; its \\u escapes are upper case.
+        (
+            '{"car_number":"\\u4eacA12345","c":"a\\/b","d":"\\u007f\\u001f\\t"}',
+            '{"car_number":"京A12345","c":"a/b","d":"\\u007F\\u001F\\t"}',
+        ),
+        ('{"o":{"z":1, "y":{}}, "empty_ plot":0}', '{"o":{"z":1,"y":{}},"empty_ plot":0}'),
+    ],
+)
+def test_canonical_is_data_as_the_server_signs_it(written: str, server: str) -> None:
+    """canonical re-serializes data as the ParkingOS server does before signing; a sign over it passes."""
+    assert canonical(written) == server
+    assert sign_ok(signed(written, md5_upper(server + "key=s")), "s", "required")
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1,", '{"a":NaN}', "[" * 100_000])
+def test_canonical_of_no_json_is_none(text: str) -> None:
+    """canonical gives None for text that is not JSON (or nested beyond what can be re-serialized)."""
+    assert canonical(text) is None
+
+
+def test_digest_ignores_blanks_but_not_values() -> None:
+    """The repeat fingerprint is the same for the same data written with other blanks, not for other data."""
+    assert digest(envelope_with(SPACED)) == digest(envelope_with(COMPACT))
+    assert digest(envelope_with(COMPACT)) != digest(envelope_with(COMPACT.replace("A1", "A2")))
+    assert len(digest(envelope_with(COMPACT))) == 8
+
+
+def envelope_with(data: str) -> Envelope:
+    return signed(data, "")
 
 
 def test_message_without_data_signs_the_empty_text() -> None:
@@ -454,19 +514,29 @@ def test_message_without_data_signs_the_empty_text() -> None:
 # --- answers -------------------------------------------------------------------------------------
 
 
+def test_frames_are_written_as_the_server_writes_them() -> None:
+    """A frame is "\\n" + text + "\\r" (the ParkingOS server's doBackMessage), or text + "\\n" for "lines"."""
+    assert frame('{"a":1}') == frame('{"a":1}', CLOUD) == b'\n{"a":1}\r'
+    assert frame('{"a":1}', LINES) == b'{"a":1}\n'
+    assert frame("") == b"\n\r"
+
+
 def test_answer_ok() -> None:
-    """A positive answer is one compact line, members in order, state 1."""
+    """A positive answer is one compact frame, the server's members, state 1."""
     assert answer("in_park", True, "", "A1") == (
+        b'\n{"service_name":"in_park","state":1,"errmsg":"","order_id":"A1"}\r'
+    )
+    assert answer("in_park", True, "", "A1", LINES) == (
         b'{"service_name":"in_park","state":1,"errmsg":"","order_id":"A1"}\n'
     )
 
 
 def test_answer_refusal_keeps_chinese_unescaped() -> None:
     """A refusal has state 0 and its errmsg in UTF-8, quotes escaped."""
-    line = answer("out_park", False, '签名错误 "sign"', "")
-    expected = '{"service_name":"out_park","state":0,"errmsg":"签名错误 \\"sign\\"","order_id":""}\n'
-    assert line == expected.encode()
-    assert json.loads(line) == {
+    frame_ = answer("out_park", False, '签名错误 "sign"', "")
+    expected = '\n{"service_name":"out_park","state":0,"errmsg":"签名错误 \\"sign\\"","order_id":""}\r'
+    assert frame_ == expected.encode()
+    assert json.loads(frame_) == {
         "service_name": "out_park",
         "state": 0,
         "errmsg": '签名错误 "sign"',
@@ -476,29 +546,79 @@ def test_answer_refusal_keeps_chinese_unescaped() -> None:
 
 def test_answer_with_lone_surrogate_is_still_json() -> None:
     """An order_id holding a lone surrogate (JSON allows one) is answered as JSON, not a crash."""
-    line = answer("in_park", True, "", "A\ud800")
-    assert line == b'{"service_name":"in_park","state":1,"errmsg":"","order_id":"A\\ud800"}\n'
-    assert json.loads(line)["order_id"] == "A\ud800"
+    frame_ = answer("in_park", True, "", "A\ud800")
+    assert frame_ == b'\n{"service_name":"in_park","state":1,"errmsg":"","order_id":"A\\ud800"}\r'
+    assert json.loads(frame_)["order_id"] == "A\ud800"
+
+
+def test_repeat_answer_is_the_later_servers() -> None:
+    """A repeat is answered state 0 "数据已处理过..." with the service, order_id and car_number."""
+    assert json.loads(repeat_answer("out_park", "1131522704", "粤B1H7S0")) == {
+        "state": 0,
+        "errmsg": "数据已处理过...",
+        "service_name": "out_park",
+        "order_id": "1131522704",
+        "car_number": "粤B1H7S0",
+    }
+    assert json.loads(repeat_answer("in_park", "302", "")) == {
+        "state": 0,
+        "errmsg": "数据已处理过...",
+        "service_name": "in_park",
+        "order_id": "302",
+    }
 
 
 def test_login_answers() -> None:
-    """Login answers carry the token when accepted and an errmsg when refused."""
-    assert login_answer(True, "", "tok") == (
-        b'{"service_name":"login","state":1,"errmsg":"","token":"tok"}\n'
+    """Login answers are the server's: the token when accepted, an errmsg when refused."""
+    assert login_answer(True, "", "tok") == b'\n{"state":1,"token":"tok","service_name":"login"}\r'
+    assert login_answer(False, "签名错误", "") == (
+        '\n{"state":0,"errmsg":"签名错误","service_name":"login"}\r'.encode()
     )
-    assert login_answer(False, "密码错误", "") == (
-        '{"service_name":"login","state":0,"errmsg":"密码错误","token":""}\n'.encode()
-    )
+    assert login_answer(True, "", "tok", LINES) == b'{"state":1,"token":"tok","service_name":"login"}\n'
 
 
 def test_operate_liftrod() -> None:
-    """A barrier command names the channel, an empty channel name and the operation."""
-    assert operate_liftrod("3", 1) == (
-        b'{"service_name":"operate_liftrod","channel_id":"3","channel_name":"","operate":1}\n'
+    """A barrier command names the channel, an empty channel name, the operation, the park and its id."""
+    assert operate_liftrod("3", 0, "24155", "f0") == (
+        b'\n{"service_name":"operate_liftrod","channel_id":"3","channel_name":"","operate":0,'
+        b'"park_id":"24155","liftrod_id":"f0"}\r'
     )
-    assert operate_liftrod("入口", 0) == (
-        '{"service_name":"operate_liftrod","channel_id":"入口","channel_name":"","operate":0}\n'.encode()
+    assert json.loads(operate_liftrod("入口", 1, "P", "x", LINES))["channel_id"] == "入口"
+
+
+def test_liftrod_reply_reads_the_members_inside_data() -> None:
+    """The lot's answer is read from its data: state, channel_id, operate, liftrod_id, errmsg."""
+    reply = liftrod_reply(
+        envelope(
+            '{"service_name":"operate_liftrod","state":0,"token":"t","sign":"S","data":'
+            '{"data_target":"cloud","state":1,"channel_id":"out001","operate":0,'
+            '"liftrod_id":"f05385f9","errmsg":""}}'
+        )
     )
+    assert (reply.state, reply.channel_id, reply.operate, reply.liftrod_id, reply.errmsg) == (
+        1,
+        "out001",
+        0,
+        "f05385f9",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"state":"1","channel_id":12,"operate":"0"}', (1, "12", 0, None, "")),
+        ('{"errmsg":"卡杆"}', (None, None, None, None, "卡杆")),
+        (
+            '{"state":true,"channel_id":[1],"operate":1.5,"liftrod_id":{},"errmsg":3}',
+            (None, None, None, None, ""),
+        ),
+    ],
+)
+def test_liftrod_reply_leaves_out_what_it_cannot_read(data: str, expected: tuple[object, ...]) -> None:
+    """Numbers written as text are read; members of another kind count as absent."""
+    reply = liftrod_reply(envelope('{"service_name":"operate_liftrod","data":' + data + "}"))
+    assert (reply.state, reply.channel_id, reply.operate, reply.liftrod_id, reply.errmsg) == expected
 
 
 # --- translation ---------------------------------------------------------------------------------
@@ -508,7 +628,8 @@ IN_PARK: dict[str, object] = {
     "car_number": "京A12345",
     "in_time": IN_TIME,
     "in_channel_id": 3,
-    "car_type": "月租车",
+    "car_type": "小车",  # the vehicle's size: not carried
+    "car_cost_type": 2,  # 月卡车
 }
 
 OUT_PARK: dict[str, object] = {
@@ -518,7 +639,8 @@ OUT_PARK: dict[str, object] = {
     "out_time": OUT_TIME,
     "in_channel_id": "3",
     "out_channel_id": 4,
-    "car_type": "临时车",
+    "car_type": "大车",
+    "car_cost_type": "1",  # 临停车, written as text
     "amount_receivable": "12.50",
     "total": "10",
     "reduce_amount": " 2.5 ",
@@ -530,7 +652,7 @@ CAR_IN_SOURCES = {
     "carNum": "car_number",
     "inCross": "in_channel_id",
     "inTime": "in_time",
-    "inIdentity": "car_type",
+    "inIdentity": "car_cost_type",
 }
 CAR_OUT_SOURCES = {
     "recordCode": "order_id",
@@ -539,7 +661,7 @@ CAR_OUT_SOURCES = {
     "outCross": "out_channel_id",
     "inTime": "in_time",
     "outTime": "out_time",
-    "inIdentity": "car_type",
+    "inIdentity": "car_cost_type",
     "parkMinutes": "out_time",
     "payMoney": "amount_receivable",
     "incomeMoney": "total",
@@ -576,9 +698,9 @@ def test_in_park_makes_car_in() -> None:
 
 
 def test_in_park_with_only_required_members() -> None:
-    """in_park with only order_id and car_number gives those and inIdentity 2 (temporary car)."""
+    """in_park with only order_id and car_number gives those alone: nothing says what kind of car it is."""
     message = only(translate("in_park", {"order_id": 7, "car_number": "沪B1"}, ZONE))
-    assert message.data == {"recordCode": "7", "carNum": "沪B1", "inIdentity": 2}
+    assert message.data == {"recordCode": "7", "carNum": "沪B1"}
     valid(message)
 
 
@@ -607,30 +729,79 @@ def test_empty_plot_absent(value: object) -> None:
 
 
 @pytest.mark.parametrize(
+    ("car_cost_type", "identity"),
+    [
+        (1, 2),  # 临停车 -> 临时车
+        (2, 1),  # 月卡车 -> 月租车
+        (3, 5),  # 白名单车 -> 会员免费车
+        (4, 2),  # 无牌车 -> 临时车
+        (5, 5),  # 贵宾车 -> 会员免费车
+        (6, 5),  # VIP -> 会员免费车
+        (7, 5),  # 内部车 -> 会员免费车
+        (8, 1),  # 月卡多位多车 -> 月租车
+        (9, 3),  # 储值车 -> 储值车
+        ("9", 3),
+        (" 2 ", 1),
+    ],
+)
+def test_car_cost_type(car_cost_type: object, identity: int) -> None:
+    """Every car_cost_type maps to an inIdentity of the standard, in carIn and carOut alike."""
+    message = car_in(car_cost_type=car_cost_type, car_type="军警车")
+    assert isinstance(message.data, dict)
+    assert message.data["inIdentity"] == identity
+    valid(message)
+    out = car_out(car_cost_type=car_cost_type)
+    assert isinstance(out.data, dict)
+    assert out.data["inIdentity"] == identity
+    valid(out)
+
+
+@pytest.mark.parametrize("car_cost_type", [0, 10, -1])
+def test_an_undefined_car_cost_type_leaves_in_identity_out(car_cost_type: int) -> None:
+    """A car_cost_type the SDK does not define says nothing the standard can carry: no inIdentity."""
+    message = car_in(car_cost_type=car_cost_type)
+    assert isinstance(message.data, dict)
+    assert "inIdentity" not in message.data
+
+
+@pytest.mark.parametrize("car_cost_type", ["abc", 1.5, True, [1], {}])
+def test_a_car_cost_type_that_is_no_number_is_refused(car_cost_type: object) -> None:
+    """A car_cost_type that is not a whole number is refused naming it."""
+    with pytest.raises(Untranslatable) as caught:
+        car_in(car_cost_type=car_cost_type)
+    assert caught.value.field == "car_cost_type"
+    assert caught.value.reason.startswith("not a whole number")
+
+
+@pytest.mark.parametrize(
     ("car_type", "identity"),
     [
         ("月租车", 1),
+        ("月卡车", 1),
         ("临时车", 2),
+        ("临停车", 2),
         ("储值车", 3),
         ("军警车", 4),
         ("免费车", 5),
         ("会员免费车", 5),
-        ("贵宾车", 2),
-        ("", 2),
-        (None, 2),
-        (1, 2),
-        (..., 2),
+        ("小车", None),
+        ("大车", None),
+        ("贵宾车", None),
+        ("", None),
+        (None, None),
+        (1, None),
+        (..., None),
     ],
 )
-def test_car_type(car_type: object, identity: int) -> None:
-    """car_type maps to inIdentity; anything unknown or absent is a temporary car (2)."""
-    message = car_in(car_type=car_type)
+def test_car_type_names_a_category_only_without_car_cost_type(car_type: object, identity: int | None) -> None:
+    """Without car_cost_type, a category name in car_type gives inIdentity; a size or anything else none."""
+    message = car_in(car_cost_type=..., car_type=car_type)
     assert isinstance(message.data, dict)
-    assert message.data["inIdentity"] == identity
+    assert message.data.get("inIdentity") == identity
     valid(message)
-    out = car_out(car_type=car_type)
+    out = car_out(car_cost_type=..., car_type=car_type)
     assert isinstance(out.data, dict)
-    assert out.data["inIdentity"] == identity
+    assert out.data.get("inIdentity") == identity
 
 
 def test_in_time_in_the_zone() -> None:
@@ -685,7 +856,7 @@ def test_out_makes_car_out_with_string_money(service: str) -> None:
         "outCross": "4",
         "inTime": IN_WIRE,
         "outTime": OUT_WIRE,
-        "inIdentity": 2,
+        "inIdentity": 2,  # car_cost_type "1", 临停车
         "parkMinutes": 122,
         "payMoney": 12.5,
         "incomeMoney": 10.0,
@@ -733,24 +904,39 @@ def test_money_text(text: str, amount: float) -> None:
 @pytest.mark.parametrize(
     ("pay_type", "mode"),
     [
-        ("cash", 1),
-        ("wallet", 9),
-        ("monthuser", 8),
-        ("sweepcode", 0),
-        ("alipay", 0),
-        ("", 0),
-        (None, 0),
-        (3, 0),
-        (..., 0),
+        ("cash", 1),  # 现金
+        ("wallet", 9),  # 账户余额
+        ("sweepcode", 0),  # WeChat or Alipay: 未知
+        ("scancode", 0),
+        ("auth_code", 0),
+        ("monthuser", 8),  # 免费
+        ("free", 8),
+        ("escape", 0),  # nothing paid: 未知
+        ("etc_pay", 7),  # 交通卡
+        ("etc", 7),
+        (" cash ", 1),
+        # "free 和 无效值为免费" (SDK documentation 2.2): any other value means free.
+        ("alipay", 8),
+        ("CASH", 8),
+        (3, 8),
+        ([1], 8),
     ],
 )
 @pytest.mark.parametrize("service", ["out_park", "upload_order"])
 def test_pay_type(service: str, pay_type: object, mode: int) -> None:
-    """pay_type maps to paymentMode; anything unknown or absent is 0 (unknown)."""
+    """Every pay_type maps to a paymentMode of the standard; a value the SDK does not define means free."""
     message = car_out(service, pay_type=pay_type)
     assert isinstance(message.data, dict)
     assert message.data["paymentMode"] == mode
     valid(message)
+
+
+@pytest.mark.parametrize("pay_type", ["", None, ...])
+def test_no_pay_type_leaves_payment_mode_out(pay_type: object) -> None:
+    """Without pay_type the exit says nothing of how it was paid: no paymentMode."""
+    message = car_out(pay_type=pay_type)
+    assert isinstance(message.data, dict)
+    assert "paymentMode" not in message.data
 
 
 @pytest.mark.parametrize(("seconds", "minutes"), [(0, 0), (59, 0), (60, 1), (119, 1), (120, 2), (3599, 59)])
@@ -784,9 +970,9 @@ def test_out_with_empty_plot_also_makes_free_space(service: str) -> None:
 
 
 def test_out_with_only_required_members() -> None:
-    """out_park with only order_id and car_number gives those, inIdentity 2 and paymentMode 0."""
+    """out_park with only order_id and car_number gives those alone."""
     message = only(translate("out_park", {"order_id": "B", "car_number": "粤C1"}, ZONE))
-    assert message.data == {"recordCode": "B", "carNum": "粤C1", "inIdentity": 2, "paymentMode": 0}
+    assert message.data == {"recordCode": "B", "carNum": "粤C1"}
     valid(message)
 
 
@@ -881,9 +1067,14 @@ optional = st.none() | st.just("")
     times=st.tuples(seconds, seconds).map(sorted),
     in_channel=channels | optional,
     out_channel=channels | optional,
-    car_type=st.sampled_from(["月租车", "临时车", "储值车", "军警车", "免费车", "会员免费车", "其他"]),
+    car_type=st.sampled_from(
+        ["月租车", "临时车", "储值车", "军警车", "免费车", "会员免费车", "小车", "其他"]
+    ),
+    car_cost_type=st.integers(min_value=0, max_value=10) | st.integers(0, 10).map(str) | optional,
     money=st.tuples(amounts | optional, amounts | optional, amounts | optional),
-    pay_type=st.sampled_from(["cash", "wallet", "monthuser", "sweepcode", "card"]),
+    pay_type=st.sampled_from(
+        ["cash", "wallet", "monthuser", "sweepcode", "scancode", "free", "escape", "etc_pay", "card", ""]
+    ),
     empty_plot=st.integers(min_value=0, max_value=10_000).map(str) | optional,
 )
 def test_translations_pass_the_catalog(
@@ -894,6 +1085,7 @@ def test_translations_pass_the_catalog(
     in_channel: object,
     out_channel: object,
     car_type: str,
+    car_cost_type: object,
     money: tuple[object, object, object],
     pay_type: str,
     empty_plot: object,
@@ -907,6 +1099,7 @@ def test_translations_pass_the_catalog(
         "in_channel_id": in_channel,
         "out_channel_id": out_channel,
         "car_type": car_type,
+        "car_cost_type": car_cost_type,
         "amount_receivable": money[0],
         "total": money[1],
         "reduce_amount": money[2],
@@ -920,3 +1113,96 @@ def test_translations_pass_the_catalog(
         valid(message)
         assert isinstance(message.data, dict)
         assert set(message.data) <= set(message.sources)
+
+
+# --- the shapes of a real SDK 2.1.0.0 ------------------------------------------------------------
+# The members and kinds of values of lines a real SDK 2.1.0.0 sent (captured in daiybh/Park_Cloud,
+# json_test.go), with values of our own.
+
+SDK_IN_PARK: dict[str, object] = {
+    "car_number": "京N8D2K1",
+    "in_time": IN_TIME,
+    "order_id": "4711",
+    "empty_plot": 120,
+    "park_id": "30001",
+}
+SDK_OUT_PARK: dict[str, object] = {
+    "car_number": "京N8D2K1",
+    "in_time": IN_TIME,
+    "out_time": IN_TIME + 35,
+    "total": "0.0",
+    "order_id": "4711",
+    "empty_ plot": 121,
+    "park_id": "30001",
+    "pay_type": "cash",
+    "auth_code": "",
+}
+
+
+def test_an_sdk_2_1_in_park_without_car_type_or_channel() -> None:
+    """An in_park without car_type, car_cost_type or in_channel_id: a carIn of what it has, a freeSpace."""
+    messages = translate("in_park", SDK_IN_PARK, ZONE)
+    assert messages is not None
+    car_in_, free_space = messages
+    assert car_in_.data == {"recordCode": "4711", "carNum": "京N8D2K1", "inTime": IN_WIRE}
+    assert free_space == Message("freeSpace", {"emptyNum": 120}, {"emptyNum": "empty_plot"})
+    for message in messages:
+        valid(message)
+
+
+def test_an_sdk_2_1_out_park_with_a_blank_in_empty_plot() -> None:
+    """An out_park with total "0.0" and "empty_ plot" (sic): a carOut paid 0.0 in cash and a freeSpace."""
+    messages = translate("out_park", SDK_OUT_PARK, ZONE)
+    assert messages is not None
+    car_out_, free_space = messages
+    assert car_out_.data == {
+        "recordCode": "4711",
+        "carNum": "京N8D2K1",
+        "inTime": IN_WIRE,
+        "outTime": "2023-11-15 06:13:55",
+        "parkMinutes": 0,
+        "incomeMoney": 0.0,
+        "paymentMode": 1,
+    }
+    assert free_space == Message("freeSpace", {"emptyNum": 121}, {"emptyNum": "empty_ plot"})
+    for message in messages:
+        valid(message)
+
+
+def test_empty_plot_spelt_right_wins_over_the_blank() -> None:
+    """When empty_plot and "empty_ plot" are both given empty_plot counts; a bad "empty_ plot" is named so."""
+    messages = translate("out_park", {**SDK_OUT_PARK, "empty_plot": 7}, ZONE)
+    assert messages is not None
+    assert messages[1].data == {"emptyNum": 7}
+    with pytest.raises(Untranslatable) as caught:
+        translate("out_park", {**SDK_OUT_PARK, "empty_ plot": "many"}, ZONE)
+    assert caught.value.field == "empty_ plot"
+
+
+@pytest.mark.parametrize(
+    ("text", "amount"), [("0.0", 0.0), ("0", 0.0), ("6", 6.0), ("0.01", 0.01), (6.5, 6.5)]
+)
+def test_amounts_as_the_sdk_writes_them(text: object, amount: float) -> None:
+    """The SDK writes amounts as strings ("0.0", "6"); each becomes the number in yuan."""
+    message = car_out(amount_receivable=text, total=text, reduce_amount=text)
+    assert isinstance(message.data, dict)
+    assert (message.data["payMoney"], message.data["incomeMoney"], message.data["discountMoney"]) == (
+        amount,
+    ) * 3
+
+
+@given(
+    texts=st.lists(st.dictionaries(st.sampled_from(["a", "车", "b c"]), st.text(max_size=8)), min_size=1),
+    cloud=st.lists(st.booleans(), min_size=1),
+    cuts=st.lists(st.integers(min_value=0), max_size=8),
+)
+def test_frames_of_both_framings_mixed_and_split_anywhere(
+    texts: list[dict[str, str]], cloud: list[bool], cuts: list[int]
+) -> None:
+    """Frames written the cloud's way or as lines, mixed and cut anywhere, give back each JSON text."""
+    lines = [json.dumps(text, ensure_ascii=False).encode() for text in texts]
+    stream = b"".join(
+        frame(line.decode(), CLOUD if cloud[index % len(cloud)] else LINES)
+        for index, line in enumerate(lines)
+    )
+    assert feed_chunks(LineSplitter(), split(stream, cuts)) == lines

@@ -1,8 +1,8 @@
 """
 A third-party dialect, installed the way its vendor ships it, is found, configured and served.
 
-`vendor/` is the package `acme-dialect`: the `acme` dialect and its plugin module
-in `twisted/plugins/`. It is installed with pip into a temporary directory; the
+`vendor/` is the package `acme-dialect`: the `acme` dialect, declared as an entry
+point of the group `cpmi_gateway.dialects`. It is installed with pip into a temporary directory; the
 tests run Python with that directory on PYTHONPATH (and from a directory that is
 not the repository, so that nothing depends on where they are started), and
 finally the real gateway under `python -m twisted`. The kit's `DialectRig` tests
@@ -202,9 +202,9 @@ secret = "s3cret"
     )
     log = tmp_path / "gateway.log"
     with (tmp_path / "stderr").open("wb") as stderr:
-        # Started in the repository: the editable install does not put the repository's twisted/plugins
-        # on Twisted's plugin path, so with it alone twist finds the cpmi-gateway plugin only from there
-        # (here PYTHONPATH has the repository too, see `environment`). acme comes from PYTHONPATH alone.
+        # PYTHONPATH has this repository (see `environment`), whose twisted/plugins Twisted finds there,
+        # whatever checkout an installed cpmi-gateway points at. acme comes from its entry point, in the
+        # dist-info pip wrote into vendor_target, also on PYTHONPATH.
         process = subprocess.Popen(
             [*TWIST, "--log-format=text", f"--log-file={log}", "cpmi-gateway", "--config", str(config)],
             cwd=ROOT,

@@ -16,19 +16,12 @@ from zope.interface.verify import verifyObject
 from gateway.config import parse
 from gateway.dialects.bolink import bolink
 from gateway.dialects.bolink_messages import sign
-from gateway.dialects.host import LEGACY_RECORD, DialectHost, LotRouter
-from gateway.dialects.interface import (
-    IDialectHost,
-    IDialectServer,
-    LotReply,
-    LotState,
-    Message,
-    NotConnected,
-    Original,
-    Unsupported,
-)
+from gateway.dialects.host import DialectHost, LotRouter
+from gateway.dialects.interface import IDialectHost, IDialectServer, Message, Original, Unsupported
 from gateway.dialects.standard import StandardServer, standard
 from gateway.dialects.testing import DialectRig, MemoryJournal
+from gateway.interfaces import LotReply, LotState, NotConnected
+from gateway.journal.kinds import LEGACY_RECORD
 from gateway.journal.record import Record, dumps_compact
 from gateway.lots.answers import OK, Answer
 from gateway.protocol.results import Result
@@ -503,6 +496,24 @@ def test_router_sends_a_command_through_the_lots_dialect() -> None:
     assert router.state("P1") == LotState("P1", True, 1.0, 2.0, "fake:P1")
 
 
+def test_router_gives_the_journaled_opr_num_to_a_dialect_that_sends_one() -> None:
+    """command() with an oprNum uses the dialect's command_as, and plain command for a dialect without it."""
+    _, router = routed_rig()
+    fake = FakeServer(("gateOpen",))
+    given: list[str] = []
+
+    def command_as(park: str, code: str, data: object, opr: str) -> Deferred[LotReply]:
+        given.append(opr)
+        return fail(NotConnected(park))
+
+    router.servers["bolink"] = fake
+    error_of(router.command("P1", "gateOpen", {"barCode": "c1"}, "opr-1"), NotConnected)
+    assert fake.sent == [("P1", "gateOpen", {"barCode": "c1"})] and given == []
+    fake.command_as = command_as  # type: ignore[attr-defined]
+    error_of(router.command("P1", "gateOpen", {"barCode": "c1"}, "opr-2"), NotConnected)
+    assert given == ["opr-2"] and len(fake.sent) == 1
+
+
 def test_router_command_to_an_unknown_park_is_not_connected() -> None:
     """command() to a park that is not configured fails with NotConnected."""
     _, router = routed_rig()
@@ -636,7 +647,23 @@ def test_a_repeat_given_the_first_answer_is_not_logged_again_but_9007_is() -> No
         for waiting, _ in pending:
             waiting.errback(OSError("disk gone"))
         assert result_of(first).result is result_of(second).result is Result.FAILED
-        # The first and its waiting repeat count; the retry is stored, its repeats answered from it.
-        answers = [submit(rig, [Message("carIn", CAR_IN)]).result for _ in range(5)]
-    assert answers == [Result.OK] * 4 + [Result.TOO_MANY_REPEATS]
+        # Attempts not stored do not count (CONTRACT §4): the retry is stored, and is the
+        # first of the repeat rule; its five repeats are answered from it, the sixth 9007.
+        answers = [submit(rig, [Message("carIn", CAR_IN)]).result for _ in range(7)]
+    assert answers == [Result.OK] * 6 + [Result.TOO_MANY_REPEATS]
     assert rejected(events) == [("P1", "in_park", "9999"), ("P1", "in_park", "9007")]
+
+
+def test_a_fault_while_submitting_answers_9999_and_frees_the_opr_num(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message the gateway chokes on (a fault, not a refusal) is answered 9999 and not stored; the
+    next attempt of the same id is processed, never left waiting on the one that faulted."""
+    rig = make_rig()
+
+    def broken(*args: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(rig.host, "_checked", broken)
+    assert submit(rig, [Message("carIn", CAR_IN)]).result is Result.FAILED
+    monkeypatch.undo()
+    assert submit(rig, [Message("carIn", CAR_IN)]).result is Result.OK
+    assert len(rig.records("uplink")) == 1

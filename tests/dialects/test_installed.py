@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -23,8 +22,8 @@ def fresh() -> Iterator[None]:
     installed.cache_clear()
 
 
-def test_the_built_in_dialects_are_plugins(fresh: None) -> None:
-    """standard and bolink are found by getPlugins, as any vendor's dialect is, and provide IDialect."""
+def test_the_built_in_dialects_are_found(fresh: None) -> None:
+    """standard and bolink are found without any installed metadata, and provide IDialect."""
     found = installed()
     assert found["standard"] is standard and found["bolink"] is bolink
     assert all(IDialect.providedBy(dialect) for dialect in found.values())
@@ -36,10 +35,7 @@ def test_two_plugins_with_one_name_conflict(fresh: None, monkeypatch: pytest.Mon
     class Impostor(BolinkDialect):
         pass
 
-    def plugins(interface: Any, package: Any = None) -> list[object]:
-        return [bolink] if package is gateway.dialects else [Impostor()]
-
-    monkeypatch.setattr(gateway.dialects, "getPlugins", plugins)
+    monkeypatch.setattr(gateway.dialects, "third_party", lambda: [Impostor()])
     with pytest.raises(DialectConflict) as caught:
         installed()
     message = str(caught.value)

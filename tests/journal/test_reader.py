@@ -17,6 +17,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from gateway.journal import integrity
 from gateway.journal.integrity import Verdict, verify_journal
+from gateway.journal.kinds import SEAL_RECORD
 from gateway.journal.reader import ChainError, Cursor, read_records, verify
 from gateway.journal.record import (
     GENESIS_CHAIN,
@@ -27,7 +28,7 @@ from gateway.journal.record import (
     decode_line,
     encode_line,
 )
-from gateway.journal.seals import SEAL_RECORD, check_seal, seal_body
+from gateway.journal.seals import check_seal, seal_body
 from gateway.journal.segments import iter_lines, list_segments
 from gateway.keys import parse_public_key_b64
 from tests.journal.helpers import Harness

@@ -113,11 +113,10 @@ def test_lone_surrogates_are_escaped() -> None:
 
 
 def test_unserializable_body_raises() -> None:
-    """A body that is not JSON-like raises TypeError or ValueError."""
+    """A body that is not JSON-like raises TypeError; a non-finite float is null whichever encoder runs."""
     with pytest.raises(TypeError):
         dumps_compact({"x": object()})
-    with pytest.raises(ValueError):
-        dumps_compact({"x": 2**64, "y": float("nan")})
+    assert dumps_compact({"x": 2**64, "y": float("nan")}) == b'{"x":18446744073709551616,"y":null}'
 
 
 @given(json_values)

@@ -183,19 +183,22 @@ def test_gap_before_the_last_segment_opens_with_an_anchor(harness: Callable[...,
         verify(h.path)
 
 
-def test_an_altered_record_in_the_last_segment_is_set_aside_not_cut(harness: Callable[..., Harness]) -> None:
-    """A flipped byte mid-segment (whole records after it) moves the rest aside; seqs are never reused."""
+def test_whole_records_no_chain_proves_are_moved_aside_not_cut(harness: Callable[..., Harness]) -> None:
+    """A bad line, then whole records that chain onto nothing there: all moved aside; seqs never reused."""
     h = five(harness)
     path = last_segment(h)
-    data = bytearray(path.read_bytes())
-    lines = bytes(data).splitlines(keepends=True)
+    lines = path.read_bytes().splitlines(keepends=True)
     offset = len(lines[0]) + len(lines[1])
-    data[offset + 30] ^= 0x01  # inside record 3
-    path.write_bytes(bytes(data))
+    # records 3-5 as written onto another chain: whole, in seq, but proven by nothing here
+    stray = b"".join(
+        encode_line(seq, "2026-11-18T11:06:40.250000Z", "x", "", "", "", {}, b"1" * 32)[0]
+        for seq in (3, 4, 5)
+    )
+    path.write_bytes(b"".join(lines[:2]) + stray)
     journal = h.open()
     [damage] = journal.quarantined
     assert (damage.seq, damage.last_seq, damage.offset) == (3, 5, offset)
-    assert (h.path / damage.saved_as).read_bytes() == bytes(data[offset:])
+    assert (h.path / damage.saved_as).read_bytes() == stray
     assert journal.last_seq == 6  # the quarantine record, after the highest seq set aside
     assert [r.seq for r in read_records(h.path)] == [1, 2, 6]
     assert [r.kind for r in read_records(h.path)][-1] == "quarantine"

@@ -17,16 +17,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel
 
 from gateway.journal import retention as retention_module
+from gateway.journal.kinds import RETENTION_RECORD
 from gateway.journal.reader import read_records, verify
 from gateway.journal.record import Record
-from gateway.journal.retention import (
-    RETENTION_RECORD,
-    Removal,
-    Retention,
-    SegmentInfo,
-    plan,
-    record_seconds,
-)
+from gateway.journal.retention import Removal, Retention, SegmentInfo, plan, record_seconds
 from gateway.journal.segments import list_segments, read_last_line
 from tests.journal.helpers import Harness, ManualRunner, enospc, logs_of
 

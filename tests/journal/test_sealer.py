@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from nacl.signing import SigningKey
 
+from gateway.journal.kinds import SEAL_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.sealer import Sealer
-from gateway.journal.seals import SEAL_RECORD, check_seal, seal_body, seal_message
+from gateway.journal.seals import check_seal, seal_body, seal_message
 from tests.journal.helpers import Harness
 
 KEY = SigningKey(bytes(range(32)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -117,7 +118,9 @@ class MemoryJournal:
 class SyncPasswords:
     """The password checker's interface, answered at once (argon2 at minimum cost)."""
 
-    def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+    def check(
+        self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
+    ) -> Deferred[bool]:
         if password_hash is None:
             return succeed(False)
         try:

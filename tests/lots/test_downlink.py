@@ -17,15 +17,9 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from gateway import config
-from gateway.lots.downlink import (
-    OFFLINE_RECORD,
-    ONLINE_RECORD,
-    DeadlinePassed,
-    Downlinks,
-    LotReply,
-    LotState,
-    NotConnected,
-)
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
+from gateway.lots.downlink import Downlinks
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkProtocol
 from gateway.protocol.framing import FrameDecoder, encode_frame
@@ -436,9 +430,9 @@ def test_unknown_code_answers_9001() -> None:
     gateway = Gateway()
     lot = gateway.connect()
     token = lot.login()
-    lot.request("noSuchThing", {}, token=token)
+    lot.request("noSuchOne", {}, token=token)
     [answer] = lot.received()
-    assert answer["resultCode"] == "9001" and "noSuchThing" in answer["resultMessage"]
+    assert answer["resultCode"] == "9001" and "noSuchOne" in answer["resultMessage"]
     assert not lot.closed
 
 
@@ -817,7 +811,7 @@ def test_a_reload_during_the_password_check_refuses_the_login() -> None:
     class HeldPasswords:
         """Password checks that finish when the test says so."""
 
-        def check(self, password_hash: str | None, password: str) -> Deferred[bool]:
+        def check(self, password_hash: str | None, password: str, gone: Any = None) -> Deferred[bool]:
             held.append(Deferred())
             return held[-1]
 
@@ -907,3 +901,181 @@ def test_answers_0000_log_no_rejection() -> None:
         lot.reply(ack["oprNum"], {"barCode": "G1"}, token)
     assert outcome(command).result_code == "0000"
     assert events == []
+
+
+# hostile and faulty clients (CONTRACT §4, §5)
+
+
+def test_an_unsigned_heartbeat_does_not_bind_a_lot_whose_signature_is_required() -> None:
+    """A heartbeat carrying a valid token but no signature answers 9006 and is closed; the lot's own
+    connection stays bound and gets the next command (the token travels in clear, the secret never does)."""
+    gateway = Gateway()
+    lot = gateway.connect(1)
+    token = lot.login()
+    attacker = gateway.connect(2)
+    with captured("lot.rejected") as events:
+        attacker.request("heartbeat", token=token, signature="")
+    [answer] = attacker.received()
+    assert answer["resultCode"] == "9006" and attacker.closed
+    assert "missing" in answer["resultMessage"]
+    assert [(e["park"], e["result"], e["peer"]) for e in events] == [("P001", "9006", "10.0.0.7:2")]
+    assert not lot.closed and gateway.downlinks.state("P001").peer == "10.0.0.7:1"
+    assert gateway.downlinks.counters["replaced"] == 0
+    assert gateway.downlinks.counters["bind_failures"] == gateway.downlinks.counters["bad_signatures"] == 1
+    gateway.downlinks.command("P001", "gateOpen", {"barCode": "B1"})
+    assert [ack["code"] for ack in lot.received()] == ["gateOpen"]
+    assert attacker.received() == []
+
+
+def test_a_signed_heartbeat_binds_a_lot_whose_signature_is_required() -> None:
+    """The lot itself, signing its heartbeat with the secret, still binds by token (and replaces its old
+    connection)."""
+    gateway = Gateway()
+    old = gateway.connect(1)
+    token = old.login()
+    lot = gateway.connect(2)
+    lot.request("heartbeat", token=token)
+    assert lot.received()[0]["resultCode"] == "0000"
+    assert old.closed and gateway.downlinks.state("P001").peer == "10.0.0.7:2"
+
+
+@pytest.mark.parametrize("mode", ["optional", "off"])
+def test_an_unsigned_heartbeat_binds_a_lot_whose_signature_is_not_required(mode: str) -> None:
+    """With `signature = "optional"` or "off", a heartbeat with a token and no signature binds, as before."""
+    gateway = Gateway(lots=[lot_entry(signature=mode)])
+    token = gateway.token()
+    lot = gateway.connect()
+    lot.request("heartbeat", token=token, signature="")
+    assert lot.received()[0]["resultCode"] == "0000"
+    assert gateway.downlinks.state("P001").connected
+
+
+@pytest.mark.parametrize("frame", ["heartbeat", "other request", "reply", "malformed"])
+def test_a_connection_whose_token_was_replaced_is_answered_9000_and_closed(frame: str) -> None:
+    """After a newer login of the account (over HTTP, say), the connection bound with the old token
+    answers its next frame, whatever it is, 9000 and is closed; its commands fail NotConnected."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    command = gateway.downlinks.command("P001", "gateOpen", {"barCode": "B1"})
+    [ack] = lot.received()
+    gateway.token()  # the newer login
+    if frame == "heartbeat":
+        lot.request("heartbeat", token=token)
+    elif frame == "other request":
+        lot.request("noSuchCode", {}, token=token)
+    elif frame == "reply":
+        lot.reply(ack["oprNum"], {"barStatus": 1}, token)
+    else:
+        lot.send_bytes(b'$${"oprNum":"abc-1","code":"heartbeat",##*')
+    [answer] = lot.received()
+    assert answer["resultCode"] == "9000" and "replaced" in answer["resultMessage"]
+    assert lot.closed and not gateway.downlinks.state("P001").connected
+    assert outcome(command).check(NotConnected)
+    assert gateway.downlinks.counters["closed_token"] == 1
+
+
+def test_a_connection_whose_token_was_revoked_is_answered_9000_and_closed() -> None:
+    """A token revoked (a reload changed the lot) or expired stops working on the bound connection too."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    gateway.sessions.revoke("lot001")
+    lot.request("heartbeat", token=token)
+    assert lot.received()[0]["resultCode"] == "9000" and lot.closed
+    expired = gateway.connect(2)
+    token = expired.login()
+    gateway.clock.advance(40 * 86400)
+    expired.request("heartbeat", token=token)
+    assert expired.received()[0]["resultCode"] == "9000" and expired.closed
+
+
+def test_a_heartbeat_with_the_newer_token_keeps_the_connection() -> None:
+    """A lot that logged in again elsewhere and heartbeats with its new token is not cut off."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    lot.login()
+    newer = gateway.token()
+    lot.request("heartbeat", token=newer)
+    lot.request("heartbeat", token=newer)
+    assert [answer["resultCode"] for answer in lot.received()] == ["0000", "0000"]
+    assert not lot.closed
+
+
+def test_bytes_before_a_bind_are_capped_at_max_unbound_bytes() -> None:
+    """An unbound connection streaming `$` is closed once it has sent more than max_unbound_bytes,
+    without the excess being decoded; the closing is counted and logged once."""
+    gateway = Gateway(tcp={"max_unbound_bytes": 4096})
+    attacker = gateway.connect()
+    with captured("lot.rejected") as events:
+        for _ in range(4):
+            attacker.send_bytes(b"$" * 1024)
+        assert not attacker.closed
+        attacker.send_bytes(b"$")
+        assert attacker.closed
+        attacker.send_bytes(b"$" * 1024)
+    assert gateway.downlinks.counters["closed_unbound_bytes"] == 1
+    [event] = events
+    assert event["result"] == "9002" and "max_unbound_bytes (4096)" in event["reason"]
+    assert attacker.received() == []
+
+
+def test_the_cap_counts_unbound_bytes_only() -> None:
+    """A lot that binds within the cap then sends more than the cap is not closed for it."""
+    gateway = Gateway(tcp={"max_unbound_bytes": 1024})
+    lot = gateway.connect()
+    token = lot.login()
+    for _ in range(4):
+        lot.send_bytes(b" " * 1000)
+    lot.request("heartbeat", token=token)
+    assert lot.received()[0]["resultCode"] == "0000" and not lot.closed
+
+
+def test_a_command_goes_out_with_the_opr_num_it_is_given() -> None:
+    """command(..., opr) sends that oprNum, matches the reply by it, and refuses one still outstanding."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    first = gateway.downlinks.command("P001", "gateOpen", {"barCode": "B1"}, "journaled-opr")
+    [ack] = lot.received()
+    assert ack["oprNum"] == "journaled-opr"
+    again = gateway.downlinks.command("P001", "gateOpen", {"barCode": "B1"}, "journaled-opr")
+    assert outcome(again).check(ValueError) and lot.received() == []
+    lot.reply("journaled-opr", {"barStatus": 1}, token)
+    assert outcome(first).data == {"barStatus": 1}
+
+
+def test_a_tcp_login_whose_connection_is_lost_is_dropped_before_its_check() -> None:
+    """A login waiting for a password check on a connection the lot has closed is never checked; a
+    login past max_pending is answered 9999 busy and closed at once."""
+    from gateway.lots.passwords import PasswordChecker
+    from tests.lots.test_passwords import HeldThreads
+
+    gateway = Gateway()
+    runner = HeldThreads()
+    gateway.downlinks._passwords = PasswordChecker(gateway.clock, threads=1, max_pending=1, run=runner)  # type: ignore[arg-type]
+    first, left, busy = gateway.connect(1), gateway.connect(2), gateway.connect(3)
+    for lot in (first, left, busy):
+        lot.request("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+    [answer] = busy.received()
+    assert answer["resultCode"] == "9999" and "busy, retry" in answer["resultMessage"] and busy.closed
+    left.disconnect()
+    runner.answer(0, True)
+    assert first.received()[0]["resultCode"] == "0000"
+    assert runner.running == [] and left.received() == []
+
+
+def test_the_refusal_of_an_unsigned_bind_signs_nothing_an_attacker_could_replay() -> None:
+    """The 9006 answer to an unsigned binding heartbeat is not signed with the secret: its signature,
+    sent back with the answer's data, does not bind either."""
+    gateway = Gateway()
+    token = gateway.token()
+    probe = gateway.connect(1)
+    probe.request("heartbeat", {}, token=token, signature="")
+    [answer] = probe.received()
+    assert answer["resultCode"] == "9006"
+    assert answer["signature"] != sign(compact(answer["data"]), token, "s3cret")
+    replay = gateway.connect(2)
+    replay.request("heartbeat", answer["data"], token=token, signature=answer["signature"])
+    assert replay.received()[0]["resultCode"] == "9006"
+    assert not gateway.downlinks.state("P001").connected

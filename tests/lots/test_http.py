@@ -87,7 +87,9 @@ class _LaterHandler:
     def __init__(self) -> None:
         self.pending: list[Deferred[bytes]] = []
 
-    def handle(self, text: str, url_code: str | None = None, files: object = ()) -> Deferred[bytes]:
+    def handle(
+        self, text: str, url_code: str | None = None, files: object = (), gone: object = None
+    ) -> Deferred[bytes]:
         answer: Deferred[bytes] = Deferred()
         self.pending.append(answer)
         return answer

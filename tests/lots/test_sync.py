@@ -7,11 +7,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from gateway.lots.downlink import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
-from gateway.lots.sync import SYNC_DONE_RECORD, SYNC_RECORD, SyncQueue
+from gateway.lots.sync import SyncQueue
 from gateway.state import rebuild
 from tests.lots.harness import ZONE, MemoryJournal, fired, lot_entry, result_of
 
@@ -25,8 +26,10 @@ class FakeLots:
     def __init__(self) -> None:
         self.connected: set[str] = set()
         self.asked: list[tuple[str, str, object, Deferred[LotReply]]] = []
+        self.oprs: list[str] = []
 
-    def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        self.oprs.append(opr)
         if park not in self.connected:
             raise NotConnected(park)
         waiting: Deferred[LotReply] = Deferred()
@@ -327,8 +330,8 @@ def test_many_entries_answered_at_once_do_not_recurse() -> None:
     """A lot object that answers synchronously drains a long backlog without deep recursion."""
 
     class Instant(FakeLots):
-        def command(self, park: str, code: str, data: object) -> Deferred[LotReply]:
-            super().command(park, code, data)
+        def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+            super().command(park, code, data, opr)
             self.answer()
             return self.asked[-1][3]
 
@@ -367,3 +370,25 @@ def test_through_the_downlink_after_a_restart() -> None:
     done = [r for r in gateway.journal.records if r.kind == SYNC_DONE_RECORD]
     assert [(r.body["seq"], r.body["outcome"]) for r in done] == [(seq, "delivered")]
     assert queue.pending("P001") == 0
+
+
+def test_every_attempt_carries_the_oprnum_the_entry_was_journaled_under() -> None:
+    """Through the real downlink, the first attempt and its retry both go as the `sync` record's
+    oprNum, and the `sync-done` record names it too: the lot can tell a delivery it already applied."""
+    from tests.lots.test_downlink import Gateway
+
+    gateway = Gateway(lots=[lot_entry()])
+    queue = SyncQueue(lots=gateway.downlinks, journal=gateway.journal, clock=gateway.clock, retry=5)
+    gateway.downlinks.bound_listeners.append(queue.lot_bound)
+    lot = gateway.connect()
+    token = lot.login()
+    result_of(queue.enqueue("P001", "blacklist", car(1), "cloud"))
+    [record] = [r for r in gateway.journal.records if r.kind == SYNC_RECORD]
+    [first] = lot.received()
+    lot.reply(first["oprNum"], {}, token, code="blacklist", result="9999")
+    gateway.clock.advance(5)
+    [second] = lot.received()
+    lot.reply(second["oprNum"], {}, token, code="blacklist")
+    assert first["oprNum"] == second["oprNum"] == record.opr
+    [done] = [r for r in gateway.journal.records if r.kind == SYNC_DONE_RECORD]
+    assert done.opr == record.opr and done.body["outcome"] == "delivered"

@@ -13,8 +13,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.test import iosim
 
-from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol, Reply, opr_in, parse_frame, parse_reply
-from gateway.protocol.envelope import EnvelopeError, Request
+from gateway.lots.tcp import DownlinkFactory, DownlinkProtocol
+from gateway.protocol.envelope import EnvelopeError, Reply, Request, parse_frame, parse_reply, seen_opr
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact, sign
@@ -109,7 +109,7 @@ def test_parse_reply_rejects_non_objects() -> None:
     with pytest.raises(EnvelopeError) as caught:
         parse_reply("[1]")
     assert caught.value.result is Result.MALFORMED
-    assert opr_in('{"oprNum": "q"}') == "q"
+    assert seen_opr('{"oprNum": "q"}') == "q"
 
 
 def test_frames_split_byte_by_byte() -> None:

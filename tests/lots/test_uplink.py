@@ -13,16 +13,22 @@ from attrs import define, field, frozen
 from nacl.signing import SigningKey
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
 
 from gateway import config
 from gateway.cloud.query import QueryClient
+from gateway.lots.http import client_gone
+from gateway.lots.passwords import PasswordChecker
 from gateway.lots.sessions import token_digest
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
+from tests.lots.test_passwords import HeldThreads
 from tests.protocol.samples import PNG_BASE64, RESPONSE_SAMPLES, SAMPLES
 from tests.test_logs import captured
 
@@ -536,6 +542,38 @@ def test_a_fault_inside_the_gateway_is_answered_9999(gw: Uplink) -> None:
     assert json.loads(body)["resultCode"] == "9999"
 
 
+def test_a_fault_answers_9999_with_its_opr_num_and_frees_it_for_the_retry(gw: Uplink) -> None:
+    """A request whose handling raises is answered 9999 naming its code and oprNum; the retry of
+    that oprNum is processed and stored, not left waiting on the faulted attempt forever."""
+    token = gw.login()
+    store = gw.handler._store
+
+    def broken(*args: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    gw.handler._store = broken  # type: ignore[method-assign]
+    with captured("lot.rejected") as events:
+        answer = gw.send("carIn", CAR_IN, token=token, opr="X-1")
+    assert (answer["resultCode"], answer["code"], answer["oprNum"]) == ("9999", "carIn", "X-1")
+    assert logged(events) == [("P001", "carIn", "9999")]
+    gw.handler._store = store  # type: ignore[method-assign]
+    assert gw.send("carIn", CAR_IN, token=token, opr="X-1")["resultCode"] == "0000"
+    assert [r.kind for r in gw.journal.records if r.opr == "X-1"] == ["uplink"]
+
+
+def test_six_9999_answers_do_not_make_the_seventh_attempt_9007(gw: Uplink) -> None:
+    """Attempts answered 9999 because the disk is low are not stored and never count towards 9007:
+    the seventh attempt, with the disk back, is stored; only its own repeats count from then on."""
+    token = gw.login()
+    gw.journal.broken = OSError(28, "No space left on device")
+    codes = [gw.send("carIn", CAR_IN, token=token, opr="D-1")["resultCode"] for _ in range(6)]
+    assert codes == ["9999"] * 6
+    gw.journal.broken = None
+    codes = [gw.send("carIn", CAR_IN, token=token, opr="D-1")["resultCode"] for _ in range(7)]
+    assert codes == ["0000"] * 6 + ["9007"]
+    assert [r.opr for r in gw.journal.records].count("D-1") == 1
+
+
 def test_login_is_signed_with_an_empty_token_even_when_the_envelope_carries_one(gw: Uplink) -> None:
     """A login is signed over data + "" + secret (the contract); a stale token in its envelope is ignored."""
     old = gw.login()
@@ -755,9 +793,81 @@ def test_answers_the_http_resource_gives_itself_name_the_peer(gw: Uplink) -> Non
     def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
-    gw.handler._store = broken  # type: ignore[method-assign]
+    gw.handler.handle = broken  # type: ignore[method-assign]
     with captured("lot.rejected") as events:
         gw.post(b"\xff\xfe", content_type="application/json; charset=utf-8")
         gw.post(urlencode({"param": json.dumps(gw.envelope("carIn", CAR_IN, token=token))}), "/uplink/carIn")
     assert logged(events) == [("", "", "9002"), ("", "carIn", "9999")]
     assert all(event["peer"] for event in events)
+
+
+# logins behind a bounded queue (CONTRACT §4)
+
+
+def queued_logins(gw: Uplink, max_pending: int = 1) -> HeldThreads:
+    """Make the handler's logins go through a real PasswordChecker (one thread, held by the test)."""
+    runner = HeldThreads()
+    checker = PasswordChecker(gw.clock, threads=1, max_pending=max_pending, run=runner)  # type: ignore[arg-type]
+    gw.handler._passwords = checker
+    return runner
+
+
+def login_text(gw: Uplink, password: str = PASSWORD) -> str:
+    return json.dumps(gw.envelope("login", {"parkUserName": "lot001", "parkUserPwd": password}))
+
+
+def test_a_login_past_the_queue_is_answered_9999_busy_at_once_and_reports_go_on() -> None:
+    """While one login is checked and max_pending wait, the next is answered 9999 "busy, retry" at
+    once; a report of a lot already logged in is answered 0000 at once all the while."""
+    gw = Uplink(lots=[lot_entry(), lot_entry(park_code="P002", username="lot002")])
+    token = gw.login("lot002")
+    runner = queued_logins(gw)
+    checked, waiting = gw.handler.handle(login_text(gw)), gw.handler.handle(login_text(gw))
+    with captured("lot.rejected") as events:
+        busy = json.loads(result_of(gw.handler.handle(login_text(gw))))
+    assert busy["resultCode"] == "9999" and "busy, retry" in busy["resultMessage"]
+    assert logged(events) == [("P001", "login", "9999")]
+    assert not fired(checked) and not fired(waiting) and len(runner.running) == 1
+    assert gw.send("carIn", CAR_IN, token=token)["resultCode"] == "0000"
+    assert gw.send("heartbeat", None, token=token)["resultCode"] == "0000"
+    runner.answer(0, True)
+    assert json.loads(result_of(checked))["resultCode"] == "0000"
+    assert len(runner.running) == 1
+
+
+def test_a_login_whose_client_left_is_dropped_unchecked_and_unlogged() -> None:
+    """A login waiting in the queue whose HTTP client has gone is dropped when its turn comes: its
+    password is never checked and no refusal is logged for it."""
+    gw = Uplink()
+    runner = queued_logins(gw, max_pending=4)
+    first = gw.handler.handle(login_text(gw))
+    left = gw.handler.handle(login_text(gw, "left"), gone=lambda: True)
+    with captured("lot.rejected") as events:
+        runner.answer(0, True)
+    assert json.loads(result_of(first))["resultCode"] == "0000"
+    assert json.loads(result_of(left))["resultCode"] == "9999"
+    assert runner.running == [] and events == []
+
+
+def test_an_http_client_is_gone_once_its_connection_is_lost() -> None:
+    """The resource tells the handler a request's client has gone when its connection is lost."""
+    request = Request(DummyChannel())
+    gone = client_gone(request)
+    assert not gone()
+    request.connectionLost(Failure(ConnectionDone()))
+    assert gone()
+
+
+def test_answers_to_unverified_requests_are_no_signing_oracle(gw: Uplink) -> None:
+    """For a lot whose signature is required, an unsigned heartbeat (allowed, as in B.4.8) and a
+    wrongly signed report are answered without the secret: a token alone gets no signature that
+    would bind the lot's downlink."""
+    token = gw.login()
+    heartbeat = gw.send("heartbeat", None, token=token, signature="")
+    assert heartbeat["resultCode"] == "0000"
+    assert heartbeat["signature"] != sign(compact(heartbeat["data"]), token, "s3cret")
+    refused = gw.send("carIn", CAR_IN, token=token, signature="BAD")
+    assert refused["resultCode"] == "9006"
+    assert refused["signature"] != sign(compact(refused["data"]), token, "s3cret")
+    signed = gw.send("heartbeat", None, token=token)
+    assert signed["signature"] == sign(compact(signed["data"]), token, "s3cret")

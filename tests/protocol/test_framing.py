@@ -17,6 +17,7 @@ from gateway.protocol.framing import (
     escape_json,
 )
 from gateway.protocol.signing import compact
+from tests.fuzz.ops import decoder_ops
 
 # Text UTF-8 can carry (no lone surrogates), weighted toward the characters framing escapes.
 special_text = st.text(
@@ -350,3 +351,29 @@ def test_large_frame_one_byte_at_a_time_is_linear() -> None:
         events.extend(decoder.feed(stream[i : i + 1].tobytes()))
         assert decoder._scan >= decoder.buffered_bytes - 1  # the search resumes where it stopped
     assert events == [payload]
+
+
+# Item 4: a stream of `$` (or any bytes) costs work linear in its length.
+
+
+@pytest.mark.parametrize("unit", [b"$", b"$$a", b"$$#a", b"#", b"*", b"$$a##*", b"$$" + b"x" * 40 + b"$"])
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+def test_decoding_is_linear_in_the_bytes_fed(unit: bytes, chunk: int | None) -> None:
+    """Four times the bytes take at most about four times the operations (a rescan per `$` took 16)."""
+
+    def ops(size: int) -> int:
+        data = unit * (size // len(unit))
+        chunks = [data] if chunk is None else [data[i : i + chunk] for i in range(0, len(data), chunk)]
+        return decoder_ops(chunks)[0]
+
+    small, large = ops(4096), ops(16384)
+    assert large <= 4.3 * small + 200
+    assert large <= 60 * 16384
+
+
+def test_a_run_of_dollars_is_crossed_in_one_step() -> None:
+    """A megabyte of `$` in one piece takes about one operation per byte and holds two bytes after."""
+    decoder = FrameDecoder(1 << 20)
+    ops, events = decoder_ops([b"$" * (1 << 20)])
+    assert events == [] and ops < 2 * (1 << 20)
+    assert decoder.feed(b"$" * 100_000 + b'{"a":1}##') == [b'{"a":1}']

@@ -43,3 +43,19 @@ def test_redacted_text_never_holds_the_password(value: object) -> None:
     """Whatever surrounds it, a password put in any object is gone after redaction."""
     holder = {"wrapper": value, "parkUserPwd": "s3cr3t-pw"}
     assert "s3cr3t-pw" not in json.dumps(redact(holder), ensure_ascii=False)
+
+
+def test_deep_nesting_is_walked_without_recursion() -> None:
+    """Lists nested 100,000 deep are walked without RecursionError; a secret at the bottom is hidden."""
+    deep: object = {"parkUserPwd": "p", "name": "n"}
+    for _ in range(100_000):
+        deep = [deep]
+    hidden = redact(deep)
+    for _ in range(100_000):
+        assert isinstance(hidden, list)
+        hidden = hidden[0]
+    assert hidden == {"parkUserPwd": REDACTED, "name": "n"}
+    plain: object = {"name": "n"}
+    for _ in range(100_000):
+        plain = [plain]
+    assert redact(plain) is plain

@@ -57,9 +57,7 @@ def test_absent_data_signs_the_empty_text() -> None:
     st.text(max_size=32),
     st.text(max_size=16),
 )
-def test_compact_signature_always_verifies(
-    data: dict[str, object], token: str, secret: str
-) -> None:
+def test_compact_signature_always_verifies(data: dict[str, object], token: str, secret: str) -> None:
     """What the gateway signs (compact data), any receiver checking the same way accepts."""
     text = compact(data)
     assert signature_matches(sign(text, token, secret), text, data, token, secret)

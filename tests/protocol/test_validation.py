@@ -96,10 +96,7 @@ def test_string_samples_normalise_to_the_samples() -> None:
     """A carOut written with every number as a string normalises to the typed sample."""
     sample = SAMPLES["carOut"]
     assert isinstance(sample, dict)
-    as_text = {
-        key: str(value) if isinstance(value, int | float) else value
-        for key, value in sample.items()
-    }
+    as_text = {key: str(value) if isinstance(value, int | float) else value for key, value in sample.items()}
     assert validate(CAR_OUT, as_text) == sample
 
 
@@ -468,9 +465,7 @@ def test_huge_numbers_are_refused_as_field_errors() -> None:
     """Numbers too long for Python to convert are refused as field errors, not crashes."""
     digits = "9" * 5000
     assert _error(PARK_ENV, {"totalNum": digits}).path == "data.totalNum"
-    assert _error(CAR_IN, _base_car_in(inCross=int(digits[:4000]) * 10**1500)).path == (
-        "data.inCross"
-    )
+    assert _error(CAR_IN, _base_car_in(inCross=int(digits[:4000]) * 10**1500)).path == ("data.inCross")
 
 
 # --- properties -------------------------------------------------------------
@@ -478,18 +473,15 @@ def test_huge_numbers_are_refused_as_field_errors() -> None:
 _JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 _JSON = st.recursive(
     _JSON_SCALARS,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 _CAR_OUT_NAMES = {field.name for field in CAR_OUT}
 
 
-@given(
-    st.dictionaries(
-        st.text(max_size=12).filter(lambda key: key not in _CAR_OUT_NAMES), _JSON, max_size=8
-    )
-)
+@given(st.dictionaries(st.text(max_size=12).filter(lambda key: key not in _CAR_OUT_NAMES), _JSON, max_size=8))
 def test_unknown_members_pass_untouched(extra: dict[str, object]) -> None:
     """Any members the catalog does not know come back as they were, in their order."""
     data = {"recordCode": "R1", "carNum": "京A12345", **extra}
@@ -530,9 +522,7 @@ _ANY_FIELD = [
 
 
 @given(st.sampled_from(_ANY_FIELD), _JSON, st.booleans())
-def test_any_value_anywhere(
-    target: tuple[str, str, Field], value: object, from_sample: bool
-) -> None:
+def test_any_value_anywhere(target: tuple[str, str, Field], value: object, from_sample: bool) -> None:
     """Any JSON value in any field of any interface is accepted or refused with a FieldError;
     validate raises nothing else."""
     code, direction, field = target

@@ -16,7 +16,8 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from zope.interface import implementer
 
-from gateway.client import LotCredentials, Response
+from gateway.lotclient.credentials import LotCredentials
+from gateway.protocol.envelope import Reply
 from gateway.simulator.lot import LotModel, SimulatedLot
 from gateway.simulator.stats import Stats
 from gateway.simulator.traffic import Layout, Traffic
@@ -26,9 +27,9 @@ START = 1795480200.0  # 2026-11-24 08:30:00 in Shanghai
 CREDENTIALS = LotCredentials("P001", "lot001", "lot-password", "s3cret")
 
 
-def response(code: str, opr: str = "", result: str = "0000", data: object = None) -> Response:
+def response(code: str, opr: str = "", result: str = "0000", data: object = None) -> Reply:
     """A response envelope as the gateway would answer."""
-    return Response(code, opr, result, "", "", {} if data is None else data, "")
+    return Reply(code, opr, result, "", "", {} if data is None else data, "")
 
 
 class FakeUplink:
@@ -47,19 +48,19 @@ class FakeUplink:
         self._count += 1
         return f"opr-{self._count}"
 
-    def login(self) -> Deferred[Response]:
+    def login(self) -> Deferred[Reply]:
         if self.down:
             return fail(ConnectionRefusedError())
         return succeed(response("login", data={"token": self.token, "parkCode": "P001"}))
 
-    def send(self, code: str, data: object, opr: str | None = None) -> Deferred[Response]:
+    def send(self, code: str, data: object, opr: str | None = None) -> Deferred[Reply]:
         opr = opr or self.new_opr()
         self.sent.append((self.clock.seconds(), code, data, opr))
         if self.down:
             return fail(ConnectionRefusedError())
         return succeed(response(code, opr, self.results.get(code, "0000")))
 
-    def heartbeat(self) -> Deferred[Response]:
+    def heartbeat(self) -> Deferred[Reply]:
         self.heartbeats += 1
         if self.down:
             return fail(ConnectionRefusedError())

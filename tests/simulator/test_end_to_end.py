@@ -28,8 +28,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from gateway import tap
-from gateway.client import LotCredentials
 from gateway.journal.reader import read_records
+from gateway.lotclient.credentials import LotCredentials
 from gateway.protocol.times import wire_time
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
@@ -79,6 +79,9 @@ downlink = "tcp:{ports["downlink"]}:interface=127.0.0.1"
 api = "tcp:{ports["api"]}:interface=127.0.0.1"
 [journal]
 path = "{tmp_path / "journal"}"
+[uplink]
+# All the lots connect from 127.0.0.1 at once: more than one address may have unbound.
+max_connections_per_peer = {lots + 64}
 [cloud]
 api_token = "{API_TOKEN}"
 {cloud}

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from gateway.client import LotCredentials
+from gateway.lotclient.credentials import LotCredentials
 from gateway.simulator.run import ProgressBar, Settings, Simulation
 from gateway.simulator.stats import LatencyHistogram, Summary
 from tests.lots.harness import PASSWORD, Uplink, lot_entry
@@ -112,12 +112,14 @@ def test_latency_percentiles() -> None:
 
 
 def test_progress_bar_redraws_one_line() -> None:
-    """The bar redraws its line in place and ends it with a newline."""
+    """The bar (tqdm) redraws its line in place, and ends it with a newline before a line without bar."""
     stream = io.StringIO()
     bar = ProgressBar(stream)
     bar.draw(0.5, "sent 10")
     bar.draw(None, "soak")
     bar.finish()
     text = stream.getvalue()
-    assert text.startswith("\r[" + "#" * 15 + "." * 15 + "]  50% sent 10")
+    half = text.index("\r" + "#" * 15 + " " * 15 + "  50% sent 10")
+    assert text.startswith("\r") and "\n" not in text[:half]
+    assert "\n" in text[half : text.index("\rsoak")]
     assert "\rsoak" in text and text.endswith("\n")

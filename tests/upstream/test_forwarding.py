@@ -21,13 +21,15 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from gateway import config
-from gateway.client import UplinkError, parse_response
-from gateway.cloud.forwarder import FORWARDED_RECORD, REJECTED_RECORD, Forwarder, Outcome, Split
+from gateway.cloud.forwarder import Forwarder
+from gateway.interfaces import Outcome, Split
+from gateway.journal.kinds import FORWARDED_RECORD, HELD_RECORD, REJECTED_RECORD
 from gateway.journal.record import Record, format_ts
+from gateway.lotclient.uplink import UplinkError, parse_response
 from gateway.protocol.results import Result
 from gateway.protocol.signing import compact
 from gateway.upstream.forwarding import QueryOutcome, UpstreamQueries, UpstreamSink, judge
-from gateway.upstream.session import HELD_RECORD, Exchange, UpstreamSession
+from gateway.upstream.session import Exchange, UpstreamSession
 from tests.journal.helpers import Harness
 from tests.lots.harness import fired, lot_entry, result_of
 from tests.protocol.samples import SAMPLES

@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from gateway.config import Config, parse
-from gateway.dialects.interface import LotReply, NotConnected
+from gateway.interfaces import LotReply, NotConnected
 from gateway.protocol.framing import FrameDecoder, encode_json_frame
 from gateway.upstream.lots import UpstreamLots
 from tests.lots.harness import HASH

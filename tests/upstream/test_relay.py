@@ -11,13 +11,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
-from gateway.client import Backoff, DownlinkClient, DownlinkReply, LotCredentials
 from gateway.dialects.interface import Unsupported
-from gateway.lots.downlink import DeadlinePassed, LotReply, NotConnected, ack_frame
-from gateway.protocol.envelope import Request
+from gateway.interfaces import DeadlinePassed, LotReply, NotConnected
+from gateway.journal.kinds import UPSTREAM_ACK_RECORD, UPSTREAM_REPLY_RECORD
+from gateway.lotclient.credentials import LotCredentials
+from gateway.lotclient.downlink import Backoff, DownlinkClient, DownlinkReply
+from gateway.protocol.envelope import Request, ack_frame
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
-from gateway.upstream.relay import UPSTREAM_ACK_RECORD, UPSTREAM_REPLY_RECORD, Relay
+from gateway.upstream.relay import Relay
 from tests.journal.helpers import logs_of
 from tests.simulator.helpers import PumpEndpoint
 

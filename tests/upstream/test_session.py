@@ -31,19 +31,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request as WebRequest
 
 from gateway import config
-from gateway.client import FORM_TYPE
+from gateway.journal.kinds import HELD_RECORD
+from gateway.lotclient.uplink import FORM_TYPE
 from gateway.lots.uplink import Queries
 from gateway.protocol.envelope import parse_request
 from gateway.protocol.signing import compact, sign
 from gateway.protocol.times import utc_rfc3339
-from gateway.upstream.session import (
-    HELD_RECORD,
-    Exchange,
-    LoginRefused,
-    RepeatLimit,
-    UpstreamAccount,
-    UpstreamSession,
-)
+from gateway.upstream.session import Exchange, LoginRefused, RepeatLimit, UpstreamAccount, UpstreamSession
 from tests.lots.harness import PASSWORD, ZONE, MemoryJournal, Uplink, fired, lot_entry, result_of
 from tests.protocol.samples import SAMPLES
 from tests.test_logs import captured

@@ -1,8 +1,10 @@
 from twisted.application.service import ServiceMaker
 
+from gateway import __version__
+
 cpmiGateway = ServiceMaker(
     "cpmi-gateway",
     "gateway.tap",
-    "A T/CPMI 002-2018 parking-lot gateway with a durable replay journal.",
+    f"A T/CPMI 002-2018 parking-lot gateway with a durable replay journal (cpmi-gateway {__version__}).",
     "cpmi-gateway",
 )

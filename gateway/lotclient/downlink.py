@@ -1,33 +1,19 @@
-"""A lot system's side of T/CPMI 002-2018: the HTTP uplink and the TCP downlink, reusable.
+"""A lot's TCP downlink (B.3): the connection to the gateway, kept up.
 
-`UplinkClient` logs in (B.4.1), signs each request over its compact `data` with
-the token and the lot's secret (B.3.7), gives every request its own oprNum and
-lets a caller keep one oprNum across the retries of one message (B.2.3.6). On
-`9000` it logs in again and sends the same request once more.
-
-`DownlinkClient` keeps a lot's TCP connection to the gateway (B.3): it binds by
-`heartbeat` with the uplink's token (or by `login`), sends heartbeats, answers
-every ACK with a REPLY signed with the ACK's token, and reconnects with
-exponential backoff when the connection fails or is lost (or, with `read_idle`,
-when the server has said nothing for that long). What a lot replies is not
-decided here: the `answer` function passed in returns a `DownlinkReply`.
-
-The HTTP client, the clock and the TCP endpoint are passed in, so the same
-classes run a simulator on a real reactor, a test on `Clock`/`StubTreq`/iosim,
-and a conformance kit against any gateway.
+`DownlinkClient` binds by `heartbeat` with the uplink's token (or by `login`),
+sends heartbeats, answers every ACK with a REPLY signed with the ACK's token,
+and reconnects with exponential backoff when the connection fails or is lost
+(or, with `read_idle`, when the server has said nothing for that long). What a
+lot replies is not decided here: the `answer` function passed in returns a
+`DownlinkReply`. Frames are read with `gateway.protocol.envelope.parse_frame`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
-from urllib.parse import urlencode
+from typing import Any
 
-import treq
 from attrs import Factory, define, frozen
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamClientEndpoint
@@ -37,309 +23,35 @@ from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http_headers import Headers
 
-from gateway.protocol.envelope import EnvelopeError, Request, parse_request
+from gateway.lotclient.credentials import LotCredentials
+from gateway.protocol.envelope import (
+    EnvelopeError,
+    Reply,
+    Request,
+    as_text,
+    new_opr_prefix,
+    parse_frame,
+    request_text,
+    response_text,
+)
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
 from gateway.protocol.results import Result
-from gateway.protocol.signing import compact, sign, signature_matches
+from gateway.protocol.signing import signature_matches
 
 __all__ = [
     "AnswerFunction",
     "Backoff",
-    "CredentialsError",
     "DownlinkClient",
     "DownlinkCounters",
     "DownlinkReply",
-    "HTTPRequester",
-    "LotCredentials",
     "LotDownlinkProtocol",
-    "Response",
-    "UplinkClient",
-    "UplinkError",
-    "envelope_text",
-    "parse_response",
-    "post_param",
-    "read_credentials",
-    "reply_text",
-    "request_text",
 ]
 
 log = Logger()
 
-FORM_TYPE = "application/x-www-form-urlencoded"
 OK = Result.OK.code
 TOKEN_INVALID = Result.TOKEN_INVALID.code
-
-
-# --- credentials -----------------------------------------------------------
-
-
-class CredentialsError(ValueError):
-    """The credentials file cannot be used; the message names the line."""
-
-
-@frozen
-class LotCredentials:
-    """One lot's account at the gateway: its park, user name, password and key-pool secret."""
-
-    park_code: str
-    username: str
-    password: str
-    secret: str = ""
-
-
-def read_credentials(path: str) -> list[LotCredentials]:
-    """The lots of a CSV file of `park_code,username,password[,secret]`, in file order.
-
-    A first row naming `park_code` is a header and skipped, as are blank lines
-    and lines starting with `#`. Raises CredentialsError (or OSError) otherwise.
-    """
-    lots: list[LotCredentials] = []
-    with open(path, newline="", encoding="utf-8-sig") as stream:
-        for number, row in enumerate(csv.reader(stream), start=1):
-            cells = [cell.strip() for cell in row]
-            if not cells or not any(cells) or cells[0].startswith("#"):
-                continue
-            if not lots and cells[0].lower() == "park_code":
-                continue
-            if len(cells) not in (3, 4) or not all(cells[:3]):
-                raise CredentialsError(
-                    f"{path}:{number}: expected park_code,username,password[,secret], got {len(cells)} cells"
-                )
-            lots.append(LotCredentials(*cells))
-    if not lots:
-        raise CredentialsError(f"{path}: no lots")
-    return lots
-
-
-# --- envelopes --------------------------------------------------------------
-
-
-class UplinkError(Exception):
-    """An exchange that failed below the protocol: not HTTP 200, not a response envelope."""
-
-
-@frozen
-class Response:
-    """A response envelope (B.3) from the gateway, with the text it came in."""
-
-    code: str
-    opr: str
-    result_code: str
-    result_message: str
-    signature: str
-    data: object
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        """Whether the result code is 0000."""
-        return self.result_code == OK
-
-    def signed_by(self, token: str, secret: str) -> bool:
-        """Whether `signature` signs `data` with `token` and `secret` (B.3.7)."""
-        return signature_matches(self.signature, compact(self.data), self.data, token, secret)
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
-
-
-def _response(message: dict[str, Any], text: str) -> Response:
-    return Response(
-        code=_text(message.get("code")),
-        opr=_text(message.get("oprNum")),
-        result_code=_text(message.get("resultCode")),
-        result_message=_text(message.get("resultMessage")),
-        signature=_text(message.get("signature")),
-        data=message.get("data"),
-        text=text,
-    )
-
-
-def parse_response(text: str) -> Response:
-    """A response envelope, or UplinkError saying why the text is none."""
-    try:
-        message = json.loads(text)
-    except ValueError as error:
-        raise UplinkError(f"the answer is not JSON: {error}") from None
-    if not isinstance(message, dict) or "resultCode" not in message:
-        raise UplinkError(f"the answer is not a response envelope: {text[:100]!r}")
-    return _response(message, text)
-
-
-def envelope_text(code: str, opr: str, token: str, secret: str, data_text: str) -> str:
-    """A request envelope (B.2) carrying `data_text` as written, signed over it (B.3.7)."""
-    return '{"token":%s,"code":%s,"oprNum":%s,"signature":"%s","data":%s}' % (
-        compact(token),
-        compact(code),
-        compact(opr),
-        sign(data_text, token, secret),
-        data_text,
-    )
-
-
-def request_text(code: str, opr: str, token: str, secret: str, data: object) -> str:
-    """A request envelope (B.2) as JSON text, signed over the compact `data` it carries."""
-    return envelope_text(code, opr, token, secret, compact(data))
-
-
-def reply_text(code: str, opr: str, token: str, secret: str, reply: DownlinkReply) -> str:
-    """A REPLY (a response envelope, B.3) to the ACK `opr`, signed over its compact `data`."""
-    data_text = compact(reply.data)
-    return '{"code":%s,"oprNum":%s,"resultCode":%s,"resultMessage":%s,"signature":"%s","data":%s}' % (
-        compact(code),
-        compact(opr),
-        compact(reply.result_code),
-        compact(reply.result_message),
-        sign(data_text, token, secret),
-        data_text,
-    )
-
-
-# --- the HTTP uplink --------------------------------------------------------
-
-
-class HTTPRequester(Protocol):
-    """The part of `treq.client.HTTPClient` (or `treq.testing.StubTreq`) the uplink uses."""
-
-    def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
-        """Send a request; fires with its `IResponse` once the headers are in."""
-
-
-def post_param(http: HTTPRequester, url: str, text: str) -> Deferred[Any]:
-    """POST `text` to `url` as the `param` of a form (B.2); fires with the response, headers in."""
-    body = urlencode({"param": text}).encode("ascii")
-    return http.request("POST", url, headers=Headers({"Content-Type": [FORM_TYPE]}), data=body)
-
-
-def _new_prefix() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-class UplinkClient:
-    """One lot's HTTP uplink: login, signed requests, re-login on 9000.
-
-    `url` is where requests are POSTed as `param={JSON}` (the gateway's `/uplink`).
-    `send` fails with UplinkError, a network error or a TimeoutError (after
-    `timeout` seconds on `clock`) when no response envelope came back.
-    """
-
-    def __init__(
-        self,
-        *,
-        http: HTTPRequester,
-        url: str,
-        credentials: LotCredentials,
-        clock: IReactorTime,
-        timeout: float = 30.0,
-        relogin: bool = True,
-        opr_prefix: str | None = None,
-    ) -> None:
-        self.url = url
-        self.credentials = credentials
-        self.token = ""
-        self.park_code = credentials.park_code
-        self.logins = 0
-        self._http = http
-        self._clock = clock
-        self._timeout = timeout
-        self._relogin = relogin
-        self._prefix = opr_prefix if opr_prefix is not None else _new_prefix()
-        self._count = 0
-        self._login_waiters: list[Deferred[Response]] | None = None
-
-    def new_opr(self) -> str:
-        """A new oprNum, unique to this client (a random prefix and a counter, at most 36 characters)."""
-        self._count += 1
-        return f"{self._prefix}-{self._count}"
-
-    def post(self, code: str, data: object, *, token: str, opr: str) -> Deferred[Response]:
-        """POST one request envelope as it is: no login, no retry."""
-        return self.post_text(request_text(code, opr, token, self.credentials.secret, data))
-
-    def post_text(self, text: str) -> Deferred[Response]:
-        """POST `text` as the `param` of a form, whatever it holds (a conformance kit sends broken ones)."""
-        sent = post_param(self._http, self.url, text)
-        sent.addCallback(self._read)
-        sent.addTimeout(self._timeout, self._clock)
-        return sent
-
-    def _read(self, response: Any) -> Deferred[Response]:
-        status = int(response.code)
-
-        def parsed(body: bytes) -> Response:
-            if status != 200:
-                raise UplinkError(f"HTTP {status}: {body[:100]!r}")
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise UplinkError("the answer is not UTF-8") from None
-            return parse_response(text)
-
-        content: Deferred[bytes] = treq.content(response)
-        return content.addCallback(parsed)
-
-    def login(self) -> Deferred[Response]:
-        """Log in (one login at a time: callers during one get its answer); keeps the token on 0000."""
-        if self._login_waiters is not None:
-            waiter: Deferred[Response] = Deferred()
-            self._login_waiters.append(waiter)
-            return waiter
-        self._login_waiters = []
-        data = {"parkUserName": self.credentials.username, "parkUserPwd": self.credentials.password}
-        answered = self.post("login", data, token="", opr=self.new_opr())
-
-        def logged_in(response: Response) -> Response:
-            if response.ok and isinstance(response.data, dict):
-                self.token = _text(response.data.get("token"))
-                self.park_code = _text(response.data.get("parkCode")) or self.park_code
-                self.logins += 1
-            return response
-
-        def notify(result: Response | Failure) -> Response | Failure:
-            waiters, self._login_waiters = self._login_waiters or [], None
-            for waiter in waiters:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-            return result
-
-        return answered.addCallback(logged_in).addBoth(notify)
-
-    def send(self, code: str, data: object, opr: str | None = None) -> Deferred[Response]:
-        """Send `data` as `code` with `opr` (a new oprNum if None), logging in first if need be.
-
-        A `9000` answer (token replaced or expired) is followed by a login and the
-        same request, same oprNum, once more. A refused login's answer is returned.
-        """
-        return Deferred.fromCoroutine(self._send(code, data, opr or self.new_opr()))
-
-    async def _send(self, code: str, data: object, opr: str) -> Response:
-        if not self.token and self._relogin:
-            login = await self.login()
-            if not login.ok:
-                return login
-        token = self.token
-        response = await self.post(code, data, token=token, opr=opr)
-        if response.result_code == TOKEN_INVALID and self._relogin:
-            if self.token == token:
-                login = await self.login()
-                if not login.ok:
-                    return login
-            response = await self.post(code, data, token=self.token, opr=opr)
-        return response
-
-    def heartbeat(self) -> Deferred[Response]:
-        """An HTTP heartbeat (B.4.8): its answer carries the gateway's time."""
-        return self.send("heartbeat", {})
-
-
-# --- the TCP downlink -------------------------------------------------------
 
 
 @frozen
@@ -517,7 +229,7 @@ class DownlinkClient:
         self._rng = rng
         self._on_token_invalid = on_token_invalid
         self._max_frame_bytes = max_frame_bytes
-        self._prefix = opr_prefix if opr_prefix is not None else _new_prefix()
+        self._prefix = opr_prefix if opr_prefix is not None else new_opr_prefix()
         self._on_frame = on_frame
         self._read_idle = read_idle
         self._count = 0
@@ -701,25 +413,16 @@ class DownlinkClient:
         if self._on_frame is not None:
             self._on_frame(payload)
         try:
-            text = payload.decode("utf-8")
-            message = json.loads(text)
-        except ValueError:  # UnicodeDecodeError too
-            self.counters.bad_frames += 1
-            return
-        if not isinstance(message, dict):
-            self.counters.bad_frames += 1
-            return
-        if "resultCode" in message:
-            self._answered(protocol, _response(message, text))
-            return
-        try:
-            request = parse_request(text)
+            message = parse_frame(payload)
         except EnvelopeError:
             self.counters.bad_frames += 1
             return
-        self._acked(protocol, request)
+        if isinstance(message, Reply):
+            self._answered(protocol, message)
+            return
+        self._acked(protocol, message)
 
-    def _answered(self, protocol: LotDownlinkProtocol, response: Response) -> None:
+    def _answered(self, protocol: LotDownlinkProtocol, response: Reply) -> None:
         if response.opr and response.opr == self._bind_opr:
             self._bind_opr = ""
             if self._bind_timer is not None and self._bind_timer.active():
@@ -727,7 +430,7 @@ class DownlinkClient:
             self._bind_timer = None
             if response.ok:
                 if self._bind_by == "login" and isinstance(response.data, dict):
-                    self.token = _text(response.data.get("token"))
+                    self.token = as_text(response.data.get("token"))
                 self._bound_now()
             else:
                 self.counters.bind_failures += 1
@@ -797,7 +500,15 @@ class DownlinkClient:
                 self.counters.heartbeat_replies += 1
             else:
                 self.counters.replies += 1
-            text = reply_text(request.code, request.opr, request.token, secret, answer)
+            text = response_text(
+                request.code,
+                request.opr,
+                answer.result_code,
+                answer.result_message,
+                answer.data,
+                request.token,
+                secret,
+            )
             protocol.send(encode_json_frame(text))
 
         reply.addErrback(failed).addCallback(send)

@@ -1,3 +1,0 @@
-from acme_dialect import acme
-
-__all__ = ["acme"]
