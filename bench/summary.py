@@ -1,4 +1,4 @@
-"""The table of issue 10's targets against the figures in bench/results/ (not collected by pytest).
+"""The table of issues 10 and 19's targets against the figures in bench/results/ (not collected by pytest).
 
 Usage: python -m bench.summary [--markdown]
 
@@ -98,6 +98,42 @@ TARGETS = (
             f"({r['mib']} MiB)"
         ),
         lambda r: bool(max(r["process_killed_s"], r["process_stopped_s"]) <= 5 and r["mib"] >= 1024),
+    ),
+    Target(
+        "honest lot's uplink p99 under 4 attacks at once (issue 19), vs quiet",
+        "hostile",
+        "<= 3 x quiet",
+        lambda r: (
+            f"{r['p99_ratio']:.2f} x (p99 {r['quiet']['p99_ms']:.1f} -> {r['attacked']['p99_ms']:.1f} ms, "
+            f"p50 {r['quiet']['p50_ms']:.1f} -> {r['attacked']['p50_ms']:.1f} ms), "
+            f"{sum(r['connections'].values()):,} attack connections"
+        ),
+        lambda r: bool(r["p99_ratio"] <= 3),
+    ),
+    Target(
+        "gateway RSS under those attacks",
+        "hostile",
+        "<= +64 MiB",
+        lambda r: (
+            f"{r['rss_growth_mib']:+.0f} MiB at the peak ({r['argon2_peak_mib']:.0f} of it Argon2id's "
+            f"working memory, the rest {r['rss_growth_outside_argon2_mib']:+.0f}), "
+            f"{r['rss_retained_mib']:+.0f} MiB after"
+        ),
+        lambda r: bool(r["rss_growth_mib"] <= 64),
+    ),
+    Target(
+        "file descriptors under those attacks",
+        "hostile",
+        "no exhaustion",
+        lambda r: (
+            f"peak {r['fds_peak']:,} of {r['fds_limit']:,}; honest lot failed to connect "
+            f"{r['honest_connect_failures']} times; EMFILE {r['emfile_log_lines']}"
+        ),
+        lambda r: bool(
+            r["fds_peak"] < r["fds_limit"]
+            and r["honest_connect_failures"] == 0
+            and r["emfile_log_lines"] == 0
+        ),
     ),
 )
 

@@ -32,3 +32,28 @@ def test_a_result_without_the_figure_says_which_is_missing(tmp_path: Path) -> No
     write(tmp_path, "startup", {"mib": 1024})
     row = {row[0]: row for row in rows(tmp_path)}["start-up to ready, 1 GiB journal"]
     assert "process_killed_s" in row[1] and row[3] == "-"
+
+
+def test_the_hostile_targets_read_the_ratio_the_rss_and_the_fds(tmp_path: Path) -> None:
+    """bench.hostile's three rows: a p99 ratio over 3 is not met, RSS and fds within bounds are."""
+    write(
+        tmp_path,
+        "hostile",
+        {
+            "p99_ratio": 3.4,
+            "quiet": {"p50_ms": 2.0, "p99_ms": 10.0},
+            "attacked": {"p50_ms": 4.0, "p99_ms": 34.0},
+            "connections": {"slowloris": 800, "dollar": 8, "junk": 12, "flood": 180},
+            "rss_growth_mib": 40.0,
+            "argon2_peak_mib": 0.0,
+            "rss_growth_outside_argon2_mib": 40.0,
+            "rss_retained_mib": 3.0,
+            "fds_peak": 1020,
+            "fds_limit": 20000,
+            "honest_connect_failures": 0,
+            "emfile_log_lines": 0,
+        },
+    )
+    hostile = [row for row in rows(tmp_path) if "attack" in row[0]]
+    assert [row[3] for row in hostile] == ["NO", "yes", "yes"]
+    assert "3.40 x" in hostile[0][1] and "1,000 attack connections" in hostile[0][1]
