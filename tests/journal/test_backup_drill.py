@@ -25,9 +25,9 @@ from gateway.journal.kinds import RESTORE_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.segments import list_segments
 from gateway.keys import load_or_create_signing_key, public_key_b64
+from tests.test_cloud_end_to_end import write_config as cloud_config
 from tests.test_end_to_end import (
     CAR_IN,
-    HASH,
     PASSWORD,
     ROOT,
     envelope,
@@ -90,31 +90,9 @@ class DedupingCloud:
 
 
 def write_config(tmp_path: Path, port: int, cloud_url: str) -> Path:
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"""
-[gateway]
-id = "gw-drill"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{port}:interface=127.0.0.1"
-downlink = "tcp:0"
-api = "tcp:0:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
-[cloud]
-url = "{cloud_url}"
-batch_max_delay = 0.02
-retry_min_delay = 0.1
-retry_max_delay = 0.3
-[[lot]]
-park_code = "P001"
-username = "lot001"
-password = "{HASH}"
-secret = "k"
-"""
-    )
-    return config
+    """The cloud end-to-end tests' config, as gw-drill, retrying the cloud quickly."""
+    cloud = f'url = "{cloud_url}"\nbatch_max_delay = 0.02\nretry_min_delay = 0.1\nretry_max_delay = 0.3'
+    return cloud_config(tmp_path, "gw-drill", port, cloud)
 
 
 def wait_until(condition: Callable[[], bool], deadline: float = 30.0) -> None:
