@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,27 @@ def py_spy(pid: int, path: str, seconds: float, rate: int = 400) -> subprocess.P
     command = ["py-spy", "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
     command += ["--rate", str(rate), "--format", "raw", "--output", path, "--nonblocking"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+
+
+def run_child(reactor: Any, start: Callable[[], object], stop: Callable[..., None], seconds: float) -> None:
+    """Run a load-generating child process's reactor until SIGTERM/SIGINT, `seconds` (0: no limit),
+    or its parent's death, calling `stop` (which must stop the reactor and tolerate a second call).
+
+    A benchmark killed in the middle must not leave its fleet or attackers behind,
+    so the child checks every second that the process that started it is still there.
+    """
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        if os.getppid() != parent:
+            stop()
+        else:
+            reactor.callLater(1.0, orphaned)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    reactor.callWhenRunning(start)
+    reactor.callWhenRunning(orphaned)
+    if seconds > 0:
+        reactor.callLater(seconds, stop)
+    reactor.run(installSignalHandlers=False)

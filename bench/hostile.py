@@ -49,7 +49,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -75,6 +74,7 @@ from bench.harness import (
     free_port,
     gateway,
     py_spy,
+    run_child,
     thread_cpu_seconds,
     wait_for,
     write_result,
@@ -418,7 +418,6 @@ def run_attack(argv: list[str]) -> None:
     from twisted.internet import reactor
 
     attack = Attack(reactor, args)
-    parent = os.getppid()
 
     def stop(*_: object) -> None:
         if attack.stopping:
@@ -427,19 +426,7 @@ def run_attack(argv: list[str]) -> None:
         sys.stdout.flush()
         reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
 
-    def orphaned() -> None:
-        # A benchmark killed in the middle must not leave its attackers behind.
-        if os.getppid() != parent:
-            stop()
-        else:
-            reactor.callLater(1.0, orphaned)  # type: ignore[attr-defined]
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    reactor.callWhenRunning(attack.start)  # type: ignore[attr-defined]
-    reactor.callWhenRunning(orphaned)  # type: ignore[attr-defined]
-    reactor.callLater(args.seconds, stop)  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    run_child(reactor, attack.start, stop, args.seconds)
 
 
 @contextmanager

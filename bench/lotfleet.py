@@ -42,7 +42,7 @@ from twisted.internet.interfaces import IAddress, IConnector
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from bench.harness import BENCH_PASSWORD, CHEAP_HASH, ENV, metric
+from bench.harness import BENCH_PASSWORD, CHEAP_HASH, ENV, metric, run_child
 from gateway.heap import SETTLE_AFTER
 from gateway.protocol.envelope import response_text, signed_request_text
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
@@ -344,24 +344,9 @@ def run_lots(args: argparse.Namespace) -> None:
         emit(fleet.report("done"))
         reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]
 
-    parent = os.getppid()
-
-    def orphaned() -> None:
-        # A benchmark killed in the middle must not leave thousands of lots behind.
-        if os.getppid() != parent:
-            stop()
-        else:
-            reactor.callLater(1.0, orphaned)  # type: ignore[attr-defined]
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    reactor.callWhenRunning(fleet.start)  # type: ignore[attr-defined]
-    reactor.callWhenRunning(orphaned)  # type: ignore[attr-defined]
     if args.report > 0:
         reactor.callLater(args.report, status)  # type: ignore[attr-defined]
-    if args.seconds > 0:
-        reactor.callLater(args.seconds, stop)  # type: ignore[attr-defined]
-    reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    run_child(reactor, fleet.start, stop, args.seconds)
 
 
 # --- several processes ------------------------------------------------------------
