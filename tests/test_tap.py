@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from treq.testing import StubTreq
@@ -49,11 +49,16 @@ class MemoryReactor(MemoryReactorClock):
     def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.from_threads.put((f, args, kwargs))
 
+    # Every pool made, so that tests/conftest.py stops what a test left running: a pool's
+    # threads are not daemons, and one left running keeps pytest from exiting at the end.
+    started: ClassVar[list[ThreadPool]] = []
+
     def getThreadPool(self) -> ThreadPool:
         """A real pool, whose results come back through callFromThread (see `wait_for`)."""
         if self.pool is None:
             self.pool = ThreadPool(minthreads=1, maxthreads=1, name="test-reactor")
             self.pool.start()
+            MemoryReactor.started.append(self.pool)
         return self.pool
 
     def stop_pool(self) -> None:
