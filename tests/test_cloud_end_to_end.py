@@ -62,16 +62,28 @@ class Receiver:
         self.public_key = public_key
         self.ids: list[str] = []
         self.process: subprocess.Popen[str] | None = None
+        self.started = False
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "docs" / "receiver.py"), self.url, self.public_key],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        wait_for_port(self.port, self.process)  # type: ignore[arg-type]
+        """Start the receiver on its port; the first start moves to another free port if the
+        one picked was taken meanwhile (another process may bind it between the pick and here)."""
+        for attempt in range(5):
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "docs" / "receiver.py"), self.url, self.public_key],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,  # a line per request: a pipe nobody reads would fill
+                text=True,
+            )
+            try:
+                wait_for_port(self.port, self.process)  # type: ignore[arg-type]
+            except AssertionError:
+                if self.started or attempt == 4 or self.process.poll() is None:
+                    raise
+                self.port = free_port()
+                continue
+            threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+            self.started = True
+            return
 
     @property
     def url(self) -> str:
@@ -100,6 +112,7 @@ def test_uplinks_reach_a_real_receiver_through_an_outage_and_a_restart(tmp_path:
     """Uplinks arrive signed; an outage loses nothing and keeps order; a restart re-sends nothing."""
     key, _ = load_or_create_signing_key(str(tmp_path / "gateway.key"))
     receiver = Receiver(free_port(), public_key_b64(key))
+    receiver.start()  # before the config is written: its url holds the port it got
     port = free_port()
     config = write_config(
         tmp_path,
@@ -110,7 +123,6 @@ batch_max_delay = 0.05
 retry_min_delay = 0.1
 retry_max_delay = 0.5''',
     )
-    receiver.start()
     gateway = start_twistd(tmp_path, str(config))
     try:
         wait_for_port(port, gateway)
