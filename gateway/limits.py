@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
@@ -196,7 +197,7 @@ class ConnectionGuard:
         self.open = 0
         self.by_peer: dict[str, int] = {}
         self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
-        self._clock = clock
+        self.clock = clock
         self._unlogged: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         self._logged_at: dict[str, float] = {}
 
@@ -249,7 +250,7 @@ class ConnectionGuard:
         """Count one refusal of `kind` (from `peer`); log them at most once a `REFUSAL_LOG_INTERVAL`."""
         self.refused[kind] += 1
         self._unlogged[kind] += 1
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         last = self._logged_at.get(kind)
         if last is not None and now - last < REFUSAL_LOG_INTERVAL:
             return
@@ -279,6 +280,7 @@ class _GuardedProtocol(ProtocolWrapper):
     """The host its per-peer count is held under ("" when none is), None once released."""
     _settled = False
     _over_cap = False
+    _check: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._settled:
@@ -286,14 +288,28 @@ class _GuardedProtocol(ProtocolWrapper):
             return
         if self.host == "" and not self._place():
             return
-        inner = self.wrappedProtocol
-        inner.dataReceived(data)
-        if getattr(inner, "bound_at", None) is not None:
-            # Its lot has bound: the per-peer cap is for connections that have not.
-            self._settled = True
-            if self.host:
-                self.factory.guard.settle(self.host)
-                self.host = ""
+        self.wrappedProtocol.dataReceived(data)
+        self._settle_if_bound()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if not self._settled and self._check is None:
+            # A login binds after its password check, in a thread, answering just before it
+            # binds: look again once that has run, not only when the lot next sends.
+            self._check = self.factory.guard.clock.callLater(0, self._checked)
+
+    def _checked(self) -> None:
+        self._check = None
+        self._settle_if_bound()
+
+    def _settle_if_bound(self) -> None:
+        if self._settled or getattr(self.wrappedProtocol, "bound_at", None) is None:
+            return
+        # Its lot has bound: the per-peer cap is for connections that have not.
+        self._settled = True
+        if self.host:
+            self.factory.guard.settle(self.host)
+            self.host = ""
 
     def peer_known(self) -> None:
         """The PROXY header has named the peer (`ProxyHeaderFactory`): count the connection there now."""
@@ -323,6 +339,9 @@ class _GuardedProtocol(ProtocolWrapper):
         return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         self.factory.guard.release(self.host)
         self.host = None
         super().connectionLost(reason)

@@ -19,7 +19,7 @@ import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols.policies import ProtocolWrapper
@@ -286,3 +286,42 @@ def test_a_haproxy_listener_wraps_its_factory_in_the_bounded_proxy_wrapper() -> 
         assert reactor.tcpServers[-1][1] is factory
     finally:
         plain.stopService()
+
+
+class LateBinding(Protocol):
+    """A lot side that binds as the downlink does after a password check: later, answering just before."""
+
+    bound_at: float | None = None
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def dataReceived(self, data: bytes) -> None:
+        self.clock.callLater(0.06, self.logged_in)
+
+    def logged_in(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"$$reply##")
+        self.bound_at = self.clock.seconds()
+
+
+def test_a_lot_that_binds_after_its_password_check_no_longer_counts_against_its_address() -> None:
+    """Bound once its answer is written, without sending more: its address's share is free again."""
+    clock = Clock()
+    guard = ConnectionGuard("downlink", clock=clock, max_per_peer=1, max_total=10, proxied=True)
+    lot_side = Factory()
+    lot_side.buildProtocol = lambda addr: LateBinding(clock)  # type: ignore[method-assign]
+    factory = ProxyHeaderFactory(GuardedFactory(lot_side, guard))
+    first = Proxied(factory)
+    first.send(header_v2() + b"$$login##")
+    assert guard.by_peer == {LOT: 1}
+    clock.advance(0.06)
+    assert first.transport.value() == b"$$reply##"
+    clock.advance(0)
+    assert guard.by_peer == {} and guard.open == 1
+    second = Proxied(factory)
+    second.send(header_v2(port=40001))
+    assert not second.closed and guard.by_peer == {LOT: 1}
+    for connection in (first, second):
+        connection.lose()
+    assert guard.open == 0 and guard.by_peer == {} and not clock.getDelayedCalls()
