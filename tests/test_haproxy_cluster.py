@@ -4,9 +4,10 @@ Debian's `haproxy` is installed with apt-get when missing (as the status
 page's test does with Chromium); the test is skipped, saying why, only when
 that is impossible. The shipped configuration is rendered with free ports
 (and a stats socket for the test to read the servers' states) and run as it
-is. 25 lots, each from its own loopback address (127.0.0.x), hold a downlink
-and post uplinks through it. Without NATS a lot that moves to another gateway
-logs in again there; its token following it comes with the NATS buckets.
+is otherwise (`bench.cluster.render_haproxy`). 25 lots, each from its own
+loopback address (127.0.0.x), hold a downlink and post uplinks through it.
+Without NATS a lot that moves to another gateway logs in again there; its
+token following it comes with the NATS buckets.
 
 Every process started here is killed in teardown, and none writes to
 pytest's output: twistd and haproxy write to files under the test's directory.
@@ -19,7 +20,6 @@ import http.client
 import io
 import json
 import os
-import re
 import select
 import shutil
 import socket
@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.cluster import render_haproxy
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
@@ -194,24 +195,6 @@ def username(n: int) -> str:
     return f"lot{n + 1:03d}"
 
 
-def render(shipped: str, ports: dict[int, int], stats: Path) -> str:
-    """deploy/haproxy.cfg with the test's ports for the shipped ones, on loopback, and a stats socket.
-
-    Comments go, and the user and group lines: the test's haproxy runs as whoever runs the tests,
-    whose descriptors may not allow the shipped maxconn (two per connection): it takes 2,000.
-    """
-    text = re.sub(r"^\s*(#|user |group ).*\n", "", shipped, flags=re.MULTILINE)
-    text = re.sub(r"maxconn \d+", "maxconn 2000", text)
-    prefixes = {"bind :": "bind 127.0.0.1:", "127.0.0.1:": "127.0.0.1:", "port ": "port "}
-    text = re.sub(
-        r"(bind :|127\.0\.0\.1:|port )(\d+)",
-        lambda m: f"{prefixes[m.group(1)]}{ports.get(int(m.group(2)), 0)}",
-        text,
-    )
-    assert " 0\n" not in text and ":0 " not in text, "a port of the shipped file is not mapped"
-    return text.replace("global\n", f"global\n    stats socket {stats} mode 600 level admin\n", 1)
-
-
 @dataclass
 class Cluster:
     haproxy: subprocess.Popen[bytes]
@@ -261,13 +244,12 @@ def cluster(haproxy: str, tmp_path: Path) -> Iterator[Cluster]:
     """Two gateways (log-only sink) behind haproxy on the shipped configuration, all up and checked."""
     gateways = [Gateway("gw-1", tmp_path / "gw1"), Gateway("gw-2", tmp_path / "gw2")]
     uplink, downlink = free_port(), free_port()
-    ports = {8080: uplink, 9000: downlink}
-    for number, gateway in enumerate(gateways, start=1):
-        ports |= {18080 + number: gateway.uplink, 19000 + number: gateway.downlink}
-        ports[18180 + number] = gateway.api
     stats = tmp_path / "haproxy.sock"
     config = tmp_path / "haproxy.cfg"
-    config.write_text(render(SHIPPED.read_text(), ports, stats))
+    backends = [(gateway.uplink, gateway.downlink, gateway.api) for gateway in gateways]
+    config.write_text(
+        render_haproxy(SHIPPED.read_text(), uplink=uplink, downlink=downlink, gateways=backends, stats=stats)
+    )
     balancer: subprocess.Popen[bytes] | None = None
     try:
         for gateway in gateways:
