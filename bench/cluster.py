@@ -158,7 +158,7 @@ def gateways(
 
 @contextmanager
 def haproxy(work: Path, backends: Sequence[tuple[int, int, int]]) -> Iterator[tuple[int, int]]:
-    """HAProxy on the shipped configuration in front of `backends`; its uplink and downlink ports."""
+    """HAProxy on the shipped configuration in front of `backends`; its uplink port and pid."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     if not os.access(binary, os.X_OK):
         raise SystemExit("haproxy is needed (Debian: apt-get install haproxy)")
@@ -181,7 +181,7 @@ def haproxy(work: Path, backends: Sequence[tuple[int, int, int]]) -> Iterator[tu
                     "HAProxy's checks did not pass within 30 s: " + (work / "haproxy.log").read_text()
                 )
             time.sleep(0.2)
-        yield uplink, downlink
+        yield uplink, process.pid
     finally:
         process.kill()
         process.wait()
@@ -348,14 +348,16 @@ def load(port: int, tokens: list[str], seconds: int, processes: int) -> dict[str
 
 
 def measure(
-    port: int, pids: list[int], lots: int, seconds: int, processes: int, through: str
+    port: int, pids: list[int], lots: int, seconds: int, processes: int, balancer: int | None = None
 ) -> dict[str, Any]:
-    """Log every lot in through `port`, then load it; the rate and the gateways' CPU share."""
+    """Log every lot in through `port`, then load it; the rate and the CPU shares (gateways, balancer)."""
     tokens = [login(port, index) for index in range(lots)]
-    before = {pid: cpu_seconds(pid) for pid in pids}
+    watched = [*pids, *([balancer] if balancer is not None else [])]
+    before = {pid: cpu_seconds(pid) for pid in watched}
     figures: dict[str, Any] = load(port, tokens, seconds, processes)
-    figures["gateway_cpu_share"] = [round((cpu_seconds(pid) - before[pid]) / seconds, 2) for pid in pids]
-    figures["through"] = through
+    share = {pid: round((cpu_seconds(pid) - before[pid]) / seconds, 2) for pid in watched}
+    figures["gateway_cpu_share"] = [share[pid] for pid in pids]
+    figures["haproxy_cpu_share"] = share[balancer] if balancer is not None else 0.0
     return figures
 
 
@@ -391,23 +393,22 @@ def main() -> None:
         with gateways(work / "alone", 1, proxied=False, lots=args.sources, fsync=args.fsync) as [
             (uplink, _, _, pid)
         ]:
-            alone = measure(uplink, [pid], args.sources, args.seconds, args.processes, "direct")
+            alone = measure(uplink, [pid], args.sources, args.seconds, args.processes)
         results["runs"]["1 alone"] = alone
         for count in range(1, args.gateways + 1):
             where = work / f"cluster-{count}"
             with gateways(where, count, proxied=True, lots=args.sources, fsync=args.fsync) as running:
-                with haproxy(where, [ports[:3] for ports in running]) as (front, _):
-                    run = measure(
-                        front, [r[3] for r in running], args.sources, args.seconds, args.processes, "haproxy"
-                    )
+                with haproxy(where, [ports[:3] for ports in running]) as (front, balancer):
+                    gateway_pids = [r[3] for r in running]
+                    run = measure(front, gateway_pids, args.sources, args.seconds, args.processes, balancer)
             run["scaling"] = round(run["rps"] / (count * alone["rps"]), 3)
             results["runs"][f"{count} behind haproxy"] = run
-    print(f"{'run':<20} {'uplinks/s':>10} {'scaling':>8} {'not 0000':>9} {'load CPU':>9}  gateway CPU")
+    print(f"{'run':<20} {'uplinks/s':>10} {'scaling':>8} {'not 0000':>9}  CPU: load, haproxy, gateways")
     for name, run in results["runs"].items():
         scaling = f"{run['scaling']:.2f}" if "scaling" in run else "-"
         print(
-            f"{name:<20} {run['rps']:>10.0f} {scaling:>8} {run['other']:>9} {run['client_cpu_share']:>9.2f}"
-            f"  {run['gateway_cpu_share']}"
+            f"{name:<20} {run['rps']:>10.0f} {scaling:>8} {run['other']:>9}  {run['client_cpu_share']:.2f},"
+            f" {run['haproxy_cpu_share']:.2f}, {run['gateway_cpu_share']}"
         )
     write_result("cluster" if args.fsync == "always" else f"cluster-fsync-{args.fsync}", results)
 
