@@ -101,38 +101,53 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
+def start_servers(binary: str, tmp_path: Path, started: list[Server], attempt: int) -> bool:
+    """Start the three on new free ports, into `started`; False if one could not bind (taken meanwhile)."""
+    ports = {port: free_port() for port in [*CLIENT, *ROUTE, *MONITOR]}
+    for number, path in enumerate(SHIPPED, start=1):
+        config = tmp_path / path.name
+        config.write_text(render(path.read_text(), ports, tmp_path / f"store-{attempt}-{number}"))
+        with open(tmp_path / f"nats-{number}.log", "wb") as log:
+            process = subprocess.Popen(
+                [binary, "-c", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        started.append(
+            Server(f"nats-{number}", ports[CLIENT[number - 1]], ports[MONITOR[number - 1]], process)
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        for server in started:
+            if server.process.poll() is not None:
+                log = (tmp_path / f"{server.name}.log").read_text()
+                assert "address already in use" in log.lower(), log
+                return False
+        try:
+            if all(server.monitoring("/routez")["num_routes"] >= 2 for server in started):
+                return True
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the three servers did not route to each other within 30 s"
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[list[Server]]:
-    """The three servers of deploy/nats/ on free ports, once each has its two routes."""
+    """The three servers of deploy/nats/ on free ports, once each has its two routes.
+
+    A port picked free may be taken by another process before it is bound
+    (other tests run on this machine): then all three start again on others.
+    """
     binary = nats_server()
-    shipped = [*CLIENT, *ROUTE, *MONITOR]
-    ports = {port: free_port() for port in shipped}
     started: list[Server] = []
     try:
-        for number, path in enumerate(SHIPPED, start=1):
-            config = tmp_path / path.name
-            config.write_text(render(path.read_text(), ports, tmp_path / f"store-{number}"))
-            with open(tmp_path / f"nats-{number}.log", "wb") as log:
-                process = subprocess.Popen(
-                    [binary, "-c", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            started.append(
-                Server(f"nats-{number}", ports[CLIENT[number - 1]], ports[MONITOR[number - 1]], process)
-            )
-        deadline = time.monotonic() + 30
-        while True:
+        for attempt in range(5):
+            if start_servers(binary, tmp_path, started, attempt):
+                break
             for server in started:
-                assert server.process.poll() is None, (tmp_path / f"{server.name}.log").read_text()
-            try:
-                if all(server.monitoring("/routez")["num_routes"] >= 2 for server in started):
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the three servers did not route to each other within 30 s"
-            time.sleep(0.2)
+                kill(server.process)
+            started.clear()
+        else:
+            raise AssertionError("no free ports in five tries")
         yield started
     finally:
         for server in started:

@@ -239,28 +239,66 @@ def kill(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(timeout=30)
 
 
+def start_gateway(gateway: Gateway) -> None:
+    """Start `gateway` and wait until its API answers; on new ports if another process took one meanwhile."""
+    for _ in range(5):
+        gateway.start()
+        assert gateway.process is not None
+        deadline = time.monotonic() + 60
+        while gateway.process.poll() is None and time.monotonic() < deadline:
+            try:
+                if gateway.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        kill(gateway.process)
+        error = (gateway.work / "stderr").read_text()
+        if "already in use" not in error:
+            raise AssertionError(error + (gateway.work / "twistd.log").read_text())
+        gateway.uplink, gateway.downlink, gateway.api = free_port(), free_port(), free_port()
+    raise AssertionError(f"{gateway.name}: no free ports in five tries")
+
+
 @pytest.fixture
 def cluster(haproxy: str, tmp_path: Path) -> Iterator[Cluster]:
-    """Two gateways (log-only sink) behind haproxy on the shipped configuration, all up and checked."""
+    """Two gateways (log-only sink) behind haproxy on the shipped configuration, all up and checked.
+
+    A port picked free may be taken by another process before it is bound
+    (other tests run on this machine): the gateway or the balancer that
+    cannot bind is started again on others.
+    """
     gateways = [Gateway("gw-1", tmp_path / "gw1"), Gateway("gw-2", tmp_path / "gw2")]
-    uplink, downlink = free_port(), free_port()
     stats = tmp_path / "haproxy.sock"
     config = tmp_path / "haproxy.cfg"
-    backends = [(gateway.uplink, gateway.downlink, gateway.api) for gateway in gateways]
-    config.write_text(
-        render_haproxy(SHIPPED.read_text(), uplink=uplink, downlink=downlink, gateways=backends, stats=stats)
-    )
     balancer: subprocess.Popen[bytes] | None = None
     try:
         for gateway in gateways:
-            gateway.start()
-        with open(tmp_path / "haproxy.log", "wb") as log:
-            balancer = subprocess.Popen(
-                [haproxy, "-db", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+            start_gateway(gateway)
+        backends = [(gateway.uplink, gateway.downlink, gateway.api) for gateway in gateways]
+        for _ in range(5):
+            uplink, downlink = free_port(), free_port()
+            config.write_text(
+                render_haproxy(
+                    SHIPPED.read_text(), uplink=uplink, downlink=downlink, gateways=backends, stats=stats
+                )
             )
+            with open(tmp_path / "haproxy.log", "wb") as log:
+                balancer = subprocess.Popen(
+                    [haproxy, "-db", "-f", str(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            deadline = time.monotonic() + 10
+            while balancer.poll() is None and not stats.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)
+            if balancer.poll() is None:
+                break
+            if "cannot bind" not in (tmp_path / "haproxy.log").read_text():
+                break  # all_up reports why
+        assert balancer is not None
         running = Cluster(balancer, gateways, uplink, downlink, stats)
 
         def all_up() -> bool:
