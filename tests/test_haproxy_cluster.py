@@ -333,12 +333,12 @@ class Lot:
         self.token = ""
         self.posted = 0
 
-    def open(self) -> socket.socket:
-        """A new connection to the balancer's downlink port from this lot's address."""
+    def open(self, port: int | None = None) -> socket.socket:
+        """A new connection to the balancer's downlink port (or `port`) from this lot's address."""
         sock = socket.socket()
         sock.bind((self.source, 0))
         sock.settimeout(5)
-        sock.connect(("127.0.0.1", self.cluster.downlink))
+        sock.connect(("127.0.0.1", port or self.cluster.downlink))
         return sock
 
     def login(self) -> str:
@@ -482,6 +482,19 @@ def test_lots_stick_to_one_gateway_are_seen_by_their_address_and_move_when_it_di
         closed = [is_closed(sock, 0.5) for sock in [*idle, other]]
         assert not any(closed), closed
         after = gateway.metric("cpmi_listener_refused_total", listener="downlink", limit="per_peer")
+        assert after == refused + 1
+        for sock in [*idle, extra, other]:
+            sock.close()
+        # The same on the uplink, whose connections all count (HTTP has no bind).
+        refused = gateway.metric("cpmi_listener_refused_total", listener="uplink", limit="per_peer")
+        idle = [first.open(cluster.uplink) for _ in range(PER_PEER)]
+        time.sleep(0.3)
+        extra = first.open(cluster.uplink)
+        assert is_closed(extra, 3), "an uplink connection over the lot's per-peer cap was kept"
+        other = second.open(cluster.uplink)
+        closed = [is_closed(sock, 0.5) for sock in [*idle, other]]
+        assert not any(closed), closed
+        after = gateway.metric("cpmi_listener_refused_total", listener="uplink", limit="per_peer")
         assert after == refused + 1
         for sock in [*idle, extra, other]:
             sock.close()
