@@ -19,14 +19,17 @@ from prometheus_client.registry import Collector
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
-from gateway.logs import ECHO_CHARS, clip
+from gateway.logs import ECHO_CHARS, clip, describe
 
 __all__ = [
+    "MAX_PROXY_HEADER",
     "REFUSALS",
     "RESERVED",
     "ConnectionGuard",
@@ -35,6 +38,7 @@ __all__ = [
     "GuardedFactory",
     "ListenFailed",
     "Listener",
+    "ProxyHeaderFactory",
     "peer_host",
     "proxied",
     "raise_fd_limit",
@@ -106,9 +110,56 @@ _REFUSAL_TEXT = {
 }
 
 
+_PROXY_PREFIX = "haproxy:"
+
+
 def proxied(description: str) -> bool:
     """Whether a listener's endpoint description takes the PROXY protocol (`haproxy:...`, CONTRACT §9)."""
-    return description.strip().lower().startswith("haproxy:")
+    return description.strip().lower().startswith(_PROXY_PREFIX)
+
+
+MAX_PROXY_HEADER = 4096
+"""Bytes a PROXY header may take before it is complete: past them, the connection is closed.
+
+HAProxy's own headers are 16 + 12 (IPv4) or + 36 (IPv6) bytes, plus a few
+TLVs when asked; a version 2 header may declare up to 64 KiB, which
+Twisted's parser gathers by copying its buffer on every read.
+"""
+
+
+class _ProxyHeaderProtocol(HAProxyProtocolWrapper):
+    """Twisted's PROXY-protocol wrapper, bounded, telling the protocol it wraps when its peer is known.
+
+    Until the header is read, `getPeer` is the balancer's address; once it is,
+    the wrapped protocol's `peer_known()` (if it has one) is called, so a
+    connection that sent its header and nothing else is counted under its
+    peer at once. What bounds a connection that never sends a whole header
+    is the wrapped protocol's own first deadline (the HTTP head's
+    `header_timeout`, the downlink's `bind_timeout`), which starts as the
+    connection opens, and `MAX_PROXY_HEADER`.
+    """
+
+    _header_bytes = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._proxyInfo is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        self._header_bytes += len(data)
+        super().dataReceived(data)
+        if self._proxyInfo is None:
+            if self._header_bytes > MAX_PROXY_HEADER:
+                self.abortConnection()
+            return
+        known = getattr(self.wrappedProtocol, "peer_known", None)
+        if known is not None:
+            known()
+
+
+class ProxyHeaderFactory(HAProxyWrappingFactory):
+    """What a `haproxy:` listener wraps its factory in: Twisted's own, with `_ProxyHeaderProtocol`."""
+
+    protocol = _ProxyHeaderProtocol  # type: ignore[assignment]  # a subclass: the same constructor
 
 
 def peer_host(address: object) -> str:
@@ -146,7 +197,7 @@ class ConnectionGuard:
         self.open = 0
         self.by_peer: dict[str, int] = {}
         self.refused: dict[str, int] = dict.fromkeys(REFUSALS, 0)
-        self._clock = clock
+        self.clock = clock
         self._unlogged: dict[str, int] = dict.fromkeys(REFUSALS, 0)
         self._logged_at: dict[str, float] = {}
 
@@ -199,7 +250,7 @@ class ConnectionGuard:
         """Count one refusal of `kind` (from `peer`); log them at most once a `REFUSAL_LOG_INTERVAL`."""
         self.refused[kind] += 1
         self._unlogged[kind] += 1
-        now = self._clock.seconds()
+        now = self.clock.seconds()
         last = self._logged_at.get(kind)
         if last is not None and now - last < REFUSAL_LOG_INTERVAL:
             return
@@ -228,6 +279,8 @@ class _GuardedProtocol(ProtocolWrapper):
     host: str | None = None
     """The host its per-peer count is held under ("" when none is), None once released."""
     _settled = False
+    _over_cap = False
+    _check: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._settled:
@@ -235,25 +288,60 @@ class _GuardedProtocol(ProtocolWrapper):
             return
         if self.host == "" and not self._place():
             return
-        inner = self.wrappedProtocol
-        inner.dataReceived(data)
-        if getattr(inner, "bound_at", None) is not None:
-            # Its lot has bound: the per-peer cap is for connections that have not.
-            self._settled = True
-            if self.host:
-                self.factory.guard.settle(self.host)
-                self.host = ""
+        self.wrappedProtocol.dataReceived(data)
+        self._settle_if_bound()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if not self._settled and self._check is None:
+            # A login binds after its password check, in a thread, answering just before it
+            # binds: look again once that has run, not only when the lot next sends.
+            self._check = self.factory.guard.clock.callLater(0, self._checked)
+
+    def _checked(self) -> None:
+        self._check = None
+        self._settle_if_bound()
+
+    def _settle_if_bound(self) -> None:
+        if self._settled or getattr(self.wrappedProtocol, "bound_at", None) is None:
+            return
+        # Its lot has bound: the per-peer cap is for connections that have not.
+        self._settled = True
+        if self.host:
+            self.factory.guard.settle(self.host)
+            self.host = ""
+
+    def peer_known(self) -> None:
+        """The PROXY header has named the peer (`ProxyHeaderFactory`): count the connection there now."""
+        if self.host == "" and not self._settled:
+            self._place()
 
     def _place(self) -> bool:
-        """A proxied connection's peer is known once the PROXY header is read: count it there."""
-        host = self.factory.guard.place(self.getPeer())
+        """A proxied connection's peer is known once the PROXY header is read: count it there.
+
+        The lot-side protocol named its peer as the connection was accepted,
+        from the balancer's address: a protocol that keeps it in `peer` (as
+        `DownlinkProtocol` and the bolink connection do, for logs, the
+        journal's online records and the status page) is given the lot's.
+        """
+        if self._over_cap:
+            return False
+        address = self.getPeer()
+        host = self.factory.guard.place(address)
         if host is None:
+            self._over_cap = True
             self.abortConnection()
             return False
         self.host = host
+        inner = self.wrappedProtocol
+        if hasattr(inner, "peer"):
+            inner.peer = describe(address)
         return True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         self.factory.guard.release(self.host)
         self.host = None
         super().connectionLost(reason)
@@ -346,7 +434,8 @@ class Listener(MultiService):
 
     A port that cannot be bound stops start-up (strports raises at once
     rather than leaving a deaf gateway running); this names the listener in
-    the :class:`ListenFailed` it raises, for the one-line error.
+    the :class:`ListenFailed` it raises, for the one-line error. A `haproxy:`
+    description takes the PROXY protocol through `ProxyHeaderFactory`.
     """
 
     def __init__(self, name: str, description: str, factory: Factory | Any, reactor: Any) -> None:
@@ -355,7 +444,13 @@ class Listener(MultiService):
         self.key = name
         self.description = description
         self.factory = factory
-        strports.service(description, factory, reactor=reactor).setServiceParent(self)
+        if proxied(description):
+            # Twisted's `haproxy:` endpoint, with its wrapper bounded and telling when the peer is known.
+            inner = description.strip()[len(_PROXY_PREFIX) :]
+            factory = ProxyHeaderFactory(factory)
+            strports.service(inner, factory, reactor=reactor).setServiceParent(self)
+        else:
+            strports.service(description, factory, reactor=reactor).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:

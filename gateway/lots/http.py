@@ -116,6 +116,7 @@ class GuardedChannel(http.HTTPChannel):
     # bytes received (since the connection opened) when its rate was last checked.
     _body_mark = -1
     _refusing = False
+    _over_cap = False
 
     def dataReceived(self, data: bytes) -> None:
         # Unlike HTTPChannel's, no resetTimeout: the timer is a deadline.
@@ -124,10 +125,18 @@ class GuardedChannel(http.HTTPChannel):
             return
         LineReceiver.dataReceived(self, data)
 
+    def peer_known(self) -> None:
+        """The PROXY header has named the peer (`gateway.limits.ProxyHeaderFactory`): count it there now."""
+        if self.peer == "":
+            self._place()
+
     def _place(self) -> bool:
         """Count a proxied connection under its peer, whose address the PROXY header has given now."""
+        if self._over_cap:
+            return False
         host = self.site.guard.place(self.transport.getPeer())  # type: ignore[union-attr]
         if host is None:
+            self._over_cap = True
             self.transport.abortConnection()  # type: ignore[union-attr]
             return False
         self.peer = host
