@@ -28,6 +28,7 @@ from gateway.cloud.metrics import (
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.service import CloudService
 from gateway.cloud.status import StatusReport
+from gateway.cluster.service import ClusterService
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
 from gateway.dialects.host import GatewayParts
@@ -297,6 +298,10 @@ def build_service(
         run_blocking=run_blocking,
     )
     store.setServiceParent(root)
+    # [cluster]: the NATS connection starts before the parts that use it and stops after them.
+    cluster = ClusterService(settings.cluster, reactor=reactor) if settings.cluster is not None else None
+    if cluster is not None:
+        cluster.setServiceParent(root)
     parts = MultiService()
     parts.setName("parts")
     parts.setServiceParent(root)
