@@ -415,18 +415,19 @@ class ClusterSync:
         for timer in (lot.progress, lot.retry):
             if timer is not None and timer.active():
                 timer.cancel()
-        if lot.in_flight is not None:
-            self._nak(lot.in_flight)
-            lot.in_flight = None
-        if lot.subscription is not None:
-            subscription = lot.subscription
+        in_flight, lot.in_flight = lot.in_flight, None
+        subscription = lot.subscription
 
-            async def unsubscribe(nc: Any, js: Any) -> None:
+        async def release(nc: Any, js: Any) -> None:
+            # Unsubscribed (and the server told so) before the NAK: else the server would give the
+            # entry straight back to this gateway, whose client drops it, and it would wait ack_wait.
+            if subscription is not None:
                 await subscription.unsubscribe()
+                await nc.flush()
+            if in_flight is not None:
+                await in_flight.nak()
 
-            self._connection.run(unsubscribe).addErrback(
-                self._warn, "unsubscribing from the sync entries of", park
-            )
+        self._connection.run(release).addErrback(self._warn, "releasing the sync entries of", park)
 
     def _attach(self, park: str) -> None:
         """Make sure the lot's consumer exists, then subscribe to what it delivers."""

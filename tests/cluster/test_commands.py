@@ -13,6 +13,7 @@ from nats.errors import NoRespondersError
 from twisted.internet.defer import Deferred
 
 from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
+from gateway.lotclient.downlink import DownlinkReply
 from tests.cluster.gateways import Cloud, Gateway, Lot, reply_of
 from tests.cluster.natsserver import NatsServer, eventually
 from tests.protocol.samples import SAMPLES
@@ -108,7 +109,7 @@ async def test_no_responders_when_no_gateway_holds_the_lot(setup: Setup) -> None
 @pytest_twisted.ensureDeferred
 async def test_a_lot_that_does_not_reply_in_time_is_9009(setup: Setup) -> None:
     """A lot that never replies: the request is answered 9009 (status 504) at the deadline, and journaled."""
-    lot = setup.lot(answer=lambda request: Deferred() if request.code == "gateOpen" else None)
+    lot = setup.lot(answer=lambda request: Deferred() if request.code == "gateOpen" else DownlinkReply())
     await lot.bind(setup.a)
     await setup.cloud.wait_for_responder(SUBJECT)
     msg = await setup.cloud.request(SUBJECT, json.dumps(GATE).encode(), timeout=10)
@@ -182,7 +183,7 @@ async def test_the_http_api_answers_409_when_no_gateway_holds_the_lot(setup: Set
 @pytest_twisted.ensureDeferred
 async def test_the_http_api_answers_504_when_the_lot_elsewhere_does_not_reply(setup: Setup) -> None:
     """POST on A for a lot on B that never replies: B's deadline answers 9009, and A gives the caller 504."""
-    lot = setup.lot(answer=lambda request: Deferred() if request.code == "gateOpen" else None)
+    lot = setup.lot(answer=lambda request: Deferred() if request.code == "gateOpen" else DownlinkReply())
     await lot.bind(setup.b)
     await setup.cloud.wait_for_responder(SUBJECT)
     status, body = await setup.a.post("P001", "gateOpen", GATE)
