@@ -169,7 +169,7 @@ def test_requests_in_flight_are_capped_and_the_rest_answered_busy_at_once() -> N
 
 
 def test_asking_while_nats_is_not_connected_fails_not_connected() -> None:
-    """With NATS reconnecting, asking for a lot held elsewhere fails NotConnected at once (409 to the caller)."""
+    """With NATS reconnecting, asking for a lot held elsewhere fails NotConnected at once (409)."""
     commands, nats, _ = make()
     nats.state = "reconnecting"
     failures: list[Any] = []
