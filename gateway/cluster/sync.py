@@ -77,6 +77,8 @@ DEFAULT_RETRY = 30.0
 ACK_WAIT = 60.0
 """Seconds the server waits for an entry's ack before it gives it again (to the lot's next holder)."""
 DUPLICATE_WINDOW = 120.0
+MAX_CONSUMERS = 1_000_000
+"""The stream's consumer limit: one per lot. Left unset, nats-server refuses the 1001st (10026)."""
 PUBLISH_BACKOFF_MAX = 30.0
 
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -319,6 +321,7 @@ class ClusterSync:
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
+            max_consumers=MAX_CONSUMERS,
         ).addCallbacks(ready, failed)
 
     # --- publishing (the outbox) ---------------------------------------
@@ -440,6 +443,7 @@ class ClusterSync:
             return  # attached once the stream is ready
         lot.attaching = True
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
 
         config = ConsumerConfig(
             durable_name=consumer_name(park),
@@ -457,7 +461,12 @@ class ClusterSync:
         subject = config.deliver_subject
 
         async def attach(nc: Any, js: Any) -> tuple[Any, int]:
-            info = await js.add_consumer(stream, config)
+            # A lookup, and a create only when missing: a create-or-update of thousands of existing
+            # consumers at once (a gateway's lots coming back) writes each one's state again.
+            try:
+                info = await js.consumer_info(stream, config.durable_name)
+            except NotFoundError:
+                info = await js.add_consumer(stream, config)
 
             async def handler(msg: Any) -> None:
                 to_reactor(received, park, msg)
