@@ -17,7 +17,7 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from gateway import __version__
-from gateway.cloud.api import CommandApi
+from gateway.cloud.api import CommandApi, CommandPath
 from gateway.cloud.metrics import (
     observe_fsync,
     register_forwarder,
@@ -32,6 +32,7 @@ from gateway.cloud.service import CloudService
 from gateway.cloud.status import StatusReport
 from gateway.cluster.connection import NatsConnection
 from gateway.cluster.forwards import NatsEventsService, forward_services
+from gateway.cluster.lots import answer_commands, join_sync
 from gateway.cluster.service import ClusterService
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
@@ -317,6 +318,8 @@ def build_service(
         )
     lots = LotsService(settings, reactor=reactor, journal=journal)
     lots.setServiceParent(parts)
+    if cluster is not None:
+        join_sync(cluster, lots, settings, journal=journal, reactor=reactor)  # sync entries over JetStream
     sink: CloudService | UpstreamService | NatsEventsService | None = None
     skipped = read_jumps(journal.path).skipped  # a restore's seq jump is no backlog
     connection = cluster.connection if cluster is not None else None
@@ -417,6 +420,8 @@ def build_service(
         ],
     )
     api.setServiceParent(parts)
+    if cluster is not None:
+        answer_commands(cluster, lots, api.commands, settings, reactor=reactor)  # commands over NATS
     register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
@@ -446,6 +451,7 @@ class _ApiService(MultiService):
     """The command API's listener, the status page's rejections and SIGHUP; :attr:`guards` its cap."""
 
     guards: list[ConnectionGuard]
+    commands: CommandPath
 
 
 def _api(
@@ -528,5 +534,6 @@ def _api(
         proxied=proxied(settings.listen.api),
     )
     service.guards = [site.guard]
+    service.commands = api.commands
     Listener("api", settings.listen.api, site, reactor).setServiceParent(service)
     return service
