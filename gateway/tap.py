@@ -33,6 +33,7 @@ from gateway.cloud.status import StatusReport
 from gateway.cluster.connection import NatsConnection
 from gateway.cluster.forwards import NatsEventsService, forward_services
 from gateway.cluster.lots import answer_commands, join_sync
+from gateway.cluster.placement import place_lots
 from gateway.cluster.service import ClusterService
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
@@ -422,6 +423,8 @@ def build_service(
     api.setServiceParent(parts)
     if cluster is not None:
         answer_commands(cluster, lots, api.commands, settings, reactor=reactor)  # commands over NATS
+        # Placement and tokens in NATS KV: after the replay, so the journal's tokens are not rewritten.
+        place_lots(cluster, lots, api.api, journal=journal, gateway_id=settings.gateway.id, reactor=reactor)
     register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
@@ -452,6 +455,7 @@ class _ApiService(MultiService):
 
     guards: list[ConnectionGuard]
     commands: CommandPath
+    api: CommandApi
 
 
 def _api(
@@ -535,5 +539,6 @@ def _api(
     )
     service.guards = [site.guard]
     service.commands = api.commands
+    service.api = api
     Listener("api", settings.listen.api, site, reactor).setServiceParent(service)
     return service

@@ -414,10 +414,11 @@ def _replied(reply: LotReply) -> CommandAnswer:
     return CommandAnswer(200, body, "ok")
 
 
-def _park_json(state: LotState, backlog: int) -> dict[str, object]:
+def _park_json(state: LotState, backlog: int, gateway: str | None) -> dict[str, object]:
     return {
         "parkCode": state.park,
         "connected": state.connected,
+        "gateway": gateway,
         "since": rfc3339(state.since),
         "lastSeen": rfc3339(state.last_seen),
         "peer": state.peer,
@@ -501,6 +502,8 @@ class CommandApi:
             status=status,
         )
         """The command path, which NATS requests share (`gateway.cluster.commands`)."""
+        self.placement: Callable[[str], str | None] | None = None
+        """[cluster]: the gateway holding a lot not bound here (`gateway.cluster.placement`)."""
         self._requests = Counter(
             "cpmi_api_requests_total",
             "Requests answered by the command API, by route and HTTP status.",
@@ -512,6 +515,12 @@ class CommandApi:
         """Take a reloaded configuration: its API token, `[[api_client]]` entries and lots."""
         self._config = config
         self._cloud_token = config.cloud.api_token.encode("utf-8")
+
+    def _holder(self, park: str, state: LotState) -> str | None:
+        """The gateway holding the lot: this one when bound here, else (with [cluster]) placement's."""
+        if state.connected:
+            return self._config.gateway.id
+        return self.placement(park) if self.placement is not None else None
 
     def _backlog(self, park: str) -> int:
         return self._sync.pending(park) if self._sync is not None else 0
@@ -619,11 +628,9 @@ class CommandApi:
     def get_parks(self, request: IRequest) -> bytes:
         self._authorized(request, "read")
         known = {state.park: state for state in self._lots.states()}
+        states = [known.get(lot.park_code) or self._lots.state(lot.park_code) for lot in self._config.lots]
         parks = [
-            _park_json(
-                known.get(lot.park_code) or self._lots.state(lot.park_code), self._backlog(lot.park_code)
-            )
-            for lot in self._config.lots
+            _park_json(state, self._backlog(state.park), self._holder(state.park, state)) for state in states
         ]
         return _answer(request, 200, {"parks": parks})
 
@@ -632,7 +639,8 @@ class CommandApi:
     def get_park(self, request: IRequest, park: str) -> bytes:
         self._authorized(request, "read")
         self._park(park)
-        return _answer(request, 200, _park_json(self._lots.state(park), self._backlog(park)))
+        state = self._lots.state(park)
+        return _answer(request, 200, _park_json(state, self._backlog(park), self._holder(park, state)))
 
     @app.route("/v1/schemas/<string:code>.json", methods=["GET"])
     @_counted("/v1/schemas/{code}.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable, Mapping
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
@@ -38,8 +39,15 @@ class Session:
     expires: float
 
 
+class SessionListener(Protocol):
+    """Told of each token put in force or revoked ([cluster]: `gateway.cluster.tokens`)."""
+
+    def installed(self, body: Mapping[str, object]) -> None: ...
+    def revoked(self, username: str, session: Session, digest: str) -> None: ...
+
+
 class Sessions:
-    """The tokens in force, one per account."""
+    """The tokens in force, one per account; `listeners` are told of each change but a replacement's."""
 
     def __init__(
         self,
@@ -52,6 +60,7 @@ class Sessions:
         self._make_token = make_token
         self._by_digest: dict[str, Session] = {}
         self._digest_by_user: dict[str, str] = {}
+        self.listeners: list[SessionListener] = []
 
     def mint(self, username: str, park: str) -> tuple[str, dict[str, str]]:
         """A new token for `username`, and the journal body that will put it in force.
@@ -79,14 +88,23 @@ class Sessions:
             self._by_digest.pop(previous, None)
         self._digest_by_user[username] = digest
         self._by_digest[digest] = Session(username=username, park=park, expires=expires)
+        for listener in self.listeners:
+            listener.installed(body)
 
     def revoke(self, username: str) -> bool:
         """Take the account's token out of force; whether it had one."""
         digest = self._digest_by_user.pop(username, None)
         if digest is None:
             return False
-        self._by_digest.pop(digest, None)
+        session = self._by_digest.pop(digest, None)
+        if session is not None:
+            for listener in self.listeners:
+                listener.revoked(username, session, digest)
         return True
+
+    def digest_of(self, username: str) -> str | None:
+        """The SHA-256 of the account's token in force (expired or not), or None."""
+        return self._digest_by_user.get(username)
 
     def lookup(self, token: str) -> Session | None:
         """The session of `token`, or None when it is unknown, replaced or expired."""
