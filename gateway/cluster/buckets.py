@@ -242,7 +242,9 @@ class Bucket:
             try:
                 self._handle = await js.key_value(self.name)
             except nats.js.errors.BucketNotFoundError:
-                config = KeyValueConfig(bucket=self.name, history=1, replicas=self._connection.settings.replicas)
+                config = KeyValueConfig(
+                    bucket=self.name, history=1, replicas=self._connection.settings.replicas
+                )
                 try:
                     self._handle = await js.create_key_value(config)
                 except nats.js.errors.BadRequestError:  # another gateway created it meanwhile

@@ -150,9 +150,9 @@ def _seconds(text: str) -> float | None:
         return None
 
 
-def place_lots(cluster: Any, lots: Any, api: Any, *, journal: Any, gateway_id: str, reactor: Any) -> tuple[
-    Placement, Any
-]:
+def place_lots(
+    cluster: Any, lots: Any, api: Any, *, journal: Any, gateway_id: str, reactor: Any
+) -> tuple[Placement, Any]:
     """With [cluster]: placement and tokens shared through NATS, once the journal is replayed.
 
     ``cluster`` is the `ClusterService` (they stop before its connection),

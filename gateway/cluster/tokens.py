@@ -121,7 +121,11 @@ class TokenShare(Service):
         lot = self._lot_by_park(park)
         if value is None:
             known = self._known.pop(park, None)
-            if known is not None and lot is not None and self._sessions.digest_of(lot.username) == known.digest:
+            if (
+                known is not None
+                and lot is not None
+                and self._sessions.digest_of(lot.username) == known.digest
+            ):
                 self._revoke(lot)
             return
         try:
@@ -130,7 +134,9 @@ class TokenShare(Service):
             issued = rfc3339_seconds(str(value["issued"]))
             expiry = rfc3339_seconds(expires)
         except (KeyError, ValueError):
-            log.warn("nats: bucket {bucket}: the entry of {park} is not a token's", bucket=TOKENS_BUCKET, park=park)
+            log.warn(
+                "nats: bucket {bucket}: the entry of {park} is not a token's", bucket=TOKENS_BUCKET, park=park
+            )
             return
         known = self._known.get(park)
         if known is not None and (known.digest == digest or issued < known.issued):
@@ -147,7 +153,12 @@ class TokenShare(Service):
     def _learn(self, _: object, park: str, body: dict[str, str]) -> None:
         known = self._known.get(park)
         lot = self._lot_by_park(park)
-        if known is None or known.digest != body["token_sha256"] or lot is None or lot.username != body["user"]:
+        if (
+            known is None
+            or known.digest != body["token_sha256"]
+            or lot is None
+            or lot.username != body["user"]
+        ):
             return  # replaced meanwhile, or the lot's configuration changed
         self._learning = True
         try:
