@@ -1,4 +1,4 @@
-"""Placement and tokens in NATS KV (CONTRACT §9), with a real nats-server, two whole gateways and real lots."""
+"""Placement and tokens in NATS KV (CONTRACT §9): a real nats-server, two whole gateways, real lots."""
 
 from __future__ import annotations
 
