@@ -43,7 +43,15 @@ from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
-from gateway.interfaces import DeadlinePassed, JournalAppend, LotCommands, LotReply, LotState, NotConnected
+from gateway.interfaces import (
+    DeadlinePassed,
+    JournalAppend,
+    LotCommands,
+    LotReply,
+    LotState,
+    NatsState,
+    NotConnected,
+)
 from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.jsontext import JSONRefused, loads
@@ -490,6 +498,7 @@ class CommandApi:
         sync: SyncEntries | None = None,
         status: StatusReport | None = None,
         reload: Callable[[str], Awaitable[ReloadOutcome]] | None = None,
+        nats: NatsState | None = None,
     ) -> None:
         """`deadlines` overrides the catalog's per code, as given to the downlink side.
 
@@ -508,6 +517,7 @@ class CommandApi:
         self._clock = clock
         self._registry = registry
         self._ready = ready
+        self._nats = nats
         self._deadlines = dict(deadlines or {})
         self._cloud_token = config.cloud.api_token.encode("utf-8")
         self._openapi = _json_bytes(openapi_document())
@@ -737,9 +747,11 @@ class CommandApi:
     @_counted("/readyz")
     def readyz(self, request: IRequest) -> bytes:
         ready, reason = self._ready()
-        if ready:
-            return _answer(request, 200, {"status": "ready", "reason": reason})
-        return _answer(request, 503, {"status": "not ready", "reason": reason})
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "reason": reason}
+        if self._nats is not None:
+            # Shown beside, never deciding: NATS being down delays delivery, not a lot's 0000 (CONTRACT §9).
+            body["nats"] = {"state": self._nats.state, "error": self._nats.last_error}
+        return _answer(request, 200 if ready else 503, body)
 
     @app.route("/metrics", methods=["GET"])
     @_counted("/metrics")

@@ -30,6 +30,7 @@ import asyncio
 import random
 import ssl
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ __all__ = [
     "RECONNECTING",
     "NatsConnection",
     "NatsUnavailable",
+    "StreamNotPermitted",
     "reconnect_delay",
     "ssl_context",
 ]
@@ -75,6 +77,10 @@ _log = Logger()
 
 class NatsUnavailable(Exception):
     """The NATS connection is not there (not yet connected, or closed): try again later."""
+
+
+class StreamNotPermitted(Exception):
+    """The stream is missing and the server does not let this gateway create it: it never will."""
 
 
 def reconnect_delay(settings: ClusterSettings, attempts: int, random: Callable[[], float]) -> float:
@@ -134,6 +140,11 @@ class NatsConnection(Service):
         self._connector: ConcurrentFuture[None] | None = None
         self._loop_ended: Deferred[None] = Deferred()
         self._stopping = False
+        self.generation = 0
+        """Disconnections so far (counted on the NATS loop): a publisher that sees it change
+        mid-batch stops, so nothing it sends after the loss reaches the server without what went before."""
+        # The server's recent "Permissions Violation for Publish to ..." errors (the NATS loop's).
+        self._denied: deque[str] = deque(maxlen=64)
         self.setName("nats")
 
     # -- the bridges
@@ -191,12 +202,24 @@ class NatsConnection(Service):
                 pass
             try:
                 return await js.add_stream(stream)
+            except nats.errors.TimeoutError:
+                if self.denied(f"$JS.API.STREAM.CREATE.{name}"):
+                    raise StreamNotPermitted(
+                        f"stream {name} is missing and this gateway may not create it"
+                    ) from None
+                raise
             except nats.js.errors.BadRequestError as error:
                 if error.err_code == _STREAM_NAME_IN_USE:  # another gateway created it meanwhile
                     return await js.stream_info(name)
                 raise
 
         return self.run(ensure)
+
+    def denied(self, subject: str) -> bool:
+        """On the NATS loop: whether the server said lately this gateway may not publish to ``subject``."""
+        # nats-py lower-cases the server's words, the subject too.
+        quoted = f'"{subject}"'.lower()
+        return any(quoted in message.lower() for message in self._denied)
 
     # -- the service
 
@@ -299,6 +322,7 @@ class NatsConnection(Service):
         # Drop what waits to be written: written after the reconnect, it would reach the
         # server without what was lost with the old socket, out of order. Its senders see
         # a timeout and send it again, in order.
+        self.generation += 1
         nc = self._nc
         if nc is not None:
             nc._pending = []
@@ -314,6 +338,8 @@ class NatsConnection(Service):
             self.to_reactor(self._set_state, CLOSED)
 
     async def _error(self, error: Exception) -> None:
+        if _PERMISSIONS_VIOLATION in str(error).lower():
+            self._denied.append(str(error))
         self.to_reactor(
             self._failed, f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         )
@@ -350,6 +376,8 @@ class NatsConnection(Service):
             observer(state)
 
 
+# How the server words a subject this connection may not publish to (nats-py passes it to error_cb).
+_PERMISSIONS_VIOLATION = "permissions violation"
 # JetStream's error code for a stream created by someone else with another configuration.
 _STREAM_NAME_IN_USE = 10058
 
