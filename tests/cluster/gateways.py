@@ -71,10 +71,22 @@ api_token = "{API_TOKEN}"
 {extra}
 {lots}"""
         )
+        self.config = config
+        self._make()
+
+    def _make(self) -> None:
         options = tap.Options()
-        options.parseOptions(["--config", str(config)])
+        options.parseOptions(["--config", str(self.config)])
         self.service = tap.makeService(options, reactor)
         self.connection: NatsConnection = self.service.getServiceNamed("cluster").connection  # type: ignore[attr-defined]
+
+    async def restart(self, connected: bool = True) -> None:
+        """Stop the gateway and start a new one from the same configuration and journal."""
+        await self.stop()
+        self._make()
+        self.service.startService()
+        if connected:
+            await eventually(lambda: self.connection.state == CONNECTED, what=f"{self.name} connected")
 
     @property
     def commands(self) -> NatsCommands:
