@@ -34,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 from attrs import frozen
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -215,12 +215,14 @@ def answer_of_reply(reply: Mapping[str, object], status: int | None = None) -> C
 class RemoteCommands(Protocol):
     """The gateways of the cluster as the command path sees them (`gateway.cluster.commands`)."""
 
-    def ask(self, park: str, code: str, data: object, opr: str, client: str) -> Deferred[CommandAnswer]:
-        """Ask the gateway holding `park`, sending `opr` along; fires with its answer.
+    def ask(
+        self, park: str, code: str, data: object, opr: str, client: str
+    ) -> Deferred[tuple[int, dict[str, object]]]:
+        """Ask the gateway holding `park`, sending `opr` along; fires with (HTTP status, reply).
 
         Fails with NotConnected when no gateway holds the lot (NATS: no
-        responders, or NATS itself unreachable) and with TimeoutError when none
-        answered in time.
+        responders, or NATS itself unreachable) and with DeadlinePassed when
+        none answered in time.
         """
 
 
@@ -301,6 +303,34 @@ class CommandPath:
         except FieldError as error:
             raise _error(400, error.message(), Result.FIELD_INVALID) from None
 
+    def request(
+        self, park: str, code: str, raw: bytes, *, client: str, opr: str = "", via: str = ""
+    ) -> Deferred[tuple[int, dict[str, object]]]:
+        """A command that came as a NATS request: (HTTP status, reply); never fails.
+
+        The same checks as the API's, each refusal a reply with its result code
+        (CommandRefused.reply); then `send`, never relayed again (the request
+        reached the gateway holding the lot).
+        """
+        try:
+            if self._config().lot_by_park(park) is None:
+                raise _error(404, f"park {park!r} is not configured", Result.NO_SUCH_PARK)
+            if len(raw) > self._config().uplink.api_max_body_bytes:
+                raise _error(413, "the body is too large", Result.MALFORMED)
+            interface = self.interface(code)
+            if interface.downlink is not DeliveryClass.COMMAND:
+                raise _error(
+                    400,
+                    f"{interface.code} is a sync downlink: publish it to the sync stream",
+                    Result.NO_SUCH_INTERFACE,
+                )
+            self.supported(park, interface)
+            data = self.data(raw, interface)
+        except CommandRefused as refused:
+            return succeed((refused.status, refused.reply()))
+        sent = self.send(client, park, interface, data, opr=opr, via=via, relay=False)
+        return sent.addCallback(lambda answer: (answer.status, answer.reply()))
+
     # --- sending --------------------------------------------------------
 
     def send(
@@ -365,8 +395,8 @@ class CommandPath:
             stored.addErrback(self._reply_not_journaled, park, code, opr)
             return stored.addCallback(lambda _: self._journaled(answer, client, park, code, opr))
 
-        asked = maybeDeferred(remote.ask, park, code, data, opr, client)
-        asked.addErrback(unanswered)
+        asked: Deferred[Any] = maybeDeferred(remote.ask, park, code, data, opr, client)
+        asked.addCallbacks(lambda answer: answer_of_reply(answer[1], answer[0] or None), unanswered)
         return asked.addCallback(lambda answer: self._finish(started, code, answer))
 
     def _failed(self, failure: Failure, park: str, code: str) -> CommandAnswer:

@@ -635,11 +635,12 @@ class ClusterSync:
                 else:
                     await msg.ack_sync()
 
-            def acked(_: object) -> None:
-                if lot.in_flight is msg:
-                    lot.in_flight = None
-                    if park in self._pending:
-                        self._pending[park] = max(0, self._pending[park] - 1)
+            # Done with it here: the server gives the next entry only once it has the ack, and a
+            # lot leaving meanwhile must not hand back an entry whose outcome is journaled.
+            if lot.in_flight is msg:
+                lot.in_flight = None
+                if park in self._pending:
+                    self._pending[park] = max(0, self._pending[park] - 1)
 
             def not_acked(failure: Failure) -> None:
                 # Given again after ack_wait: at least once (its outcome may be journaled twice).
@@ -649,10 +650,8 @@ class ClusterSync:
                     park=park,
                     error=failure.getErrorMessage(),
                 )
-                if lot.in_flight is msg:
-                    lot.in_flight = None
 
-            self._connection.run(acknowledge).addCallbacks(acked, not_acked)
+            self._connection.run(acknowledge).addErrback(not_acked)
 
         def not_stored(failure: Failure) -> None:
             # Not acknowledged: the entry comes again and its outcome is tried again.

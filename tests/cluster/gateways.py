@@ -8,6 +8,7 @@ client of the test's own (a `NatsConnection`), asking as an operator's cloud wou
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -70,10 +71,22 @@ api_token = "{API_TOKEN}"
 {extra}
 {lots}"""
         )
+        self.config = config
+        self._make()
+
+    def _make(self) -> None:
         options = tap.Options()
-        options.parseOptions(["--config", str(config)])
+        options.parseOptions(["--config", str(self.config)])
         self.service = tap.makeService(options, reactor)
         self.connection: NatsConnection = self.service.getServiceNamed("cluster").connection  # type: ignore[attr-defined]
+
+    async def restart(self, connected: bool = True) -> None:
+        """Stop the gateway and start a new one from the same configuration and journal."""
+        await self.stop()
+        self._make()
+        self.service.startService()
+        if connected:
+            await eventually(lambda: self.connection.state == CONNECTED, what=f"{self.name} connected")
 
     @property
     def commands(self) -> NatsCommands:
@@ -97,6 +110,8 @@ api_token = "{API_TOKEN}"
     async def stop(self) -> None:
         if self.service.running:
             await self.service.stopService()
+        # A wave of binds settles the heap (gc.freeze, gateway.heap): no later test should inherit it.
+        gc.unfreeze()
 
     def records(self, kind: str | None = None) -> list[Record]:
         """The journal's records (of `kind`), as written so far."""

@@ -260,3 +260,25 @@ async def test_a_reply_other_than_0000_is_tried_again_and_the_next_entries_wait(
     await eventually(lambda: len(setup.delivered(setup.a)) == 2, what="both delivered")
     assert [request.data["carNum"] for request in blacklists(lot)] == ["苏E00000", "苏E00000", "苏E00001"]
     assert setup.delivered(setup.a)[0].body["attempts"] == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_entry_accepted_while_nats_was_down_is_published_after_a_gateway_restart(
+    setup: Setup,
+) -> None:
+    """An entry journaled (202) while NATS is down, the gateway then restarted before NATS came back: the
+    new gateway finds it unpublished in the journal, publishes it once NATS is there, and the lot gets it."""
+    setup.nats.stop()
+    await eventually(lambda: setup.a.connection.state != "connected", what="A sees NATS gone")
+    status, body = await setup.a.post("P001", "blacklist", blacklist(7))
+    assert status == 202
+    await setup.a.restart(connected=False)
+    assert setup.a.sync.first_pending_seq() == body["seq"]  # the journal keeps it until published
+    setup.nats.start()
+    await eventually(lambda: setup.a.connection.state == "connected", timeout=30, what="A connected again")
+    await eventually(_published(setup.a, 1), timeout=30, what="published after the restart")
+    assert setup.a.sync.first_pending_seq() is None
+    lot = setup.lot()
+    await lot.bind(setup.b)
+    await eventually(lambda: len(setup.delivered(setup.b)) == 1, timeout=30, what="delivered")
+    assert [request.data["carNum"] for request in blacklists(lot)] == ["苏E00007"]
