@@ -444,16 +444,19 @@ def _replied(reply: LotReply) -> CommandAnswer:
     return CommandAnswer(200, body, "ok")
 
 
-def _park_json(state: LotState, backlog: int, gateway: str | None) -> dict[str, object]:
-    return {
+def _park_json(state: LotState, backlog: int, gateway: str | bool | None) -> dict[str, object]:
+    """A lot's state; with [cluster] (``gateway`` not False) the gateway holding it, or null."""
+    shown: dict[str, object] = {
         "parkCode": state.park,
         "connected": state.connected,
-        "gateway": gateway,
         "since": rfc3339(state.since),
         "lastSeen": rfc3339(state.last_seen),
         "peer": state.peer,
         "backlog": backlog,
     }
+    if gateway is not False:
+        shown["gateway"] = gateway
+    return shown
 
 
 _Handler = Callable[..., Any]
@@ -546,11 +549,14 @@ class CommandApi:
         self._config = config
         self._cloud_token = config.cloud.api_token.encode("utf-8")
 
-    def _holder(self, park: str, state: LotState) -> str | None:
-        """The gateway holding the lot: this one when bound here, else (with [cluster]) placement's."""
+    def _holder(self, park: str, state: LotState) -> str | bool | None:
+        """With [cluster], the gateway holding the lot (this one when bound here, else placement's);
+        False without (the listing then has no such field, as on a gateway alone)."""
+        if self.placement is None:
+            return False
         if state.connected:
             return self._config.gateway.id
-        return self.placement(park) if self.placement is not None else None
+        return self.placement(park)
 
     def _backlog(self, park: str) -> int:
         return self._sync.pending(park) if self._sync is not None else 0

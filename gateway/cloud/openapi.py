@@ -87,6 +87,11 @@ _OWN_SCHEMAS: dict[str, Any] = {
             "lastSeen": {**_TIME_OR_NULL, "description": "When the lot last sent anything."},
             "peer": {"type": "string", "description": "The connected lot's address, or empty."},
             "backlog": {"type": "integer", "description": "Sync entries still to deliver to the lot."},
+            "gateway": {
+                "type": ["string", "null"],
+                "description": "With [cluster] only: the id of the gateway holding the lot's downlink "
+                "(this one or another, from the placement bucket), or null when none does.",
+            },
         },
         "required": ["parkCode", "connected", "since", "lastSeen", "peer", "backlog"],
     },
