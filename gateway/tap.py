@@ -424,7 +424,15 @@ def build_service(
     if cluster is not None:
         answer_commands(cluster, lots, api.commands, settings, reactor=reactor)  # commands over NATS
         # Placement and tokens in NATS KV: after the replay, so the journal's tokens are not rewritten.
-        place_lots(cluster, lots, api.api, journal=journal, gateway_id=settings.gateway.id, reactor=reactor)
+        place_lots(
+            cluster,
+            lots,
+            api.api,
+            journal=journal,
+            gateway_id=settings.gateway.id,
+            reactor=reactor,
+            status=api.status,
+        )
     register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
@@ -456,6 +464,7 @@ class _ApiService(MultiService):
     guards: list[ConnectionGuard]
     commands: CommandPath
     api: CommandApi
+    status: StatusReport
 
 
 def _api(
@@ -540,5 +549,6 @@ def _api(
     service.guards = [site.guard]
     service.commands = api.commands
     service.api = api
+    service.status = status
     Listener("api", settings.listen.api, site, reactor).setServiceParent(service)
     return service

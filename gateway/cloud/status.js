@@ -181,7 +181,10 @@
       row.className = lot.connected ? "is-online" : "is-offline";
       row.appendChild(cell(lot.parkCode));
       row.appendChild(cell(lot.dialect));
-      row.appendChild(cell(lot.connected ? "online" : "offline", "state " + (lot.connected ? "online" : "offline")));
+      // With [cluster], a lot held by another gateway shows which.
+      const elsewhere = !lot.connected && lot.gateway ? "on " + lot.gateway : "";
+      const held = lot.connected || elsewhere;
+      row.appendChild(cell(lot.connected ? "online" : elsewhere || "offline", "state " + (held ? "online" : "offline")));
       row.appendChild(timeCell(lot.since));
       row.appendChild(timeCell(lot.lastSeen));
       row.appendChild(cell(lot.peer));

@@ -200,6 +200,8 @@ class StatusReport:
     nats: NatsState | None = None
     forwards: Sequence[tuple[str, str, ForwardingProgress]] = ()
     """The [[forward]] engines: name, sink, progress."""
+    placement: list[Callable[[str], str | None]] = Factory(list)
+    """[cluster]: the gateway holding a lot (`gateway.cluster.placement`, added once it runs)."""
 
     def report(self) -> JSON:
         """The status as JSON-ready data."""
@@ -278,6 +280,9 @@ class StatusReport:
                     },
                 )
             )
+            if self.placement:
+                held = config.gateway.id if state.connected else self.placement[0](lot.park_code)
+                items[-1][2]["gateway"] = held
         items.sort(key=lambda item: (item[0], item[1]))
         online = sum(1 for connected, _, _ in items if connected)
         return {"online": online, "offline": len(items) - online, "items": [item for _, _, item in items]}

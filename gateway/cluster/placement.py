@@ -151,13 +151,14 @@ def _seconds(text: str) -> float | None:
 
 
 def place_lots(
-    cluster: Any, lots: Any, api: Any, *, journal: Any, gateway_id: str, reactor: Any
+    cluster: Any, lots: Any, api: Any, *, journal: Any, gateway_id: str, reactor: Any, status: Any = None
 ) -> tuple[Placement, Any]:
     """With [cluster]: placement and tokens shared through NATS, once the journal is replayed.
 
     ``cluster`` is the `ClusterService` (they stop before its connection),
     ``lots`` the `LotsService` (its binds and sessions), ``api`` the
-    `CommandApi` (its parks listing shows each lot's gateway).
+    `CommandApi` (its parks listing shows each lot's gateway), ``status``
+    the `StatusReport` (its lot table too).
     """
     from gateway.cluster.tokens import TokenShare
 
@@ -182,4 +183,6 @@ def place_lots(
     )
     tokens.setServiceParent(cluster)
     api.placement = placement.holder
+    if status is not None:
+        status.placement.append(placement.holder)
     return placement, tokens

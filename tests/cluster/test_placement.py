@@ -41,9 +41,12 @@ def sessions(gateway: Gateway) -> Sessions:
 
 
 async def park_json(gateway: Gateway, park: str = "") -> Any:
-    url = f"http://127.0.0.1:{gateway.api}/v1/parks" + (f"/{park}" if park else "")
+    return await get_json(gateway, "/v1/parks" + (f"/{park}" if park else ""))
+
+
+async def get_json(gateway: Gateway, path: str) -> Any:
     response = await treq.get(
-        url,
+        f"http://127.0.0.1:{gateway.api}{path}",
         headers={"Authorization": [f"Bearer {API_TOKEN}"]},
         pool=HTTPConnectionPool(reactor, persistent=False),
     )
@@ -112,6 +115,8 @@ async def test_every_gateway_shows_the_gateway_holding_each_lot(setup: Setup) ->
     listed = {park["parkCode"]: park for park in (await park_json(setup.b))["parks"]}
     assert listed["P001"]["gateway"] == "gw-a"
     assert listed["P002"]["gateway"] is None
+    page = {lot["parkCode"]: lot for lot in (await get_json(setup.b, "/v1/status"))["lots"]["items"]}
+    assert page["P001"]["gateway"] == "gw-a" and page["P002"]["gateway"] is None
     here = await park_json(setup.a, "P001")
     assert here["gateway"] == "gw-a" and here["connected"] is True
     await lot.leave()
