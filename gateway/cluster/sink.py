@@ -113,9 +113,13 @@ class _Acks:
         future = self.waiting.pop(msg.subject[len(self.prefix) :], None)
         if future is None or future.done():
             return
-        headers = msg.headers or {}
-        if headers.get("Status") == _NO_RESPONDERS:
+        headers = msg.headers
+        if headers and headers.get("Status") == _NO_RESPONDERS:
             future.set_exception(_NoStream())
+            return
+        data = msg.data
+        if data.startswith(b'{"stream":') and b'"error"' not in data:
+            future.set_result(data)  # a PubAck: nothing more of it is needed
             return
         try:
             answer = json.loads(msg.data)
@@ -255,7 +259,7 @@ class NatsSink:
         stalled: set[str] = set()
         for index, (_, _, _, park) in enumerate(messages):
             result = results[index]
-            acked = isinstance(result, dict)
+            acked = isinstance(result, dict | bytes)
             if park in stalled and acked:
                 results[index] = RuntimeError("sent again after an earlier event of its lot")
             elif not acked and not isinstance(result, _Refused):
@@ -270,7 +274,7 @@ class NatsSink:
     def _outcomes(self, results: list[object]) -> Sequence[Outcome]:
         outcomes = []
         for result in results:
-            if isinstance(result, dict):
+            if isinstance(result, dict | bytes):
                 outcomes.append(Outcome.delivered(_ACKED))
             elif isinstance(result, _Refused):
                 outcomes.append(Outcome.refusal(result.status, result.answer))
