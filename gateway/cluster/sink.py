@@ -63,6 +63,8 @@ __all__ = ["NatsSink", "msg_id"]
 _INTERFACE_TYPE = "org.cpmi.t002."
 # A status header of this value answers a request no one subscribes to: no stream takes the subject.
 _NO_RESPONDERS = "503"
+# Subjects remembered at most (then forgotten at once): lots x codes, bounded.
+_SUBJECTS_CACHED = 100_000
 # What a PubAck counts as in the engine's records (JetStream's API speaks HTTP's codes).
 _ACKED = 200
 
@@ -159,6 +161,8 @@ class NatsSink:
         """The events' stream: CPMI_EVENTS."""
         self._stream_ready = False
         self._acks: _Acks | None = None
+        # Subjects by (park, type, code): a few per lot, worked out once.
+        self._subjects: dict[tuple[str, str, str], str] = {}
         self._timeout = min(settings.request_timeout, connection.settings.request_timeout)
 
     @property
@@ -189,9 +193,16 @@ class NatsSink:
 
     def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
         """Publish the batch pipelined; an Outcome per event, in order (see the module docstring)."""
+        subjects = self._subjects
+        if len(subjects) > _SUBJECTS_CACHED:
+            subjects.clear()
         messages = [
             (
-                events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code)),
+                subjects.get((entry.park, entry.type, entry.code))
+                or subjects.setdefault(
+                    (entry.park, entry.type, entry.code),
+                    events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code)),
+                ),
                 entry.body,
                 {"Nats-Msg-Id": msg_id(entry), "Content-Type": EVENT_CONTENT_TYPE},
                 entry.park,
