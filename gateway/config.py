@@ -35,8 +35,11 @@ from gateway.protocol.signing import SIGNATURE_MODES
 from gateway.settings import (
     ApiClient,
     CloudConfig,
+    ClusterSettings,
+    ClusterTls,
     Config,
     ConfigError,
+    ForwardConfig,
     GatewayConfig,
     JournalConfig,
     ListenConfig,
@@ -48,7 +51,9 @@ from gateway.settings import (
 T = TypeVar("T")
 
 FSYNC_MODES = ("always", "interval", "never")
-SINKS = ("log-only", "cloudevents", "t002")
+SINKS = ("log-only", "cloudevents", "t002", "nats")
+# The sinks a [[forward]] table may name: t002 acts as each lot upstream, so it is [cloud]'s alone.
+FORWARD_SINKS = ("cloudevents", "nats")
 ROLES = ("read", "command", "sync", "admin")
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -331,9 +336,15 @@ def _tcp(raw: object) -> TcpConfig:
 
 
 def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
-    table = _Table("cloud", raw)
+    return _sink_table(_Table("cloud", raw), environ, SINKS)
+
+
+def _sink_table(table: _Table, environ: Mapping[str, str], sinks: tuple[str, ...]) -> CloudConfig:
+    """[cloud], or a [[forward]] table (its `name` already taken): a sink and its keys."""
     url = table.take("url", str, "")
-    sink = table.choice("sink", "cloudevents" if url else "log-only", SINKS)
+    default = "cloudevents" if url else ("log-only" if "log-only" in sinks else "")
+    sink = table.choice("sink", default, sinks)
+    key = table.key
     result = CloudConfig(
         sink=sink,
         url=table.text("url", url, _http_url),
@@ -350,7 +361,9 @@ def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
     )
     table.done()
     if sink in ("cloudevents", "t002") and not url:
-        raise ConfigError(f"cloud.url: required with sink {sink!r}")
+        raise ConfigError(f"{key('url')}: required with sink {sink!r}")
+    if sink == "nats" and url:
+        raise ConfigError(f"{key('url')}: not used with sink 'nats' (events go to [cluster] servers)")
     if result.api_token_file:
         result = evolve(result, api_token=_token_file(result))
     if sink == "t002":
@@ -363,9 +376,98 @@ def _cloud(raw: object, environ: Mapping[str, str]) -> CloudConfig:
             )
     elif result.downlink:
         # Most likely a forgotten sink = "t002": with a url the sink defaults to cloudevents.
-        raise ConfigError("cloud.downlink: only used with sink 't002'")
+        raise ConfigError(f"{key('downlink')}: only used with sink 't002'")
     if result.retry_max_delay < result.retry_min_delay:
-        raise ConfigError("cloud.retry_max_delay: must not be less than cloud.retry_min_delay")
+        raise ConfigError(f"{key('retry_max_delay')}: must not be less than {key('retry_min_delay')}")
+    return result
+
+
+def _forward(index: int, raw: object, environ: Mapping[str, str]) -> ForwardConfig:
+    """One [[forward]] table: `name`, `sink` and that sink's keys (CONTRACT §9)."""
+    table = _Table(f"forward[{index}]", raw)
+    name = table.text(
+        "name", "", lambda v: None if _GATEWAY_ID.fullmatch(v) else "required: letters, digits, . _ -"
+    )
+    if "sink" not in table.raw:
+        raise ConfigError(f"{table.key('sink')}: required (one of {', '.join(FORWARD_SINKS)})")
+    # The command API's keys and queries are [cloud]'s; a [[forward]] only forwards.
+    for key in ("api_token", "api_token_file", "query_url", "downlink"):
+        if key in table.raw:
+            raise ConfigError(f"{table.key(key)}: only in [cloud], not in a [[forward]]")
+    return ForwardConfig(name=name, cloud=_sink_table(table, environ, FORWARD_SINKS))
+
+
+# A park code becomes a subject token with [cluster] on: none of NATS's separators or wildcards.
+_SUBJECT_UNSAFE = re.compile(r"[.*>\s]")
+_SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_NATS_URL_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def _nats_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        return f"not a nats:// URL with a valid port: {value!r}"
+    if parts.scheme not in _NATS_URL_SCHEMES or not parts.hostname or (port is not None and port < 1):
+        return f"not a nats://host:port URL: {value!r}"
+    return None
+
+
+def _cluster(raw: object, environ: Mapping[str, str]) -> ClusterSettings:
+    """[cluster] (CONTRACT §9): the NATS servers and how to reach them."""
+    table = _Table("cluster", raw)
+    servers = table.take("servers", list, [])
+    if not servers:
+        raise ConfigError("cluster.servers: required: a list of nats:// URLs")
+    for server in servers:
+        problem = _nats_url(server) if isinstance(server, str) else "must be strings (nats:// URLs)"
+        if problem:
+            raise ConfigError(f"cluster.servers: {problem}")
+    prefix = table.text(
+        "prefix",
+        "cpmi",
+        lambda v: (
+            None if _SUBJECT_PREFIX.fullmatch(v) else "subject tokens: letters, digits, _ - joined by ."
+        ),
+    )
+    tls_raw = table.raw.pop("tls", None)
+    tls: ClusterTls | None = None
+    if tls_raw is True:
+        tls = ClusterTls()
+    elif isinstance(tls_raw, Mapping):
+        tls_table = _Table("cluster.tls", tls_raw)
+        tls = ClusterTls(
+            ca_file=tls_table.text("ca_file", ""),
+            cert_file=tls_table.text("cert_file", ""),
+            key_file=tls_table.text("key_file", ""),
+            hostname=tls_table.text("hostname", ""),
+        )
+        tls_table.done()
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise ConfigError("cluster.tls.key_file: cert_file and key_file go together")
+    elif tls_raw is not None and tls_raw is not False:
+        raise ConfigError("cluster.tls: must be true, false or a table (ca_file, cert_file, key_file)")
+    result = ClusterSettings(
+        servers=tuple(servers),
+        prefix=prefix,
+        replicas=table.number("replicas", 1, 1),
+        name=table.text("name", ""),
+        creds=table.text("creds", ""),
+        token=table.secret("token", environ),
+        tls=tls,
+        connect_timeout=_seconds(table, "connect_timeout", 5.0),
+        request_timeout=_seconds(table, "request_timeout", 10.0),
+        reconnect_min_delay=_seconds(table, "reconnect_min_delay", 0.25),
+        reconnect_max_delay=_seconds(table, "reconnect_max_delay", 10.0),
+    )
+    table.done()
+    if result.replicas > 5:
+        raise ConfigError("cluster.replicas: must be 1 to 5 (JetStream's limit)")
+    if result.creds and result.token:
+        raise ConfigError("cluster.token: set either creds or token, not both")
+    if result.reconnect_max_delay < result.reconnect_min_delay:
+        raise ConfigError("cluster.reconnect_max_delay: must not be less than cluster.reconnect_min_delay")
     return result
 
 
@@ -496,12 +598,17 @@ def parse(
         api_clients=clients,
         lots=lots,
         deadline_overrides=_deadlines(document.pop("deadlines", {})),
+        cluster=_cluster(document["cluster"], environ) if "cluster" in document else None,
+        forwards=tuple(_forward(i, raw, environ) for i, raw in enumerate(_array(document, "forward"))),
     )
+    document.pop("cluster", None)
     if document:
         raise ConfigError(f"{sorted(document)[0]}: unknown key")
     _unique(lots, "lot", "park_code")
     _unique(lots, "lot", "username")
     _unique(clients, "api_client", "name")
+    _unique(config.forwards, "forward", "name")
+    _check_cluster(config)
     if config.cloud.sink == "t002":
         _check_upstream_accounts(lots)
     for index, lot in enumerate(lots):
@@ -513,6 +620,26 @@ def parse(
             if config.listen.endpoint(key) is None:
                 raise ConfigError(f"listen.{key}: required: lot[{index}] speaks {lot.dialect}")
     return config
+
+
+def _check_cluster(config: Config) -> None:
+    """The nats sink needs [cluster]; with [cluster] on, every park code must be a subject token."""
+    sinks = [("cloud.sink", config.cloud.sink)]
+    sinks += [(f"forward[{i}].sink", each.cloud.sink) for i, each in enumerate(config.forwards)]
+    if config.cluster is None:
+        for key, sink in sinks:
+            if sink == "nats":
+                raise ConfigError(f"{key}: 'nats' needs [cluster] servers")
+        return
+    for index, lot in enumerate(config.lots):
+        if _SUBJECT_UNSAFE.search(lot.park_code):
+            raise ConfigError(
+                f"lot[{index}].park_code: {lot.park_code!r} holds . * > or whitespace, "
+                "which NATS subjects cannot carry ([cluster] is on)"
+            )
+    if sum(1 for _, sink in sinks if sink == "nats") > 1:
+        key = [key for key, sink in sinks if sink == "nats"][1]
+        raise ConfigError(f"{key}: 'nats' is already a sink: one stream takes each event once")
 
 
 def _check_upstream_accounts(lots: tuple[LotConfig, ...]) -> None:

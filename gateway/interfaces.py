@@ -11,6 +11,8 @@ the gateway at run time, so any room may import it.
   is); `gateway.journal.writer.Journal` provides both.
 - The sinks: `Sink` and the values it trades with the forwarder (`Entry`,
   `Outcome`, `Split`).
+- The cluster: `NatsState`, the NATS connection as /readyz, the metrics and
+  the status page show it (`gateway.cluster.connection.NatsConnection`).
 
 Record kinds live in `gateway.journal.kinds`.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "LotCommands",
     "LotReply",
     "LotState",
+    "NatsState",
     "NotConnected",
     "Outcome",
     "Sink",
@@ -201,3 +204,22 @@ class Sink(Protocol):
 
     def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
         """Send `batch`; fires with an Outcome per entry, in order, or a Split; never fails."""
+
+
+# The cluster
+
+
+class NatsState(Protocol):
+    """The gateway's NATS connection, as /readyz, the metrics and the status page show it."""
+
+    @property
+    def state(self) -> str:
+        """connecting | connected | reconnecting | closed."""
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnections since start."""
+
+    @property
+    def last_error(self) -> str:
+        """The last connection error ("" once connected again)."""

@@ -16,8 +16,11 @@ from attrs import field, frozen
 __all__ = [
     "ApiClient",
     "CloudConfig",
+    "ClusterSettings",
+    "ClusterTls",
     "Config",
     "ConfigError",
+    "ForwardConfig",
     "GatewayConfig",
     "JournalConfig",
     "ListenConfig",
@@ -133,6 +136,55 @@ class CloudConfig:
 
 
 @frozen
+class ClusterTls:
+    """[cluster.tls]: TLS towards the NATS servers, as nats-py takes it (an ``ssl.SSLContext``).
+
+    ``ca_file`` verifies the servers (the system's CAs when empty); ``cert_file`` and
+    ``key_file`` are the gateway's client certificate; ``hostname`` overrides the name checked.
+    """
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    hostname: str = ""
+
+
+@frozen
+class ClusterSettings:
+    """[cluster] (CONTRACT §9): the NATS servers the gateway connects to, and how.
+
+    ``prefix`` starts every subject (``{prefix}.events.{park}.{suffix}``); ``replicas``
+    is given to the streams the gateway creates. ``creds`` is a NATS credentials file,
+    ``token`` a bearer token (never shown by repr); ``tls`` None for plain TCP.
+    Reconnection backs off from ``reconnect_min_delay`` doubling to ``reconnect_max_delay``.
+    """
+
+    servers: tuple[str, ...]
+    prefix: str = "cpmi"
+    replicas: int = 1
+    name: str = ""
+    creds: str = ""
+    token: str = field(default="", repr=False)
+    tls: ClusterTls | None = None
+    connect_timeout: float = 5.0
+    request_timeout: float = 10.0
+    reconnect_min_delay: float = 0.25
+    reconnect_max_delay: float = 10.0
+
+
+@frozen
+class ForwardConfig:
+    """One [[forward]] table: a further sink named ``name`` over the same journal.
+
+    ``cloud`` holds that sink's keys as [cloud] would (its ``sink``, ``url``, batching
+    and retry); its progress records, backlog and retention floor are its own.
+    """
+
+    name: str
+    cloud: CloudConfig
+
+
+@frozen
 class ApiClient:
     name: str
     token_sha256: str
@@ -167,6 +219,10 @@ class Config:
     lots: tuple[LotConfig, ...]
     # [deadlines]: seconds per downlink or query code, overriding CONTRACT §3's table.
     deadline_overrides: tuple[tuple[str, float], ...] = ()
+    # [cluster] (CONTRACT §9): None when the gateway works alone.
+    cluster: ClusterSettings | None = None
+    # [[forward]]: further sinks over the same journal, each with its own progress.
+    forwards: tuple[ForwardConfig, ...] = ()
 
     @property
     def deadlines(self) -> dict[str, float]:

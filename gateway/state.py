@@ -110,6 +110,8 @@ class StartState:
         self.sync: dict[int, dict[str, Any]] = {}
         """The `sync` records not done yet, by seq: ts, park, code, opr, body."""
         self.forwarded = 0
+        self.forwarded_by: dict[str, int] = {}
+        """How far each [[forward]] got, by its progress name (the main sink's is `forwarded`)."""
         self.quarantined: list[dict[str, Any]] = []
         """The bodies of the `quarantine` records."""
 
@@ -143,9 +145,14 @@ class StartState:
                 self.sync.pop(done, None)
         elif kind == FORWARDED_RECORD or kind == REJECTED_RECORD:
             # The main sink's progress: another engine's records name their sink.
-            through = body.get("through") if isinstance(body, dict) and "sink" not in body else None
-            if type(through) is int and through > self.forwarded:
-                self.forwarded = through
+            through = body.get("through") if isinstance(body, dict) else None
+            if type(through) is int:
+                sink = body.get("sink") if isinstance(body, dict) else None
+                if sink is None:
+                    if through > self.forwarded:
+                        self.forwarded = through
+                elif isinstance(sink, str) and through > self.forwarded_by.get(sink, 0):
+                    self.forwarded_by[sink] = through
         elif kind == QUARANTINE_RECORD:
             if isinstance(body, dict):
                 self.quarantined.append(body)
@@ -167,6 +174,7 @@ class StartState:
             "totals": dict(self.totals),
             "sync": [{"seq": seq, **entry} for seq, entry in self.sync.items()],
             "forwarded": self.forwarded,
+            "forwardedBy": dict(self.forwarded_by),
             "quarantined": list(self.quarantined),
         }
 
@@ -179,6 +187,9 @@ class StartState:
         try:
             state.through = _int(body["through"], "through")
             state.forwarded = _int(body["forwarded"], "forwarded")
+            # Written since [[forward]]: an older checkpoint has none.
+            for sink, through in body.get("forwardedBy", {}).items():
+                state.forwarded_by[str(sink)] = _int(through, f"forwardedBy.{sink}")
             for token in body["tokens"]:
                 if not isinstance(token, dict) or not isinstance(token.get("user"), str):
                     raise ValueError("tokens: an entry without user")
@@ -200,8 +211,9 @@ class StartState:
         totals: ParkTotals,
         sync: SyncRestorer | None,
         progress: Progress | None,
+        forwards: Iterable[Progress] = (),
     ) -> None:
-        """Put the state into the gateway's parts."""
+        """Put the state into the gateway's parts (``forwards``: the [[forward]] engines' progress)."""
         for token in self.tokens.values():
             try:
                 sessions.install(token)
@@ -225,6 +237,10 @@ class StartState:
                 )
         if progress is not None and self.forwarded > progress.through:
             progress.through = self.forwarded
+        for each in forwards:
+            through = self.forwarded_by.get(each.sink, 0)
+            if through > each.through:
+                each.through = through
 
 
 def _int(value: object, name: str) -> int:
@@ -284,6 +300,7 @@ def restore_at_start(
     totals: ParkTotals,
     sync: SyncRestorer | None = None,
     progress: Progress | None = None,
+    forwards: Iterable[Progress] = (),
     repeat_window: float = 3600.0,
 ) -> Restored:
     """
@@ -338,7 +355,7 @@ def restore_at_start(
             journal.note_quarantined(quarantine)
     for set_aside in journal.set_aside([d for d in found if (d.segment, d.offset) not in known]):
         state.observe(set_aside)
-    state.apply(sessions=sessions, totals=totals, sync=sync, progress=progress)
+    state.apply(sessions=sessions, totals=totals, sync=sync, progress=progress, forwards=forwards)
     return Restored(state, used, from_seq, count)
 
 

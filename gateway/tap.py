@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NoReturn
 
@@ -17,22 +17,29 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from gateway import __version__
-from gateway.cloud.api import CommandApi
+from gateway.cloud.api import CommandApi, CommandPath
 from gateway.cloud.metrics import (
     observe_fsync,
     register_forwarder,
+    register_forwards,
     register_logins,
+    register_nats,
     register_space,
     register_upstream,
 )
 from gateway.cloud.metrics import register as register_metrics
 from gateway.cloud.service import CloudService
 from gateway.cloud.status import StatusReport
+from gateway.cluster.connection import NatsConnection
+from gateway.cluster.forwards import NatsEventsService, forward_services
+from gateway.cluster.lots import answer_commands, join_sync
+from gateway.cluster.service import ClusterService
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
 from gateway.dialects.host import GatewayParts
 from gateway.dialects.service import LotsService
 from gateway.firststart import Fresh, create_token_file
+from gateway.forwarding import ForwardingEngine
 from gateway.heap import settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.jumps import read_jumps
@@ -297,6 +304,10 @@ def build_service(
         run_blocking=run_blocking,
     )
     store.setServiceParent(root)
+    # [cluster]: the NATS connection starts before the parts that use it and stops after them.
+    cluster = ClusterService(settings.cluster, reactor=reactor) if settings.cluster is not None else None
+    if cluster is not None:
+        cluster.setServiceParent(root)
     parts = MultiService()
     parts.setName("parts")
     parts.setServiceParent(root)
@@ -307,17 +318,30 @@ def build_service(
         )
     lots = LotsService(settings, reactor=reactor, journal=journal)
     lots.setServiceParent(parts)
-    sink: CloudService | UpstreamService | None = None
+    if cluster is not None:
+        join_sync(cluster, lots, settings, journal=journal, reactor=reactor)  # sync entries over JetStream
+    sink: CloudService | UpstreamService | NatsEventsService | None = None
     skipped = read_jumps(journal.path).skipped  # a restore's seq jump is no backlog
+    connection = cluster.connection if cluster is not None else None
     if settings.cloud.sink == "cloudevents":
         sink = CloudService(settings, reactor=reactor, journal=journal, key=key, skipped=skipped)
     elif settings.cloud.sink == "t002":
         sink = UpstreamService(
             settings, reactor=reactor, journal=journal, lots=lots.router, sync=lots.sync, skipped=skipped
         )
+    elif settings.cloud.sink == "nats" and connection is not None:
+        sink = NatsEventsService(
+            settings, reactor=reactor, journal=journal, key=key, connection=connection, skipped=skipped
+        )
     if sink is not None:
         # After the lots, so it stops before them: the upstream's relays journal what they pass on.
         sink.setServiceParent(parts)
+    # [[forward]]: further sinks over the same journal, each with its own progress and floor.
+    forwards = forward_services(
+        settings, reactor=reactor, journal=journal, key=key, connection=connection, skipped=skipped
+    )
+    for forward in forwards:
+        forward.setServiceParent(parts)
     gateway_parts = lots.serve(sink.queries if sink is not None else None)
     forwarding = sink.forwarding if sink is not None else None
     # Nothing runs before the reactor does, so the parts above may be built before the replay.
@@ -329,6 +353,7 @@ def build_service(
         totals=lots.totals,
         sync=lots.sync,
         progress=forwarding.progress if forwarding is not None else None,
+        forwards=[forward.progress for forward in forwards],
     )
     log.info(
         "journal {path}: read {count} records from seq {first} ({whence}); {tokens} tokens in force, "
@@ -349,6 +374,8 @@ def build_service(
     store.keep(lots.sync.first_pending_seq)
     if forwarding is not None:
         store.keep(lambda: forwarding.engine.done_through + 1)
+    for forward in forwards:
+        store.keep(partial(_floor, forward.engine))
 
     registry = CollectorRegistry()
     register_metrics(registry, lots.router, journal, lots.sync)
@@ -358,14 +385,43 @@ def build_service(
         register_forwarder(registry, forwarding.engine)
         log.info(
             "forwarding events to {url}, from journal seq {seq} on",
-            url=settings.cloud.url,
+            url=settings.cloud.url or settings.cloud.sink,
             seq=forwarding.progress.through + 1,
         )
+    if forwards:
+        register_forwards(registry, {forward.engine.progress: forward.engine for forward in forwards})
+    for forward, table in zip(forwards, settings.forwards, strict=True):
+        log.info(
+            "forward {name}: events to {url} ({sink}), from journal seq {seq} on",
+            name=table.name,
+            url=table.cloud.url or table.cloud.sink,
+            sink=table.cloud.sink,
+            seq=forward.progress.through + 1,
+        )
+    if connection is not None:
+        register_nats(registry, connection)
     if isinstance(sink, UpstreamService):
         register_upstream(registry, sink.links)
     observe_fsync(registry, journal)
-    api = _api(settings, reactor, journal, store, lots, registry, gateway_parts, sink, config_path)
+    api = _api(
+        settings,
+        reactor,
+        journal,
+        store,
+        lots,
+        registry,
+        gateway_parts,
+        sink,
+        config_path,
+        connection=connection,
+        forwards=[
+            (table.name, table.cloud.sink, f.engine)
+            for f, table in zip(forwards, settings.forwards, strict=True)
+        ],
+    )
     api.setServiceParent(parts)
+    if cluster is not None:
+        answer_commands(cluster, lots, api.commands, settings, reactor=reactor)  # commands over NATS
     register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
@@ -386,10 +442,16 @@ def build_service(
     return root
 
 
+def _floor(engine: Any) -> int:
+    """The first journal record a forwarding engine still needs (retention keeps it)."""
+    return int(engine.done_through) + 1
+
+
 class _ApiService(MultiService):
     """The command API's listener, the status page's rejections and SIGHUP; :attr:`guards` its cap."""
 
     guards: list[ConnectionGuard]
+    commands: CommandPath
 
 
 def _api(
@@ -400,8 +462,11 @@ def _api(
     lots: LotsService,
     registry: CollectorRegistry,
     gateway_parts: GatewayParts,
-    sink: CloudService | UpstreamService | None,
+    sink: CloudService | UpstreamService | NatsEventsService | None,
     config_path: str | None,
+    *,
+    connection: NatsConnection | None = None,
+    forwards: Sequence[tuple[str, str, ForwardingEngine]] = (),
 ) -> _ApiService:
     """The operators' side: the command API and status page, the reload (SIGHUP too)."""
     forwarding = sink.forwarding if sink is not None else None
@@ -442,6 +507,8 @@ def _api(
         ready=store.ready,
         forwarding=forwarding.engine if forwarding is not None else None,
         rejections=rejections.recent,
+        nats=connection,
+        forwards=forwards,
     )
     api = CommandApi(
         config=settings,
@@ -454,6 +521,7 @@ def _api(
         deadlines=settings.deadlines,
         status=status,
         reload=reloader.reload if reloader is not None else None,
+        nats=connection,
     )
     if reloader is not None:
         reloader.parts.append(api)
@@ -466,5 +534,6 @@ def _api(
         proxied=proxied(settings.listen.api),
     )
     service.guards = [site.guard]
+    service.commands = api.commands
     Listener("api", settings.listen.api, site, reactor).setServiceParent(service)
     return service

@@ -13,6 +13,12 @@ Authentication is `Authorization: Bearer T`: `cloud.api_token` has every role; a
 Nor does the status page (`GET /` and its script and style sheet): it holds no data and
 fetches `GET /v1/status` (role `read`) with the token a person types in.
 `POST /v1/admin/reload` (role `admin`) reloads the configuration.
+
+`CommandPath` is the one way a command goes down, whoever asks: this API or a
+NATS request (`gateway.cluster.commands`, CONTRACT §9). It checks the code and the
+data, journals the command, asks the lot (or, for a lot this gateway does not hold
+and with `[cluster]` on, the gateway that does, through `RemoteCommands`) and
+journals the outcome; each asker only renders the `CommandAnswer` its own way.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any, Protocol, TypeVar
 from attrs import frozen
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,7 +43,15 @@ from twisted.web.resource import IResource
 
 from gateway.cloud.openapi import openapi_document
 from gateway.cloud.status import PageAsset, StatusReport, page_assets, rfc3339
-from gateway.interfaces import DeadlinePassed, JournalAppend, LotCommands, LotReply, LotState, NotConnected
+from gateway.interfaces import (
+    DeadlinePassed,
+    JournalAppend,
+    LotCommands,
+    LotReply,
+    LotState,
+    NatsState,
+    NotConnected,
+)
 from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.protocol.catalog import DeliveryClass, Interface, deadline_of, lookup
 from gateway.protocol.jsontext import JSONRefused, loads
@@ -50,8 +64,12 @@ __all__ = [
     "ALL_ROLES",
     "CLOUD_CLIENT",
     "Caller",
+    "CommandAnswer",
     "CommandApi",
+    "CommandPath",
+    "CommandRefused",
     "ReloadOutcome",
+    "RemoteCommands",
     "SyncEntries",
 ]
 
@@ -107,18 +125,323 @@ class Caller:
         return role in self.roles or "admin" in self.roles
 
 
-class _Refusal(Exception):
-    """A request refused before any work: the HTTP status and the JSON body to answer."""
+class CommandRefused(Exception):
+    """A request refused before any work: the HTTP status and the JSON body to answer.
 
-    def __init__(self, status: int, body: dict[str, object], challenge: bytes | None = None) -> None:
+    `result` is the result code the refusal is, for an asker that answers with
+    one (a NATS request): 9001 unknown code, 9002 not JSON, 9010 a bad field.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        body: dict[str, object],
+        challenge: bytes | None = None,
+        result: Result = Result.FAILED,
+    ) -> None:
         super().__init__(status, body)
         self.status = status
         self.body = body
         self.challenge = challenge
+        self.result = result
+
+    def reply(self) -> dict[str, object]:
+        """The refusal as a command reply: `{"resultCode","resultMessage","data"}`."""
+        return {
+            "resultCode": self.result.code,
+            "resultMessage": self.result.message(str(self.body.get("error", ""))),
+            "data": None,
+        }
 
 
-def _error(status: int, message: str) -> _Refusal:
-    return _Refusal(status, {"error": message})
+_Refusal = CommandRefused
+
+
+def _error(status: int, message: str, result: Result = Result.FAILED) -> CommandRefused:
+    return CommandRefused(status, {"error": message}, result=result)
+
+
+@frozen
+class CommandAnswer:
+    """What became of a command: the HTTP status and body the API answers, and its outcome label."""
+
+    status: int
+    body: dict[str, object]
+    outcome: str
+
+    def reply(self) -> dict[str, object]:
+        """The answer as a command reply (`{"resultCode","resultMessage","data"}`, CONTRACT §9)."""
+        body = self.body
+        if "resultCode" in body:
+            return {
+                "resultCode": body["resultCode"],
+                "resultMessage": body.get("resultMessage", ""),
+                "data": body.get("data"),
+            }
+        return {
+            "resultCode": Result.FAILED.code,
+            "resultMessage": Result.FAILED.message(str(body.get("error", ""))),
+            "data": None,
+        }
+
+
+# The HTTP status a command reply from another gateway stands for, by its result code.
+_REPLY_STATUS = {
+    Result.NOT_CONNECTED.code: 409,
+    Result.DEADLINE.code: 504,
+}
+
+
+def answer_of_reply(reply: Mapping[str, object], status: int | None = None) -> CommandAnswer:
+    """A command reply another gateway gave (over NATS) as this API's answer.
+
+    `status` is the HTTP status the answering gateway gave it, when it said; else
+    9008 is 409, 9009 is 504 and any other is the lot's reply, 200.
+    """
+    code = str(reply.get("resultCode", ""))
+    body = {
+        "resultCode": code,
+        "resultMessage": str(reply.get("resultMessage", "")),
+        "data": reply.get("data"),
+    }
+    if status is None:
+        status = _REPLY_STATUS.get(code, 200)
+    if status != 200:
+        del body["data"]
+    outcome = {200: "ok", 409: "not_connected", 504: "deadline"}.get(status, "error")
+    return CommandAnswer(status, body, outcome)
+
+
+class RemoteCommands(Protocol):
+    """The gateways of the cluster as the command path sees them (`gateway.cluster.commands`)."""
+
+    def ask(
+        self, park: str, code: str, data: object, opr: str, client: str
+    ) -> Deferred[tuple[int, dict[str, object]]]:
+        """Ask the gateway holding `park`, sending `opr` along; fires with (HTTP status, reply).
+
+        Fails with NotConnected when no gateway holds the lot (NATS: no
+        responders, or NATS itself unreachable) and with DeadlinePassed when
+        none answered in time.
+        """
+
+
+class CommandPath:
+    """The one path of a command down to a lot, for the HTTP API and NATS requests alike.
+
+    The asker authenticates and renders; this checks the code (`interface`), the
+    lot's dialect (`supported`) and the data (`data`), raising `CommandRefused`,
+    and `send` journals the command, asks the lot and journals the outcome.
+    """
+
+    def __init__(
+        self,
+        *,
+        lots: LotCommands,
+        journal: JournalAppend,
+        clock: IReactorTime,
+        registry: CollectorRegistry,
+        config: Callable[[], Config],
+        deadlines: Mapping[str, float] | None = None,
+        status: StatusReport | None = None,
+    ) -> None:
+        self._lots = lots
+        self._journal = journal
+        self._clock = clock
+        self._config = config
+        self._deadlines = dict(deadlines or {})
+        self._status = status
+        self.remote: RemoteCommands | None = None
+        """The other gateways (`[cluster]`): a lot not bound here is asked through them."""
+        self._seconds = Histogram(
+            "cpmi_command_seconds",
+            "Time from a command's arrival on the API to its answer, by code and outcome.",
+            ["code", "outcome"],
+            registry=registry,
+            buckets=COMMAND_BUCKETS,
+        )
+
+    # --- checks ---------------------------------------------------------
+
+    def interface(self, code: str) -> Interface:
+        """The downlink interface `code` names; else refused 400 (9001)."""
+        interface = lookup(code)
+        if interface is None:
+            raise _error(400, f"unknown interface code {code!r}", Result.NO_SUCH_INTERFACE)
+        if interface.downlink is None:
+            raise _error(400, f"{interface.code} is not sent down to lots", Result.NO_SUCH_INTERFACE)
+        return interface
+
+    def supported(self, park: str, interface: Interface) -> None:
+        """Refuse (400, 9001) a code the lot's dialect cannot carry."""
+        if not self._lots.supports(park, interface.code):
+            lot = self._config().lot_by_park(park)
+            dialect = lot.dialect if lot is not None else "?"
+            raise _error(
+                400,
+                f"park {park!r} speaks the {dialect} dialect, which has no {interface.code}",
+                Result.NO_SUCH_INTERFACE,
+            )
+
+    def data(self, raw: bytes, interface: Interface) -> object:
+        """The interface's `data` in `raw` (JSON), checked and normalised; else refused 400.
+
+        9002 when it is not JSON, 9004 when it is not an object or a list, 9010
+        naming the field the catalog refuses.
+        """
+        try:
+            data = loads(raw, root="data")  # the rules the lots' JSON follows (CONTRACT §4)
+        except JSONRefused as error:
+            detail = error.detail
+            raise _error(
+                400, f"the body is not JSON: {detail}" if error.path == "" else detail, Result.MALFORMED
+            ) from None
+        if not isinstance(data, dict | list):
+            raise _error(400, "the body must be a JSON object or a list of objects", Result.EMPTY_BODY)
+        try:
+            return validate(interface.request, data)
+        except FieldError as error:
+            raise _error(400, error.message(), Result.FIELD_INVALID) from None
+
+    def request(
+        self, park: str, code: str, raw: bytes, *, client: str, opr: str = "", via: str = ""
+    ) -> Deferred[tuple[int, dict[str, object]]]:
+        """A command that came as a NATS request: (HTTP status, reply); never fails.
+
+        The same checks as the API's, each refusal a reply with its result code
+        (CommandRefused.reply); then `send`, never relayed again (the request
+        reached the gateway holding the lot).
+        """
+        try:
+            if self._config().lot_by_park(park) is None:
+                raise _error(404, f"park {park!r} is not configured", Result.NO_SUCH_PARK)
+            if len(raw) > self._config().uplink.api_max_body_bytes:
+                raise _error(413, "the body is too large", Result.MALFORMED)
+            interface = self.interface(code)
+            if interface.downlink is not DeliveryClass.COMMAND:
+                raise _error(
+                    400,
+                    f"{interface.code} is a sync downlink: publish it to the sync stream",
+                    Result.NO_SUCH_INTERFACE,
+                )
+            self.supported(park, interface)
+            data = self.data(raw, interface)
+        except CommandRefused as refused:
+            return succeed((refused.status, refused.reply()))
+        sent = self.send(client, park, interface, data, opr=opr, via=via, relay=False)
+        return sent.addCallback(lambda answer: (answer.status, answer.reply()))
+
+    # --- sending --------------------------------------------------------
+
+    def send(
+        self,
+        client: str,
+        park: str,
+        interface: Interface,
+        data: object,
+        *,
+        opr: str = "",
+        via: str = "",
+        relay: bool = True,
+    ) -> Deferred[CommandAnswer]:
+        """Journal the command, ask the lot, journal and return the outcome; never fails.
+
+        With `remote` set and `relay`, a lot not bound here is asked through the
+        gateway holding it, which journals the command and its reply; this gateway
+        journals them only when no gateway answered (409, 504), the outcome being
+        its own. `opr` is the oprNum to send as (a new one if empty); `via` names
+        the gateway that relayed the command here, journaled beside the client.
+        """
+        if relay and self.remote is not None and not self._lots.state(park).connected:
+            return self._relay(client, park, interface, data)
+        code = interface.code
+        opr = opr or uuid.uuid4().hex
+        started = self._clock.seconds()
+        command: dict[str, object] = {"client": client, "data": data}
+        if via:
+            command["via"] = via
+
+        def unjournaled(failure: Failure) -> CommandAnswer:
+            log.failure("command {code} for {park} not journaled; not sent", failure, code=code, park=park)
+            return CommandAnswer(
+                503, {"error": "the command could not be journaled; not sent"}, "journal_failed"
+            )
+
+        def ask(_: object) -> Deferred[CommandAnswer]:
+            # Sent with the oprNum it was journaled under, so a reply matches its record (CONTRACT §7).
+            asked = maybeDeferred(self._lots.command, park, code, data, opr)
+            asked.addTimeout(deadline_of(code, self._deadlines) + DEADLINE_GRACE, self._clock)
+            return asked.addCallbacks(_replied, self._failed, errbackArgs=(park, code)).addCallback(
+                self._journaled, client, park, code, opr
+            )
+
+        durable = maybeDeferred(self._journal.append, COMMAND_RECORD, park, code, opr, command)
+        return durable.addCallbacks(ask, unjournaled).addCallback(
+            lambda answer: self._finish(started, code, answer)
+        )
+
+    def _relay(self, client: str, park: str, interface: Interface, data: object) -> Deferred[CommandAnswer]:
+        remote = self.remote
+        assert remote is not None
+        code = interface.code
+        opr = uuid.uuid4().hex
+        started = self._clock.seconds()
+
+        def unanswered(failure: Failure) -> Deferred[CommandAnswer]:
+            # No gateway took the command: the caller's answer is this gateway's, so is the record.
+            answer = self._failed(failure, park, code)
+            command = {"client": client, "data": data, "via": "nats"}
+            stored = maybeDeferred(self._journal.append, COMMAND_RECORD, park, code, opr, command)
+            stored.addErrback(self._reply_not_journaled, park, code, opr)
+            return stored.addCallback(lambda _: self._journaled(answer, client, park, code, opr))
+
+        asked: Deferred[Any] = maybeDeferred(remote.ask, park, code, data, opr, client)
+        asked.addCallbacks(lambda answer: answer_of_reply(answer[1], answer[0] or None), unanswered)
+        return asked.addCallback(lambda answer: self._finish(started, code, answer))
+
+    def _failed(self, failure: Failure, park: str, code: str) -> CommandAnswer:
+        if failure.check(NotConnected):
+            result, status, outcome = Result.NOT_CONNECTED, 409, "not_connected"
+            detail = f"park {park} has no downlink connection"
+        elif failure.check(DeadlinePassed, TimeoutError, CancelledError):
+            result, status, outcome = Result.DEADLINE, 504, "deadline"
+            detail = f"no reply from park {park} to {code} in time"
+        else:
+            log.failure("command {code} for {park} failed", failure, code=code, park=park)
+            result, status, outcome = Result.FAILED, 500, "error"
+            detail = "the gateway failed to send the command"
+        return CommandAnswer(
+            status, {"resultCode": result.code, "resultMessage": result.message(detail)}, outcome
+        )
+
+    def _journaled(self, answer: CommandAnswer, client: str, park: str, code: str, opr: str) -> CommandAnswer:
+        """Journal `answer` as the command's `command-reply` record (not waited for)."""
+        record = {"client": client, "data": None, **answer.body}
+        self._journal.append(COMMAND_REPLY_RECORD, park, code, opr, record).addErrback(
+            self._reply_not_journaled, park, code, opr
+        )
+        return answer
+
+    def _finish(self, started: float, code: str, answer: CommandAnswer) -> CommandAnswer:
+        elapsed = max(0.0, self._clock.seconds() - started)
+        self._seconds.labels(code=code, outcome=answer.outcome).observe(elapsed)
+        if self._status is not None:
+            self._status.latency.record(answer.outcome, elapsed)
+        return answer
+
+    def _reply_not_journaled(self, failure: Failure, park: str, code: str, opr: str) -> None:
+        log.failure(
+            "command-reply for {code} to {park} (opr {opr}) not journaled",
+            failure,
+            park=park,
+            code=code,
+            opr=opr,
+        )
+
+
+def _replied(reply: LotReply) -> CommandAnswer:
+    body = {"resultCode": reply.result_code, "resultMessage": reply.result_message, "data": reply.data}
+    return CommandAnswer(200, body, "ok")
 
 
 def _park_json(state: LotState, backlog: int) -> dict[str, object]:
@@ -175,6 +498,7 @@ class CommandApi:
         sync: SyncEntries | None = None,
         status: StatusReport | None = None,
         reload: Callable[[str], Awaitable[ReloadOutcome]] | None = None,
+        nats: NatsState | None = None,
     ) -> None:
         """`deadlines` overrides the catalog's per code, as given to the downlink side.
 
@@ -193,16 +517,20 @@ class CommandApi:
         self._clock = clock
         self._registry = registry
         self._ready = ready
+        self._nats = nats
         self._deadlines = dict(deadlines or {})
         self._cloud_token = config.cloud.api_token.encode("utf-8")
         self._openapi = _json_bytes(openapi_document())
-        self._command_seconds = Histogram(
-            "cpmi_command_seconds",
-            "Time from a command's arrival on the API to its answer, by code and outcome.",
-            ["code", "outcome"],
+        self.commands = CommandPath(
+            lots=lots,
+            journal=journal,
+            clock=clock,
             registry=registry,
-            buckets=COMMAND_BUCKETS,
+            config=lambda: self._config,
+            deadlines=deadlines,
+            status=status,
         )
+        """The command path, which NATS requests share (`gateway.cluster.commands`)."""
         self._requests = Counter(
             "cpmi_api_requests_total",
             "Requests answered by the command API, by route and HTTP status.",
@@ -269,18 +597,11 @@ class CommandApi:
         if not (caller.may("command") or caller.may("sync")):
             raise _error(403, f"client {caller.name!r} has neither the 'command' nor the 'sync' role")
         self._park(park)
-        interface = lookup(code)
-        if interface is None:
-            raise _error(400, f"unknown interface code {code!r}")
-        if interface.downlink is None:
-            raise _error(400, f"{interface.code} is not sent down to lots")
-        role = interface.downlink.value
+        interface = self.commands.interface(code)
+        role = interface.downlink.value if interface.downlink is not None else "command"
         if not caller.may(role):
             raise _error(403, f"client {caller.name!r} lacks the {role!r} role")
-        if not self._lots.supports(park, interface.code):
-            lot = self._config.lot_by_park(park)
-            dialect = lot.dialect if lot is not None else "?"
-            raise _error(400, f"park {park!r} speaks the {dialect} dialect, which has no {interface.code}")
+        self.commands.supported(park, interface)
         data = self._body(request, interface)
         if interface.downlink is DeliveryClass.SYNC:
             if self._sync is None:
@@ -313,86 +634,13 @@ class CommandApi:
         if content.tell() > self._config.uplink.api_max_body_bytes:
             raise _error(413, "the body is too large")
         content.seek(0)
-        try:
-            data = loads(content.read(), root="data")  # the rules the lots' JSON follows (CONTRACT §4)
-        except JSONRefused as error:
-            detail = error.detail
-            raise _error(400, f"the body is not JSON: {detail}" if error.path == "" else detail) from None
-        if not isinstance(data, dict | list):
-            raise _error(400, "the body must be a JSON object or a list of objects")
-        try:
-            return validate(interface.request, data)
-        except FieldError as error:
-            raise _error(400, error.message()) from None
+        return self.commands.data(content.read(), interface)
 
     def _command(
         self, request: IRequest, caller: Caller, park: str, interface: Interface, data: object
     ) -> Deferred[bytes]:
-        code = interface.code
-        opr = uuid.uuid4().hex
-        started = self._clock.seconds()
-
-        def finish(outcome: str, status: int, body: dict[str, object], journal: bool = True) -> bytes:
-            elapsed = max(0.0, self._clock.seconds() - started)
-            self._command_seconds.labels(code=code, outcome=outcome).observe(elapsed)
-            if self._status is not None:
-                self._status.latency.record(outcome, elapsed)
-            if journal:
-                record = {"client": caller.name, "data": None, **body}
-                self._journal.append(COMMAND_REPLY_RECORD, park, code, opr, record).addErrback(
-                    self._reply_not_journaled, park, code, opr
-                )
-            return _answer(request, status, body)
-
-        def unjournaled(failure: Failure) -> bytes:
-            log.failure("command {code} for {park} not journaled; not sent", failure, code=code, park=park)
-            return finish(
-                "journal_failed", 503, {"error": "the command could not be journaled; not sent"}, False
-            )
-
-        def send(_: object) -> Deferred[bytes]:
-            # Sent with the oprNum it was journaled under, so a reply matches its record (CONTRACT §7).
-            asked = maybeDeferred(self._lots.command, park, code, data, opr)
-            deadline = deadline_of(code, self._deadlines)
-            asked.addTimeout(deadline + DEADLINE_GRACE, self._clock)
-            return asked.addCallbacks(replied, failed)
-
-        def replied(reply: LotReply) -> bytes:
-            body = {
-                "resultCode": reply.result_code,
-                "resultMessage": reply.result_message,
-                "data": reply.data,
-            }
-            return finish("ok", 200, body)
-
-        def failed(failure: Failure) -> bytes:
-            if failure.check(NotConnected):
-                result, status, outcome = Result.NOT_CONNECTED, 409, "not_connected"
-                detail = f"park {park} has no downlink connection"
-            elif failure.check(DeadlinePassed, TimeoutError, CancelledError):
-                result, status, outcome = Result.DEADLINE, 504, "deadline"
-                detail = f"no reply from park {park} to {code} in time"
-            else:
-                log.failure("command {code} for {park} failed", failure, code=code, park=park)
-                result, status, outcome = Result.FAILED, 500, "error"
-                detail = "the gateway failed to send the command"
-            return finish(
-                outcome, status, {"resultCode": result.code, "resultMessage": result.message(detail)}
-            )
-
-        durable = maybeDeferred(
-            self._journal.append, COMMAND_RECORD, park, code, opr, {"client": caller.name, "data": data}
-        )
-        return durable.addCallbacks(send, unjournaled)
-
-    def _reply_not_journaled(self, failure: Failure, park: str, code: str, opr: str) -> None:
-        log.failure(
-            "command-reply for {code} to {park} (opr {opr}) not journaled",
-            failure,
-            park=park,
-            code=code,
-            opr=opr,
-        )
+        answered = self.commands.send(caller.name, park, interface, data)
+        return answered.addCallback(lambda answer: _answer(request, answer.status, answer.body))
 
     # --- reading --------------------------------------------------------
 
@@ -499,9 +747,11 @@ class CommandApi:
     @_counted("/readyz")
     def readyz(self, request: IRequest) -> bytes:
         ready, reason = self._ready()
-        if ready:
-            return _answer(request, 200, {"status": "ready", "reason": reason})
-        return _answer(request, 503, {"status": "not ready", "reason": reason})
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "reason": reason}
+        if self._nats is not None:
+            # Shown beside, never deciding: NATS being down delays delivery, not a lot's 0000 (CONTRACT §9).
+            body["nats"] = {"state": self._nats.state, "error": self._nats.last_error}
+        return _answer(request, 200 if ready else 503, body)
 
     @app.route("/metrics", methods=["GET"])
     @_counted("/metrics")

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.interfaces import JournalPosition
+from gateway.interfaces import JournalPosition, NatsState
 
 
 class LotConnection(Protocol):
@@ -314,6 +314,96 @@ class ForwarderCollector(Collector):
                 yield GaugeMetricFamily(name, documentation)
             else:
                 yield GaugeMetricFamily(name, documentation, value=value)
+
+
+class ForwardsCollector(Collector):
+    """The [[forward]] engines' counters and backlogs, one series per forward (label ``sink``)."""
+
+    def __init__(self, forwards: Mapping[str, ForwardingState]) -> None:
+        self._forwards = forwards
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        for name, key, documentation in FORWARD_COUNTERS:
+            counter = CounterMetricFamily(
+                name.replace("cpmi_forward_", "cpmi_forward_sink_"),
+                f"[[forward]]: {documentation}",
+                labels=["sink"],
+            )
+            if not describing:
+                for sink, engine in self._forwards.items():
+                    counter.add_metric([sink], engine.counters.get(key, 0))
+            yield counter
+        gauges = (
+            (
+                "cpmi_forward_sink_backlog_records",
+                "[[forward]]: durable journal records not yet forwarded.",
+                "b",
+            ),
+            ("cpmi_forward_sink_done_seq", "[[forward]]: every record up to this seq is done.", "d"),
+        )
+        for name, documentation, which in gauges:
+            gauge = GaugeMetricFamily(name, documentation, labels=["sink"])
+            if not describing:
+                for sink, engine in self._forwards.items():
+                    gauge.add_metric([sink], engine.backlog if which == "b" else engine.done_through)
+            yield gauge
+
+
+def register_forwards(
+    registry: CollectorRegistry, forwards: Mapping[str, ForwardingState]
+) -> ForwardsCollector:
+    """Register the [[forward]] engines' metrics (`cpmi_forward_sink_*{sink="name"}`) on `registry`."""
+    collector = ForwardsCollector(forwards)
+    registry.register(collector)
+    return collector
+
+
+NATS_STATES = ("connecting", "connected", "reconnecting", "closed")
+
+
+class NatsCollector(Collector):
+    """The NATS connection's state ([cluster]), read at each scrape."""
+
+    def __init__(self, nats: NatsState) -> None:
+        self._nats = nats
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        yield GaugeMetricFamily("cpmi_nats_connected", _NATS_CONNECTED_HELP)
+        yield GaugeMetricFamily("cpmi_nats_state", _NATS_STATE_HELP, labels=["state"])
+        yield CounterMetricFamily("cpmi_nats_reconnects", _NATS_RECONNECTS_HELP)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        state = self._nats.state
+        yield GaugeMetricFamily(
+            "cpmi_nats_connected", _NATS_CONNECTED_HELP, value=1 if state == "connected" else 0
+        )
+        family = GaugeMetricFamily("cpmi_nats_state", _NATS_STATE_HELP, labels=["state"])
+        for each in NATS_STATES:
+            family.add_metric([each], 1 if state == each else 0)
+        yield family
+        yield CounterMetricFamily("cpmi_nats_reconnects", _NATS_RECONNECTS_HELP, value=self._nats.reconnects)
+
+
+_NATS_CONNECTED_HELP = "1 while the gateway's NATS connection is up ([cluster])."
+_NATS_STATE_HELP = "The NATS connection's state: 1 for the one it is in."
+_NATS_RECONNECTS_HELP = "Reconnections of the NATS connection since start."
+
+
+def register_nats(registry: CollectorRegistry, nats: NatsState) -> NatsCollector:
+    """Register `cpmi_nats_connected`, `cpmi_nats_state{state}` and `cpmi_nats_reconnects_total`."""
+    collector = NatsCollector(nats)
+    registry.register(collector)
+    return collector
 
 
 def register_forwarder(registry: CollectorRegistry, forwarder: ForwardingState) -> ForwarderCollector:

@@ -152,6 +152,19 @@
     if (journal.problem) journalText += " – " + journal.problem;
     setText("journal", journalText, journal.problem ? "bad" : "");
     setText("forwarding", forwardingText(status.forwarding));
+    // [[forward]] sinks, each with its own backlog; the NATS connection ([cluster]).
+    const forwards = status.forwards || [];
+    $("forwards-row").hidden = forwards.length === 0;
+    setText("forwards", forwards.map(function (f) {
+      return f.name + ": " + forwardingText(f);
+    }).join("; "));
+    const nats = status.nats;
+    $("nats-row").hidden = !nats;
+    if (nats) {
+      setText("nats", nats.state + (nats.error ? " – " + nats.error : "") +
+        (nats.reconnects ? " (" + nats.reconnects + " reconnects)" : ""),
+        nats.state === "connected" ? "good" : "bad");
+    }
     setText("latency", latencyText(status.commands));
     setText("lots-online", status.lots.online);
     setText("lots-offline", status.lots.offline, status.lots.offline ? "bad" : "");

@@ -23,7 +23,7 @@ from typing import Protocol
 from attrs import Factory, frozen
 from twisted.internet.interfaces import IReactorTime
 
-from gateway.interfaces import JournalPosition, LotState
+from gateway.interfaces import JournalPosition, LotState, NatsState
 from gateway.logs import ECHO_CHARS, REASON_CHARS, clip
 from gateway.protocol.times import utc_rfc3339
 from gateway.settings import Config
@@ -197,6 +197,9 @@ class StatusReport:
     forwarding: ForwardingProgress | None = None
     rejections: Callable[[], Iterable[Mapping[str, object]]] = _no_rejections
     latency: CommandLatency = Factory(CommandLatency)
+    nats: NatsState | None = None
+    forwards: Sequence[tuple[str, str, ForwardingProgress]] = ()
+    """The [[forward]] engines: name, sink, progress."""
 
     def report(self) -> JSON:
         """The status as JSON-ready data."""
@@ -217,6 +220,14 @@ class StatusReport:
                 "problem": self.journal.problem,
             },
             "forwarding": self._forwarding(config, now),
+            "forwards": [self._forward(name, sink, progress, now) for name, sink, progress in self.forwards],
+            "nats": None
+            if self.nats is None
+            else {
+                "state": self.nats.state,
+                "reconnects": self.nats.reconnects,
+                "error": self.nats.last_error,
+            },
             "commands": self.latency.summary(),
             "lots": self._lots(config),
             "rejections": _latest_rejections(self.rejections()),
@@ -234,6 +245,16 @@ class StatusReport:
             "backlog": backlog,
             "lagSeconds": None if lag is None else round(max(0.0, lag), 3),
             "note": None,
+        }
+
+    @staticmethod
+    def _forward(name: str, sink: str, progress: ForwardingProgress, now: float) -> JSON:
+        lag = progress.lag(now)
+        return {
+            "name": name,
+            "sink": sink,
+            "backlog": progress.backlog,
+            "lagSeconds": None if lag is None else round(max(0.0, lag), 3),
         }
 
     def _lots(self, config: Config) -> JSON:

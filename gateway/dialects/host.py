@@ -76,13 +76,21 @@ class GatewayParts:
 class DialectHost:
     """The gateway as the dialect `name` sees it."""
 
-    def __init__(self, name: str, parts: GatewayParts, bound: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        parts: GatewayParts,
+        bound: Callable[[str], None],
+        unbound: Callable[[str], None] | None = None,
+    ) -> None:
+        """`bound(park)` is told of each bind (sync delivery resumes), `unbound(park)` of each unbind."""
         self.name = name
         self.parts = parts
         self.clock = parts.clock
         self.zone = parts.config.gateway.timezone
         self.tcp: TcpConfig = parts.config.tcp
         self._bound = bound
+        self._unbound = unbound
 
     def resume(self, park: str) -> None:
         """Resume the lot's pending sync deliveries: it has just bound a connection."""
@@ -90,6 +98,15 @@ class DialectHost:
             self._bound(park)
         except Exception:
             log.failure("resuming the deliveries of lot {park} failed", park=park)
+
+    def released(self, park: str) -> None:
+        """The lot's connection is unbound: whoever answers for the lots while bound stops."""
+        if self._unbound is None:
+            return
+        try:
+            self._unbound(park)
+        except Exception:
+            log.failure("releasing lot {park} failed", park=park)
 
     def lots(self) -> tuple[LotConfig, ...]:
         return tuple(lot for lot in self.parts.config.lots if lot.dialect == self.name)
@@ -248,6 +265,7 @@ class DialectHost:
             dialect=self.name,
         )
         record_connection(self.parts.journal, OFFLINE_RECORD, park, peer, reason)
+        self.released(park)
 
 
 def _repeat_key(opr: str) -> str:

@@ -11,7 +11,8 @@ shared parts -- all before the journal closes, which is the tree's to order.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -31,7 +32,20 @@ from gateway.lots.sessions import Sessions
 from gateway.lots.sync import SyncQueue
 from gateway.settings import Config
 
-__all__ = ["LotsService"]
+__all__ = ["LotsService", "SyncDelivery"]
+
+
+class SyncDelivery(Protocol):
+    """The sync queue: journal-only (`gateway.lots.sync.SyncQueue`) or, with [cluster],
+    `gateway.cluster.sync.ClusterSync`, which tap puts in its place before the lots are served."""
+
+    def enqueue(self, park: str, code: str, data: object, client: str) -> Deferred[int]: ...
+    def restore(self, record: Any) -> None: ...
+    def lot_bound(self, park: str) -> None: ...
+    def pending(self, park: str) -> int: ...
+    def pending_total(self) -> int: ...
+    def first_pending_seq(self) -> int | None: ...
+    def stop(self) -> None: ...
 
 
 class LotsService(MultiService):
@@ -48,7 +62,10 @@ class LotsService(MultiService):
         self.totals = ParkTotals()
         self.passwords = PasswordChecker(reactor, max_pending=settings.uplink.max_pending_logins)
         self.router = LotRouter(settings)
-        self.sync = SyncQueue(lots=self.router, journal=journal, clock=reactor)
+        self.sync: SyncDelivery = SyncQueue(lots=self.router, journal=journal, clock=reactor)
+        # Told of each lot's bind and unbind, after the sync queue ([cluster]: NATS commands, sync).
+        self.bound_listeners: list[Callable[[str], None]] = []
+        self.unbound_listeners: list[Callable[[str], None]] = []
         # The heap is settled once a wave of binds is over (gateway.heap).
         self.settler = BindSettler(reactor)
         self.settler.setServiceParent(self)
@@ -79,7 +96,7 @@ class LotsService(MultiService):
             if any(settings.listen.endpoint(listener) for listener in dialect.listeners)
         }
         for name in sorted(used):
-            server = dialects[name].serve(DialectHost(name, parts, self.sync.lot_bound))
+            server = dialects[name].serve(DialectHost(name, parts, self._bound, self._unbound))
             self.router.servers[name] = server
             self.servers[name] = server
             if isinstance(server, StandardServer):
@@ -92,6 +109,15 @@ class LotsService(MultiService):
                 factory = self._guarded(listener, endpoint, server.factory(listener))
                 Listener(listener, endpoint, factory, reactor).setServiceParent(self)
         return parts
+
+    def _bound(self, park: str) -> None:
+        self.sync.lot_bound(park)
+        for listener in self.bound_listeners:
+            listener(park)
+
+    def _unbound(self, park: str) -> None:
+        for listener in self.unbound_listeners:
+            listener(park)
 
     def reconfigurable(self) -> list[Any]:
         """The parts a reload hands the new configuration to."""

@@ -62,6 +62,7 @@ class StandardServer:
             deadlines=config.deadlines,
         )
         self.downlinks.bound_listeners.append(host.resume)
+        self.downlinks.unbound_listeners.append(host.released)
 
     def factory(self, listener: str) -> IProtocolFactory:
         if listener == "uplink":

@@ -124,6 +124,8 @@ class Downlinks:
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         # Called with the park each time a lot binds a new connection (sync delivery resumes).
         self.bound_listeners: list[Callable[[str], None]] = []
+        # Called with the park each time a lot's connection is unbound (lost, replaced, closed).
+        self.unbound_listeners: list[Callable[[str], None]] = []
 
     # the service side
 
@@ -604,6 +606,11 @@ class Downlinks:
             dialect=STANDARD,
         )
         record_connection(self._journal, OFFLINE_RECORD, park, connection.peer, reason)
+        for listener in self.unbound_listeners:
+            try:
+                listener(park)
+            except Exception:
+                log.failure("an unbound listener failed for lot {park}", park=park)
 
     # writing
 

@@ -1,0 +1,305 @@
+"""
+The ``nats`` sink: each event a structured CloudEvent in the JetStream stream ``CPMI_EVENTS`` (CONTRACT §9).
+
+It only delivers: the forwarding engine (:mod:`gateway.forwarding`) reads the
+journal, orders, batches, retries and journals the progress, as for the other
+sinks. A batch is published at once, pipelined on the gateway's one NATS
+connection (:class:`gateway.cluster.connection.NatsConnection`), each message to
+``{prefix}.events.{park}.{suffix}`` with the headers
+
+- ``Nats-Msg-Id``: ``{park}:{oprNum}`` for a lot's uplink (a lot's retry
+  through another gateway is stored once), the event's ``id`` otherwise;
+- ``Content-Type``: ``application/cloudevents+json`` (the CloudEvents NATS
+  binding's structured mode).
+
+A PubAck, duplicate or not, is delivery. What the server answers with an error
+of the 4xx kind (a message the stream will never take), and a stream that is
+missing and cannot be created (no right to, or refused), is a rejection
+(journaled as ``rejected``, replayable by hand); anything else -- no answer,
+the connection down, the stream unavailable -- is tried again after the
+engine's backoff.
+
+Order: one connection keeps the batch's order on the wire, so the stream
+stores a prefix of it; once an event of a lot is not acknowledged, that lot's
+later events of the batch are sent again too (the stream drops them as
+duplicates if it had them), so a lot's events reach the stream in journal order.
+
+The publishes do not use nats-py's ``publish_async``, whose error answers
+never reach their futures (nats-py 2.16): the sink keeps its own reply
+subscription and reads each answer itself (:class:`_Acks`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from gateway.cloud.events import EVENT_CONTENT_TYPE, to_event
+from gateway.cluster.connection import NatsConnection, NatsUnavailable, StreamNotPermitted
+from gateway.cluster.subjects import (
+    EVENTS_DUPLICATE_WINDOW,
+    event_suffix,
+    events_stream,
+    events_subject,
+    events_subjects,
+)
+from gateway.interfaces import Entry, Outcome, Split
+from gateway.journal.record import Record, dumps_compact
+from gateway.settings import CloudConfig
+
+__all__ = ["NatsSink", "msg_id"]
+
+_INTERFACE_TYPE = "org.cpmi.t002."
+# A status header of this value answers a request no one subscribes to: no stream takes the subject.
+_NO_RESPONDERS = "503"
+# What a PubAck counts as in the engine's records (JetStream's API speaks HTTP's codes).
+_ACKED = 200
+
+
+def msg_id(entry: Entry) -> str:
+    """The ``Nats-Msg-Id`` of an event: ``{park}:{oprNum}`` for a lot's uplink, else its event id."""
+    if entry.opr and entry.park and entry.type.startswith(_INTERFACE_TYPE):
+        return f"{entry.park}:{entry.opr}"
+    return entry.id
+
+
+class _Refused(Exception):
+    """The server refused a message for good (a JetStream error of the 4xx kind)."""
+
+    def __init__(self, status: int, answer: bytes) -> None:
+        super().__init__(answer.decode("utf-8", "replace"))
+        self.status = status
+        self.answer = answer
+
+
+class _NoStream(Exception):
+    """No stream takes the subject (no responders)."""
+
+
+class _Acks:
+    """The sink's reply subscription on one client: a future per published message, by token."""
+
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.prefix = f"{nc.new_inbox()}."
+        self.waiting: dict[str, asyncio.Future[Any]] = {}
+        self.counter = 0
+
+    async def subscribe(self) -> None:
+        await self.nc.subscribe(self.prefix + "*", cb=self._answered)
+
+    def next_inbox(self) -> tuple[str, asyncio.Future[Any]]:
+        self.counter += 1
+        token = str(self.counter)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting[token] = future
+        return self.prefix + token, future
+
+    def forget(self, inbox: str) -> None:
+        self.waiting.pop(inbox[len(self.prefix) :], None)
+
+    async def _answered(self, msg: Msg) -> None:
+        future = self.waiting.pop(msg.subject[len(self.prefix) :], None)
+        if future is None or future.done():
+            return
+        headers = msg.headers or {}
+        if headers.get("Status") == _NO_RESPONDERS:
+            future.set_exception(_NoStream())
+            return
+        try:
+            answer = json.loads(msg.data)
+        except ValueError:
+            future.set_exception(ValueError(f"not a JetStream answer: {msg.data[:200]!r}"))
+            return
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            status = code if isinstance(code, int) else 0
+            description = str(error.get("description", ""))
+            if 400 <= status < 500 and status not in (408, 429):
+                future.set_exception(_Refused(status, json.dumps(error).encode()))
+            else:
+                future.set_exception(RuntimeError(f"JetStream error {status}: {description}"))
+            return
+        future.set_result(answer)
+
+
+class NatsSink:
+    """Events into JetStream on the gateway's NATS connection: the ``nats`` sink (CONTRACT §9)."""
+
+    def __init__(
+        self,
+        *,
+        connection: NatsConnection,
+        settings: CloudConfig,
+        gateway_id: str,
+        zone: ZoneInfo,
+    ) -> None:
+        self._connection = connection
+        self._settings = settings
+        self._gateway_id = gateway_id
+        self._zone = zone
+        self._prefix = connection.settings.prefix
+        self.stream = events_stream(self._prefix)
+        """The events' stream: CPMI_EVENTS."""
+        self._stream_ready = False
+        self._acks: _Acks | None = None
+        self._timeout = min(settings.request_timeout, connection.settings.request_timeout)
+
+    @property
+    def target(self) -> str:
+        return f"NATS stream {self.stream} ({', '.join(self._connection.settings.servers)})"
+
+    def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
+        """The events among ``records`` as structured CloudEvents (the records that are no event left out)."""
+        entries = []
+        gateway_id, zone = self._gateway_id, self._zone
+        for record in records:
+            event = to_event(record, gateway_id=gateway_id, zone=zone)
+            if event is not None:
+                entries.append(
+                    Entry(
+                        record.seq,
+                        record.park,
+                        record.code,
+                        record.opr,
+                        str(event["id"]),
+                        str(event["type"]),
+                        dumps_compact(event),
+                        at,
+                        record.ts,
+                    )
+                )
+        return entries
+
+    def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
+        """Publish the batch pipelined; an Outcome per event, in order (see the module docstring)."""
+        messages = [
+            (
+                events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code)),
+                entry.body,
+                {"Nats-Msg-Id": msg_id(entry), "Content-Type": EVENT_CONTENT_TYPE},
+                entry.park,
+            )
+            for entry in batch
+        ]
+        if self._stream_ready:
+            sent = self._connection.run(lambda nc, js: self._publish(nc, js, messages))
+        else:
+            sent = self._ensure_stream().addCallback(
+                lambda _: self._connection.run(lambda nc, js: self._publish(nc, js, messages))
+            )
+        return sent.addCallbacks(self._outcomes, lambda failure: self._not_sent(failure, len(batch)))
+
+    def _ensure_stream(self) -> Deferred[object]:
+        window = max(EVENTS_DUPLICATE_WINDOW, 2 * self._settings.retry_max_delay)
+
+        def ready(info: object) -> object:
+            self._stream_ready = True
+            return info
+
+        return self._connection.ensure_stream(
+            self.stream, events_subjects(self._prefix), duplicate_window=window
+        ).addCallback(ready)
+
+    async def _publish(
+        self, nc: Client, js: JetStreamContext, messages: list[tuple[str, bytes, dict[str, str], str]]
+    ) -> list[object]:
+        """On the NATS loop: publish every message, then wait for each answer (a PubAck or an error)."""
+        acks = self._acks
+        if acks is None or acks.nc is not nc:
+            acks = _Acks(nc)
+            await acks.subscribe()
+            self._acks = acks
+        futures: list[asyncio.Future[Any]] = []
+        inboxes: list[str] = []
+        results: list[object] = [None] * len(messages)
+        generation = self._connection.generation
+        for index, (subject, body, headers, _) in enumerate(messages):
+            inbox, future = acks.next_inbox()
+            try:
+                if self._connection.generation != generation:
+                    # Lost mid-batch: what follows waits for the retry of what may have been lost.
+                    raise ConnectionError("the NATS connection was lost while publishing")
+                await nc.publish(subject, body, reply=inbox, headers=headers)
+            except Exception as error:  # this one and the rest of the batch are not sent
+                acks.forget(inbox)
+                for rest in range(index, len(messages)):
+                    results[rest] = error
+                break
+            futures.append(future)
+            inboxes.append(inbox)
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=self._timeout)
+            for index, future in enumerate(futures):
+                if future in pending:
+                    future.cancel()
+                    acks.forget(inboxes[index])
+                    results[index] = self._timed_out(messages[index][0])
+                elif future.exception() is not None:
+                    results[index] = future.exception()
+                else:
+                    results[index] = future.result()
+        # Per lot, nothing after an event not acknowledged counts: it goes again, in order.
+        stalled: set[str] = set()
+        for index, (_, _, _, park) in enumerate(messages):
+            result = results[index]
+            acked = isinstance(result, dict)
+            if park in stalled and acked:
+                results[index] = RuntimeError("sent again after an earlier event of its lot")
+            elif not acked and not isinstance(result, _Refused):
+                stalled.add(park)
+        return results
+
+    def _timed_out(self, subject: str) -> Exception:
+        if self._connection.denied(subject):
+            return _Refused(403, f"permissions violation for publish to {subject}".encode())
+        return TimeoutError(f"no PubAck within {self._timeout:g} s")
+
+    def _outcomes(self, results: list[object]) -> Sequence[Outcome]:
+        outcomes = []
+        for result in results:
+            if isinstance(result, dict):
+                outcomes.append(Outcome.delivered(_ACKED))
+            elif isinstance(result, _Refused):
+                outcomes.append(Outcome.refusal(result.status, result.answer))
+            elif isinstance(result, _NoStream):
+                # Deleted, or never made: make it before the next try.
+                self._stream_ready = False
+                outcomes.append(Outcome.not_yet(f"no stream takes the subjects of {self.stream}"))
+            elif isinstance(result, nats.errors.MaxPayloadError):
+                outcomes.append(Outcome.refusal(413, str(result).encode()))
+            else:
+                outcomes.append(Outcome.not_yet(_reason(result)))
+        return outcomes
+
+    def _not_sent(self, failure: Failure, count: int) -> Sequence[Outcome]:
+        """Nothing of the batch went: the stream could not be made or found, or NATS is not there."""
+        error = failure.value
+        if isinstance(error, StreamNotPermitted):
+            return [Outcome.refusal(403, str(error).encode())] * count
+        if isinstance(error, nats.js.errors.APIError) and isinstance(error.code, int):
+            if 400 <= error.code < 500 and error.code not in (408, 429):
+                answer = f"cannot create stream {self.stream}: {error.description}".encode()
+                return [Outcome.refusal(error.code, answer)] * count
+        if isinstance(error, NatsUnavailable):
+            return [Outcome.not_yet(str(error))] * count
+        return [Outcome.not_yet(_reason(error))] * count
+
+
+def _reason(error: object) -> str:
+    if isinstance(error, BaseException):
+        text = str(error)
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return str(error)

@@ -1,0 +1,730 @@
+"""Sync delivery over JetStream (CONTRACT §9): entries in stream `CPMI_SYNC`, delivered by the lot's holder.
+
+With `[cluster]` on, `ClusterSync` takes the place of the journal-only queue
+(`gateway.lots.sync.SyncQueue`) and keeps its promises -- per lot in order, one
+entry in flight, done on the lot's `0000` or on its TTL, a `sync-done` record
+(the outcome event) either way -- across gateways:
+
+- **In**: the API journals the entry as a `sync` record and answers 202 with its
+  seq, as alone; the entry is then published to `{prefix}.sync.{park}.{code}`
+  (payload the `data`, headers its oprNum, client, expiry, and `Nats-Msg-Id`
+  `{gateway id}-{seq}` so a publish repeated after a crash is stored once). The
+  PubAck is journaled as a `sync-done` record with outcome `published` (no event:
+  the entry's outcome comes from the gateway that delivers it). Entries not yet
+  published wait in an outbox, published in seq order as soon as NATS allows,
+  also after a restart (`restore`), and the journal keeps them until then.
+- **Out**: each lot has a durable push consumer `sync_{park}` on the stream
+  (filter `{prefix}.sync.{park}.>`, explicit ack, one unacknowledged message at
+  a time), delivering to `{prefix}.sync-deliver.{park}`. Whichever gateway holds
+  the lot subscribes to that subject when it binds and unsubscribes when it
+  leaves: the consumer belongs to the lot, not to a gateway, so a lot that moves
+  takes its pending entries with it. The stream is a work queue: an entry
+  acknowledged is gone.
+- Each entry received is sent to the lot as an ACK with its oprNum; on `0000` its
+  `sync-done` (`delivered`) is journaled and, once durable, the message
+  acknowledged. An entry past its expiry is journaled `expired` and acknowledged
+  without being sent. Any other reply, or none, is retried after `retry` seconds
+  (a delayed NAK); a lot that leaves hands its entry back at once (NAK). While a
+  lot takes its time to answer, the message is kept ours with progress acks.
+
+Why a durable consumer per lot rather than one filtered consumer per gateway:
+measured in `bench/nats_sync_consumers.py` (docs/nats.md has the figures). One
+consumer cannot keep one entry in flight per lot, nor move with a lot.
+
+Delivery is at least once, as alone: a `sync-done` durable but its ack lost
+delivers the entry again (its event too). Expiry is noticed when the entry
+comes up: when its lot binds or while it waits for a retry -- a lot that never
+binds again leaves its entries in the stream, unexpired, until it does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gateway.cluster.subjects import stream_name
+from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, NotConnected
+from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
+from gateway.protocol.catalog import DeliveryClass, lookup
+from gateway.protocol.jsontext import JSONRefused, loads
+from gateway.protocol.results import Result
+from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
+from gateway.protocol.validation import FieldError, validate
+
+__all__ = [
+    "ACK_WAIT",
+    "ClusterSync",
+    "consumer_name",
+    "deliver_subject",
+    "sync_subject",
+]
+
+log = Logger()
+
+_T = TypeVar("_T")
+
+DEFAULT_TTL = 86400.0
+DEFAULT_RETRY = 30.0
+ACK_WAIT = 60.0
+"""Seconds the server waits for an entry's ack before it gives it again (to the lot's next holder)."""
+DUPLICATE_WINDOW = 120.0
+MAX_CONSUMERS = 1_000_000
+"""The stream's consumer limit: one per lot. Left unset, nats-server refuses the 1001st (10026)."""
+PUBLISH_BACKOFF_MAX = 30.0
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+OPR_HEADER = "Cpmi-Opr"
+CLIENT_HEADER = "Cpmi-Client"
+EXPIRES_HEADER = "Cpmi-Expires"
+GATEWAY_HEADER = "Cpmi-Gateway"
+SEQ_HEADER = "Cpmi-Seq"
+
+_NAME_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OPR = re.compile(r"[0-9A-Za-z-]{1,36}")
+
+
+class NatsRunner(Protocol):
+    """The gateway's NATS connection (`gateway.cluster.connection.NatsConnection`)."""
+
+    @property
+    def state(self) -> str:
+        """ "connecting", "connected", "reconnecting" or "closed"."""
+
+    @property
+    def state_observers(self) -> list[Callable[[str], None]]:
+        """Called on the reactor thread with each new state."""
+
+    def run(self, fn: Callable[[Any, Any], Awaitable[_T]]) -> Deferred[_T]:
+        """Run `fn(nc, js)` on the NATS loop; its result fires on the reactor thread."""
+
+    def to_reactor(self, f: Callable[..., object], *args: object) -> None:
+        """From a NATS-loop callback: call `f(*args)` on the reactor thread."""
+
+    def ensure_stream(self, name: str, subjects: list[str], **config: Any) -> Deferred[object]:
+        """The stream `name`, created if missing."""
+
+
+class SyncLots(Protocol):
+    """What delivery needs of the lots (`gateway.dialects.host.LotRouter`)."""
+
+    def command(self, park: str, code: str, data: object, opr: str = "") -> Deferred[LotReply]:
+        """Send to the lot now as oprNum `opr`; fires with its REPLY, or fails NotConnected/DeadlinePassed."""
+
+
+def sync_subject(prefix: str, park: str, code: str) -> str:
+    """Where a sync entry for `park` is published."""
+    return f"{prefix}.sync.{park}.{code}"
+
+
+def deliver_subject(prefix: str, park: str) -> str:
+    """Where the lot's consumer pushes its entries (outside the stream's subjects)."""
+    return f"{prefix}.sync-deliver.{park}"
+
+
+def consumer_name(park: str) -> str:
+    """The lot's durable consumer: `sync_{park}`, or a digest when the park code holds other characters."""
+    if _NAME_SAFE.fullmatch(park):
+        return f"sync_{park}"
+    return "sync_" + hashlib.sha256(park.encode("utf-8")).hexdigest()[:32]
+
+
+def sync_stream(prefix: str) -> str:
+    """`CPMI_SYNC` for the prefix `cpmi`."""
+    return stream_name(prefix, "SYNC")
+
+
+class _Outgoing:
+    """A journaled entry not yet in the stream."""
+
+    __slots__ = ("client", "code", "data", "expires", "opr", "park", "seq")
+
+    def __init__(
+        self, seq: int, park: str, code: str, opr: str, data: object, client: str, expires: str
+    ) -> None:
+        self.seq = seq
+        self.park = park
+        self.code = code
+        self.opr = opr
+        self.data = data
+        self.client = client
+        self.expires = expires
+
+
+class _Lot:
+    """A lot held here: its subscription and the entry in flight."""
+
+    __slots__ = ("attached", "attaching", "failures", "in_flight", "progress", "retry", "subscription")
+
+    def __init__(self) -> None:
+        self.subscription: Any = None
+        self.attaching = False
+        self.attached = False
+        self.in_flight: Any = None
+        self.progress: IDelayedCall | None = None
+        self.retry: IDelayedCall | None = None
+        self.failures = 0
+
+
+class ClusterSync:
+    """Sync entries through JetStream: published from any gateway, delivered by the lot's holder."""
+
+    def __init__(
+        self,
+        *,
+        connection: NatsRunner,
+        lots: SyncLots,
+        journal: JournalAppend,
+        clock: IReactorTime,
+        prefix: str,
+        gateway_id: str,
+        ttl: float = DEFAULT_TTL,
+        retry: float = DEFAULT_RETRY,
+        ack_wait: float = ACK_WAIT,
+    ) -> None:
+        if ttl <= 0 or retry <= 0 or ack_wait <= 0:
+            raise ValueError("ttl, retry and ack_wait must be positive")
+        self._connection = connection
+        self._lots = lots
+        self._journal = journal
+        self._clock = clock
+        self._prefix = prefix
+        self._gateway_id = gateway_id
+        self._ttl = ttl
+        self._retry = retry
+        self._ack_wait = ack_wait
+        self.stream = sync_stream(prefix)
+        self._outbox: dict[int, _Outgoing] = {}  # seq -> entry, in seq order
+        self._publishing = False
+        self._publish_failures = 0
+        self._publish_timer: IDelayedCall | None = None
+        self._stream_ready = False
+        self._ensuring = False
+        self._lots_held: dict[str, _Lot] = {}
+        self._pending: dict[str, int] = {}  # park -> entries in the stream, as last seen
+        self._stopped = False
+        self.counters = {"published": 0, "delivered": 0, "expired": 0, "refused": 0, "retried": 0}
+        connection.state_observers.append(self._state_changed)
+
+    # --- the queue's face (gateway.cloud.api.SyncEntries) ----------------
+
+    def enqueue(self, park: str, code: str, data: object, client: str) -> Deferred[int]:
+        """Journal a sync entry; fire with its seq once durable; publish it to the stream.
+
+        Fails (and nothing is queued) if the journal cannot store it, or with
+        ValueError if `code` is not a sync-class downlink.
+        """
+        interface = lookup(code)
+        if interface is None or interface.downlink is not DeliveryClass.SYNC:
+            return fail(ValueError(f"{code!r} is not a sync-class downlink"))
+        code = interface.code
+        opr = uuid.uuid4().hex
+        expires = utc_rfc3339(self._clock.seconds() + self._ttl)
+        body = {"client": client, "data": data, "expires": expires}
+
+        def stored(record: Any) -> int:
+            seq = int(record.seq)
+            self._outbox[seq] = _Outgoing(seq, park, code, opr, data, client, expires)
+            self._publish()
+            return seq
+
+        durable: Deferred[Any] = maybeDeferred(self._journal.append, SYNC_RECORD, park, code, opr, body)
+        return durable.addCallback(stored)
+
+    def restore(self, record: Any) -> None:
+        """At start-up: a `sync` record without its `sync-done` is published (again: JetStream drops
+        a duplicate by its `Nats-Msg-Id`)."""
+        body = record.body if isinstance(record.body, dict) else {}
+        if record.kind == SYNC_RECORD:
+            expires = body.get("expires")
+            if not isinstance(expires, str):
+                expires = utc_rfc3339(rfc3339_seconds(record.ts) + self._ttl)
+            seq = int(record.seq)
+            self._outbox[seq] = _Outgoing(
+                seq,
+                record.park,
+                record.code,
+                record.opr,
+                body.get("data"),
+                str(body.get("client", "")),
+                expires,
+            )
+        elif record.kind == SYNC_DONE_RECORD:
+            done = body.get("seq")
+            if isinstance(done, int):
+                self._outbox.pop(done, None)
+
+    def pending(self, park: str) -> int:
+        """Entries for `park` not yet delivered: in the outbox here, and in the stream as last seen."""
+        waiting = sum(1 for entry in self._outbox.values() if entry.park == park)
+        return waiting + self._pending.get(park, 0)
+
+    def pending_total(self) -> int:
+        """Entries not yet published from here, and those last seen in the stream for the lots held."""
+        return len(self._outbox) + sum(self._pending.values())
+
+    def first_pending_seq(self) -> int | None:
+        """The oldest entry journaled here and not yet published (the journal keeps it)."""
+        return min(self._outbox, default=None)
+
+    def stop(self) -> None:
+        """Cancel the timers, as the gateway stops."""
+        self._stopped = True
+        timers = [self._publish_timer]
+        for lot in self._lots_held.values():
+            timers += [lot.progress, lot.retry]
+        for timer in timers:
+            if timer is not None and timer.active():
+                timer.cancel()
+
+    # --- the stream -----------------------------------------------------
+
+    def _state_changed(self, state: str) -> None:
+        if state != "connected" or self._stopped:
+            return
+        self._stream_ready = False
+        self._ensure_stream()
+
+    def _ensure_stream(self) -> None:
+        if self._ensuring or self._stopped:
+            return
+        self._ensuring = True
+        from nats.js.api import RetentionPolicy, StorageType
+
+        def ready(_: object) -> None:
+            self._ensuring = False
+            self._stream_ready = True
+            self._publish_failures = 0
+            self._publish()
+            for park, lot in list(self._lots_held.items()):
+                if not lot.attached:
+                    self._attach(park)
+
+        def failed(failure: Failure) -> None:
+            self._ensuring = False
+            log.warn(
+                "sync stream {stream} not ready: {error}", stream=self.stream, error=failure.getErrorMessage()
+            )
+            self._publish_later()
+
+        self._connection.ensure_stream(
+            self.stream,
+            [f"{self._prefix}.sync.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW,
+            max_consumers=MAX_CONSUMERS,
+        ).addCallbacks(ready, failed)
+
+    # --- publishing (the outbox) ---------------------------------------
+
+    def _publish(self) -> None:
+        """Publish the oldest unpublished entry, then the next, one at a time, in seq order."""
+        if self._publishing or not self._outbox or self._stopped or self._publish_timer is not None:
+            return
+        if not self._stream_ready:
+            if self._connection.state == "connected":
+                self._ensure_stream()
+            return
+        entry = self._outbox[min(self._outbox)]
+        self._publishing = True
+        subject = sync_subject(self._prefix, entry.park, entry.code)
+        payload = json.dumps(entry.data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {
+            MSG_ID_HEADER: f"{self._gateway_id}-{entry.seq}",
+            OPR_HEADER: entry.opr,
+            CLIENT_HEADER: entry.client,
+            EXPIRES_HEADER: entry.expires,
+            GATEWAY_HEADER: self._gateway_id,
+            SEQ_HEADER: str(entry.seq),
+        }
+
+        async def publish(nc: Any, js: Any) -> Any:
+            return await js.publish(subject, payload, stream=self.stream, headers=headers)
+
+        def published(ack: Any) -> None:
+            self._publishing = False
+            self._publish_failures = 0
+            if self._outbox.pop(entry.seq, None) is None:
+                return
+            self.counters["published"] += 1
+            if entry.park in self._lots_held:
+                self._pending[entry.park] = self._pending.get(entry.park, 0) + 1
+            body: dict[str, object] = {
+                "seq": entry.seq,
+                "client": entry.client,
+                "outcome": "published",
+                "stream": self.stream,
+                "streamSeq": getattr(ack, "seq", None),
+            }
+            self._append_done(entry.park, entry.code, entry.opr, body)
+            self._publish()
+
+        def failed(failure: Failure) -> None:
+            self._publishing = False
+            log.warn(
+                "sync {seq} for {park} not published yet: {error}",
+                seq=entry.seq,
+                park=entry.park,
+                error=failure.getErrorMessage(),
+            )
+            self._publish_later()
+
+        self._connection.run(publish).addCallbacks(published, failed)
+
+    def _publish_later(self) -> None:
+        if self._publish_timer is not None or self._stopped:
+            return
+        self._publish_failures += 1
+        delay = min(PUBLISH_BACKOFF_MAX, 0.25 * 2**self._publish_failures)
+
+        def again() -> None:
+            self._publish_timer = None
+            self._publish()
+
+        self._publish_timer = self._clock.callLater(delay, again)
+
+    def _append_done(self, park: str, code: str, opr: str, body: dict[str, object]) -> Deferred[Any]:
+        appended: Deferred[Any] = maybeDeferred(self._journal.append, SYNC_DONE_RECORD, park, code, opr, body)
+        return appended
+
+    # --- the lots held here --------------------------------------------
+
+    def held(self) -> frozenset[str]:
+        """The lots whose entries this gateway takes now."""
+        return frozenset(self._lots_held)
+
+    def lot_bound(self, park: str) -> None:
+        """The lot bound its downlink here: take its entries from the stream."""
+        if park in self._lots_held:
+            return
+        self._lots_held[park] = _Lot()
+        self._attach(park)
+
+    def lot_unbound(self, park: str) -> None:
+        """The lot left: give its entry in flight back, stop taking its entries."""
+        lot = self._lots_held.pop(park, None)
+        self._pending.pop(park, None)
+        if lot is None:
+            return
+        for timer in (lot.progress, lot.retry):
+            if timer is not None and timer.active():
+                timer.cancel()
+        in_flight, lot.in_flight = lot.in_flight, None
+        subscription = lot.subscription
+
+        async def release(nc: Any, js: Any) -> None:
+            # Unsubscribed (and the server told so) before the NAK: else the server would give the
+            # entry straight back to this gateway, whose client drops it, and it would wait ack_wait.
+            if subscription is not None:
+                await subscription.unsubscribe()
+                await nc.flush()
+            if in_flight is not None:
+                await in_flight.nak()
+
+        self._connection.run(release).addErrback(self._warn, "releasing the sync entries of", park)
+
+    def _attach(self, park: str) -> None:
+        """Make sure the lot's consumer exists, then subscribe to what it delivers."""
+        lot = self._lots_held.get(park)
+        if lot is None or lot.attaching or lot.attached:
+            return
+        if not self._stream_ready:
+            if self._connection.state == "connected":
+                self._ensure_stream()
+            return  # attached once the stream is ready
+        lot.attaching = True
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        config = ConsumerConfig(
+            durable_name=consumer_name(park),
+            filter_subject=f"{self._prefix}.sync.{park}.>",
+            deliver_subject=deliver_subject(self._prefix, park),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            max_ack_pending=1,
+            max_deliver=-1,
+        )
+        to_reactor = self._connection.to_reactor
+        received = self._received
+        stream = self.stream
+        subject = config.deliver_subject
+
+        async def attach(nc: Any, js: Any) -> tuple[Any, int]:
+            # A lookup, and a create only when missing: a create-or-update of thousands of existing
+            # consumers at once (a gateway's lots coming back) writes each one's state again.
+            try:
+                info = await js.consumer_info(stream, config.durable_name)
+            except NotFoundError:
+                info = await js.add_consumer(stream, config)
+
+            async def handler(msg: Any) -> None:
+                to_reactor(received, park, msg)
+
+            subscription = await nc.subscribe(subject, cb=handler)
+            return subscription, int(getattr(info, "num_pending", 0) or 0) + int(
+                getattr(info, "num_ack_pending", 0) or 0
+            )
+
+        def attached(result: tuple[Any, int]) -> None:
+            subscription, pending = result
+            lot.attaching = False
+            if self._lots_held.get(park) is not lot:
+                self._connection.run(lambda nc, js: subscription.unsubscribe())
+                return
+            lot.attached = True
+            lot.failures = 0
+            lot.subscription = subscription
+            self._pending[park] = pending
+
+        def failed(failure: Failure) -> None:
+            lot.attaching = False
+            if self._lots_held.get(park) is not lot or self._stopped:
+                return
+            lot.failures += 1
+            delay = min(PUBLISH_BACKOFF_MAX, 0.5 * 2**lot.failures)
+            log.warn(
+                "cannot take the sync entries of lot {park} ({error}); again in {delay:g} s",
+                park=park,
+                error=failure.getErrorMessage(),
+                delay=delay,
+            )
+            lot.retry = self._clock.callLater(delay, self._reattach, park)
+
+        self._connection.run(attach).addCallbacks(attached, failed)
+
+    def _reattach(self, park: str) -> None:
+        lot = self._lots_held.get(park)
+        if lot is not None:
+            lot.retry = None
+            self._attach(park)
+
+    # --- delivering -----------------------------------------------------
+
+    def _received(self, park: str, msg: Any) -> None:
+        """An entry of `park` pushed by its consumer (on the reactor thread)."""
+        lot = self._lots_held.get(park)
+        if lot is None or self._stopped:
+            self._nak(msg)  # the lot left meanwhile: its next holder takes it
+            return
+        if lot.in_flight is not None:
+            # One at a time by the consumer's max_ack_pending; a redelivery of the one in flight is ignored.
+            if _stream_seq(msg) == _stream_seq(lot.in_flight):
+                return
+            self._nak(msg)
+            return
+        lot.in_flight = msg
+        try:
+            remaining = int(msg.metadata.num_pending)
+        except Exception:
+            remaining = 0
+        self._pending[park] = remaining + 1
+        headers: Mapping[str, str] = msg.headers or {}
+        code = msg.subject.rsplit(".", 1)[-1]
+        opr = str(headers.get(OPR_HEADER, ""))
+        if not _OPR.fullmatch(opr):
+            opr = hashlib.md5(f"{self.stream}:{_stream_seq(msg)}".encode()).hexdigest()
+        client = str(headers.get(CLIENT_HEADER, "nats"))[:128]
+        entry = _entry_id(headers, msg)
+        attempts = _attempts(msg)
+        base = {"entry": entry, "client": client}
+        origin = headers.get(GATEWAY_HEADER)
+        if origin:
+            base["gateway"] = str(origin)[:128]
+        try:
+            expires = rfc3339_seconds(str(headers[EXPIRES_HEADER]))
+        except (KeyError, ValueError):
+            expires = _published_at(msg) + self._ttl
+        try:
+            data = self._checked(code, msg.data)
+        except ValueError as error:
+            self.counters["refused"] += 1
+            log.warn(
+                "sync entry {entry} for {park} refused: {error}", entry=entry, park=park, error=str(error)
+            )
+            body = {**base, "outcome": "refused", "reason": str(error), "attempts": attempts - 1}
+            self._settle(park, lot, msg, code, opr, body, ack="term")
+            return
+        if expires <= self._clock.seconds():
+            self.counters["expired"] += 1
+            self._settle(park, lot, msg, code, opr, {**base, "outcome": "expired", "attempts": attempts - 1})
+            return
+        self._keep_in_progress(lot, msg)
+
+        def replied(reply: LotReply) -> None:
+            if lot.in_flight is not msg:
+                return
+            if reply.result_code == Result.OK.code:
+                self.counters["delivered"] += 1
+                body = {
+                    **base,
+                    "outcome": "delivered",
+                    "attempts": attempts,
+                    "resultCode": reply.result_code,
+                    "resultMessage": reply.result_message,
+                }
+                self._settle(park, lot, msg, code, opr, body)
+                return
+            log.info(
+                "lot {park} answered sync {entry} ({code}) with {result}; retrying in {retry:g} s",
+                park=park,
+                entry=entry,
+                code=code,
+                result=reply.result_code,
+                retry=self._retry,
+            )
+            self._again(lot, msg)
+
+        def failed(failure: Failure) -> None:
+            if lot.in_flight is not msg:
+                return
+            if failure.check(NotConnected):
+                self._stop_progress(lot)
+                lot.in_flight = None
+                self._nak(msg)  # the lot left: its next bind, here or elsewhere, takes it again
+                return
+            if not failure.check(DeadlinePassed):
+                log.failure("sync {entry} to {park} failed; retrying", failure, entry=entry, park=park)
+            self._again(lot, msg)
+
+        sent: Deferred[LotReply] = maybeDeferred(self._lots.command, park, code, data, opr)
+        sent.addCallbacks(replied, failed)
+
+    def _checked(self, code: str, raw: bytes) -> object:
+        interface = lookup(code)
+        if interface is None or interface.downlink is not DeliveryClass.SYNC or interface.code != code:
+            raise ValueError(f"{code!r} is not a sync-class downlink")
+        try:
+            data = loads(raw, root="data")
+        except JSONRefused as error:
+            raise ValueError(f"the entry is not JSON: {error.detail}") from None
+        if not isinstance(data, dict | list):
+            raise ValueError("the entry must be a JSON object or a list of objects")
+        try:
+            return validate(interface.request, data)
+        except FieldError as error:
+            raise ValueError(error.message()) from None
+
+    def _settle(
+        self, park: str, lot: _Lot, msg: Any, code: str, opr: str, body: dict[str, object], ack: str = "ack"
+    ) -> None:
+        """Journal the entry's outcome; once durable, acknowledge it so the stream lets it go."""
+        self._stop_progress(lot)
+        log.info(
+            "sync {entry} ({code}) to {park}: {outcome}",
+            entry=body["entry"],
+            code=code,
+            park=park,
+            outcome=body["outcome"],
+        )
+
+        def stored(_: object) -> None:
+            async def acknowledge(nc: Any, js: Any) -> None:
+                if ack == "term":
+                    await msg.term()
+                else:
+                    await msg.ack_sync()
+
+            # Done with it here: the server gives the next entry only once it has the ack, and a
+            # lot leaving meanwhile must not hand back an entry whose outcome is journaled.
+            if lot.in_flight is msg:
+                lot.in_flight = None
+                if park in self._pending:
+                    self._pending[park] = max(0, self._pending[park] - 1)
+
+            def not_acked(failure: Failure) -> None:
+                # Given again after ack_wait: at least once (its outcome may be journaled twice).
+                log.warn(
+                    "sync {entry} for {park} not acknowledged: {error}",
+                    entry=body["entry"],
+                    park=park,
+                    error=failure.getErrorMessage(),
+                )
+
+            self._connection.run(acknowledge).addErrback(not_acked)
+
+        def not_stored(failure: Failure) -> None:
+            # Not acknowledged: the entry comes again and its outcome is tried again.
+            log.failure(
+                "sync-done for {entry} to {park} not journaled", failure, entry=body["entry"], park=park
+            )
+            self._again(lot, msg)
+
+        self._append_done(park, code, opr, body).addCallbacks(stored, not_stored)
+
+    def _again(self, lot: _Lot, msg: Any) -> None:
+        """Have the entry given again after `retry` seconds (the lot's next ones wait behind it)."""
+        self._stop_progress(lot)
+        self.counters["retried"] += 1
+        if lot.in_flight is msg:
+            lot.in_flight = None
+        self._nak(msg, self._retry)
+
+    def _keep_in_progress(self, lot: _Lot, msg: Any) -> None:
+        """While the lot takes its time, tell the server the entry is still ours."""
+
+        def tick() -> None:
+            lot.progress = None
+            if lot.in_flight is not msg or self._stopped:
+                return
+
+            async def progress(nc: Any, js: Any) -> None:
+                await msg.in_progress()
+
+            self._connection.run(progress).addErrback(lambda failure: None)
+            lot.progress = self._clock.callLater(self._ack_wait / 2, tick)
+
+        lot.progress = self._clock.callLater(self._ack_wait / 2, tick)
+
+    def _stop_progress(self, lot: _Lot) -> None:
+        if lot.progress is not None and lot.progress.active():
+            lot.progress.cancel()
+        lot.progress = None
+
+    def _nak(self, msg: Any, delay: float | None = None) -> None:
+        async def nak(nc: Any, js: Any) -> None:
+            await msg.nak(delay=delay)
+
+        self._connection.run(nak).addErrback(lambda failure: None)  # given again after ack_wait anyway
+
+    def _warn(self, failure: Failure, what: str, park: str) -> None:
+        log.warn("{what} lot {park} failed: {error}", what=what, park=park, error=failure.getErrorMessage())
+
+
+def _stream_seq(msg: Any) -> int:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return -1
+
+
+def _attempts(msg: Any) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
+
+
+def _published_at(msg: Any) -> float:
+    try:
+        return float(msg.metadata.timestamp.timestamp())
+    except Exception:
+        return 0.0
+
+
+def _entry_id(headers: Mapping[str, str], msg: Any) -> str:
+    """The entry's id: its `Nats-Msg-Id` (`{gateway}-{seq}`), else `{stream}:{stream seq}`."""
+    given = headers.get(MSG_ID_HEADER)
+    if isinstance(given, str) and given:
+        return given[:128]
+    return f"stream:{_stream_seq(msg)}"
