@@ -39,7 +39,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater, react
 
 from bench.cluster import SECRET, SHIPPED, login, render_haproxy, servers_up, source
-from bench.harness import CHEAP_HASH, ENV, free_port, twistd_command, wait_for, write_result
+from bench.harness import CHEAP_HASH, ENV, free_port, py_spy, twistd_command, wait_for, write_result
 from gateway.lotclient.credentials import LotCredentials
 from gateway.lotclient.downlink import Backoff, DownlinkClient, DownlinkReply
 from tests.cluster.natsserver import NatsServer
@@ -154,13 +154,19 @@ async def run(reactor: Any, args: argparse.Namespace, work: Path) -> dict[str, A
                     on_token_invalid=lambda index=index: refused.append(index),  # type: ignore[misc]
                 )
             )
+        rebound: list[float] = []
         for client in clients:
+            client.bound_listeners.append(lambda: rebound.append(time.monotonic()))
             client.start()
         while not all(client.bound for client in clients):
             await sleep(0.1)
         counts = [held(ports[2]) for ports, _ in gateways]
         victim = 0 if counts[0] >= counts[1] else 1
         moving = counts[victim]
+        if args.profile:
+            spy = py_spy(gateways[1 - victim][1].pid, args.profile, 8)
+            processes.append(spy)
+            await sleep(1.0)
         gateways[victim][1].kill()
         killed = time.monotonic()
         while all(client.bound for client in clients) and time.monotonic() - killed < 5:
@@ -170,12 +176,19 @@ async def run(reactor: Any, args: argparse.Namespace, work: Path) -> dict[str, A
                 break
             await sleep(0.01)
         took = time.monotonic() - killed
+        after = sorted(at - killed for at in rebound if at > killed)
+        quantiles = {
+            f"p{q}": round(after[min(len(after) - 1, len(after) * q // 100)], 2) if after else None
+            for q in (50, 90, 99)
+        }
         lost = sum(client.counters.lost for client in clients)
         return {
             "lots": args.lots,
             "moved": moving,
             "lost_connections": lost,
             "seconds_to_all_bound": round(took, 2),
+            "rebind_seconds": quantiles,
+            "failed_attempts": sum(c.counters.bind_failures + c.counters.connect_failures for c in clients),
             "all_bound": all(client.bound for client in clients),
             "tokens_refused": len(refused),
             "backoff": args.backoff,
@@ -195,6 +208,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lots", type=int, default=2000)
     parser.add_argument("--backoff", type=float, default=0.5, help="the lots' first reconnection delay (s)")
+    parser.add_argument(
+        "--profile", default="", help="py-spy the surviving gateway, collapsed stacks to this file"
+    )
     args = parser.parse_args()
     print(
         "method: 1 nats-server, 2 gateways ([cluster], haproxy: listeners) "
@@ -209,7 +225,8 @@ def main() -> None:
         print(
             f"{figures['moved']} of {figures['lots']} lots moved: all bound again "
             f"{figures['seconds_to_all_bound']} s after kill -9 "
-            f"(all bound: {figures['all_bound']}, tokens refused: {figures['tokens_refused']})"
+            f"(all bound: {figures['all_bound']}, tokens refused: {figures['tokens_refused']}); "
+            f"each lot bound again after {figures['rebind_seconds']} s"
         )
         write_result("failover", {"method": vars(args), **figures})
 
