@@ -9,14 +9,17 @@ ordered push consumer on the bucket's stream, which nats-py resets by itself
 when it misses a heartbeat or a message (a nats-server lost, a reconnection).
 
 Writes never wait on NATS: :meth:`Bucket.put` and :meth:`Bucket.delete_if`
-queue the key's latest wish and return. One write a key is in flight at a
-time, so a key's writes land in the order they were asked; a write that fails
+queue the key's latest wish and return. The wishes ready in one turn of the
+reactor go to the NATS loop together (one hop each way for a wave of binds).
+One write a key is in flight at a time, so a key's writes land in the order
+they were asked; a write that fails
 (NATS down, a timeout) is tried again after ``retry`` seconds and as soon as
 the connection is back, unless a newer wish for the key replaced it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -77,6 +80,8 @@ class Bucket:
         self._pending: dict[str, _Put | _DeleteIf] = {}
         self._busy: set[str] = set()
         self._retrying: IDelayedCall | None = None
+        self._sending: IDelayedCall | None = None
+        self._ready: dict[str, None] = {}  # in the order asked
         self._reopening: IDelayedCall | None = None
         self._running = False
         self.watching = False
@@ -99,10 +104,10 @@ class Bucket:
         self._running = False
         if self._state in self._connection.state_observers:
             self._connection.state_observers.remove(self._state)
-        for call in (self._retrying, self._reopening):
+        for call in (self._retrying, self._reopening, self._sending):
             if call is not None and call.active():
                 call.cancel()
-        self._retrying = self._reopening = None
+        self._retrying = self._reopening = self._sending = None
 
     @property
     def backlog(self) -> int:
@@ -122,46 +127,56 @@ class Bucket:
         self._flush(key)
 
     def _flush(self, key: str) -> None:
-        if not self._running or key in self._busy:
+        """Send ``key``'s wish with the next batch (at once if none is waiting to go)."""
+        if not self._running or key in self._busy or key not in self._pending:
             return
-        wish = self._pending.pop(key, None)
-        if wish is None:
+        self._ready[key] = None
+        if self._sending is None or not self._sending.active():
+            self._sending = self._clock.callLater(0, self._send)
+
+    def _send(self) -> None:
+        """One run on the NATS loop for every wish ready: a wave of binds costs one hop each way."""
+        self._sending = None
+        batch: list[tuple[str, _Put | _DeleteIf, bytes]] = []
+        for key in self._ready:
+            wish = self._pending.pop(key, None)
+            if wish is None or key in self._busy:
+                continue
+            self._busy.add(key)
+            data = json.dumps(wish.value, separators=(",", ":")).encode() if isinstance(wish, _Put) else b""
+            batch.append((key, wish, data))
+        self._ready.clear()
+        if not batch or not self._running:
+            for key, wish, _ in batch:
+                self._busy.discard(key)
+                self._pending.setdefault(key, wish)
             return
-        self._busy.add(key)
-        if isinstance(wish, _Put):
-            data = json.dumps(wish.value, separators=(",", ":")).encode()
 
-            async def write(nc: Client, js: JetStreamContext) -> int | None:
-                handle = await self._bucket(js)
-                revision: int = await handle.put(key, data)
-                return revision
+        async def write(nc: Client, js: JetStreamContext) -> list[int | BaseException | None]:
+            handle = await self._bucket(js)
+            done: list[int | BaseException | None] = await asyncio.gather(
+                *(_write(handle, key, wish, data) for key, wish, data in batch), return_exceptions=True
+            )
+            return done
 
-        else:
-            still = wish.still
+        sent = self._connection.run(write)
+        sent.addCallbacks(self._written, self._failed_all, callbackArgs=(batch,), errbackArgs=(batch,))
 
-            async def write(nc: Client, js: JetStreamContext) -> int | None:
-                handle = await self._bucket(js)
-                try:
-                    entry = await handle.get(key)
-                except nats.js.errors.KeyNotFoundError:
-                    return None
-                value = _decoded(entry.value)
-                if value is None or not still(value) or entry.revision is None:
-                    return None
-                try:
-                    await handle.delete(key, last=entry.revision)
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    return None  # written meanwhile: no longer ours to delete
-                return entry.revision
+    def _written(
+        self, outcomes: list[int | BaseException | None], batch: list[tuple[str, _Put | _DeleteIf, bytes]]
+    ) -> None:
+        for (key, wish, _), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._failed(Failure(outcome), key, wish)
+                continue
+            self._busy.discard(key)
+            if isinstance(wish, _Put) and wish.written is not None and outcome is not None:
+                wish.written(outcome)
+            self._flush(key)
 
-        done = self._connection.run(write)
-        done.addCallbacks(self._written, self._failed, callbackArgs=(key, wish), errbackArgs=(key, wish))
-
-    def _written(self, revision: int | None, key: str, wish: _Put | _DeleteIf) -> None:
-        self._busy.discard(key)
-        if isinstance(wish, _Put) and wish.written is not None and revision is not None:
-            wish.written(revision)
-        self._flush(key)
+    def _failed_all(self, failure: Failure, batch: list[tuple[str, _Put | _DeleteIf, bytes]]) -> None:
+        for key, wish, _ in batch:
+            self._failed(failure, key, wish)
 
     def _failed(self, failure: Failure, key: str, wish: _Put | _DeleteIf) -> None:
         self._busy.discard(key)
@@ -250,6 +265,25 @@ class Bucket:
                 except nats.js.errors.BadRequestError:  # another gateway created it meanwhile
                     self._handle = await js.key_value(self.name)
         return self._handle
+
+
+async def _write(handle: KeyValue, key: str, wish: _Put | _DeleteIf, data: bytes) -> int | None:
+    """On the NATS loop: one key's wish; the revision written (or deleted), None when nothing was."""
+    if isinstance(wish, _Put):
+        revision: int = await handle.put(key, data)
+        return revision
+    try:
+        entry = await handle.get(key)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    value = _decoded(entry.value)
+    if value is None or not wish.still(value) or entry.revision is None:
+        return None
+    try:
+        await handle.delete(key, last=entry.revision)
+    except nats.js.errors.KeyWrongLastSequenceError:
+        return None  # written meanwhile: no longer ours to delete
+    return entry.revision
 
 
 def _decoded(data: bytes | None) -> Value | None:

@@ -56,8 +56,9 @@ def test_a_newer_bind_elsewhere_closes_the_lot_here_an_older_one_does_not() -> N
     closed: list[tuple[str, str]] = []
     made, connection = placement(clock, closed)
     made.lot_bound("P001")
+    clock.advance(0)
     _, written = connection.writes[-1]
-    written.callback(5)
+    written.callback([5])
     assert made.holder("P001") == "gw-a"
     made._entry("P001", {"gateway": "gw-b", "since": utc_rfc3339(clock.seconds())}, 4)
     assert closed == []
@@ -86,6 +87,7 @@ def test_an_entry_of_this_gateway_for_a_lot_it_does_not_hold_is_deleted() -> Non
     clock = Clock()
     made, connection = placement(clock, [])
     made._entry("P002", {"gateway": "gw-a", "since": utc_rfc3339(0)}, 2)
+    clock.advance(0)
     assert len(connection.writes) == 1  # the conditional delete
     assert made.holder("P002") == "gw-a"
     made._entry("P002", None, 3)
@@ -98,9 +100,11 @@ def test_writes_of_one_lot_wait_for_each_other_and_a_failed_one_is_retried() -> 
     clock = Clock()
     made, connection = placement(clock, [])
     made.lot_bound("P001")
+    clock.advance(0)
     made.lot_unbound("P001")
     made.lot_bound("P001")
-    assert len(connection.writes) == 1 and made.bucket.backlog == 1
+    clock.advance(0)
+    assert len(connection.writes) == 1 and made.bucket.backlog == 1  # the first bind's in flight
     connection.writes[0][1].errback(OSError("timeout"))
     assert len(connection.writes) == 1  # after a failure, the next try waits for the retry delay
     clock.advance(1.0)
@@ -175,6 +179,7 @@ def test_a_login_here_is_written_and_a_deletion_revokes_only_the_token_it_named(
     made, sessions, journal, connection = share(clock)
     _, body = sessions.mint("userP001", "P001")
     sessions.install(body)
+    clock.advance(0)
     assert len(connection.writes) == 1  # the put
     echo = {**body, "issued": utc_rfc3339(clock.seconds()), "token_sha256": body["token_sha256"]}
     made._entry("P001", echo, 9)
@@ -190,8 +195,24 @@ def test_a_revocation_here_deletes_the_token_from_the_bucket() -> None:
     made, sessions, _, connection = share(clock)
     _, body = sessions.mint("userP001", "P001")
     sessions.install(body)
-    connection.writes[0][1].callback(1)
+    clock.advance(0)
+    connection.writes[0][1].callback([1])
     assert sessions.revoke("userP001")
+    clock.advance(0)
     assert len(connection.writes) == 2
     made.stopService()
     assert made not in sessions.listeners
+
+
+def test_the_binds_of_one_reactor_turn_go_to_nats_in_one_run() -> None:
+    """A wave of 100 binds in one turn costs one hop to the NATS loop, and each lot learns its revision."""
+    clock = Clock()
+    made, connection = placement(clock, [])
+    for n in range(100):
+        made.lot_bound(f"P{n:03d}")
+    assert connection.writes == []
+    clock.advance(0)
+    assert len(connection.writes) == 1
+    connection.writes[0][1].callback(list(range(1, 101)))
+    assert made._mine["P042"].revision == 43
+    assert made.bucket.backlog == 0
