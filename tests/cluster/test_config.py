@@ -167,3 +167,23 @@ def test_the_nats_sink_batches_larger_by_default() -> None:
     cloud = config.parse({"cluster": CLUSTER, "cloud": {"sink": "nats", "batch_max_events": 100}}).cloud
     assert cloud.batch_max_events == 100
     assert config.parse({"cloud": {"url": "http://x/e"}}).cloud.batch_max_events == 500
+
+
+def test_a_reload_that_changes_cluster_or_forwards_needs_a_restart() -> None:
+    """[cluster] and [[forward]] are read at start: a reload names them as needing a restart and keeps
+    the running ones."""
+    from gateway.reload import compare
+
+    running = config.parse({"cluster": CLUSTER, "cloud": {"sink": "nats"}})
+    loaded = config.parse(
+        {
+            "cluster": {**CLUSTER, "replicas": 3},
+            "cloud": {"sink": "nats"},
+            "forward": [{"name": "city", "sink": "cloudevents", "url": "http://x/e"}],
+        }
+    )
+    new, changes = compare(running, loaded, frozenset({"standard"}))
+    assert changes.restart_needed == ("cluster", "forward")
+    assert new.cluster == running.cluster and new.forwards == ()
+    _, same = compare(running, running, frozenset({"standard"}))
+    assert same.restart_needed == ()
