@@ -48,6 +48,8 @@ def join_sync(
         clock=reactor,
         prefix=settings.cluster.prefix,
         gateway_id=settings.gateway.id,
+        # The running configuration's lots: a reload replaces the parts' configuration.
+        parks=lambda: [lot.park_code for lot in (lots.parts.config if lots.parts else settings).lots],
     )
     lots.sync = sync
     lots.unbound_listeners.append(sync.lot_unbound)
