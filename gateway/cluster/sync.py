@@ -22,8 +22,10 @@ entry in flight, done on the lot's `0000` or on its TTL, a `sync-done` record
   acknowledged is gone.
 - Each entry received is sent to the lot as an ACK with its oprNum; on `0000` its
   `sync-done` (`delivered`) is journaled and, once durable, the message
-  acknowledged. An entry past its expiry is journaled `expired` and acknowledged
-  without being sent. Any other reply, or none, is retried after `retry` seconds
+  acknowledged. An entry past its expiry is journaled `expired` and deleted
+  without being sent (see below). An entry that is no valid downlink (only the
+  cloud's own publishes can be) is journaled `refused`, with the
+  `downlink-refused` event, and terminated. Any other reply, or none, is retried after `retry` seconds
   (a delayed NAK); a lot that leaves hands its entry back at once (NAK). While a
   lot takes its time to answer, the message is kept ours with progress acks.
 
@@ -666,7 +668,7 @@ class ClusterSync:
         self, headers: Mapping[str, str], subject: str, seq: int, published_at: float
     ) -> tuple[str, str, dict[str, object], float]:
         """An entry's code, oprNum, the `sync-done` body's common part and its expiry, from its message."""
-        code = subject.rsplit(".", 1)[-1]
+        code = subject.rsplit(".", 1)[-1][:64]  # a longer one is no interface code: refused, named cut
         opr = str(headers.get(OPR_HEADER, ""))
         if not _OPR.fullmatch(opr):
             opr = hashlib.md5(f"{self.stream}:{seq}".encode()).hexdigest()
