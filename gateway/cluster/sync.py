@@ -99,9 +99,9 @@ DUPLICATE_WINDOW = 120.0
 MAX_CONSUMERS = 1_000_000
 """The stream's consumer limit: one per lot. Left unset, nats-server refuses the 1001st (10026)."""
 PUBLISH_BACKOFF_MAX = 30.0
-SWEEP_INTERVAL = 60.0
+SWEEP_INTERVAL = 15.0
 """Seconds between two sweeps for the expired entries of lots bound nowhere."""
-SWEEP_LOTS = 32
+SWEEP_LOTS = 128
 """Lots looked at per sweep (a consumer look-up each)."""
 SWEEP_ENTRIES = 16
 """Entries read per lot and sweep, at most."""
