@@ -422,7 +422,8 @@ def build_service(
     )
     api.setServiceParent(parts)
     if cluster is not None:
-        answer_commands(cluster, lots, api.commands, settings, reactor=reactor)  # commands over NATS
+        # Commands over NATS, and their metrics with sync's.
+        answer_commands(cluster, lots, api.commands, settings, reactor=reactor, registry=registry)
         # Placement and tokens in NATS KV: after the replay, so the journal's tokens are not rewritten.
         place_lots(
             cluster,
