@@ -27,7 +27,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import evolve
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactor
 
 from gateway.dialects import DialectConflict, installed
 from gateway.protocol.catalog import DeliveryClass, lookup
@@ -208,8 +207,9 @@ def _downlink_endpoint(value: str) -> str:
     """cloud.downlink as a Twisted client endpoint description; raise ConfigError if it is not one.
 
     host:port and [IPv6 address]:port become `tcp:host=H:port=P`; a `tcp:` or
-    `tls:` description is kept as written. Either must build with Twisted's
-    own parser (against a reactor that connects nothing) with a port 1-65535.
+    `tls:` description is kept as written. Either must build with Twisted's own
+    parser with a port 1-65535. As for the listeners (`_endpoint`), no reactor
+    is given: a client endpoint keeps its reactor only for `connect()`.
     """
     if value.startswith(("tcp:", "tls:")):
         description = value
@@ -223,14 +223,40 @@ def _downlink_endpoint(value: str) -> str:
         host = endpoints.quoteStringArgument(match["host"])
         description = f"tcp:host={host}:port={int(match['port'])}"
     try:
-        endpoint = endpoints.clientFromString(MemoryReactor(), description)
+        endpoints.clientFromString(None, description)
     except Exception as error:  # any failure to build the endpoint is the operator's to fix
         raise ConfigError(f"cloud.downlink: not a usable endpoint {value!r}: {error}") from None
-    # tls: wraps a HostnameEndpoint; both it and tcp:'s TCP4ClientEndpoint keep the port as _port.
-    port = getattr(getattr(endpoint, "_wrappedEndpoint", endpoint), "_port", None)
-    if isinstance(port, int) and not 1 <= port <= 65535:
+    port = _client_port(description)
+    if not 1 <= port <= 65535:
         raise ConfigError(f"cloud.downlink: port {port} is not 1-65535: {value!r}")
     return description
+
+
+def _client_port(description: str) -> int:
+    """The port of a `tcp:` or `tls:` client description that Twisted's parser has built.
+
+    Its fields are split as Twisted splits them (``:`` separates, ``\\`` escapes
+    the next character); the port is ``port=`` or the second positional field
+    (after the host), which the parser has already read as an integer.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    positional = [field for field in fields[1:] if "=" not in field]
+    named = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
+    return int(named["port"] if "port" in named else positional[1])
 
 
 def _is_ipv6(host: str) -> bool:
