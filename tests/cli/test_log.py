@@ -958,6 +958,37 @@ def test_replay_stops_at_an_error(journal: Harness, cloud: Cloud, capsys: pytest
     assert err.rstrip().endswith(f"resume with --from {events[2]}")
 
 
+def test_replay_stops_at_a_refused_batch(
+    journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 4xx for a batch of several stops replay too (it is not split as the gateway would): exit 1."""
+    events = replay_journal(journal)
+    write_signing_key(str(journal.path.parent / "gateway.key"), SigningKey.generate())
+    cloud.statuses[:] = [400]
+    argv = ["replay", "--from", "1", "--url", cloud.url, "--batch", "2", "--gateway-id", "gw-test"]
+    code, _, err = run(capsys, *argv, "--key", "gateway.key", str(journal.path))
+    assert code == 1
+    assert len(cloud.requests) == 1
+    assert f"HTTP 400 from {cloud.url}: overloaded, try later for events #{events[0]} to #{events[1]}" in err
+    assert err.rstrip().endswith(f"0 events were sent before them; resume with --from {events[0]}")
+
+
+def test_replay_without_an_answer_says_so(
+    journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cloud that cannot be reached stops replay with exit 1, the reason and where to resume."""
+    events = replay_journal(journal)
+    write_signing_key(str(journal.path.parent / "gateway.key"), SigningKey.generate())
+    cloud.close()  # nothing listens there now
+    argv = ["replay", "--from", "1", "--url", cloud.url, "--gateway-id", "gw-test"]
+    code, out, err = run(capsys, *argv, "--key", "gateway.key", str(journal.path))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"cpmictl log replay: no answer from {cloud.url} (")
+    assert "refused" in err
+    assert err.count("\n") == 1
+    assert err.rstrip().endswith(f"resume with --from {events[0]}")
+
+
 def test_replay_progress_bar_on_a_terminal(
     journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
