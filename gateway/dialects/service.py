@@ -79,19 +79,20 @@ class LotsService(MultiService):
             if any(settings.listen.endpoint(listener) for listener in dialect.listeners)
         }
         for name in sorted(used):
-            server = dialects[name].serve(DialectHost(name, parts, self.sync.lot_bound))
+            server = dialects[name].serve(DialectHost(name, parts, self._bound))
             self.router.servers[name] = server
             self.servers[name] = server
-            if isinstance(server, StandardServer):
-                server.downlinks.bound_listeners.append(self.settler.bound)
-                # The standard dialect's downlink counters, for the metrics.
-                self.router.counters = server.downlinks.counters
             for listener in dialects[name].listeners:
                 endpoint = settings.listen.endpoint(listener)
                 assert endpoint is not None  # the configuration is refused otherwise
                 factory = self._guarded(listener, endpoint, server.factory(listener))
                 Listener(listener, endpoint, factory, reactor).setServiceParent(self)
         return parts
+
+    def _bound(self, park: str) -> None:
+        """A lot of any dialect bound its connection: its sync deliveries resume, the heap settles later."""
+        self.sync.lot_bound(park)
+        self.settler.bound(park)
 
     def reconfigurable(self) -> list[Any]:
         """The parts a reload hands the new configuration to."""
