@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
 
+from gateway.cloud.metrics import register as register_gateway_metrics
+from gateway.cloud.metrics import register_logins
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter, Queries
 from gateway.dialects.interface import IDialectServer
@@ -32,6 +36,8 @@ from gateway.lots.sync import SyncQueue
 from gateway.settings import Config
 
 __all__ = ["LotsService"]
+
+log = Logger()
 
 
 class LotsService(MultiService):
@@ -87,7 +93,17 @@ class LotsService(MultiService):
                 assert endpoint is not None  # the configuration is refused otherwise
                 factory = self._guarded(listener, endpoint, server.factory(listener))
                 Listener(listener, endpoint, factory, reactor).setServiceParent(self)
+            if name != "standard":
+                count = sum(1 for lot in settings.lots if lot.dialect == name)
+                listeners = dialects[name].listeners
+                where = ", ".join(f"{settings.listen.endpoint(k)}" for k in listeners) or "no listener"
+                log.info("dialect {name}: {count} lots, on {where}", name=name, count=count, where=where)
         return parts
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The lots' metrics on ``registry``: connections, downlink counters, sync queues, logins."""
+        register_gateway_metrics(registry, self.router, self._journal, self.sync)
+        register_logins(registry, self.passwords)
 
     def _bound(self, park: str) -> None:
         """A lot of any dialect bound its connection: its sync deliveries resume, the heap settles later."""
