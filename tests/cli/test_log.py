@@ -19,8 +19,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from nacl.signing import SigningKey
+from twisted.internet.defer import Deferred
+from twisted.internet.selectreactor import SelectReactor
+from twisted.internet.task import deferLater
 
 from gateway.cli import log
+from gateway.cli.log.replay import Interrupted, run_to_end
 from gateway.cli.main import build_parser, main
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.httpsig import verify_request
@@ -1018,6 +1022,39 @@ def test_replay_no_progress_on_a_terminal(
     assert code == 0
     assert "\r" not in err
     assert err.startswith("replayed 5 events in 1 batches") and err.count("\n") == 1
+
+
+def test_run_to_end_gives_the_result_or_raises_the_error() -> None:
+    """replay's reactor runner returns what the work returns and raises what it raises, reactor stopped."""
+    reactor = SelectReactor()
+
+    async def answer() -> int:
+        await deferLater(reactor, 0, lambda: None)
+        return 42
+
+    assert run_to_end(reactor, answer) == 42
+    assert not reactor.running
+    failing = SelectReactor()
+
+    async def refuse() -> int:
+        await deferLater(failing, 0, lambda: None)
+        raise log.common.Failure("refused")
+
+    with pytest.raises(log.common.Failure, match="refused"):
+        run_to_end(failing, refuse)
+
+
+def test_run_to_end_says_when_the_reactor_stopped_first() -> None:
+    """A reactor stopped before the work ends (Ctrl-C, SIGTERM) is Interrupted, not a hang or a result."""
+    reactor = SelectReactor()
+    never: Deferred[None] = Deferred()
+
+    async def wait_forever() -> None:
+        reactor.callLater(0, reactor.stop)
+        await never
+
+    with pytest.raises(Interrupted):
+        run_to_end(reactor, wait_forever)
 
 
 def test_replay_without_identity_fails_cleanly(
