@@ -233,11 +233,19 @@ def _downlink_endpoint(value: str) -> str:
 
 
 def _client_port(description: str) -> int:
-    """The port of a `tcp:` or `tls:` client description that Twisted's parser has built.
+    """The port of a `tcp:` or `tls:` client description that Twisted's parser has built
+    (it has read the port as an integer): ``port=``, else the field after the host."""
+    positional, named = endpoint_fields(description)
+    return int(named["port"] if "port" in named else positional[1])
 
-    Its fields are split as Twisted splits them (``:`` separates, ``\\`` escapes
-    the next character); the port is ``port=`` or the second positional field
-    (after the host), which the parser has already read as an integer.
+
+def endpoint_fields(description: str) -> tuple[list[str], dict[str, str]]:
+    """The positional and the ``name=value`` fields of an endpoint description, after its type.
+
+    Split as Twisted's endpoint parser splits them (``:`` separates, a backslash
+    escapes the next character), so that what a built endpoint was given can be
+    read without its private attributes. Check the description with
+    ``endpoints.serverFromString``/``clientFromString`` first.
     """
     fields: list[str] = []
     current: list[str] = []
@@ -256,7 +264,7 @@ def _client_port(description: str) -> int:
     fields.append("".join(current))
     positional = [field for field in fields[1:] if "=" not in field]
     named = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
-    return int(named["port"] if "port" in named else positional[1])
+    return positional, named
 
 
 def _is_ipv6(host: str) -> bool:
