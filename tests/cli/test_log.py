@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -1055,6 +1056,26 @@ def test_run_to_end_says_when_the_reactor_stopped_first() -> None:
 
     with pytest.raises(Interrupted):
         run_to_end(reactor, wait_forever)
+
+
+def test_run_to_end_stops_at_ctrl_c_and_leaves_the_signals_as_they_were() -> None:
+    """Ctrl-C stops replay's reactor (Interrupted); SIGINT and SIGTERM are given back, and SIGCHLD and
+    the wake-up fd, which another reactor of the process (a test's) reaps its children by, are untouched."""
+    taken = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in taken}
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    reactor = SelectReactor()
+    never: Deferred[None] = Deferred()
+
+    async def interrupted_soon() -> None:
+        reactor.callLater(0, os.kill, os.getpid(), signal.SIGINT)
+        await never
+
+    with pytest.raises(Interrupted):
+        run_to_end(reactor, interrupted_soon)
+    assert {signum: signal.getsignal(signum) for signum in taken} == before
+    assert signal.set_wakeup_fd(wakeup) == wakeup
 
 
 def test_replay_without_identity_fails_cleanly(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -239,7 +241,10 @@ def run_to_end(reactor: IReactorCore, main: Callable[[], Coroutine[Any, Any, _T]
 
     What ``twisted.internet.task.react`` does, but handing the outcome back to the
     caller instead of exiting the process. Ctrl-C (or SIGTERM) stops the reactor
-    first: that is a Failure of the command.
+    first: that raises :class:`Interrupted`. The reactor installs no signal handling
+    of its own: Twisted's would take SIGCHLD and the wake-up fd from any other reactor
+    of the process (a test's) and leave them unset; only SIGINT and SIGTERM are
+    taken, for the run, and given back.
     """
     outcome: list[_T | TwistedFailure] = []
 
@@ -251,14 +256,30 @@ def run_to_end(reactor: IReactorCore, main: Callable[[], Coroutine[Any, Any, _T]
         if reactor.running:
             reactor.stop()
 
+    def interrupted(signum: int, frame: object) -> None:
+        reactor.callFromThread(_stop_if_running, reactor)  # type: ignore[attr-defined]
+
     reactor.callWhenRunning(begin)
-    reactor.run()
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, interrupted)
+    try:
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+    finally:
+        for taken, handler in previous.items():
+            signal.signal(taken, handler)
     if not outcome:
         raise Interrupted()
     result = outcome[0]
     if isinstance(result, TwistedFailure):
         result.raiseException()
     return result
+
+
+def _stop_if_running(reactor: IReactorCore) -> None:
+    if reactor.running:
+        reactor.stop()
 
 
 def _last_seq(segments: list[Segment]) -> int | None:
