@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -223,13 +224,25 @@ def _downlink_endpoint(value: str) -> str:
         host = endpoints.quoteStringArgument(match["host"])
         description = f"tcp:host={host}:port={int(match['port'])}"
     try:
-        endpoints.clientFromString(None, description)
+        built_client(description)
     except Exception as error:  # any failure to build the endpoint is the operator's to fix
         raise ConfigError(f"cloud.downlink: not a usable endpoint {value!r}: {error}") from None
     port = _client_port(description)
     if not 1 <= port <= 65535:
         raise ConfigError(f"cloud.downlink: port {port} is not 1-65535: {value!r}")
     return description
+
+
+def built_client(description: str) -> object:
+    """The client endpoint ``description`` builds to, with no reactor: it is only looked at.
+
+    A client endpoint keeps its reactor only for ``connect()``. ``tls:`` builds a
+    ``HostnameEndpoint``, which warns that a reactor without a name resolver is
+    deprecated: nothing is resolved or connected here, so that warning is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Passing HostnameEndpoint a reactor", DeprecationWarning)
+        return endpoints.clientFromString(None, description)
 
 
 def _client_port(description: str) -> int:

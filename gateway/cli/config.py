@@ -40,6 +40,7 @@ from gateway.config import (
     SECRET_SOURCES,
     Config,
     ConfigError,
+    built_client,
     endpoint_fields,
     find_config,
     load,
@@ -376,7 +377,7 @@ def _plain_tcp_to_another_host(description: str) -> bool:
     """Whether the client endpoint ``description`` is plain TCP (``tcp:``) to a host other than loopback."""
     if not description:
         return False
-    endpoint = endpoints.clientFromString(None, description)
+    endpoint = built_client(description)
     if not isinstance(endpoint, endpoints.TCP4ClientEndpoint):
         return False
     # tcp:HOST:PORT or host=HOST, as Twisted's parser takes them.
