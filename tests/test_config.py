@@ -495,3 +495,20 @@ def test_repr_hides_secrets() -> None:
     assert "up1" in text and "upstream.example" in text
     # Hidden from the repr, still compared: a changed secret is a changed config.
     assert settings.lots[0] != evolve(settings.lots[0], secret="other")
+
+
+@pytest.mark.parametrize(
+    ("description", "fields"),
+    [
+        ("tcp:8080", (["8080"], {})),
+        ("tcp:8081:interface=127.0.0.1", (["8081"], {"interface": "127.0.0.1"})),
+        ("tcp:host=2001\\:db8\\:\\:7:port=65535", ([], {"host": "2001:db8::7", "port": "65535"})),
+        ("tls:upstream.example:9000:timeout=5", (["upstream.example", "9000"], {"timeout": "5"})),
+        ("unix:/run/a\\\\b.sock", (["/run/a\\b.sock"], {})),
+    ],
+)
+def test_endpoint_fields_split_as_twisted_does(
+    description: str, fields: tuple[list[str], dict[str, str]]
+) -> None:
+    """A description's fields after its type: `:` separates, a backslash escapes, name=value is named."""
+    assert config.endpoint_fields(description) == fields

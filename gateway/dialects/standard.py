@@ -9,6 +9,8 @@ other dialect.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.plugin import IPlugin
@@ -63,6 +65,11 @@ class StandardServer:
         )
         self.downlinks.bound_listeners.append(host.resume)
         self.downlinks.unbound_listeners.append(host.released)
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """The TCP downlinks' counters (connections, frames, closes, ...), for the metrics."""
+        return self.downlinks.counters
 
     def factory(self, listener: str) -> IProtocolFactory:
         if listener == "uplink":
