@@ -311,7 +311,8 @@ def build_service(
     )
     api.setServiceParent(parts)
     if cluster is not None:
-        answer_commands(cluster, lots, api.commands, settings, reactor=reactor)  # commands over NATS
+        # Commands over NATS, and their metrics with sync's.
+        answer_commands(cluster, lots, api.commands, settings, reactor=reactor, registry=registry)
     register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "

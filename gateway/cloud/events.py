@@ -91,9 +91,12 @@ _LOT_TYPES = {
     ONLINE_RECORD: "org.cpmi.gateway.lot-online.v1",
     OFFLINE_RECORD: "org.cpmi.gateway.lot-offline.v1",
 }
+# A sync entry's outcome (CONTRACT §6, §9). "refused": an entry put in the [cluster] stream that is not a
+# valid downlink, a final outcome the cloud must hear of; "published" is a step, not an outcome: no event.
 _SYNC_DONE_TYPES = {
     "delivered": "org.cpmi.gateway.downlink-delivered.v1",
     "expired": "org.cpmi.gateway.downlink-expired.v1",
+    "refused": "org.cpmi.gateway.downlink-refused.v1",
 }
 
 # CloudEvents' Integer is a signed 32-bit number; a larger seq goes as a String.

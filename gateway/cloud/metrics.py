@@ -406,6 +406,97 @@ def register_nats(registry: CollectorRegistry, nats: NatsState) -> NatsCollector
     return collector
 
 
+class NatsCommandCounts(Protocol):
+    """What the metrics read of `gateway.cluster.commands.NatsCommands`."""
+
+    @property
+    def answered(self) -> Mapping[str, int]: ...
+
+    @property
+    def asks(self) -> Mapping[str, int]: ...
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+class SyncCounts(Protocol):
+    """What the metrics read of `gateway.cluster.sync.ClusterSync` (depths: `cpmi_sync_queue_depth`)."""
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+
+SYNC_OUTCOMES = ("published", "delivered", "expired", "refused", "retried")
+
+
+class ClusterCollector(Collector):
+    """Commands over NATS and sync over JetStream ([cluster]): plain counters, read at each scrape."""
+
+    def __init__(self, commands: NatsCommandCounts, sync: SyncCounts) -> None:
+        self._commands = commands
+        self._sync = sync
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, describing: bool) -> Iterator[Metric]:
+        commands, sync = self._commands, self._sync
+        answered = CounterMetricFamily("cpmi_nats_commands", _NATS_COMMANDS_HELP, labels=["result"])
+        asks = CounterMetricFamily("cpmi_nats_asks", _NATS_ASKS_HELP, labels=["outcome"])
+        entries = CounterMetricFamily("cpmi_sync_entries", _SYNC_ENTRIES_HELP, labels=["outcome"])
+        consumers = CounterMetricFamily("cpmi_sync_consumers", _SYNC_CONSUMERS_HELP, labels=["action"])
+        if describing:
+            yield from (answered, asks, entries, consumers)
+            yield CounterMetricFamily("cpmi_nats_commands_busy", _NATS_BUSY_HELP)
+            yield GaugeMetricFamily("cpmi_nats_commands_in_flight", _NATS_IN_FLIGHT_HELP)
+            return
+        for result, count in sorted(commands.answered.items()):
+            answered.add_metric([result], count)
+        for outcome, count in commands.asks.items():
+            asks.add_metric([outcome], count)
+        for outcome in SYNC_OUTCOMES:
+            entries.add_metric([outcome], sync.counters.get(outcome, 0))
+        for action in ("deleted", "recreated"):
+            consumers.add_metric([action], sync.counters.get(f"consumers_{action}", 0))
+        yield from (answered, asks, entries, consumers)
+        busy = commands.counters.get("refused_busy", 0)
+        yield CounterMetricFamily("cpmi_nats_commands_busy", _NATS_BUSY_HELP, value=busy)
+        yield GaugeMetricFamily(
+            "cpmi_nats_commands_in_flight", _NATS_IN_FLIGHT_HELP, value=commands.in_flight
+        )
+
+
+_NATS_COMMANDS_HELP = "Commands asked over NATS and answered here, by the reply's resultCode."
+_NATS_ASKS_HELP = (
+    "This gateway's API asking another gateway through NATS: answered, no_responders, timeout, failed."
+)
+_NATS_BUSY_HELP = "NATS commands answered 9999 at once: the in-flight cap was reached."
+_NATS_IN_FLIGHT_HELP = "NATS commands being answered here now."
+_SYNC_ENTRIES_HELP = (
+    "Sync entries over JetStream: published here, and delivered, expired, refused, retried here."
+)
+_SYNC_CONSUMERS_HELP = (
+    "Lots' sync consumers deleted (lot no longer configured) or made again (deleted by hand)."
+)
+
+
+def register_cluster(
+    registry: CollectorRegistry, commands: NatsCommandCounts, sync: SyncCounts
+) -> ClusterCollector:
+    """Register the [cluster] commands and sync metrics (`cpmi_nats_commands*`, `cpmi_sync_*_total`)."""
+    collector = ClusterCollector(commands, sync)
+    registry.register(collector)
+    return collector
+
+
 def register_forwarder(registry: CollectorRegistry, forwarder: ForwardingState) -> ForwarderCollector:
     """Register the forwarder's metrics (`cpmi_forward_*`) on `registry`."""
     collector = ForwarderCollector(forwarder)

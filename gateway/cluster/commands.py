@@ -136,6 +136,10 @@ class NatsCommands:
         self._failures: dict[str, int] = {}
         self.in_flight = 0
         self.counters = {"requests": 0, "refused_busy": 0, "ignored": 0, "asked": 0}
+        # NATS requests answered here, by the reply's resultCode (the in-flight cap's 9999 too).
+        self.answered: dict[str, int] = {}
+        # This gateway's asking of others: "answered", "no_responders", "timeout" or "failed".
+        self.asks = {"answered": 0, "no_responders": 0, "timeout": 0, "failed": 0}
 
     # --- the lots held here --------------------------------------------
 
@@ -262,6 +266,8 @@ class NatsCommands:
         asked.addCallback(answered).addBoth(done)
 
     def _reply(self, reply: str, status: int, body: Mapping[str, object]) -> None:
+        code = str(body.get("resultCode", ""))[:8]
+        self.answered[code] = self.answered.get(code, 0) + 1
         payload = _reply_bytes(body)
 
         async def publish(nc: Any, js: Any) -> None:
@@ -283,12 +289,16 @@ class NatsCommands:
         answer does not come within the deadline and its grace.
         """
         if self._connection.state != "connected":
+            self.asks["failed"] += 1
             return fail(NotConnected(park))
         self.counters["asked"] += 1
         subject = command_subject(self._prefix, park, code)
         payload = _reply_bytes(data)  # type: ignore[arg-type]
         timeout = self._deadline(code) + self._grace
         headers = {OPR_HEADER: opr, CLIENT_HEADER: client, GATEWAY_HEADER: self._gateway_id}
+
+        def count(outcome: str) -> None:
+            self.asks[outcome] += 1
 
         async def request(nc: Any, js: Any) -> tuple[int, bytes]:
             from nats.errors import NoRespondersError, TimeoutError
@@ -303,6 +313,7 @@ class NatsCommands:
             return (int(status) if status.isdigit() else 0), msg.data
 
         def parsed(answer: tuple[int, bytes]) -> tuple[int, dict[str, object]]:
+            count("answered")
             status, raw = answer
             try:
                 reply = json.loads(raw)
@@ -315,7 +326,12 @@ class NatsCommands:
             return status, reply
 
         def unreachable(failure: Failure) -> Failure:
-            if not failure.check(NotConnected, DeadlinePassed):
+            if failure.check(NotConnected):
+                count("no_responders")  # raised only for NATS's "no responders"
+            elif failure.check(DeadlinePassed):
+                count("timeout")
+            else:
+                count("failed")
                 log.warn(
                     "asking for lot {park} through NATS failed: {error}",
                     park=park,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 
 from gateway.cloud.api import DEADLINE_GRACE, CommandPath
+from gateway.cloud.metrics import register_cluster
 from gateway.cluster.commands import NatsCommands
 from gateway.cluster.service import ClusterService
 from gateway.cluster.sync import ClusterSync
@@ -48,6 +50,8 @@ def join_sync(
         clock=reactor,
         prefix=settings.cluster.prefix,
         gateway_id=settings.gateway.id,
+        # The running configuration's lots: a reload replaces the parts' configuration.
+        parks=lambda: [lot.park_code for lot in (lots.parts.config if lots.parts else settings).lots],
     )
     lots.sync = sync
     lots.unbound_listeners.append(sync.lot_unbound)
@@ -55,9 +59,15 @@ def join_sync(
 
 
 def answer_commands(
-    cluster: ClusterService, lots: LotsService, path: CommandPath, settings: Config, *, reactor: Any
+    cluster: ClusterService,
+    lots: LotsService,
+    path: CommandPath,
+    settings: Config,
+    *,
+    reactor: Any,
+    registry: CollectorRegistry | None = None,
 ) -> NatsCommands:
-    """Answer NATS commands for the lots bound here; ask the others' through NATS."""
+    """Answer NATS commands for the lots bound here; ask the others' through NATS; metrics on `registry`."""
     assert settings.cluster is not None
     deadlines = settings.deadlines
     commands = NatsCommands(
@@ -73,4 +83,6 @@ def answer_commands(
     lots.bound_listeners.append(commands.lot_bound)
     lots.unbound_listeners.append(commands.lot_unbound)
     CommandsService(commands).setServiceParent(cluster)
+    if registry is not None and isinstance(lots.sync, ClusterSync):
+        register_cluster(registry, commands, lots.sync)
     return commands

@@ -22,8 +22,10 @@ entry in flight, done on the lot's `0000` or on its TTL, a `sync-done` record
   acknowledged is gone.
 - Each entry received is sent to the lot as an ACK with its oprNum; on `0000` its
   `sync-done` (`delivered`) is journaled and, once durable, the message
-  acknowledged. An entry past its expiry is journaled `expired` and acknowledged
-  without being sent. Any other reply, or none, is retried after `retry` seconds
+  acknowledged. An entry past its expiry is journaled `expired` and deleted
+  without being sent (see below). An entry that is no valid downlink (only the
+  cloud's own publishes can be) is journaled `refused`, with the
+  `downlink-refused` event, and terminated. Any other reply, or none, is retried after `retry` seconds
   (a delayed NAK); a lot that leaves hands its entry back at once (NAK). While a
   lot takes its time to answer, the message is kept ours with progress acks.
 
@@ -32,9 +34,26 @@ measured in `bench/nats_sync_consumers.py` (docs/nats.md has the figures). One
 consumer cannot keep one entry in flight per lot, nor move with a lot.
 
 Delivery is at least once, as alone: a `sync-done` durable but its ack lost
-delivers the entry again (its event too). Expiry is noticed when the entry
-comes up: when its lot binds or while it waits for a retry -- a lot that never
-binds again leaves its entries in the stream, unexpired, until it does.
+delivers the entry again (its event too).
+
+**Expiry on time**: an entry found past its expiry, by the lot's holder when it
+comes up or by the *sweep* for a lot bound nowhere, is claimed by deleting it
+from the stream (`STREAM.MSG.DELETE`): the server deletes a message once, and
+only the gateway whose delete succeeded journals its `sync-done` "expired" (the
+event). So two gateways sweeping the same lot, or a sweep racing a lot that
+binds, never journal one expiry twice. (The event cannot dedupe instead: its id
+is `{gateway id}-{seq}` of each journal, CONTRACT §6.) The price: a gateway that
+dies between the delete and the journal's write loses that one expiry event.
+
+Every `sweep_interval` seconds each gateway takes the next `sweep_lots`
+configured lots in turn and, for those whose consumer has no gateway delivering
+(not push-bound, nothing in flight) or none yet, looks at up to `sweep_entries`
+of their entries: bounded work per sweep, every lot visited once per
+`ceil(lots / sweep_lots)` sweeps. The same round finds the lots held here whose
+consumer is gone (deleted by hand) and makes it again. At start and after a
+reload changes the lots, the consumers of lots no longer configured and not
+push-bound are deleted (their entries stay in the stream: a lot configured
+again finds them).
 """
 
 from __future__ import annotations
@@ -43,10 +62,10 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -80,6 +99,14 @@ DUPLICATE_WINDOW = 120.0
 MAX_CONSUMERS = 1_000_000
 """The stream's consumer limit: one per lot. Left unset, nats-server refuses the 1001st (10026)."""
 PUBLISH_BACKOFF_MAX = 30.0
+SWEEP_INTERVAL = 15.0
+"""Seconds between two sweeps for the expired entries of lots bound nowhere."""
+SWEEP_LOTS = 128
+"""Lots looked at per sweep (a consumer look-up each)."""
+SWEEP_ENTRIES = 16
+"""Entries read per lot and sweep, at most."""
+_NO_MESSAGE = 10057
+"""JetStream's error code for deleting a message that is not (any more) in the stream."""
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 OPR_HEADER = "Cpmi-Opr"
@@ -162,10 +189,21 @@ class _Outgoing:
 class _Lot:
     """A lot held here: its subscription and the entry in flight."""
 
-    __slots__ = ("attached", "attaching", "failures", "in_flight", "progress", "retry", "subscription")
+    __slots__ = (
+        "attached",
+        "attaching",
+        "failures",
+        "in_flight",
+        "next",
+        "progress",
+        "retry",
+        "subscription",
+    )
 
     def __init__(self) -> None:
         self.subscription: Any = None
+        # An entry the server gave while one was in flight (it does after an expired one is deleted).
+        self.next: Any = None
         self.attaching = False
         self.attached = False
         self.in_flight: Any = None
@@ -189,9 +227,19 @@ class ClusterSync:
         ttl: float = DEFAULT_TTL,
         retry: float = DEFAULT_RETRY,
         ack_wait: float = ACK_WAIT,
+        parks: Callable[[], Iterable[str]] | None = None,
+        sweep_interval: float = SWEEP_INTERVAL,
+        sweep_lots: int = SWEEP_LOTS,
+        sweep_entries: int = SWEEP_ENTRIES,
     ) -> None:
-        if ttl <= 0 or retry <= 0 or ack_wait <= 0:
-            raise ValueError("ttl, retry and ack_wait must be positive")
+        """`parks()` names the lots configured now (a reload changes them): those the sweep visits.
+
+        Without it the sweep only looks after the consumers of the lots held here.
+        """
+        if ttl <= 0 or retry <= 0 or ack_wait <= 0 or sweep_interval <= 0:
+            raise ValueError("ttl, retry, ack_wait and sweep_interval must be positive")
+        if sweep_lots < 1 or sweep_entries < 1:
+            raise ValueError("sweep_lots and sweep_entries must be at least 1")
         self._connection = connection
         self._lots = lots
         self._journal = journal
@@ -211,7 +259,24 @@ class ClusterSync:
         self._lots_held: dict[str, _Lot] = {}
         self._pending: dict[str, int] = {}  # park -> entries in the stream, as last seen
         self._stopped = False
-        self.counters = {"published": 0, "delivered": 0, "expired": 0, "refused": 0, "retried": 0}
+        self._parks = parks
+        self._sweep_interval = sweep_interval
+        self.sweep_lots = sweep_lots
+        self.sweep_entries = sweep_entries
+        self._sweep_timer: IDelayedCall | None = None
+        self._sweeping = False
+        self._sweep_cursor = 0
+        self._cleaned: frozenset[str] | None = None  # the lots whose stale consumers were last cleaned
+        self.counters = {
+            "published": 0,
+            "delivered": 0,
+            "expired": 0,
+            "refused": 0,
+            "retried": 0,
+            "swept": 0,
+            "consumers_deleted": 0,
+            "consumers_recreated": 0,
+        }
         connection.state_observers.append(self._state_changed)
 
     # --- the queue's face (gateway.cloud.api.SyncEntries) ----------------
@@ -278,7 +343,7 @@ class ClusterSync:
     def stop(self) -> None:
         """Cancel the timers, as the gateway stops."""
         self._stopped = True
-        timers = [self._publish_timer]
+        timers = [self._publish_timer, self._sweep_timer]
         for lot in self._lots_held.values():
             timers += [lot.progress, lot.retry]
         for timer in timers:
@@ -307,6 +372,8 @@ class ClusterSync:
             for park, lot in list(self._lots_held.items()):
                 if not lot.attached:
                     self._attach(park)
+            if self._sweep_timer is None:
+                self._sweep_timer = self._clock.callLater(0, self.sweep)
 
         def failed(failure: Failure) -> None:
             self._ensuring = False
@@ -419,6 +486,7 @@ class ClusterSync:
             if timer is not None and timer.active():
                 timer.cancel()
         in_flight, lot.in_flight = lot.in_flight, None
+        following, lot.next = lot.next, None
         subscription = lot.subscription
 
         async def release(nc: Any, js: Any) -> None:
@@ -427,8 +495,9 @@ class ClusterSync:
             if subscription is not None:
                 await subscription.unsubscribe()
                 await nc.flush()
-            if in_flight is not None:
-                await in_flight.nak()
+            for given in (in_flight, following):
+                if given is not None:
+                    await given.nak()
 
         self._connection.run(release).addErrback(self._warn, "releasing the sync entries of", park)
 
@@ -521,7 +590,10 @@ class ClusterSync:
             # One at a time by the consumer's max_ack_pending; a redelivery of the one in flight is ignored.
             if _stream_seq(msg) == _stream_seq(lot.in_flight):
                 return
-            self._nak(msg)
+            # The next one, given as soon as an expired entry is deleted: taken once that one is settled.
+            if lot.next is not None and _stream_seq(lot.next) != _stream_seq(msg):
+                self._nak(lot.next)
+            lot.next = msg
             return
         lot.in_flight = msg
         try:
@@ -530,21 +602,9 @@ class ClusterSync:
             remaining = 0
         self._pending[park] = remaining + 1
         headers: Mapping[str, str] = msg.headers or {}
-        code = msg.subject.rsplit(".", 1)[-1]
-        opr = str(headers.get(OPR_HEADER, ""))
-        if not _OPR.fullmatch(opr):
-            opr = hashlib.md5(f"{self.stream}:{_stream_seq(msg)}".encode()).hexdigest()
-        client = str(headers.get(CLIENT_HEADER, "nats"))[:128]
-        entry = _entry_id(headers, msg)
+        code, opr, base, expires = self._facts(headers, msg.subject, _stream_seq(msg), _published_at(msg))
+        entry = base["entry"]
         attempts = _attempts(msg)
-        base = {"entry": entry, "client": client}
-        origin = headers.get(GATEWAY_HEADER)
-        if origin:
-            base["gateway"] = str(origin)[:128]
-        try:
-            expires = rfc3339_seconds(str(headers[EXPIRES_HEADER]))
-        except (KeyError, ValueError):
-            expires = _published_at(msg) + self._ttl
         try:
             data = self._checked(code, msg.data)
         except ValueError as error:
@@ -556,8 +616,9 @@ class ClusterSync:
             self._settle(park, lot, msg, code, opr, body, ack="term")
             return
         if expires <= self._clock.seconds():
-            self.counters["expired"] += 1
-            self._settle(park, lot, msg, code, opr, {**base, "outcome": "expired", "attempts": attempts - 1})
+            self._expire_held(
+                park, lot, msg, code, opr, {**base, "outcome": "expired", "attempts": attempts - 1}
+            )
             return
         self._keep_in_progress(lot, msg)
 
@@ -591,6 +652,9 @@ class ClusterSync:
             if failure.check(NotConnected):
                 self._stop_progress(lot)
                 lot.in_flight = None
+                if lot.next is not None:
+                    following, lot.next = lot.next, None
+                    self._nak(following)
                 self._nak(msg)  # the lot left: its next bind, here or elsewhere, takes it again
                 return
             if not failure.check(DeadlinePassed):
@@ -599,6 +663,142 @@ class ClusterSync:
 
         sent: Deferred[LotReply] = maybeDeferred(self._lots.command, park, code, data, opr)
         sent.addCallbacks(replied, failed)
+
+    def _facts(
+        self, headers: Mapping[str, str], subject: str, seq: int, published_at: float
+    ) -> tuple[str, str, dict[str, object], float]:
+        """An entry's code, oprNum, the `sync-done` body's common part and its expiry, from its message."""
+        code = subject.rsplit(".", 1)[-1][:64]  # a longer one is no interface code: refused, named cut
+        opr = str(headers.get(OPR_HEADER, ""))
+        if not _OPR.fullmatch(opr):
+            opr = hashlib.md5(f"{self.stream}:{seq}".encode()).hexdigest()
+        given = headers.get(MSG_ID_HEADER)
+        entry = given[:128] if isinstance(given, str) and given else f"stream:{seq}"
+        base: dict[str, object] = {"entry": entry, "client": str(headers.get(CLIENT_HEADER, "nats"))[:128]}
+        origin = headers.get(GATEWAY_HEADER)
+        if origin:
+            base["gateway"] = str(origin)[:128]
+        try:
+            expires = rfc3339_seconds(str(headers[EXPIRES_HEADER]))
+        except (KeyError, ValueError):
+            expires = published_at + self._ttl
+        return code, opr, base, expires
+
+    # --- the sweep: expiry on time for the lots bound nowhere; the consumers kept right --------
+
+    def sweep(self) -> Deferred[None]:
+        """One sweep (the timer calls it every `sweep_interval` s); fires when its work is done."""
+        if self._sweep_timer is not None and self._sweep_timer.active():
+            self._sweep_timer.cancel()
+        self._sweep_timer = None
+        if self._stopped:
+            return succeed(None)
+        done: Deferred[None] = succeed(None)
+        if not self._sweeping and self._stream_ready and self._connection.state == "connected":
+            self._sweeping = True
+            done = self._sweep_once()
+
+            def over(result: object) -> None:
+                self._sweeping = False
+                if isinstance(result, Failure):
+                    log.warn("sync sweep failed: {error}", error=result.getErrorMessage())
+
+            done.addBoth(over)
+        if not self._stopped:
+            self._sweep_timer = self._clock.callLater(self._sweep_interval, self.sweep)
+        return done
+
+    def _sweep_once(self) -> Deferred[None]:
+        configured = frozenset(self._parks()) if self._parks is not None else frozenset(self._lots_held)
+        parks = sorted(configured)
+        clean = self._parks is not None and self._cleaned != configured
+        if parks:
+            start = self._sweep_cursor % len(parks)
+            batch = (parks + parks)[start : start + min(self.sweep_lots, len(parks))]
+            self._sweep_cursor = (start + len(batch)) % len(parks)
+        else:
+            batch = []
+        held = frozenset(park for park, lot in self._lots_held.items() if lot.attached)
+        # Only what was past its expiry before anything was looked at: a lot binding meanwhile sees it
+        # expired too, and claims it by the same delete.
+        now = self._clock.seconds()
+        stream, prefix, per_lot = self.stream, self._prefix, self.sweep_entries
+
+        async def sweep(nc: Any, js: Any) -> tuple[list[str], list[str], list[tuple[str, Any]]]:
+            from nats.js.errors import NotFoundError
+
+            deleted = await _clean_consumers(js, stream, prefix, configured) if clean else []
+            missing: list[str] = []
+            claimed: list[tuple[str, Any]] = []
+            for park in batch:
+                try:
+                    info = await js.consumer_info(stream, consumer_name(park))
+                except NotFoundError:
+                    info = None
+                if park in held:
+                    if info is None:
+                        missing.append(park)
+                    continue
+                if info is not None and (info.push_bound or info.num_ack_pending or not info.num_pending):
+                    continue  # a gateway delivers its entries (and expires them), or it has none
+                subject, seq = f"{prefix}.sync.{park}.>", 0
+                for _ in range(per_lot):
+                    try:
+                        msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+                    except NotFoundError:
+                        break
+                    seq = int(msg.seq) + 1
+                    published = msg.time.timestamp() if msg.time is not None else 0.0
+                    _, _, _, expires = self._facts(msg.headers or {}, msg.subject, int(msg.seq), published)
+                    if expires <= now and await _claim(js, stream, int(msg.seq)):
+                        claimed.append((park, msg))
+            return deleted, missing, claimed
+
+        def swept(result: tuple[list[str], list[str], list[tuple[str, Any]]]) -> Deferred[None]:
+            deleted, missing, claimed = result
+            if clean:
+                self._cleaned = configured
+                self.counters["consumers_deleted"] += len(deleted)
+                for name in deleted:
+                    log.info("sync consumer {name} deleted: its lot is no longer configured", name=name)
+            for park in missing:
+                self._recreate(park)
+            stored = [self._expired_by_sweep(park, msg) for park, msg in claimed]
+            return gatherResults(stored, consumeErrors=True).addCallback(lambda _: None)
+
+        return self._connection.run(sweep).addCallback(swept)
+
+    def _expired_by_sweep(self, park: str, msg: Any) -> Deferred[Any]:
+        """Journal the expiry of an entry this gateway's sweep deleted from the stream."""
+        published = msg.time.timestamp() if msg.time is not None else 0.0
+        code, opr, base, _ = self._facts(msg.headers or {}, msg.subject, int(msg.seq), published)
+        self.counters["expired"] += 1
+        self.counters["swept"] += 1
+        log.info(
+            "sync {entry} ({code}) to {park}: expired, its lot bound nowhere",
+            entry=base["entry"],
+            code=code,
+            park=park,
+        )
+        body = {**base, "outcome": "expired", "swept": True}
+        return self._append_done(park, code, opr, body).addErrback(
+            lambda failure: log.failure("sync-done for {entry} not journaled", failure, entry=base["entry"])
+        )
+
+    def _recreate(self, park: str) -> None:
+        """The consumer of a lot held here is gone (deleted by hand): make it again and take its entries."""
+        lot = self._lots_held.get(park)
+        if lot is None or not lot.attached:
+            return
+        log.warn("the sync consumer of lot {park} was gone; made again", park=park)
+        self.counters["consumers_recreated"] += 1
+        self._stop_progress(lot)
+        subscription, lot.subscription = lot.subscription, None
+        lot.attached = False
+        lot.in_flight = lot.next = None  # the deleted consumer's deliveries: nothing to ack any more
+        if subscription is not None:
+            self._connection.run(lambda nc, js: subscription.unsubscribe()).addErrback(lambda failure: None)
+        self._attach(park)
 
     def _checked(self, code: str, raw: bytes) -> object:
         interface = lookup(code)
@@ -637,10 +837,7 @@ class ClusterSync:
 
             # Done with it here: the server gives the next entry only once it has the ack, and a
             # lot leaving meanwhile must not hand back an entry whose outcome is journaled.
-            if lot.in_flight is msg:
-                lot.in_flight = None
-                if park in self._pending:
-                    self._pending[park] = max(0, self._pending[park] - 1)
+            self._finished(park, lot, msg)
 
             def not_acked(failure: Failure) -> None:
                 # Given again after ack_wait: at least once (its outcome may be journaled twice).
@@ -662,12 +859,62 @@ class ClusterSync:
 
         self._append_done(park, code, opr, body).addCallbacks(stored, not_stored)
 
+    def _finished(self, park: str, lot: _Lot, msg: Any) -> None:
+        """The entry in flight is settled: the lot takes its next one, if the server gave it already."""
+        if lot.in_flight is not msg:
+            return
+        lot.in_flight = None
+        if park in self._pending:
+            self._pending[park] = max(0, self._pending[park] - 1)
+        following, lot.next = lot.next, None
+        if following is not None:
+            self._received(park, following)
+
+    def _expire_held(
+        self, park: str, lot: _Lot, msg: Any, code: str, opr: str, body: dict[str, object]
+    ) -> None:
+        """Claim the expired entry in flight by deleting it from the stream; journal it if the claim holds."""
+        self._stop_progress(lot)
+        seq = _stream_seq(msg)
+        stream = self.stream
+
+        async def claim(nc: Any, js: Any) -> bool:
+            return await _claim(js, stream, seq)
+
+        def claimed(won: bool) -> None:
+            if not won:
+                # Another gateway's sweep took it and journaled its expiry: nothing to say here.
+                self._finished(park, lot, msg)
+                return
+            self.counters["expired"] += 1
+            log.info("sync {entry} ({code}) to {park}: expired", entry=body["entry"], code=code, park=park)
+
+            def stored(_: object) -> None:
+                self._finished(park, lot, msg)  # deleted: the server holds no ack pending for it
+
+            def not_stored(failure: Failure) -> None:
+                log.failure(
+                    "sync-done for {entry} to {park} not journaled", failure, entry=body["entry"], park=park
+                )
+                self._finished(park, lot, msg)
+
+            self._append_done(park, code, opr, body).addCallbacks(stored, not_stored)
+
+        def failed(failure: Failure) -> None:
+            if lot.in_flight is msg:
+                self._again(lot, msg)
+
+        self._connection.run(claim).addCallbacks(claimed, failed)
+
     def _again(self, lot: _Lot, msg: Any) -> None:
         """Have the entry given again after `retry` seconds (the lot's next ones wait behind it)."""
         self._stop_progress(lot)
         self.counters["retried"] += 1
         if lot.in_flight is msg:
             lot.in_flight = None
+        if lot.next is not None:
+            following, lot.next = lot.next, None
+            self._nak(following)
         self._nak(msg, self._retry)
 
     def _keep_in_progress(self, lot: _Lot, msg: Any) -> None:
@@ -701,6 +948,40 @@ class ClusterSync:
         log.warn("{what} lot {park} failed: {error}", what=what, park=park, error=failure.getErrorMessage())
 
 
+async def _claim(js: Any, stream: str, seq: int) -> bool:
+    """Delete message `seq` from `stream`: True if this call deleted it, False if it was gone already."""
+    from nats.js.errors import APIError
+
+    try:
+        return bool(await js.delete_msg(stream, seq))
+    except APIError as error:
+        if getattr(error, "err_code", None) == _NO_MESSAGE:
+            return False
+        raise
+
+
+async def _clean_consumers(js: Any, stream: str, prefix: str, configured: frozenset[str]) -> list[str]:
+    """Delete the consumers on `stream` of lots not in `configured` that no gateway delivers from."""
+    head, tail = f"{prefix}.sync.", ".>"
+    stale: list[str] = []
+    offset = 0
+    while True:
+        page = await js.consumers_info(stream, offset)
+        if not page:
+            break
+        offset += len(page)
+        for info in page:
+            name = info.name or ""
+            filtered = info.config.filter_subject or ""
+            if not (name.startswith("sync_") and filtered.startswith(head) and filtered.endswith(tail)):
+                continue  # not one of the lots' consumers: someone else's
+            if filtered[len(head) : -len(tail)] not in configured and not info.push_bound:
+                stale.append(name)
+    for name in stale:
+        await js.delete_consumer(stream, name)
+    return stale
+
+
 def _stream_seq(msg: Any) -> int:
     try:
         return int(msg.metadata.sequence.stream)
@@ -720,11 +1001,3 @@ def _published_at(msg: Any) -> float:
         return float(msg.metadata.timestamp.timestamp())
     except Exception:
         return 0.0
-
-
-def _entry_id(headers: Mapping[str, str], msg: Any) -> str:
-    """The entry's id: its `Nats-Msg-Id` (`{gateway}-{seq}`), else `{stream}:{stream seq}`."""
-    given = headers.get(MSG_ID_HEADER)
-    if isinstance(given, str) and given:
-        return given[:128]
-    return f"stream:{_stream_seq(msg)}"

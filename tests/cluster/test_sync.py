@@ -175,7 +175,8 @@ async def test_an_entry_past_its_ttl_is_expired_with_its_outcome_event_not_sent(
 @pytest_twisted.ensureDeferred
 async def test_a_bad_entry_in_the_stream_is_refused_and_the_next_goes_on(setup: Setup) -> None:
     """An entry published straight to the stream with data that is not JSON, or that the catalog refuses,
-    is journaled "refused" naming the problem and terminated; it never reaches the lot, the next one does."""
+    is journaled "refused" naming the problem (the downlink-refused event) and terminated; it never reaches
+    the lot, the next one does."""
 
     async def publish(nc: Any, js: Any) -> None:
         await js.publish("cpmi.sync.P001.blacklist", b"{not json")
@@ -192,6 +193,10 @@ async def test_a_bad_entry_in_the_stream_is_refused_and_the_next_goes_on(setup: 
     assert "JSON" in outcomes[0]["reason"]
     assert "carNum" in outcomes[1]["reason"]
     assert "openSesame" in outcomes[2]["reason"]
+    # A final outcome the cloud hears of: the downlink-refused event, with the reason.
+    event = to_event(setup.a.records(SYNC_DONE_RECORD)[1], gateway_id="gw-a", zone=ZoneInfo("Asia/Shanghai"))
+    assert event is not None and event["type"] == "org.cpmi.gateway.downlink-refused.v1"
+    assert event["data"]["code"] == "blacklist" and "carNum" in event["data"]["reason"]
     assert [request.data["carNum"] for request in blacklists(lot)] == ["苏E00003"]
     await eventually(lambda: setup.a.sync.pending("P001") == 0)
     assert await setup.stream_messages() == 0
