@@ -195,7 +195,8 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
-        stack.callback(lambda: (bare.terminate(), bare.wait()))
+        stack.callback(bare.wait)
+        stack.callback(bare.terminate)
         wait_for(bare_port, bare)
         servers: dict[str, tuple[int, int, tuple[str, str]]] = {"baseline": (bare.pid, bare_port, ("x", "x"))}
         api_ports = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 import pytest
@@ -27,11 +28,12 @@ async def test_jobs_run_in_order_off_the_reactor_and_fire_in_it() -> None:
         ran.append((n, threading.get_ident()))
         return n * 10
 
+    def fired(result: int) -> int:
+        fired_in.append(threading.get_ident())
+        return result
+
     try:
-        ds = [
-            runner(lambda n=n: job(n)).addCallback(lambda r: fired_in.append(threading.get_ident()) or r)
-            for n in range(20)
-        ]
+        ds = [runner(partial(job, n)).addCallback(fired) for n in range(20)]
         assert await gatherResults(ds) == [n * 10 for n in range(20)]
     finally:
         runner.stop()
