@@ -160,4 +160,3 @@ def create_segment(directory: str, directory_fd: int, name: str, fsync: Callable
         os.close(fd)
         raise
     return fd
-
