@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.harness import cpu_seconds, free_port, metric, wait_for, write_result
 from bench.lotfleet import gateway_config
-from bench.rollover import arguments, lots, start_gateway, stop_gateway
+from bench.rollover import arguments, lots, start_gateway, stop_gateway, with_backlog
 
 REBOUND_TARGET_S = 20.0
 
@@ -41,8 +41,16 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cpmi-bench-storm-"))
     uplink, downlink, api = free_port(), free_port(), free_port()
     config = work / "gateway.toml"
-    config.write_text(gateway_config(work, uplink=uplink, downlink=downlink, api=api, lots=args.lots))
-    results: dict[str, Any] = {"lots": args.lots, "stop": "SIGKILL" if args.kill else "SIGTERM"}
+    config.write_text(
+        with_backlog(
+            gateway_config(work, uplink=uplink, downlink=downlink, api=api, lots=args.lots), args.backlog
+        )
+    )
+    results: dict[str, Any] = {
+        "lots": args.lots,
+        "stop": "SIGKILL" if args.kill else "SIGTERM",
+        "backlog": args.backlog or 50,
+    }
     server = start_gateway(work, config)
     try:
         wait_for(downlink, server, seconds=120.0)

@@ -561,12 +561,29 @@ def latency(samples: list[tuple[str, float, str]]) -> dict[str, Any]:
     }
 
 
+def with_backlog(config: str, backlog: int) -> str:
+    """`config` with the uplink's and the downlink's listen backlog set to `backlog` (0: Twisted's 50)."""
+    if not backlog:
+        return config
+    lines = config.splitlines(keepends=True)
+    for k, line in enumerate(lines):
+        if line.startswith(("uplink = ", "downlink = ")):
+            lines[k] = line.replace('interface=127.0.0.1"', f'interface=127.0.0.1:backlog={backlog}"')
+    return "".join(lines)
+
+
 def arguments(parser: argparse.ArgumentParser) -> None:
     """The options the rollover and the restart storm share."""
     parser.add_argument("--lots", type=int, default=10_000)
     parser.add_argument("--processes", type=int, default=2, help="processes the lots are shared among")
     parser.add_argument("--connecting", type=int, default=200, help="lots connecting at once, per process")
     parser.add_argument("--rate", type=float, default=40.0, help="the probe lot's carIns a second")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=1024,
+        help="listen backlog of the uplink and downlink (0: Twisted's default, 50)",
+    )
     parser.add_argument(
         "--spread",
         type=float,
@@ -608,6 +625,7 @@ def rollover(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="cpmi-bench-rollover-"))
     uplink, downlink, api = free_port(), free_port(), free_port()
     config = gateway_config(work, uplink=uplink, downlink=downlink, api=api, lots=args.lots + 1)
+    config = with_backlog(config, args.backlog)
     zone = ZoneInfo("Asia/Shanghai")  # the gateway's default zone
     month_turn = end_of_month(time.time(), zone).timestamp()
     # The gateway's clock reads `lead` seconds before the turn when it starts.
@@ -616,7 +634,12 @@ def rollover(args: argparse.Namespace) -> None:
     config_file = work / "gateway.toml"
     config_file.write_text(config)
     server = start_gateway(work, config_file, CLOCK_PRELUDE.format(offset=offset))
-    results: dict[str, Any] = {"lots": args.lots, "lead_s": args.lead, "spread_s": args.spread}
+    results: dict[str, Any] = {
+        "lots": args.lots,
+        "lead_s": args.lead,
+        "spread_s": args.spread,
+        "backlog": args.backlog or 50,
+    }
     try:
         wait_for(uplink, server, seconds=120.0)
         wait_for(downlink, server)
