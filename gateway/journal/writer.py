@@ -56,7 +56,6 @@ import errno as errno_codes
 import fcntl
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
 from hashlib import blake2b as _blake2b
@@ -106,21 +105,6 @@ _CHAIN_OPEN = b',"chain":"'
 _CHAIN_CLOSE = b'"}\n'
 
 
-class _Batch:
-    """A batch written and waiting for its fsync: its records, their Deferreds, and where it began."""
-
-    __slots__ = ("error", "fd", "records", "seconds", "start", "waiters")
-
-    def __init__(self, records: list[Record], waiters: list[Deferred[Record]], fd: int, start: int) -> None:
-        self.records = records
-        self.waiters = waiters
-        self.fd = fd
-        self.start = start
-        # Set when settled: how long the fsync took, or why the batch failed.
-        self.seconds: float | None = None
-        self.error: JournalWriteError | None = None
-
-
 class Journal:
     """
     An open journal directory: append records, replay them, close.
@@ -143,12 +127,10 @@ class Journal:
         "_fd",
         "_finishing",
         "_flush_call",
-        "_in_flight",
         "_interval",
         "_interval_call",
         "_interval_syncing",
         "_lines",
-        "_max_in_flight",
         "_mode",
         "_os_fsync",
         "_os_ftruncate",
@@ -189,7 +171,6 @@ class Journal:
         close_at_shutdown: bool = True,
         signing_key: SigningKey | None = None,
         gateway_id: str = "",
-        batches_in_flight: int = 1,
     ) -> Journal:
         """
         Open the journal in ``path`` (created if needed) and recover it.
@@ -222,8 +203,6 @@ class Journal:
             raise ValueError("segment_bytes must be positive")
         if interval <= 0:
             raise ValueError("interval must be positive")
-        if batches_in_flight < 1:
-            raise ValueError("batches_in_flight must be at least 1")
         directory = os.fspath(path)
         os.makedirs(directory, exist_ok=True)
         directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -266,7 +245,6 @@ class Journal:
             pool=pool,
             signing_key=signing_key,
             gateway_id=gateway_id,
-            batches_in_flight=batches_in_flight,
         )
         try:
             if tail.cut is not None:
@@ -306,7 +284,6 @@ class Journal:
         pool: FsyncThread | None,
         signing_key: SigningKey | None = None,
         gateway_id: str = "",
-        batches_in_flight: int = 1,
     ) -> None:
         """Use :meth:`open`."""
         self._reactor = reactor
@@ -334,11 +311,7 @@ class Journal:
         self._records: list[Record] = []
         self._waiters: list[Deferred[Record]] = []
         self._flush_call: Any = None
-        # Batches written whose fsync is not settled yet ("always"), oldest first; at most
-        # _max_in_flight of them.
-        self._in_flight: deque[_Batch] = deque()
-        self._max_in_flight = batches_in_flight
-        # A rotation, or the undoing of a failed batch, is under way: nothing else may start.
+        # A batch, a rotation or the undoing of a failed batch is under way.
         self._busy = False
         # Set when the journal cannot go on (see _break).
         self._broken: JournalWriteError | None = None
@@ -476,18 +449,14 @@ class Journal:
         self._lines.append(b"".join((head, _CHAIN_OPEN, chain_bytes, _CHAIN_CLOSE)))
         self._records.append(record)
         self._waiters.append(d)
-        if self._flush_call is None and self._may_flush():
+        if self._flush_call is None and not self._busy:
             self._flush_call = self._reactor.callLater(0, self._flush)
         return d
-
-    def _may_flush(self) -> bool:
-        """Whether a batch may be written now: nothing exclusive under way, room in flight."""
-        return not self._busy and len(self._in_flight) < self._max_in_flight
 
     def _flush(self) -> None:
         """Write the pending records as one batch (or rotate first)."""
         self._flush_call = None
-        if not self._may_flush() or not self._lines:
+        if self._busy or not self._lines:
             return
         if self._broken is not None:
             self._fail_pending(self._broken)
@@ -501,8 +470,7 @@ class Journal:
             self._lines, self._records, self._waiters = [], [], []
         else:
             if size > 0 and size + len(lines[0]) > limit:
-                if not self._in_flight:  # else once the batches in flight are settled
-                    self._rotate(self._records[0].seq)
+                self._rotate(self._records[0].seq)
                 return
             n = 0
             for line in lines:
@@ -526,73 +494,33 @@ class Journal:
                 written += n
 
     def _write_batch(self, data: bytes, records: list[Record], waiters: list[Deferred[Record]]) -> None:
+        self._busy = True
         fd = self._fd
         start = self._segment_size
         try:
             self._write_all(fd, data)
         except OSError as e:
-            error = write_error(e, f"write to {self._segment_name}")
-            if not self._in_flight:
-                self._batch_failed(error, records, waiters, fd, start, [])
-            else:
-                # Earlier batches are still in flight: this one fails once they are settled,
-                # and nothing more is written after its partial bytes meanwhile.
-                self._busy = True
-                failed = _Batch(records, waiters, fd, start)
-                failed.error = error
-                self._in_flight.append(failed)
+            self._batch_failed(write_error(e, f"write to {self._segment_name}"), records, waiters, fd, start)
             return
         self._segment_size = start + len(data)
         if self._sync_batches:
-            batch = _Batch(records, waiters, fd, start)
-            self._in_flight.append(batch)
             d = self._run_blocking(partial(timed_fsync, self._os_fsync, fd))
             d.addCallbacks(
-                self._batch_synced,
-                self._batch_not_synced,
-                callbackArgs=(batch,),
-                errbackArgs=(batch,),
+                lambda seconds: self._batch_synced(seconds, records, waiters),
+                lambda f: self._batch_failed(
+                    write_error(f, f"fsync of {self._segment_name}"), records, waiters, fd, start
+                ),
             )
             d.addErrback(self._log_bug)
         else:
             if self._mode == "interval":
                 self._mark_dirty()
             self._batch_done(records, waiters)
-            self._after_batch()
 
-    def _batch_synced(self, seconds: float, batch: _Batch) -> None:
-        batch.seconds = seconds
-        self._settle()
-
-    def _batch_not_synced(self, failure: Failure, batch: _Batch) -> None:
-        batch.error = write_error(failure, f"fsync of {self._segment_name}")
-        self._settle()
-
-    def _settle(self) -> None:
-        """Acknowledge the batches in flight whose fsync is done, oldest first, up to one that failed.
-
-        A batch is acknowledged only once its own fsync succeeded and every
-        batch before it was acknowledged. A batch that failed fails the
-        batches after it too (they chain onto it, and their bytes follow
-        its own), whatever their own fsync said; the file is cut back to
-        where the failed batch began.
-        """
-        in_flight = self._in_flight
-        while in_flight:
-            batch = in_flight[0]
-            if batch.error is not None:
-                in_flight.popleft()
-                later = list(in_flight)
-                in_flight.clear()
-                self._batch_failed(batch.error, batch.records, batch.waiters, batch.fd, batch.start, later)
-                return
-            if batch.seconds is None:
-                break
-            in_flight.popleft()
-            if self.fsync_observers:
-                self._observe_fsync(batch.seconds)
-            self._batch_done(batch.records, batch.waiters)
-        self._after_batch()
+    def _batch_synced(self, seconds: float, records: list[Record], waiters: list[Deferred[Record]]) -> None:
+        if self.fsync_observers:
+            self._observe_fsync(seconds)
+        self._batch_done(records, waiters)
 
     def _observe_fsync(self, seconds: float) -> None:
         for observer in tuple(self.fsync_observers):
@@ -605,6 +533,7 @@ class Journal:
         last = records[-1]
         self._committed_seq = last.seq
         self._committed_chain = last.chain.encode("ascii")
+        self._busy = False
         for record, d in zip(records, waiters, strict=True):
             d.callback(record)
         for observer in tuple(self.commit_observers):
@@ -612,6 +541,7 @@ class Journal:
                 observer(records)
             except Exception:
                 _log.failure("journal: commit observer {observer!r} failed", observer=observer)
+        self._after_batch()
 
     def _batch_failed(
         self,
@@ -620,13 +550,11 @@ class Journal:
         waiters: list[Deferred[Record]],
         fd: int,
         start: int,
-        later: list[_Batch],
     ) -> None:
-        """Undo a batch that failed: cut it off the file, roll back, fail it and what followed it."""
-        # Batches written after it, and records appended since, chain onto it: they fail too.
-        chained = [d for batch in later for d in batch.waiters] + self._waiters
+        """Undo a batch that failed: cut it off the file, roll back, fail it."""
+        # Records appended since the batch left chain onto it: they fail too.
+        chained = self._waiters
         self._lines, self._records, self._waiters = [], [], []
-        self._busy = True
         self._seq, self._chain = self._committed_seq, self._committed_chain
         self._segment_size = start
         sync = self._mode != "never"
@@ -671,11 +599,11 @@ class Journal:
             return
         if self._lines:
             if self._broken is not None:
-                if not self._in_flight:
-                    self._fail_pending(self._broken)
-            elif self._flush_call is None and self._may_flush():
-                self._flush_call = self._reactor.callLater(0, self._flush)
-            return
+                self._fail_pending(self._broken)
+            else:
+                if self._flush_call is None:
+                    self._flush_call = self._reactor.callLater(0, self._flush)
+                return
         self._maybe_finish_close()
 
     def _fail_pending(self, error: JournalWriteError) -> None:
@@ -688,7 +616,7 @@ class Journal:
     def _break(self, error: JournalWriteError) -> None:
         _log.critical("journal broken: {error}", error=str(error))
         self._broken = self._refusal = error
-        if not self._busy and not self._in_flight:
+        if not self._busy:
             self._fail_pending(error)
 
     def _log_bug(self, failure: Failure) -> None:
@@ -816,7 +744,7 @@ class Journal:
             if self._refusal is None:
                 self._refusal = JournalWriteError(None, f"journal {self._directory} is closed")
         self._close_waiters.append(d)
-        if self._flush_call is None and self._lines and self._may_flush():
+        if self._flush_call is None and self._lines and not self._busy:
             self._flush_call = self._reactor.callLater(0, self._flush)
         self._maybe_finish_close()
         return d
@@ -830,7 +758,6 @@ class Journal:
             self._close_waiters is None
             or self._finishing
             or self._busy
-            or self._in_flight
             or self._lines
             or self._interval_syncing
         ):
