@@ -138,7 +138,7 @@ class LotsService(MultiService):
     def reconfigurable(self) -> list[Any]:
         """The parts a reload hands the new configuration to."""
         standard = [s for s in self.servers.values() if isinstance(s, StandardServer)]
-        return [*([self.parts] if self.parts is not None else []), self.router, *standard]
+        return [*([self.parts] if self.parts is not None else []), self.router, *standard, self.passwords]
 
     def _guarded(self, name: str, description: str, factory: Any) -> Any:
         """A listener's factory with its connections capped by peer and in all.
