@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.cloud.api import CommandApi
 from gateway.cloud.metrics import (
     observe_fsync,
+    register_bodies,
     register_forwarder,
     register_logins,
     register_space,
@@ -32,6 +33,7 @@ from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects import installed
 from gateway.dialects.host import GatewayParts
 from gateway.dialects.service import LotsService
+from gateway.dialects.standard import StandardServer
 from gateway.firststart import Fresh, create_token_file
 from gateway.heap import settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
@@ -354,6 +356,9 @@ def build_service(
     register_metrics(registry, lots.router, journal, lots.sync)
     register_space(registry, store.space)
     register_logins(registry, lots.passwords)
+    standard = lots.servers.get("standard")
+    if isinstance(standard, StandardServer) and standard.bodies is not None:
+        register_bodies(registry, standard.bodies)
     if forwarding is not None:
         register_forwarder(registry, forwarding.engine)
         log.info(

@@ -112,6 +112,7 @@ class _Worker(ProcessProtocol):
         if job is None:
             return
         job.content.close()
+        self.pool.counters["parsed"] += 1
         job.done.callback(outcome)
         self.pool._idle(self)
 
@@ -151,10 +152,8 @@ class BodyPool:
         self._running = False
         self._stopped: list[Deferred[None]] = []
         self._kill_call: IDelayedCall | None = None
-        self.busy_total = 0
-        """Bodies refused because `max_pending` waited already."""
-        self.dropped_total = 0
-        """Waiting bodies dropped because their client had gone."""
+        self.counters = {"parsed": 0, "busy": 0, "dropped": 0}
+        """Bodies parsed; refused because `max_pending` waited already; dropped, their client gone."""
 
     @property
     def pending(self) -> int:
@@ -210,7 +209,7 @@ class BodyPool:
         body's turn came.
         """
         if self.pending >= self.max_pending or not self._running:
-            self.busy_total += 1
+            self.counters["busy"] += 1
             content.close()
             return None
         job = _Job(content, size, raw_type, query_param, gone, Deferred())
@@ -234,7 +233,7 @@ class BodyPool:
         while self._waiting and self._idle_workers:
             job = self._waiting.popleft()
             if job.gone():
-                self.dropped_total += 1
+                self.counters["dropped"] += 1
                 job.content.close()
                 job.done.callback(("gone",))
                 continue

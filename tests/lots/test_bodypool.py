@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest_twisted
+from prometheus_client import CollectorRegistry
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -26,6 +27,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.cloud.metrics import register_bodies
 from gateway.lots.bodies import JOB_HEAD, OUTCOME_HEAD, parse_body, serve
 from gateway.lots.bodypool import BodyPool
 from gateway.lots.http import UplinkResource
@@ -213,7 +215,7 @@ def test_big_junk_bodies_in_the_workers_do_not_hold_up_a_small_uplink() -> None:
     over = json.loads(result_of(gw.post_later(junk("code", "j9"))))
     assert over["resultCode"] == "9999"
     assert over["resultMessage"].endswith("busy, retry: too many large bodies are waiting to be parsed")
-    assert gw.pool.busy_total == 1
+    assert gw.pool.counters["busy"] == 1
 
     gw.finish_workers()
     answers = [json.loads(result_of(each)) for each in big]
@@ -274,7 +276,7 @@ def test_a_waiting_body_whose_client_left_is_dropped_before_its_turn() -> None:
     assert first is not None and left is not None and not fired(left)
     processes.spawned[0].run()
     assert result_of(first)[0] == "request"
-    assert result_of(left) == ("gone",) and pool.dropped_total == 1
+    assert result_of(left) == ("gone",) and pool.counters["dropped"] == 1
     assert not processes.busy()  # the left one's body was never written
 
 
@@ -338,3 +340,19 @@ async def test_real_workers_parse_big_bodies_and_stop() -> None:
     finally:
         await pool.stop()
     assert pool.pending == 0
+
+
+def test_the_pool_is_counted_in_the_metrics() -> None:
+    """/metrics shows the bodies waiting, those parsed, and those refused busy."""
+    registry = CollectorRegistry()
+    processes = FakeProcesses()
+    pool = BodyPool(processes, workers=1, max_pending=1, inline_bytes=0)
+    pool.start()
+    register_bodies(registry, pool)
+    assert pool.parse(io.BytesIO(b"{}"), 2, None, None, lambda: False) is not None
+    assert pool.parse(io.BytesIO(b"{}"), 2, None, None, lambda: False) is None
+    assert registry.get_sample_value("cpmi_uplink_bodies_pending") == 1
+    assert registry.get_sample_value("cpmi_uplink_bodies_busy_total") == 1
+    processes.spawned[0].run()
+    assert registry.get_sample_value("cpmi_uplink_bodies_pending") == 0
+    assert registry.get_sample_value("cpmi_uplink_bodies_parsed_total") == 1
