@@ -2,7 +2,10 @@
 
 This only turns an HTTP request into the request text and file parts, and the
 handler's answer into an HTTP response. The body may be a form with `param=`,
-a multipart form with a `param` field (and image files), or raw JSON.
+a multipart form with a `param` field (and image files), or raw JSON
+(`gateway.lots.bodies` decodes it). A body over the `BodyPool`'s
+`inline_bytes` is decoded and parsed by a worker process instead, so that no
+body of some MiB holds up the reactor (issue 19).
 
 Both HTTP listeners (the uplink and the command API) face the internet, so
 their channel holds a peer to the bounds of CONTRACT §4 (`HttpLimits`): the
