@@ -72,14 +72,12 @@ class _Worker(ProcessProtocol):
     def __init__(self, pool: BodyPool) -> None:
         self.pool = pool
         self.job: _Job | None = None
-        self.started = False
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._wanted = OUTCOME_HEAD.size
         self._in_head = True
 
     def connectionMade(self) -> None:
-        self.started = True
         self.pool._idle(self)
 
     def run(self, job: _Job) -> None:
@@ -247,6 +245,8 @@ class BodyPool:
             job.content.close()
             log.error("a body worker ended while parsing a body: {reason}", reason=reason.value)
             job.done.callback(("fault", "the body's worker process ended"))
+        elif self._running:
+            log.warn("a body worker ended: {reason}; another starts in a second", reason=reason.value)
         if self._running:
             self._reactor.callLater(_RESTART_DELAY, self._respawn)
         elif not self._all:
