@@ -363,6 +363,9 @@ def _uplink(raw: object) -> UplinkConfig:
         max_pending_logins=table.number("max_pending_logins", 256, 1),
         api_max_body_bytes=table.number("api_max_body_bytes", 2**20, 1024),
         api_max_connections=table.number("api_max_connections", 256, 1),
+        inline_body_bytes=table.number("inline_body_bytes", 16384, 0),
+        body_workers=table.number("body_workers", 2, 0),
+        max_pending_bodies=table.number("max_pending_bodies", 8, 1),
     )
     table.done()
     return result

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from gateway.cloud.metrics import register as register_gateway_metrics
-from gateway.cloud.metrics import register_logins
+from gateway.cloud.metrics import register_bodies, register_logins
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter, Queries
 from gateway.dialects.interface import IDialectServer
@@ -122,6 +122,9 @@ class LotsService(MultiService):
         """The lots' metrics on ``registry``: connections, downlink counters, sync queues, logins."""
         register_gateway_metrics(registry, self.router, self._journal, self.sync)
         register_logins(registry, self.passwords)
+        standard = self.servers.get("standard")
+        if isinstance(standard, StandardServer) and standard.bodies is not None:
+            register_bodies(registry, standard.bodies)
 
     def _bound(self, park: str) -> None:
         """A lot of any dialect bound its connection: its sync deliveries resume, the heap settles
