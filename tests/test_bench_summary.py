@@ -130,3 +130,29 @@ def test_the_hostile_targets_read_the_ratio_the_rss_and_the_fds(tmp_path: Path) 
     hostile = [row for row in rows(tmp_path) if "attack" in row[0]]
     assert [row[3] for row in hostile] == ["NO", "yes", "yes"]
     assert "3.40 x" in hostile[0][1] and "1,000 attack connections" in hostile[0][1]
+
+
+def test_the_nats_uplink_target_reads_the_per_round_ratio_against_the_durable_gateway(tmp_path: Path) -> None:
+    """bench.uplink --nats writes the median of nats/durable over the rounds: met at >= 0.9; a run
+    without --nats says how to get the figure."""
+    what = next(target.what for target in TARGETS if "nats sink" in target.what)
+
+    def spread(value: float) -> dict[str, float]:
+        return {"median": value, "min": value, "max": value}
+
+    plain = uplink_result(never=0.95, bare=1.05, p99=9.0)
+    write(tmp_path, "uplink", plain)
+    assert {row[0]: row for row in rows(tmp_path)}[what][1] == "not run (bench.uplink --nats)"
+    for ratio, met in ((0.93, "yes"), (0.76, "NO")):
+        nats = {
+            "vs_durable": spread(ratio),
+            "p50_ms": spread(4.0),
+            "durable_p50_ms": spread(3.4),
+            "p99_ms": spread(16.0),
+            "events_forwarded": 19696.0,
+            "backlog": 0.0,
+        }
+        rps = {"always": spread(4336.0), "nats": spread(4336.0 * ratio)}
+        write(tmp_path, "uplink", {**plain, "nats": nats, "rps": rps})
+        row = {row[0]: row for row in rows(tmp_path)}[what]
+        assert row[3] == met and row[1].startswith(f"{ratio:.2f} x") and "p50 4.00 vs 3.40 ms" in row[1]
