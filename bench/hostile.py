@@ -1,7 +1,8 @@
 """An honest lot's uplink latency, quiet and under four attacks at once; the gateway's RSS and fds.
 
 Usage: python -m bench.hostile [--quick] [--rate R] [--quiet S] [--attack S]
-           [--again S] [--slowloris N] [--dollar N] [--junk N] [--flood N] [--profile FILE]
+           [--again S] [--cycles N] [--slowloris N] [--dollar N] [--junk N] [--flood N]
+           [--profile FILE]
        python -m bench.hostile attack KIND --port P ...   (one attack process; the benchmark runs them)
 
 The gateway runs as its own process (twistd, journal.fsync = "always") with
@@ -30,9 +31,13 @@ Every attack connects to 127.0.0.1 from source addresses of its own in
 per peer), reconnects when cut, and stops by itself when its time is up.
 Attack processes run at `--attack-nice` so that the two cores measure the
 gateway and not the attackers' own CPU. The gateway's RSS (and the part of it
-that is Argon2id's working memory) and open fds are sampled from /proc every
-0.2 s; CPU is read per phase for its reactor thread, its other threads and
-the machine.
+that is Argon2id's working memory), open fds and the RSS of its body workers
+(processes of their own, reported apart) are sampled from /proc every 0.2 s;
+CPU is read per phase for its reactor thread, its other threads and the
+machine. The p99 of the quiet phase after the attack against the first shows
+how far the machine alone moved it within the run; with `--cycles N` the
+quiet and attack windows alternate N times (each attack started anew), so
+that a shared machine's drift falls on both alike.
 
 Targets (issue 19, CONTRACT §4): p99 under attack <= 3 x quiet, RSS <= +64 MiB,
 no fd exhaustion (and the honest lot never fails to connect). Prints a table
@@ -628,24 +633,44 @@ def memory(smaps: str) -> tuple[int, int]:
     return total, argon2
 
 
+def children_rss(pid: int) -> int:
+    """Resident bytes of process `pid`'s children in all (the gateway's body workers)."""
+    total = 0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0
+    for child in children:
+        try:
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue  # it ended between the two reads
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 def smaps(pid: int) -> str:
     """The text of /proc/PID/smaps."""
     return Path(f"/proc/{pid}/smaps").read_text()
 
 
 class Sampler(Background):
-    """The gateway's RSS, Argon2id's part of it and open fds every 0.2 s: (phase, rss, argon2, fds)."""
+    """Every 0.2 s, the gateway's RSS, Argon2id's part of it, its open fds, and its body workers' RSS
+    (processes of their own: not in the gateway's): (phase, rss, argon2, fds, workers)."""
 
     def __init__(self, pid: int, phase: Phase) -> None:
         self.pid, self.phase = pid, phase
-        self.samples: list[tuple[str, int, int, int]] = []
+        self.samples: list[tuple[str, int, int, int, int]] = []
         super().__init__()
 
     def run(self) -> None:
         while not self.stopping.wait(0.2):
             try:
                 rss, argon2 = memory(smaps(self.pid))
-                self.samples.append((self.phase.name, rss, argon2, fd_count(self.pid)))
+                workers = children_rss(self.pid)
+                self.samples.append((self.phase.name, rss, argon2, fd_count(self.pid), workers))
             except OSError:
                 return
 
@@ -747,6 +772,13 @@ def main() -> None:
     parser.add_argument("--flood", type=int, help="login flood connections (180; quick 8)")
     parser.add_argument("--probe", type=float, help="seconds between honest logins of P003 (5; quick 1)")
     parser.add_argument("--again", type=float, help="seconds measured quiet after the attack (15; quick 2)")
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="alternate this many quiet and attack windows (splitting --quiet and --attack), so that"
+        " the machine's own drift falls on both alike",
+    )
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway under attack")
     parser.add_argument("--keep", action="store_true", help="keep the gateway's directory (log, journal)")
     parser.add_argument(
@@ -807,6 +839,26 @@ class CpuMark:
         }
 
 
+def mean_share(windows: list[tuple[CpuMark, CpuMark]]) -> dict[str, float]:
+    """`CpuMark.share` over equal windows, averaged."""
+    shares = [first.share(last) for first, last in windows]
+    return {key: round(sum(share[key] for share in shares) / len(shares), 2) for key in shares[0]}
+
+
+def merged_reports(reports: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The attack processes' counters of every cycle, summed (a cycle's processes count anew)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for report in reports:
+        for kind, counters in report.items():
+            into = merged.setdefault(kind, {})
+            for name, value in counters.items():
+                if isinstance(value, int) and name != "connections":
+                    into[name] = into.get(name, 0) + value
+                else:
+                    into[name] = value
+    return merged
+
+
 def stop(server: subprocess.Popen[bytes], seconds: float) -> dict[str, Any]:
     """Stop the gateway (SIGTERM), killing it after `seconds`: how long it took, and whether killed.
 
@@ -842,30 +894,39 @@ def measure(
     with Sampler(pid, phase) as sampler, HonestLot(uplink, token, args.rate, phase) as honest:
         with LoginProbe(uplink, args.probe, phase) as probe:
             time.sleep(2)
-            phase.name = "quiet"
-            cpu = [CpuMark.now(pid)]
-            time.sleep(args.quiet)
-            phase.name = "ramp"
-            cpu.append(CpuMark.now(pid))
+            quiet_marks: list[tuple[CpuMark, CpuMark]] = []
+            attack_marks: list[tuple[CpuMark, CpuMark]] = []
+            cycle_reports: list[dict[str, dict[str, Any]]] = []
             log_before = log_size(work)
-            with attacks(ports, connections, args.ramp + args.attack, args) as reports:
-                time.sleep(args.ramp)
-                phase.name = "attack"
-                cpu.append(CpuMark.now(pid))
-                profiler = py_spy(pid, args.profile, args.attack) if args.profile else None
-                time.sleep(args.attack)
-                phase.name = "after"
-                cpu.append(CpuMark.now(pid))
-                if profiler is not None:
-                    profiler.wait()
+            quiet_each, attack_each = args.quiet / args.cycles, args.attack / args.cycles
+            for cycle in range(args.cycles):
+                if cycle:  # what the last attack left queued drains before the next quiet window
+                    time.sleep(max(2.0, args.ramp))
+                phase.name = "quiet"
+                mark = CpuMark.now(pid)
+                time.sleep(quiet_each)
+                phase.name = "ramp"
+                quiet_marks.append((mark, CpuMark.now(pid)))
+                with attacks(ports, connections, args.ramp + attack_each, args) as reports:
+                    time.sleep(args.ramp)
+                    phase.name = "attack"
+                    mark = CpuMark.now(pid)
+                    profiling = args.profile and not cycle
+                    profiler = py_spy(pid, args.profile, attack_each) if profiling else None
+                    time.sleep(attack_each)
+                    phase.name = "after"
+                    attack_marks.append((mark, CpuMark.now(pid)))
+                    if profiler is not None:
+                        profiler.wait()
+                cycle_reports.append(reports)
             time.sleep(max(2.0, args.ramp))
             log_growth = log_size(work) - log_before
             rss, argon2 = memory(smaps(pid))
             rss_after = rss - argon2
             phase.name = "again"
-            cpu.append(CpuMark.now(pid))
+            again_mark = CpuMark.now(pid)
             time.sleep(args.again)
-            cpu.append(CpuMark.now(pid))
+            again_marks = [(again_mark, CpuMark.now(pid))]
     quiet, attacked = latency(honest.samples, "quiet"), latency(honest.samples, "attack")
     phases = ("quiet", "ramp", "attack", "after", "again")
     failures = {name: latency(honest.samples, name)["failures"] for name in phases}
@@ -882,14 +943,25 @@ def measure(
         "attacked": attacked,
         "again": latency(honest.samples, "again"),
         "failures": failures,
-        "cpu": {"quiet": cpu[0].share(cpu[1]), "attack": cpu[2].share(cpu[3]), "again": cpu[4].share(cpu[5])},
+        "cycles": args.cycles,
+        "cpu": {
+            "quiet": mean_share(quiet_marks),
+            "attack": mean_share(attack_marks),
+            "again": mean_share(again_marks),
+        },
         "p99_ratio": round(attacked["p99_ms"] / max(quiet["p99_ms"], 0.001), 2),
         "p50_ratio": round(attacked["p50_ms"] / max(quiet["p50_ms"], 0.001), 2),
+        # Quiet against quiet: how far the machine alone moved the p99 within the run.
+        "p99_again_ratio": round(latency(honest.samples, "again")["p99_ms"] / max(quiet["p99_ms"], 0.001), 2),
         "rss_quiet_mib": round(rss_quiet / 2**20, 1),
         "rss_peak_mib": round(max((s[1] for s in under), default=rss_quiet) / 2**20, 1),
         "argon2_peak_mib": round(max((s[2] for s in under), default=0) / 2**20, 1),
         "rss_peak_outside_argon2_mib": round(max((s[1] - s[2] for s in under), default=0) / 2**20, 1),
         "rss_after_mib": round(rss_after / 2**20, 1),
+        "workers_rss_quiet_mib": round(
+            percentile((s[4] for s in sampler.samples if s[0] == "quiet"), 0.5) / 2**20, 1
+        ),
+        "workers_rss_peak_mib": round(max((s[4] for s in under), default=0) / 2**20, 1),
         "fds_quiet": max((s[3] for s in sampler.samples if s[0] == "quiet"), default=0),
         "fds_peak": max((s[3] for s in under), default=0),
         "fds_limit": fd_limit(pid),
@@ -900,7 +972,7 @@ def measure(
             name: [(round(ms), outcome) for phase_name, ms, outcome in probe.samples if phase_name == name]
             for name in ("quiet", "attack")
         },
-        "attacks": reports,
+        "attacks": merged_reports(cycle_reports),
     }
     figures["rss_growth_mib"] = round(figures["rss_peak_mib"] - figures["rss_quiet_mib"], 1)
     figures["rss_growth_outside_argon2_mib"] = round(
@@ -936,6 +1008,7 @@ def report(figures: dict[str, Any]) -> None:
         ),
         ("p99 attacked / quiet", f"{figures['p99_ratio']:.2f} x  (target <= 3)  {mark[met['p99_ratio']]}"),
         ("p50 attacked / quiet", f"{figures['p50_ratio']:.2f} x"),
+        ("p99 quiet again / quiet", f"{figures['p99_again_ratio']:.2f} x  (the machine's own drift)"),
         (
             "RSS quiet / peak / after",
             f"{figures['rss_quiet_mib']:.0f} / {figures['rss_peak_mib']:.0f}"
@@ -947,6 +1020,11 @@ def report(figures: dict[str, Any]) -> None:
             f"{figures['argon2_peak_mib']:.0f} MiB at most; the rest"
             f" {figures['rss_growth_outside_argon2_mib']:+.1f} MiB at its peak,"
             f" {figures['rss_retained_mib']:+.1f} MiB after",
+        ),
+        (
+            "body workers' RSS quiet / peak",
+            f"{figures['workers_rss_quiet_mib']:.0f} / {figures['workers_rss_peak_mib']:.0f} MiB"
+            " (processes of their own, not counted above)",
         ),
         (
             "open fds quiet / peak / limit",

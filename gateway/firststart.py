@@ -15,8 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from attrs import frozen
+from twisted.logger import Logger
 
-__all__ = ["Fresh", "create_token_file", "new_token"]
+__all__ = ["Fresh", "create_token_file", "log_keys", "new_token"]
+
+_log = Logger()
 
 
 def new_token() -> str:
@@ -63,3 +66,20 @@ class Fresh:
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.lexists(path):
                 path.unlink()
+
+
+def log_keys(*, key_path: str, public_key: str, created: bool, token_path: str, token_created: bool) -> None:
+    """Log the signing key's public key, and which of the key and the API token file this start made."""
+    if created:
+        _log.info(
+            "created the signing key {path}; its public key is {public_key}",
+            path=key_path,
+            public_key=public_key,
+        )
+    else:
+        _log.info("signing key public key: {public_key}", public_key=public_key)
+    if token_created:
+        _log.info(
+            "created the API token file {path}: its content is a bearer token with every role",
+            path=token_path,
+        )

@@ -2,13 +2,14 @@
 
 Every side imports these from here, and no module declares them again (as
 tahoe-lafs keeps ``allmydata/interfaces.py``). This module imports nothing of
-the gateway at run time, so any room may import it.
+the gateway, so any room may import it.
 
 - The lots: `LotReply`, `LotState`, the command errors `NotConnected` and
   `DeadlinePassed`, and `LotCommands` (`gateway.dialects.host.LotRouter` and
   `gateway.lots.downlink.Downlinks` provide it).
-- The journal: `JournalAppend` (its append) and `JournalPosition` (how far it
-  is); `gateway.journal.writer.Journal` provides both.
+- The journal: `Record` (one record, as appended and read back; the journal's
+  `gateway.journal.record` gives it too), `JournalAppend` (its append) and
+  `JournalPosition` (how far it is); `gateway.journal.writer.Journal` provides both.
 - The sinks: `Sink` and the values it trades with the forwarder (`Entry`,
   `Outcome`, `Split`).
 - The cluster: `NatsState`, the NATS connection as /readyz, the metrics and
@@ -20,13 +21,10 @@ Record kinds live in `gateway.journal.kinds`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-
-if TYPE_CHECKING:
-    from gateway.journal.record import Record
 
 __all__ = [
     "DeadlinePassed",
@@ -39,9 +37,24 @@ __all__ = [
     "NatsState",
     "NotConnected",
     "Outcome",
+    "Record",
     "Sink",
     "Split",
 ]
+
+
+@frozen
+class Record:
+    """One journal record, as appended and as read back."""
+
+    seq: int
+    ts: str
+    kind: str
+    park: str
+    code: str
+    opr: str
+    body: object
+    chain: str
 
 
 # The lots

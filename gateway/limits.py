@@ -80,6 +80,32 @@ class FdLimit:
         return max(0, self.after - RESERVED)
 
 
+def log_fd_limit(limit: FdLimit) -> None:
+    """Say how many lot connections the process can hold, and whether the limit could be raised."""
+    if limit.problem:
+        _log.warn(
+            "cannot raise the file-descriptor limit from {before} to {hard}: {problem}; room for about "
+            "{lots} lot connections",
+            before=limit.before,
+            hard=limit.hard,
+            problem=limit.problem,
+            lots=limit.lots,
+        )
+    elif limit.after != limit.before:
+        _log.info(
+            "file-descriptor limit raised from {before} to {after}: room for about {lots} lot connections",
+            before=limit.before,
+            after=limit.after,
+            lots=limit.lots,
+        )
+    else:
+        _log.info(
+            "file-descriptor limit {after}: room for about {lots} lot connections",
+            after=limit.after,
+            lots=limit.lots,
+        )
+
+
 def raise_fd_limit(limits: Limits = resource) -> FdLimit:
     """Raise the soft RLIMIT_NOFILE to the hard limit (capped when unlimited); report what it is."""
     soft, hard = limits.getrlimit(limits.RLIMIT_NOFILE)

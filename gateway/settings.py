@@ -94,6 +94,12 @@ class UplinkConfig:
     # always reach /healthz while the uplink port is flooded.
     api_max_body_bytes: int = 2**20
     api_max_connections: int = 256
+    # Bodies over inline_body_bytes are parsed by body_workers worker processes
+    # (0: all on the reactor); at most max_pending_bodies wait or are parsed,
+    # more are answered 9999 "busy, retry".
+    inline_body_bytes: int = 16384
+    body_workers: int = 2
+    max_pending_bodies: int = 8
 
 
 @frozen

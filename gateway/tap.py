@@ -3,69 +3,41 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, NoReturn
 
 from attrs import evolve
 from nacl.signing import SigningKey
 from prometheus_client import CollectorRegistry
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.application.service import MultiService
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from gateway import __version__
-from gateway.cloud.api import CommandApi, CommandPath
-from gateway.cloud.metrics import (
-    observe_fsync,
-    register_forwarder,
-    register_forwards,
-    register_logins,
-    register_nats,
-    register_space,
-    register_upstream,
-)
-from gateway.cloud.metrics import register as register_metrics
+from gateway.cloud.metrics import observe_fsync, register_forwards, register_nats, register_space
 from gateway.cloud.service import CloudService
-from gateway.cloud.status import StatusReport
 from gateway.cluster.connection import NatsConnection
 from gateway.cluster.forwards import NatsEventsService, forward_services
 from gateway.cluster.lots import answer_commands, join_sync
 from gateway.cluster.placement import place_lots
 from gateway.cluster.service import ClusterService
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
-from gateway.dialects import installed
 from gateway.dialects.host import GatewayParts
 from gateway.dialects.service import LotsService
-from gateway.firststart import Fresh, create_token_file
+from gateway.firststart import Fresh, create_token_file, log_keys
 from gateway.forwarding import ForwardingEngine
 from gateway.heap import settle_heap
 from gateway.journal import ChainError, Journal, JournalWriteError
 from gateway.journal.jumps import read_jumps
 from gateway.journal.service import JournalService
 from gateway.keys import KeyFileError, load_or_create_signing_key, public_key_b64
-from gateway.limits import (
-    ConnectionGuard,
-    FdLimit,
-    Listener,
-    ListenFailed,
-    proxied,
-    raise_fd_limit,
-    register_guards,
-)
-from gateway.logs import (
-    Observing,
-    RecentRejections,
-    WithLogObserver,
-    check_log_format,
-    json_observer,
-    log_stream,
-)
-from gateway.lots.http import GuardedSite, HttpLimits
-from gateway.reload import Reloader, Sighup
+from gateway.limits import log_fd_limit, raise_fd_limit, register_guards
+from gateway.logs import WithLogObserver, check_log_format, json_observer, log_stream
+from gateway.operators import OperatorsService
 from gateway.state import Checkpointer, restore_at_start
+from gateway.tree import GatewayService
 from gateway.upstream.service import UpstreamService
 from twisted import version as twisted_version
 
@@ -105,49 +77,6 @@ class Options(usage.Options):
         self["config"] = find_config(self["config"])
         parent = getattr(self, "parent", None)
         check_log_format(self["log-format"], parent if isinstance(parent, usage.Options) else None)
-
-
-class GatewayService(MultiService):
-    """
-    The gateway's service tree: the journal first, then the parts that use it.
-
-    Its children stop one after the other, the last added first, each once the
-    one after it has finished: the parts append as they stop (offline records,
-    a checkpoint) and some only once what they wait for is done, so the
-    journal, the first child, closes only after every other part has stopped.
-    """
-
-    cannot_listen: Callable[[str, BaseException], NoReturn] | None = None
-    """Called with a listener's name and error when it cannot bind its port (see makeService)."""
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except ListenFailed as failed:
-            self._failed(failed)
-
-    def startService(self) -> None:
-        try:
-            super().startService()
-        except ListenFailed as failed:
-            self._failed(failed)
-
-    def _failed(self, failed: ListenFailed) -> None:
-        if self.cannot_listen is None:
-            raise failed.error
-        self.cannot_listen(failed.name, failed.error)
-
-    def stopService(self) -> Deferred[Any]:
-        Service.stopService(self)
-        stopped: Deferred[Any] = succeed(None)
-        for child in reversed(list(self)):
-            stopped.addCallback(_stop_after, child)
-        return stopped
-
-
-def _stop_after(_: object, child: IService) -> Deferred[Any]:
-    """Stop `child` once the one before has stopped; its failure is logged, the next still stops."""
-    return DeferredList([maybeDeferred(child.stopService)])
 
 
 def _fail(error: str) -> SystemExit:
@@ -227,9 +156,16 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
 
     service.cannot_listen = cannot_listen
     # Said once the ports are bound: a start that fails before takes them back (Fresh).
-    reactor.callWhenRunning(_log_keys, settings, key, created, token_created)
+    reactor.callWhenRunning(
+        log_keys,
+        key_path=settings.gateway.signing_key,
+        public_key=public_key_b64(key),
+        created=created,
+        token_path=settings.cloud.api_token_file,
+        token_created=token_created,
+    )
     log.info("cpmi-gateway {version}, configuration {path}", version=__version__, path=config["config"])
-    _log_fd_limit(raise_fd_limit())
+    log_fd_limit(raise_fd_limit())
     reactor.callWhenRunning(settle_heap)
     if config["log-format"] != "json":
         return service
@@ -237,49 +173,6 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
     parent = getattr(config, "parent", None)
     server_options = parent if isinstance(parent, usage.Options) else None
     return WithLogObserver(service, lambda: json_observer(log_stream(server_options, reactor)))
-
-
-def _log_keys(settings: Config, key: SigningKey, created: bool, token_created: bool) -> None:
-    """Log the signing key's public key, and which of the key and the API token file this start made."""
-    if created:
-        log.info(
-            "created the signing key {path}; its public key is {public_key}",
-            path=settings.gateway.signing_key,
-            public_key=public_key_b64(key),
-        )
-    else:
-        log.info("signing key public key: {public_key}", public_key=public_key_b64(key))
-    if token_created:
-        log.info(
-            "created the API token file {path}: its content is a bearer token with every role",
-            path=settings.cloud.api_token_file,
-        )
-
-
-def _log_fd_limit(limit: FdLimit) -> None:
-    """Say how many lot connections the process can hold, and whether the limit could be raised."""
-    if limit.problem:
-        log.warn(
-            "cannot raise the file-descriptor limit from {before} to {hard}: {problem}; room for about "
-            "{lots} lot connections",
-            before=limit.before,
-            hard=limit.hard,
-            problem=limit.problem,
-            lots=limit.lots,
-        )
-    elif limit.after != limit.before:
-        log.info(
-            "file-descriptor limit raised from {before} to {after}: room for about {lots} lot connections",
-            before=limit.before,
-            after=limit.after,
-            lots=limit.lots,
-        )
-    else:
-        log.info(
-            "file-descriptor limit {after}: room for about {lots} lot connections",
-            after=limit.after,
-            lots=limit.lots,
-        )
 
 
 def build_service(
@@ -379,15 +272,14 @@ def build_service(
         store.keep(partial(_floor, forward.engine))
 
     registry = CollectorRegistry()
-    register_metrics(registry, lots.router, journal, lots.sync)
+    lots.register_metrics(registry)
     register_space(registry, store.space)
-    register_logins(registry, lots.passwords)
-    if forwarding is not None:
-        register_forwarder(registry, forwarding.engine)
+    if sink is not None:
+        sink.register_metrics(registry)
         log.info(
             "forwarding events to {url}, from journal seq {seq} on",
             url=settings.cloud.url or settings.cloud.sink,
-            seq=forwarding.progress.through + 1,
+            seq=sink.forwarding.progress.through + 1,
         )
     if forwards:
         register_forwards(registry, {forward.engine.progress: forward.engine for forward in forwards})
@@ -401,8 +293,6 @@ def build_service(
         )
     if connection is not None:
         register_nats(registry, connection)
-    if isinstance(sink, UpstreamService):
-        register_upstream(registry, sink.links)
     observe_fsync(registry, journal)
     api = _api(
         settings,
@@ -445,27 +335,12 @@ def build_service(
         lots=len(settings.lots),
         sink=settings.cloud.sink,
     )
-    for name in lots.servers:
-        if name != "standard":
-            count = sum(1 for lot in settings.lots if lot.dialect == name)
-            listeners = installed()[name].listeners
-            where = ", ".join(f"{settings.listen.endpoint(k)}" for k in listeners) or "no listener"
-            log.info("dialect {name}: {count} lots, on {where}", name=name, count=count, where=where)
     return root
 
 
 def _floor(engine: Any) -> int:
     """The first journal record a forwarding engine still needs (retention keeps it)."""
     return int(engine.done_through) + 1
-
-
-class _ApiService(MultiService):
-    """The command API's listener, the status page's rejections and SIGHUP; :attr:`guards` its cap."""
-
-    guards: list[ConnectionGuard]
-    commands: CommandPath
-    api: CommandApi
-    status: StatusReport
 
 
 def _api(
@@ -481,75 +356,23 @@ def _api(
     *,
     connection: NatsConnection | None = None,
     forwards: Sequence[tuple[str, str, ForwardingEngine]] = (),
-) -> _ApiService:
+) -> OperatorsService:
     """The operators' side: the command API and status page, the reload (SIGHUP too)."""
     forwarding = sink.forwarding if sink is not None else None
-    service = _ApiService()
-    service.setName("api")
-    reloader: Reloader | None = None
-    if config_path is not None:
-        reloader = Reloader(
-            path=config_path,
-            running=settings,
-            read=lambda path: deferToThreadPool(reactor, reactor.getThreadPool(), load, path),
-            parts=[
-                gateway_parts,
-                *lots.reconfigurable(),
-                *([sink.links] if isinstance(sink, UpstreamService) else []),
-            ],
-            lots=lots.router,
-            sessions=lots.sessions,
-            journal=journal,
-            served=frozenset(lots.servers),
-        )
-        Sighup(reactor, reloader.reload).setServiceParent(service)
-
-    def running() -> Config:
-        """The configuration in force: a reload changes it."""
-        return reloader.running if reloader is not None else settings
-
-    # The status page's recent rejections are the log's `lot.rejected`/`cloud.rejected` events.
-    rejections = RecentRejections()
-    Observing(rejections).setServiceParent(service)
-    status = StatusReport(
-        config=running,
-        clock=reactor,
-        started=reactor.seconds(),
-        lots=lots.router,
-        backlog=lots.sync.pending,
+    return OperatorsService(
+        settings,
+        reactor=reactor,
         journal=journal,
         ready=store.ready,
+        lots=lots,
+        registry=registry,
         forwarding=forwarding.engine if forwarding is not None else None,
-        rejections=rejections.recent,
-        nats=connection,
+        reconfigurable=[
+            gateway_parts,
+            *lots.reconfigurable(),
+            *([sink.links] if isinstance(sink, UpstreamService) else []),
+        ],
+        config_path=config_path,
+        connection=connection,
         forwards=forwards,
     )
-    api = CommandApi(
-        config=settings,
-        lots=lots.router,
-        journal=journal,
-        clock=reactor,
-        registry=registry,
-        ready=store.ready,
-        sync=lots.sync,
-        deadlines=settings.deadlines,
-        status=status,
-        reload=reloader.reload if reloader is not None else None,
-        nats=connection,
-    )
-    if reloader is not None:
-        reloader.parts.append(api)
-    # Its own cap and body limit: operators reach /healthz while the lots' ports are flooded.
-    site = GuardedSite(
-        api.resource(),
-        reactor=reactor,
-        limits=HttpLimits.api(settings.uplink),
-        name="api",
-        proxied=proxied(settings.listen.api),
-    )
-    service.guards = [site.guard]
-    service.commands = api.commands
-    service.api = api
-    service.status = status
-    Listener("api", settings.listen.api, site, reactor).setServiceParent(service)
-    return service

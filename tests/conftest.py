@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -65,3 +66,29 @@ def no_thread_left_running() -> Iterator[None]:
     ]
     if left:
         pytest.fail(f"threads left running: {sorted(thread.name for thread in left)}", pytrace=False)
+
+
+_status = {"exit": 0}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _status["exit"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The safety net behind `no_thread_left_running`: a thread still running once pytest
+    is done (one left by a failed test's skipped teardown, say) would keep the process from
+    exiting, and CI would wait for it until its time limit. Name it and exit now instead,
+    with the run's status, or 1 if the run had passed."""
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive()
+    ]
+    if left:
+        names = sorted(thread.name for thread in left)
+        sys.stdout.flush()
+        sys.stderr.write(f"\nthreads still running after the last test, not waited for: {names}\n")
+        sys.stderr.flush()
+        os._exit(_status["exit"] or 1)

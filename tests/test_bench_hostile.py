@@ -18,10 +18,13 @@ from bench.hostile import (
     TICK,
     Attack,
     AttackProtocol,
+    CpuMark,
     assess,
     attack_arguments,
     latency,
+    mean_share,
     memory,
+    merged_reports,
     percentile,
     settings_toml,
     source_address,
@@ -179,3 +182,19 @@ def test_settings_become_toml_tables_and_the_benchmarks_own_are_refused() -> Non
     for wrong in ('journal.fsync="never"', "uplink.max_body_bytes", "max_body_bytes=1"):
         with pytest.raises(SystemExit, match=re.escape(wrong)):
             settings_toml([wrong])
+
+
+def test_cycles_add_up_each_attack_s_counters_and_average_the_cpu() -> None:
+    """With --cycles, each cycle's attack processes count anew: counters are summed, the connections
+    (the same each cycle) and labels kept; the CPU shares of the windows are averaged."""
+    first = {"junk": {"kind": "junk", "connections": 12, "connects": 5, "huge-member 200": 2}}
+    second = {"junk": {"kind": "junk", "connections": 12, "connects": 7, "declared-over 413": 1}}
+    merged = merged_reports([first, second])
+    counted = {"connects": 12, "huge-member 200": 2, "declared-over 413": 1}
+    assert merged == {"junk": {"kind": "junk", "connections": 12, **counted}}
+    windows = [
+        (CpuMark(0.0, 0, 0, 0.0, 0.0), CpuMark(10.0, 10, 20, 2.0, 1.0)),
+        (CpuMark(20.0, 0, 0, 0.0, 0.0), CpuMark(30.0, 20, 20, 4.0, 3.0)),
+    ]
+    share = mean_share(windows)
+    assert share["reactor"] == 0.2 and share["other_threads"] == 0.1

@@ -14,17 +14,90 @@ def write(directory: Path, name: str, figures: dict[str, object]) -> None:
 
 def test_each_target_reads_met_or_not_from_its_results(tmp_path: Path) -> None:
     """A figure inside its target reads "yes", one outside "NO"; a missing benchmark "not run"."""
-    write(
-        tmp_path,
-        "uplink",
-        {"ratio": 0.75, "gateway": {"rps": 750, "p99_ms": 30.0}, "baseline": {"rps": 1000}},
-    )
+    write(tmp_path, "uplink", uplink_result(never=0.95, bare=1.05, p99=30.0))
     write(tmp_path, "startup", {"mib": 1024, "process_killed_s": 2.0, "process_stopped_s": 1.0})
     table = {row[0]: row for row in rows(tmp_path)}
     uplink = table[TARGETS[0].what]
-    assert uplink[3] == "NO" and "p99 30.0 ms" in uplink[1]  # the ratio is met, the p99 is not
+    assert uplink[3] == "NO" and "p99 30.0 ms" in uplink[1]  # the ratios are met, the p99 is not
     assert table["start-up to ready, 1 GiB journal"][3] == "yes"
     assert table["RSS per bound idle lot (10,000 lots)"][1:] == ("not run", "<= 4 KiB", "-")
+
+
+def uplink_result(never: float, bare: float, p99: float) -> dict[str, object]:
+    """bench.uplink's figures with these medians (each range one value)."""
+
+    def spread(value: float) -> dict[str, float]:
+        return {"median": value, "min": value, "max": value}
+
+    return {
+        "durable_vs_never": spread(never),
+        "durable_vs_bare": spread(bare),
+        "p99_ms": spread(p99),
+        "fsync_ms": spread(0.2),
+        "records_per_fsync": spread(7.5),
+        "rounds": 3,
+    }
+
+
+def test_the_uplink_target_is_durable_against_never_and_bare(tmp_path: Path) -> None:
+    """Met only with durable/never >= 0.9, durable/bare >= 1.0 (medians) and p99 <= 25 ms."""
+    what = TARGETS[0].what
+    assert "never" in what and "bare" in what
+    for never, bare, p99, met in (
+        (0.92, 1.01, 9.0, "yes"),
+        (0.85, 1.2, 9.0, "NO"),
+        (0.95, 0.97, 9.0, "NO"),
+    ):
+        write(tmp_path, "uplink", uplink_result(never, bare, p99))
+        row = {row[0]: row for row in rows(tmp_path)}[what]
+        assert row[3] == met and f"{never:.2f} x never" in row[1]
+    assert not any("os.write" in target.what for target in TARGETS)  # that ratio is retired
+
+
+def test_gate_open_is_met_only_in_every_run(tmp_path: Path) -> None:
+    """gateOpen's row lists each run's p99 and is met only when every run is, with no errors."""
+    figures = {
+        "p99_runs_ms": [7.5, 8.0, 10.4, 9.0, 6.0],
+        "met_runs": 4,
+        "errors": 0,
+        "client_cpu_share": [0.2, 0.25, 0.3, 0.2, 0.2],
+        "machine_busy_share": [0.8, 0.9, 1.0, 0.85, 0.8],
+    }
+    write(tmp_path, "gate_open", figures)
+    [row] = [row for row in rows(tmp_path) if row[0].startswith("gateOpen")]
+    assert row[3] == "NO" and "7.5, 8.0, 10.4, 9.0, 6.0" in row[1] and "met in 4 of 5" in row[1]
+    write(tmp_path, "gate_open", {**figures, "p99_runs_ms": [7.5] * 5, "met_runs": 5})
+    [row] = [row for row in rows(tmp_path) if row[0].startswith("gateOpen")]
+    assert row[3] == "yes" and "client CPU 20%-30%" in row[1]
+
+
+def test_the_rollover_and_the_restart_storm_read_their_verdicts(tmp_path: Path) -> None:
+    """The rollover and restart-storm rows show their seconds and take met from the benchmark."""
+    probe = {"p50_ms": 3.0, "p99_ms": 30.0}
+    rollover = {
+        "rebound_s": 31.0,
+        "uploaded_s": 31.5,
+        "lots": 10000,
+        "spread_s": 30.0,
+        "probe": probe,
+        "argon2_checks": 0,
+        "busy_answers": 0,
+        "met": False,
+    }
+    write(tmp_path, "rollover", rollover)
+    storm = {
+        "rebound_since_start_s": 5.3,
+        "startup_s": 1.8,
+        "binds_by_token": 10000,
+        "logins": 0,
+        "met": True,
+    }
+    write(tmp_path, "restart_storm", storm)
+    table = {row[0]: row for row in rows(tmp_path)}
+    [roll] = [row for what, row in table.items() if "rollover" in what]
+    [restart] = [row for what, row in table.items() if "restart storm" in what]
+    assert roll[3] == "NO" and "uploading 31.5 s" in roll[1] and "probe p99 30.0 ms" in roll[1]
+    assert restart[3] == "yes" and "5.3 s from the new gateway's start" in restart[1]
 
 
 def test_a_result_without_the_figure_says_which_is_missing(tmp_path: Path) -> None:
@@ -57,3 +130,29 @@ def test_the_hostile_targets_read_the_ratio_the_rss_and_the_fds(tmp_path: Path) 
     hostile = [row for row in rows(tmp_path) if "attack" in row[0]]
     assert [row[3] for row in hostile] == ["NO", "yes", "yes"]
     assert "3.40 x" in hostile[0][1] and "1,000 attack connections" in hostile[0][1]
+
+
+def test_the_nats_uplink_target_reads_the_per_round_ratio_against_the_durable_gateway(tmp_path: Path) -> None:
+    """bench.uplink --nats writes the median of nats/durable over the rounds: met at >= 0.9; a run
+    without --nats says how to get the figure."""
+    what = next(target.what for target in TARGETS if "nats sink" in target.what)
+
+    def spread(value: float) -> dict[str, float]:
+        return {"median": value, "min": value, "max": value}
+
+    plain = uplink_result(never=0.95, bare=1.05, p99=9.0)
+    write(tmp_path, "uplink", plain)
+    assert {row[0]: row for row in rows(tmp_path)}[what][1] == "not run (bench.uplink --nats)"
+    for ratio, met in ((0.93, "yes"), (0.76, "NO")):
+        nats = {
+            "vs_durable": spread(ratio),
+            "p50_ms": spread(4.0),
+            "durable_p50_ms": spread(3.4),
+            "p99_ms": spread(16.0),
+            "events_forwarded": 19696.0,
+            "backlog": 0.0,
+        }
+        rps = {"always": spread(4336.0), "nats": spread(4336.0 * ratio)}
+        write(tmp_path, "uplink", {**plain, "nats": nats, "rps": rps})
+        row = {row[0]: row for row in rows(tmp_path)}[what]
+        assert row[3] == met and row[1].startswith(f"{ratio:.2f} x") and "p50 4.00 vs 3.40 ms" in row[1]

@@ -56,6 +56,7 @@ def test_hostile_client_bounds_follow_the_contract() -> None:
     assert (up.max_connections_per_peer, up.max_connections, up.max_pending_logins) == (64, 20000, 256)
     assert up.api_max_body_bytes < up.max_body_bytes
     assert settings.tcp.max_unbound_bytes == 65536
+    assert (up.inline_body_bytes, up.body_workers, up.max_pending_bodies) == (16384, 2, 8)
 
 
 def test_hostile_client_bounds_are_read_and_checked() -> None:
@@ -72,6 +73,17 @@ def test_hostile_client_bounds_are_read_and_checked() -> None:
         config.parse({"uplink": {"max_pending_logins": 0}})
     with pytest.raises(config.ConfigError, match=r"^tcp.max_unbound_bytes: must be at least 64$"):
         config.parse({"tcp": {"max_unbound_bytes": 1}})
+
+
+def test_body_worker_keys_are_read_and_checked() -> None:
+    """The big-body worker keys are read; no workers (all bodies parsed in the gateway) is allowed,
+    a queue of none is a one-line error."""
+    up = config.parse({"uplink": {"inline_body_bytes": 0, "body_workers": 0, "max_pending_bodies": 1}}).uplink
+    assert (up.inline_body_bytes, up.body_workers, up.max_pending_bodies) == (0, 0, 1)
+    with pytest.raises(config.ConfigError, match=r"^uplink.max_pending_bodies: must be at least 1$"):
+        config.parse({"uplink": {"max_pending_bodies": 0}})
+    with pytest.raises(config.ConfigError, match=r"^uplink.body_workers: must be at least 0$"):
+        config.parse({"uplink": {"body_workers": -1}})
 
 
 def test_lot_defaults_and_lookups() -> None:
@@ -495,3 +507,20 @@ def test_repr_hides_secrets() -> None:
     assert "up1" in text and "upstream.example" in text
     # Hidden from the repr, still compared: a changed secret is a changed config.
     assert settings.lots[0] != evolve(settings.lots[0], secret="other")
+
+
+@pytest.mark.parametrize(
+    ("description", "fields"),
+    [
+        ("tcp:8080", (["8080"], {})),
+        ("tcp:8081:interface=127.0.0.1", (["8081"], {"interface": "127.0.0.1"})),
+        ("tcp:host=2001\\:db8\\:\\:7:port=65535", ([], {"host": "2001:db8::7", "port": "65535"})),
+        ("tls:upstream.example:9000:timeout=5", (["upstream.example", "9000"], {"timeout": "5"})),
+        ("unix:/run/a\\\\b.sock", (["/run/a\\b.sock"], {})),
+    ],
+)
+def test_endpoint_fields_split_as_twisted_does(
+    description: str, fields: tuple[list[str], dict[str, str]]
+) -> None:
+    """A description's fields after its type: `:` separates, a backslash escapes, name=value is named."""
+    assert config.endpoint_fields(description) == fields

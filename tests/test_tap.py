@@ -426,16 +426,14 @@ def test_lot_binds_reach_the_heap_settler(tmp_path: Path) -> None:
     try:
         [guarded] = [port[1] for port in reactor.tcpServers if port[0] == 9000]
         factory = guarded.wrappedFactory
-        settlers = [
-            listener.__self__
-            for listener in factory.handler.bound_listeners
-            if isinstance(getattr(listener, "__self__", None), BindSettler)
-        ]
-        assert len(settlers) == 1
+        settler = service.getServiceNamed("parts").getServiceNamed("lots").settler
+        assert isinstance(settler, BindSettler)
         for listener in factory.handler.bound_listeners:
             listener("P001")
-        reactor.advance(SETTLE_AFTER)
-        assert settlers[0].settled == 1 and gc.get_freeze_count() > 0
+        reactor.advance(SETTLE_AFTER - 0.001)
+        assert settler.settled == 0
+        reactor.advance(0.001)
+        assert settler.settled == 1 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
         stop(service, reactor)
@@ -469,3 +467,16 @@ def test_every_listener_is_bounded_by_the_configured_keys(tmp_path: Path) -> Non
         metrics = tap_metrics(reactor)
         for listener in ("uplink", "downlink", "api"):
             assert f'cpmi_listener_connections{{listener="{listener}"}}' in metrics
+
+
+def test_the_lot_routers_counters_are_the_standard_downlinks(tmp_path: Path) -> None:
+    """The metrics' downlink counters are the standard dialect's own, live, not a copy."""
+    service, reactor = started(tmp_path)
+    try:
+        lots = service.getServiceNamed("parts").getServiceNamed("lots")
+        downlinks = lots.servers["standard"].downlinks
+        assert lots.router.counters is downlinks.counters
+        downlinks.counters["connections"] += 1
+        assert lots.router.counters["connections"] == 1
+    finally:
+        stop(service, reactor)

@@ -34,9 +34,17 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet import endpoints
-from twisted.internet.testing import MemoryReactor
 
-from gateway.config import CONFIG_SEARCH, SECRET_SOURCES, Config, ConfigError, find_config, load
+from gateway.config import (
+    CONFIG_SEARCH,
+    SECRET_SOURCES,
+    Config,
+    ConfigError,
+    built_client,
+    endpoint_fields,
+    find_config,
+    load,
+)
 from gateway.keys import KeyFileError, load_signing_key
 
 if TYPE_CHECKING:
@@ -348,14 +356,16 @@ def _exposed_in_clear(description: str) -> str | None:
 
     TLS (``ssl:``), loopback interfaces, UNIX sockets and endpoint types that do
     not say where they listen are not reported. The endpoint is built by
-    Twisted's own parser, against a reactor that binds nothing.
+    Twisted's own parser, with no reactor (it would be used only to listen).
     """
-    endpoint = endpoints.serverFromString(MemoryReactor(), description)
+    endpoint = endpoints.serverFromString(None, description)
     if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
         return None
     if not isinstance(endpoint, endpoints.TCP4ServerEndpoint | endpoints.TCP6ServerEndpoint):
         return None
-    interface: str = endpoint._interface
+    # tcp:PORT[:INTERFACE] or interface=INTERFACE, as Twisted's parser takes them.
+    positional, named = endpoint_fields(description)
+    interface = named.get("interface", positional[1] if len(positional) > 1 else "")
     if _is_loopback(interface):
         return None
     if interface in ("", "0.0.0.0", "::"):
@@ -367,10 +377,12 @@ def _plain_tcp_to_another_host(description: str) -> bool:
     """Whether the client endpoint ``description`` is plain TCP (``tcp:``) to a host other than loopback."""
     if not description:
         return False
-    endpoint = endpoints.clientFromString(MemoryReactor(), description)
+    endpoint = built_client(description)
     if not isinstance(endpoint, endpoints.TCP4ClientEndpoint):
         return False
-    host: str = endpoint._host
+    # tcp:HOST:PORT or host=HOST, as Twisted's parser takes them.
+    positional, named = endpoint_fields(description)
+    host = named.get("host", positional[0] if positional else "")
     return not _is_loopback(host)
 
 

@@ -25,7 +25,6 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -296,7 +295,7 @@ def run_platform(args: argparse.Namespace) -> int:
 def _mirror_settings(args: argparse.Namespace) -> MirrorSettings:
     for name in ("uplink_listen", "downlink_listen"):
         try:
-            endpoints.serverFromString(MemoryReactor(), getattr(args, name))
+            endpoints.serverFromString(None, getattr(args, name))  # built, never listened on
         except Exception as error:
             raise ValueError(f"--{name.replace('_', '-')}: not a usable endpoint: {error}") from None
     return MirrorSettings(

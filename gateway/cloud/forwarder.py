@@ -114,7 +114,8 @@ class CloudEventsSink:
                 if len(batch) > 1:
                     return Split(status, text)
                 return [Outcome.refusal(status, text)]
-            return [Outcome.not_yet(f"HTTP {status}", status)] * len(batch)
+            # The answer goes along for whoever shows it (cpmictl log replay); the engine retries.
+            return [Outcome(False, status, answer=text, reason=f"HTTP {status}")] * len(batch)
 
         def failed(failure: Failure) -> Sequence[Outcome]:
             reason = (

@@ -653,3 +653,55 @@ def register_logins(registry: CollectorRegistry, checks: LoginChecks) -> LoginCo
     collector = LoginCollector(checks)
     registry.register(collector)
     return collector
+
+
+class BodyWorkers(Protocol):
+    """What the metrics read of `gateway.lots.bodypool.BodyPool`."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+
+BODY_COUNTERS = (
+    ("cpmi_uplink_bodies_parsed", "parsed", "Big uplink bodies parsed by the body workers."),
+    (
+        "cpmi_uplink_bodies_busy",
+        "busy",
+        "Big uplink bodies answered 9999 busy at once: uplink.max_pending_bodies were already waiting.",
+    ),
+    ("cpmi_uplink_bodies_dropped", "dropped", "Big uplink bodies dropped unparsed: their client had gone."),
+)
+
+
+class BodyCollector(Collector):
+    """The queue in front of the body workers, read at each scrape."""
+
+    def __init__(self, bodies: BodyWorkers) -> None:
+        self._bodies = bodies
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        counters = {} if describing else dict(self._bodies.counters)
+        pending = "Big uplink bodies waiting for or being parsed by a body worker now."
+        yield GaugeMetricFamily(
+            "cpmi_uplink_bodies_pending", pending, value=None if describing else self._bodies.pending
+        )
+        for name, key, documentation in BODY_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=None if describing else counters.get(key, 0))
+
+
+def register_bodies(registry: CollectorRegistry, bodies: BodyWorkers) -> BodyCollector:
+    """Register the body workers' metrics (`cpmi_uplink_bodies_*`) on `registry`."""
+    collector = BodyCollector(bodies)
+    registry.register(collector)
+    return collector

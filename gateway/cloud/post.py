@@ -6,7 +6,8 @@ from typing import Any, Protocol
 
 from nacl.signing import SigningKey
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
@@ -16,6 +17,8 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 from gateway.cloud.httpsig import sign_request
 
@@ -63,17 +66,45 @@ def failure_reason(failure: Failure) -> str:
     return text if len(text) <= _REASON else text[: _REASON - 3] + "..."
 
 
+@implementer(IBodyProducer)
+class BytesBody:
+    """A request body already in memory, written whole when the request asks for it.
+
+    treq would wrap bytes in a ``FileBodyProducer``, which writes through the global
+    reactor's cooperator whatever reactor the client was given; this one needs none.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 class CloudClient:
     """The treq client the cloud side sends with: keep-alive connections, no redirects.
 
     A redirect would carry a signature made for the configured URL to another
     one; the cloud's 3xx is shown as it is instead (and retried, or 9999 for a query).
+    Not ``persistent``, each request has a connection of its own: a POST on a kept
+    connection the server has just closed is lost, and only the forwarder retries.
     """
 
-    def __init__(self, reactor: Any, connections: int = 4) -> None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
+    def __init__(self, reactor: Any, connections: int = 4, *, persistent: bool = True) -> None:
+        pool = HTTPConnectionPool(reactor, persistent=persistent)
         pool.maxPersistentPerHost = connections
         self._client = HTTPClient(Agent(reactor, pool=pool))
 
     def request(self, method: str, url: str, *, headers: Headers, data: bytes) -> Deferred[Any]:
-        return self._client.request(method, url, headers=headers, data=data, allow_redirects=False)
+        return self._client.request(method, url, headers=headers, data=BytesBody(data), allow_redirects=False)

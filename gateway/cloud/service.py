@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 
 from gateway.cloud.forwarder import CloudEventsSink
+from gateway.cloud.metrics import register_forwarder
 from gateway.cloud.post import CloudClient
 from gateway.cloud.query import QueryClient
 from gateway.forwarding import ForwardingEngine, ForwardingService
@@ -57,3 +59,7 @@ class CloudService(MultiService):
         engine = ForwardingEngine(journal=journal, clock=reactor, settings=cloud, sink=sink, skipped=skipped)
         self.forwarding = ForwardingService(engine)
         self.forwarding.setServiceParent(self)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The forwarding's metrics on ``registry``."""
+        register_forwarder(registry, self.forwarding.engine)

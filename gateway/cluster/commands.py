@@ -72,6 +72,10 @@ class NatsRunner(Protocol):
     def state(self) -> str:
         """ "connecting", "connected", "reconnecting" or "closed"."""
 
+    @property
+    def state_observers(self) -> list[Callable[[str], None]]:
+        """Called on the reactor thread with each new state."""
+
     def run(self, fn: Callable[[Any, Any], Awaitable[_T]]) -> Deferred[_T]:
         """Run `fn(nc, js)` on the NATS loop; its result fires on the reactor thread."""
 
@@ -140,6 +144,7 @@ class NatsCommands:
         self.answered: dict[str, int] = {}
         # This gateway's asking of others: "answered", "no_responders", "timeout" or "failed".
         self.asks = {"answered": 0, "no_responders": 0, "timeout": 0, "failed": 0}
+        connection.state_observers.append(self._state_changed)
 
     # --- the lots held here --------------------------------------------
 
@@ -172,6 +177,18 @@ class NatsCommands:
             if retry.active():
                 retry.cancel()
         self._retries.clear()
+
+    def _state_changed(self, state: str) -> None:
+        """A new state of the connection.
+
+        "connecting" after the start means nats-py gave its client up: the subscriptions went with
+        it, and the lots still held subscribe again on the new client once it is "connected".
+        """
+        if state == "connecting":
+            self._subscriptions.clear()
+        elif state == "connected":
+            for park in sorted(self._held):
+                self._subscribe(park)
 
     def _subscribe(self, park: str) -> None:
         if park in self._subscriptions or park in self._subscribing:

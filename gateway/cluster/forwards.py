@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 
 from gateway.cloud.forwarder import CloudEventsSink
+from gateway.cloud.metrics import register_forwarder
 from gateway.cloud.post import CloudClient
 from gateway.cloud.query import QueryClient
 from gateway.cluster.connection import NatsConnection
@@ -91,6 +93,10 @@ class NatsEventsService(MultiService):
         engine = ForwardingEngine(journal=journal, clock=reactor, settings=cloud, sink=sink, skipped=skipped)
         self.forwarding = ForwardingService(engine)
         self.forwarding.setServiceParent(self)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The forwarding's metrics on ``registry``."""
+        register_forwarder(registry, self.forwarding.engine)
 
 
 def forward_services(

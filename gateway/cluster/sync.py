@@ -353,6 +353,15 @@ class ClusterSync:
     # --- the stream -----------------------------------------------------
 
     def _state_changed(self, state: str) -> None:
+        if state == "connecting":
+            # nats-py gave its client up: the subscriptions went with it, and the entries in flight
+            # can no longer be acked (given again after ack_wait). Attached again once connected.
+            for lot in self._lots_held.values():
+                self._stop_progress(lot)
+                lot.subscription = None
+                lot.attached = False
+                lot.in_flight = lot.next = None
+            return
         if state != "connected" or self._stopped:
             return
         self._stream_ready = False

@@ -284,8 +284,18 @@ class LotRouter:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.servers: dict[str, IDialectServer] = {}
-        # The standard dialect's downlink counters, for the metrics.
-        self.counters: Mapping[str, int] = {}
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """The downlink counters of the running dialects that keep them (the standard one), for the metrics.
+
+        A server keeps them as its optional ``counters`` mapping (`StandardServer.counters`).
+        """
+        for server in self.servers.values():
+            counters: Mapping[str, int] | None = getattr(server, "counters", None)
+            if counters is not None:
+                return counters
+        return {}
 
     def reconfigure(self, config: Config) -> None:
         """Route by the lots of a reloaded configuration.

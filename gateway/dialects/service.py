@@ -14,9 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
 
+from gateway.cloud.metrics import register as register_gateway_metrics
+from gateway.cloud.metrics import register_bodies, register_logins
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter, Queries
 from gateway.dialects.interface import IDialectServer
@@ -46,6 +50,9 @@ class SyncDelivery(Protocol):
     def pending_total(self) -> int: ...
     def first_pending_seq(self) -> int | None: ...
     def stop(self) -> None: ...
+
+
+log = Logger()
 
 
 class LotsService(MultiService):
@@ -99,19 +106,31 @@ class LotsService(MultiService):
             server = dialects[name].serve(DialectHost(name, parts, self._bound, self._unbound))
             self.router.servers[name] = server
             self.servers[name] = server
-            if isinstance(server, StandardServer):
-                server.downlinks.bound_listeners.append(self.settler.bound)
-                # The standard dialect's downlink counters, for the metrics.
-                self.router.counters = server.downlinks.counters
             for listener in dialects[name].listeners:
                 endpoint = settings.listen.endpoint(listener)
                 assert endpoint is not None  # the configuration is refused otherwise
                 factory = self._guarded(listener, endpoint, server.factory(listener))
                 Listener(listener, endpoint, factory, reactor).setServiceParent(self)
+            if name != "standard":
+                count = sum(1 for lot in settings.lots if lot.dialect == name)
+                listeners = dialects[name].listeners
+                where = ", ".join(f"{settings.listen.endpoint(k)}" for k in listeners) or "no listener"
+                log.info("dialect {name}: {count} lots, on {where}", name=name, count=count, where=where)
         return parts
 
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The lots' metrics on ``registry``: connections, downlink counters, sync queues, logins."""
+        register_gateway_metrics(registry, self.router, self._journal, self.sync)
+        register_logins(registry, self.passwords)
+        standard = self.servers.get("standard")
+        if isinstance(standard, StandardServer) and standard.bodies is not None:
+            register_bodies(registry, standard.bodies)
+
     def _bound(self, park: str) -> None:
+        """A lot of any dialect bound its connection: its sync deliveries resume, the heap settles
+        later, and the bind listeners (the cluster's commands and sync) hear of it."""
         self.sync.lot_bound(park)
+        self.settler.bound(park)
         for listener in self.bound_listeners:
             listener(park)
 
@@ -122,7 +141,7 @@ class LotsService(MultiService):
     def reconfigurable(self) -> list[Any]:
         """The parts a reload hands the new configuration to."""
         standard = [s for s in self.servers.values() if isinstance(s, StandardServer)]
-        return [*([self.parts] if self.parts is not None else []), self.router, *standard]
+        return [*([self.parts] if self.parts is not None else []), self.router, *standard, self.passwords]
 
     def _guarded(self, name: str, description: str, factory: Any) -> Any:
         """A listener's factory with its connections capped by peer and in all.

@@ -9,6 +9,8 @@ other dialect.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.plugin import IPlugin
@@ -18,6 +20,7 @@ from gateway.dialects.host import DialectHost
 from gateway.dialects.interface import IDialect, IDialectServer
 from gateway.interfaces import LotReply, LotState
 from gateway.limits import proxied
+from gateway.lots.bodypool import BodyPool, provides_processes
 from gateway.lots.downlink import Downlinks
 from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
 from gateway.lots.uplink import UplinkHandler
@@ -47,8 +50,18 @@ class StandardServer:
         self.handler = handler
         # The uplink's HTTP bounds (CONTRACT §4) live in its site; the downlink's
         # connection caps are put around every lot-facing listener by tap.py.
+        # Big bodies are parsed by worker processes, where the reactor can run them.
+        uplink = config.uplink
+        self.bodies: BodyPool | None = None
+        if uplink.body_workers and provides_processes(parts.clock):
+            self.bodies = BodyPool(
+                parts.clock,
+                workers=uplink.body_workers,
+                max_pending=uplink.max_pending_bodies,
+                inline_bytes=uplink.inline_body_bytes,
+            )
         self.site = UplinkSite(
-            UplinkResource(handler, config.uplink.max_body_bytes).resource(),
+            UplinkResource(handler, uplink.max_body_bytes, self.bodies).resource(),
             reactor=parts.clock,
             limits=HttpLimits.uplink(config.uplink),
             proxied=proxied(config.listen.uplink),
@@ -63,6 +76,11 @@ class StandardServer:
         )
         self.downlinks.bound_listeners.append(host.resume)
         self.downlinks.unbound_listeners.append(host.released)
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """The TCP downlinks' counters (connections, frames, closes, ...), for the metrics."""
+        return self.downlinks.counters
 
     def factory(self, listener: str) -> IProtocolFactory:
         if listener == "uplink":
@@ -95,11 +113,15 @@ class StandardServer:
 
     def start(self) -> None:
         self.downlinks.start()
+        if self.bodies is not None:
+            self.bodies.start()
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None] | None:
         self.downlinks.stop()
+        ended = self.bodies.stop() if self.bodies is not None else None
         # This runs before the journal closes, so each bound lot's offline record is kept.
         self.downlinks.disconnect_all("gateway stopping")
+        return ended
 
 
 @implementer(IPlugin, IDialect)

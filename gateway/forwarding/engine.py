@@ -9,7 +9,15 @@ as signed CloudEvents batches; the ``t002`` sink
 to an upstream T/CPMI 002 platform. A sink answers with an :class:`Outcome`
 per event (delivered, refused, or not yet), or a :class:`Split` of the batch.
 Reading the journal, order, batching, retry and progress records are the
-engine's; the ``log-only`` sink has no engine (the journal is the sink).
+engine's.
+
+The ``log-only`` sink has no engine, by decision: the journal is the sink
+(CONTRACT §6, "nothing is forwarded"). Behind an engine it would journal a
+``forwarded`` progress record for every batch of events that went nowhere --
+records an operator reads as deliveries (``cpmictl log stats``, the status
+page's backlog, which the API gives as null for log-only) -- and add them,
+with a log line per event that repeats the journal, to the uplink's hot path,
+which runs log-only in ``bench.uplink``.
 
 Several engines may follow one journal, each with its own sink, progress
 records, backlog and counters: an engine's ``progress`` name (``""`` for the

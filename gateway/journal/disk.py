@@ -2,7 +2,7 @@
 How the journal writer reaches the disk: the reactor and thread it needs, its error, new segments.
 
 The writer (``gateway.journal.writer``) decides; these are the blocking calls it
-runs on its one-thread pool and the error they end in. Segment files are opened
+runs on its one thread and the error they end in. Segment files are opened
 for appending only, and a new one exists for good (its directory synced)
 before anything is written to it.
 """
@@ -10,22 +10,22 @@ before anything is written to it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+from queue import SimpleQueue
 from typing import Any, Protocol, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 __all__ = [
     "CREATE_SEGMENT",
     "OPEN_SEGMENT",
+    "FsyncThread",
     "JournalReactor",
     "JournalWriteError",
-    "PoolRunner",
     "RunBlocking",
     "SegmentNotSynced",
     "create_segment",
@@ -88,23 +88,63 @@ def write_error(reason: Failure | BaseException, what: str) -> JournalWriteError
     return JournalWriteError(None, f"{what}: {error!r}")
 
 
-class PoolRunner:
-    """Runs jobs on the journal's own one-thread pool."""
+class FsyncThread:
+    """Runs the journal's blocking jobs, one at a time in order, on one thread of its own.
 
-    def __init__(self, reactor: JournalReactor, pool: ThreadPool) -> None:
+    What a pool offers beyond this, the journal never needs, and it costs on
+    every batch: `twisted.python.threadpool` hands a job over through a
+    `queue.Queue` (a Python-level lock and condition, notified from the
+    reactor thread), and captures and restores the logging context around it.
+    Here a job goes through a C `SimpleQueue` and comes back with one
+    `callFromThread`, so both threads run as few bytecodes as possible per
+    batch; the fewer there are, the less the thread waits for the GIL while
+    the reactor is busy, and the sooner a batch is acknowledged.
+
+    The thread starts with the first job, so that a journal opened by a
+    process whose reactor never runs leaves no thread behind, and `stop`
+    ends it once the jobs already given are done.
+    """
+
+    def __init__(self, reactor: JournalReactor, name: str = "cpmi-journal-fsync") -> None:
         self._reactor = cast(IReactorFromThreads, reactor)
-        self._pool = pool
+        self._name = name
+        self._jobs: SimpleQueue[tuple[Callable[[], Any], Deferred[Any]] | None] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether the thread runs (it starts with the first job)."""
+        return self._thread is not None
 
     def __call__(self, job: Callable[[], _T]) -> Deferred[_T]:
-        if not self._pool.started:
-            # Started at the first job, so that a journal opened by a process
-            # whose reactor never runs leaves no thread to keep it alive.
-            self._pool.start()
-        return deferToThreadPool(self._reactor, self._pool, job)
+        d: Deferred[_T] = Deferred()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=self._name)
+            self._thread.start()
+        self._jobs.put((job, d))
+        return d
+
+    def stop(self) -> None:
+        """End the thread after the jobs it was given (blocks until then); a second stop does nothing."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+    def _work(self) -> None:
+        get, call = self._jobs.get, self._reactor.callFromThread
+        while (item := get()) is not None:
+            job, d = item
+            try:
+                result = job()
+            except BaseException:
+                call(d.errback, Failure())
+            else:
+                call(d.callback, result)
 
 
 def timed_fsync(fsync: Callable[[int], None], fd: int) -> float:
-    """Run ``fsync(fd)`` (in the pool thread) and return how many seconds it took."""
+    """Run ``fsync(fd)`` (in the journal's thread) and return how many seconds it took."""
     # A wall clock is right here: it measures the syscall and decides nothing.
     start = time.perf_counter()
     fsync(fd)

@@ -36,7 +36,8 @@ import time
 from typing import Any
 
 import orjson
-from attrs import frozen
+
+from gateway.interfaces import Record  # the journal's record, one of the shared words
 
 __all__ = [
     "CHAIN_TAIL_LEN",
@@ -71,20 +72,6 @@ _blake2b = hashlib.blake2b
 _orjson_dumps = orjson.dumps
 _orjson_loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
-
-
-@frozen
-class Record:
-    """One journal record, as appended and as read back."""
-
-    seq: int
-    ts: str
-    kind: str
-    park: str
-    code: str
-    opr: str
-    body: object
-    chain: str
 
 
 class BadLine(ValueError):

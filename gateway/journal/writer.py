@@ -8,7 +8,7 @@ on a pending list; the first append of a reactor turn schedules a flush with
 ``callLater(0)``, so every record appended in that turn shares one batch. The
 flush writes the batch with one ``os.write`` (in the reactor thread: it only
 copies into the page cache) and, with ``fsync="always"``, runs one ``fsync`` on
-a dedicated one-thread pool. While that fsync runs, new appends pile up and
+a thread of its own (``FsyncThread``). While that fsync runs, new appends pile up and
 become the next batch: at most one batch is in flight. When the fsync returns,
 the batch's Deferreds fire in seq order, then the next batch starts.
 
@@ -24,7 +24,7 @@ the batch's Deferreds fire in seq order, then the next batch starts.
 Segments rotate before a record that would take the current one past
 ``segment_bytes`` (a record larger than that gets a segment to itself). The
 full segment is synced, the new file created and the directory synced, in the
-pool, before anything is written to the new one; so only the last segment can
+thread, before anything is written to the new one; so only the last segment can
 ever be torn, which is what recovery relies on.
 
 Failures
@@ -66,14 +66,13 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from gateway.journal.damage import Damage
 from gateway.journal.disk import (
     OPEN_SEGMENT,
+    FsyncThread,
     JournalReactor,
     JournalWriteError,
-    PoolRunner,
     RunBlocking,
     SegmentNotSynced,
     create_segment,
@@ -192,7 +191,7 @@ class Journal:
         ``os_fsync``, ``os_write``, ``os_ftruncate`` and ``run_blocking``
         replace the OS calls and the fsync thread (for tests). Without
         ``run_blocking`` the journal runs its blocking calls on its own
-        one-thread pool, started at the first of them and stopped by
+        thread (``FsyncThread``), started at the first of them and stopped by
         :meth:`close`; with a real reactor, a "before shutdown" trigger closes
         the journal if nobody did, unless ``close_at_shutdown`` is false: a
         service that appends while it stops must be the one to close it, since
@@ -226,8 +225,7 @@ class Journal:
             raise
         pool = None
         if run_blocking is None:
-            pool = ThreadPool(minthreads=1, maxthreads=1, name="cpmi-journal-fsync")
-            run_blocking = PoolRunner(reactor, pool)
+            pool = run_blocking = FsyncThread(reactor)
         journal = cls(
             reactor=reactor,
             directory=directory,
@@ -283,7 +281,7 @@ class Journal:
         os_write: Callable[[int, bytes | memoryview], int],
         os_ftruncate: Callable[[int, int], None],
         run_blocking: RunBlocking,
-        pool: ThreadPool | None,
+        pool: FsyncThread | None,
         signing_key: SigningKey | None = None,
         gateway_id: str = "",
     ) -> None:
@@ -627,7 +625,7 @@ class Journal:
     # -- segments
 
     def _rotate(self, first_seq: int) -> None:
-        """Sync the full segment, start the next one (in the pool), then flush on."""
+        """Sync the full segment, start the next one (in the thread), then flush on."""
         self._busy = True
         old_fd = self._fd
         name = segment_name(first_seq)
@@ -733,7 +731,7 @@ class Journal:
 
     def close(self) -> Deferred[None]:
         """
-        Flush what is pending, fsync, close the files (and stop the pool).
+        Flush what is pending, fsync, close the files (and stop the thread).
 
         Appends made after this fail with :class:`JournalWriteError`. Fails
         with :class:`JournalWriteError` if the final fsync fails.

@@ -2,7 +2,10 @@
 
 This only turns an HTTP request into the request text and file parts, and the
 handler's answer into an HTTP response. The body may be a form with `param=`,
-a multipart form with a `param` field (and image files), or raw JSON.
+a multipart form with a `param` field (and image files), or raw JSON
+(`gateway.lots.bodies` decodes it). A body over the `BodyPool`'s
+`inline_bytes` is decoded and parsed by a worker process instead, so that no
+body of some MiB holds up the reactor (issue 19).
 
 Both HTTP listeners (the uplink and the command API) face the internet, so
 their channel holds a peer to the bounds of CONTRACT §4 (`HttpLimits`): the
@@ -14,14 +17,12 @@ one passes it), and connections capped by peer and in all.
 
 from __future__ import annotations
 
-import binascii
 import io
-import re
+import marshal
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote
 
-import multipart
 from attrs import frozen
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import connectionDone
@@ -35,13 +36,28 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gateway.limits import ConnectionGuard, peer_host
-from gateway.logs import ECHO_CHARS, clip, describe, lot_rejected
+from gateway.logs import ECHO_CHARS, describe, lot_rejected
 from gateway.lots.answers import Answer
+from gateway.lots.bodies import BodyError, Outcome, body_text, form_unquote, parse_form
+from gateway.lots.bodypool import BodyPool
 from gateway.lots.login import STANDARD
 from gateway.lots.uplink import FilePart, UplinkHandler
-from gateway.protocol.envelope import build_response
+from gateway.protocol.envelope import EnvelopeError, build_response
+from gateway.protocol.envelope import Request as Envelope
 from gateway.protocol.results import Result
 from gateway.settings import UplinkConfig
+
+__all__ = [
+    "BodyError",
+    "GuardedChannel",
+    "GuardedSite",
+    "HttpLimits",
+    "UplinkResource",
+    "UplinkSite",
+    "form_unquote",
+    "parse_form",
+    "request_text",
+]
 
 JSON_TYPE = b"application/json; charset=utf-8"
 log = Logger()
@@ -311,82 +327,6 @@ class UplinkSite(GuardedSite):
         """Write no access-log line."""
 
 
-def _content_type(request: IRequest) -> tuple[str, dict[str, str]]:
-    raw = request.getHeader(b"content-type") or b""
-    mime, _, rest = raw.decode("latin-1").partition(";")
-    params: dict[str, str] = {}
-    for param in rest.split(";"):
-        name, _, value = param.strip().partition("=")
-        if value:
-            params[name.lower()] = value.strip('"')
-    return mime.strip().lower(), params
-
-
-_BROKEN_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-
-
-def form_unquote(value: bytes) -> bytes:
-    """A form value's bytes: `+` is a space and `%XX` a byte, as `urllib.parse.unquote_to_bytes`.
-
-    A lot's JSON arrives percent-encoded almost character by character, and
-    the standard library decodes an escape at a time in Python (about 15 us
-    for a carIn). With every `%` followed by two hex digits, the escapes are
-    rewritten as quoted-printable's `=XX` (a literal `=` first becoming `=3D`)
-    and decoded by `binascii` in C; a broken escape takes the standard library.
-    """
-    value = value.replace(b"+", b" ")
-    if b"%" not in value:
-        return value
-    if _BROKEN_ESCAPE.search(value):
-        return unquote_to_bytes(value)
-    return binascii.a2b_qp(value.replace(b"=", b"=3D").replace(b"%", b"="))
-
-
-def parse_form(body: bytes) -> dict[bytes, list[bytes]]:
-    """The fields of an `application/x-www-form-urlencoded` body, blank values kept.
-
-    Fields are split at `&` only, as WHATWG forms and `urllib.parse` since 3.10:
-    a `;` in a JSON value the lot did not encode stays in the value.
-    """
-    fields: dict[bytes, list[bytes]] = {}
-    for pair in body.split(b"&"):
-        if not pair:
-            continue
-        name, equals, value = pair.partition(b"=")
-        if not equals:
-            continue  # as twisted.web's parser: a field needs its `=`
-        fields.setdefault(form_unquote(name), []).append(form_unquote(value))
-    return fields
-
-
-def _form(body: bytes, mime: str, params: dict[str, str]) -> dict[bytes, list[bytes]] | None:
-    """The fields of a form body, or None when the body is not a form."""
-    if mime == "application/x-www-form-urlencoded":
-        return parse_form(body)
-    if mime != "multipart/form-data":
-        return None
-    boundary = params.get("boundary")
-    if not boundary:
-        raise BodyError(Result.MALFORMED, "multipart body without a boundary")
-    fields: dict[bytes, list[bytes]] = {}
-    try:
-        for part in multipart.MultipartParser(io.BytesIO(body), boundary, content_length=len(body)):
-            fields.setdefault(part.name.encode("utf-8"), []).append(part.raw)
-    except multipart.MultipartError as error:
-        detail = clip(str(error), 2 * ECHO_CHARS)
-        raise BodyError(Result.MALFORMED, f"broken multipart body: {detail}") from None
-    return fields
-
-
-class BodyError(Exception):
-    """The body is not one the protocol knows; `result` answers it."""
-
-    def __init__(self, result: Result, detail: str) -> None:
-        super().__init__(detail)
-        self.result = result
-        self.detail = detail
-
-
 def request_text(request: IRequest, max_body_bytes: int) -> tuple[str, list[FilePart]] | int:
     """The request's protocol text and file parts, or an HTTP status (413) to refuse it with."""
     content = request.content
@@ -395,30 +335,9 @@ def request_text(request: IRequest, max_body_bytes: int) -> tuple[str, list[File
     if size > max_body_bytes:
         return 413
     content.seek(0)
-    body = content.read()
-    mime, params = _content_type(request)
-    charset = params.get("charset", "utf-8").lower()
-    form = _form(body, mime, params)
-    files: list[FilePart] = []
-    if mime == "multipart/form-data" and form:
-        for name, values in form.items():
-            if name != b"param":
-                files.extend(FilePart(name.decode("utf-8", "replace"), value) for value in values)
-    query = request.args or {}  # the URL's query string: some lots put param there
-    if form and b"param" in form:
-        raw = form[b"param"][0]
-    elif b"param" in query:
-        raw = query[b"param"][0]
-    elif form is not None and size:
-        raise BodyError(Result.MALFORMED, "param: required in a form body")
-    else:
-        raw = body
-    try:
-        return raw.decode(charset), files
-    except LookupError:
-        raise BodyError(Result.MALFORMED, f"charset {clip(charset)!r} is unknown") from None
-    except UnicodeDecodeError as error:
-        raise BodyError(Result.MALFORMED, f"the body is not {charset} text (byte {error.start})") from None
+    query = (request.args or {}).get(b"param")  # the URL's query string: some lots put param there
+    text, files = body_text(content.read(), request.getHeader(b"content-type"), query[0] if query else None)
+    return text, [FilePart(name, value) for name, value in files]
 
 
 class UplinkResource(Resource):
@@ -433,10 +352,12 @@ class UplinkResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, handler: UplinkHandler, max_body_bytes: int) -> None:
+    def __init__(self, handler: UplinkHandler, max_body_bytes: int, bodies: BodyPool | None = None) -> None:
         super().__init__()
         self._handler = handler
         self._max_body_bytes = max_body_bytes
+        self._bodies = bodies
+        """Where a body over its `inline_bytes` is parsed, off the reactor; None: every body here."""
 
     def resource(self) -> IResource:
         """The twisted.web resource to serve: this one."""
@@ -465,13 +386,15 @@ class UplinkResource(Resource):
         return NOT_DONE_YET
 
     def _answer(self, request: IRequest, url_code: str | None) -> Deferred[bytes] | bytes:
+        bodies = self._bodies
+        if bodies is not None:
+            size = request.content.seek(0, 2)
+            if bodies.inline_bytes < size <= self._max_body_bytes:
+                return self._offload(bodies, request, size, url_code)
         try:
             body = request_text(request, self._max_body_bytes)
         except BodyError as error:
-            request.setHeader(b"content-type", JSON_TYPE)
-            answer = Answer.of(error.result, error.detail)
-            _rejected(request, url_code, answer)
-            return build_response(_echo(url_code), "", answer.result, answer.message, {}, "", "")
+            return self._body_refused(request, url_code, Answer.of(error.result, error.detail))
         if isinstance(body, int):
             request.setResponseCode(body)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -481,12 +404,66 @@ class UplinkResource(Resource):
         answered = maybeDeferred(self._handler.handle, text, url_code, files, client_gone(request))
         return answered.addErrback(self._failed, url_code, request)
 
+    def _body_refused(self, request: IRequest, url_code: str | None, answer: Answer) -> bytes:
+        """The answer to a body that is no protocol text (or that cannot be parsed now), logged."""
+        request.setHeader(b"content-type", JSON_TYPE)
+        _rejected(request, url_code, answer)
+        return build_response(_echo(url_code), "", answer.result, answer.message, {}, "", "")
+
+    def _offload(
+        self, bodies: BodyPool, request: IRequest, size: int, url_code: str | None
+    ) -> Deferred[bytes] | bytes:
+        """Have a worker process parse this big body; 9999 "busy, retry" when too many wait already."""
+        content = request.content
+        request.content = io.BytesIO()  # the pool owns the body's file now, and closes it
+        query = (request.args or {}).get(b"param")
+        gone = client_gone(request)
+        parsed = bodies.parse(
+            content, size, request.getHeader(b"content-type"), query[0] if query else None, gone
+        )
+        if parsed is None:
+            return self._body_refused(request, url_code, _BUSY)
+        request.setHeader(b"content-type", JSON_TYPE)
+        answered: Deferred[bytes] = parsed.addCallback(self._parsed, request, url_code, gone)
+        return answered.addErrback(self._failed, url_code, request)
+
+    def _parsed(
+        self, outcome: Outcome, request: IRequest, url_code: str | None, gone: Callable[[], bool]
+    ) -> Deferred[bytes] | bytes:
+        """Answer the request as a worker found it (`gateway.lots.bodies.parse_body`)."""
+        kind = outcome[0]
+        if kind == "request":
+            token, code, opr, signature, data_text, data, files = outcome[1:]
+            envelope = Envelope(
+                token=token, code=code, opr=opr, signature=signature, data=None, data_text=data_text
+            )
+            parts = [FilePart(name, value) for name, value in files]
+            return self._handler.handle_request(envelope, url_code, parts, gone, lambda: marshal.loads(data))
+        if kind == "envelope":
+            result, detail, code, opr = outcome[1:]
+            error = EnvelopeError(Result.from_code(result) or Result.MALFORMED, detail, code, opr)
+            return self._handler.refused(error, url_code)
+        if kind == "body":
+            result, detail = outcome[1:]
+            answer = Answer.of(Result.from_code(result) or Result.MALFORMED, detail)
+            return self._body_refused(request, url_code, answer)
+        if kind == "gone":
+            return b""  # nobody to answer (see _respond)
+        raise BodyWorkerFault(outcome[1])
+
     def _failed(self, failure: Failure, url_code: str | None, request: IRequest) -> bytes:
         """A fault of the gateway's own is still answered in the protocol: 9999, and logged."""
         log.failure("uplink request failed inside the gateway", failure)
         answer = Answer.of(Result.FAILED, "internal error in the gateway; retry")
         _rejected(request, url_code, answer)
         return build_response(_echo(url_code), "", answer.result, answer.message, {}, "", "")
+
+
+_BUSY = Answer.of(Result.FAILED, "busy, retry: too many large bodies are waiting to be parsed")
+
+
+class BodyWorkerFault(Exception):
+    """A body's worker process failed to parse it (its traceback, or why it ended)."""
 
 
 def _echo(url_code: str | None) -> str:

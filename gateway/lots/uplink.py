@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -144,13 +144,32 @@ class UplinkHandler:
         try:
             request = parse_request(text)
         except EnvelopeError as error:
-            code = error.code or url_code or ""
-            return succeed(self._render(code, error.opr, Answer.of(error.result, error.detail)))
+            return succeed(self.refused(error, url_code))
         except Exception:
             log.failure("parsing an uplink request failed inside the gateway")
             return succeed(self._render(url_code or "", "", FAULT))
+        return self.handle_request(request, url_code, files, gone)
+
+    def refused(self, error: EnvelopeError, url_code: str | None = None) -> bytes:
+        """The answer to a text that is not a request envelope (`parse_request`'s error)."""
+        return self._render(error.code or url_code or "", error.opr, Answer.of(error.result, error.detail))
+
+    def handle_request(
+        self,
+        request: Request,
+        url_code: str | None = None,
+        files: Sequence[FilePart] = (),
+        gone: Callable[[], bool] | None = None,
+        data: Callable[[], object] | None = None,
+    ) -> Deferred[bytes]:
+        """`handle` for a request parsed already (by a worker process, for a big body).
+
+        With `data`, `request.data` is a stand-in until `data()` gives it: it is
+        called only once the request's interface and token show that the data
+        is needed, so a refused request's data is never built.
+        """
         try:
-            answered = self._decide(request, url_code, files, gone)
+            answered = self._decide(request, url_code, files, gone, data)
         except Exception:
             answered = fail()
         return answered.addErrback(self._fault, request.code or url_code or "", request.opr)
@@ -165,13 +184,14 @@ class UplinkHandler:
         url_code: str | None,
         files: Sequence[FilePart],
         gone: Callable[[], bool] | None,
+        data: Callable[[], object] | None = None,
     ) -> Deferred[bytes]:
         try:
             interface = self._interface(request, url_code)
         except Rejected as rejected:
             return succeed(self._render(request.code or url_code or "", request.opr, rejected.answer))
         if interface.code == "login":
-            return self._login(request, gone)
+            return self._login(request if data is None else evolve(request, data=data()), gone)
         code = interface.code
         session = self._sessions.lookup(request.token)
         if session is None:
@@ -181,6 +201,8 @@ class UplinkHandler:
         if lot is None or lot.park_code != session.park:
             answer = Answer.of(Result.NO_SUCH_PARK, f"park {session.park!r} is no longer configured")
             return succeed(self._render(code, request.opr, answer, park=session.park))
+        if data is not None:
+            request = evolve(request, data=data())
         token, secret = request.token, lot.secret
         if not self._signature_ok(request, lot, heartbeat=code == "heartbeat"):
             # Not signed with the secret: whoever sent it proved nothing, and a signature over

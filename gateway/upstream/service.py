@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
+from gateway.cloud.metrics import register_forwarder, register_upstream
 from gateway.cloud.post import CloudClient
 from gateway.forwarding import ForwardingEngine, ForwardingService
 from gateway.journal.writer import Journal
@@ -64,6 +66,11 @@ class UpstreamService(MultiService):
         engine = ForwardingEngine(journal=journal, clock=reactor, settings=cloud, sink=sink, skipped=skipped)
         self.forwarding = ForwardingService(engine)
         self.forwarding.setServiceParent(self)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """The forwarding's and the upstream links' metrics on ``registry``."""
+        register_forwarder(registry, self.forwarding.engine)
+        register_upstream(registry, self.links)
 
     def startService(self) -> None:
         super().startService()

@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -19,8 +20,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from nacl.signing import SigningKey
+from twisted.internet.defer import Deferred
+from twisted.internet.selectreactor import SelectReactor
+from twisted.internet.task import deferLater
 
 from gateway.cli import log
+from gateway.cli.log.replay import Interrupted, run_to_end
 from gateway.cli.main import build_parser, main
 from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
 from gateway.cloud.httpsig import verify_request
@@ -958,6 +963,37 @@ def test_replay_stops_at_an_error(journal: Harness, cloud: Cloud, capsys: pytest
     assert err.rstrip().endswith(f"resume with --from {events[2]}")
 
 
+def test_replay_stops_at_a_refused_batch(
+    journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 4xx for a batch of several stops replay too (it is not split as the gateway would): exit 1."""
+    events = replay_journal(journal)
+    write_signing_key(str(journal.path.parent / "gateway.key"), SigningKey.generate())
+    cloud.statuses[:] = [400]
+    argv = ["replay", "--from", "1", "--url", cloud.url, "--batch", "2", "--gateway-id", "gw-test"]
+    code, _, err = run(capsys, *argv, "--key", "gateway.key", str(journal.path))
+    assert code == 1
+    assert len(cloud.requests) == 1
+    assert f"HTTP 400 from {cloud.url}: overloaded, try later for events #{events[0]} to #{events[1]}" in err
+    assert err.rstrip().endswith(f"0 events were sent before them; resume with --from {events[0]}")
+
+
+def test_replay_without_an_answer_says_so(
+    journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cloud that cannot be reached stops replay with exit 1, the reason and where to resume."""
+    events = replay_journal(journal)
+    write_signing_key(str(journal.path.parent / "gateway.key"), SigningKey.generate())
+    cloud.close()  # nothing listens there now
+    argv = ["replay", "--from", "1", "--url", cloud.url, "--gateway-id", "gw-test"]
+    code, out, err = run(capsys, *argv, "--key", "gateway.key", str(journal.path))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"cpmictl log replay: no answer from {cloud.url} (")
+    assert "refused" in err
+    assert err.count("\n") == 1
+    assert err.rstrip().endswith(f"resume with --from {events[0]}")
+
+
 def test_replay_progress_bar_on_a_terminal(
     journal: Harness, cloud: Cloud, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -987,6 +1023,59 @@ def test_replay_no_progress_on_a_terminal(
     assert code == 0
     assert "\r" not in err
     assert err.startswith("replayed 5 events in 1 batches") and err.count("\n") == 1
+
+
+def test_run_to_end_gives_the_result_or_raises_the_error() -> None:
+    """replay's reactor runner returns what the work returns and raises what it raises, reactor stopped."""
+    reactor = SelectReactor()
+
+    async def answer() -> int:
+        await deferLater(reactor, 0, lambda: None)
+        return 42
+
+    assert run_to_end(reactor, answer) == 42
+    assert not reactor.running
+    failing = SelectReactor()
+
+    async def refuse() -> int:
+        await deferLater(failing, 0, lambda: None)
+        raise log.common.Failure("refused")
+
+    with pytest.raises(log.common.Failure, match="refused"):
+        run_to_end(failing, refuse)
+
+
+def test_run_to_end_says_when_the_reactor_stopped_first() -> None:
+    """A reactor stopped before the work ends (Ctrl-C, SIGTERM) is Interrupted, not a hang or a result."""
+    reactor = SelectReactor()
+    never: Deferred[None] = Deferred()
+
+    async def wait_forever() -> None:
+        reactor.callLater(0, reactor.stop)
+        await never
+
+    with pytest.raises(Interrupted):
+        run_to_end(reactor, wait_forever)
+
+
+def test_run_to_end_stops_at_ctrl_c_and_leaves_the_signals_as_they_were() -> None:
+    """Ctrl-C stops replay's reactor (Interrupted); SIGINT and SIGTERM are given back, and SIGCHLD and
+    the wake-up fd, which another reactor of the process (a test's) reaps its children by, are untouched."""
+    taken = (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in taken}
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
+    reactor = SelectReactor()
+    never: Deferred[None] = Deferred()
+
+    async def interrupted_soon() -> None:
+        reactor.callLater(0, os.kill, os.getpid(), signal.SIGINT)
+        await never
+
+    with pytest.raises(Interrupted):
+        run_to_end(reactor, interrupted_soon)
+    assert {signum: signal.getsignal(signum) for signum in taken} == before
+    assert signal.set_wakeup_fd(wakeup) == wakeup
 
 
 def test_replay_without_identity_fails_cleanly(

@@ -578,3 +578,27 @@ def test_lag_is_the_age_of_the_oldest_event_waiting(rigs: Callable[..., Rig]) ->
         rig.settle()
     assert len(rig.cloud.accepted) == 2
     assert rig.forwarder.lag(rig.h.clock.seconds()) is None
+
+
+def test_a_batch_not_taken_keeps_the_clouds_answer_for_whoever_shows_it(rigs: Callable[..., Rig]) -> None:
+    """A 5xx is retried (not done), its outcomes carrying the status and the cloud's answer."""
+    rig = rigs(start=False)
+    rig.cloud.answer = lambda batch: (503, b"busy, later")
+    sink = CloudEventsSink(
+        http=rig.http,
+        clock=rig.h.clock,
+        settings=rig.settings,
+        gateway_id="gw-01",
+        zone=ZONE,
+        signing_key=KEY,
+    )
+    rig.uplinks(2)
+    rig.settle()
+    entries = sink.entries(read_records(rig.h.path), at=0.0)
+    outcomes: list[Any] = []
+    sink.deliver(entries).addCallback(outcomes.append)
+    rig.http.flush()
+    [answered] = outcomes
+    assert [(o.done, o.status, o.answer, o.reason) for o in answered] == [
+        (False, 503, b"busy, later", "HTTP 503")
+    ] * 2

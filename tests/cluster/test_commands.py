@@ -206,3 +206,25 @@ async def test_a_lot_that_moves_is_answered_for_by_its_new_gateway_only(setup: S
         assert reply_of(await setup.cloud.request(SUBJECT, json.dumps(GATE).encode()))["resultCode"] == "0000"
     await eventually(lambda: len(setup.b.records(COMMAND_REPLY_RECORD)) == 3)
     assert len(setup.a.records(COMMAND_REPLY_RECORD)) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lot_held_when_nats_py_gives_its_client_up_answers_again_on_the_new_client(
+    setup: Setup,
+) -> None:
+    """nats-py closing its client for good (as after a protocol error) takes the subscriptions with it;
+    once the connection's new client is connected, the lot still held subscribes again and a NATS
+    request opens its gate."""
+    lot = setup.lot()
+    await lot.bind(setup.a)
+    await setup.cloud.wait_for_responder(SUBJECT)
+    first = setup.a.connection._nc
+    await setup.a.connection.run(lambda nc, js: nc.close())
+    await eventually(
+        lambda: setup.a.connection.state == "connected" and setup.a.connection._nc is not first,
+        what="a new client",
+    )
+    await setup.cloud.wait_for_responder(SUBJECT)
+    reply = reply_of(await setup.cloud.request(SUBJECT, json.dumps(GATE).encode()))
+    assert reply["resultCode"] == "0000"
+    assert [request.code for request in lot.received].count("gateOpen") == 1

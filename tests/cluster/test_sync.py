@@ -287,3 +287,24 @@ async def test_an_entry_accepted_while_nats_was_down_is_published_after_a_gatewa
     await lot.bind(setup.b)
     await eventually(lambda: len(setup.delivered(setup.b)) == 1, timeout=30, what="delivered")
     assert [request.data["carNum"] for request in blacklists(lot)] == ["苏E00007"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lot_held_when_nats_py_gives_its_client_up_takes_its_entries_on_the_new_client(
+    setup: Setup,
+) -> None:
+    """nats-py closing its client for good takes the lot's subscription to its consumer with it; once the
+    new client is connected the lot subscribes again, and an entry POSTed then reaches it."""
+    lot = setup.lot()
+    await lot.bind(setup.a)
+    await eventually(lambda: setup.a.sync._lots_held["P001"].attached, what="P001 subscribed on A")
+    first = setup.a.connection._nc
+    await setup.a.connection.run(lambda nc, js: nc.close())
+    await eventually(
+        lambda: setup.a.connection.state == "connected" and setup.a.connection._nc is not first,
+        what="a new client",
+    )
+    status, _ = await setup.b.post("P001", "blacklist", BLACKLIST)
+    assert status == 202
+    await eventually(lambda: len(setup.delivered(setup.a)) == 1, what="delivered on A's new client")
+    assert [request.data for request in blacklists(lot)] == [BLACKLIST]

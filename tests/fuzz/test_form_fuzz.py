@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.lots import bodies
 from gateway.lots import http as uplink_http
 from gateway.lots.http import BodyError, parse_form, request_text
 from gateway.protocol.envelope import EnvelopeError, parse_request
@@ -148,7 +149,7 @@ def _boundary_lookalikes(n: int) -> bytes:
 )
 def test_body_decoding_work_is_linear(family: Any, content_type: bytes, n: int) -> None:
     """Four times the body costs at most about four times the Python steps of the body parsers."""
-    files = [uplink_http.__file__, multipart.__file__]
+    files = [uplink_http.__file__, bodies.__file__, multipart.__file__]
 
     def work(n: int) -> int:
         request = _Request(family(n), content_type, {})
