@@ -45,7 +45,7 @@ from nats.js import JetStreamContext
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gateway.cloud.events import EVENT_CONTENT_TYPE, to_event
+from gateway.cloud.events import EVENT_CONTENT_TYPE, event_entries
 from gateway.cluster.connection import NatsConnection, NatsUnavailable, StreamNotPermitted
 from gateway.cluster.subjects import (
     EVENTS_DUPLICATE_WINDOW,
@@ -55,7 +55,7 @@ from gateway.cluster.subjects import (
     events_subjects,
 )
 from gateway.interfaces import Entry, Outcome, Split
-from gateway.journal.record import Record, dumps_compact
+from gateway.journal.record import Record
 from gateway.settings import CloudConfig
 
 __all__ = ["NatsSink", "msg_id"]
@@ -171,25 +171,7 @@ class NatsSink:
 
     def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
         """The events among ``records`` as structured CloudEvents (the records that are no event left out)."""
-        entries = []
-        gateway_id, zone = self._gateway_id, self._zone
-        for record in records:
-            event = to_event(record, gateway_id=gateway_id, zone=zone)
-            if event is not None:
-                entries.append(
-                    Entry(
-                        record.seq,
-                        record.park,
-                        record.code,
-                        record.opr,
-                        str(event["id"]),
-                        str(event["type"]),
-                        dumps_compact(event),
-                        at,
-                        record.ts,
-                    )
-                )
-        return entries
+        return event_entries(records, self._gateway_id, self._zone, at)
 
     def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
         """Publish the batch pipelined; an Outcome per event, in order (see the module docstring)."""
