@@ -54,8 +54,9 @@ def wait_for(port: int, process: subprocess.Popen[bytes], seconds: float = 30.0)
     raise SystemExit(f"nothing listens on port {port} after {seconds} s")
 
 
-def twistd_command(config: Path, log: Path) -> list[str]:
-    """The command that runs the gateway on `config` in the foreground, logging to `log`."""
+def twistd_command(config: Path, log: Path, twistd_args: list[str] | None = None) -> list[str]:
+    """The command that runs the gateway on `config` in the foreground, logging to `log`
+    (`twistd_args`, e.g. ``--reactor asyncio``, go to twistd before the plugin's name)."""
     prelude = os.environ.get("BENCH_PRELUDE", "")  # e.g. a GC probe, for investigations
     return [
         sys.executable,
@@ -65,6 +66,7 @@ def twistd_command(config: Path, log: Path) -> list[str]:
         "--pidfile=",
         "--logfile",
         str(log),
+        *(twistd_args or []),
         "cpmi-gateway",
         "--config",
         str(config),
@@ -72,11 +74,13 @@ def twistd_command(config: Path, log: Path) -> list[str]:
 
 
 @contextmanager
-def gateway(work: Path, config_text: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def gateway(
+    work: Path, config_text: str, port: int, twistd_args: list[str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """The gateway running in `work` on `config_text`, once `port` listens; stopped on exit."""
     config = work / "gateway.toml"
     config.write_text(config_text)
-    process = subprocess.Popen(twistd_command(config, work / "twistd.log"), env=ENV, cwd=work)
+    process = subprocess.Popen(twistd_command(config, work / "twistd.log", twistd_args), env=ENV, cwd=work)
     try:
         wait_for(port, process, seconds=120.0)
         yield process

@@ -1,4 +1,4 @@
-"""The table of issues 10, 19 and 25's targets against the figures in bench/results/ (not run by pytest).
+"""The table of issues 10, 19, 23 and 25's targets against the figures in bench/results/ (not run by pytest).
 
 Usage: python -m bench.summary [--markdown]
 
@@ -156,6 +156,33 @@ TARGETS = (
             and r["honest_connect_failures"] == 0
             and r["emfile_log_lines"] == 0
         ),
+    ),
+    Target(
+        "backlog drain into JetStream, 100,000 events (issue 23), nats-server on the same cores",
+        "nats_drain",
+        ">= 20,000 events/s, memory flat",
+        lambda r: (
+            f"{r['events_per_s']:,.0f} events/s; RSS +{r['rss_rise_mib']:.1f} MiB; "
+            f"stream holds {r['stream_messages']:,}, {r['stream_out_of_order']} out of order"
+        ),
+        lambda r: bool(
+            r["events_per_s"] >= 20_000
+            and r["rss_rise_mib"] <= 32
+            and r["stream_messages"] == r["events"]
+            and r["stream_out_of_order"] == 0
+        ),
+    ),
+    Target(
+        "uplinks/s with the nats sink live vs log-only, same run (issue 23)",
+        "uplink",
+        ">= 0.9 x",
+        lambda r: (
+            f"{r['nats_ratio']:.2f} x ({r['gateway_nats']['rps']:,.0f} vs {r['gateway']['rps']:,.0f}/s), "
+            f"p50 {r['gateway_nats']['p50_ms']:.2f} vs {r['gateway']['p50_ms']:.2f} ms"
+            if "nats_ratio" in r
+            else "not run (bench.uplink --nats)"
+        ),
+        lambda r: bool(r.get("nats_ratio", 0) >= 0.9),
     ),
 )
 

@@ -184,6 +184,11 @@ def compare(running: Config, loaded: Config, served: frozenset[str]) -> tuple[Co
             restart += _field_changes(section, getattr(running, section), getattr(loaded, section), skip)
     if running.deadline_overrides != loaded.deadline_overrides:
         restart.append("deadlines")
+    # [cluster] and [[forward]] (CONTRACT §9) are read at start, like [cloud].
+    if running.cluster != loaded.cluster:
+        restart.append("cluster")
+    if running.forwards != loaded.forwards:
+        restart.append("forward")
 
     before = {lot.park_code: lot for lot in running.lots}
     after = {lot.park_code: lot for lot in loaded.lots}

@@ -90,7 +90,10 @@ def test_uplink_closes_slow_heads_caps_a_peer_and_refuses_a_huge_body_unread(tmp
         for _ in range(3):  # a byte every half second: before, each restarted Twisted's idle timer
             time.sleep(0.5)
             for sock in slow:
-                sock.sendall(b"X")
+                try:
+                    sock.sendall(b"X")
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # on a slow machine the 2 s may be up already: closed, as it should be
         assert all(closed_within(sock, 3.5) for sock in slow)
         assert time.monotonic() - started < 5.5
         for sock in [fifth, *slow]:

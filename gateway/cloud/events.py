@@ -15,13 +15,14 @@ cloud side and depends only on ``protocol`` and ``journal``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
 
+from gateway.interfaces import Entry
 from gateway.journal.kinds import (
     ANSWER_RECORD,
     COMMAND_RECORD,
@@ -50,6 +51,7 @@ __all__ = [
     "EVENT_KINDS",
     "NO_EVENT_KINDS",
     "batch_body",
+    "event_entries",
     "local_to_rfc3339",
     "query_event",
     "to_event",
@@ -288,3 +290,26 @@ def batch_body(events: Sequence[dict[str, object]]) -> bytes:
     fallback serializer when orjson refuses a value, e.g. an integer beyond 64 bits).
     """
     return dumps_compact(list(events))
+
+
+def event_entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[Entry]:
+    """The events among ``records`` as the forwarding engine's entries, each event serialized
+    (the records that are no event are left out): what the cloudevents and nats sinks deliver."""
+    entries = []
+    for record in records:
+        event = to_event(record, gateway_id=gateway_id, zone=zone)
+        if event is not None:
+            entries.append(
+                Entry(
+                    record.seq,
+                    record.park,
+                    record.code,
+                    record.opr,
+                    str(event["id"]),
+                    str(event["type"]),
+                    dumps_compact(event),
+                    at,
+                    record.ts,
+                )
+            )
+    return entries

@@ -20,35 +20,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from gateway.cloud.events import BATCH_CONTENT_TYPE, to_event
+from gateway.cloud.events import BATCH_CONTENT_TYPE, event_entries
 from gateway.cloud.post import HTTPRequester, failure_reason, post_signed
 from gateway.interfaces import Entry, Outcome, Split
-from gateway.journal.record import Record, dumps_compact
+from gateway.journal.record import Record
 from gateway.settings import CloudConfig
 
 __all__ = ["CloudEventsSink"]
-
-
-def _entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[Entry]:
-    """The events among ``records``, serialized (the records that are no event are left out)."""
-    entries = []
-    for record in records:
-        event = to_event(record, gateway_id=gateway_id, zone=zone)
-        if event is not None:
-            entries.append(
-                Entry(
-                    record.seq,
-                    record.park,
-                    record.code,
-                    record.opr,
-                    str(event["id"]),
-                    str(event["type"]),
-                    dumps_compact(event),
-                    at,
-                    record.ts,
-                )
-            )
-    return entries
 
 
 class CloudEventsSink:
@@ -76,7 +54,7 @@ class CloudEventsSink:
         return self._settings.url
 
     def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
-        return _entries(records, self._gateway_id, self._zone, at)
+        return event_entries(records, self._gateway_id, self._zone, at)
 
     def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
         """One POST of the whole batch; 2xx delivers all, a 4xx refuses (or splits), others retry."""

@@ -139,6 +139,8 @@ class NatsConnection(Service):
         self._js: JetStreamContext | None = None
         self._connector: ConcurrentFuture[None] | None = None
         self._loop_ended: Deferred[None] = Deferred()
+        # A new connection after nats-py gave one up: the timer, then the connect task.
+        self._again: asyncio.TimerHandle | asyncio.Task[None] | None = None
         self._stopping = False
         self.generation = 0
         """Disconnections so far (counted on the NATS loop): a publisher that sees it change
@@ -252,6 +254,8 @@ class NatsConnection(Service):
         async def close() -> None:
             if connector is not None:
                 connector.cancel()
+            if self._again is not None:
+                self._again.cancel()
             nc = self._nc
             if nc is not None and not nc.is_closed:
                 try:
@@ -334,8 +338,19 @@ class NatsConnection(Service):
         self.to_reactor(self._reconnected_on_reactor)
 
     async def _closed(self) -> None:
+        """nats-py gave the connection up (a protocol error, an authorization violation): start over
+        with a new client after a while; its users see ``connecting`` and then ``connected`` again."""
+        if self._stopping or self._nc is None:
+            return
+        self._nc = self._js = None
+        self.to_reactor(self._set_state, CONNECTING)
+        delay = reconnect_delay(self.settings, 3, self._random)
+        self._again = asyncio.get_running_loop().call_later(delay, self._connect_again)
+
+    def _connect_again(self) -> None:
+        self._again = None
         if not self._stopping:
-            self.to_reactor(self._set_state, CLOSED)
+            self._again = asyncio.ensure_future(self._connect())
 
     async def _error(self, error: Exception) -> None:
         if _PERMISSIONS_VIOLATION in str(error).lower():

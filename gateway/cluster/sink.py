@@ -45,7 +45,7 @@ from nats.js import JetStreamContext
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from gateway.cloud.events import EVENT_CONTENT_TYPE, to_event
+from gateway.cloud.events import EVENT_CONTENT_TYPE, event_entries
 from gateway.cluster.connection import NatsConnection, NatsUnavailable, StreamNotPermitted
 from gateway.cluster.subjects import (
     EVENTS_DUPLICATE_WINDOW,
@@ -55,7 +55,7 @@ from gateway.cluster.subjects import (
     events_subjects,
 )
 from gateway.interfaces import Entry, Outcome, Split
-from gateway.journal.record import Record, dumps_compact
+from gateway.journal.record import Record
 from gateway.settings import CloudConfig
 
 __all__ = ["NatsSink", "msg_id"]
@@ -63,6 +63,8 @@ __all__ = ["NatsSink", "msg_id"]
 _INTERFACE_TYPE = "org.cpmi.t002."
 # A status header of this value answers a request no one subscribes to: no stream takes the subject.
 _NO_RESPONDERS = "503"
+# Subjects remembered at most (then forgotten at once): lots x codes, bounded.
+_SUBJECTS_CACHED = 100_000
 # What a PubAck counts as in the engine's records (JetStream's API speaks HTTP's codes).
 _ACKED = 200
 
@@ -113,9 +115,13 @@ class _Acks:
         future = self.waiting.pop(msg.subject[len(self.prefix) :], None)
         if future is None or future.done():
             return
-        headers = msg.headers or {}
-        if headers.get("Status") == _NO_RESPONDERS:
+        headers = msg.headers
+        if headers and headers.get("Status") == _NO_RESPONDERS:
             future.set_exception(_NoStream())
+            return
+        data = msg.data
+        if data.startswith(b'{"stream":') and b'"error"' not in data:
+            future.set_result(data)  # a PubAck: nothing more of it is needed
             return
         try:
             answer = json.loads(msg.data)
@@ -155,6 +161,8 @@ class NatsSink:
         """The events' stream: CPMI_EVENTS."""
         self._stream_ready = False
         self._acks: _Acks | None = None
+        # Subjects by (park, type, code): a few per lot, worked out once.
+        self._subjects: dict[tuple[str, str, str], str] = {}
         self._timeout = min(settings.request_timeout, connection.settings.request_timeout)
 
     @property
@@ -163,31 +171,20 @@ class NatsSink:
 
     def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
         """The events among ``records`` as structured CloudEvents (the records that are no event left out)."""
-        entries = []
-        gateway_id, zone = self._gateway_id, self._zone
-        for record in records:
-            event = to_event(record, gateway_id=gateway_id, zone=zone)
-            if event is not None:
-                entries.append(
-                    Entry(
-                        record.seq,
-                        record.park,
-                        record.code,
-                        record.opr,
-                        str(event["id"]),
-                        str(event["type"]),
-                        dumps_compact(event),
-                        at,
-                        record.ts,
-                    )
-                )
-        return entries
+        return event_entries(records, self._gateway_id, self._zone, at)
 
     def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
         """Publish the batch pipelined; an Outcome per event, in order (see the module docstring)."""
+        subjects = self._subjects
+        if len(subjects) > _SUBJECTS_CACHED:
+            subjects.clear()
         messages = [
             (
-                events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code)),
+                subjects.get((entry.park, entry.type, entry.code))
+                or subjects.setdefault(
+                    (entry.park, entry.type, entry.code),
+                    events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code)),
+                ),
                 entry.body,
                 {"Nats-Msg-Id": msg_id(entry), "Content-Type": EVENT_CONTENT_TYPE},
                 entry.park,
@@ -255,7 +252,7 @@ class NatsSink:
         stalled: set[str] = set()
         for index, (_, _, _, park) in enumerate(messages):
             result = results[index]
-            acked = isinstance(result, dict)
+            acked = isinstance(result, dict | bytes)
             if park in stalled and acked:
                 results[index] = RuntimeError("sent again after an earlier event of its lot")
             elif not acked and not isinstance(result, _Refused):
@@ -270,7 +267,7 @@ class NatsSink:
     def _outcomes(self, results: list[object]) -> Sequence[Outcome]:
         outcomes = []
         for result in results:
-            if isinstance(result, dict):
+            if isinstance(result, dict | bytes):
                 outcomes.append(Outcome.delivered(_ACKED))
             elif isinstance(result, _Refused):
                 outcomes.append(Outcome.refusal(result.status, result.answer))

@@ -158,3 +158,32 @@ def test_nats_may_be_one_sink_only() -> None:
         config.parse(
             {"cluster": CLUSTER, "cloud": {"sink": "nats"}, "forward": [{"name": "a", "sink": "nats"}]}
         )
+
+
+def test_the_nats_sink_batches_larger_by_default() -> None:
+    """The nats sink's batches default to 2000 events / 4 MiB (pipelined publishes); set keys win."""
+    cloud = config.parse({"cluster": CLUSTER, "cloud": {"sink": "nats"}}).cloud
+    assert (cloud.batch_max_events, cloud.batch_max_bytes) == (2000, 4 * 2**20)
+    cloud = config.parse({"cluster": CLUSTER, "cloud": {"sink": "nats", "batch_max_events": 100}}).cloud
+    assert cloud.batch_max_events == 100
+    assert config.parse({"cloud": {"url": "http://x/e"}}).cloud.batch_max_events == 500
+
+
+def test_a_reload_that_changes_cluster_or_forwards_needs_a_restart() -> None:
+    """[cluster] and [[forward]] are read at start: a reload names them as needing a restart and keeps
+    the running ones."""
+    from gateway.reload import compare
+
+    running = config.parse({"cluster": CLUSTER, "cloud": {"sink": "nats"}})
+    loaded = config.parse(
+        {
+            "cluster": {**CLUSTER, "replicas": 3},
+            "cloud": {"sink": "nats"},
+            "forward": [{"name": "city", "sink": "cloudevents", "url": "http://x/e"}],
+        }
+    )
+    new, changes = compare(running, loaded, frozenset({"standard"}))
+    assert changes.restart_needed == ("cluster", "forward")
+    assert new.cluster == running.cluster and new.forwards == ()
+    _, same = compare(running, running, frozenset({"standard"}))
+    assert same.restart_needed == ()

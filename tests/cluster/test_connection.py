@@ -196,3 +196,22 @@ async def test_stop_while_connecting_joins_the_thread(tmp_path: Any) -> None:
     await connection.stopService()
     assert connection.state == CLOSED
     assert not any(thread.name == "nats" for thread in threading.enumerate())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_nats_py_gave_up_is_made_again(nats_server: NatsServer) -> None:
+    """When nats-py closes its client by itself (not at stop), the connection starts over with a new
+    client: connecting, then connected, and run() works again."""
+    connection = NatsConnection(settings(nats_server.url), reactor=reactor)
+    states: list[str] = []
+    connection.state_observers.append(states.append)
+    connection.startService()
+    try:
+        await eventually(lambda: connection.state == CONNECTED)
+        first = connection._nc
+        await connection.run(lambda nc, js: nc.close())  # as nats-py does after a protocol error
+        await eventually(lambda: connection.state == CONNECTED and connection._nc is not first)
+        assert await connection.run(lambda nc, js: _flushed(nc)) == "flushed"
+    finally:
+        await connection.stopService()
+    assert states == [CONNECTING, CONNECTED, CONNECTING, CONNECTED, CLOSED]

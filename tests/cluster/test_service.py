@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from twisted.internet.task import Clock
 
 from gateway import tap
 from gateway.cluster.connection import CLOSED, CONNECTING
 from gateway.cluster.service import ClusterService
+from gateway.forwarding import Progress
+from gateway.journal.record import Record
+from gateway.lots.parks import ParkTotals
+from gateway.lots.sessions import Sessions
+from gateway.state import StartState
 from tests.cluster.natsserver import free_port
 from tests.test_tap import MemoryReactor, stop, write_config
 
@@ -42,3 +50,33 @@ def test_cluster_sits_between_the_journal_and_the_parts(tmp_path: Path) -> None:
     stop(service, reactor)
     assert cluster.connection.state == CLOSED
     assert not any(thread.name == "nats" for thread in threading.enumerate())
+
+
+def test_each_forward_is_an_engine_of_its_own_in_the_parts(tmp_path: Path) -> None:
+    """Each [[forward]] is a forwarding service of its own, named after it, with its own progress name;
+    with sink nats the main engine publishes to JetStream."""
+    service, reactor = make(
+        tmp_path,
+        f'\n[cluster]\nservers = ["nats://127.0.0.1:{free_port()}"]\n'
+        '[[forward]]\nname = "city"\nsink = "cloudevents"\nurl = "http://127.0.0.1:9/events"\n',
+    )
+    parts = service.getServiceNamed("parts")
+    city = parts.getServiceNamed("forwarding city")
+    assert city.engine.progress == "city" and city.progress.sink == "city"
+    stop(service, reactor)
+
+
+def test_forward_progress_survives_a_checkpoint() -> None:
+    """A checkpoint keeps each named sink's progress, so a forward resumes where it was after a restart."""
+
+    state = StartState()
+    for seq, body in enumerate(
+        ({"through": 5}, {"through": 3, "sink": "city"}, {"through": 4, "sink": "ops"}), 1
+    ):
+        state.observe(Record(seq, "2026-12-05T00:00:00Z", "forwarded", "", "", "", body, ""))
+    restored = StartState.from_body(state.body(0.0))
+    assert restored.forwarded == 5 and restored.forwarded_by == {"city": 3, "ops": 4}
+    city, other = Progress("city"), Progress("elsewhere")
+    sessions = Sessions(Clock(), ZoneInfo("Asia/Shanghai"))
+    restored.apply(sessions=sessions, totals=ParkTotals(), sync=None, progress=None, forwards=[city, other])
+    assert (city.through, other.through) == (3, 0)
