@@ -29,6 +29,7 @@ from typing import Any
 from bench.harness import cpu_seconds, free_port, metric, wait_for, write_result
 from bench.lotfleet import gateway_config
 from bench.rollover import arguments, lots, start_gateway, stop_gateway, with_backlog
+from gateway.limits import BACKLOG
 
 REBOUND_TARGET_S = 20.0
 
@@ -49,7 +50,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "lots": args.lots,
         "stop": "SIGKILL" if args.kill else "SIGTERM",
-        "backlog": args.backlog or 50,
+        "backlog": args.backlog or BACKLOG,
     }
     server = start_gateway(work, config)
     try:

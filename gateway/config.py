@@ -30,6 +30,7 @@ from attrs import evolve
 from twisted.internet import endpoints
 
 from gateway.dialects import DialectConflict, installed
+from gateway.limits import BACKLOG_MAX, endpoint_fields
 from gateway.protocol.catalog import DeliveryClass, lookup
 from gateway.protocol.signing import SIGNATURE_MODES
 from gateway.settings import (
@@ -141,6 +142,9 @@ def _endpoint(value: str) -> str | None:
         endpoints.serverFromString(None, value)
     except Exception as error:  # any failure to build the endpoint is the operator's to fix
         return f"not a usable endpoint {value!r}: {error}"
+    backlog = endpoint_fields(value)[1].get("backlog")
+    if backlog is not None and not (backlog.strip().isdigit() and 1 <= int(backlog) <= BACKLOG_MAX):
+        return f"backlog={backlog} is not 1-{BACKLOG_MAX}: {value!r}"
     return None
 
 
@@ -255,34 +259,6 @@ def _client_port(description: str) -> int:
     (it has read the port as an integer): ``port=``, else the field after the host."""
     positional, named = endpoint_fields(description)
     return int(named["port"] if "port" in named else positional[1])
-
-
-def endpoint_fields(description: str) -> tuple[list[str], dict[str, str]]:
-    """The positional and the ``name=value`` fields of an endpoint description, after its type.
-
-    Split as Twisted's endpoint parser splits them (``:`` separates, a backslash
-    escapes the next character), so that what a built endpoint was given can be
-    read without its private attributes. Check the description with
-    ``endpoints.serverFromString``/``clientFromString`` first.
-    """
-    fields: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    fields.append("".join(current))
-    positional = [field for field in fields[1:] if "=" not in field]
-    named = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
-    return positional, named
 
 
 def _is_ipv6(host: str) -> bool:

@@ -136,12 +136,69 @@ _REFUSAL_TEXT = {
 }
 
 
+def endpoint_fields(description: str) -> tuple[list[str], dict[str, str]]:
+    """The positional and the ``name=value`` fields of an endpoint description, after its type.
+
+    Split as Twisted's endpoint parser splits them (``:`` separates, a backslash
+    escapes the next character), so that what a built endpoint was given can be
+    read without its private attributes. Check the description with
+    ``endpoints.serverFromString``/``clientFromString`` first.
+    """
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    positional = [field for field in fields[1:] if "=" not in field]
+    named = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
+    return positional, named
+
+
 _PROXY_PREFIX = "haproxy:"
 
 
 def proxied(description: str) -> bool:
     """Whether a listener's endpoint description takes the PROXY protocol (`haproxy:...`, CONTRACT §9)."""
     return description.strip().lower().startswith(_PROXY_PREFIX)
+
+
+BACKLOG = 1024
+"""The listen backlog a listener gets when its description names none (``backlog=`` wins).
+
+Twisted's default is 50: when thousands of lots reconnect at once (a restart,
+the month's rollover) the kernel's accept queue overflows and the SYNs it drops
+come back a second later. The kernel caps any backlog at ``net.core.somaxconn``.
+"""
+
+BACKLOG_MAX = 65535
+"""The largest ``backlog=`` the configuration takes: more than any ``net.core.somaxconn`` lets through."""
+
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
+
+
+def with_backlog(description: str, backlog: int = BACKLOG) -> str:
+    """`description` with ``backlog=`` added when its type takes one (tcp, tcp6, ssl, unix) and it names none.
+
+    A `haproxy:` description is read through to the endpoint it wraps. Other
+    types (``systemd:``, plugins) are left as they are: they refuse the argument.
+    """
+    inner = description.strip()
+    if proxied(inner):
+        inner = inner[len(_PROXY_PREFIX) :]
+    kind = inner.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_TYPES or "backlog" in endpoint_fields(inner)[1]:
+        return description
+    return f"{description.rstrip()}:backlog={backlog}"
 
 
 MAX_PROXY_HEADER = 4096
@@ -461,7 +518,8 @@ class Listener(MultiService):
     A port that cannot be bound stops start-up (strports raises at once
     rather than leaving a deaf gateway running); this names the listener in
     the :class:`ListenFailed` it raises, for the one-line error. A `haproxy:`
-    description takes the PROXY protocol through `ProxyHeaderFactory`.
+    description takes the PROXY protocol through `ProxyHeaderFactory`. A
+    description naming no ``backlog=`` listens with :data:`BACKLOG`.
     """
 
     def __init__(self, name: str, description: str, factory: Factory | Any, reactor: Any) -> None:
@@ -470,6 +528,7 @@ class Listener(MultiService):
         self.key = name
         self.description = description
         self.factory = factory
+        description = with_backlog(description)
         if proxied(description):
             # Twisted's `haproxy:` endpoint, with its wrapper bounded and telling when the peer is known.
             inner = description.strip()[len(_PROXY_PREFIX) :]

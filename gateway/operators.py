@@ -27,7 +27,7 @@ from gateway.journal.writer import Journal
 from gateway.limits import ConnectionGuard, Listener, proxied
 from gateway.logs import Observing, RecentRejections
 from gateway.lots.http import GuardedSite, HttpLimits
-from gateway.reload import Reconfigurable, Reloader, Sighup
+from gateway.reload import Reconfigurable, Reloader, Sighup, StopSignals
 from gateway.settings import Config
 
 __all__ = ["OperatorsService"]
@@ -56,6 +56,8 @@ class OperatorsService(MultiService):
         super().__init__()
         self.setName("api")
         self.reloader: Reloader | None = None
+        # SIGTERM/SIGINT: Twisted's handlers run from the reactor's loop, never waiting on the log's lock.
+        StopSignals(reactor).setServiceParent(self)
         if config_path is not None:
             self.reloader = Reloader(
                 path=config_path,

@@ -20,6 +20,7 @@ configuration is kept whole. Each reload, applied or refused, is journaled as a
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ from gateway.interfaces import JournalAppend
 from gateway.journal.kinds import RELOAD_RECORD, TOKEN_REVOKED_RECORD
 from gateway.settings import Config, ConfigError, LotConfig
 
-__all__ = ["Changes", "ReloadOutcome", "Reloader", "compare"]
+__all__ = ["Changes", "ReloadOutcome", "Reloader", "Sighup", "StopSignals", "compare"]
 
 log = Logger()
 
@@ -375,3 +376,61 @@ class Sighup(Service):
     def _received(self, signum: int, frame: object) -> None:
         # A signal handler may run between any two bytecodes: hand the work to the reactor.
         self._reactor.callFromThread(self._reload, "SIGHUP")
+
+
+class StopSignals(Service):
+    """
+    Twisted's own SIGTERM and SIGINT handlers, run by the reactor instead of inside the signal handler.
+
+    The reactor's handlers (``sigTerm``, ``sigInt``) log "Received SIGTERM"
+    before asking the reactor to stop. A signal handler runs on the main
+    thread between any two bytecodes, so it can interrupt the reactor thread
+    inside the log file's write: ``LogFile.write`` holds a
+    ``threading._RLock`` (twisted.python.threadable), whose inner lock is
+    taken a few bytecodes before the owner is recorded and released a few
+    after it is cleared. A handler logging in that window waits on that inner
+    lock for ever, and the gateway never stops (seen with 10,000 lots going
+    offline: 10,000 log lines). So, once the reactor runs and has installed
+    its handlers, each is replaced by one that only queues it with
+    ``callFromThread`` (a list append and a byte to the waker), and the
+    reactor runs it as ever, logging and stopping from its loop. The
+    replacements stay until the reactor has shut down (a second SIGTERM
+    while 10,000 connections close is as dangerous as the first).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._previous: dict[int, Any] = {}
+
+    def startService(self) -> None:
+        super().startService()
+        # The reactor installs its handlers as it starts running: after that.
+        self._reactor.callWhenRunning(self.take)
+
+    def take(self) -> None:
+        """Have SIGTERM and SIGINT queue the reactor's own handlers instead of running them."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; a reactor in a thread has none of its own
+        for signum in self.SIGNALS:
+            handler = signal.getsignal(signum)
+            if signum in self._previous or getattr(handler, "__self__", None) is not self._reactor:
+                continue  # not the reactor's (SIG_DFL, another program's), or already taken
+            self._previous[signum] = handler
+            signal.signal(signum, self._received)
+        if self._previous:
+            self._reactor.addSystemEventTrigger("after", "shutdown", self.give_back)
+
+    def give_back(self) -> None:
+        """Put the reactor's handlers back (it uninstalls them itself when it has stopped)."""
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._received:
+                signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _received(self, signum: int, frame: object) -> None:
+        # No logging, no I/O here: the reactor's handler runs from its loop.
+        handler = self._previous.get(signum)
+        if handler is not None:
+            self._reactor.callFromThread(handler, signum)

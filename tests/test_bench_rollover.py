@@ -132,7 +132,7 @@ def test_a_lot_answered_busy_waits_one_to_three_seconds() -> None:
 
 
 def test_the_backlog_goes_on_the_lots_listeners_only() -> None:
-    """`--backlog` sets the uplink's and the downlink's listen backlog, not the API's; 0 leaves Twisted's."""
+    """`--backlog` sets the uplink's and the downlink's backlog, not the API's; 0 leaves the default."""
     config = "".join(
         f'{name} = "tcp:{port}:interface=127.0.0.1"\n'
         for name, port in (("uplink", 1), ("downlink", 2), ("api", 3))

@@ -75,6 +75,36 @@ def test_hostile_client_bounds_are_read_and_checked() -> None:
         config.parse({"tcp": {"max_unbound_bytes": 1}})
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "line"),
+    [
+        ("tcp:8080:backlog=0", "listen.uplink: backlog=0 is not 1-65535: 'tcp:8080:backlog=0'"),
+        (
+            "haproxy:tcp:8080:backlog=70000",
+            "listen.uplink: backlog=70000 is not 1-65535: 'haproxy:tcp:8080:backlog=70000'",
+        ),
+        ("tcp:8080:backlog=-1", "listen.uplink: backlog=-1 is not 1-65535: 'tcp:8080:backlog=-1'"),
+        (
+            "tcp:8080:backlog=many",
+            "listen.uplink: not a usable endpoint 'tcp:8080:backlog=many': invalid literal",
+        ),
+    ],
+)
+def test_a_bad_backlog_is_one_line(endpoint: str, line: str) -> None:
+    """A listener's `backlog=` that is not a count of 1-65535 is a one-line error naming the key."""
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse({"listen": {"uplink": endpoint}})
+    assert str(raised.value).startswith(line) and "\n" not in str(raised.value)
+
+
+def test_an_explicit_backlog_is_kept() -> None:
+    """A good `backlog=` is read as written (the listener adds the default only when none is named)."""
+    assert (
+        config.parse({"listen": {"downlink": "tcp:9000:backlog=4096"}}).listen.downlink
+        == "tcp:9000:backlog=4096"
+    )
+
+
 def test_body_worker_keys_are_read_and_checked() -> None:
     """The big-body worker keys are read; no workers (all bodies parsed in the gateway) is allowed,
     a queue of none is a one-line error."""

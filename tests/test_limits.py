@@ -4,24 +4,28 @@ from __future__ import annotations
 
 import resource
 
+import pytest
 from attrs import define
 from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from gateway.limits import (
+    BACKLOG,
     REFUSAL_LOG_INTERVAL,
     RESERVED,
     ConnectionGuard,
     GuardedFactory,
+    Listener,
     proxied,
     raise_fd_limit,
     register_guards,
+    with_backlog,
 )
 from gateway.logs import RecentRejections
 
@@ -237,3 +241,53 @@ def test_haproxy_endpoints_are_proxied() -> None:
     """A listener takes the PROXY protocol when its endpoint description says haproxy."""
     assert proxied("haproxy:tcp:8080") and proxied(" HAProxy:tcp:8080")
     assert not proxied("tcp:8080") and not proxied("ssl:8443:privateKey=k.pem")
+
+
+def _backlog_listened(description: str) -> tuple[int, int, str]:
+    """Start a Listener on `description` on a MemoryReactor: (port, backlog, interface) it listened with."""
+    reactor = MemoryReactor()
+    listener = Listener("uplink", description, Factory.forProtocol(Protocol), reactor)
+    listener.startService()
+    try:
+        [(port, _factory, backlog, interface)] = reactor.tcpServers
+    finally:
+        listener.stopService()
+    return port, backlog, interface
+
+
+@pytest.mark.parametrize(
+    ("description", "listened"),
+    [
+        ("tcp:8080", (8080, BACKLOG, "")),
+        ("tcp:port=8080:interface=127.0.0.1", (8080, BACKLOG, "127.0.0.1")),
+        ("haproxy:tcp:8080", (8080, BACKLOG, "")),
+        ("tcp:8080:backlog=7", (8080, 7, "")),
+        (r"haproxy:tcp:8080:backlog=4096:interface=\:\:1", (8080, 4096, "::1")),
+    ],
+)
+def test_a_listener_listens_with_a_deep_backlog_unless_told(
+    description: str, listened: tuple[int, int, str]
+) -> None:
+    """A listener whose description names no backlog listens with BACKLOG (not Twisted's 50), a
+    `haproxy:` one too; an explicit `backlog=` is the one listened with."""
+    assert BACKLOG == 1024
+    assert _backlog_listened(description) == listened
+
+
+def test_a_listener_keeps_the_operators_description() -> None:
+    """The backlog is added only to what is listened on: the listener reports the operator's description."""
+    listener = Listener("uplink", "tcp:8080", Factory.forProtocol(Protocol), MemoryReactor())
+    assert listener.description == "tcp:8080"
+
+
+@pytest.mark.parametrize(
+    ("description", "built"),
+    [
+        ("unix:/run/gw.sock", "unix:/run/gw.sock:backlog=1024"),
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+        ("tcp:8080:backlog=3", "tcp:8080:backlog=3"),
+    ],
+)
+def test_the_backlog_is_added_only_where_the_endpoint_takes_one(description: str, built: str) -> None:
+    """tcp, tcp6, ssl and unix endpoints take `backlog=`; others (systemd's sockets) are left as written."""
+    assert with_backlog(description) == built
