@@ -61,11 +61,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -73,6 +72,7 @@ from twisted.python.failure import Failure
 from gateway.cluster.subjects import stream_name
 from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, NotConnected
 from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
+from gateway.lots.sync import Journaled, journal_entry
 from gateway.protocol.catalog import DeliveryClass, lookup
 from gateway.protocol.jsontext import JSONRefused, loads
 from gateway.protocol.results import Result
@@ -287,22 +287,16 @@ class ClusterSync:
         Fails (and nothing is queued) if the journal cannot store it, or with
         ValueError if `code` is not a sync-class downlink.
         """
-        interface = lookup(code)
-        if interface is None or interface.downlink is not DeliveryClass.SYNC:
-            return fail(ValueError(f"{code!r} is not a sync-class downlink"))
-        code = interface.code
-        opr = uuid.uuid4().hex
-        expires = utc_rfc3339(self._clock.seconds() + self._ttl)
-        body = {"client": client, "data": data, "expires": expires}
+        expires = self._clock.seconds() + self._ttl
 
-        def stored(record: Any) -> int:
-            seq = int(record.seq)
-            self._outbox[seq] = _Outgoing(seq, park, code, opr, data, client, expires)
+        def stored(entry: Journaled) -> int:
+            self._outbox[entry.seq] = _Outgoing(
+                entry.seq, park, entry.code, entry.opr, data, client, utc_rfc3339(expires)
+            )
             self._publish()
-            return seq
+            return entry.seq
 
-        durable: Deferred[Any] = maybeDeferred(self._journal.append, SYNC_RECORD, park, code, opr, body)
-        return durable.addCallback(stored)
+        return journal_entry(self._journal, park, code, data, client, expires).addCallback(stored)
 
     def restore(self, record: Any) -> None:
         """At start-up: a `sync` record without its `sync-done` is published (again: JetStream drops

@@ -27,6 +27,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
+from attrs import frozen
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -41,14 +42,45 @@ from gateway.protocol.times import rfc3339_seconds, utc_rfc3339
 __all__ = [
     "DEFAULT_RETRY",
     "DEFAULT_TTL",
+    "Journaled",
     "SyncLots",
     "SyncQueue",
+    "journal_entry",
 ]
 
 log = Logger()
 
 DEFAULT_TTL = 86400.0
 DEFAULT_RETRY = 30.0
+
+
+@frozen
+class Journaled:
+    """A sync entry as the journal holds it: its seq, the interface's code as the catalog spells it,
+    and the oprNum it will go to the lot under."""
+
+    seq: int
+    code: str
+    opr: str
+
+
+def journal_entry(
+    journal: JournalAppend, park: str, code: str, data: object, client: str, expires: float
+) -> Deferred[Journaled]:
+    """Journal a sync entry for `park`, expiring at `expires` (seconds); fire once it is durable.
+
+    The one way an entry enters either queue (this one and, with [cluster], JetStream's). Fails
+    (and nothing is journaled) with ValueError if `code` is not a sync-class downlink, or as the
+    journal's append fails.
+    """
+    interface = lookup(code)
+    if interface is None or interface.downlink is not DeliveryClass.SYNC:
+        return fail(ValueError(f"{code!r} is not a sync-class downlink"))
+    code = interface.code
+    opr = uuid.uuid4().hex
+    body = {"client": client, "data": data, "expires": utc_rfc3339(expires)}
+    durable: Deferred[Any] = maybeDeferred(journal.append, SYNC_RECORD, park, code, opr, body)
+    return durable.addCallback(lambda record: Journaled(int(record.seq), code, opr))
 
 
 class SyncLots(Protocol):
@@ -130,22 +162,14 @@ class SyncQueue:
         Fails (and nothing is queued) if the journal cannot store it, or with
         ValueError if `code` is not a sync-class downlink.
         """
-        interface = lookup(code)
-        if interface is None or interface.downlink is not DeliveryClass.SYNC:
-            return fail(ValueError(f"{code!r} is not a sync-class downlink"))
-        code = interface.code
-        opr = uuid.uuid4().hex
         expires = self._clock.seconds() + self._ttl
-        body = {"client": client, "data": data, "expires": utc_rfc3339(expires)}
 
-        def stored(record: Any) -> int:
-            seq = int(record.seq)
-            self._add(_Entry(seq, park, code, opr, data, client, expires))
+        def stored(entry: Journaled) -> int:
+            self._add(_Entry(entry.seq, park, entry.code, entry.opr, data, client, expires))
             self._pump(park)
-            return seq
+            return entry.seq
 
-        durable: Deferred[Any] = maybeDeferred(self._journal.append, SYNC_RECORD, park, code, opr, body)
-        return durable.addCallback(stored)
+        return journal_entry(self._journal, park, code, data, client, expires).addCallback(stored)
 
     def restore(self, record: Any) -> None:
         """Replay one journal record at start-up: `sync` adds an entry, `sync-done` removes it.
