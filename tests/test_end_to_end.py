@@ -152,6 +152,21 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float =
     raise AssertionError("the gateway did not start listening")
 
 
+def wait_for_answer(api: int, process: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
+    """Until `/healthz` on the API port answers: the reactor's loop is running, its signal handlers
+    installed (twistd listens before `reactor.run`, so an open port alone does not say that)."""
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"twistd exited: {process.stderr.read().decode() if process.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("the gateway did not answer /healthz")
+
+
 def plain_post(port: int, body: bytes) -> dict[str, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/uplink",

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.testing import MemoryReactor
 
 from gateway.reload import StopSignals
-from tests.test_end_to_end import free_port, start_twistd, wait_for_port
+from tests.test_end_to_end import free_port, start_twistd, wait_for_answer
 from tests.test_reload_end_to_end import lot_entry, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def test_twistd_stops_on_sigterm_with_the_signal_queued(tmp_path: Path) -> None:
     write(config, tmp_path, ports, lot_entry("P1", "lot1"))
     process = start_twistd(tmp_path, str(config))
     try:
-        wait_for_port(ports["api"], process)
+        wait_for_answer(ports["api"], process)  # a SIGTERM before `reactor.run` kills at once, unlogged
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == -signal.SIGTERM
     finally:
