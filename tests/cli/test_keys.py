@@ -12,9 +12,7 @@ from gateway.cli.main import main
 from gateway.keys import load_signing_key, public_key_b64
 
 
-def test_keygen_prints_public_key_matching_pubkey(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_keygen_prints_public_key_matching_pubkey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """keygen prints a base64 public key equal to what pubkey prints for the same file."""
     path = str(tmp_path / "gateway.key")
     assert main(["keygen", path]) == 0

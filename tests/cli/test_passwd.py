@@ -36,9 +36,7 @@ def _run(
     return code, out, err
 
 
-def test_hashes_password(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_hashes_password(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """passwd prints one $argon2id$ hash line that verifies against the given password."""
     code, out, err = _run(monkeypatch, capsys, "correct horse\n")
     assert code == 0
@@ -49,9 +47,7 @@ def test_hashes_password(
     assert err == ""
 
 
-def test_interactive_limits(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_interactive_limits(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The hash uses libsodium's interactive Argon2id limits (64 MiB, 2 passes)."""
     _, out, _ = _run(monkeypatch, capsys, "pw\n")
     memlimit_kib = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE // 1024
@@ -59,9 +55,7 @@ def test_interactive_limits(
     assert f"$m={memlimit_kib},t={opslimit}," in out
 
 
-def test_only_first_line_used(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_only_first_line_used(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Only the first line of standard input is the password; later lines are ignored."""
     code, out, _ = _run(monkeypatch, capsys, "pw\nsecond")
     assert code == 0
@@ -78,9 +72,7 @@ def test_crlf_stripped(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFi
     assert nacl.pwhash.verify(out.rstrip("\n").encode(), b"pw")
 
 
-def test_no_final_newline(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_no_final_newline(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A password without a final newline is used as it is."""
     code, out, _ = _run(monkeypatch, capsys, "pw")
     assert code == 0
@@ -94,9 +86,7 @@ def test_spaces_kept(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     assert nacl.pwhash.verify(out.rstrip("\n").encode(), b" pw ")
 
 
-def test_non_ascii_password_utf8(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_non_ascii_password_utf8(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A non-ASCII password is hashed as its UTF-8 bytes."""
     code, out, _ = _run(monkeypatch, capsys, "停车场密码\n")
     assert code == 0
@@ -115,18 +105,14 @@ def test_empty_password_refused(
     assert err.count("\n") == 1
 
 
-def test_closed_stdin_refused(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_closed_stdin_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """With no standard input at all (sys.stdin is None), passwd exits 2."""
     monkeypatch.setattr(sys, "stdin", None)
     assert main(["passwd"]) == 2
     assert capsys.readouterr().out == ""
 
 
-def test_password_never_echoed(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_password_never_echoed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The password appears neither on stdout nor on stderr."""
     secret = "S3cret-Pa55-xyzzy"
     _, out, err = _run(monkeypatch, capsys, secret + "\n")
@@ -134,9 +120,7 @@ def test_password_never_echoed(
     assert secret not in err
 
 
-def test_terminal_prompts_twice(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_terminal_prompts_twice(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """On a terminal, passwd prompts twice on stderr via getpass and hashes the password."""
     prompts: list[str] = []
 
@@ -170,9 +154,7 @@ def test_terminal_mismatch_refused(
     assert "do not match" in err
 
 
-def test_terminal_empty_refused(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_terminal_empty_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """On a terminal, an empty first entry exits 2 without asking again."""
     prompts: list[str] = []
 

@@ -304,4 +304,3 @@ async def test_the_cli_prints_one_json_line_and_exits_by_its_errors(tmp_path: Pa
     [bad_line] = bad_out.splitlines()
     assert json.loads(bad_line)["errors"] == 1 and json.loads(bad_line)["lots"] == 1, bad_err
     assert "login 9003" in bad_err
-
