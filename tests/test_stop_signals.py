@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactor
 from gateway.reload import StopSignals
 from tests.test_end_to_end import free_port, start_twistd, wait_for_answer
 from tests.test_reload_end_to_end import lot_entry, write
+from twisted import version as twisted_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,10 +78,22 @@ def test_sigterm_inside_a_log_write_stops_the_reactor(tmp_path: Path) -> None:
 
 
 def test_twisteds_own_handler_hangs_there(tmp_path: Path) -> None:
-    """The hazard StopSignals removes: Twisted's handler logs from the signal handler, and waits for
-    ever on the lock the interrupted write holds (if Twisted stops logging there, StopSignals can go)."""
+    """The hazard StopSignals removes, as upstream behaviour: Twisted's own handler logs from the
+    signal handler, and waits for ever on the lock the interrupted write holds.
+
+    This documents Twisted, not the gateway: the day Twisted stops logging there, the reproduction
+    no longer hangs and the test is skipped, saying that StopSignals can go. That StopSignals works
+    is the hard test above.
+    """
     stopped, log = _stop_inside_a_write(tmp_path, "twisted", 3)
-    assert not stopped
+    if stopped and "Received SIGTERM" in log:
+        pytest.skip(
+            f"Twisted {twisted_version.short()} no longer hangs on a SIGTERM inside a log write: "
+            "the hazard is fixed upstream, and gateway.reload.StopSignals can go"
+        )
+    assert not stopped, (
+        f"the reproduction exited without handling SIGTERM (has Twisted changed LogFile?): {log}"
+    )
     assert "Received SIGTERM" not in log
 
 
