@@ -16,13 +16,11 @@ from twisted.logger import Logger, LoggingFile
 from twisted.python import usage
 
 from gateway import __version__
-from gateway.cloud.metrics import observe_fsync, register_forwards, register_nats, register_space
+from gateway.cloud.metrics import observe_fsync, register_forwards, register_space
 from gateway.cloud.service import CloudService
 from gateway.cluster.connection import NatsConnection
 from gateway.cluster.forwards import NatsEventsService, forward_services
-from gateway.cluster.lots import answer_commands, join_sync
-from gateway.cluster.placement import place_lots
-from gateway.cluster.service import ClusterService
+from gateway.cluster.service import cluster_service
 from gateway.config import CONFIG_SEARCH, Config, ConfigError, find_config, load
 from gateway.dialects.host import GatewayParts
 from gateway.dialects.service import LotsService
@@ -199,7 +197,7 @@ def build_service(
     )
     store.setServiceParent(root)
     # [cluster]: the NATS connection starts before the parts that use it and stops after them.
-    cluster = ClusterService(settings.cluster, reactor=reactor) if settings.cluster is not None else None
+    cluster = cluster_service(settings, reactor=reactor)
     if cluster is not None:
         cluster.setServiceParent(root)
     parts = MultiService()
@@ -213,7 +211,7 @@ def build_service(
     lots = LotsService(settings, reactor=reactor, journal=journal)
     lots.setServiceParent(parts)
     if cluster is not None:
-        join_sync(cluster, lots, settings, journal=journal, reactor=reactor)  # sync entries over JetStream
+        cluster.join_lots(lots, journal=journal)  # sync entries over JetStream
     sink: CloudService | UpstreamService | NatsEventsService | None = None
     skipped = read_jumps(journal.path).skipped  # a restore's seq jump is no backlog
     connection = cluster.connection if cluster is not None else None
@@ -291,8 +289,6 @@ def build_service(
             sink=table.cloud.sink,
             seq=forward.progress.through + 1,
         )
-    if connection is not None:
-        register_nats(registry, connection)
     observe_fsync(registry, journal)
     api = _api(
         settings,
@@ -312,18 +308,8 @@ def build_service(
     )
     api.setServiceParent(parts)
     if cluster is not None:
-        # Commands over NATS, and their metrics with sync's.
-        answer_commands(cluster, lots, api.commands, settings, reactor=reactor, registry=registry)
-        # Placement and tokens in NATS KV: after the replay, so the journal's tokens are not rewritten.
-        place_lots(
-            cluster,
-            lots,
-            api.api,
-            journal=journal,
-            gateway_id=settings.gateway.id,
-            reactor=reactor,
-            status=api.status,
-        )
+        # Commands over NATS, placement and tokens in NATS KV, and their metrics: after the replay.
+        cluster.serve_lots(lots, api.api, status=api.status, journal=journal, registry=registry)
     register_guards(registry, lots.guards + api.guards)
     log.info(
         "cpmi-gateway {id}: uplink on {uplink}, downlink on {downlink}, api on {api}, "
