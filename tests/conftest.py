@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests: journals in a temporary directory; no thread left running."""
+"""Fixtures shared by the tests: journals in a temporary directory, HAProxy; no thread left running."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.journal.helpers import Harness
+from tests.processes import installed, which_haproxy
 
 
 @pytest.fixture
@@ -33,6 +34,17 @@ def harness(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
 def h(harness: Callable[..., Harness]) -> Harness:
     """A journal with default options in tmp_path/journal."""
     return harness()
+
+
+@pytest.fixture(scope="session")
+def haproxy() -> str:
+    """The path of haproxy, installed with apt-get when missing; skipped (saying why) if that cannot be."""
+    found, output = installed("haproxy", which_haproxy)
+    if found is None:
+        why = "haproxy is missing and apt-get could not install it:\n" + output
+        print(why)
+        pytest.skip(why)
+    return found
 
 
 # The real reactor's pool: pytest-twisted stops it when it stops the reactor, after the last test.

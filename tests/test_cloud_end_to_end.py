@@ -8,24 +8,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
+from tests.ports import free_port
+from tests.processes import ROOT, start_twistd, wait_for_port, wait_until
 from tests.protocol.samples import SAMPLES
-from tests.test_end_to_end import (
-    CAR_IN,
-    HASH,
-    PASSWORD,
-    ROOT,
-    envelope,
-    free_port,
-    plain_post,
-    start_twistd,
-    wait_for_port,
-)
+from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
 
 
 def write_config(tmp_path: Path, gateway_id: str, port: int, cloud: str) -> Path:
@@ -98,14 +89,6 @@ class Receiver:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 20.0) -> None:
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def test_uplinks_reach_a_real_receiver_through_an_outage_and_a_restart(tmp_path: Path) -> None:

@@ -39,7 +39,6 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from bench.cluster import render_haproxy
 from gateway.cluster.connection import CONNECTED, NatsConnection
 from gateway.journal.kinds import TOKEN_RECORD
 from gateway.journal.reader import read_records_skipping
@@ -48,23 +47,20 @@ from gateway.lotclient.downlink import Backoff, DownlinkClient, DownlinkReply
 from gateway.protocol.signing import compact, sign
 from gateway.settings import ClusterSettings
 from tests.lots.harness import PASSWORD
+from tests.processes import NatsNode, eventually, kill, start_nats_cluster, wait_until
 from tests.protocol.samples import SAMPLES
-from tests.test_deploy_nats import Server, kill, nats_server, start_servers
 from tests.test_haproxy_cluster import (
     API_TOKEN,
     LOTS,
     SECRET,
-    SHIPPED,
     Cluster,
     Gateway,
     Lot,
-    free_port,
     park,
+    running,
     start_gateway,
     username,
-    wait_until,
 )
-from tests.test_haproxy_cluster import haproxy as haproxy
 
 # Seconds of load before the kills and after them.
 BEFORE, AFTER = 3.0, 4.0
@@ -91,7 +87,7 @@ class ClusterGateway(Gateway):
 
 @dataclass
 class Deployment:
-    nats: list[Server]
+    nats: list[NatsNode]
     gateways: list[ClusterGateway]
     cluster: Cluster
 
@@ -99,72 +95,22 @@ class Deployment:
 @pytest.fixture
 def deployment(haproxy: str, tmp_path: Path) -> Iterator[Deployment]:
     """Three nats-servers, two cluster gateways, HAProxy in front; all up, all killed at the end."""
-    import subprocess
-
-    binary = nats_server()
-    started: list[Server] = []
-    gateways: list[ClusterGateway] = []
-    balancer: subprocess.Popen[bytes] | None = None
+    nats = start_nats_cluster(tmp_path)
     try:
-        for attempt in range(5):
-            if start_servers(binary, tmp_path, started, attempt):
-                break
-            for server in started:
-                kill(server.process)
-            started.clear()
         # JetStream elects its meta leader some seconds after the routes are up: the gateways' buckets
         # and streams wait for it (a deployment's NATS runs long before its gateways start).
         wait_until(
-            lambda: all(
-                server.monitoring("/jsz").get("meta_cluster", {}).get("leader") for server in started
-            ),
+            lambda: all(node.monitoring("/jsz").get("meta_cluster", {}).get("leader") for node in nats),
             30,
             "a JetStream meta leader",
         )
-        urls = tuple(server.url for server in started)
+        urls = tuple(node.url for node in nats)
         gateways = [ClusterGateway(f"gw-{n}", tmp_path / f"gw{n}", nats=urls) for n in (1, 2)]
-        for gateway in gateways:
-            start_gateway(gateway)
-        stats = tmp_path / "haproxy.sock"
-        uplink, downlink = free_port(), free_port()
-        config = tmp_path / "haproxy.cfg"
-        backends = [(g.uplink, g.downlink, g.api) for g in gateways]
-        config.write_text(
-            render_haproxy(
-                SHIPPED.read_text(), uplink=uplink, downlink=downlink, gateways=backends, stats=stats
-            )
-        )
-        with open(tmp_path / "haproxy.log", "wb") as log:
-            balancer = subprocess.Popen(
-                [haproxy, "-db", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        running = Cluster(balancer, list(gateways), uplink, downlink, stats)
-
-        def all_up() -> bool:
-            assert balancer is not None and balancer.poll() is None, (tmp_path / "haproxy.log").read_text()
-            if not stats.exists():
-                return False
-            states = running.servers()
-            return len(states) == 4 and all(row["status"] == "UP" for row in states.values())
-
-        wait_until(all_up, 60, "the gateways up and HAProxy's checks passing")
-        yield Deployment(started, gateways, running)
+        with running(haproxy, tmp_path, gateways) as cluster:
+            yield Deployment(nats, gateways, cluster)
     finally:
-        kill_quietly(balancer)
-        for gateway in gateways:
-            kill_quietly(gateway.process)
-        for server in started:
-            kill(server.process)
-
-
-def kill_quietly(process: Any) -> None:
-    if process is not None and process.poll() is None:
-        process.kill()
-    if process is not None:
-        process.wait(timeout=30)
+        for node in nats:
+            kill(node.process)
 
 
 @implementer(IAgentEndpointFactory)
@@ -270,16 +216,6 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def until(check: Any, seconds: float, what: str) -> float:
-    """Poll ``check()`` on the reactor; the seconds it took (fails after ``seconds``)."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > seconds:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        await sleep(0.05)
-    return time.monotonic() - start
-
-
 async def command(gateway: Gateway, lot: ChaosLot) -> tuple[int, Any]:
     """POST gateOpen for ``lot`` to ``gateway``'s command API."""
     response = await treq.post(
@@ -297,7 +233,7 @@ async def stream_ids(urls: tuple[str, ...]) -> list[str] | None:
     connection = NatsConnection(ClusterSettings(servers=urls), reactor=reactor)
     connection.startService()
     try:
-        await until(lambda: connection.state == CONNECTED, 20, "the test's NATS connection")
+        await eventually(lambda: connection.state == CONNECTED, 20, "the test's NATS connection")
 
         async def read(nc: Any, js: Any) -> list[str]:
             info = await js.stream_info("CPMI_EVENTS")
@@ -330,12 +266,12 @@ async def test_losing_a_gateway_and_a_nats_server_under_load_loses_nothing(deplo
     posting: list[Deferred[None]] = []
     try:
         # Before the chaos: every gateway has every lot's token (issued there or learned from cpmi_tokens).
-        await until(
+        await eventually(
             lambda: all(len(tokens_known(g)) == LOTS for g in deployment.gateways), 20, "tokens shared"
         )
         for lot in lots:
             lot.downlink.start()
-        await until(lambda: all(lot.downlink.bound for lot in lots), 20, "every lot bound by its token")
+        await eventually(lambda: all(lot.downlink.bound for lot in lots), 20, "every lot bound by its token")
         posting = [Deferred.fromCoroutine(lot.post_forever()) for lot in lots]
         await sleep(BEFORE)
         victim, survivor = deployment.gateways
@@ -347,9 +283,9 @@ async def test_losing_a_gateway_and_a_nats_server_under_load_loses_nothing(deplo
         killed = time.monotonic()
         kill(deployment.nats[0].process)
         victim.process.wait(timeout=10)
-        await until(lambda: not any(lot.downlink.bound for lot in moving), 10, "gw-1's lots cut")
+        await eventually(lambda: not any(lot.downlink.bound for lot in moving), 10, "gw-1's lots cut")
         try:
-            took = await until(lambda: all(lot.downlink.bound for lot in moving), 10, "bound again")
+            took = await eventually(lambda: all(lot.downlink.bound for lot in moving), 10, "bound again")
         except AssertionError:
             unbound = {
                 lot.park: (lot.refused, lot.downlink.counters) for lot in moving if not lot.downlink.bound

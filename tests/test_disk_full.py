@@ -28,7 +28,9 @@ import pytest
 
 from gateway.journal.reader import read_records
 from tests.lots.harness import HASH, PASSWORD
-from tests.test_end_to_end import CAR_IN, ROOT, envelope, free_port, plain_post, wait_for_port
+from tests.ports import free_port
+from tests.processes import ROOT, wait_for_port
+from tests.test_end_to_end import CAR_IN, envelope, plain_post
 
 MIB = 2**20
 KIB = 2**10

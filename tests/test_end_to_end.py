@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +30,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
+from tests.processes import start_twistd, wait_for_port
 from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).parent.parent
@@ -139,34 +135,6 @@ async def test_login_upload_restart_keeps_token(tmp_path: Path) -> None:
     assert image_record.body[0]["imageBase64"] == "/9hqcGVn"
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"twistd exited: {process.stderr.read().decode() if process.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the gateway did not start listening")
-
-
-def wait_for_answer(api: int, process: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
-    """Until `/healthz` on the API port answers: the reactor's loop is running, its signal handlers
-    installed (twistd listens before `reactor.run`, so an open port alone does not say that)."""
-    start = time.monotonic()
-    while time.monotonic() - start < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"twistd exited: {process.stderr.read().decode() if process.stderr else ''}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the gateway did not answer /healthz")
-
-
 def plain_post(port: int, body: bytes) -> dict[str, Any]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/uplink",
@@ -190,37 +158,6 @@ def upload(port: int, token: str, prefix: str, stop: threading.Event, acknowledg
             return
         if answer["resultCode"] == "0000":
             acknowledged.add(opr)  # set.add is atomic under the GIL
-
-
-def start_twistd(
-    tmp_path: Path,
-    config: str,
-    args: Sequence[str] = (),
-    *,
-    logfile: str | None = "twistd.log",
-    stdout: int = subprocess.DEVNULL,
-) -> subprocess.Popen[bytes]:
-    """twistd -n running the gateway, `args` after its --config; without --logfile when `logfile` is None."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    where = ["--logfile", str(tmp_path / logfile)] if logfile is not None else []
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "-n",
-            "--pidfile=",
-            *where,
-            "cpmi-gateway",
-            "--config",
-            config,
-            *args,
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-    )
 
 
 def test_kill_9_under_load_loses_no_acknowledged_record(tmp_path: Path) -> None:

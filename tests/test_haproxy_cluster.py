@@ -19,15 +19,13 @@ import csv
 import http.client
 import io
 import json
-import os
 import select
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,57 +33,16 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.cluster import render_haproxy
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
+from tests.processes import Balancer, kill, start_haproxy, start_twistd, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "deploy" / "haproxy.cfg"
 LOTS = 25
 SECRET = "k"
 API_TOKEN = "cluster-test-token"
 PER_PEER = 3
-
-
-# --- haproxy, installed when missing -------------------------------------------------------------
-
-
-def _run(command: list[str]) -> str:
-    """Run an apt-get command; its output, whatever the outcome."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if os.geteuid() != 0 and shutil.which("sudo"):
-        command = ["sudo", "-n", "--preserve-env=DEBIAN_FRONTEND", *command]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"$ {' '.join(command)}\n{error}"
-    return f"$ {' '.join(command)}  (exit {done.returncode})\n{done.stdout}{done.stderr}"
-
-
-def _which_haproxy() -> str | None:
-    return shutil.which("haproxy") or next(
-        (path for path in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(path, os.X_OK)), None
-    )
-
-
-@pytest.fixture(scope="session")
-def haproxy() -> str:
-    """The path of haproxy, installed with apt-get when missing; skipped (saying why) if that cannot be."""
-    found = _which_haproxy()
-    if found is not None:
-        return found
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "haproxy"]
-    output = [_run(install)]
-    if _which_haproxy() is None:
-        output += [_run(["apt-get", "update"]), _run(install)]
-    found = _which_haproxy()
-    if found is None:
-        why = "haproxy is missing and apt-get could not install it:\n" + "\n".join(output)
-        print(why)
-        pytest.skip(why)
-    return found
 
 
 # --- the deployment: two gateways and the balancer -----------------------------------------------
@@ -135,25 +92,7 @@ api_token = "{API_TOKEN}"
         config = self.work / "gateway.toml"
         config.write_text(self.config())
         with open(self.work / "stderr", "wb") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    "from twisted.scripts.twistd import run; run()",
-                    "-n",
-                    "--pidfile=",
-                    "--logfile",
-                    str(self.work / "twistd.log"),
-                    "cpmi-gateway",
-                    "--config",
-                    str(config),
-                ],
-                cwd=self.work,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
+            self.process = start_twistd(self.work, str(config), stderr=stderr)
 
     def get(self, path: str) -> tuple[int, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.api, timeout=5)
@@ -191,17 +130,24 @@ def username(n: int) -> str:
 
 @dataclass
 class Cluster:
-    haproxy: subprocess.Popen[bytes]
+    """The gateways and the balancer in front of them."""
+
+    balancer: Balancer
     gateways: list[Gateway]
-    uplink: int
-    downlink: int
-    stats: Path
+
+    @property
+    def uplink(self) -> int:
+        return self.balancer.uplink
+
+    @property
+    def downlink(self) -> int:
+        return self.balancer.downlink
 
     def servers(self) -> dict[tuple[str, str], dict[str, str]]:
         """HAProxy's view of each (backend, server): its status and last check."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(5)
-            sock.connect(str(self.stats))
+            sock.connect(str(self.balancer.stats))
             sock.sendall(b"show stat\n")
             data = b""
             while chunk := sock.recv(65536):
@@ -213,24 +159,15 @@ class Cluster:
             if row["svname"] not in ("FRONTEND", "BACKEND")
         }
 
-
-def wait_until(check: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
-def kill(process: subprocess.Popen[bytes] | None) -> None:
-    if process is not None and process.poll() is None:
-        process.kill()
-    if process is not None:
-        process.wait(timeout=30)
+    def all_up(self) -> bool:
+        """Every gateway and HAProxy running, and HAProxy's checks passing on all four servers."""
+        for gateway in self.gateways:
+            assert gateway.process is not None and gateway.process.poll() is None, (
+                gateway.work / "stderr"
+            ).read_text() + (gateway.work / "twistd.log").read_text()
+        assert self.balancer.process.poll() is None, self.balancer.log.read_text()
+        states = self.servers()
+        return len(states) == 4 and all(row["status"] == "UP" for row in states.values())
 
 
 def start_gateway(gateway: Gateway) -> None:
@@ -254,6 +191,24 @@ def start_gateway(gateway: Gateway) -> None:
     raise AssertionError(f"{gateway.name}: no free ports in five tries")
 
 
+@contextmanager
+def running(haproxy: str, work: Path, gateways: list[Gateway]) -> Iterator[Cluster]:
+    """``gateways`` started, HAProxy on the shipped configuration in front of them, all up and checked;
+    every process killed at the end."""
+    balancer: Balancer | None = None
+    try:
+        for gateway in gateways:
+            start_gateway(gateway)
+        balancer = start_haproxy(haproxy, work, [(g.uplink, g.downlink, g.api) for g in gateways])
+        cluster = Cluster(balancer, gateways)
+        wait_until(cluster.all_up, 60, "the gateways up and HAProxy's checks passing")
+        yield cluster
+    finally:
+        kill(balancer.process if balancer is not None else None)
+        for gateway in gateways:
+            kill(gateway.process)
+
+
 @pytest.fixture
 def cluster(haproxy: str, tmp_path: Path) -> Iterator[Cluster]:
     """Two gateways (log-only sink) behind haproxy on the shipped configuration, all up and checked.
@@ -262,54 +217,10 @@ def cluster(haproxy: str, tmp_path: Path) -> Iterator[Cluster]:
     (other tests run on this machine): the gateway or the balancer that
     cannot bind is started again on others.
     """
-    gateways = [Gateway("gw-1", tmp_path / "gw1"), Gateway("gw-2", tmp_path / "gw2")]
-    stats = tmp_path / "haproxy.sock"
-    config = tmp_path / "haproxy.cfg"
-    balancer: subprocess.Popen[bytes] | None = None
-    try:
-        for gateway in gateways:
-            start_gateway(gateway)
-        backends = [(gateway.uplink, gateway.downlink, gateway.api) for gateway in gateways]
-        for _ in range(5):
-            uplink, downlink = free_port(), free_port()
-            config.write_text(
-                render_haproxy(
-                    SHIPPED.read_text(), uplink=uplink, downlink=downlink, gateways=backends, stats=stats
-                )
-            )
-            with open(tmp_path / "haproxy.log", "wb") as log:
-                balancer = subprocess.Popen(
-                    [haproxy, "-db", "-f", str(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            deadline = time.monotonic() + 10
-            while balancer.poll() is None and not stats.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.2)
-            if balancer.poll() is None:
-                break
-            if "cannot bind" not in (tmp_path / "haproxy.log").read_text():
-                break  # all_up reports why
-        assert balancer is not None
-        running = Cluster(balancer, gateways, uplink, downlink, stats)
-
-        def all_up() -> bool:
-            for gateway in gateways:
-                assert gateway.process is not None and gateway.process.poll() is None, (
-                    gateway.work / "stderr"
-                ).read_text() + (gateway.work / "twistd.log").read_text()
-            assert balancer is not None and balancer.poll() is None, (tmp_path / "haproxy.log").read_text()
-            states = running.servers()
-            return len(states) == 4 and all(row["status"] == "UP" for row in states.values())
-
-        wait_until(all_up, 60, "the gateways up and HAProxy's checks passing")
-        yield running
-    finally:
-        kill(balancer)
-        for gateway in gateways:
-            kill(gateway.process)
+    with running(
+        haproxy, tmp_path, [Gateway("gw-1", tmp_path / "gw1"), Gateway("gw-2", tmp_path / "gw2")]
+    ) as up:
+        yield up
 
 
 # --- lots, each from its own address -------------------------------------------------------------

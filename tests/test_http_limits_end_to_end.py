@@ -6,7 +6,6 @@ of each bound are in tests/lots/test_http_limits.py.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import time
@@ -14,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.test_end_to_end import api_config, free_port, plain_post, start_twistd, wait_for_port, write_config
+from tests.ports import free_port
+from tests.processes import start_twistd, stop, wait_for_port
+from tests.test_end_to_end import api_config, plain_post, write_config
 
 PARTIAL_HEAD = b"POST /uplink HTTP/1.1\r\nHost: gw\r\n"
 
@@ -34,12 +35,7 @@ def gateway(tmp_path: Path, config: str, port: int) -> Iterator[subprocess.Popen
         time.sleep(0.2)  # wait_for_port's own probe has closed
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def opened(port: int, first: bytes = b"") -> socket.socket:

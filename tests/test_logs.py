@@ -37,7 +37,8 @@ from gateway.logs import (
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import PASSWORD
-from tests.test_end_to_end import api_config, start_twistd, wait_for_port
+from tests.processes import start_twistd, wait_for_port
+from tests.test_end_to_end import api_config
 from tests.test_tap import MemoryReactor, stop, write_config
 
 

@@ -6,7 +6,6 @@ import ast
 import json
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from gateway.cloud.httpsig import sign_request
 from gateway.journal.record import Record
 from gateway.keys import public_key_b64
 from tests.ports import free_port
+from tests.processes import wait_for_port
 
 ROOT = Path(__file__).parent.parent
 RECEIVER = ROOT / "docs" / "receiver.py"
@@ -60,23 +60,6 @@ def test_receiver_is_short() -> None:
     assert len(code) <= 25, "\n".join(code)
 
 
-def _free_port() -> int:
-    return free_port()
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[str], log: Path, deadline: float = 10.0) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the receiver exited: {log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise AssertionError("the receiver did not start listening")
-
-
 class Receiver:
     """A running docs/receiver.py: its URL and the lines it has printed so far."""
 
@@ -102,7 +85,7 @@ class Receiver:
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
     """docs/receiver.py listening on a free port and trusting KEY."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/events"
     log = tmp_path_factory.mktemp("receiver") / "stderr.log"
     with log.open("w") as stderr:
@@ -113,7 +96,7 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
             text=True,
         )
         try:
-            _wait_for_port(port, process, log)
+            wait_for_port(port, process, 10.0, log=log)
             yield Receiver(url, process)
         finally:
             process.kill()

@@ -17,8 +17,8 @@ from gateway.journal.reader import read_records
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
-from tests.test_cloud_end_to_end import wait_until
-from tests.test_end_to_end import free_port, start_twistd, wait_for_port
+from tests.ports import free_port
+from tests.processes import start_twistd, wait_for_port, wait_until
 
 # A second password, so that a lot's password can change in the file.
 OTHER_PASSWORD = "the-new-password"

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import signal
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
-from tests.test_end_to_end import free_port, start_twistd, wait_for_port
+from tests.ports import free_port
+from tests.processes import installed, start_twistd, wait_for_port
 
 GATEWAY_ID = "gw-status-page"
 API_TOKEN = "status-page-token"
@@ -42,31 +41,12 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _run(command: list[str]) -> str:
-    """Run an apt-get command; its output, whatever the outcome."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if os.geteuid() != 0 and shutil.which("sudo"):
-        command = ["sudo", "-n", "--preserve-env=DEBIAN_FRONTEND", *command]
-    try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"$ {' '.join(command)}\n{error}"
-    return f"$ {' '.join(command)}  (exit {done.returncode})\n{done.stdout}{done.stderr}"
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The path of Chromium, installed with apt-get when missing; the test fails (never skips) without it."""
-    found = shutil.which("chromium")
-    if found is not None:
-        return found
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    output = [_run(install)]
-    if shutil.which("chromium") is None:
-        output += [_run(["apt-get", "update"]), _run(install)]
-    found = shutil.which("chromium")
+    found, output = installed("chromium", lambda: shutil.which("chromium"))
     if found is None:
-        pytest.fail("Chromium is missing and apt-get could not install it:\n" + "\n".join(output))
+        pytest.fail("Chromium is missing and apt-get could not install it:\n" + output)
     return found
 
 

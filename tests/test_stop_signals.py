@@ -13,11 +13,10 @@ import pytest
 from twisted.internet.testing import MemoryReactor
 
 from gateway.reload import StopSignals
-from tests.test_end_to_end import free_port, start_twistd, wait_for_answer
+from tests.ports import free_port
+from tests.processes import ROOT, kill, start_twistd, wait_for_answer
 from tests.test_reload_end_to_end import lot_entry, write
 from twisted import version as twisted_version
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # A reactor logging to a LogFile, as twistd's does; SIGTERM arrives while the file's lock is
 # in the state an interrupted `write` leaves it in (its inner lock taken, no owner recorded yet).
@@ -64,8 +63,7 @@ def _stop_inside_a_write(tmp_path: Path, mode: str, timeout: float) -> tuple[boo
     except subprocess.TimeoutExpired:
         stopped = False
     finally:
-        process.kill()
-        process.wait()
+        kill(process)
     return stopped, log.read_text(encoding="utf-8") if log.exists() else ""
 
 
@@ -158,9 +156,7 @@ def test_twistd_stops_on_sigterm_with_the_signal_queued(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == -signal.SIGTERM
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        kill(process)
         assert process.stderr is not None
         process.stderr.close()
     log = (tmp_path / "twistd.log").read_text(encoding="utf-8")

@@ -29,9 +29,11 @@ from gateway.protocol.signing import compact, sign
 from tests.dialects.test_bolink_end_to_end import API_TOKEN, SECRET, Cloud, api_post
 from tests.dialects.test_bolink_end_to_end import ParkingOSLot as LegacyLot
 from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
+from tests.processes import start_twistd, wait_for_port, wait_until
 from tests.protocol.samples import RESPONSE_SAMPLES, SAMPLES
-from tests.test_cloud_end_to_end import QueryEndpoint, wait_until
-from tests.test_end_to_end import envelope, free_port, plain_post, start_twistd, wait_for_port
+from tests.test_cloud_end_to_end import QueryEndpoint
+from tests.test_end_to_end import envelope, plain_post
 from tests.test_reload_end_to_end import TcpLot
 from tests.test_reload_end_to_end import _hash as argon2id_hash
 

@@ -4,6 +4,8 @@
 is the lot client of `gateway.lotclient` bound to a gateway's downlink, answering
 each ACK as its `answer` says and keeping what it was sent; `Cloud` is a NATS
 client of the test's own (a `NatsConnection`), asking as an operator's cloud would.
+`TwoGateways` is the tests' usual setup: gw-a and gw-b, a cloud and the lots the
+test binds, all started by ``async with`` and all stopped after it.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from gateway import tap
@@ -30,8 +34,10 @@ from gateway.lotclient.credentials import LotCredentials
 from gateway.lotclient.downlink import DownlinkClient, DownlinkReply
 from gateway.protocol.envelope import Request
 from gateway.settings import ClusterSettings
-from tests.cluster.natsserver import NatsServer, eventually, free_port
+from tests.cluster.natsserver import NatsServer
 from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
+from tests.processes import eventually
 
 API_TOKEN = "cloud-token"
 PARKS = ("P001", "P002")
@@ -178,7 +184,8 @@ class Cloud:
         await eventually(lambda: self.connection.state == CONNECTED, what="the cloud connected")
 
     async def stop(self) -> None:
-        await self.connection.stopService()
+        if self.connection.running:
+            await self.connection.stopService()
 
     def request(
         self, subject: str, payload: bytes, timeout: float = 5.0, headers: dict[str, str] | None = None
@@ -212,6 +219,72 @@ class Cloud:
             if reactor.seconds() > deadline:
                 raise AssertionError(f"no responder on {subject} within {timeout} s")
             await check()
+
+
+class TwoGateways:
+    """Gateways gw-a and gw-b (lots P001 and P002 each) on one nats-server, a cloud client (unless
+    ``cloud=False``) and the lots the test binds (`lot`): ``async with`` starts them, and stops them all
+    after, the lots first and gw-a last. ``extra`` is added to both gateways' configuration."""
+
+    def __init__(self, tmp_path: Path, nats: NatsServer, extra: str = "", *, cloud: bool = True) -> None:
+        self.nats = nats
+        self.a = Gateway(tmp_path, "gw-a", nats, extra)
+        self.b = Gateway(tmp_path, "gw-b", nats, extra)
+        self.cloud = Cloud(nats)
+        self._with_cloud = cloud
+        self.lots: list[Lot] = []
+
+    def lot(self, park: str = "P001", answer: Callable[[Request], Any] | None = None) -> Lot:
+        """A lot (not bound yet) that leaves when the setup stops."""
+        lot = Lot(park, answer)
+        self.lots.append(lot)
+        return lot
+
+    async def start(self) -> None:
+        await self.a.start()
+        await self.b.start()
+        if self._with_cloud:
+            await self.cloud.start()
+
+    async def stop(self) -> None:
+        for lot in self.lots:
+            await lot.leave()
+        await self.cloud.stop()
+        await self.b.stop()
+        await self.a.stop()
+
+    async def __aenter__(self) -> TwoGateways:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def stream_messages(self, stream: str = "CPMI_SYNC") -> int:
+        """How many messages `stream` holds (CPMI_SYNC, a work queue: the entries not acknowledged)."""
+
+        async def info(nc: Any, js: Any) -> int:
+            return int((await js.stream_info(stream)).state.messages)
+
+        count: int = await self.cloud.connection.run(info)
+        return count
+
+    async def stream_empties(self, stream: str = "CPMI_SYNC", timeout: float = 10.0) -> None:
+        """Until `stream` holds nothing: an acknowledgement reaches the server a moment after the
+        gateway has settled the entry."""
+        held = [await self.stream_messages(stream)]
+        deadline = reactor.seconds() + timeout
+        while held[-1] != 0:
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"{stream} still holds {held[-1]} messages after {timeout} s")
+            await deferLater(reactor, 0.02, lambda: None)
+            held.append(await self.stream_messages(stream))
 
 
 def reply_of(msg: Any) -> dict[str, Any]:

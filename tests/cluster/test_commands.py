@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
@@ -14,44 +13,26 @@ from twisted.internet.defer import Deferred
 
 from gateway.journal.kinds import COMMAND_RECORD, COMMAND_REPLY_RECORD
 from gateway.lotclient.downlink import DownlinkReply
-from tests.cluster.gateways import Cloud, Gateway, Lot, reply_of
-from tests.cluster.natsserver import NatsServer, eventually
+from tests.cluster.gateways import Cloud, TwoGateways, reply_of
+from tests.cluster.natsserver import NatsServer
+from tests.processes import eventually
 from tests.protocol.samples import SAMPLES
 
 GATE = SAMPLES["gateOpen"]
 SUBJECT = "cpmi.commands.P001.gateOpen"
 
 
-class Setup:
+class Setup(TwoGateways):
     def __init__(self, tmp_path: Path, nats: NatsServer) -> None:
         # gateOpen's deadline cut to 1 s, so a lot that never answers costs a second.
-        extra = "[deadlines]\ngateOpen = 1.0\n"
-        self.a = Gateway(tmp_path, "gw-a", nats, extra)
-        self.b = Gateway(tmp_path, "gw-b", nats, extra)
-        self.cloud = Cloud(nats)
-        self.lots: list[Lot] = []
-
-    def lot(self, park: str = "P001", answer: Any = None) -> Lot:
-        lot = Lot(park, answer)
-        self.lots.append(lot)
-        return lot
+        super().__init__(tmp_path, nats, "[deadlines]\ngateOpen = 1.0\n")
 
 
 @pytest_twisted.async_yield_fixture
 async def setup(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Setup]:
     """Two gateways and a cloud client on one nats-server; all stopped at the end."""
-    made = Setup(tmp_path, nats_server)
-    await made.a.start()
-    await made.b.start()
-    await made.cloud.start()
-    try:
+    async with Setup(tmp_path, nats_server) as made:
         yield made
-    finally:
-        for lot in made.lots:
-            await lot.leave()
-        await made.cloud.stop()
-        await made.b.stop()
-        await made.a.stop()
 
 
 async def _no_responders(cloud: Cloud, subject: str, payload: bytes = b"{}") -> bool:

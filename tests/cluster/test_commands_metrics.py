@@ -16,9 +16,10 @@ from twisted.web.client import HTTPConnectionPool
 
 from gateway.cloud.metrics import register_cluster
 from gateway.journal.kinds import SYNC_DONE_RECORD
-from tests.cluster.gateways import API_TOKEN, Cloud, Gateway, Lot
-from tests.cluster.natsserver import NatsServer, eventually
+from tests.cluster.gateways import API_TOKEN, Cloud, Gateway, Lot, TwoGateways
+from tests.cluster.natsserver import NatsServer
 from tests.cluster.test_commands_memory import FakeNats, make
+from tests.processes import eventually
 from tests.protocol.samples import SAMPLES
 
 
@@ -85,20 +86,8 @@ def test_answers_asks_and_the_in_flight_cap_are_counted_and_exported() -> None:
 @pytest_twisted.async_yield_fixture
 async def gateways(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[tuple[Gateway, Gateway, Cloud]]:
     """Two gateways and a cloud client on one nats-server; all stopped at the end."""
-    a, b, cloud = (
-        Gateway(tmp_path, "gw-a", nats_server),
-        Gateway(tmp_path, "gw-b", nats_server),
-        Cloud(nats_server),
-    )
-    await a.start()
-    await b.start()
-    await cloud.start()
-    try:
-        yield a, b, cloud
-    finally:
-        await cloud.stop()
-        await b.stop()
-        await a.stop()
+    async with TwoGateways(tmp_path, nats_server) as two:
+        yield two.a, two.b, two.cloud
 
 
 async def metrics(gateway: Gateway) -> str:

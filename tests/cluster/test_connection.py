@@ -22,7 +22,9 @@ from gateway.cluster.connection import (
     reconnect_delay,
 )
 from gateway.settings import ClusterSettings
-from tests.cluster.natsserver import NatsServer, eventually, free_port
+from tests.cluster.natsserver import NatsServer
+from tests.ports import free_port
+from tests.processes import eventually
 
 
 def settings(*servers: str, **options: Any) -> ClusterSettings:

@@ -16,17 +16,10 @@ import nats
 from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.cluster.natsserver import NatsServer
-from tests.test_cloud_end_to_end import Receiver, wait_until
-from tests.test_end_to_end import (
-    CAR_IN,
-    HASH,
-    PASSWORD,
-    envelope,
-    free_port,
-    plain_post,
-    start_twistd,
-    wait_for_port,
-)
+from tests.ports import free_port
+from tests.processes import start_twistd, wait_for_port, wait_until
+from tests.test_cloud_end_to_end import Receiver
+from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
 
 
 def write_config(tmp_path: Path, port: int, api: int, nats_url: str, receiver_url: str) -> Path:

@@ -19,9 +19,10 @@ from gateway.journal.kinds import TOKEN_RECORD, TOKEN_REVOKED_RECORD
 from gateway.lotclient.credentials import LotCredentials
 from gateway.lotclient.downlink import DownlinkClient, DownlinkReply
 from gateway.lots.sessions import Sessions
-from tests.cluster.gateways import API_TOKEN, Gateway, Lot
-from tests.cluster.natsserver import NatsServer, eventually
+from tests.cluster.gateways import API_TOKEN, Gateway, TwoGateways
+from tests.cluster.natsserver import NatsServer
 from tests.lots.harness import PASSWORD
+from tests.processes import eventually
 
 
 def placement(gateway: Gateway) -> Placement:
@@ -54,17 +55,10 @@ async def get_json(gateway: Gateway, path: str) -> Any:
     return json.loads(await response.content())
 
 
-class Setup:
+class Setup(TwoGateways):
     def __init__(self, tmp_path: Path, nats: NatsServer) -> None:
-        self.a = Gateway(tmp_path, "gw-a", nats)
-        self.b = Gateway(tmp_path, "gw-b", nats)
-        self.lots: list[Lot] = []
+        super().__init__(tmp_path, nats, cloud=False)
         self.clients: list[DownlinkClient] = []
-
-    def lot(self, park: str = "P001") -> Lot:
-        lot = Lot(park)
-        self.lots.append(lot)
-        return lot
 
     def by_token(self, gateway: Gateway, token: str, park: str = "P001") -> DownlinkClient:
         """A lot's downlink binding on ``gateway`` by heartbeat with ``token`` (no login)."""
@@ -87,20 +81,15 @@ class Setup:
 @pytest_twisted.async_yield_fixture
 async def setup(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Setup]:
     """Two gateways on one nats-server; all stopped at the end."""
-    made = Setup(tmp_path, nats_server)
-    await made.a.start()
-    await made.b.start()
-    try:
-        await eventually(lambda: all(placement(g).bucket.watching for g in (made.a, made.b)), what="watching")
-        await eventually(lambda: all(tokens(g).bucket.watching for g in (made.a, made.b)), what="watching")
-        yield made
-    finally:
-        for client in made.clients:
-            await client.stop()
-        for lot in made.lots:
-            await lot.leave()
-        await made.b.stop()
-        await made.a.stop()
+    async with Setup(tmp_path, nats_server) as made:
+        try:
+            both = (made.a, made.b)
+            await eventually(lambda: all(placement(g).bucket.watching for g in both), what="watching")
+            await eventually(lambda: all(tokens(g).bucket.watching for g in both), what="watching")
+            yield made
+        finally:
+            for client in made.clients:
+                await client.stop()
 
 
 @pytest_twisted.ensureDeferred

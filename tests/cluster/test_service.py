@@ -16,7 +16,7 @@ from gateway.journal.record import Record
 from gateway.lots.parks import ParkTotals
 from gateway.lots.sessions import Sessions
 from gateway.state import StartState
-from tests.cluster.natsserver import free_port
+from tests.ports import free_port
 from tests.test_tap import MemoryReactor, stop, write_config
 
 

@@ -15,8 +15,10 @@ from twisted.internet.task import deferLater
 from gateway.cluster.sink import msg_id
 from gateway.interfaces import Entry
 from gateway.journal.kinds import FORWARDED_RECORD, ONLINE_RECORD, REJECTED_RECORD, UPLINK_RECORD
-from tests.cluster.natsserver import NatsServer, eventually, free_port
+from tests.cluster.natsserver import NatsServer
 from tests.cluster.rig import FAST, Rig, event, reactor
+from tests.ports import free_port
+from tests.processes import eventually
 from tests.protocol.samples import SAMPLES
 
 CAR_IN = SAMPLES["carIn"]

@@ -16,8 +16,9 @@ from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.lotclient.downlink import DownlinkReply
 from gateway.protocol.envelope import Request
 from gateway.protocol.results import Result
-from tests.cluster.gateways import Cloud, Gateway, Lot
-from tests.cluster.natsserver import NatsServer, eventually
+from tests.cluster.gateways import Gateway, Lot, TwoGateways
+from tests.cluster.natsserver import NatsServer
+from tests.processes import eventually
 from tests.protocol.samples import SAMPLES
 
 BLACKLIST = SAMPLES["blacklist"]
@@ -28,28 +29,7 @@ def blacklist(number: int) -> dict[str, Any]:
     return {**BLACKLIST, "carNum": f"苏E{number:05d}"}
 
 
-class Setup:
-    def __init__(self, tmp_path: Path, nats: NatsServer) -> None:
-        self.nats = nats
-        self.a = Gateway(tmp_path, "gw-a", nats)
-        self.b = Gateway(tmp_path, "gw-b", nats)
-        self.cloud = Cloud(nats)
-        self.lots: list[Lot] = []
-
-    def lot(self, park: str = "P001", answer: Any = None) -> Lot:
-        lot = Lot(park, answer)
-        self.lots.append(lot)
-        return lot
-
-    async def stream_messages(self) -> int:
-        """How many entries the stream CPMI_SYNC holds (a work queue: those not acknowledged)."""
-
-        async def info(nc: Any, js: Any) -> int:
-            return int((await js.stream_info("CPMI_SYNC")).state.messages)
-
-        count: int = await self.cloud.connection.run(info)
-        return count
-
+class Setup(TwoGateways):
     def delivered(self, gateway: Gateway) -> list[Any]:
         return [r for r in gateway.records(SYNC_DONE_RECORD) if r.body.get("outcome") == "delivered"]
 
@@ -57,18 +37,8 @@ class Setup:
 @pytest_twisted.async_yield_fixture
 async def setup(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Setup]:
     """Two gateways and a cloud client on one nats-server; all stopped at the end."""
-    made = Setup(tmp_path, nats_server)
-    await made.a.start()
-    await made.b.start()
-    await made.cloud.start()
-    try:
+    async with Setup(tmp_path, nats_server) as made:
         yield made
-    finally:
-        for lot in made.lots:
-            await lot.leave()
-        await made.cloud.stop()
-        await made.b.stop()
-        await made.a.stop()
 
 
 def _published(gateway: Gateway, count: int) -> Any:

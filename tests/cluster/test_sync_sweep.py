@@ -19,25 +19,15 @@ from gateway.cloud.events import to_event
 from gateway.cluster.sync import _claim, consumer_name
 from gateway.journal.kinds import SYNC_DONE_RECORD
 from gateway.protocol.times import utc_rfc3339
-from tests.cluster.gateways import API_TOKEN, Cloud, Gateway, Lot
-from tests.cluster.natsserver import NatsServer, eventually
+from tests.cluster.gateways import API_TOKEN, Gateway, TwoGateways
+from tests.cluster.natsserver import NatsServer
+from tests.processes import eventually
 from tests.protocol.samples import SAMPLES
 
 PAST = "2020-01-01T00:00:00Z"
 
 
-class Setup:
-    def __init__(self, tmp_path: Path, nats: NatsServer) -> None:
-        self.a = Gateway(tmp_path, "gw-a", nats)
-        self.b = Gateway(tmp_path, "gw-b", nats)
-        self.cloud = Cloud(nats)
-        self.lots: list[Lot] = []
-
-    def lot(self, park: str = "P001") -> Lot:
-        lot = Lot(park)
-        self.lots.append(lot)
-        return lot
-
+class Setup(TwoGateways):
     async def publish(self, park: str, number: int, expires: str, msg_id: str) -> None:
         """The cloud publishes a blacklist entry for `park` straight to CPMI_SYNC."""
         data = json.dumps({**SAMPLES["blacklist"], "carNum": f"苏E{number:05d}"}).encode()
@@ -47,13 +37,6 @@ class Setup:
             await js.publish(f"cpmi.sync.{park}.blacklist", data, headers=headers)
 
         await self.cloud.connection.run(publish)
-
-    async def stream_messages(self) -> int:
-        async def info(nc: Any, js: Any) -> int:
-            return int((await js.stream_info("CPMI_SYNC")).state.messages)
-
-        count: int = await self.cloud.connection.run(info)
-        return count
 
     async def consumers(self) -> set[str]:
         async def names(nc: Any, js: Any) -> set[str]:
@@ -93,23 +76,13 @@ def expired(gateway: Gateway) -> list[Any]:
 @pytest_twisted.async_yield_fixture
 async def setup(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Setup]:
     """Two gateways (lots P001, P002) and a cloud client on one nats-server; all stopped at the end."""
-    made = Setup(tmp_path, nats_server)
-    await made.a.start()
-    await made.b.start()
-    await made.cloud.start()
-    # Each gateway's first sweep (at start, once CPMI_SYNC is ready) over before the test begins.
-    await eventually(
-        lambda: all(g.sync._cleaned is not None and not g.sync._sweeping for g in (made.a, made.b)),
-        what="the first sweeps",
-    )
-    try:
+    async with Setup(tmp_path, nats_server) as made:
+        # Each gateway's first sweep (at start, once CPMI_SYNC is ready) over before the test begins.
+        await eventually(
+            lambda: all(g.sync._cleaned is not None and not g.sync._sweeping for g in (made.a, made.b)),
+            what="the first sweeps",
+        )
         yield made
-    finally:
-        for lot in made.lots:
-            await lot.leave()
-        await made.cloud.stop()
-        await made.b.stop()
-        await made.a.stop()
 
 
 @pytest_twisted.ensureDeferred

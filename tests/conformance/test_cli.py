@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from gateway.cli.conformance import platform_main
 from gateway.cli.main import build_parser, main
 from tests.conformance.fakes import PASSWORD, SECRET, reference, rows_of, run_kit, serve
-from tests.test_end_to_end import free_port
+from tests.ports import free_port
 
 ACCOUNT = ["--user", "lot001", "--password", "pw"]
 

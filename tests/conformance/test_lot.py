@@ -25,8 +25,8 @@ from gateway.protocol.envelope import Request, request_text
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.traffic import Layout, Traffic
 from tests.conformance.fakes import CREDENTIALS, PASSWORD, SECRET, rows_of
+from tests.ports import free_port
 from tests.simulator.helpers import ZONE
-from tests.test_end_to_end import free_port
 
 
 def start_kit(tmp_path: Path, duration: float, *options: str) -> tuple[Deferred[int], io.StringIO, int, int]:

@@ -34,7 +34,8 @@ from tests.conformance.fakes import (
     unsigned_uplink,
 )
 from tests.lots.harness import HASH, PASSWORD
-from tests.test_end_to_end import ROOT, free_port
+from tests.ports import free_port
+from tests.processes import ROOT
 
 KIT_TOKEN = "conformance-kit-token"
 EXPIRED_TOKEN = "0123456789abcdef0123456789abcdef"

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.journal.reader import read_records
-from tests.test_cloud_end_to_end import wait_until
-from tests.test_end_to_end import free_port, start_twistd, wait_for_port
+from tests.ports import free_port
+from tests.processes import start_twistd, wait_for_port, wait_until
 
 SECRET = "3b7c1e0f9a2d4c6e"
 API_TOKEN = "cloud-token-for-the-test"

@@ -18,7 +18,9 @@ from gateway.journal.reader import read_records
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
-from tests.test_end_to_end import envelope, free_port, plain_post, start_twistd, wait_for_port
+from tests.ports import free_port
+from tests.processes import start_twistd, wait_for_port
+from tests.test_end_to_end import envelope, plain_post
 
 API_TOKEN = "api-token-for-the-test"
 

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ from gateway.protocol.times import wire_time
 from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
+from tests.processes import ROOT, eventually, start_twistd
 from tests.simulator.helpers import ZONE
-from tests.test_end_to_end import ROOT, free_port, start_twistd
 
 SECRET = "k"
 API_TOKEN = "cloud-token"
@@ -120,14 +120,6 @@ def simulation(ports: dict[str, int], lots: int, pool: HTTPConnectionPool, **set
     )
 
 
-async def wait_until(condition: Callable[[], bool], deadline: float = 20.0) -> None:
-    waited = 0.0
-    while not condition():
-        assert waited < deadline, "timed out"
-        await deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
-
-
 async def command(ports: dict[str, int], park: str, code: str, data: Any) -> tuple[int, Any]:
     response = await treq.post(
         f"http://127.0.0.1:{ports['api']}/v1/parks/{park}/commands/{code}",
@@ -155,7 +147,7 @@ async def test_two_hundred_lots_and_the_cloud_receives_what_they_were_acknowledg
     run.stats.acked_listeners.append(lambda park, code, opr: acked.add((park, opr)))
     try:
         running = Deferred.fromCoroutine(run.run())
-        await wait_until(lambda: len(run.ready) == 200 and all(client.bound for client in run.downlinks))
+        await eventually(lambda: len(run.ready) == 200 and all(client.bound for client in run.downlinks))
         lot = run.lots[0]
         record = lot.model.random_record()
         status, fee = await command(ports, "P000", "feeQuery", {"recordCode": record})
@@ -170,8 +162,8 @@ async def test_two_hundred_lots_and_the_cloud_receives_what_they_were_acknowledg
         status, _ = await command(ports, "P002", "blacklist", {"carNum": "苏E88888", "Type": 1})
         assert status == 202
         summary: Summary = await running
-        await wait_until(lambda: len(receiver.lot_messages()) >= summary.acked)
-        await wait_until(
+        await eventually(lambda: len(receiver.lot_messages()) >= summary.acked)
+        await eventually(
             lambda: any(e["type"] == "org.cpmi.gateway.downlink-delivered.v1" for e in receiver.events)
         )
     finally:
@@ -191,7 +183,7 @@ def stop_process(process: subprocess.Popen[bytes]) -> Deferred[None]:
     process.send_signal(signal.SIGTERM)
 
     async def wait() -> None:
-        await wait_until(lambda: process.poll() is not None, deadline=30)
+        await eventually(lambda: process.poll() is not None, timeout=30)
 
     return Deferred.fromCoroutine(wait())
 
@@ -206,9 +198,9 @@ async def test_an_outage_is_retried_and_exits_are_backfilled_newest_first(tmp_pa
     acked: set[tuple[str, str]] = set()
     run.stats.acked_listeners.append(lambda park, code, opr: acked.add((park, opr)))
     try:
-        await wait_until(lambda: gateway.poll() is None and _listening(ports["uplink"]), deadline=30)
+        await eventually(lambda: gateway.poll() is None and _listening(ports["uplink"]), timeout=30)
         running = Deferred.fromCoroutine(run.run())
-        await wait_until(lambda: all(client.bound for client in run.downlinks), deadline=15)
+        await eventually(lambda: all(client.bound for client in run.downlinks), timeout=15)
         await deferLater(reactor, 1.0, lambda: None)
         await stop_process(gateway)
         stopped_at = wire_time(reactor.seconds(), ZONE)
