@@ -108,6 +108,22 @@ def wait_for_answer(api: int, process: subprocess.Popen[Any], deadline: float = 
     raise AssertionError("the gateway did not answer /healthz")
 
 
+# --- a gateway's configuration ------------------------------------------------------------------
+
+
+def gateway_toml(work: Path, gateway_id: str = "", *, journal: Path | None = None, **ports: int) -> str:
+    """The head of a gateway's configuration: [gateway] (``gateway_id``, the signing key in ``work``),
+    [listen] with each of ``ports`` (uplink, downlink, api, a dialect's) on 127.0.0.1 (0: any free port),
+    and [journal] at ``journal`` (``work/journal`` if not given). The test adds the rest."""
+    identity = f'id = "{gateway_id}"\n' if gateway_id else ""
+    listen = "".join(f'{name} = "tcp:{port}:interface=127.0.0.1"\n' for name, port in ports.items())
+    return (
+        f'[gateway]\n{identity}signing_key = "{work / "gateway.key"}"\n'
+        f"[listen]\n{listen}"
+        f'[journal]\npath = "{journal or work / "journal"}"'
+    )
+
+
 # --- stopping ------------------------------------------------------------------------------------
 
 

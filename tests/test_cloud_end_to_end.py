@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.ports import free_port
-from tests.processes import ROOT, start_twistd, wait_for_port, wait_until
+from tests.processes import ROOT, gateway_toml, start_twistd, wait_for_port, wait_until
 from tests.protocol.samples import SAMPLES
 from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
 
@@ -24,15 +24,7 @@ def write_config(tmp_path: Path, gateway_id: str, port: int, cloud: str) -> Path
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
-[gateway]
-id = "{gateway_id}"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{port}:interface=127.0.0.1"
-downlink = "tcp:0"
-api = "tcp:0:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, gateway_id, uplink=port, downlink=0, api=0)}
 [cloud]
 {cloud}
 [[lot]]

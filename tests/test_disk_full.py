@@ -29,7 +29,7 @@ import pytest
 from gateway.journal.reader import read_records
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import ROOT, wait_for_port
+from tests.processes import ROOT, gateway_toml, wait_for_port
 from tests.test_end_to_end import CAR_IN, envelope, plain_post
 
 MIB = 2**20
@@ -86,14 +86,7 @@ class GatewayOnSmallDisk:
         (out / "disk").mkdir()
         (out / "gateway.toml").write_text(
             f"""
-[gateway]
-signing_key = "{out / "gateway.key"}"
-[listen]
-uplink = "tcp:{self.uplink}:interface=127.0.0.1"
-downlink = "tcp:{free_port()}:interface=127.0.0.1"
-api = "tcp:{self.api}:interface=127.0.0.1"
-[journal]
-path = "{out / "disk" / "journal"}"
+{gateway_toml(out, journal=out / "disk" / "journal", uplink=self.uplink, downlink=free_port(), api=self.api)}
 {journal_settings}
 [[lot]]
 park_code = "P001"

@@ -30,7 +30,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import start_twistd, wait_for_port
+from tests.processes import gateway_toml, start_twistd, wait_for_port
 from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).parent.parent
@@ -46,14 +46,7 @@ def write_config(tmp_path: Path, port: int, downlink: int = 0, api: int = 0) -> 
     path = tmp_path / "gateway.toml"
     path.write_text(
         f"""
-[gateway]
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{port}:interface=127.0.0.1"
-downlink = "tcp:{downlink or free_port()}:interface=127.0.0.1"
-api = "tcp:{api or free_port()}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, uplink=port, downlink=downlink or free_port(), api=api or free_port())}
 [[lot]]
 park_code = "P001"
 username = "lot001"

@@ -18,7 +18,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
 
 # A second password, so that a lot's password can change in the file.
 OTHER_PASSWORD = "the-new-password"
@@ -89,14 +89,7 @@ secret = "k"
 def write(path: Path, tmp_path: Path, ports: dict[str, int], *lots: str, extra: str = "") -> None:
     path.write_text(
         f"""
-[gateway]
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{ports["uplink"]}:interface=127.0.0.1"
-downlink = "tcp:{ports["downlink"]}:interface=127.0.0.1"
-api = "tcp:{ports["api"]}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, **ports)}
 [cloud]
 api_token = "cloud-token"
 {extra}

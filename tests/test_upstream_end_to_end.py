@@ -30,7 +30,7 @@ from tests.dialects.test_bolink_end_to_end import API_TOKEN, SECRET, Cloud, api_
 from tests.dialects.test_bolink_end_to_end import ParkingOSLot as LegacyLot
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
 from tests.protocol.samples import RESPONSE_SAMPLES, SAMPLES
 from tests.test_cloud_end_to_end import QueryEndpoint
 from tests.test_end_to_end import envelope, plain_post
@@ -82,15 +82,7 @@ password = "{argon2id_hash(password)}"
             for park, password in UPSTREAM_PASSWORDS.items()
         )
         return f"""
-[gateway]
-id = "gw-b"
-signing_key = "{self.b_dir / "gateway.key"}"
-[listen]
-uplink = "tcp:{self.b["uplink"]}:interface=127.0.0.1"
-downlink = "tcp:{self.b["downlink"]}:interface=127.0.0.1"
-api = "tcp:{self.b["api"]}:interface=127.0.0.1"
-[journal]
-path = "{self.b_dir / "journal"}"
+{gateway_toml(self.b_dir, "gw-b", **self.b)}
 [tcp]
 bind_timeout = 5
 [cloud]
@@ -104,16 +96,7 @@ batch_max_delay = 0.05
     def _a_text(self) -> str:
         # A's autoPay waits on B, which waits (1 s at most) on its endpoint: A gets a little more.
         return f"""
-[gateway]
-id = "gw-a"
-signing_key = "{self.a_dir / "gateway.key"}"
-[listen]
-uplink = "tcp:{self.a["uplink"]}:interface=127.0.0.1"
-downlink = "tcp:{self.a["downlink"]}:interface=127.0.0.1"
-api = "tcp:{self.a["api"]}:interface=127.0.0.1"
-bolink = "tcp:{self.a["bolink"]}:interface=127.0.0.1"
-[journal]
-path = "{self.a_dir / "journal"}"
+{gateway_toml(self.a_dir, "gw-a", **self.a)}
 [tcp]
 bind_timeout = 5
 [cloud]

@@ -37,7 +37,7 @@ from gateway.settings import ClusterSettings
 from tests.cluster.natsserver import NatsServer
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import eventually
+from tests.processes import eventually, gateway_toml
 
 API_TOKEN = "cloud-token"
 PARKS = ("P001", "P002")
@@ -59,15 +59,7 @@ class Gateway:
         config = self.work / "gateway.toml"
         config.write_text(
             f"""
-[gateway]
-id = "{name}"
-signing_key = "{self.work / "gateway.key"}"
-[listen]
-uplink = "tcp:{free_port()}:interface=127.0.0.1"
-downlink = "tcp:{self.downlink}:interface=127.0.0.1"
-api = "tcp:{self.api}:interface=127.0.0.1"
-[journal]
-path = "{self.work / "journal"}"
+{gateway_toml(self.work, name, uplink=free_port(), downlink=self.downlink, api=self.api)}
 [cluster]
 servers = ["{nats.url}"]
 reconnect_min_delay = 0.05

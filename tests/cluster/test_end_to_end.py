@@ -17,7 +17,7 @@ from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.cluster.natsserver import NatsServer
 from tests.ports import free_port
-from tests.processes import start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
 from tests.test_cloud_end_to_end import Receiver
 from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
 
@@ -26,15 +26,7 @@ def write_config(tmp_path: Path, port: int, api: int, nats_url: str, receiver_ur
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
-[gateway]
-id = "gw-n"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{port}:interface=127.0.0.1"
-downlink = "tcp:0"
-api = "tcp:{api}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, "gw-n", uplink=port, downlink=0, api=api)}
 [cluster]
 servers = ["{nats_url}"]
 reconnect_min_delay = 0.05

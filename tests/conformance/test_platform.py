@@ -35,7 +35,7 @@ from tests.conformance.fakes import (
 )
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import ROOT
+from tests.processes import ROOT, gateway_toml
 
 KIT_TOKEN = "conformance-kit-token"
 EXPIRED_TOKEN = "0123456789abcdef0123456789abcdef"
@@ -69,15 +69,7 @@ def gateway_config(tmp_path: Path, cloud: int) -> tuple[str, dict[str, int]]:
     ports = {name: free_port() for name in ("uplink", "downlink", "api")}
     digest = hashlib.sha256(KIT_TOKEN.encode()).hexdigest()
     text = f"""
-[gateway]
-id = "gw-conformance"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{ports["uplink"]}:interface=127.0.0.1"
-downlink = "tcp:{ports["downlink"]}:interface=127.0.0.1"
-api = "tcp:{ports["api"]}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, "gw-conformance", **ports)}
 [tcp]
 read_idle = 3
 write_idle = 1

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.journal.reader import read_records
 from tests.ports import free_port
-from tests.processes import start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
 
 SECRET = "3b7c1e0f9a2d4c6e"
 API_TOKEN = "cloud-token-for-the-test"
@@ -106,15 +106,7 @@ def test_a_parkingos_lot_reaches_the_cloud_and_its_barrier_rises(tmp_path: Path)
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
-[gateway]
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:0:interface=127.0.0.1"
-downlink = "tcp:0:interface=127.0.0.1"
-api = "tcp:{api_port}:interface=127.0.0.1"
-bolink = "tcp:{bolink_port}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, uplink=0, downlink=0, api=api_port, bolink=bolink_port)}
 [cloud]
 url = "{cloud.url}"
 api_token = "{API_TOKEN}"

@@ -34,6 +34,7 @@ from gateway.dialects.interface import Unsupported
 from gateway.dialects.testing import DialectRig
 from gateway.journal.reader import read_records
 from tests.ports import free_ports
+from tests.processes import gateway_toml
 
 ROOT = Path(__file__).parents[2]
 VENDOR = Path(__file__).parent / "vendor"
@@ -172,15 +173,7 @@ def test_gateway_serves_installed_dialect(vendor_target: Path, tmp_path: Path) -
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
-[gateway]
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{uplink}:interface=127.0.0.1"
-downlink = "tcp:{downlink}:interface=127.0.0.1"
-api = "tcp:{api}:interface=127.0.0.1"
-acme = "tcp:{acme_port}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, uplink=uplink, downlink=downlink, api=api, acme=acme_port)}
 fsync = "always"
 [cloud]
 sink = "log-only"

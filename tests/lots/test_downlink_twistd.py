@@ -19,7 +19,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import start_twistd, wait_for_port
+from tests.processes import gateway_toml, start_twistd, wait_for_port
 from tests.test_end_to_end import envelope, plain_post
 
 API_TOKEN = "api-token-for-the-test"
@@ -37,14 +37,7 @@ def gateway(tmp_path: Path) -> Iterator[Ports]:
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"""
-[gateway]
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{ports.uplink}:interface=127.0.0.1"
-downlink = "tcp:{ports.downlink}:interface=127.0.0.1"
-api = "tcp:{ports.api}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, uplink=ports.uplink, downlink=ports.downlink, api=ports.api)}
 [cloud]
 api_token = "{API_TOKEN}"
 [[lot]]

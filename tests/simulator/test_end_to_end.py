@@ -34,7 +34,7 @@ from gateway.simulator.run import Settings, Simulation
 from gateway.simulator.stats import Summary
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import ROOT, eventually, start_twistd
+from tests.processes import ROOT, eventually, gateway_toml, start_twistd
 from tests.simulator.helpers import ZONE
 
 SECRET = "k"
@@ -70,15 +70,7 @@ def write_config(tmp_path: Path, lots: int, cloud: str = "") -> tuple[str, dict[
     """A gateway config with `lots` lots (one cheap hash for all) on free loopback ports."""
     ports = {name: free_port() for name in ("uplink", "downlink", "api")}
     text = f"""
-[gateway]
-id = "gw-sim"
-signing_key = "{tmp_path / "gateway.key"}"
-[listen]
-uplink = "tcp:{ports["uplink"]}:interface=127.0.0.1"
-downlink = "tcp:{ports["downlink"]}:interface=127.0.0.1"
-api = "tcp:{ports["api"]}:interface=127.0.0.1"
-[journal]
-path = "{tmp_path / "journal"}"
+{gateway_toml(tmp_path, "gw-sim", **ports)}
 [uplink]
 # All the lots connect from 127.0.0.1 at once: more than one address may have unbound.
 max_connections_per_peer = {lots + 64}
