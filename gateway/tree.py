@@ -18,10 +18,22 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 
 from gateway.limits import ListenFailed
 
-__all__ = ["GatewayService"]
+__all__ = ["GatewayService", "OrderedService"]
 
 
-class GatewayService(MultiService):
+class OrderedService(MultiService):
+    """A `MultiService` whose children stop one after the other, the last added first, each once
+    the one after it has finished (a child's failure to stop is logged; the next still stops)."""
+
+    def stopService(self) -> Deferred[Any]:
+        Service.stopService(self)
+        stopped: Deferred[Any] = succeed(None)
+        for child in reversed(list(self)):
+            stopped.addCallback(_stop_after, child)
+        return stopped
+
+
+class GatewayService(OrderedService):
     """
     The gateway's service tree: the journal first, then the parts that use it.
 
@@ -50,13 +62,6 @@ class GatewayService(MultiService):
         if self.cannot_listen is None:
             raise failed.error
         self.cannot_listen(failed.name, failed.error)
-
-    def stopService(self) -> Deferred[Any]:
-        Service.stopService(self)
-        stopped: Deferred[Any] = succeed(None)
-        for child in reversed(list(self)):
-            stopped.addCallback(_stop_after, child)
-        return stopped
 
 
 def _stop_after(_: object, child: IService) -> Deferred[Any]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.application.service import Service
 
 from gateway.cloud.api import DEADLINE_GRACE, CommandApi
 from gateway.cloud.metrics import register_cluster, register_nats
@@ -28,6 +27,7 @@ from gateway.dialects.service import LotsService
 from gateway.journal.writer import Journal
 from gateway.protocol.catalog import deadline_of
 from gateway.settings import Config
+from gateway.tree import OrderedService
 
 __all__ = ["ClusterService", "CommandsService", "cluster_service"]
 
@@ -37,7 +37,7 @@ def cluster_service(settings: Config, *, reactor: Any) -> ClusterService | None:
     return ClusterService(settings, reactor=reactor) if settings.cluster is not None else None
 
 
-class ClusterService(MultiService):
+class ClusterService(OrderedService):
     """The gateway's NATS connection (:attr:`connection`) and the parts that use it.
 
     The connection is the first child: it starts first, and the children stop
@@ -116,18 +116,6 @@ class ClusterService(MultiService):
             status=status,
         )
         return commands
-
-    def stopService(self) -> Deferred[Any]:
-        Service.stopService(self)
-        stopped: Deferred[Any] = succeed(None)
-        for child in reversed(list(self)):
-            stopped.addCallback(_stop_after, child)
-        return stopped
-
-
-def _stop_after(_: object, child: IService) -> Deferred[Any]:
-    """Stop ``child`` once the one before has stopped; its failure is logged, the next still stops."""
-    return DeferredList([maybeDeferred(child.stopService)])
 
 
 class CommandsService(Service):
