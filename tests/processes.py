@@ -136,14 +136,17 @@ def kill(process: subprocess.Popen[Any] | None) -> None:
     process.wait(timeout=30)
 
 
-def stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    """SIGTERM ``process``, as an operator stops it; SIGKILL if it has not exited within ``timeout``."""
+def stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> bool:
+    """SIGTERM ``process``, as an operator stops it, and SIGKILL it if it has not exited within
+    ``timeout``: whether it stopped by itself (a test that checks a clean stop asserts it)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill(process)
+        return False
+    return True
 
 
 # --- twistd --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.ports import free_port
-from tests.processes import ROOT, gateway_toml, start_twistd, wait_for_port, wait_until
+from tests.processes import ROOT, gateway_toml, start_twistd, stop, wait_for_port, wait_until
 from tests.protocol.samples import SAMPLES
 from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
 
@@ -127,9 +127,9 @@ retry_max_delay = 0.5''',
         wait_until(lambda: len(receiver.ids) >= 41)
         time.sleep(0.5)  # anything re-sent after the restart would be here by now
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        stopped = stop(gateway, 30)
         receiver.stop()
+    assert stopped, "the gateway did not stop within 30 s of SIGTERM"
     records = {r.seq: r for r in read_records(tmp_path / "journal")}
     uplink_ids = [f"gw-e2e-{seq}" for seq, r in sorted(records.items()) if r.kind == "uplink"]
     assert len(uplink_ids) == 41
@@ -187,8 +187,8 @@ query_url = "http://127.0.0.1:{endpoint.server_address[1]}/autopay"''',
         assert late["resultCode"] == "9999" and "within 1 s" in late["resultMessage"], late
         assert 0.9 < waited < 2.5
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        stopped = stop(gateway, 30)
         endpoint.shutdown()
+    assert stopped, "the gateway did not stop within 30 s of SIGTERM"
     answers = [r.body for r in read_records(tmp_path / "journal") if r.kind == "answer"]
     assert [a["resultCode"] for a in answers] == ["0000", "9999"]

@@ -18,7 +18,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, start_twistd, stop, wait_for_port, wait_until
 
 # A second password, so that a lot's password can change in the file.
 OTHER_PASSWORD = "the-new-password"
@@ -165,8 +165,8 @@ def test_a_hup_adds_and_removes_lots_without_dropping_the_others(tmp_path: Path)
     finally:
         for lot in lots:
             lot.close()
-        process.terminate()
-        process.wait(timeout=30)
+        stopped = stop(process, 30)
+    assert stopped, "the gateway did not stop within 30 s of SIGTERM"
 
     process = start_twistd(tmp_path, str(config))
     try:
@@ -178,5 +178,5 @@ def test_a_hup_adds_and_removes_lots_without_dropping_the_others(tmp_path: Path)
     finally:
         for lot in lots:
             lot.close()
-        process.terminate()
-        process.wait(timeout=30)
+        stopped = stop(process, 30)
+    assert stopped, "the gateway did not stop within 30 s of SIGTERM"

@@ -17,7 +17,7 @@ from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.cluster.natsserver import NatsServer
 from tests.ports import free_port
-from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, kill, start_twistd, wait_for_port, wait_until
 from tests.test_cloud_end_to_end import Receiver
 from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
 
@@ -89,17 +89,17 @@ def get_text(url: str) -> str:
         return str(response.read().decode())
 
 
-def test_every_acknowledged_uplink_reaches_the_stream_and_the_forward_in_order(tmp_path: Path) -> None:
+def test_every_acknowledged_uplink_reaches_the_stream_and_the_forward_in_order(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
     """Uplinks of two lots, acknowledged while nats-server and then the CloudEvents receiver are down,
     each reach the stream once and the receiver, in journal order per lot; /readyz stays 200 while NATS
     is down and shows its state; a down forward holds back only itself."""
     key, _ = load_or_create_signing_key(str(tmp_path / "gateway.key"))
     receiver = Receiver(free_port(), public_key_b64(key))
-    (tmp_path / "nats").mkdir()
-    server = NatsServer(tmp_path / "nats")
+    server = nats_server  # killed by the fixture, whatever happens here
     port, api = free_port(), free_port()
     config = write_config(tmp_path, port, api, server.url, receiver.url)
-    server.start()
     receiver.start()
     gateway = start_twistd(tmp_path, str(config))
     acknowledged: list[str] = []
@@ -143,8 +143,11 @@ def test_every_acknowledged_uplink_reaches_the_stream_and_the_forward_in_order(t
     finally:
         stop.set()
         gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
-        receiver.stop()
+        try:
+            gateway.wait(30)
+        finally:
+            kill(gateway)
+            receiver.stop()
     ids = stream_ids(server.url)
     server.stop()
     assert "nats" in status_lines

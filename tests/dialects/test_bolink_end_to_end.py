@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import socket
 import threading
 import urllib.error
@@ -21,7 +20,7 @@ from typing import Any
 
 from gateway.journal.reader import read_records
 from tests.ports import free_port
-from tests.processes import gateway_toml, start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, start_twistd, stop, wait_for_port, wait_until
 
 SECRET = "3b7c1e0f9a2d4c6e"
 API_TOKEN = "cloud-token-for-the-test"
@@ -229,9 +228,9 @@ secret = "{SECRET}"
         assert status == 400 and "bolink" in body["error"]
         lot.close()
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        stopped = stop(gateway, 30)
         cloud.server.shutdown()
+    assert stopped, "the gateway did not stop within 30 s of SIGTERM"
     records = list(read_records(str(tmp_path / "journal")))
     kept = [(r.kind, r.code) for r in records if r.kind in ("uplink", "legacy")]
     assert kept == [

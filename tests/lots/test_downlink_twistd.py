@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import threading
 import time
@@ -19,7 +18,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import gateway_toml, start_twistd, wait_for_port
+from tests.processes import gateway_toml, start_twistd, stop, wait_for_port
 from tests.test_end_to_end import envelope, plain_post
 
 API_TOKEN = "api-token-for-the-test"
@@ -55,12 +54,7 @@ secret = "k"
         wait_for_port(ports.api, process)
         yield ports
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except Exception:
-            process.kill()
-            process.wait(10)
+        stop(process, 30)
 
 
 class Connection:
