@@ -86,9 +86,15 @@ def test_the_three_servers_form_a_jetstream_cluster_that_survives_losing_one(ser
             )
             assert stream.config.num_replicas == 3
             for number in range(10):
-                ack = await js.publish(f"cpmi.test.P001.{number}", str(number).encode())
+                # Just created, the stream may still be electing its leader ("no response from stream").
+                ack = await retried(
+                    lambda n=number: js.publish(
+                        f"cpmi.test.P001.{n}", str(n).encode(), headers={"Nats-Msg-Id": f"P001:{n}"}
+                    ),
+                    30,
+                )
                 assert ack.stream == "CPMI_TEST"
-            info = await js.stream_info("CPMI_TEST")
+            info = await retried(lambda: js.stream_info("CPMI_TEST"), 30)
             assert info.cluster is not None and info.cluster.leader
             replicas = [peer.name for peer in info.cluster.replicas or []]
             return replicas, info.cluster.leader
@@ -118,7 +124,7 @@ def test_the_three_servers_form_a_jetstream_cluster_that_survives_losing_one(ser
             messages = await subscription.fetch(20, timeout=10)
             for message in messages:
                 await message.ack()
-            info = await js.stream_info("CPMI_TEST")
+            info = await retried(lambda: js.stream_info("CPMI_TEST"), 30)
             assert info.state.messages == 20
             return [message.data for message in messages], info.cluster.leader if info.cluster else ""
         finally:
