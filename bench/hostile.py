@@ -9,7 +9,7 @@ The gateway runs as its own process (twistd, journal.fsync = "always") with
 three lots: P001 (the honest one, signature required), P002 (the login
 flood's target: a real `cpmictl passwd` hash, the default empty secret) and
 P003 (an honest login of it is timed every `--probe` seconds: the wait for
-the password pool, its hash being the bench's cheap one). One client in this
+the password worker, its hash being the bench's cheap one). One client in this
 process posts P001's signed carIns at a steady `--rate`, each on a new
 connection, as much parking software does; its latency is measured while
 quiet, then while four kinds of attack run, each from its own process, then
