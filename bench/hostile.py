@@ -9,7 +9,7 @@ The gateway runs as its own process (twistd, journal.fsync = "always") with
 three lots: P001 (the honest one, signature required), P002 (the login
 flood's target: a real `cpmictl passwd` hash, the default empty secret) and
 P003 (an honest login of it is timed every `--probe` seconds: the wait for
-the password pool, its hash being the bench's cheap one). One client in this
+the password worker, its hash being the bench's cheap one). One client in this
 process posts P001's signed carIns at a steady `--rate`, each on a new
 connection, as much parking software does; its latency is measured while
 quiet, then while four kinds of attack run, each from its own process, then
@@ -30,14 +30,16 @@ Every attack connects to 127.0.0.1 from source addresses of its own in
 127.K.0.0/16 (at most `--per-peer` connections each, below the gateway's cap
 per peer), reconnects when cut, and stops by itself when its time is up.
 Attack processes run at `--attack-nice` so that the two cores measure the
-gateway and not the attackers' own CPU. The gateway's RSS (and the part of it
-that is Argon2id's working memory), open fds and the RSS of its body workers
-(processes of their own, reported apart) are sampled from /proc every 0.2 s;
-CPU is read per phase for its reactor thread, its other threads and the
-machine. The p99 of the quiet phase after the attack against the first shows
-how far the machine alone moved it within the run; with `--cycles N` the
-quiet and attack windows alternate N times (each attack started anew), so
-that a shared machine's drift falls on both alike.
+gateway and not the attackers' own CPU. The gateway's RSS (with the part of it
+that is Argon2id's working memory, while checks ran in its threads), its open
+fds and the RSS of each of its children (the body and password workers:
+processes of their own) are sampled from /proc every 0.2 s; the target's RSS
+is the gateway's and its children's together, quiet (the median) against the
+peak under attack. CPU is read per phase for its reactor thread, its other
+threads, its workers and the machine. The p99 of the quiet phase after the
+attack against the first shows how far the machine alone moved it within the
+run; with `--cycles N` the quiet and attack windows alternate N times (each
+attack started anew), so that a shared machine's drift falls on both alike.
 
 Targets (issue 19, CONTRACT §4): p99 under attack <= 3 x quiet, RSS <= +64 MiB,
 no fd exhaustion (and the honest lot never fails to connect). Prints a table
@@ -633,21 +635,51 @@ def memory(smaps: str) -> tuple[int, int]:
     return total, argon2
 
 
-def children_rss(pid: int) -> int:
-    """Resident bytes of process `pid`'s children in all (the gateway's body workers)."""
-    total = 0
+WORKER_KINDS = {"gateway.lots.bodies": "body", "gateway.lots.passwordworker": "password"}
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of process `pid`'s children (the gateway's workers)."""
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
-        return 0
-    for child in children:
+        return []
+
+
+def worker_kind(cmdline: bytes) -> str:
+    """Which worker a child is, from its /proc/PID/cmdline: "body", "password" or "other"."""
+    arguments = cmdline.split(b"\0")
+    for module, kind in WORKER_KINDS.items():
+        if module.encode() in arguments:
+            return kind
+    return "other"
+
+
+def children_rss(pid: int) -> dict[str, int]:
+    """Resident bytes of process `pid`'s children, by kind of worker (`worker_kind`)."""
+    total = {"body": 0, "password": 0, "other": 0}
+    for child in children(pid):
         try:
             status = Path(f"/proc/{child}/status").read_text()
+            kind = worker_kind(Path(f"/proc/{child}/cmdline").read_bytes())
         except OSError:
-            continue  # it ended between the two reads
+            continue  # it ended between the reads
         for line in status.splitlines():
             if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
+                total[kind] += int(line.split()[1]) * 1024
+    return total
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time so far of process `pid`'s children: those alive, and those it has reaped."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    total = (int(fields[13]) + int(fields[14])) / ticks
+    for child in children(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            continue
     return total
 
 
@@ -656,23 +688,62 @@ def smaps(pid: int) -> str:
     return Path(f"/proc/{pid}/smaps").read_text()
 
 
+class Sample:
+    """One sample of the gateway's memory and fds: its own RSS and Argon2id's part of it, its open
+    fds, and the RSS of its children (its workers: processes of their own), by kind."""
+
+    __slots__ = ("argon2", "bodies", "fds", "gateway", "others", "passwords", "phase")
+
+    def __init__(self, phase: str, gateway: int, argon2: int, fds: int, workers: dict[str, int]) -> None:
+        self.phase, self.gateway, self.argon2, self.fds = phase, gateway, argon2, fds
+        self.bodies, self.passwords, self.others = workers["body"], workers["password"], workers["other"]
+
+    @property
+    def total(self) -> int:
+        """The gateway and every child of it: what the machine holds for it."""
+        return self.gateway + self.bodies + self.passwords + self.others
+
+
+def sample(pid: int, phase: str) -> Sample:
+    """The gateway `pid`'s memory and fds now."""
+    rss, argon2 = memory(smaps(pid))
+    return Sample(phase, rss, argon2, fd_count(pid), children_rss(pid))
+
+
 class Sampler(Background):
-    """Every 0.2 s, the gateway's RSS, Argon2id's part of it, its open fds, and its body workers' RSS
-    (processes of their own: not in the gateway's): (phase, rss, argon2, fds, workers)."""
+    """A `Sample` of the gateway every 0.2 s, tagged with the phase."""
 
     def __init__(self, pid: int, phase: Phase) -> None:
         self.pid, self.phase = pid, phase
-        self.samples: list[tuple[str, int, int, int, int]] = []
+        self.samples: list[Sample] = []
         super().__init__()
 
     def run(self) -> None:
         while not self.stopping.wait(0.2):
             try:
-                rss, argon2 = memory(smaps(self.pid))
-                workers = children_rss(self.pid)
-                self.samples.append((self.phase.name, rss, argon2, fd_count(self.pid), workers))
+                self.samples.append(sample(self.pid, self.phase.name))
             except OSError:
                 return
+
+
+def memory_figures(samples: list[Sample], after: Sample) -> dict[str, float]:
+    """RSS in MiB, quiet (the median) and at the peak under attack, of the gateway and its workers in
+    all (the target's figure) and of each part; the growth; what is held after the attack."""
+    quiet = [each for each in samples if each.phase == "quiet"]
+    under = [each for each in samples if each.phase in ("ramp", "attack")] or quiet
+
+    def mib(value: float) -> float:
+        return round(value / 2**20, 1)
+
+    figures: dict[str, float] = {}
+    for name in ("total", "gateway", "passwords", "bodies"):
+        figures[f"rss_{name}_quiet_mib"] = mib(percentile((getattr(each, name) for each in quiet), 0.5))
+        figures[f"rss_{name}_peak_mib"] = mib(max((getattr(each, name) for each in under), default=0))
+    figures["argon2_in_gateway_peak_mib"] = mib(max((each.argon2 for each in under), default=0))
+    figures["rss_after_mib"] = mib(after.total)
+    figures["rss_growth_mib"] = round(figures["rss_total_peak_mib"] - figures["rss_total_quiet_mib"], 1)
+    figures["rss_retained_mib"] = round(figures["rss_after_mib"] - figures["rss_total_quiet_mib"], 1)
+    return figures
 
 
 def latency(samples: list[tuple[str, float, str]], phase: str) -> dict[str, Any]:
@@ -815,8 +886,11 @@ def main() -> None:
 class CpuMark:
     """CPU time so far: the machine's busy and total jiffies, the gateway's threads' seconds."""
 
-    def __init__(self, when: float, busy: int, total: int, process: float, reactor: float) -> None:
+    def __init__(
+        self, when: float, busy: int, total: int, process: float, reactor: float, workers: float
+    ) -> None:
         self.when, self.busy, self.total, self.process, self.reactor = when, busy, total, process, reactor
+        self.workers = workers
 
     @classmethod
     def now(cls, pid: int) -> CpuMark:
@@ -824,7 +898,8 @@ class CpuMark:
         idle = fields[3] + fields[4]
         # The process's time counts the threads that have ended (pool threads come and go).
         reactor = thread_cpu_seconds(pid)["main"]
-        return cls(time.monotonic(), sum(fields) - idle, sum(fields), cpu_seconds(pid), reactor)
+        workers = children_cpu_seconds(pid)
+        return cls(time.monotonic(), sum(fields) - idle, sum(fields), cpu_seconds(pid), reactor, workers)
 
     def share(self, later: CpuMark) -> dict[str, float]:
         """From this mark to `later`: the machine's busy cores, the gateway's reactor and other threads."""
@@ -836,6 +911,7 @@ class CpuMark:
             "machine_busy_cores": round(busy * CORES, 2),
             "reactor": round(reactor / seconds, 2),
             "other_threads": round(others / seconds, 2),
+            "workers": round((later.workers - self.workers) / seconds, 2),
         }
 
 
@@ -921,8 +997,7 @@ def measure(
                 cycle_reports.append(reports)
             time.sleep(max(2.0, args.ramp))
             log_growth = log_size(work) - log_before
-            rss, argon2 = memory(smaps(pid))
-            rss_after = rss - argon2
+            after = sample(pid, "after")
             phase.name = "again"
             again_mark = CpuMark.now(pid)
             time.sleep(args.again)
@@ -930,9 +1005,7 @@ def measure(
     quiet, attacked = latency(honest.samples, "quiet"), latency(honest.samples, "attack")
     phases = ("quiet", "ramp", "attack", "after", "again")
     failures = {name: latency(honest.samples, name)["failures"] for name in phases}
-    under = [sample for sample in sampler.samples if sample[0] in ("ramp", "attack")]
-    # The quiet RSS leaves out the probe's password checks, which come and go.
-    rss_quiet = percentile((s[1] - s[2] for s in sampler.samples if s[0] == "quiet"), 0.5)
+    under = [each for each in sampler.samples if each.phase in ("ramp", "attack")]
     figures: dict[str, Any] = {
         "quick": args.quick,
         "settings": args.set,
@@ -953,17 +1026,9 @@ def measure(
         "p50_ratio": round(attacked["p50_ms"] / max(quiet["p50_ms"], 0.001), 2),
         # Quiet against quiet: how far the machine alone moved the p99 within the run.
         "p99_again_ratio": round(latency(honest.samples, "again")["p99_ms"] / max(quiet["p99_ms"], 0.001), 2),
-        "rss_quiet_mib": round(rss_quiet / 2**20, 1),
-        "rss_peak_mib": round(max((s[1] for s in under), default=rss_quiet) / 2**20, 1),
-        "argon2_peak_mib": round(max((s[2] for s in under), default=0) / 2**20, 1),
-        "rss_peak_outside_argon2_mib": round(max((s[1] - s[2] for s in under), default=0) / 2**20, 1),
-        "rss_after_mib": round(rss_after / 2**20, 1),
-        "workers_rss_quiet_mib": round(
-            percentile((s[4] for s in sampler.samples if s[0] == "quiet"), 0.5) / 2**20, 1
-        ),
-        "workers_rss_peak_mib": round(max((s[4] for s in under), default=0) / 2**20, 1),
-        "fds_quiet": max((s[3] for s in sampler.samples if s[0] == "quiet"), default=0),
-        "fds_peak": max((s[3] for s in under), default=0),
+        **memory_figures(sampler.samples, after),
+        "fds_quiet": max((each.fds for each in sampler.samples if each.phase == "quiet"), default=0),
+        "fds_peak": max((each.fds for each in under), default=0),
         "fds_limit": fd_limit(pid),
         "honest_connect_failures": sum(1 for _, _, outcome in honest.samples if outcome == "connect"),
         "emfile_log_lines": log_lines(work, "EMFILE") + log_lines(work, "Too many open files"),
@@ -974,11 +1039,6 @@ def measure(
         },
         "attacks": merged_reports(cycle_reports),
     }
-    figures["rss_growth_mib"] = round(figures["rss_peak_mib"] - figures["rss_quiet_mib"], 1)
-    figures["rss_growth_outside_argon2_mib"] = round(
-        figures["rss_peak_outside_argon2_mib"] - figures["rss_quiet_mib"], 1
-    )
-    figures["rss_retained_mib"] = round(figures["rss_after_mib"] - figures["rss_quiet_mib"], 1)
     figures["targets"] = {"p99_ratio": RATIO_TARGET, "rss_growth_mib": RSS_TARGET_MIB}
     figures["met"] = assess(figures)
     return figures
@@ -1010,22 +1070,23 @@ def report(figures: dict[str, Any]) -> None:
         ("p50 attacked / quiet", f"{figures['p50_ratio']:.2f} x"),
         ("p99 quiet again / quiet", f"{figures['p99_again_ratio']:.2f} x  (the machine's own drift)"),
         (
-            "RSS quiet / peak / after",
-            f"{figures['rss_quiet_mib']:.0f} / {figures['rss_peak_mib']:.0f}"
+            "RSS, gateway + workers: quiet / peak / after",
+            f"{figures['rss_total_quiet_mib']:.0f} / {figures['rss_total_peak_mib']:.0f}"
             f" / {figures['rss_after_mib']:.0f} MiB",
         ),
         ("RSS growth (peak)", f"{figures['rss_growth_mib']:+.1f} MiB  (target <= +64)  {mark[met['rss']]}"),
-        (
-            "  of which Argon2id",
-            f"{figures['argon2_peak_mib']:.0f} MiB at most; the rest"
-            f" {figures['rss_growth_outside_argon2_mib']:+.1f} MiB at its peak,"
-            f" {figures['rss_retained_mib']:+.1f} MiB after",
+        *(
+            (
+                f"  {label}: quiet / peak",
+                f"{figures[f'rss_{name}_quiet_mib']:.0f} / {figures[f'rss_{name}_peak_mib']:.0f} MiB",
+            )
+            for name, label in (
+                ("gateway", "the gateway's own"),
+                ("passwords", "password workers'"),
+                ("bodies", "body workers'"),
+            )
         ),
-        (
-            "body workers' RSS quiet / peak",
-            f"{figures['workers_rss_quiet_mib']:.0f} / {figures['workers_rss_peak_mib']:.0f} MiB"
-            " (processes of their own, not counted above)",
-        ),
+        ("  Argon2id in the gateway", f"{figures['argon2_in_gateway_peak_mib']:.0f} MiB at most"),
         (
             "open fds quiet / peak / limit",
             f"{figures['fds_quiet']:,} / {figures['fds_peak']:,} / {figures['fds_limit']:,}"
@@ -1040,7 +1101,8 @@ def report(figures: dict[str, Any]) -> None:
         *(
             (
                 f"CPU {name}",
-                f"reactor {c['reactor']:.0%}, gateway's other threads {c['other_threads']:.0%} of a core;"
+                f"reactor {c['reactor']:.0%}, gateway's other threads {c['other_threads']:.0%},"
+                f" workers {c.get('workers', 0):.0%} of a core;"
                 f" machine {c['machine_busy_cores']:.2f} of {CORES} cores busy",
             )
             for name, c in figures["cpu"].items()

@@ -337,6 +337,7 @@ def _uplink(raw: object) -> UplinkConfig:
         max_connections_per_peer=table.number("max_connections_per_peer", 64, 1),
         max_connections=table.number("max_connections", 20000, 1),
         max_pending_logins=table.number("max_pending_logins", 256, 1),
+        login_workers=table.number("login_workers", 1, 1),
         api_max_body_bytes=table.number("api_max_body_bytes", 2**20, 1024),
         api_max_connections=table.number("api_max_connections", 256, 1),
         inline_body_bytes=table.number("inline_body_bytes", 16384, 0),

@@ -90,6 +90,8 @@ class UplinkConfig:
     max_connections: int = 20000
     # Logins waiting for a password check; more are answered 9999 "busy, retry".
     max_pending_logins: int = 256
+    # Worker processes checking passwords, one check each at a time (64 MiB each, held).
+    login_workers: int = 1
     # The command API's own, smaller body limit and connection cap, so operators
     # always reach /healthz while the uplink port is flooded.
     api_max_body_bytes: int = 2**20

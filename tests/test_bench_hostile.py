@@ -19,15 +19,18 @@ from bench.hostile import (
     Attack,
     AttackProtocol,
     CpuMark,
+    Sample,
     assess,
     attack_arguments,
     latency,
     mean_share,
     memory,
+    memory_figures,
     merged_reports,
     percentile,
     settings_toml,
     source_address,
+    worker_kind,
 )
 
 
@@ -193,8 +196,30 @@ def test_cycles_add_up_each_attack_s_counters_and_average_the_cpu() -> None:
     counted = {"connects": 12, "huge-member 200": 2, "declared-over 413": 1}
     assert merged == {"junk": {"kind": "junk", "connections": 12, **counted}}
     windows = [
-        (CpuMark(0.0, 0, 0, 0.0, 0.0), CpuMark(10.0, 10, 20, 2.0, 1.0)),
-        (CpuMark(20.0, 0, 0, 0.0, 0.0), CpuMark(30.0, 20, 20, 4.0, 3.0)),
+        (CpuMark(0.0, 0, 0, 0.0, 0.0, 0.0), CpuMark(10.0, 10, 20, 2.0, 1.0, 5.0)),
+        (CpuMark(20.0, 0, 0, 0.0, 0.0, 1.0), CpuMark(30.0, 20, 20, 4.0, 3.0, 4.0)),
     ]
     share = mean_share(windows)
-    assert share["reactor"] == 0.2 and share["other_threads"] == 0.1
+    assert share["reactor"] == 0.2 and share["other_threads"] == 0.1 and share["workers"] == 0.4
+
+
+def test_the_rss_target_counts_the_gateway_and_its_workers_together() -> None:
+    """The children are told apart by their command line; the growth is of the gateway and all its
+    workers together, quiet median against the peak under attack, each part shown on its own too."""
+    assert worker_kind(b"/usr/bin/python3\0-m\0gateway.lots.passwordworker\0") == "password"
+    assert worker_kind(b"/usr/bin/python3\0-m\0gateway.lots.bodies\0") == "body"
+    assert worker_kind(b"/bin/sh\0-c\0gateway.lots.bodies x\0") == "other"
+    mib = 2**20
+
+    def at(phase: str, gateway: int, passwords: int, bodies: int, argon2: int = 0) -> Sample:
+        workers = {"body": bodies * mib, "password": passwords * mib, "other": 0}
+        return Sample(phase, gateway * mib, argon2 * mib, 10, workers)
+
+    samples = [at("quiet", 100, 90, 40), at("quiet", 101, 90, 40), at("quiet", 100, 154, 40)]
+    samples += [at("attack", 104, 90, 60), at("ramp", 103, 91, 70), at("after", 500, 90, 40)]
+    figures = memory_figures(samples, at("after", 102, 90, 45))
+    assert figures["rss_total_quiet_mib"] == 231 and figures["rss_total_peak_mib"] == 264
+    assert figures["rss_growth_mib"] == 33 and figures["rss_retained_mib"] == 6
+    assert (figures["rss_passwords_quiet_mib"], figures["rss_passwords_peak_mib"]) == (90, 91)
+    assert (figures["rss_bodies_quiet_mib"], figures["rss_bodies_peak_mib"]) == (40, 70)
+    assert figures["rss_gateway_peak_mib"] == 104 and figures["argon2_in_gateway_peak_mib"] == 0

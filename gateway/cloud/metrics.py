@@ -625,7 +625,7 @@ LOGIN_COUNTERS = (
 
 
 class LoginCollector(Collector):
-    """The login queue in front of the password threads, read at each scrape."""
+    """The login queue in front of the password workers, read at each scrape."""
 
     def __init__(self, checks: LoginChecks) -> None:
         self._checks = checks

@@ -67,7 +67,10 @@ class LotsService(MultiService):
         self.sessions = Sessions(reactor, settings.gateway.timezone)
         self.repeats = Repeats(reactor)
         self.totals = ParkTotals()
-        self.passwords = PasswordChecker(reactor, max_pending=settings.uplink.max_pending_logins)
+        uplink = settings.uplink
+        self.passwords = PasswordChecker(
+            reactor, workers=uplink.login_workers, max_pending=uplink.max_pending_logins
+        )
         self.router = LotRouter(settings)
         self.sync: SyncDelivery = SyncQueue(lots=self.router, journal=journal, clock=reactor)
         # Told of each lot's bind and unbind, after the sync queue ([cluster]: NATS commands, sync).
@@ -173,5 +176,5 @@ class LotsService(MultiService):
         stopping = [maybeDeferred(super().stopService)]
         stopping += [maybeDeferred(server.stop) for server in reversed(list(self.servers.values()))]
         self.sync.stop()
-        self.passwords.stop()
+        stopping.append(self.passwords.stop())
         return DeferredList(stopping)

@@ -11,7 +11,8 @@ some MiB take tens of milliseconds to seconds (16 MiB of small JSON values:
 about 1.5 s), and CPython holds its lock for each of those C calls, so a
 thread would stall the reactor just the same. `python -m gateway.lots.bodies`
 is the worker (`gateway.lots.bodypool` runs and feeds it): it reads jobs from
-its stdin and writes outcomes to its stdout, one after the other.
+its stdin and writes outcomes to its stdout, one after the other
+(`gateway.lots.workerloop`).
 
 This module imports nothing of Twisted, so that a worker starts quickly.
 """
@@ -21,16 +22,14 @@ from __future__ import annotations
 import binascii
 import io
 import marshal
-import os
 import re
-import struct
-import sys
-import traceback
 from typing import Any, BinaryIO
 from urllib.parse import unquote_to_bytes
 
 import multipart
 
+from gateway.lots import workerloop
+from gateway.lots.workerloop import JOB_HEAD, OUTCOME_HEAD
 from gateway.protocol.envelope import EnvelopeError, parse_request
 from gateway.protocol.results import Result
 
@@ -44,11 +43,6 @@ __all__ = [
     "parse_body",
     "parse_form",
 ]
-
-JOB_HEAD = struct.Struct(">II")
-"""A job's head on the worker's stdin: the length of its marshalled meta, then of its body."""
-OUTCOME_HEAD = struct.Struct(">I")
-"""An outcome's head on the worker's stdout: the length of the marshalled outcome that follows."""
 
 WORKER_NICE = 10
 """A worker runs at this niceness: a big body waits, the reactor does not."""
@@ -208,45 +202,23 @@ def parse_body(body: bytes, raw_type: bytes | None, query_param: bytes | None) -
     )
 
 
-def _read(stream: BinaryIO, size: int) -> bytes | None:
-    """Exactly `size` bytes of `stream`, or None at its end."""
-    chunks = []
-    while size:
-        chunk = stream.read(size)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
+def _handle(meta: Any, body: bytes) -> Outcome:
+    """One job: `meta` is (Content-Type, the URL's `param`); the body's outcome."""
+    raw_type, query_param = meta
+    try:
+        return parse_body(body, raw_type, query_param)
+    except MemoryError:
+        return ("body", Result.MALFORMED.code, "the body holds too much to parse")
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     """The worker's loop: a job in, its outcome out, until stdin ends."""
-    while True:
-        head = _read(stdin, JOB_HEAD.size)
-        if head is None:
-            return
-        meta_size, body_size = JOB_HEAD.unpack(head)
-        meta, body = _read(stdin, meta_size), _read(stdin, body_size)
-        if meta is None or body is None:
-            return
-        try:
-            raw_type, query_param = marshal.loads(meta)
-            outcome = parse_body(body, raw_type, query_param)
-        except MemoryError:
-            outcome = ("body", Result.MALFORMED.code, "the body holds too much to parse")
-        except Exception:
-            outcome = ("fault", clip(traceback.format_exc(), 2000))
-        del body
-        answer = marshal.dumps(outcome)
-        stdout.write(OUTCOME_HEAD.pack(len(answer)) + answer)
-        stdout.flush()
+    workerloop.serve(stdin, stdout, _handle)
 
 
 def main() -> None:
-    """Run as a worker: nice, then serve stdin to stdout."""
-    os.nice(WORKER_NICE)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    """Run as a worker: nice, ready, then serve stdin to stdout."""
+    workerloop.run(_handle, WORKER_NICE)
 
 
 if __name__ == "__main__":

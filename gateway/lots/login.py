@@ -2,7 +2,7 @@
 
 Both the HTTP uplink and the TCP downlink bind a lot by the same steps:
 validate the fields, check the signature (over token "", per the contract),
-check the password in the password pool, mint a token, journal its `token`
+check the password in the password worker, mint a token, journal its `token`
 record and put it in force once that record is durable.
 """
 
@@ -138,7 +138,8 @@ def login(
 
     def unchecked(failure: Failure) -> LoginOutcome:
         if failure.check(LoginsBusy):
-            detail = "busy, retry: too many logins are waiting for a password check"
+            # The queue is full, or no password worker runs now (its message says which).
+            detail = f"busy, retry: {failure.getErrorMessage()}"
             return LoginOutcome(Answer.of(Result.FAILED, detail), lot)
         failure.trap(ClientGone)
         return LoginOutcome(Answer.of(Result.FAILED, "the client went away"), lot, gone=True)

@@ -1,17 +1,26 @@
-"""Argon2id password checks, in threads of their own so the reactor never waits on one.
+"""Argon2id password checks, in a worker process of their own so the reactor never waits on one.
 
-Checks wait in a bounded queue in front of the threads (CONTRACT §4, hostile
+Checks wait in a bounded queue in front of the worker (CONTRACT §4, hostile
 clients): when `max_pending` already wait, a further check fails at once with
 `LoginsBusy` (the lot is answered 9999 "busy, retry"); a waiting check whose
 client has gone away (its `gone` says so) is dropped before it runs, failing
-with `ClientGone`. So a flood of logins costs a bounded queue and the pool's
-threads, never the reactor's time or other lots' answers.
+with `ClientGone`. So a flood of logins costs a bounded queue and the
+worker's time, never the reactor's time or other lots' answers.
+
+The checks run in `workers` processes (`python -m gateway.lots.passwordworker`,
+default one), one check each at a time, at nice 10, with their Argon2id
+working memory (64 MiB each) made resident at start and kept: a flood makes
+neither the gateway nor its workers hold more than they hold quiet. The
+password crosses to a worker over its stdin pipe only. A worker that ends
+during a check, or takes longer than `deadline`, is replaced; its check and
+those waiting are answered `LoginsBusy` (so is every check while no worker
+is running: one that cannot start is tried again, later each time).
 
 A password that passed Argon2id is remembered, in memory only, as a MAC under
 a key made at random when the checker is (`PassedPasswords`): the same lot
 logging in again with it (every lot at 00:00 on the 1st, when the month's
 tokens expire together; every lot after a reconnection) is answered from
-that MAC at the cost of one BLAKE2b, without the queue or a thread. A wrong
+that MAC at the cost of one BLAKE2b, without the queue or a worker. A wrong
 password never matches a remembered MAC, so it always costs a full Argon2id
 check; the stored form of a password stays its Argon2id hash.
 """
@@ -20,62 +29,42 @@ from __future__ import annotations
 
 import hmac
 import os
-import threading
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from hashlib import blake2b
+from typing import Any
 
-import nacl.exceptions
-import nacl.pwhash
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
+from gateway.lots.passwordworker import WORKER_ENVIRONMENT
+from gateway.lots.workerloop import Outcome
+from gateway.lots.workers import WorkerPool, provides_processes
 from gateway.settings import Config
 
-# Checked against when the account is unknown, so that an unknown user name takes
-# as long to refuse as a wrong password. Made on first use, in a pool thread.
-_DECOY_PASSWORD = b"cpmi-gateway decoy password"
+log = Logger()
 
-# How much nicer than the reactor the password threads run (Linux: a thread's own
-# priority). A login flood then takes the cores the reactor leaves idle, not the
-# reactor's: reports and heartbeats of every lot keep their latency (bench/hostile.py).
-PASSWORD_NICENESS = 10
+WORKER_ARGS = (sys.executable, "-m", "gateway.lots.passwordworker")
+"""The password worker's command line."""
 
-_thread_state = threading.local()
+CHECK_DEADLINE = 10.0
+"""Seconds a worker has for one check (tens of milliseconds as a rule) before it is killed."""
 
-
-def lower_thread_priority(niceness: int = PASSWORD_NICENESS) -> bool:
-    """Make the calling thread `niceness` nicer, once per thread; whether it is now that nice.
-
-    On Linux `setpriority(PRIO_PROCESS, tid)` sets one thread's priority. Where
-    that is not possible (another system, a sandbox refusing it) the check
-    still runs, at the reactor's priority.
-    """
-    if getattr(_thread_state, "lowered", False):
-        return True
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
-    except (AttributeError, OSError):
-        return False
-    _thread_state.lowered = True
-    return True
-
-
-Verify = Callable[[str | None, bytes], bool]
-Runner = Callable[[Verify, str | None, bytes], "Deferred[bool]"]
-"""Runs one verification off the reactor: `run(verify, password_hash, password)`."""
+Runner = Callable[[str | None, bytes], "Deferred[bool]"]
+"""Runs one check off the reactor: `run(password_hash, password)`, whether it matches."""
 
 
 class LoginsBusy(Exception):
-    """Too many logins are waiting for a password check: retry later."""
+    """No password check can be had now (too many wait, or no worker runs): retry later."""
 
 
 class ClientGone(Exception):
     """The client went away before its password check ran: it was dropped."""
+
+
+QUEUE_FULL = "too many logins are waiting for a password check"
 
 
 def _never() -> bool:
@@ -100,6 +89,12 @@ class _Waiting:
         self.gone = gone
         self.deferred = deferred
         self.generation = generation
+
+
+def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """A password worker's environment: `base` (the gateway's own by default) and glibc's settings
+    that keep its working memory resident (`gateway.lots.passwordworker.WORKER_ENVIRONMENT`)."""
+    return {**(dict(os.environ) if base is None else base), **WORKER_ENVIRONMENT}
 
 
 # How many passed passwords a checker remembers at most (one per lot's hash is all a
@@ -172,29 +167,41 @@ class PassedPasswords:
 
 
 class PasswordChecker:
-    """Verifies passwords against `$argon2id$` hashes in a small dedicated pool, behind a bounded queue.
+    """Verifies passwords against `$argon2id$` hashes in worker processes, behind a bounded queue.
 
-    Each check takes tens of milliseconds and 64 MiB, so the pool is small (one
-    thread per core on the target machine) and separate from the reactor's own.
-    At most `threads` checks are handed to the pool at once; the rest wait here,
-    where a check can still be dropped. `run` is how a check reaches a thread
-    (the pool by default; tests pass their own).
+    At most `workers` checks are handed to the workers at once (one each); the
+    rest wait here, where a check can still be dropped. `run` is how a check
+    reaches a worker (the processes by default; tests pass their own, and no
+    process is started then). `threads` is the former name of `workers`.
     """
 
     def __init__(
         self,
-        reactor: IReactorFromThreads,
-        threads: int = 2,
+        reactor: Any,
+        workers: int = 1,
         max_pending: int = 256,
         run: Runner | None = None,
         remembered: int = REMEMBERED,
+        *,
+        threads: int | None = None,
+        args: tuple[str, ...] = WORKER_ARGS,
+        env: dict[str, str] | None = None,
+        deadline: float = CHECK_DEADLINE,
     ) -> None:
-        self._reactor = reactor
-        self._threads = threads
+        self._workers = threads if threads is not None else workers
         self._max_pending = max_pending
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="cpmi-passwords")
-        self._run: Runner = run if run is not None else self._in_pool
-        self._decoy: bytes | None = None
+        self._pool: WorkerPool | None = None
+        if run is None and provides_processes(reactor):
+            self._pool = WorkerPool(
+                reactor,
+                name="password",
+                args=args,
+                workers=self._workers,
+                max_pending=self._workers,
+                env=worker_environment(env),
+                deadline=deadline,
+            )
+        self._run: Runner = run if run is not None else self._in_worker
         self._waiting: deque[_Waiting] = deque()
         self._running = 0
         self.passed = PassedPasswords(remembered)
@@ -203,14 +210,22 @@ class PasswordChecker:
         # Read by the metrics: checks run, refused as busy, dropped for a client gone.
         self.counters: dict[str, int] = {"checked": 0, "busy": 0, "dropped": 0}
 
-    def start(self) -> None:
-        """Start the pool."""
-        self._pool.start()
+    @property
+    def pool(self) -> WorkerPool | None:
+        """The worker processes (None when checks are run another way)."""
+        return self._pool
 
-    def stop(self) -> None:
-        """Stop the pool, waiting for the check under way; a second stop does nothing."""
-        if self._pool.started:
-            self._pool.stop()
+    def start(self) -> None:
+        """Start the workers (each makes its working memory resident with a decoy check)."""
+        if self._pool is not None:
+            self._pool.start()
+
+    def stop(self) -> Deferred[None]:
+        """Answer the waiting checks busy and end the workers; fires once they have ended."""
+        self._fail_waiting("the gateway is stopping")
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.stop()
 
     def reconfigure(self, config: Config) -> None:
         """A reload: forget the passwords of hashes no longer configured; checks under way remember none."""
@@ -219,28 +234,34 @@ class PasswordChecker:
 
     @property
     def waiting(self) -> int:
-        """How many checks wait for a thread now."""
+        """How many checks wait for a worker now."""
         return len(self._waiting)
+
+    def _available(self) -> bool:
+        return self._pool is None or self._pool.alive > 0
 
     def check(
         self, password_hash: str | None, password: str, gone: Callable[[], bool] | None = None
     ) -> Deferred[bool]:
         """Whether `password` matches `password_hash`; None means an unknown account.
 
-        Fails with LoginsBusy at once when `max_pending` checks already wait,
-        and with ClientGone when `gone()` is true by the time a thread is free.
-        Cancelling the Deferred drops a check that has not started. A
-        password that passed against the same hash before is answered true
-        at once, from `passed`, without a thread.
+        Fails with LoginsBusy at once when `max_pending` checks already wait or
+        no worker runs, and with ClientGone when `gone()` is true by the time a
+        worker is free. Cancelling the Deferred drops a check that has not
+        started. A password that passed against the same hash before is
+        answered true at once, from `passed`, without a worker.
         """
         encoded = password.encode("utf-8")
         if password_hash is not None and self.passed.passed(password_hash, encoded):
             return succeed(True)
+        if not self._available():
+            self.counters["busy"] += 1
+            return fail(LoginsBusy("no password worker is running now"))
         if len(self._waiting) >= self._max_pending:
             self._drop_gone()
             if len(self._waiting) >= self._max_pending:
                 self.counters["busy"] += 1
-                return fail(LoginsBusy(f"{len(self._waiting)} logins are waiting for a password check"))
+                return fail(LoginsBusy(QUEUE_FULL))
 
         def cancel(_: Deferred[bool]) -> None:
             try:
@@ -269,9 +290,17 @@ class PasswordChecker:
         if not entry.deferred.called:
             entry.deferred.errback(ClientGone("the client went away before its password check"))
 
+    def _fail_waiting(self, why: str) -> None:
+        """Answer every waiting check busy (the workers are gone, or the gateway stops)."""
+        waiting, self._waiting = self._waiting, deque()
+        for entry in waiting:
+            if not entry.deferred.called:
+                self.counters["busy"] += 1
+                entry.deferred.errback(LoginsBusy(why))
+
     def _next(self) -> None:
-        """Hand waiting checks to the pool while it has a thread free."""
-        while self._running < self._threads and self._waiting:
+        """Hand waiting checks to the workers while one is free."""
+        while self._running < self._workers and self._waiting:
             entry = self._waiting.popleft()
             if entry.deferred.called:
                 continue
@@ -280,36 +309,37 @@ class PasswordChecker:
                 continue
             self._running += 1
             self.counters["checked"] += 1
-            ran: Deferred[bool] = maybeDeferred(self._run, self._verify, entry.password_hash, entry.password)
+            ran: Deferred[bool] = maybeDeferred(self._run, entry.password_hash, entry.password)
             ran.addBoth(self._ran, entry)
 
     def _ran(self, result: bool | Failure, entry: _Waiting) -> None:
         self._running -= 1
         if result is True and entry.password_hash is not None and entry.generation == self._generation:
             self.passed.remember(entry.password_hash, entry.password)
+        if isinstance(result, Failure) and result.check(LoginsBusy) and not self._available():
+            self._fail_waiting(result.getErrorMessage())
         self._next()
         if entry.deferred.called:
             return  # cancelled while it ran
         if isinstance(result, Failure):
+            if result.check(LoginsBusy):
+                self.counters["busy"] += 1
             entry.deferred.errback(result)
         else:
             entry.deferred.callback(result)
 
-    def _in_pool(self, verify: Verify, password_hash: str | None, password: bytes) -> Deferred[bool]:
-        return deferToThreadPool(self._reactor, self._pool, verify, password_hash, password)
+    def _in_worker(self, password_hash: str | None, password: bytes) -> Deferred[bool]:
+        """Send one check to a worker process: whether it matched, or LoginsBusy if none could make it."""
+        if self._pool is None:
+            return fail(LoginsBusy("this reactor cannot run the password worker"))
+        submitted = self._pool.submit((password_hash,), password, len(password), _never)
+        if submitted is None:
+            return fail(LoginsBusy("no password worker is running now"))
+        return submitted.addCallback(_matched)
 
-    def _verify(self, password_hash: str | None, password: bytes) -> bool:
-        lower_thread_priority()
-        if password_hash is None:
-            if self._decoy is None:
-                self._decoy = nacl.pwhash.argon2id.str(_DECOY_PASSWORD)
-            self._verify_hash(self._decoy, password)
-            return False
-        return self._verify_hash(password_hash.encode("ascii", "replace"), password)
 
-    @staticmethod
-    def _verify_hash(password_hash: bytes, password: bytes) -> bool:
-        try:
-            return bool(nacl.pwhash.verify(password_hash, password))
-        except (nacl.exceptions.InvalidkeyError, nacl.exceptions.CryptoError, ValueError):
-            return False
+def _matched(outcome: Outcome) -> bool:
+    """A worker's outcome as whether the password matched; LoginsBusy when the check was not made."""
+    if outcome[0] == "checked":
+        return bool(outcome[1])
+    raise LoginsBusy(f"the password check could not be made now ({outcome[-1]})")

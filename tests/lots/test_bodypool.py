@@ -31,6 +31,7 @@ from gateway.cloud.metrics import register_bodies
 from gateway.lots.bodies import JOB_HEAD, OUTCOME_HEAD, parse_body, serve
 from gateway.lots.bodypool import BodyPool
 from gateway.lots.http import UplinkResource
+from gateway.lots.workerloop import READY, frame
 from gateway.protocol.envelope import Request
 from tests.lots.harness import Uplink, fired, result_of
 from tests.protocol.samples import SAMPLES
@@ -98,6 +99,7 @@ class FakeProcesses(Clock):
         process = FakeProcess(protocol)
         self.spawned.append(process)
         protocol.makeConnection(process)
+        protocol.childDataReceived(1, frame(READY))  # a worker's first words: it is ready
         return process
 
     @property

@@ -1,29 +1,36 @@
-"""Argon2id checks run in their own threads, never in the reactor, behind a bounded queue."""
+"""Password checks: the bounded queue in front of the workers, what passed is remembered, and the
+password worker process itself (tests/lots/test_workers.py: its pool's failures)."""
 
 from __future__ import annotations
 
+import io
+import marshal
 import os
-import threading
+import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import nacl.pwhash
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 
 from gateway import config
+from gateway.lots import passwordworker
 from gateway.lots.passwords import (
-    PASSWORD_NICENESS,
     ClientGone,
     LoginsBusy,
     PassedPasswords,
     PasswordChecker,
-    Verify,
-    lower_thread_priority,
+    worker_environment,
 )
+from gateway.lots.workerloop import JOB_HEAD, OUTCOME_HEAD, serve
 from gateway.settings import Config
+
+ROOT = Path(__file__).resolve().parents[2]
 
 HASH = nacl.pwhash.argon2id.str(
     b"right",
@@ -32,37 +39,13 @@ HASH = nacl.pwhash.argon2id.str(
 ).decode()
 
 
-@pytest_twisted.ensureDeferred
-async def test_checks_run_off_the_reactor_thread() -> None:
-    """A check answers true for the right password, false otherwise, in a pool thread; stop is idempotent."""
-    checker = PasswordChecker(reactor)
-    checker.start()
-    seen: list[str] = []
-    original = checker._verify_hash
-
-    def spy(password_hash: bytes, password: bytes) -> bool:
-        seen.append(threading.current_thread().name)
-        return original(password_hash, password)
-
-    checker._verify_hash = spy  # type: ignore[method-assign]
-    try:
-        assert await checker.check(HASH, "right") is True
-        assert await checker.check(HASH, "wrong") is False
-        assert await checker.check("$argon2id$garbage", "right") is False
-        assert await checker.check(None, "right") is False
-    finally:
-        checker.stop()
-        checker.stop()
-    assert seen and threading.main_thread().name not in seen
-
-
 class HeldThreads:
-    """A runner standing in for the pool: each check waits until the test answers it."""
+    """A runner standing in for the workers: each check waits until the test answers it."""
 
     def __init__(self) -> None:
         self.running: list[tuple[bytes, Deferred[bool]]] = []
 
-    def __call__(self, verify: Verify, password_hash: str | None, password: bytes) -> Deferred[bool]:
+    def __call__(self, password_hash: str | None, password: bytes) -> Deferred[bool]:
         deferred: Deferred[bool] = Deferred()
         self.running.append((password, deferred))
         return deferred
@@ -75,7 +58,7 @@ class HeldThreads:
 
 def held_checker(threads: int = 2, max_pending: int = 3) -> tuple[PasswordChecker, HeldThreads]:
     runner = HeldThreads()
-    checker = PasswordChecker(Clock(), threads=threads, max_pending=max_pending, run=runner)  # type: ignore[arg-type]
+    checker = PasswordChecker(Clock(), workers=threads, max_pending=max_pending, run=runner)
     return checker, runner
 
 
@@ -131,55 +114,6 @@ def test_cancelling_a_waiting_check_takes_it_out_of_the_queue() -> None:
     assert checker.waiting == 0
     runner.answer(0)
     assert [password for password, _ in runner.running] == [b"p1"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_the_pool_checks_behind_the_queue() -> None:
-    """With the real pool, queued checks all run in its threads and answer."""
-    checker = PasswordChecker(reactor, threads=1, max_pending=8)
-    checker.start()
-    try:
-        answers = await gatherResults([checker.check(HASH, password) for password in ("right", "x", "right")])
-    finally:
-        checker.stop()
-    assert answers == [True, False, True] and checker.counters["checked"] == 3
-
-
-def test_a_password_thread_lowers_its_own_priority_and_no_other() -> None:
-    """lower_thread_priority makes the calling thread PASSWORD_NICENESS nicer; the process keeps its own."""
-    before = os.getpriority(os.PRIO_PROCESS, 0)
-    seen: list[tuple[bool, int]] = []
-
-    def in_thread() -> None:
-        lowered = lower_thread_priority()
-        seen.append((lowered, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
-
-    worker = threading.Thread(target=in_thread)
-    worker.start()
-    worker.join(10)
-    assert seen == [(True, max(before, PASSWORD_NICENESS))]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
-
-
-@pytest_twisted.ensureDeferred
-async def test_checks_run_at_the_password_threads_priority() -> None:
-    """A check in the real pool runs in a thread PASSWORD_NICENESS nicer than the reactor."""
-    checker = PasswordChecker(reactor, threads=1, max_pending=8)
-    niceness: list[int] = []
-    verify_hash = PasswordChecker._verify_hash
-
-    def noting(password_hash: bytes, password: bytes) -> bool:
-        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return verify_hash(password_hash, password)
-
-    checker._verify_hash = noting  # type: ignore[method-assign]
-    checker.start()
-    try:
-        assert await checker.check(HASH, "right")
-    finally:
-        checker.stop()
-    assert niceness and niceness[0] >= PASSWORD_NICENESS
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < PASSWORD_NICENESS
 
 
 OTHER_HASH = nacl.pwhash.argon2id.str(
@@ -314,3 +248,179 @@ def test_a_reload_reaches_the_lots_password_checker() -> None:
 
     service = LotsService(settings_with(HASH), reactor=MemoryReactorClock(), journal=None)  # type: ignore[arg-type]
     assert service.passwords in service.reconfigurable()
+
+
+# The password worker ------------------------------------------------------------------------
+
+
+def job(password_hash: str | None, password: bytes) -> bytes:
+    meta = marshal.dumps((password_hash,))
+    return JOB_HEAD.pack(len(meta), len(password)) + meta + password
+
+
+def outcomes(data: bytes) -> list[tuple[Any, ...]]:
+    found = []
+    while data:
+        (size,) = OUTCOME_HEAD.unpack(data[: OUTCOME_HEAD.size])
+        found.append(marshal.loads(data[OUTCOME_HEAD.size : OUTCOME_HEAD.size + size]))
+        data = data[OUTCOME_HEAD.size + size :]
+    return found
+
+
+def test_the_worker_checks_each_password_in_turn_and_an_unknown_account_against_its_decoy() -> None:
+    """The worker's loop answers ("checked", matches): right, wrong, a broken hash, an unknown account."""
+    checks = passwordworker.Checks()
+    out = io.BytesIO()
+    jobs = [(HASH, b"right"), (HASH, b"wrong"), ("$argon2id$garbage", b"right"), (None, b"right")]
+    serve(io.BytesIO(b"".join(job(h, p) for h, p in jobs)), out, checks.check)
+    assert outcomes(out.getvalue()) == [
+        ("checked", True),
+        ("checked", False),
+        ("checked", False),
+        ("checked", False),
+    ]
+    assert checks.decoy is not None and checks.decoy.startswith(b"$argon2id$v=19$m=65536,t=2,p=1$")
+
+
+def test_a_fault_in_the_worker_names_the_error_and_nothing_of_the_password() -> None:
+    """A job the worker cannot handle is answered a fault naming the error's type, never its text."""
+    meta = marshal.dumps(("too", "many"))
+    secret = b"the-password-itself"
+    out = io.BytesIO()
+    stdin = io.BytesIO(JOB_HEAD.pack(len(meta), len(secret)) + meta + secret)
+    serve(stdin, out, passwordworker.Checks().check, fault=passwordworker._fault)
+    assert outcomes(out.getvalue()) == [("fault", "the password check failed: ValueError")]
+    assert secret not in out.getvalue()
+
+
+def test_the_worker_environment_keeps_the_working_memory_resident() -> None:
+    """The gateway's environment goes to the worker, with glibc told never to mmap nor to trim."""
+    env = worker_environment({"PATH": "/bin", "MALLOC_MMAP_MAX_": "65536"})
+    assert env["PATH"] == "/bin" and env["MALLOC_MMAP_MAX_"] == "0"
+    assert int(env["MALLOC_TRIM_THRESHOLD_"]) >= 2**32
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A `kB` field of /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+async def until(condition: Any, seconds: float = 20.0) -> None:
+    """Wait on the running reactor until `condition()` holds (or fail after `seconds`)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await deferLater(reactor, 0.02, lambda: None)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def real_checker(**kw: Any) -> PasswordChecker:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return PasswordChecker(reactor, env=env, **kw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_worker_checks_at_nice_10_with_its_memory_held_from_the_start() -> None:
+    """The worker process answers right, wrong and unknown; it runs at nice 10; its Argon2id working
+    memory (64 MiB) is resident once it is ready and stays so, no more and no less, across checks."""
+    checker = real_checker(max_pending=8)
+    checker.start()
+    pool = checker.pool
+    assert pool is not None
+    try:
+        await until(lambda: pool._idle_workers)
+        [pid] = pool.pids
+        ready_rss = status_kib(pid, "VmRSS")
+        assert ready_rss >= 64 * 1024  # the decoy check's memory, held
+        answers = await gatherResults(
+            [checker.check(HASH, password) for password in ("right", "x")] + [checker.check(None, "right")]
+        )
+        assert answers == [True, False, False]
+        for _ in range(3):
+            assert await checker.check(None, "y") is False
+        assert abs(status_kib(pid, "VmRSS") - ready_rss) < 8 * 1024
+        assert os.getpriority(os.PRIO_PROCESS, pid) >= passwordworker.NICENESS
+        assert os.getpriority(os.PRIO_PROCESS, 0) < passwordworker.NICENESS
+    finally:
+        await checker.stop()
+    assert not alive(pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_worker_killed_mid_check_answers_busy_and_is_replaced() -> None:
+    """kill -9 of the worker during a check: that login and those waiting are answered LoginsBusy at
+    once, new ones too until another worker is up; then checks are answered again."""
+    checker = real_checker(max_pending=8)
+    checker.start()
+    pool = checker.pool
+    assert pool is not None
+    try:
+        await until(lambda: pool._idle_workers)
+        [pid] = pool.pids
+        under_way, waiting = checker.check(None, "a"), checker.check(None, "b")
+        os.kill(pid, signal.SIGKILL)
+        for each in (under_way, waiting):
+            try:
+                await each
+            except LoginsBusy as error:
+                assert "could not be made" in str(error) or "no password worker" in str(error)
+            else:
+                raise AssertionError("a check of a killed worker answered")
+        assert failure_of(checker.check(HASH, "right")).check(LoginsBusy)  # none runs now
+        await until(lambda: pool._idle_workers)
+        assert pool.pids != [pid] and await checker.check(HASH, "right") is True
+    finally:
+        await checker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_cannot_start_makes_logins_busy_never_a_hang() -> None:
+    """A worker that exits at once: each login is answered LoginsBusy, and it is tried again later."""
+    checker = PasswordChecker(reactor, args=("/bin/sh", "-c", "exit 3"))
+    checker.start()
+    pool = checker.pool
+    assert pool is not None
+    try:
+        first = checker.check(HASH, "right")
+        try:
+            await first
+        except LoginsBusy:
+            pass
+        else:
+            raise AssertionError("a login was checked without a worker")
+        await until(lambda: pool.counters["start_failures"] >= 1)
+        assert failure_of(checker.check(HASH, "right")).check(LoginsBusy)
+        assert checker.counters["busy"] == 2
+    finally:
+        await checker.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stop_with_checks_in_flight_ends_the_worker_and_answers_them() -> None:
+    """Stopping with one check under way and more waiting: all are answered (busy, or their result),
+    the worker has ended when stop fires, and nothing is left running."""
+    checker = real_checker(max_pending=8)
+    checker.start()
+    pool = checker.pool
+    assert pool is not None
+    await until(lambda: pool._idle_workers)
+    [pid] = pool.pids
+    checks = [checker.check(None, f"p{n}") for n in range(4)]
+    await checker.stop()
+    assert not alive(pid)
+    results = []
+    for each in checks:
+        each.addBoth(results.append)
+    assert len(results) == 4
+    assert all(isinstance(r, Failure) and r.check(LoginsBusy) for r in results[1:])
