@@ -67,6 +67,7 @@ journal's next write has started (``ForwardingEngine``'s ``take_in_delay``; docs
 _INTERFACE_TYPE = "org.cpmi.t002."
 # A status header of this value answers a request no one subscribes to: no stream takes the subject.
 _NO_RESPONDERS = "503"
+_STATUS_503 = b"NATS/1.0 503"
 # Subjects remembered at most (then forgotten at once): lots x codes, bounded.
 _SUBJECTS_CACHED = 100_000
 # What a PubAck counts as in the engine's records (JetStream's API speaks HTTP's codes).
@@ -134,37 +135,74 @@ class _Batch:
 
 
 class _Acks:
-    """The sink's reply subscription on one client: each published message's answer, by its inbox token."""
+    """The sink's reply subscription on one client: each published message's answer, by its inbox token.
+
+    The answers come to a subscription on ``{inbox}.*``. nats-py would make
+    each a ``Msg``, queue it and hand it to a callback task: a few µs per
+    PubAck, on the gateway's one core. Where the client has the hook its
+    parser calls for every message (``_process_msg``, nats-py 2.x), the
+    answers to this subscription are taken there, before any of that; others
+    go on to nats-py as before, and without the hook the callback does the same.
+    """
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.prefix = f"{nc.new_inbox()}."
-        self.waiting: dict[str, tuple[_Batch, int]] = {}
+        self._prefix_len = len(self.prefix)
+        self.waiting: dict[int, tuple[_Batch, int]] = {}
         self.counter = 0
 
     async def subscribe(self) -> None:
-        await self.nc.subscribe(self.prefix + "*", cb=self._answered)
+        subscription = await self.nc.subscribe(self.prefix + "*", cb=self._answered)
+        sid = getattr(subscription, "_id", None)
+        process_msg = getattr(self.nc, "_process_msg", None)
+        if not isinstance(sid, int) or process_msg is None:
+            return
+        taken = self._taken
+
+        async def process(
+            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            if msg_sid == sid:
+                taken(subject, data, headers)
+            else:
+                await process_msg(msg_sid, subject, reply, data, headers)
+
+        self.nc._process_msg = process  # type: ignore[method-assign,assignment]
 
     def forget(self, first: int, last: int) -> None:
         """No answer to the tokens ``first``..``last`` is awaited any more."""
         waiting = self.waiting
         for token in range(first, last + 1):
-            waiting.pop(str(token), None)
+            waiting.pop(token, None)
 
-    async def _answered(self, msg: Msg) -> None:
-        waiter = self.waiting.pop(msg.subject[len(self.prefix) :], None)
+    def _taken(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        """An answer, as the client's parser read it."""
+        try:
+            waiter = self.waiting.pop(int(subject[self._prefix_len :]), None)
+        except ValueError:
+            return
         if waiter is not None:
             batch, index = waiter
-            batch.settle(index, _answer(msg))
+            status = _NO_RESPONDERS if headers is not None and headers.startswith(_STATUS_503) else ""
+            batch.settle(index, _answer(data, status))
+
+    async def _answered(self, msg: Msg) -> None:
+        """An answer through nats-py's subscription (a client without the hook)."""
+        try:
+            waiter = self.waiting.pop(int(msg.subject[self._prefix_len :]), None)
+        except ValueError:
+            return
+        if waiter is not None:
+            batch, index = waiter
+            batch.settle(index, _answer(msg.data, (msg.headers or {}).get("Status", "")))
 
 
-def _answer(msg: Msg) -> object:
+def _answer(data: bytes, status: str) -> object:
     """What the server answered to one publish: the PubAck (bytes or dict), or the exception it means."""
-    data = msg.data
     if data.startswith(b'{"stream":') and b'"error"' not in data:
         return data  # a PubAck: nothing more of it is needed
-    headers = msg.headers
-    if headers and headers.get("Status") == _NO_RESPONDERS:
+    if status == _NO_RESPONDERS:
         return _NoStream()
     try:
         answer = json.loads(data)
@@ -173,11 +211,11 @@ def _answer(msg: Msg) -> object:
     error = answer.get("error") if isinstance(answer, dict) else None
     if isinstance(error, dict):
         code = error.get("code")
-        status = code if isinstance(code, int) else 0
+        error_code = code if isinstance(code, int) else 0
         description = str(error.get("description", ""))
-        if 400 <= status < 500 and status not in (408, 429):
-            return _Refused(status, json.dumps(error).encode())
-        return RuntimeError(f"JetStream error {status}: {description}")
+        if 400 <= error_code < 500 and error_code not in (408, 429):
+            return _Refused(error_code, json.dumps(error).encode())
+        return RuntimeError(f"JetStream error {error_code}: {description}")
     if not isinstance(answer, dict):
         return ValueError(f"not a JetStream answer: {data[:200]!r}")
     return answer
@@ -282,7 +320,7 @@ class NatsSink:
                 )
                 continue
             token += 1
-            waiting[str(token)] = (batch, index)
+            waiting[token] = (batch, index)
             wire.append(f"HPUB {subject} {prefix}{token} {len(headers)} {size}\r\n".encode())
             wire += (headers, body, b"\r\n")
         acks.counter = token
