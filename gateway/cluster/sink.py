@@ -24,9 +24,12 @@ stores a prefix of it; once an event of a lot is not acknowledged, that lot's
 later events of the batch are sent again too (the stream drops them as
 duplicates if it had them), so a lot's events reach the stream in journal order.
 
-The publishes do not use nats-py's ``publish_async``, whose error answers
-never reach their futures (nats-py 2.16): the sink keeps its own reply
-subscription and reads each answer itself (:class:`_Acks`).
+The publishes use neither nats-py's ``publish_async``, whose error answers
+never reach their futures (nats-py 2.16), nor a ``publish`` per message: the
+batch is one write of ``HPUB`` commands the sink builds (:meth:`NatsSink._publish`),
+and the sink keeps its own reply subscription and reads each answer itself
+(:class:`_Acks`). It costs the gateway's one core a few µs an event; how it
+was measured is in docs/benchmarks.md (NATS) and docs/nats.md.
 """
 
 from __future__ import annotations
