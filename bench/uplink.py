@@ -111,7 +111,7 @@ def wrk(port: int, script: str, seconds: int, connections: int) -> dict[str, Any
 def profile(pid: int, path: str, seconds: int) -> subprocess.Popen[bytes]:
     """py-spy sampling the gateway for the length of the wrk run (collapsed stacks, one per line)."""
     command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "400"]
-    command += ["--format", "raw"]
+    command += ["--format", "raw", "--threads"]
     return subprocess.Popen([*command, "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
@@ -206,7 +206,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         metavar="FILE",
-        help="record the durable gateway with py-spy in the last round: collapsed stacks to FILE",
+        help="record the durable gateway (with --nats, the nats one) with py-spy in the last round: "
+        "collapsed stacks to FILE, a frame per thread at their root",
     )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
@@ -248,7 +249,7 @@ def main() -> None:
                 last = round_ == args.rounds - 1
                 profiler = (
                     profile(pid, args.profile, args.seconds)
-                    if args.profile and last and name == "always"
+                    if args.profile and last and name == ("nats" if args.nats else "always")
                     else None
                 )
                 if name != "baseline":

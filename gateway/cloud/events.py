@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
 from attrs import frozen
@@ -139,6 +139,7 @@ def _time_plan(code: str) -> _TimePlan:
     return _EMPTY_PLAN if interface is None else _plan_of(interface.request)
 
 
+@lru_cache(maxsize=4096)  # pure; lots' times repeat within their second (~2.5 us a miss)
 def local_to_rfc3339(value: str, zone: ZoneInfo) -> str:
     """
     ``"yyyy-MM-dd HH:mm:ss"`` read in ``zone`` as RFC 3339 with the zone's offset.

@@ -21,7 +21,7 @@ from gateway.cloud.metrics import register_forwarder
 from gateway.cloud.post import CloudClient
 from gateway.cloud.query import QueryClient
 from gateway.cluster.connection import NatsConnection
-from gateway.cluster.sink import NatsSink
+from gateway.cluster.sink import TAKE_IN_DELAY, NatsSink
 from gateway.forwarding import ForwardingEngine, ForwardingService, Progress
 from gateway.interfaces import Sink
 from gateway.journal.writer import Journal
@@ -90,7 +90,14 @@ class NatsEventsService(MultiService):
                 deadlines=settings.deadlines,
             )
         sink = make_sink(cloud, settings=settings, reactor=reactor, key=key, connection=connection)
-        engine = ForwardingEngine(journal=journal, clock=reactor, settings=cloud, sink=sink, skipped=skipped)
+        engine = ForwardingEngine(
+            journal=journal,
+            clock=reactor,
+            settings=cloud,
+            sink=sink,
+            skipped=skipped,
+            take_in_delay=TAKE_IN_DELAY,
+        )
         self.forwarding = ForwardingService(engine)
         self.forwarding.setServiceParent(self)
 
@@ -119,6 +126,7 @@ def forward_services(
             sink=sink,
             progress=forward.name,
             skipped=skipped,
+            take_in_delay=TAKE_IN_DELAY if forward.cloud.sink == "nats" else 0.0,
         )
         services.append(ForwardingService(engine, Progress(forward.name)))
     return services

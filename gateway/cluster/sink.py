@@ -24,17 +24,20 @@ stores a prefix of it; once an event of a lot is not acknowledged, that lot's
 later events of the batch are sent again too (the stream drops them as
 duplicates if it had them), so a lot's events reach the stream in journal order.
 
-The publishes do not use nats-py's ``publish_async``, whose error answers
-never reach their futures (nats-py 2.16): the sink keeps its own reply
-subscription and reads each answer itself (:class:`_Acks`).
+The publishes use neither nats-py's ``publish_async``, whose error answers
+never reach their futures (nats-py 2.16), nor a ``publish`` per message: the
+batch is one write of ``HPUB`` commands the sink builds (:meth:`NatsSink._publish`),
+and the sink keeps its own reply subscription and reads each answer itself
+(:class:`_Acks`). It costs the gateway's one core a few µs an event; how it
+was measured is in docs/benchmarks.md (NATS) and docs/nats.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterable, Sequence
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import nats.errors
@@ -58,15 +61,41 @@ from gateway.interfaces import Entry, Outcome, Split
 from gateway.journal.record import Record
 from gateway.settings import CloudConfig
 
-__all__ = ["NatsSink", "msg_id"]
+__all__ = ["TAKE_IN_DELAY", "NatsSink", "msg_id"]
+
+TAKE_IN_DELAY = 0.0005
+"""The nats sink's engine takes committed records in this long after their commit: after the
+journal's next write has started (``ForwardingEngine``'s ``take_in_delay``; docs/nats.md)."""
 
 _INTERFACE_TYPE = "org.cpmi.t002."
 # A status header of this value answers a request no one subscribes to: no stream takes the subject.
 _NO_RESPONDERS = "503"
+_STATUS_503 = b"NATS/1.0 503"
 # Subjects remembered at most (then forgotten at once): lots x codes, bounded.
 _SUBJECTS_CACHED = 100_000
 # What a PubAck counts as in the engine's records (JetStream's API speaks HTTP's codes).
-_ACKED = 200
+_DELIVERED = Outcome.delivered(200)
+# Each event's headers: its Nats-Msg-Id between these (the CloudEvents NATS binding's structured mode).
+_HEADERS_HEAD = b"NATS/1.0\r\nNats-Msg-Id: "
+_HEADERS_TAIL = f"\r\nContent-Type: {EVENT_CONTENT_TYPE}\r\n\r\n".encode()
+# What a subject on the wire cannot hold (it would end the HPUB line early); a header value, CR or LF.
+_NOT_IN_SUBJECT = re.compile(r"[\s]")
+_NOT_IN_HEADER_VALUE = re.compile(r"[\r\n]")
+
+# A message of a batch: its subject ("": it has no valid one), headers block, body, and lot.
+_Message = tuple[str, bytes, bytes, str]
+
+
+def _subject(subject: str) -> str:
+    """``subject`` if it can go on an HPUB line, else "" (the event is refused)."""
+    return "" if _NOT_IN_SUBJECT.search(subject) else subject
+
+
+def _headers(msg_id: str) -> bytes:
+    """The headers block of an event with this Nats-Msg-Id (CR and LF turned into spaces, as nats-py does)."""
+    if _NOT_IN_HEADER_VALUE.search(msg_id):
+        msg_id = _NOT_IN_HEADER_VALUE.sub(" ", msg_id)
+    return _HEADERS_HEAD + msg_id.strip().encode() + _HEADERS_TAIL
 
 
 def msg_id(entry: Entry) -> str:
@@ -89,56 +118,110 @@ class _NoStream(Exception):
     """No stream takes the subject (no responders)."""
 
 
+class _Batch:
+    """One batch's publishes on the NATS loop: a result per message, and a future done once all are in."""
+
+    __slots__ = ("done", "remaining", "results")
+
+    def __init__(self, count: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.results: list[object] = [None] * count
+        self.remaining = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def settle(self, index: int, result: object) -> None:
+        if self.results[index] is not None:
+            return
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
 class _Acks:
-    """The sink's reply subscription on one client: a future per published message, by token."""
+    """The sink's reply subscription on one client: each published message's answer, by its inbox token.
+
+    The answers come to a subscription on ``{inbox}.*``. nats-py would make
+    each a ``Msg``, queue it and hand it to a callback task: a few µs per
+    PubAck, on the gateway's one core. Where the client has the hook its
+    parser calls for every message (``_process_msg``, nats-py 2.x), the
+    answers to this subscription are taken there, before any of that; others
+    go on to nats-py as before, and without the hook the callback does the same.
+    """
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.prefix = f"{nc.new_inbox()}."
-        self.waiting: dict[str, asyncio.Future[Any]] = {}
+        self._prefix_len = len(self.prefix)
+        self.waiting: dict[int, tuple[_Batch, int]] = {}
         self.counter = 0
 
     async def subscribe(self) -> None:
-        await self.nc.subscribe(self.prefix + "*", cb=self._answered)
+        subscription = await self.nc.subscribe(self.prefix + "*", cb=self._answered)
+        sid = getattr(subscription, "_id", None)
+        process_msg = getattr(self.nc, "_process_msg", None)
+        if not isinstance(sid, int) or process_msg is None:
+            return
+        taken = self._taken
 
-    def next_inbox(self) -> tuple[str, asyncio.Future[Any]]:
-        self.counter += 1
-        token = str(self.counter)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.waiting[token] = future
-        return self.prefix + token, future
+        async def process(
+            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+        ) -> None:
+            if msg_sid == sid:
+                taken(subject, data, headers)
+            else:
+                await process_msg(msg_sid, subject, reply, data, headers)
 
-    def forget(self, inbox: str) -> None:
-        self.waiting.pop(inbox[len(self.prefix) :], None)
+        self.nc._process_msg = process  # type: ignore[method-assign,assignment]
+
+    def forget(self, first: int, last: int) -> None:
+        """No answer to the tokens ``first``..``last`` is awaited any more."""
+        waiting = self.waiting
+        for token in range(first, last + 1):
+            waiting.pop(token, None)
+
+    def _taken(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        """An answer, as the client's parser read it."""
+        try:
+            waiter = self.waiting.pop(int(subject[self._prefix_len :]), None)
+        except ValueError:
+            return
+        if waiter is not None:
+            batch, index = waiter
+            status = _NO_RESPONDERS if headers is not None and headers.startswith(_STATUS_503) else ""
+            batch.settle(index, _answer(data, status))
 
     async def _answered(self, msg: Msg) -> None:
-        future = self.waiting.pop(msg.subject[len(self.prefix) :], None)
-        if future is None or future.done():
-            return
-        headers = msg.headers
-        if headers and headers.get("Status") == _NO_RESPONDERS:
-            future.set_exception(_NoStream())
-            return
-        data = msg.data
-        if data.startswith(b'{"stream":') and b'"error"' not in data:
-            future.set_result(data)  # a PubAck: nothing more of it is needed
-            return
+        """An answer through nats-py's subscription (a client without the hook)."""
         try:
-            answer = json.loads(msg.data)
+            waiter = self.waiting.pop(int(msg.subject[self._prefix_len :]), None)
         except ValueError:
-            future.set_exception(ValueError(f"not a JetStream answer: {msg.data[:200]!r}"))
             return
-        error = answer.get("error") if isinstance(answer, dict) else None
-        if isinstance(error, dict):
-            code = error.get("code")
-            status = code if isinstance(code, int) else 0
-            description = str(error.get("description", ""))
-            if 400 <= status < 500 and status not in (408, 429):
-                future.set_exception(_Refused(status, json.dumps(error).encode()))
-            else:
-                future.set_exception(RuntimeError(f"JetStream error {status}: {description}"))
-            return
-        future.set_result(answer)
+        if waiter is not None:
+            batch, index = waiter
+            batch.settle(index, _answer(msg.data, (msg.headers or {}).get("Status", "")))
+
+
+def _answer(data: bytes, status: str) -> object:
+    """What the server answered to one publish: the PubAck (bytes or dict), or the exception it means."""
+    if data.startswith(b'{"stream":') and b'"error"' not in data:
+        return data  # a PubAck: nothing more of it is needed
+    if status == _NO_RESPONDERS:
+        return _NoStream()
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return ValueError(f"not a JetStream answer: {data[:200]!r}")
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if isinstance(error, dict):
+        code = error.get("code")
+        error_code = code if isinstance(code, int) else 0
+        description = str(error.get("description", ""))
+        if 400 <= error_code < 500 and error_code not in (408, 429):
+            return _Refused(error_code, json.dumps(error).encode())
+        return RuntimeError(f"JetStream error {error_code}: {description}")
+    if not isinstance(answer, dict):
+        return ValueError(f"not a JetStream answer: {data[:200]!r}")
+    return answer
 
 
 class NatsSink:
@@ -178,19 +261,15 @@ class NatsSink:
         subjects = self._subjects
         if len(subjects) > _SUBJECTS_CACHED:
             subjects.clear()
-        messages = [
-            (
-                subjects.get((entry.park, entry.type, entry.code))
-                or subjects.setdefault(
-                    (entry.park, entry.type, entry.code),
-                    events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code)),
-                ),
-                entry.body,
-                {"Nats-Msg-Id": msg_id(entry), "Content-Type": EVENT_CONTENT_TYPE},
-                entry.park,
-            )
-            for entry in batch
-        ]
+        messages: list[_Message] = []
+        for entry in batch:
+            key = (entry.park, entry.type, entry.code)
+            subject = subjects.get(key)
+            if subject is None:
+                subject = subjects[key] = _subject(
+                    events_subject(self._prefix, entry.park, event_suffix(entry.type, entry.code))
+                )
+            messages.append((subject, _headers(msg_id(entry)), entry.body, entry.park))
         if self._stream_ready:
             sent = self._connection.run(lambda nc, js: self._publish(nc, js, messages))
         else:
@@ -210,44 +289,55 @@ class NatsSink:
             self.stream, events_subjects(self._prefix), duplicate_window=window
         ).addCallback(ready)
 
-    async def _publish(
-        self, nc: Client, js: JetStreamContext, messages: list[tuple[str, bytes, dict[str, str], str]]
-    ) -> list[object]:
-        """On the NATS loop: publish every message, then wait for each answer (a PubAck or an error)."""
+    async def _publish(self, nc: Client, js: JetStreamContext, messages: list[_Message]) -> list[object]:
+        """On the NATS loop: the batch as one write of HPUB commands, then each answer (a PubAck or an error).
+
+        One write, made without awaiting anything between the check of the
+        connection and the write: the whole batch goes on the wire of one
+        connection, or none of it (``NatsConnection._disconnected`` drops what
+        waits to be written), so the stream stores a prefix of it, in order.
+        """
+        if nc.is_closed or not nc.is_connected or nc.is_draining_pubs:
+            raise NatsUnavailable(f"NATS is {'closed' if nc.is_closed else 'reconnecting'}")
         acks = self._acks
         if acks is None or acks.nc is not nc:
             acks = _Acks(nc)
             await acks.subscribe()
             self._acks = acks
-        futures: list[asyncio.Future[Any]] = []
-        inboxes: list[str] = []
-        results: list[object] = [None] * len(messages)
-        generation = self._connection.generation
-        for index, (subject, body, headers, _) in enumerate(messages):
-            inbox, future = acks.next_inbox()
-            try:
-                if self._connection.generation != generation:
-                    # Lost mid-batch: what follows waits for the retry of what may have been lost.
-                    raise ConnectionError("the NATS connection was lost while publishing")
-                await nc.publish(subject, body, reply=inbox, headers=headers)
-            except Exception as error:  # this one and the rest of the batch are not sent
-                acks.forget(inbox)
-                for rest in range(index, len(messages)):
-                    results[rest] = error
-                break
-            futures.append(future)
-            inboxes.append(inbox)
-        if futures:
-            _, pending = await asyncio.wait(futures, timeout=self._timeout)
-            for index, future in enumerate(futures):
-                if future in pending:
-                    future.cancel()
-                    acks.forget(inboxes[index])
-                    results[index] = self._timed_out(messages[index][0])
-                elif future.exception() is not None:
-                    results[index] = future.exception()
-                else:
-                    results[index] = future.result()
+            if not nc.is_connected:
+                raise NatsUnavailable("NATS is reconnecting")
+        batch = _Batch(len(messages), asyncio.get_running_loop())
+        results = batch.results
+        prefix, waiting, max_payload = acks.prefix, acks.waiting, nc.max_payload
+        first = acks.counter + 1
+        token = acks.counter
+        wire: list[bytes] = []
+        for index, (subject, headers, body, _) in enumerate(messages):
+            size = len(headers) + len(body)
+            if not subject:
+                results[index] = _Refused(400, b"no valid NATS subject for this event")
+                continue
+            if size > max_payload:
+                results[index] = nats.errors.MaxPayloadError(
+                    f"{size} bytes is more than the server's max_payload of {max_payload}"
+                )
+                continue
+            token += 1
+            waiting[token] = (batch, index)
+            wire.append(f"HPUB {subject} {prefix}{token} {len(headers)} {size}\r\n".encode())
+            wire += (headers, body, b"\r\n")
+        acks.counter = token
+        batch.remaining = token - first + 1
+        try:
+            if wire:
+                await nc._send_command(b"".join(wire))
+                await nc._flush_pending()
+                await asyncio.wait((batch.done,), timeout=self._timeout)
+        finally:
+            acks.forget(first, token)  # whatever comes later for this batch is not waited for
+        for index, result in enumerate(results):
+            if result is None:
+                results[index] = self._timed_out(messages[index][0])
         # Per lot, nothing after an event not acknowledged counts: it goes again, in order.
         stalled: set[str] = set()
         for index, (_, _, _, park) in enumerate(messages):
@@ -255,7 +345,7 @@ class NatsSink:
             acked = isinstance(result, dict | bytes)
             if park in stalled and acked:
                 results[index] = RuntimeError("sent again after an earlier event of its lot")
-            elif not acked and not isinstance(result, _Refused):
+            elif not acked and not isinstance(result, _Refused | nats.errors.MaxPayloadError):
                 stalled.add(park)
         return results
 
@@ -268,7 +358,7 @@ class NatsSink:
         outcomes = []
         for result in results:
             if isinstance(result, dict | bytes):
-                outcomes.append(Outcome.delivered(_ACKED))
+                outcomes.append(_DELIVERED)
             elif isinstance(result, _Refused):
                 outcomes.append(Outcome.refusal(result.status, result.answer))
             elif isinstance(result, _NoStream):

@@ -207,6 +207,12 @@ class ForwardingEngine:
     backlog counts records, not seqs.
     ``run_blocking`` runs the backlog reads (a thread by default);
     ``random`` gives the jitter (``random.random`` by default).
+    ``take_in_delay``: with 0, the events of committed records are mapped and
+    queued inside the journal's commit callback, before the journal starts its
+    next write; with a few hundred µs, a moment later, coalesced, so that the
+    next write and its fsync go first and the mapping (and a batch's sending)
+    runs while the fsync does: the journal's durable path -- every uplink's
+    answer -- does not wait for the sink. bench.uplink --nats measured it.
     """
 
     def __init__(
@@ -221,6 +227,7 @@ class ForwardingEngine:
         random: Callable[[], float] = random.random,
         resume_after: int = 0,
         skipped: Callable[[int, int], int] | None = None,
+        take_in_delay: float = 0.0,
     ) -> None:
         if run_blocking is None:
             from twisted.internet.threads import deferToThread
@@ -252,6 +259,10 @@ class ForwardingEngine:
         # Lots whose events the sink asked to hold back (Outcome.retry_at), until when.
         self._paused: dict[str, float] = {}
         self._wake_timer: IDelayedCall | None = None
+        self._take_in_delay = take_in_delay
+        # Committed records waiting to be taken in (with a take_in_delay), and the call that will.
+        self._arrived: list[Record] = []
+        self._take_in_call: IDelayedCall | None = None
         self._queued_bytes = 0
         self._feed = Feed.BEHIND
         self._cursor: Cursor | None = None
@@ -342,10 +353,18 @@ class ForwardingEngine:
         if self._feed is not Feed.READING:  # a read under way comes back to _chunk_read
             self._feed = Feed.BEHIND  # records committed while stopped are read from disk on a start
         self._journal.commit_observers.remove(self._committed)
-        for timer in (self._batch_timer, self._retry_timer, self._read_timer, self._wake_timer):
+        for timer in (
+            self._batch_timer,
+            self._retry_timer,
+            self._read_timer,
+            self._wake_timer,
+            self._take_in_call,
+        ):
             if timer is not None and timer.active():
                 timer.cancel()
         self._batch_timer = self._retry_timer = self._read_timer = self._wake_timer = None
+        self._take_in_call = None
+        self._arrived = []  # not taken in: read from the journal after a start
         if self._in_flight is not None:
             self._in_flight.cancel()
         if self._feed is not Feed.READING and self._cursor is not None:
@@ -361,24 +380,46 @@ class ForwardingEngine:
         return self._buffer_events - waiting, self._buffer_bytes - self._queued_bytes
 
     def _committed(self, records: list[Record]) -> None:
-        """A durable batch of the journal: queue its events while live, else leave it to the reads."""
+        """A durable batch of the journal: taken in now, or ``take_in_delay`` later (see __init__)."""
+        if not self._take_in_delay:
+            self._take_in(records)
+            return
+        self._arrived.extend(records)
+        if self._take_in_call is None:
+            self._take_in_call = self._clock.callLater(self._take_in_delay, self._take_in_arrived)
+
+    def _take_in_arrived(self) -> None:
+        self._take_in_call = None
+        records, self._arrived = self._arrived, []
+        if self._running:
+            self._take_in(records)
+
+    def _take_in(self, records: list[Record]) -> None:
+        """Queue the events of committed records while live, else leave them to the reads."""
         if self._feed is not Feed.LIVE:
             self._fill()
             return
-        now = self._clock.seconds()
-        for record in records:
-            if record.seq <= self._read_through:
-                continue
-            events = self._sink.entries((record,), now)
-            if events:
-                events_room, bytes_room = self._room()
-                if events_room < 1 or bytes_room < len(events[0].body):
-                    # Full: from here on, read the journal instead of holding records.
-                    self._feed = Feed.BEHIND
-                    break
-                self._queue.append(events[0])
-                self._queued_bytes += len(events[0].body)
-            self._read_through = record.seq
+        read_through = self._read_through
+        if records and records[0].seq <= read_through:
+            records = [record for record in records if record.seq > read_through]
+        # One mapping call for the whole commit; a record that is no event gives none.
+        events = self._sink.entries(records, self._clock.seconds()) if records else []
+        events_room, bytes_room = self._room()
+        queue = self._queue
+        for event in events:
+            size = len(event.body)
+            if events_room < 1 or bytes_room < size:
+                # Full: from here on, read the journal instead of holding records.
+                self._feed = Feed.BEHIND
+                self._read_through = event.seq - 1
+                break
+            queue.append(event)
+            self._queued_bytes += size
+            events_room -= 1
+            bytes_room -= size
+        else:
+            if records:
+                self._read_through = records[-1].seq
         self._fill()
         self._maybe_send()
 
@@ -486,6 +527,18 @@ class ForwardingEngine:
             return
         if not self._queue:
             return
+        if self._narrowing is None and not self._early and not self._paused:
+            # The common case, without building the batch: it would start with the queue's first event.
+            due = self._queue[0].at + self._settings.batch_max_delay
+            if not (
+                len(self._queue) >= self._max_events
+                or self._queued_bytes >= self._max_bytes
+                or self._feed is not Feed.LIVE
+                or due <= self._clock.seconds()
+            ):
+                if self._batch_timer is None:
+                    self._batch_timer = self._clock.callLater(due - self._clock.seconds(), self._batch_due)
+                return
         batch = self._next_batch()
         if not batch:
             self._wake_when_unpaused()

@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from twisted.internet import reactor as _reactor
 
 from gateway.cluster.connection import CONNECTED, NatsConnection
-from gateway.cluster.sink import NatsSink
+from gateway.cluster.sink import TAKE_IN_DELAY, NatsSink
 from gateway.forwarding import ForwardingEngine
 from gateway.journal.reader import read_records
 from gateway.journal.writer import Journal
@@ -51,7 +51,9 @@ class Rig:
         self.sink = NatsSink(
             connection=self.connection, settings=cloud, gateway_id=gateway_id, zone=ZoneInfo("Asia/Shanghai")
         )
-        self.engine = ForwardingEngine(journal=self.journal, clock=reactor, settings=cloud, sink=self.sink)
+        self.engine = ForwardingEngine(
+            journal=self.journal, clock=reactor, settings=cloud, sink=self.sink, take_in_delay=TAKE_IN_DELAY
+        )
 
     async def start(self, connected: bool = True) -> None:
         self.connection.startService()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +239,55 @@ async def test_a_deleted_stream_is_created_again(tmp_path: Path, nats_server: Na
     finally:
         await rig.stop()
     assert [m.headers["Nats-Msg-Id"] for m in messages] == ["P001:o-2"]
+
+
+async def _no_acks(rig: Rig, no_ack: bool) -> None:
+    """Make CPMI_EVENTS store without answering (no_ack), or answer again."""
+
+    async def update(nc: Client, js: JetStreamContext) -> None:
+        info = await js.stream_info("CPMI_EVENTS")
+        await js.update_stream(replace(info.config, no_ack=no_ack))
+
+    await rig.connection.run(update)
+
+
+@pytest_twisted.ensureDeferred
+async def test_events_without_a_puback_are_sent_again_and_stored_once(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A stream that stores but does not answer (no PubAck within the timeout): the events are retried,
+    not counted delivered, and once PubAcks come again each is in the stream once, in order."""
+    rig = Rig(tmp_path / "journal", nats_server.url, cloud=evolve(FAST, request_timeout=0.3))
+    await rig.start()
+    try:
+        await rig.connection.ensure_stream("CPMI_EVENTS", ["cpmi.events.>"], duplicate_window=120.0)
+        await _no_acks(rig, True)
+        for n in range(5):
+            await rig.journal.append(UPLINK_RECORD, "P001", "carIn", f"o-{n}", CAR_IN)
+        await eventually(lambda: rig.engine.counters["retries"] >= 2)
+        assert rig.engine.done_through == 0 and "no PubAck" in rig.engine.last_error
+        await _no_acks(rig, False)
+        await eventually(lambda: rig.engine.done_through >= 5, timeout=30)
+        messages = await rig.stream()
+    finally:
+        await rig.stop()
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == [f"P001:o-{n}" for n in range(5)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_with_publishes_in_flight_leaves_nothing_running(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """The gateway stops while a batch waits for its PubAcks: the wait is abandoned (the batch goes again
+    after a restart), nothing is waited for, and the NATS thread is gone."""
+    rig = Rig(tmp_path / "journal", nats_server.url, cloud=evolve(FAST, request_timeout=30.0))
+    await rig.start()
+    await rig.connection.ensure_stream("CPMI_EVENTS", ["cpmi.events.>"])
+    await _no_acks(rig, True)
+    await rig.journal.append(UPLINK_RECORD, "P001", "carIn", "o-1", CAR_IN)
+    await eventually(lambda: rig.engine._in_flight is not None)
+    await deferLater(reactor, 0.1, lambda: None)  # the batch is written and waits
+    await rig.stop()
+    assert rig.engine.done_through == 0
+    assert rig.sink._acks is not None and not rig.sink._acks.waiting
+    assert not [t for t in threading.enumerate() if t.name == "nats"]
