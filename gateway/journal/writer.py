@@ -7,10 +7,12 @@ How a record becomes durable
 on a pending list; the first append of a reactor turn schedules a flush with
 ``callLater(0)``, so every record appended in that turn shares one batch. The
 flush writes the batch with one ``os.write`` (in the reactor thread: it only
-copies into the page cache) and, with ``fsync="always"``, runs one ``fsync`` on
-a thread of its own (``FsyncThread``). While that fsync runs, new appends pile up and
-become the next batch: at most one batch is in flight. When the fsync returns,
-the batch's Deferreds fire in seq order, then the next batch starts.
+copies into the page cache) and, with ``fsync="always"``, has one ``fsync`` run
+by a helper process (``FsyncProcess``; the journal's own thread, ``FsyncThread``,
+if the helper cannot run or ``os_fsync`` is replaced). While that fsync runs,
+new appends pile up and become the next batch: at most one batch is in flight.
+When the fsync returns, the batch's Deferreds fire in seq order, then the next
+batch starts.
 
 ``fsync`` modes (``[journal] fsync``):
 
@@ -29,7 +31,8 @@ ever be torn, which is what recovery relies on.
 
 Failures
 --------
-If a write or an fsync of a batch fails (``ENOSPC``, ``EIO``, ...):
+If a write or an fsync of a batch fails (``ENOSPC``, ``EIO``, ..., or the
+helper process ended before answering: see ``gateway.journal.fsync_process``):
 
 - the file is truncated back to its size before the batch (and synced), so it
   never holds a record whose writer was told it failed;
@@ -195,7 +198,9 @@ class Journal:
         replace the OS calls and the fsync thread (for tests). Without
         ``run_blocking`` the journal runs its blocking calls on its own
         thread (``FsyncThread``), started at the first of them and stopped by
-        :meth:`close`; with a real reactor, a "before shutdown" trigger closes
+        :meth:`close`; with ``fsync="always"`` and the real ``os.fsync``, the
+        batches' fsyncs run in a helper process started with ``fsync_helper``
+        (its argv; None: on the thread too), ended by :meth:`close`; with a real reactor, a "before shutdown" trigger closes
         the journal if nobody did, unless ``close_at_shutdown`` is false: a
         service that appends while it stops must be the one to close it, since
         that trigger could otherwise run first and refuse those appends.
