@@ -200,7 +200,8 @@ class Journal:
         thread (``FsyncThread``), started at the first of them and stopped by
         :meth:`close`; with ``fsync="always"`` and the real ``os.fsync``, the
         batches' fsyncs run in a helper process started with ``fsync_helper``
-        (its argv; None: on the thread too), ended by :meth:`close`; with a real reactor, a "before shutdown" trigger closes
+        (its argv; None: on the thread too), ended by :meth:`close`. With a
+        real reactor, a "before shutdown" trigger closes
         the journal if nobody did, unless ``close_at_shutdown`` is false: a
         service that appends while it stops must be the one to close it, since
         that trigger could otherwise run first and refuse those appends.
