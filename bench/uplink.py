@@ -115,12 +115,31 @@ def profile(pid: int, path: str, seconds: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*command, "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL)
 
 
+def children_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time so far of the running children of `pid` (the journal's fsync helper), by pid."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return {}
+    found = {}
+    for child in children:
+        with contextlib.suppress(OSError):
+            found[f"child {child}"] = cpu_seconds(int(child))
+    return found
+
+
 def loaded(pid: int, port: int, script: str, args: argparse.Namespace) -> dict[str, Any]:
-    """wrk's figures against the server `pid`, with the server's CPU time per request."""
-    before, threads_before = cpu_seconds(pid), thread_cpu_seconds(pid)
+    """wrk's figures against the server `pid`, with the CPU time per request of it and its children."""
+    before = cpu_seconds(pid)
+    threads_before = {**thread_cpu_seconds(pid), **children_cpu_seconds(pid)}
     figures = wrk(port, script, args.seconds, args.connections)
+    threads = {**thread_cpu_seconds(pid), **children_cpu_seconds(pid)}
     cpu = cpu_seconds(pid) - before
-    threads = thread_cpu_seconds(pid)
+    cpu += sum(
+        seconds - threads_before.get(name, 0.0)
+        for name, seconds in threads.items()
+        if name.startswith("child ")
+    )
     figures["thread_cpu_share"] = {
         name: round((seconds - threads_before.get(name, 0.0)) / args.seconds, 3)
         for name, seconds in threads.items()

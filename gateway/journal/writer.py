@@ -7,10 +7,12 @@ How a record becomes durable
 on a pending list; the first append of a reactor turn schedules a flush with
 ``callLater(0)``, so every record appended in that turn shares one batch. The
 flush writes the batch with one ``os.write`` (in the reactor thread: it only
-copies into the page cache) and, with ``fsync="always"``, runs one ``fsync`` on
-a thread of its own (``FsyncThread``). While that fsync runs, new appends pile up and
-become the next batch: at most one batch is in flight. When the fsync returns,
-the batch's Deferreds fire in seq order, then the next batch starts.
+copies into the page cache) and, with ``fsync="always"``, has one ``fsync`` run
+by a helper process (``FsyncProcess``; the journal's own thread, ``FsyncThread``,
+if the helper cannot run or ``os_fsync`` is replaced). While that fsync runs,
+new appends pile up and become the next batch: at most one batch is in flight.
+When the fsync returns, the batch's Deferreds fire in seq order, then the next
+batch starts.
 
 ``fsync`` modes (``[journal] fsync``):
 
@@ -29,7 +31,8 @@ ever be torn, which is what recovery relies on.
 
 Failures
 --------
-If a write or an fsync of a batch fails (``ENOSPC``, ``EIO``, ...):
+If a write or an fsync of a batch fails (``ENOSPC``, ``EIO``, ..., or the
+helper process ended before answering: see ``gateway.journal.fsync_process``):
 
 - the file is truncated back to its size before the batch (and synced), so it
   never holds a record whose writer was told it failed;
@@ -56,7 +59,7 @@ import errno as errno_codes
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from hashlib import blake2b as _blake2b
 from typing import Any, TypeVar, cast
@@ -79,6 +82,7 @@ from gateway.journal.disk import (
     timed_fsync,
     write_error,
 )
+from gateway.journal.fsync_process import CHILD_ARGV, FsyncProcess
 from gateway.journal.kinds import RECOVERY_RECORD
 from gateway.journal.reader import read_records
 from gateway.journal.record import (
@@ -127,6 +131,7 @@ class Journal:
         "_fd",
         "_finishing",
         "_flush_call",
+        "_helper",
         "_interval",
         "_interval_call",
         "_interval_syncing",
@@ -168,6 +173,7 @@ class Journal:
         os_write: Callable[[int, bytes | memoryview], int] = os.write,
         os_ftruncate: Callable[[int, int], None] = os.ftruncate,
         run_blocking: RunBlocking | None = None,
+        fsync_helper: Sequence[str] | None = CHILD_ARGV,
         close_at_shutdown: bool = True,
         signing_key: SigningKey | None = None,
         gateway_id: str = "",
@@ -192,7 +198,10 @@ class Journal:
         replace the OS calls and the fsync thread (for tests). Without
         ``run_blocking`` the journal runs its blocking calls on its own
         thread (``FsyncThread``), started at the first of them and stopped by
-        :meth:`close`; with a real reactor, a "before shutdown" trigger closes
+        :meth:`close`; with ``fsync="always"`` and the real ``os.fsync``, the
+        batches' fsyncs run in a helper process started with ``fsync_helper``
+        (its argv; None: on the thread too), ended by :meth:`close`. With a
+        real reactor, a "before shutdown" trigger closes
         the journal if nobody did, unless ``close_at_shutdown`` is false: a
         service that appends while it stops must be the one to close it, since
         that trigger could otherwise run first and refuse those appends.
@@ -223,9 +232,11 @@ class Journal:
         except BaseException:
             os.close(directory_fd)
             raise
-        pool = None
+        pool = helper = None
         if run_blocking is None:
             pool = run_blocking = FsyncThread(reactor)
+            if fsync == "always" and fsync_helper is not None and os_fsync is os.fsync:
+                helper = FsyncProcess(reactor, pool, argv=tuple(fsync_helper))
         journal = cls(
             reactor=reactor,
             directory=directory,
@@ -243,6 +254,7 @@ class Journal:
             os_ftruncate=os_ftruncate,
             run_blocking=run_blocking,
             pool=pool,
+            helper=helper,
             signing_key=signing_key,
             gateway_id=gateway_id,
         )
@@ -282,6 +294,7 @@ class Journal:
         os_ftruncate: Callable[[int, int], None],
         run_blocking: RunBlocking,
         pool: FsyncThread | None,
+        helper: FsyncProcess | None = None,
         signing_key: SigningKey | None = None,
         gateway_id: str = "",
     ) -> None:
@@ -301,6 +314,7 @@ class Journal:
         self._os_ftruncate = os_ftruncate
         self._run_blocking = run_blocking
         self._pool = pool
+        self._helper = helper
         self._trigger: object | None = None
         # The head appends chain onto, and the head of what the file holds for
         # good (synced in "always", written otherwise): a failure rolls back to it.
@@ -504,7 +518,10 @@ class Journal:
             return
         self._segment_size = start + len(data)
         if self._sync_batches:
-            d = self._run_blocking(partial(timed_fsync, self._os_fsync, fd))
+            if self._helper is not None:
+                d = self._helper.sync(fd)
+            else:
+                d = self._run_blocking(partial(timed_fsync, self._os_fsync, fd))
             d.addCallbacks(
                 lambda seconds: self._batch_synced(seconds, records, waiters),
                 lambda f: self._batch_failed(
@@ -642,6 +659,8 @@ class Journal:
             return create_segment(directory, directory_fd, name, fsync)
 
         def rotated(fd: int) -> None:
+            if self._helper is not None:
+                self._helper.forget(old_fd)
             if self._interval_syncing:
                 self._retired.append(old_fd)  # an interval fsync may be on it
             else:
@@ -769,6 +788,8 @@ class Journal:
         fd, directory_fd, retired = self._fd, self._directory_fd, self._retired
         self._retired = []
         fsync = self._os_fsync
+        if self._helper is not None:
+            self._helper.forget(fd)
 
         def finish() -> None:
             try:
@@ -777,10 +798,14 @@ class Journal:
                 for each in (fd, *retired, directory_fd):
                     os.close(each)
 
-        def finished(result: object) -> None:
+        def finished(result: object) -> Deferred[None]:
             self._closed = True
             if self._pool is not None:
                 self._pool.stop()
+            helper_ended = succeed(None) if self._helper is None else self._helper.stop()
+            return helper_ended.addBoth(lambda _: answer(result))
+
+        def answer(result: object) -> None:
             if self._trigger is not None:
                 cast(Any, self._reactor).removeSystemEventTrigger(self._trigger)
                 self._trigger = None
