@@ -183,6 +183,7 @@ async def test_a_lot_that_moves_is_answered_for_by_its_new_gateway_only(setup: S
     await eventually(
         lambda: "P001" in setup.b.commands.subscribed() and "P001" not in setup.a.commands.held()
     )
+    await setup.cloud.wait_for_responder(SUBJECT)  # B's subscription has reached the server too
     for _ in range(3):
         assert reply_of(await setup.cloud.request(SUBJECT, json.dumps(GATE).encode()))["resultCode"] == "0000"
     await eventually(lambda: len(setup.b.records(COMMAND_REPLY_RECORD)) == 3)
