@@ -409,8 +409,14 @@ class Downlinks:
             return True
         self.counters["closed_token"] += 1
         answer = Answer.of(Result.TOKEN_INVALID, "token: replaced by a newer login, revoked or expired")
-        self._answer(connection, code, opr, answer)
-        connection.close("its token was replaced, revoked or expired")
+        if self._sessions.expired(connection.token):
+            # The month's end (B.3.6): every lot meets it together, and it is no refusal of the
+            # lot's doing. One line says it, the lot.offline below; no lot.rejected beside it.
+            self._answer(connection, code, opr, answer, logged=False)
+            connection.close("its token expired (the month's end)")
+        else:
+            self._answer(connection, code, opr, answer)
+            connection.close("its token was replaced, revoked or expired")
         return False
 
     def connection_lost(self, connection: Connection, reason: Failure) -> None:
@@ -451,6 +457,8 @@ class Downlinks:
             configured=self._lot_by_username,
             # A connection lost while its login waits for a password check drops the check.
             gone=lambda: connection.phase is CLOSING,
+            # Its lot.online line says it: "bound from {peer} by login".
+            logged=False,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)
@@ -623,12 +631,14 @@ class Downlinks:
         token: str | None = None,
         secret: str | None = None,
         park: str | None = None,
+        logged: bool = True,
     ) -> None:
-        """Send a response frame; one other than 0000 is logged (lot.rejected) as the lot `park`'s.
+        """Send a response frame; one other than 0000 is logged (lot.rejected) as the lot `park`'s
+        unless `logged` is false (the caller logs the event its own way).
 
         `park` defaults to the connection's lot.
         """
-        if answer.result is not RESULT_OK:
+        if answer.result is not RESULT_OK and logged:
             self._rejected(connection, code, answer, park)
         if token is None:
             token = connection.token

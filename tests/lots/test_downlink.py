@@ -990,6 +990,45 @@ def test_a_connection_whose_token_was_revoked_is_answered_9000_and_closed() -> N
     assert expired.received()[0]["resultCode"] == "9000" and expired.closed
 
 
+def test_a_token_expired_at_the_months_end_logs_one_line_not_a_rejection() -> None:
+    """At the month's end the bound connection's next frame is answered 9000 and closed, and the log
+    says it once: a lot.offline naming the expiry, no lot.rejected (every lot meets it together)."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    gateway.clock.advance(40 * 86400)
+    with captured() as events:
+        lot.request("heartbeat", token=token)
+    assert lot.received()[0]["resultCode"] == "9000" and lot.closed
+    named = [e for e in events if e.get("event") in ("lot.offline", "lot.rejected")]
+    assert [(e["event"], e["park"]) for e in named] == [("lot.offline", "P001")]
+    assert "expired" in named[0]["reason"]
+    assert gateway.downlinks.counters["closed_token"] == 1
+
+
+def test_a_replaced_token_still_logs_a_rejection() -> None:
+    """A token replaced by a newer login (not expired) is a refusal worth a lot.rejected, beside the
+    lot.offline."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    gateway.token()  # the newer login
+    with captured() as events:
+        lot.request("heartbeat", token=token)
+    named = [(e["event"], e.get("result")) for e in events if e.get("event") in ("lot.offline", "lot.rejected")]
+    assert named == [("lot.rejected", "9000"), ("lot.offline", None)]
+
+
+def test_a_login_over_tcp_logs_one_line() -> None:
+    """A login on the downlink logs one line, its lot.online ("by login"); login.py's own line is for HTTP."""
+    gateway = Gateway()
+    with captured() as events:
+        gateway.connect().login()
+    lines = [e for e in events if e.get("log_namespace", "").startswith("gateway.")]
+    assert [e.get("event") for e in lines] == ["lot.online"]
+    assert lines[0]["how"] == "login"
+
+
 def test_a_heartbeat_with_the_newer_token_keeps_the_connection() -> None:
     """A lot that logged in again elsewhere and heartbeats with its new token is not cut off."""
     gateway = Gateway()
