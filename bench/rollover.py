@@ -92,8 +92,9 @@ CLOCK_PRELUDE = (
 )
 # `--stalls`: inside the gateway, each garbage collection's pause (gc.callbacks) and the
 # reactor's lag (a thread asks it for a callFromThread every 10 ms and times the answer: how
-# long the reactor's turn in progress still held it), on CLOCK_MONOTONIC (the same in every
-# process), written as JSON to the file at exit and every 5 s.
+# long the reactor's turn in progress still held it), each fsync's time (os.fsync wrapped before
+# the journal takes it), on CLOCK_MONOTONIC (the same in every
+# process), written as JSON to the file at exit only (a dump holds the GIL: the probe would see it).
 STALLS_PRELUDE = """
 import gc as _s_gc, json as _s_json, sys as _s_sys, threading as _s_th, time as _s_time
 _s_path, _s_gc_events, _s_lag, _s_start = {path!r}, [], [], [0.0]
@@ -103,24 +104,29 @@ def _s_gc_cb(phase, info):
     else:
         _s_gc_events.append((_s_start[0], info["generation"], _s_time.monotonic() - _s_start[0]))
 _s_gc.callbacks.append(_s_gc_cb)
+import os as _s_os
+_s_fsyncs, _s_real_fsync = [], _s_os.fsync
+def _s_fsync(fd):
+    began = _s_time.monotonic()
+    try:
+        _s_real_fsync(fd)
+    finally:
+        _s_fsyncs.append((began, _s_time.monotonic() - began))
+_s_os.fsync = _s_fsync
 def _s_dump():
     with open(_s_path, "w") as f:
-        _s_json.dump({{"gc": list(_s_gc_events), "lag": list(_s_lag)}}, f)
+        _s_json.dump({{"gc": list(_s_gc_events), "lag": list(_s_lag), "fsync": list(_s_fsyncs)}}, f)
 def _s_watch():
     while "twisted.internet.reactor" not in _s_sys.modules:
         _s_time.sleep(0.1)
     reactor = _s_sys.modules["twisted.internet.reactor"]
     while not getattr(reactor, "running", False):
         _s_time.sleep(0.1)
-    last = _s_time.monotonic()
     while reactor.running:
         sent, done = _s_time.monotonic(), _s_th.Event()
         reactor.callFromThread(done.set)
         done.wait(30)
         _s_lag.append((sent, _s_time.monotonic() - sent))
-        if sent - last > 5:
-            _s_dump()
-            last = sent
         _s_time.sleep(0.01)
 _s_th.Thread(target=_s_watch, daemon=True).start()
 import atexit as _s_atexit
@@ -632,15 +638,22 @@ def latency(samples: list[tuple[str, float, str]]) -> dict[str, Any]:
     }
 
 
-def stalls(path: Path, start: float, end: float) -> dict[str, Any]:
+def stalls(path: Path, start: float, end: float, slowest: list[tuple[float, float]]) -> dict[str, Any]:
     """What `STALLS_PRELUDE` wrote, from `start` to `end` (monotonic): the reactor's lag, its
-    turns over the probe's target, and the garbage collector's pauses by generation."""
+    turns over the probe's target, the fsyncs, the garbage collector's pauses by generation, and
+    for each of the probe's `slowest` (sent at, ms) the longest lag and fsync while it waited."""
     try:
         seen = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     lags = [lag * 1000 for at, lag in seen["lag"] if start <= at <= end]
     long = [lag for lag in lags if lag > P99_TARGET_MS]
+    fsyncs = [took * 1000 for at, took in seen["fsync"] if start <= at <= end]
+
+    def longest(kind: str, sent: float, ms: float) -> float:
+        during = [took for at, took in seen[kind] if at <= sent + ms / 1000 and at + took >= sent]
+        return round(1000 * max(during, default=0.0), 1)
+
     pauses: dict[str, list[float]] = {}
     for at, generation, pause in seen["gc"]:
         if start <= at <= end:
@@ -651,6 +664,18 @@ def stalls(path: Path, start: float, end: float) -> dict[str, Any]:
         "lag_p99_ms": round(percentile(lags, 0.99), 2),
         "lag_max_ms": round(max(lags), 1) if lags else 0.0,
         f"lags_over_{P99_TARGET_MS:.0f}_ms": len(long),
+        "fsyncs": len(fsyncs),
+        "fsync_p50_ms": round(statistics.median(fsyncs), 2) if fsyncs else 0.0,
+        "fsync_p99_ms": round(percentile(fsyncs, 0.99), 2),
+        "fsync_max_ms": round(max(fsyncs), 1) if fsyncs else 0.0,
+        "probe_slowest_waited_on": [
+            {
+                "ms": round(ms, 1),
+                "longest_lag_ms": longest("lag", sent, ms),
+                "longest_fsync_ms": longest("fsync", sent, ms),
+            }
+            for sent, ms in slowest
+        ],
         "gc": {
             gen: {"count": len(ms), "total_ms": round(sum(ms), 1), "max_ms": round(max(ms), 1)}
             for gen, ms in sorted(pauses.items())
@@ -791,6 +816,9 @@ def rollover(args: argparse.Namespace) -> None:
             results["probe_before"] = latency(before.samples)
             results["probe"] = latency(during.samples)
             slowest = sorted(zip(during.samples, during.sent_at, strict=True), key=lambda s: -s[0][1])[:5]
+            # The same on the monotonic clock the gateway's --stalls are timed on.
+            wall_to_monotonic = time.monotonic() - time.time()
+            slowest_sent = [(at + wall_to_monotonic, sample[1]) for sample, at in slowest]
             results["probe_slowest"] = [
                 {"after_turn_s": round(at - turn, 2), "ms": round(sample[1], 1)} for sample, at in slowest
             ]
@@ -799,7 +827,7 @@ def rollover(args: argparse.Namespace) -> None:
     finally:
         results["gateway_stop"] = stop_gateway(server)
     if args.stalls:
-        results["stalls"] = stalls(Path(args.stalls), *window)
+        results["stalls"] = stalls(Path(args.stalls), *window, slowest_sent)
     results["met"] = bool(
         results["uploaded_s"] is not None
         and results["uploaded_s"] <= UPLOADED_TARGET_S
