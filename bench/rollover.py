@@ -122,6 +122,7 @@ def _s_watch():
     reactor = _s_sys.modules["twisted.internet.reactor"]
     while not getattr(reactor, "running", False):
         _s_time.sleep(0.1)
+    reactor.callFromThread(reactor.addSystemEventTrigger, "after", "shutdown", _s_dump)
     while reactor.running:
         sent, done = _s_time.monotonic(), _s_th.Event()
         reactor.callFromThread(done.set)
