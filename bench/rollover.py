@@ -11,10 +11,15 @@ is changed). N lots bind from P processes of their own (`--processes`), each
 lot a TCP downlink connection logged in with its password, as `bench.lotfleet`
 binds them. Then the month turns, and each lot, as a real one does:
 
+- heartbeats every `--interval` seconds (30) from its bind, its phase at
+  random, as real lots do (a lot that says nothing gets the gateway's own
+  heartbeat after `write_idle`, 60 s: a fleet that bound in the same few
+  seconds and never spoke would be sent 10,000 of them together, which is
+  how the rollover met the gateway before 2026-12-05, not how lots behave);
 - finds its token expired at its next request (B.3.6), its heartbeat: the
-  lots' heartbeats are spread at random over `--spread` seconds (30, their
-  heartbeat interval; `--spread 1` is every lot's clock saying 00:00 at
-  once); it is answered 9000 and cut off;
+  next heartbeats fall at random over `--interval` seconds after the turn,
+  or over `--spread` seconds when that is shorter (`--spread 1` is every
+  lot's clock saying 00:00 at once); it is answered 9000 and cut off;
 - connects again at once and logs in with its password; answered 9999
   ("busy, retry") or cut off, it waits 1-3 s (at random) and tries again;
 - once bound, posts one signed carIn over HTTP with its new token, and counts
@@ -51,7 +56,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from twisted.internet.interfaces import IAddress, IConnector
+from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -85,6 +90,49 @@ CLOCK_PRELUDE = (
     "_bench_real, _bench_offset = _bench_time.time, float({offset!r})\n"
     "_bench_time.time = lambda: _bench_real() + _bench_offset\n"
 )
+# `--stalls`: inside the gateway, each garbage collection's pause (gc.callbacks) and the
+# reactor's lag (a thread asks it for a callFromThread every 10 ms and times the answer: how
+# long the reactor's turn in progress still held it), each fsync's time (os.fsync wrapped before
+# the journal takes it), on CLOCK_MONOTONIC (the same in every
+# process), written as JSON to the file at exit only (a dump holds the GIL: the probe would see it).
+STALLS_PRELUDE = """
+import gc as _s_gc, json as _s_json, sys as _s_sys, threading as _s_th, time as _s_time
+_s_path, _s_gc_events, _s_lag, _s_start = {path!r}, [], [], [0.0]
+def _s_gc_cb(phase, info):
+    if phase == "start":
+        _s_start[0] = _s_time.monotonic()
+    else:
+        _s_gc_events.append((_s_start[0], info["generation"], _s_time.monotonic() - _s_start[0]))
+_s_gc.callbacks.append(_s_gc_cb)
+import os as _s_os
+_s_fsyncs, _s_real_fsync = [], _s_os.fsync
+def _s_fsync(fd):
+    began = _s_time.monotonic()
+    try:
+        _s_real_fsync(fd)
+    finally:
+        _s_fsyncs.append((began, _s_time.monotonic() - began))
+_s_os.fsync = _s_fsync
+def _s_dump():
+    with open(_s_path, "w") as f:
+        _s_json.dump({{"gc": list(_s_gc_events), "lag": list(_s_lag), "fsync": list(_s_fsyncs)}}, f)
+def _s_watch():
+    while "twisted.internet.reactor" not in _s_sys.modules:
+        _s_time.sleep(0.1)
+    reactor = _s_sys.modules["twisted.internet.reactor"]
+    while not getattr(reactor, "running", False):
+        _s_time.sleep(0.1)
+    reactor.callFromThread(reactor.addSystemEventTrigger, "after", "shutdown", _s_dump)
+    while reactor.running:
+        sent, done = _s_time.monotonic(), _s_th.Event()
+        reactor.callFromThread(done.set)
+        done.wait(30)
+        _s_lag.append((sent, _s_time.monotonic() - sent))
+        _s_time.sleep(0.01)
+_s_th.Thread(target=_s_watch, daemon=True).start()
+import atexit as _s_atexit
+_s_atexit.register(_s_dump)
+"""
 COUNTERS = (
     "connects",
     "connect_failures",
@@ -112,6 +160,8 @@ class HerdLot(Protocol):
         self.index = index
         self.decoder = FrameDecoder(1 << 16)
         self.bound = False
+        # The lot's next heartbeat, while it is bound.
+        self.beat: IDelayedCall | None = None
 
     @property
     def token(self) -> str:
@@ -132,8 +182,16 @@ class HerdLot(Protocol):
         self.transport.write(encode_json_frame(text))  # type: ignore[union-attr]
 
     def heartbeat(self) -> None:
-        """The lot's regular heartbeat."""
+        """The lot's regular heartbeat; the next one `interval` seconds later."""
+        self.beat = None
         self.send(signed_request_text("heartbeat", self.herd.opr(), self.token, self.herd.secret, "{}"))
+        self.heartbeat_in(self.herd.interval)
+
+    def heartbeat_in(self, seconds: float) -> None:
+        """Send the next heartbeat `seconds` from now (instead of when it was due)."""
+        if self.beat is not None and self.beat.active():
+            self.beat.cancel()
+        self.beat = self.herd.reactor.callLater(seconds, self.heartbeat)
 
     def dataReceived(self, data: bytes) -> None:
         for payload in self.decoder.feed(data):
@@ -178,6 +236,9 @@ class HerdLot(Protocol):
             herd.counters["bad_frames"] += 1
 
     def became_bound(self) -> None:
+        if not self.bound:
+            # The first heartbeat at random within the interval: a fleet's phases are spread.
+            self.heartbeat_in(random.uniform(0, self.herd.interval))
         self.bound = True
         self.herd.lot_bound(self)
 
@@ -195,6 +256,9 @@ class HerdLot(Protocol):
         self.send(text)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.beat is not None and self.beat.active():
+            self.beat.cancel()
+        self.beat = None
         self.herd.lot_lost(self)
 
 
@@ -257,6 +321,7 @@ class Herd:
         self.first, self.count = args.first, args.lots
         self.turn = args.turn
         self.spread = args.spread
+        self.interval = args.interval
         self.tokens = [""] * self.count
         self.lots: list[HerdLot | None] = [None] * self.count
         self.bound = [False] * self.count
@@ -347,16 +412,15 @@ class Herd:
         self.again(lot.index, delay)
 
     def month_turns(self) -> None:
-        """00:00 on the 1st: each bound lot's next heartbeat falls within `spread` seconds."""
+        """00:00 on the 1st: each bound lot's next heartbeat is due within its interval anyway;
+        within `spread` seconds when that is shorter (the lots' clocks agreeing on 00:00)."""
         self.turned = True
         emit({"event": "turned", "at": time.time()})
-        for slot, lot in enumerate(self.lots):
+        if self.spread >= self.interval:
+            return
+        for lot in self.lots:
             if lot is not None and lot.bound:
-                self.reactor.callLater(random.uniform(0, self.spread), self._heartbeat, slot, lot)
-
-    def _heartbeat(self, slot: int, lot: HerdLot) -> None:
-        if self.lots[slot] is lot and lot.bound:
-            lot.heartbeat()
+                lot.heartbeat_in(random.uniform(0, self.spread))
 
     def upload(self, index: int) -> None:
         self.reactor.connectTCP(self.host, self.uplink, _Factory(self, index, Upload), timeout=30)
@@ -486,6 +550,7 @@ def lots(args: argparse.Namespace, downlink: int, uplink: int, turn: float = 0.0
         command = [sys.executable, "-m", "bench.rollover", "--child", "--port", str(downlink)]
         command += ["--uplink", str(uplink), "--first", str(first), "--lots", str(count)]
         command += ["--turn", repr(turn), "--spread", str(args.spread), "--connecting", str(args.connecting)]
+        command += ["--interval", str(args.interval)]
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=ENV))
     running = Lots(processes)
     try:
@@ -574,6 +639,51 @@ def latency(samples: list[tuple[str, float, str]]) -> dict[str, Any]:
     }
 
 
+def stalls(path: Path, start: float, end: float, slowest: list[tuple[float, float]]) -> dict[str, Any]:
+    """What `STALLS_PRELUDE` wrote, from `start` to `end` (monotonic): the reactor's lag, its
+    turns over the probe's target, the fsyncs, the garbage collector's pauses by generation, and
+    for each of the probe's `slowest` (sent at, ms) the longest lag and fsync while it waited."""
+    try:
+        seen = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    lags = [lag * 1000 for at, lag in seen["lag"] if start <= at <= end]
+    long = [lag for lag in lags if lag > P99_TARGET_MS]
+    fsyncs = [took * 1000 for at, took in seen["fsync"] if start <= at <= end]
+
+    def longest(kind: str, sent: float, ms: float) -> float:
+        during = [took for at, took in seen[kind] if at <= sent + ms / 1000 and at + took >= sent]
+        return round(1000 * max(during, default=0.0), 1)
+
+    pauses: dict[str, list[float]] = {}
+    for at, generation, pause in seen["gc"]:
+        if start <= at <= end:
+            pauses.setdefault(f"gen{generation}", []).append(pause * 1000)
+    return {
+        "lag_samples": len(lags),
+        "lag_p50_ms": round(statistics.median(lags), 2) if lags else 0.0,
+        "lag_p99_ms": round(percentile(lags, 0.99), 2),
+        "lag_max_ms": round(max(lags), 1) if lags else 0.0,
+        f"lags_over_{P99_TARGET_MS:.0f}_ms": len(long),
+        "fsyncs": len(fsyncs),
+        "fsync_p50_ms": round(statistics.median(fsyncs), 2) if fsyncs else 0.0,
+        "fsync_p99_ms": round(percentile(fsyncs, 0.99), 2),
+        "fsync_max_ms": round(max(fsyncs), 1) if fsyncs else 0.0,
+        "probe_slowest_waited_on": [
+            {
+                "ms": round(ms, 1),
+                "longest_lag_ms": longest("lag", sent, ms),
+                "longest_fsync_ms": longest("fsync", sent, ms),
+            }
+            for sent, ms in slowest
+        ],
+        "gc": {
+            gen: {"count": len(ms), "total_ms": round(sum(ms), 1), "max_ms": round(max(ms), 1)}
+            for gen, ms in sorted(pauses.items())
+        },
+    }
+
+
 def with_backlog(config: str, backlog: int) -> str:
     """`config` with the uplink's and the downlink's listen backlog `backlog` (0: the gateway's, 1024)."""
     if not backlog:
@@ -601,7 +711,13 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         "--spread",
         type=float,
         default=30.0,
-        help="seconds the lots' next requests after the turn spread over",
+        help="seconds the lots' next requests after the turn spread over (at most --interval)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=30.0,
+        help="seconds between a bound lot's heartbeats (B.3.4: a real lot's 30 s)",
     )
 
 
@@ -610,6 +726,11 @@ def main() -> None:
     arguments(parser)
     parser.add_argument(
         "--profile", metavar="FILE", help="py-spy the gateway over the rollover: stacks to FILE"
+    )
+    parser.add_argument(
+        "--stalls",
+        metavar="FILE",
+        help="measure inside the gateway its reactor's lag and its GC pauses (to FILE), and report them",
     )
     parser.add_argument(
         "--lead", type=float, default=60.0, help="seconds from the gateway's start to the turn"
@@ -646,11 +767,15 @@ def rollover(args: argparse.Namespace) -> None:
     turn = month_turn - offset  # the turn on this machine's clock
     config_file = work / "gateway.toml"
     config_file.write_text(config)
-    server = start_gateway(work, config_file, CLOCK_PRELUDE.format(offset=offset))
+    prelude = CLOCK_PRELUDE.format(offset=offset)
+    if args.stalls:
+        prelude += STALLS_PRELUDE.format(path=str(Path(args.stalls).resolve()))
+    server = start_gateway(work, config_file, prelude)
     results: dict[str, Any] = {
         "lots": args.lots,
         "lead_s": args.lead,
-        "spread_s": args.spread,
+        "spread_s": min(args.spread, args.interval),
+        "interval_s": args.interval,
         "backlog": args.backlog or BACKLOG,
     }
     try:
@@ -673,12 +798,14 @@ def rollover(args: argparse.Namespace) -> None:
             cpu = cpu_seconds(server.pid)
             started = time.monotonic()
             phase.name = "rollover"
-            profiler = py_spy(server.pid, args.profile, args.spread + 10) if args.profile else None
+            profiled = min(args.spread, args.interval) + 10
+            profiler = py_spy(server.pid, args.profile, profiled) if args.profile else None
             with Probe(uplink, probe_token(uplink, args.lots), args.rate, phase) as during:
                 rebound_at = herd.wait("rebound", 120.0)
                 uploaded_at = herd.wait("uploaded", max(1.0, 120.0 - (time.monotonic() - started)))
                 time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
             seconds = time.monotonic() - started
+            window = (started, started + seconds)
             if profiler is not None:
                 profiler.wait()
             results["gateway_cpu_share"] = round((cpu_seconds(server.pid) - cpu) / seconds, 3)
@@ -690,6 +817,9 @@ def rollover(args: argparse.Namespace) -> None:
             results["probe_before"] = latency(before.samples)
             results["probe"] = latency(during.samples)
             slowest = sorted(zip(during.samples, during.sent_at, strict=True), key=lambda s: -s[0][1])[:5]
+            # The same on the monotonic clock the gateway's --stalls are timed on.
+            wall_to_monotonic = time.monotonic() - time.time()
+            slowest_sent = [(at + wall_to_monotonic, sample[1]) for sample, at in slowest]
             results["probe_slowest"] = [
                 {"after_turn_s": round(at - turn, 2), "ms": round(sample[1], 1)} for sample, at in slowest
             ]
@@ -697,6 +827,8 @@ def rollover(args: argparse.Namespace) -> None:
             time.sleep(2.0)  # the lots' going offline logged, before the SIGTERM
     finally:
         results["gateway_stop"] = stop_gateway(server)
+    if args.stalls:
+        results["stalls"] = stalls(Path(args.stalls), *window, slowest_sent)
     results["met"] = bool(
         results["uploaded_s"] is not None
         and results["uploaded_s"] <= UPLOADED_TARGET_S
@@ -715,6 +847,8 @@ def rollover(args: argparse.Namespace) -> None:
         f"probe's slowest: {results['probe_slowest']}\n"
         f"lots: {results['lots_counters']}"
     )
+    if args.stalls:
+        print(f"inside the gateway over the rollover: {results['stalls']}")
     write_result("rollover", results)
 
 

@@ -18,7 +18,7 @@ from gateway.protocol.framing import FrameDecoder, encode_json_frame
 DOWNLINK, UPLINK = 9000, 8000
 
 
-def herd(lots: int = 1, turn: float = 0.0) -> tuple[Herd, MemoryReactorClock]:
+def herd(lots: int = 1, turn: float = 0.0, spread: float = 1.0) -> tuple[Herd, MemoryReactorClock]:
     args = argparse.Namespace(
         host="127.0.0.1",
         port=DOWNLINK,
@@ -28,7 +28,8 @@ def herd(lots: int = 1, turn: float = 0.0) -> tuple[Herd, MemoryReactorClock]:
         first=0,
         lots=lots,
         turn=turn,
-        spread=1.0,
+        spread=spread,
+        interval=30.0,
         connecting=10,
     )
     reactor = MemoryReactorClock()
@@ -88,7 +89,8 @@ def test_at_the_turn_a_lot_is_told_its_token_expired_logs_in_again_at_once_and_u
     lot, transport = connect(running, reactor)
     sent_frames(transport)
     answer(lot, "login", "0000", data={"token": "t1", "parkCode": "P00000"})
-    running.month_turns()
+    reactor.advance(0)  # the turn (passed already: at once); the next heartbeat within --spread 1 s
+    assert running.turned
     reactor.advance(1.0)
     [heartbeat] = sent_frames(transport)
     assert heartbeat["code"] == "heartbeat" and heartbeat["token"] == "t1"
@@ -115,6 +117,40 @@ def test_at_the_turn_a_lot_is_told_its_token_expired_logs_in_again_at_once_and_u
     out = capsys.readouterr().out
     assert '"event": "rebound"' in out and '"event": "uploaded"' in out
     assert running.counters["uploads"] == 1
+
+
+def test_a_bound_lot_heartbeats_every_interval_until_its_connection_is_lost() -> None:
+    """As a real lot: the first heartbeat within the interval after the bind, then one every 30 s;
+    none once the connection is gone (else the gateway's own heartbeats would all come together)."""
+    running, reactor = herd()
+    running.start()
+    lot, transport = connect(running, reactor)
+    sent_frames(transport)
+    answer(lot, "login", "0000", data={"token": "t1", "parkCode": "P00000"})
+    reactor.advance(30.0)
+    [first] = sent_frames(transport)
+    assert first["code"] == "heartbeat" and first["token"] == "t1"
+    reactor.advance(29.9)
+    assert sent_frames(transport) == []
+    reactor.advance(0.2)
+    assert [frame["code"] for frame in sent_frames(transport)] == ["heartbeat"]
+    lot.connectionLost(None)  # type: ignore[arg-type]
+    assert not [call for call in reactor.getDelayedCalls() if call.func == lot.heartbeat]
+
+
+@pytest.mark.parametrize("spread", [30.0, 60.0])
+def test_a_spread_as_long_as_the_interval_leaves_the_heartbeats_where_they_were(spread: float) -> None:
+    """With --spread at or above the interval the turn moves no heartbeat: each lot's next one is
+    where its own phase put it."""
+    running, reactor = herd(turn=1.0, spread=spread)
+    running.start()
+    lot, transport = connect(running, reactor)
+    sent_frames(transport)
+    answer(lot, "login", "0000", data={"token": "t1", "parkCode": "P00000"})
+    assert lot.beat is not None
+    due = lot.beat.getTime()
+    reactor.advance(0)  # the turn (passed already: at once)
+    assert running.turned and lot.beat.getTime() == due
 
 
 def test_a_lot_answered_busy_waits_one_to_three_seconds() -> None:

@@ -14,7 +14,7 @@ token is no longer in force is closed at its next frame. The protocol in
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from zoneinfo import ZoneInfo
 
@@ -48,6 +48,11 @@ SWEEP_INTERVAL = 1.0
 MAX_QUEUED = 32
 # Expired oprNums remembered to tell a late reply from an unknown one.
 _EXPIRED_KEPT = 1024
+# Logins begun in one turn of the reactor; the next wait for the following turns, in order. At the
+# month's end every lot logs in again; without a cap, one turn could take the logins of hundreds
+# of lots (and their answers came back in one journal batch), and every other lot's frame, and
+# every uplink, waited for the whole turn (docs/benchmarks.md, the month's rollover).
+LOGINS_PER_TURN = 32
 
 Connection = DownlinkProtocol
 UNBOUND, BINDING, BOUND, CLOSING = Bind.UNBOUND, Bind.BINDING, Bind.BOUND, Bind.CLOSING
@@ -107,6 +112,7 @@ class Downlinks:
         journal: JournalAppend,
         clock: IReactorTime,
         deadlines: Mapping[str, float] | None = None,
+        logins_per_turn: int = LOGINS_PER_TURN,
     ) -> None:
         self._config = config
         self._tcp = config.tcp
@@ -119,6 +125,11 @@ class Downlinks:
         self._connections: Registry[Connection] = Registry()
         self._outstanding: dict[str, _Pending] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()
+        self._logins_per_turn = logins_per_turn
+        self._logins_begun = 0  # since the cap was last reached
+        # One entry per connection at most (it is BINDING meanwhile); bind_timeout closes it.
+        self._logins_waiting: deque[tuple[Connection, Request]] = deque()
+        self._turn_call: IDelayedCall | None = None
         self._sweep = LoopingCall(self.sweep)
         self._sweep.clock = clock
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
@@ -409,8 +420,14 @@ class Downlinks:
             return True
         self.counters["closed_token"] += 1
         answer = Answer.of(Result.TOKEN_INVALID, "token: replaced by a newer login, revoked or expired")
-        self._answer(connection, code, opr, answer)
-        connection.close("its token was replaced, revoked or expired")
+        if self._sessions.expired(connection.token):
+            # The month's end (B.3.6): every lot meets it together, and it is no refusal of the
+            # lot's doing. One line says it, the lot.offline below; no lot.rejected beside it.
+            self._answer(connection, code, opr, answer, logged=False)
+            connection.close("its token expired (the month's end)")
+        else:
+            self._answer(connection, code, opr, answer)
+            connection.close("its token was replaced, revoked or expired")
         return False
 
     def connection_lost(self, connection: Connection, reason: Failure) -> None:
@@ -440,7 +457,35 @@ class Downlinks:
         connection.close("first frame was neither login nor heartbeat")
 
     def _login(self, connection: Connection, request: Request) -> None:
+        # BINDING from now: the lot's next frames wait for the login (MAX_QUEUED of them).
         connection.phase = BINDING
+        if self._turn_call is not None:
+            self._logins_waiting.append((connection, request))  # the cap is reached: next turn
+            return
+        self._begin_login(connection, request)
+        self._logins_begun += 1
+        if self._logins_begun >= self._logins_per_turn:
+            self._turn_call = self._clock.callLater(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        """A new turn of the reactor: begin the logins that waited, up to the cap.
+
+        The count starts again only once the cap was reached: at a few logins a
+        second every `logins_per_turn`-th waits one turn, which costs nothing.
+        """
+        self._turn_call = None
+        self._logins_begun = 0
+        waiting = self._logins_waiting
+        while waiting and self._logins_begun < self._logins_per_turn:
+            connection, request = waiting.popleft()
+            if connection.phase is CLOSING:
+                continue  # gone (or closed by the bind timeout) while it waited
+            self._begin_login(connection, request)
+            self._logins_begun += 1
+        if self._logins_begun >= self._logins_per_turn:
+            self._turn_call = self._clock.callLater(0, self._next_turn)
+
+    def _begin_login(self, connection: Connection, request: Request) -> None:
         outcome = login(
             request,
             config=self._config,
@@ -451,6 +496,8 @@ class Downlinks:
             configured=self._lot_by_username,
             # A connection lost while its login waits for a password check drops the check.
             gone=lambda: connection.phase is CLOSING,
+            # Its lot.online line says it: "bound from {peer} by login".
+            logged=False,
         )
         outcome.addCallback(self._logged_in, connection, request)
         outcome.addErrback(self._login_failed, connection)
@@ -623,12 +670,14 @@ class Downlinks:
         token: str | None = None,
         secret: str | None = None,
         park: str | None = None,
+        logged: bool = True,
     ) -> None:
-        """Send a response frame; one other than 0000 is logged (lot.rejected) as the lot `park`'s.
+        """Send a response frame; one other than 0000 is logged (lot.rejected) as the lot `park`'s
+        unless `logged` is false (the caller logs the event its own way).
 
         `park` defaults to the connection's lot.
         """
-        if answer.result is not RESULT_OK:
+        if answer.result is not RESULT_OK and logged:
             self._rejected(connection, code, answer, park)
         if token is None:
             token = connection.token

@@ -68,6 +68,7 @@ def login(
     via: str,
     configured: Callable[[str], LotConfig | None] | None = None,
     gone: Callable[[], bool] | None = None,
+    logged: bool = True,
 ) -> Deferred[LoginOutcome]:
     """Check a `login` request and issue a token; `via` names the transport in the log.
 
@@ -78,6 +79,8 @@ def login(
     its token stored, refuses the login instead of issuing a token it revoked.
     `gone` tells whether the client has left: its check is then dropped, and
     when too many checks wait the login is answered 9999 "busy, retry" at once.
+    A login that succeeds is logged unless `logged` is false: the TCP downlink's
+    lot.online line ("bound ... by login") already says it, one line a login.
     """
     data = request.data
     lot: LotConfig | None = None
@@ -123,9 +126,13 @@ def login(
             if changed():
                 return reloaded()
             sessions.install(body)
-            log.info(
-                "lot {park} logged in over {via} as {user}", park=lot.park_code, user=lot.username, via=via
-            )
+            if logged:
+                log.info(
+                    "lot {park} logged in over {via} as {user}",
+                    park=lot.park_code,
+                    user=lot.username,
+                    via=via,
+                )
             return LoginOutcome(
                 Answer.of(Result.OK, data={"token": token, "parkCode": lot.park_code}), lot, token
             )

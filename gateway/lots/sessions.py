@@ -115,5 +115,12 @@ class Sessions:
             return None
         return session
 
+    def expired(self, token: str) -> bool:
+        """Whether `token` is its account's token in force but past its expiry (not replaced, not revoked)."""
+        if not token:
+            return False
+        session = self._by_digest.get(token_digest(token))
+        return session is not None and session.expires <= self._clock.seconds()
+
     def __len__(self) -> int:
         return len(self._by_digest)

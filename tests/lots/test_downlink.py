@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from gateway import config
 from gateway.interfaces import DeadlinePassed, LotReply, LotState, NotConnected
 from gateway.journal.kinds import OFFLINE_RECORD, ONLINE_RECORD
-from gateway.lots.downlink import Downlinks
+from gateway.lots.downlink import LOGINS_PER_TURN, Downlinks
 from gateway.lots.sessions import Sessions
 from gateway.lots.tcp import DownlinkProtocol
 from gateway.protocol.framing import FrameDecoder, encode_frame
@@ -133,6 +133,7 @@ class Gateway:
         lots: list[dict[str, Any]] | None = None,
         tcp: dict[str, Any] | None = None,
         deadlines: dict[str, float] | None = None,
+        logins_per_turn: int = LOGINS_PER_TURN,
     ) -> None:
         self.clock = Clock()
         self.clock.advance(datetime.strptime(START, "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZONE).timestamp())
@@ -146,6 +147,7 @@ class Gateway:
             journal=self.journal,
             clock=self.clock,
             deadlines=deadlines,
+            logins_per_turn=logins_per_turn,
         )
         self.factory = self.downlinks.factory()
         self.lots: list[Lot] = []
@@ -988,6 +990,84 @@ def test_a_connection_whose_token_was_revoked_is_answered_9000_and_closed() -> N
     gateway.clock.advance(40 * 86400)
     expired.request("heartbeat", token=token)
     assert expired.received()[0]["resultCode"] == "9000" and expired.closed
+
+
+def test_logins_beyond_the_cap_of_a_turn_wait_for_the_next_turns_in_order() -> None:
+    """At most `logins_per_turn` logins begin in one turn of the reactor; the next are begun in the
+    following turns, first come first served, and one whose connection closed while it waited is
+    dropped (no token minted for it)."""
+    lots = [lot_entry(park_code=f"P{k:03}", username=f"lot{k:03}") for k in range(1, 7)]
+    gateway = Gateway(lots=lots, logins_per_turn=2)
+    connections = [gateway.connect(40000 + k) for k in range(1, 7)]
+    for k, lot in enumerate(connections, 1):
+        lot.request("login", {"parkUserName": f"lot{k:03}", "parkUserPwd": PASSWORD})
+    answered = [bool(lot.received()) for lot in connections]
+    assert answered == [True, True, False, False, False, False]
+    [turn] = [call for call in gateway.clock.getDelayedCalls() if call.getTime() == gateway.clock.seconds()]
+    connections[3].disconnect()  # P004 leaves while its login waits
+    gateway.clock.advance(0)  # the next turns (task.Clock runs them all)
+    assert [lot.received()[0]["resultCode"] for lot in connections[2:] if lot is not connections[3]] == [
+        "0000"
+    ] * 3
+    tokens = [record.park for record in gateway.journal.records if record.kind == "token"]
+    assert tokens == ["P001", "P002", "P003", "P005", "P006"]
+    assert not turn.active()
+
+
+def test_frames_sent_while_a_login_waits_for_its_turn_are_handled_after_it() -> None:
+    """A lot whose login waits for a later turn has its next frames queued, and answered once bound."""
+    lots = [lot_entry(park_code=f"P{k:03}", username=f"lot{k:03}") for k in range(1, 3)]
+    gateway = Gateway(lots=lots, logins_per_turn=1)
+    first, second = gateway.connect(40001), gateway.connect(40002)
+    first.request("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+    second.request("login", {"parkUserName": "lot002", "parkUserPwd": PASSWORD})
+    second.request("heartbeat", {})
+    assert second.received() == []
+    gateway.clock.advance(0)
+    login, heartbeat = second.received()
+    assert login["resultCode"] == "0000" and heartbeat["resultCode"] == "0000"
+    assert gateway.downlinks.state("P002").connected
+
+
+def test_a_token_expired_at_the_months_end_logs_one_line_not_a_rejection() -> None:
+    """At the month's end the bound connection's next frame is answered 9000 and closed, and the log
+    says it once: a lot.offline naming the expiry, no lot.rejected (every lot meets it together)."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    gateway.clock.advance(40 * 86400)
+    with captured() as events:
+        lot.request("heartbeat", token=token)
+    assert lot.received()[0]["resultCode"] == "9000" and lot.closed
+    named = [e for e in events if e.get("event") in ("lot.offline", "lot.rejected")]
+    assert [(e["event"], e["park"]) for e in named] == [("lot.offline", "P001")]
+    assert "expired" in named[0]["reason"]
+    assert gateway.downlinks.counters["closed_token"] == 1
+
+
+def test_a_replaced_token_still_logs_a_rejection() -> None:
+    """A token replaced by a newer login (not expired) is a refusal worth a lot.rejected, beside the
+    lot.offline."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    gateway.token()  # the newer login
+    with captured() as events:
+        lot.request("heartbeat", token=token)
+    named = [
+        (e["event"], e.get("result")) for e in events if e.get("event") in ("lot.offline", "lot.rejected")
+    ]
+    assert named == [("lot.rejected", "9000"), ("lot.offline", None)]
+
+
+def test_a_login_over_tcp_logs_one_line() -> None:
+    """A login on the downlink logs one line, its lot.online ("by login"); login.py's own line is for HTTP."""
+    gateway = Gateway()
+    with captured() as events:
+        gateway.connect().login()
+    lines = [e for e in events if e.get("log_namespace", "").startswith("gateway.")]
+    assert [e.get("event") for e in lines] == ["lot.online"]
+    assert lines[0]["how"] == "login"
 
 
 def test_a_heartbeat_with_the_newer_token_keeps_the_connection() -> None:

@@ -96,3 +96,19 @@ def test_empty_and_unknown_tokens_are_refused() -> None:
     assert sessions.lookup("0" * 32) is None
     sessions.revoke("lot001")
     assert sessions.lookup(token) is None
+
+
+def test_expired_tells_an_expired_token_from_a_replaced_or_revoked_one() -> None:
+    """`expired` is true only for the account's token in force once its month has ended."""
+    clock = clock_at("2026-11-30 23:59:00")
+    sessions = Sessions(clock, SHANGHAI)
+    first, body = sessions.mint("lot001", "P001")
+    sessions.install(body)
+    assert not sessions.expired(first) and not sessions.expired("") and not sessions.expired("0" * 32)
+    clock.advance(60)
+    assert sessions.expired(first) and sessions.lookup(first) is None
+    second, body = sessions.mint("lot001", "P001")
+    sessions.install(body)
+    assert not sessions.expired(first)  # replaced: no longer the account's
+    sessions.revoke("lot001")
+    assert not sessions.expired(second)
