@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet.task import Clock
 
-from gateway.heap import SETTLE_AFTER, BindSettler, settle_heap
+from gateway.heap import FREEZE_EVERY, SETTLE_AFTER, BindSettler, settle_heap
 
 
 @pytest.fixture(autouse=True)
@@ -62,3 +62,34 @@ def test_stopping_cancels_a_pending_settling() -> None:
     assert clock.getDelayedCalls() == []
     clock.advance(SETTLE_AFTER)
     assert settler.settled == 0
+
+
+def test_a_long_wave_freezes_what_bound_so_far_every_so_many_binds_and_settles_at_its_end() -> None:
+    """Every `every` binds of one wave, what lives is frozen (no collection); the count starts again
+    after the settling, which still collects and freezes once."""
+    clock = Clock()
+    freezes: list[int] = []
+    settler = BindSettler(clock, every=3, freeze=lambda: freezes.append(len(freezes)))
+    for _ in range(7):
+        settler.bound("P001")
+        clock.advance(0.01)
+    assert len(freezes) == 2 and settler.frozen_in_waves == 2
+    clock.advance(SETTLE_AFTER)
+    assert settler.settled == 1
+    settler.bound("P002")
+    settler.bound("P003")
+    assert len(freezes) == 2  # the 7th bind's count was dropped at the settling
+    settler.bound("P004")
+    assert len(freezes) == 3
+
+
+def test_the_wave_freeze_is_gc_freeze_by_default() -> None:
+    """With the defaults, the FREEZE_EVERY-th bind of a wave freezes the process's live objects."""
+    clock = Clock()
+    settler = BindSettler(clock)
+    for _ in range(FREEZE_EVERY - 1):
+        settler.bound("P001")
+    assert gc.get_freeze_count() == 0
+    settler.bound("P001")
+    assert gc.get_freeze_count() > 0 and settler.settled == 0
+    settler.stop()
