@@ -80,7 +80,7 @@ def test_every_flipped_byte_is_found(journal_dir: Path) -> None:
     assert verify(journal_dir) == 8
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_any_replaced_byte_is_found(journal_dir: Path, data: st.DataObject) -> None:
     """Replacing any byte with any other value makes verify fail at that record."""
@@ -656,7 +656,11 @@ def damage(journal: Lines, what: Damage) -> Lines:
     return segments
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     st.data(),
     st.lists(
@@ -880,7 +884,11 @@ def test_damage_after_the_rotation_is_found_with_both_keys(rotated_dir: Path, tm
     assert (info.value.seq, info.value.segment, info.value.offset) == (seq, name, offset)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     st.data(),
     st.lists(
