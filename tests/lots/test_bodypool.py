@@ -28,12 +28,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.cloud.metrics import register_bodies
-from gateway.lots.bodies import JOB_HEAD, OUTCOME_HEAD, parse_body, serve
+from gateway.lots.bodies import parse_body, serve
 from gateway.lots.bodypool import BodyPool
 from gateway.lots.http import UplinkResource
 from gateway.lots.workerloop import READY, frame
 from gateway.protocol.envelope import Request
 from tests.lots.harness import Uplink, fired, result_of
+from tests.lots.workerwire import job_of, outcomes
 from tests.protocol.samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,17 +120,7 @@ def junk(member: str, opr: str) -> bytes:
 
 
 def job(body: bytes, raw_type: bytes | None = FORM, query: bytes | None = None) -> bytes:
-    meta = marshal.dumps((raw_type, query))
-    return JOB_HEAD.pack(len(meta), len(body)) + meta + body
-
-
-def outcomes(data: bytes) -> list[tuple[Any, ...]]:
-    found = []
-    while data:
-        (size,) = OUTCOME_HEAD.unpack(data[: OUTCOME_HEAD.size])
-        found.append(marshal.loads(data[OUTCOME_HEAD.size : OUTCOME_HEAD.size + size]))
-        data = data[OUTCOME_HEAD.size + size :]
-    return found
+    return job_of((raw_type, query), body)
 
 
 # The worker's loop --------------------------------------------------------------------------

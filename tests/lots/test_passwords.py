@@ -4,7 +4,6 @@ password worker process itself (tests/lots/test_workers.py: its pool's failures)
 from __future__ import annotations
 
 import io
-import marshal
 import os
 import signal
 import time
@@ -27,8 +26,9 @@ from gateway.lots.passwords import (
     PasswordChecker,
     worker_environment,
 )
-from gateway.lots.workerloop import JOB_HEAD, OUTCOME_HEAD, serve
+from gateway.lots.workerloop import serve
 from gateway.settings import Config
+from tests.lots.workerwire import job_of, outcomes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -254,17 +254,7 @@ def test_a_reload_reaches_the_lots_password_checker() -> None:
 
 
 def job(password_hash: str | None, password: bytes) -> bytes:
-    meta = marshal.dumps((password_hash,))
-    return JOB_HEAD.pack(len(meta), len(password)) + meta + password
-
-
-def outcomes(data: bytes) -> list[tuple[Any, ...]]:
-    found = []
-    while data:
-        (size,) = OUTCOME_HEAD.unpack(data[: OUTCOME_HEAD.size])
-        found.append(marshal.loads(data[OUTCOME_HEAD.size : OUTCOME_HEAD.size + size]))
-        data = data[OUTCOME_HEAD.size + size :]
-    return found
+    return job_of((password_hash,), password)
 
 
 def test_the_worker_checks_each_password_in_turn_and_an_unknown_account_against_its_decoy() -> None:
@@ -284,10 +274,9 @@ def test_the_worker_checks_each_password_in_turn_and_an_unknown_account_against_
 
 def test_a_fault_in_the_worker_names_the_error_and_nothing_of_the_password() -> None:
     """A job the worker cannot handle is answered a fault naming the error's type, never its text."""
-    meta = marshal.dumps(("too", "many"))
     secret = b"the-password-itself"
     out = io.BytesIO()
-    stdin = io.BytesIO(JOB_HEAD.pack(len(meta), len(secret)) + meta + secret)
+    stdin = io.BytesIO(job_of(("too", "many"), secret))
     serve(stdin, out, passwordworker.Checks().check, fault=passwordworker._fault)
     assert outcomes(out.getvalue()) == [("fault", "the password check failed: ValueError")]
     assert secret not in out.getvalue()
