@@ -22,15 +22,16 @@ the gateway that holds a lot bound elsewhere.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.cluster.runner import NatsRunner
+from gateway.cluster.subjects import CLIENT_HEADER, GATEWAY_HEADER, OPR_HEADER, OPR_VALUE
 from gateway.interfaces import DeadlinePassed, NotConnected
 from gateway.protocol.results import Result
 
@@ -47,40 +48,13 @@ __all__ = [
 
 log = Logger()
 
-_T = TypeVar("_T")
-
-CLIENT_HEADER = "Cpmi-Client"
-"""Who asked, as the asking gateway's command API knows them (journaled as the client)."""
-GATEWAY_HEADER = "Cpmi-Gateway"
-"""The gateway that relayed the request (journaled as `via`)."""
-OPR_HEADER = "Cpmi-Opr"
-"""The oprNum the asking gateway chose, so both journals can name the same command."""
 STATUS_HEADER = "Cpmi-Status"
 """On a reply: the HTTP status the answering gateway's command API would have given."""
 
 MAX_IN_FLIGHT = 1024
 # How long a failed subscribe waits before it is tried again, at most.
 RESUBSCRIBE_MAX = 30.0
-_OPR = re.compile(r"[0-9A-Za-z-]{1,36}")
 _HEADER_TEXT = 128
-
-
-class NatsRunner(Protocol):
-    """The gateway's NATS connection as its users see it (`gateway.cluster.connection`)."""
-
-    @property
-    def state(self) -> str:
-        """ "connecting", "connected", "reconnecting" or "closed"."""
-
-    @property
-    def state_observers(self) -> list[Callable[[str], None]]:
-        """Called on the reactor thread with each new state."""
-
-    def run(self, fn: Callable[[Any, Any], Awaitable[_T]]) -> Deferred[_T]:
-        """Run `fn(nc, js)` on the NATS loop; its result fires on the reactor thread."""
-
-    def to_reactor(self, f: Callable[..., object], *args: object) -> None:
-        """From a NATS-loop callback: call `f(*args)` on the reactor thread."""
 
 
 class CommandRequests(Protocol):
@@ -265,7 +239,7 @@ class NatsCommands:
             self._reply(reply, 503, {"resultCode": Result.FAILED.code, "resultMessage": busy, "data": None})
             return
         opr = _header(headers, OPR_HEADER)
-        if not _OPR.fullmatch(opr):
+        if not OPR_VALUE.fullmatch(opr):
             opr = ""
         client = _header(headers, CLIENT_HEADER) or "nats"
         via = _header(headers, GATEWAY_HEADER) or "nats"

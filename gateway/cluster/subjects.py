@@ -1,11 +1,15 @@
-"""The subjects and stream names of CONTRACT §9, from ``[cluster] prefix`` (no I/O)."""
+"""The subjects, headers and stream names of CONTRACT §9, from ``[cluster] prefix`` (no I/O)."""
 
 from __future__ import annotations
 
 import re
 
 __all__ = [
+    "CLIENT_HEADER",
     "EVENTS_DUPLICATE_WINDOW",
+    "GATEWAY_HEADER",
+    "OPR_HEADER",
+    "OPR_VALUE",
     "event_suffix",
     "events_stream",
     "events_subject",
@@ -15,6 +19,15 @@ __all__ = [
 
 EVENTS_DUPLICATE_WINDOW = 120.0
 """Seconds JetStream remembers a ``Nats-Msg-Id`` (CONTRACT §9: at least 2 minutes)."""
+
+CLIENT_HEADER = "Cpmi-Client"
+"""Who asked, as the asking gateway's command API knows them (journaled as the client)."""
+GATEWAY_HEADER = "Cpmi-Gateway"
+"""The gateway that relayed the request or published the entry (journaled as `via`)."""
+OPR_HEADER = "Cpmi-Opr"
+"""The oprNum the asking gateway chose, so both journals can name the same command."""
+OPR_VALUE = re.compile(r"[0-9A-Za-z-]{1,36}")
+"""An oprNum taken from `OPR_HEADER` as it is (表B.2: at most 36); any other is replaced."""
 
 _GATEWAY_TYPE = "org.cpmi.gateway."
 _INTERFACE_TYPE = "org.cpmi.t002."

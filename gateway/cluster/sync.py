@@ -61,15 +61,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gateway.cluster.subjects import stream_name
+from gateway.cluster.runner import StreamRunner
+from gateway.cluster.subjects import CLIENT_HEADER, GATEWAY_HEADER, OPR_HEADER, OPR_VALUE, stream_name
 from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, NotConnected
 from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
 from gateway.lots.sync import Journaled, journal_entry
@@ -89,7 +90,6 @@ __all__ = [
 
 log = Logger()
 
-_T = TypeVar("_T")
 
 DEFAULT_TTL = 86400.0
 DEFAULT_RETRY = 30.0
@@ -109,35 +109,10 @@ _NO_MESSAGE = 10057
 """JetStream's error code for deleting a message that is not (any more) in the stream."""
 
 MSG_ID_HEADER = "Nats-Msg-Id"
-OPR_HEADER = "Cpmi-Opr"
-CLIENT_HEADER = "Cpmi-Client"
 EXPIRES_HEADER = "Cpmi-Expires"
-GATEWAY_HEADER = "Cpmi-Gateway"
 SEQ_HEADER = "Cpmi-Seq"
 
 _NAME_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_OPR = re.compile(r"[0-9A-Za-z-]{1,36}")
-
-
-class NatsRunner(Protocol):
-    """The gateway's NATS connection (`gateway.cluster.connection.NatsConnection`)."""
-
-    @property
-    def state(self) -> str:
-        """ "connecting", "connected", "reconnecting" or "closed"."""
-
-    @property
-    def state_observers(self) -> list[Callable[[str], None]]:
-        """Called on the reactor thread with each new state."""
-
-    def run(self, fn: Callable[[Any, Any], Awaitable[_T]]) -> Deferred[_T]:
-        """Run `fn(nc, js)` on the NATS loop; its result fires on the reactor thread."""
-
-    def to_reactor(self, f: Callable[..., object], *args: object) -> None:
-        """From a NATS-loop callback: call `f(*args)` on the reactor thread."""
-
-    def ensure_stream(self, name: str, subjects: list[str], **config: Any) -> Deferred[object]:
-        """The stream `name`, created if missing."""
 
 
 class SyncLots(Protocol):
@@ -218,7 +193,7 @@ class ClusterSync:
     def __init__(
         self,
         *,
-        connection: NatsRunner,
+        connection: StreamRunner,
         lots: SyncLots,
         journal: JournalAppend,
         clock: IReactorTime,
@@ -673,7 +648,7 @@ class ClusterSync:
         """An entry's code, oprNum, the `sync-done` body's common part and its expiry, from its message."""
         code = subject.rsplit(".", 1)[-1][:64]  # a longer one is no interface code: refused, named cut
         opr = str(headers.get(OPR_HEADER, ""))
-        if not _OPR.fullmatch(opr):
+        if not OPR_VALUE.fullmatch(opr):
             opr = hashlib.md5(f"{self.stream}:{seq}".encode()).hexdigest()
         given = headers.get(MSG_ID_HEADER)
         entry = given[:128] if isinstance(given, str) and given else f"stream:{seq}"
