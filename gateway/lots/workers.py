@@ -18,10 +18,13 @@ Bounds and failures, since anyone can send the work:
 - a job that takes longer than `deadline` kills its worker and is answered
   `("fault", ...)`; so is the job of a worker that ends, and, when no worker
   is left alive, every job waiting;
-- a worker that ends is replaced after a second; `stop` closes each worker's
-  stdin (it finishes its job, then exits), kills what is left after 5 s, and
-  fires once all have ended. A worker also asks the kernel to kill it when
+- a worker that ends is replaced after a second; `stop` closes each
+  worker's stdin (it finishes its job, then exits), kills what is left
+  after 5 s, and fires once all have ended. A worker also asks the kernel to kill it when
   the gateway ends (`workerloop.die_with_parent`): none outlives it.
+
+Restarts, start failures, and jobs lost or late are counted in `counters`
+(plain integers) for the metrics (`gateway.cloud.metrics.WorkersCollector`).
 
 Driven by the reactor alone (`IReactorProcess`): no thread.
 """
@@ -213,9 +216,18 @@ class WorkerPool:
         self._respawn_call: IDelayedCall | None = None
         self._stopped: list[Deferred[None]] = []
         self._kill_call: IDelayedCall | None = None
-        self.counters = {"done": 0, "busy": 0, "dropped": 0, "lost": 0, "late": 0, "start_failures": 0}
+        self.counters = {
+            "done": 0,
+            "busy": 0,
+            "dropped": 0,
+            "lost": 0,
+            "late": 0,
+            "start_failures": 0,
+            "restarts": 0,
+        }
         """Jobs answered by a worker; refused (full, or no worker alive); dropped, their client gone;
-        answered a fault because their worker ended or was late; workers that could not start."""
+        answered a fault because their worker ended or was late; workers that could not start; workers
+        that ended after they were ready, while the pool ran, and were replaced (the metrics read these)."""
 
     @property
     def pending(self) -> int:
@@ -350,6 +362,7 @@ class WorkerPool:
             if not worker.ready:
                 self._start_failed(str(reason.value))
             else:
+                self.counters["restarts"] += 1
                 log.warn(
                     "a {name} worker ended: {reason}; another starts", name=self.name, reason=reason.value
                 )

@@ -234,3 +234,52 @@ def test_the_checks_of_clients_gone_are_never_sent() -> None:
     processes.spawned[0].answer(False)
     assert result_of(left.addErrback(lambda f: f.type.__name__)) == "ClientGone"
     assert [body for _, body in processes.spawned[0].jobs()] == [b"first"]
+
+
+def test_a_worker_ending_mid_job_counts_a_job_lost_and_a_restart() -> None:
+    """A ready worker ending during a job: `lost` and `restarts` each count one (the metrics read them),
+    nothing else does; its replacement ending while idle counts one more restart, no job lost."""
+    processes = Processes()
+    pool = WorkerPool(processes, name="body", args=("x",), workers=1, max_pending=2)
+    pool.start()
+    job = pool.submit(("meta",), b"body", 4, lambda: False)
+    assert job is not None
+    processes.spawned[0].end()
+    assert result_of(job) == ("fault", "the body worker ended")
+    assert pool.counters["lost"] == 1 and pool.counters["restarts"] == 1
+    assert pool.counters["late"] == pool.counters["start_failures"] == 0 and pool.alive == 0
+    processes.advance(1.0)
+    assert pool.alive == 1
+    processes.live[0].end()
+    assert pool.counters["lost"] == 1 and pool.counters["restarts"] == 2
+
+
+def test_a_failed_spawn_counts_a_start_failure_not_a_restart() -> None:
+    """A spawn that raises counts in `start_failures` each try, never in `restarts`."""
+    processes = Processes()
+    processes.refuse = True
+    pool = WorkerPool(processes, name="password", args=("x",), workers=1, max_pending=1)
+    pool.start()
+    assert pool.counters["start_failures"] == 1 and pool.alive == 0
+    processes.advance(1.0)
+    assert pool.counters["start_failures"] == 2
+    processes.refuse = False
+    processes.advance(2.0)
+    assert pool.alive == 1 and pool.counters["start_failures"] == 2 and pool.counters["restarts"] == 0
+
+
+def test_a_late_job_counts_late_and_a_restart_and_a_stop_counts_neither() -> None:
+    """A job past its deadline counts in `late` (not `lost`), its killed worker in `restarts`; workers
+    ending because the pool stops count nothing."""
+    processes = Processes()
+    pool = WorkerPool(processes, name="password", args=("x",), workers=1, max_pending=1, deadline=5.0)
+    pool.start()
+    assert pool.submit(("meta",), b"p", 1, lambda: False) is not None
+    processes.advance(5.0)
+    processes.spawned[0].end()
+    assert (pool.counters["late"], pool.counters["lost"], pool.counters["restarts"]) == (1, 0, 1)
+    processes.advance(1.0)
+    stopped = pool.stop()
+    processes.live[0].end(Failure(ProcessDone(0)))
+    assert fired(stopped)
+    assert (pool.counters["late"], pool.counters["lost"], pool.counters["restarts"]) == (1, 0, 1)
