@@ -705,3 +705,83 @@ def register_bodies(registry: CollectorRegistry, bodies: BodyWorkers) -> BodyCol
     collector = BodyCollector(bodies)
     registry.register(collector)
     return collector
+
+
+class WorkerCounts(Protocol):
+    """What the metrics read of `gateway.lots.workers.WorkerPool`."""
+
+    @property
+    def workers(self) -> int: ...
+
+    @property
+    def alive(self) -> int: ...
+
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+
+
+# (metric name without `_total`, key in WorkerPool.counters, help text)
+WORKER_COUNTERS = (
+    (
+        "cpmi_workers_restarts",
+        "restarts",
+        "Worker processes that ended after they were ready, while the gateway ran, and were replaced.",
+    ),
+    (
+        "cpmi_workers_start_failures",
+        "start_failures",
+        "Worker processes that could not start: not spawned, or ended or silent before they were ready.",
+    ),
+    ("cpmi_workers_jobs_lost", "lost", "Jobs answered a fault because their worker process ended mid-job."),
+    (
+        "cpmi_workers_jobs_late",
+        "late",
+        "Jobs answered a fault because they passed their deadline; their worker process was killed.",
+    ),
+)
+
+
+class WorkersCollector(Collector):
+    """The worker process pools (`pool="password"`, `pool="body"`), read at each scrape."""
+
+    def __init__(self, pools: Mapping[str, WorkerCounts]) -> None:
+        self._pools = dict(pools)
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without their values."""
+        return self._families(describing=True)
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics as they are now."""
+        return self._families(describing=False)
+
+    def _families(self, *, describing: bool) -> Iterator[Metric]:
+        pools = {} if describing else self._pools
+        alive = GaugeMetricFamily(
+            "cpmi_workers_alive", "Worker processes alive now (ready or starting).", labels=["pool"]
+        )
+        configured = GaugeMetricFamily(
+            "cpmi_workers_configured", "Worker processes the pool is configured to run.", labels=["pool"]
+        )
+        for name, pool in pools.items():
+            alive.add_metric([name], pool.alive)
+            configured.add_metric([name], pool.workers)
+        yield alive
+        yield configured
+        for metric, key, documentation in WORKER_COUNTERS:
+            counter = CounterMetricFamily(metric, documentation, labels=["pool"])
+            for name, pool in pools.items():
+                counter.add_metric([name], pool.counters.get(key, 0))
+            yield counter
+
+
+def register_workers(
+    registry: CollectorRegistry, pools: Mapping[str, WorkerCounts | None]
+) -> WorkersCollector:
+    """Register the worker pools' metrics (`cpmi_workers_*`, labelled by pool name) on `registry`.
+
+    A pool that is None (its work is not done in processes here) has no series.
+    """
+    collector = WorkersCollector({name: pool for name, pool in pools.items() if pool is not None})
+    registry.register(collector)
+    return collector

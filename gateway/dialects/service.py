@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 
 from gateway.cloud.metrics import register as register_gateway_metrics
-from gateway.cloud.metrics import register_bodies, register_logins
+from gateway.cloud.metrics import register_bodies, register_logins, register_workers
 from gateway.dialects import installed
 from gateway.dialects.host import DialectHost, GatewayParts, LotRouter, Queries
 from gateway.dialects.interface import IDialectServer
@@ -122,12 +122,16 @@ class LotsService(MultiService):
         return parts
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
-        """The lots' metrics on ``registry``: connections, downlink counters, sync queues, logins."""
+        """The lots' metrics on ``registry``: connections, downlink counters, sync queues, logins,
+        and the password and body worker processes."""
         register_gateway_metrics(registry, self.router, self._journal, self.sync)
         register_logins(registry, self.passwords)
+        pools = {"password": self.passwords.pool}
         standard = self.servers.get("standard")
         if isinstance(standard, StandardServer) and standard.bodies is not None:
             register_bodies(registry, standard.bodies)
+            pools["body"] = standard.bodies.workers
+        register_workers(registry, pools)
 
     def _bound(self, park: str) -> None:
         """A lot of any dialect bound its connection: its sync deliveries resume, the heap settles
