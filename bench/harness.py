@@ -54,10 +54,13 @@ def wait_for(port: int, process: subprocess.Popen[bytes], seconds: float = 30.0)
     raise SystemExit(f"nothing listens on port {port} after {seconds} s")
 
 
-def twistd_command(config: Path, log: Path, twistd_args: list[str] | None = None) -> list[str]:
+def twistd_command(
+    config: Path, log: Path, twistd_args: list[str] | None = None, prelude: str = ""
+) -> list[str]:
     """The command that runs the gateway on `config` in the foreground, logging to `log`
-    (`twistd_args`, e.g. ``--reactor asyncio``, go to twistd before the plugin's name)."""
-    prelude = os.environ.get("BENCH_PRELUDE", "")  # e.g. a GC probe, for investigations
+    (`twistd_args`, e.g. ``--reactor asyncio``, go to twistd before the plugin's name;
+    `prelude`, Python run in its process first, e.g. `bench.nodisk.PRELUDE`)."""
+    prelude += os.environ.get("BENCH_PRELUDE", "")  # e.g. a GC probe, for investigations
     return [
         sys.executable,
         "-c",
@@ -75,18 +78,31 @@ def twistd_command(config: Path, log: Path, twistd_args: list[str] | None = None
 
 @contextmanager
 def gateway(
-    work: Path, config_text: str, port: int, twistd_args: list[str] | None = None
+    work: Path, config_text: str, port: int, twistd_args: list[str] | None = None, prelude: str = ""
 ) -> Iterator[subprocess.Popen[bytes]]:
     """The gateway running in `work` on `config_text`, once `port` listens; stopped on exit."""
     config = work / "gateway.toml"
     config.write_text(config_text)
-    process = subprocess.Popen(twistd_command(config, work / "twistd.log", twistd_args), env=ENV, cwd=work)
+    command = twistd_command(config, work / "twistd.log", twistd_args, prelude)
+    process = subprocess.Popen(command, env=ENV, cwd=work)
     try:
         wait_for(port, process, seconds=120.0)
         yield process
     finally:
         process.terminate()
         process.wait()
+
+
+def machine_busy() -> tuple[int, int]:
+    """The machine's CPU ticks so far: busy (all but idle and iowait), and all, over every core."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_cores(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """How many of the machine's cores were busy, on average, between two `machine_busy` readings."""
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return (os.cpu_count() or 1) * busy / max(total, 1)
 
 
 def cpu_seconds(pid: int) -> float:

