@@ -41,8 +41,15 @@ TARGETS = (
             f"({r['durable_vs_never']['min']:.2f}-{r['durable_vs_never']['max']:.2f}), "
             f"{r['durable_vs_bare']['median']:.2f} x bare "
             f"({r['durable_vs_bare']['min']:.2f}-{r['durable_vs_bare']['max']:.2f}), "
-            f"p99 {r['p99_ms']['median']:.1f} ms; medians of {r['rounds']} rounds, "
+            f"p99 {r['p99_ms']['median']:.1f} ms; medians of {r['rounds']} rounds"
+            f" with {r.get('connections', 16)} connections, "
             f"fsync {r['fsync_ms']['median']:.2f} ms, {r['records_per_fsync']['median']:.1f} records a fsync"
+            + (
+                f"; without the disk (--no-disk) {r['nodisk_vs_never']['median']:.2f} x never"
+                if "nodisk_vs_never" in r
+                else ""
+            )
+            + (f"; {r['busy_cores']['median']:.2f} cores busy" if "busy_cores" in r else "")
         ),
         lambda r: bool(
             r["durable_vs_never"]["median"] >= 0.9
