@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from gateway import tap
@@ -441,3 +443,39 @@ async def test_damaged_journal_starts_degraded_and_keeps_serving(tmp_path: Path)
     third = int(segments[-1].name[:20]) + 2  # the third record of the last segment
     verdict = verify_journal(tmp_path / "journal", seals=True)
     assert [r.lost for r in verdict.recoveries] == [(3, 3), (third, third)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_uplinks_mark_the_lot_seen_in_the_api(tmp_path: Path) -> None:
+    """A lot that only uses HTTP is "last seen" at its login and signed uplinks; a bad signature is not.
+
+    CONTRACT §3: a heartbeat marks the lot alive, and heartbeats come over HTTP
+    too; `GET /v1/parks` gives when the lot last sent anything.
+    """
+    config, _, api = api_config(tmp_path)
+    uplink = int(tomllib.loads(Path(config).read_text())["listen"]["uplink"].split(":")[1])
+    options = tap.Options()
+    options.parseOptions(["--config", config])
+    service = tap.makeService(options, reactor)
+    service.startService()
+    try:
+        status, park = await api_call("GET", f"http://127.0.0.1:{api}/v1/parks/P001")
+        assert status == 200 and park["lastSeen"] is None
+        login = await post(uplink, envelope("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD}))
+        token = login["data"]["token"]
+        _, park = await api_call("GET", f"http://127.0.0.1:{api}/v1/parks/P001")
+        at_login = park["lastSeen"]
+        assert at_login is not None and park["connected"] is False
+        await deferLater(reactor, 1.1, lambda: None)  # lastSeen is given to the second
+        forged = urllib.parse.parse_qs(envelope("heartbeat", {}, token).decode())["param"][0]
+        forged = forged.replace(sign(compact({}), token, "k"), "0" * 32)
+        refused = await post(uplink, urllib.parse.urlencode({"param": forged}).encode())
+        assert refused["resultCode"] == "9006"
+        _, park = await api_call("GET", f"http://127.0.0.1:{api}/v1/parks/P001")
+        assert park["lastSeen"] == at_login
+        answer = await post(uplink, envelope("heartbeat", {}, token))
+        assert answer["resultCode"] == "0000"
+        _, park = await api_call("GET", f"http://127.0.0.1:{api}/v1/parks/P001")
+        assert park["lastSeen"] > at_login and park["connected"] is False
+    finally:
+        await service.stopService()

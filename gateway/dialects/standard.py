@@ -74,6 +74,7 @@ class StandardServer:
             clock=parts.clock,
             deadlines=config.deadlines,
         )
+        handler.seen = self.downlinks.seen
         self.downlinks.bound_listeners.append(host.resume)
         self.downlinks.unbound_listeners.append(host.released)
 

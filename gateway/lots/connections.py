@@ -87,9 +87,15 @@ class Registry(Generic[C]):
         held = self._bound.get(park) is connection
         if held:
             del self._bound[park]
-        self._last_seen[park] = connection.last_read
+        seen = self._last_seen.get(park)
+        if seen is None or connection.last_read > seen:
+            self._last_seen[park] = connection.last_read
         self._last_peer[park] = connection.peer
         return held
+
+    def seen(self, park: str, when: float) -> None:
+        """`park` was heard from at `when` some other way than a connection here (an HTTP uplink)."""
+        self._last_seen[park] = when
 
     def forget(self, connection: C) -> None:
         """The connection is gone: drop it from the unbound ones."""
@@ -110,6 +116,9 @@ class Registry(Generic[C]):
     def state(self, park: str) -> LotState:
         """The lot's connection state: bound (since when), or when and from where it was last seen."""
         connection = self._bound.get(park)
+        last_seen = self._last_seen.get(park)
         if connection is not None:
-            return LotState(park, True, connection.bound_at, connection.last_read, connection.peer)
-        return LotState(park, False, None, self._last_seen.get(park), self._last_peer.get(park, ""))
+            read = connection.last_read
+            seen = read if last_seen is None or read >= last_seen else last_seen
+            return LotState(park, True, connection.bound_at, seen, connection.peer)
+        return LotState(park, False, None, last_seen, self._last_peer.get(park, ""))

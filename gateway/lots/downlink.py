@@ -191,6 +191,10 @@ class Downlinks:
         """The lot of the account in the running configuration (a reload may change it)."""
         return self._config.lot_by_username(username)
 
+    def seen(self, park: str) -> None:
+        """The lot `park` proved itself over HTTP now: its last seen (`state`) is now."""
+        self._connections.seen(park, self._clock.seconds())
+
     def state(self, park: str) -> LotState:
         """The downlink state of the lot `park` (configured or not)."""
         return self._connections.state(park)

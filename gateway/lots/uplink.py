@@ -108,8 +108,12 @@ class UplinkHandler:
         passwords: Checker,
         clock: IReactorTime,
         queries: Queries | None = None,
+        seen: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
+        self.seen = seen
+        """Told the park of each lot whose uplink proved it is the lot (a login, a signed request):
+        the lot's "last seen" (`GET /v1/parks`) counts its HTTP uplinks too, not only its downlink."""
         self._journal = journal
         self._sessions = sessions
         self._repeats = repeats
@@ -209,6 +213,8 @@ class UplinkHandler:
             # the answer's data would sign a heartbeat that binds the lot's downlink.
             answer = Answer.of(Result.BAD_SIGNATURE, "signature: does not match data")
             return succeed(self._render(code, request.opr, answer, token, "", lot.park_code))
+        if self.seen is not None:
+            self.seen(lot.park_code)
         if code == "heartbeat":
             answer = Answer.of(Result.OK, data={"time": wire_time(self._clock.seconds(), self._zone)})
             return succeed(self._render(code, request.opr, answer, token, answer_secret(lot, request)))
@@ -293,6 +299,8 @@ class UplinkHandler:
         lot, answer, logged = outcome.lot, outcome.answer, not outcome.gone
         if lot is None:
             return self._render("login", request.opr, answer, log_refusal=logged)
+        if self.seen is not None and answer.result is Result.OK:
+            self.seen(lot.park_code)
         return self._render("login", request.opr, answer, "", lot.secret, lot.park_code, logged)
 
     # reports and queries

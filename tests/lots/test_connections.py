@@ -79,3 +79,21 @@ def test_the_downlink_protocol_walks_the_bind_lifecycle() -> None:
     assert connection.phase is Bind.CLOSING
     connection.send(b"$$x##*")
     assert connection.transport.value() == b""  # type: ignore[union-attr]
+
+
+def test_a_lot_seen_over_http_is_last_seen_then_whichever_is_later() -> None:
+    """seen (an HTTP uplink) sets an unbound lot's last seen; a bound one shows the later of it and its
+    connection's last read, and releasing an older connection does not move last seen back."""
+    registry: Registry[Peer] = Registry()
+    registry.seen("P1", 10.0)
+    assert registry.state("P1") == LotState("P1", False, None, 10.0, "")
+    connection = Peer("192.0.2.1:1", last_read=12.0, bound_at=11.0)
+    registry.bind(connection, "P1")
+    assert registry.state("P1").last_seen == 12.0
+    registry.seen("P1", 15.0)
+    assert registry.state("P1").last_seen == 15.0
+    registry.release(connection, "P1")
+    assert registry.state("P1") == LotState("P1", False, None, 15.0, "192.0.2.1:1")
+    connection.last_read = 20.0
+    registry.release(connection, "P1")
+    assert registry.state("P1").last_seen == 20.0

@@ -871,3 +871,21 @@ def test_answers_to_unverified_requests_are_no_signing_oracle(gw: Uplink) -> Non
     assert refused["signature"] != sign(compact(refused["data"]), token, "s3cret")
     signed = gw.send("heartbeat", None, token=token)
     assert signed["signature"] == sign(compact(signed["data"]), token, "s3cret")
+
+
+def test_the_lot_is_seen_at_a_login_and_a_signed_request_only(gw: Uplink) -> None:
+    """The handler tells `seen` the park of a successful login and of each request signed with the
+    lot's secret (a heartbeat included); a wrong password, a wrong signature or an unknown token
+    prove nothing and are not told."""
+    seen: list[str] = []
+    gw.handler.seen = seen.append
+    assert gw.send("login", {"parkUserName": "lot001", "parkUserPwd": "wrong"})["resultCode"] != "0000"
+    assert gw.send("heartbeat", {}, token="no-such-token")["resultCode"] == "9000"
+    assert seen == []
+    token = gw.login()
+    assert seen == ["P001"]
+    assert gw.send("carIn", CAR_IN, token=token, secret="wrong")["resultCode"] == "9006"
+    assert seen == ["P001"]
+    assert gw.send("heartbeat", {}, token=token)["resultCode"] == "0000"
+    assert gw.send("carIn", CAR_IN, token=token)["resultCode"] == "0000"
+    assert seen == ["P001", "P001", "P001"]
