@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from gateway.cloud.query import QueryClient
 from gateway.protocol.signing import compact, sign
+from tests.cloud.test_api import Api
 from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
 from tests.lots.test_downlink import Gateway
 from tests.protocol.samples import SAMPLES
@@ -234,6 +235,26 @@ def test_nesting_deeper_than_32_levels_is_9002(gw: Uplink) -> None:
     assert answer["resultCode"] == "9002" and "32" in answer["resultMessage"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"barCode":"B1","isOpen":1,"x":1e999}',
+        b'{"barCode":"B1","isOpen":1,"x":Infinity}',
+        b'{"barCode":"B1","isOpen":-Infinity}',
+        b'{"barCode":"B1","isOpen":1,"x":18446744073709551616}',
+        b'{"barCode":"B1","isOpen":1,"x":' + b"[" * 40 + b"]" * 40 + b"}",
+    ],
+)
+def test_the_command_api_answers_hostile_numbers_and_nesting_400_json(body: bytes) -> None:
+    """On the API the same bodies are 400 with a JSON error (naming the field where there is one)."""
+    api = Api()
+    status, headers, answer = api.call("POST", "/v1/parks/P001/commands/gateOpen", body=body)
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    assert answer["error"] and api.lots.asked == [] and api.journal.records == []
+    if b"[[" not in body:
+        assert answer["error"].startswith(("data.x:", "data.isOpen:")), answer
+
+
 # §4 repeats
 
 
@@ -335,7 +356,29 @@ def test_a_raw_json_body_with_a_charset_parameter(gw: Uplink) -> None:
     assert status == 200 and json.loads(answer)["resultCode"] == "0000"
 
 
+def test_times_are_written_in_the_configured_zone() -> None:
+    """[gateway] timezone is the zone of the times the gateway writes (10:00 Shanghai is 03:00 Berlin)."""
+    gw = Uplink(tables={"gateway": {"timezone": "Europe/Berlin"}})
+    answer = gw.send("heartbeat", None, token=gw.login())
+    assert answer["data"] == {"time": "2026-11-24 03:00:00"}
+
+
 # §5: the downlink
+
+
+def test_a_connection_sending_only_garbage_is_closed_at_bind_timeout() -> None:
+    """Bytes that never make a bind do not keep a connection: it is closed at bind_timeout (default 10 s)."""
+    gateway = Gateway()
+    gateway.downlinks.start()
+    lot = gateway.connect()
+    for _ in range(9):
+        lot.send_bytes(b"$$x")
+        gateway.advance(1)
+    assert not lot.closed
+    lot.send_bytes(b"$$x")
+    gateway.advance(1)
+    assert lot.closed
+    gateway.downlinks.stop()
 
 
 def test_tcp_login_and_heartbeat_by_table_one_number() -> None:
