@@ -454,3 +454,33 @@ def test_a_wrongly_signed_binding_heartbeat_is_9006_and_closed() -> None:
     [answer] = lot.received()
     assert answer["resultCode"] == "9006" and lot.closed
     assert not gateway.downlinks.state("P001").connected
+
+
+def test_a_reply_with_escaped_delimiters_is_checked_over_its_unescaped_compact_json() -> None:
+    """A lot signs its REPLY before the framing escapes: data holding `$ # *`, framed as \\u0024 \\u0023
+    \\u002a, matches its ACK by oprNum and gives the cloud the unescaped data."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    deferred = gateway.downlinks.command("P001", "gateOpen", {"barCode": "B1"})
+    [ack] = lot.received()
+    data = {"note": "a$b#c*d"}
+    lot.reply(ack["oprNum"], data, token)  # signed over compact(data), then framed with escapes
+    assert gateway.downlinks.counters["bad_signatures"] == 0
+    reply = result_of(deferred)
+    assert reply.result_code == "0000" and reply.data == data
+
+
+def test_several_commands_are_outstanding_on_one_connection_and_matched_by_opr_num() -> None:
+    """Two ACKs out at once; REPLYs in the other order each fire their own command."""
+    gateway = Gateway()
+    lot = gateway.connect()
+    token = lot.login()
+    first = gateway.downlinks.command("P001", "gateOpen", {"barCode": "B1"})
+    second = gateway.downlinks.command("P001", "gateState", {"barCode": "B2"})
+    ack1, ack2 = lot.received()
+    assert ack1["oprNum"] != ack2["oprNum"]
+    lot.reply(ack2["oprNum"], {"barState": 2}, token, code="gateState")
+    assert not fired(first) and result_of(second).data == {"barState": 2}
+    lot.reply(ack1["oprNum"], {"ok": 1}, token)
+    assert result_of(first).data == {"ok": 1}
