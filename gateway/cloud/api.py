@@ -10,6 +10,8 @@ queue (`gateway.lots.sync`): `202 {"seq": N}` once its `sync` record is durable.
 Authentication is `Authorization: Bearer T`: `cloud.api_token` has every role; an
 `[[api_client]]` is matched by the SHA-256 of T and has its own roles. `/healthz`,
 `/readyz` and `/metrics` need no token: probes and Prometheus scrapers rarely send one.
+A token they are sent must be valid all the same (401 otherwise, CONTRACT §6): a
+scraper with a wrong or revoked token hears of it.
 Nor does the status page (`GET /` and its script and style sheet): it holds no data and
 fetches `GET /v1/status` (role `read`) with the token a person types in.
 `POST /v1/admin/reload` (role `admin`) reloads the configuration.
@@ -586,6 +588,16 @@ class CommandApi:
             raise _Refusal(401, {"error": "the bearer token is not valid"}, b'Bearer error="invalid_token"')
         return found
 
+    def _probe_refused(self, request: IRequest) -> bytes | None:
+        """A probe's refusal: None without a token (none is needed), or with a valid one; else 401."""
+        if request.getHeader(b"authorization") is None:
+            return None
+        try:
+            self._caller(request)
+        except _Refusal:
+            return self._refused(Failure(), request)
+        return None
+
     def _authorized(self, request: IRequest, role: str) -> Caller:
         caller = self._caller(request)
         if not caller.may(role):
@@ -750,16 +762,22 @@ class CommandApi:
         request.setHeader(b"referrer-policy", b"no-referrer")
         return asset.body
 
-    # --- operations (no token) -----------------------------------------
+    # --- operations (no token needed; one sent must be valid) ----------
 
     @app.route("/healthz", methods=["GET"])
     @_counted("/healthz")
     def healthz(self, request: IRequest) -> bytes:
+        refused = self._probe_refused(request)
+        if refused is not None:
+            return refused
         return _answer(request, 200, {"status": "ok"})
 
     @app.route("/readyz", methods=["GET"])
     @_counted("/readyz")
     def readyz(self, request: IRequest) -> bytes:
+        refused = self._probe_refused(request)
+        if refused is not None:
+            return refused
         ready, reason = self._ready()
         body: dict[str, object] = {"status": "ready" if ready else "not ready", "reason": reason}
         if self._nats is not None:
@@ -770,6 +788,9 @@ class CommandApi:
     @app.route("/metrics", methods=["GET"])
     @_counted("/metrics")
     def metrics(self, request: IRequest) -> bytes:
+        refused = self._probe_refused(request)
+        if refused is not None:
+            return refused
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         return generate_latest(self._registry)
 

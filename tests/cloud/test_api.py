@@ -618,6 +618,19 @@ def test_healthz_needs_no_token(gw: Api) -> None:
     assert gw.call("GET", "/healthz", token=None)[::2] == (200, {"status": "ok"})
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_need_no_token_but_refuse_a_wrong_one(gw: Api, path: str) -> None:
+    """The probes answer 200 without a token and with a valid one (any role); a wrong token, or another
+    scheme's credentials, is 401 with the Bearer challenge, as on every other route (CONTRACT §6)."""
+    assert gw.call("GET", path, token=None)[0] == 200
+    assert gw.call("GET", path)[0] == 200
+    status, headers, body = gw.call("GET", path, token="nope")
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer") and "error" in body
+    deferred = gw.treq.get(f"http://gw{path}", headers={"Authorization": ["Basic Y2xvdWQtdG9rZW4="]})
+    gw.treq.flush()
+    assert gw.finish(deferred)[0] == 401
+
+
 def test_readyz_both_states(gw: Api) -> None:
     """/readyz is 200 when ready and 503 with the reason when not, without a token."""
     assert gw.call("GET", "/readyz", token=None)[::2] == (200, {"status": "ready", "reason": "journal open"})
