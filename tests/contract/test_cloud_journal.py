@@ -1,0 +1,463 @@
+"""CONTRACT §6-§8 as an acceptance test sees them: one real gateway (twistd), its public ports,
+a local CloudEvents receiver, the journal files and `cpmictl`.
+
+One gateway serves the whole module (starting twistd is the slow part); each test uses its own
+record codes and oprNums, so the tests do not depend on one another's order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.signing import VerifyKey
+
+from gateway import config
+from gateway.protocol.framing import FrameDecoder, encode_frame
+from gateway.protocol.signing import compact, sign
+from tests.lots.harness import HASH, PASSWORD
+from tests.ports import free_port
+from tests.processes import ROOT, gateway_toml, start_twistd, stop, wait_for_answer, wait_until
+from tests.protocol.samples import SAMPLES
+from tests.test_end_to_end import CAR_IN, envelope, plain_post
+
+GATEWAY_ID = "gw-c"
+CLOUD_TOKEN = "cloud-token"
+TOKENS = {"reader": "read-token", "commander": "command-token", "syncer": "sync-token"}
+ROLES = {"reader": "read", "commander": "command", "syncer": "sync"}
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+# --- the cloud: an events endpoint and a query endpoint ------------------------------------------
+
+
+class Cloud(ThreadingHTTPServer):
+    """Records every request; answers /events with the next planned status (200 when none)."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), CloudHandler)
+        self.requests: list[dict[str, Any]] = []
+        self.planned: list[int] = []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event received on /events (retries included), in arrival order."""
+        with self.lock:
+            batches = [r for r in self.requests if r["path"] == "/events"]
+        return [event for batch in batches for event in json.loads(batch["body"])]
+
+    def event(self, opr: str) -> dict[str, Any]:
+        """The first event carrying ``cpmioprnum`` ``opr``, waiting for it."""
+        wait_until(lambda: any(e.get("cpmioprnum") == opr for e in self.events()), what=f"event {opr}")
+        return next(e for e in self.events() if e.get("cpmioprnum") == opr)
+
+
+class CloudHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Cloud
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.server.lock:
+            self.server.requests.append(
+                {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+            )
+            status = self.server.planned.pop(0) if self.path == "/events" and self.server.planned else 200
+        if self.path == "/query":
+            event = json.loads(body)
+            answer = json.dumps({"payStatus": 1, "orderCode": event["id"], "actualPay": 10.0}).encode()
+        else:
+            answer = json.dumps({"status": status, "why": "refused by the test"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+# --- the gateway --------------------------------------------------------------------------------
+
+
+class Gateway:
+    """The running gateway's ports, directories and the cloud it sends to."""
+
+    def __init__(self, work: Path, cloud: Cloud) -> None:
+        self.work = work
+        self.cloud = cloud
+        self.uplink, self.downlink, self.api = free_port(), free_port(), free_port()
+        self.journal = work / "journal"
+        self.key = work / "gateway.key"
+        clients = "".join(
+            f'[[api_client]]\nname = "{name}"\n'
+            f'token_sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"\nroles = ["{ROLES[name]}"]\n'
+            for name, token in TOKENS.items()
+        )
+        self.config = work / "gateway.toml"
+        self.config.write_text(
+            f"""{gateway_toml(work, GATEWAY_ID, uplink=self.uplink, downlink=self.downlink, api=self.api)}
+[cloud]
+url = "{cloud.url}/events"
+query_url = "{cloud.url}/query"
+api_token = "{CLOUD_TOKEN}"
+batch_max_delay = 0.02
+retry_min_delay = 0.1
+retry_max_delay = 0.3
+{clients}
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "{HASH}"
+secret = "k"
+[[lot]]
+park_code = "P002"
+username = "lot002"
+password = "{HASH}"
+secret = "k"
+"""
+        )
+        self.token = ""
+
+    def login(self) -> str:
+        if not self.token:
+            answer = plain_post(
+                self.uplink, envelope("login", {"parkUserName": "lot001", "parkUserPwd": PASSWORD})
+            )
+            self.token = answer["data"]["token"]
+        return self.token
+
+    def car_in(self, opr: str, record: str) -> dict[str, Any]:
+        """Upload a carIn for P001 under ``opr``; the lot's answer."""
+        return plain_post(self.uplink, envelope("carIn", {**CAR_IN, "recordCode": record}, self.login(), opr))
+
+    def call(
+        self, method: str, path: str, token: str | None = CLOUD_TOKEN, body: object = None
+    ) -> tuple[int, dict[str, str], Any]:
+        """An API request: status, headers (lower-case names) and body (JSON when it says so)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.api}{path}", data=data, method=method, headers=headers
+        )
+        try:
+            response = urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as error:
+            response = error
+        with response:
+            raw = response.read()
+            answer_headers = {k.lower(): v for k, v in response.headers.items()}
+            decoded = json.loads(raw) if "json" in answer_headers.get("content-type", "") else raw.decode()
+            return response.status, answer_headers, decoded
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every journal line, parsed as plain JSON (as `jq` would)."""
+        lines: list[dict[str, Any]] = []
+        for segment in sorted(p for p in self.journal.iterdir() if p.is_file()):
+            text = segment.read_bytes()
+            for line in text.split(b"\n")[:-1]:  # a line still being written has no \n yet
+                lines.append(json.loads(line))
+        return lines
+
+    def record(self, kind: str, opr: str) -> dict[str, Any]:
+        wait_until(lambda: any(r["kind"] == kind and r["opr"] == opr for r in self.records()))
+        return next(r for r in self.records() if r["kind"] == kind and r["opr"] == opr)
+
+
+def cpmictl(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`cpmictl ARGS...` in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli.main", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd or ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway with a CloudEvents sink at a local cloud, two lots, the API and three API clients."""
+    cloud = Cloud()
+    threading.Thread(target=cloud.serve_forever, daemon=True).start()
+    gateway = Gateway(tmp_path_factory.mktemp("contract"), cloud)
+    process = start_twistd(gateway.work, str(gateway.config))
+    try:
+        wait_for_answer(gateway.api, process)
+        yield gateway
+    finally:
+        stop(process, 30)
+        cloud.shutdown()
+        cloud.server_close()
+
+
+class Lot:
+    """A lot's downlink connection over a plain socket: binds with login, answers each ACK with 0000."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.decoder = FrameDecoder(2**20)
+        self.frames: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []
+        login = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
+        self.send({"token": "", "code": "login", "oprNum": "bind-1", "signature": sign(compact(login), "", "k"), "data": login})
+        self.token = self.next_frame()["data"]["token"]
+        self.reader = threading.Thread(target=self._answer, daemon=True)
+        self.reader.start()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(encode_frame(message))
+
+    def next_frame(self) -> dict[str, Any]:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.pending.extend(dict(json.loads(payload)) for payload in self.decoder.feed(data))
+        frame = self.pending.pop(0)
+        self.frames.append(frame)
+        return frame
+
+    def _answer(self) -> None:
+        try:
+            while True:
+                frame = self.next_frame()
+                if "resultCode" not in frame:
+                    reply = {"barCode": frame["data"].get("barCode", ""), "opened": 1}
+                    self.send(
+                        {
+                            "code": frame["code"],
+                            "oprNum": frame["oprNum"],
+                            "resultCode": "0000",
+                            "resultMessage": "ok",
+                            "signature": sign(compact(reply), self.token, "k"),
+                            "data": reply,
+                        }
+                    )
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.reader.join(10)
+
+
+# --- §6 events -----------------------------------------------------------------------------------
+
+
+def test_an_uplink_is_one_cloudevent_in_a_signed_batch(gw: Gateway) -> None:
+    """§6: a carIn reaches cloud.url as a POSTed CloudEvents batch; its event has the id
+    `{gateway id}-{seq}`, the park's source, the interface's type, RFC 3339 times (the data's
+    converted with the zone's offset), `datacontenttype`, and the extensions cpmioprnum / cpmiseq."""
+    assert gw.car_in("ev-1", "EV1")["resultCode"] == "0000"
+    event = gw.cloud.event("ev-1")
+    [record] = [r for r in gw.records() if r["kind"] == "uplink" and r["opr"] == "ev-1"]
+    assert event["specversion"] == "1.0"
+    assert event["id"] == f"{GATEWAY_ID}-{record['seq']}"
+    assert event["cpmiseq"] == record["seq"] and event["cpmioprnum"] == "ev-1"
+    assert event["source"] == "urn:cpmi:park:P001"
+    assert event["type"] == "org.cpmi.t002.carIn.v1"
+    assert event["datacontenttype"] == "application/json"
+    assert RFC3339.fullmatch(event["time"]), event["time"]
+    assert event["data"]["carNum"] == CAR_IN["carNum"] and event["data"]["recordCode"] == "EV1"
+    assert event["data"]["inTime"] == "2026-11-24T08:30:00+08:00"
+    [request] = [r for r in gw.cloud.requests if b'"ev-1"' in r["body"]]
+    assert request["path"] == "/events"
+    assert request["headers"]["content-type"] == "application/cloudevents-batch+json"
+
+
+def test_the_batch_is_signed_per_rfc_9421_with_the_gateway_key(gw: Gateway) -> None:
+    """§6: each request carries Content-Digest (RFC 9530, sha-256) and an Ed25519 signature
+    (RFC 9421) over @method, @target-uri and content-digest, verifiable with `cpmictl pubkey`."""
+    assert gw.car_in("sig-1", "SIG1")["resultCode"] == "0000"
+    gw.cloud.event("sig-1")
+    [request] = [r for r in gw.cloud.requests if b'"sig-1"' in r["body"]]
+    headers, body = request["headers"], request["body"]
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert headers["content-digest"] == f"sha-256=:{digest}:"
+    label, params = headers["signature-input"].split("=", 1)
+    assert params.startswith('("@method" "@target-uri" "content-digest");')
+    assert 'alg="ed25519"' in params
+    base = (
+        f'"@method": POST\n"@target-uri": {gw.cloud.url}/events\n'
+        f'"content-digest": {headers["content-digest"]}\n"@signature-params": {params}'
+    ).encode()
+    match = re.fullmatch(rf"{label}=:([A-Za-z0-9+/=]+):", headers["signature"])
+    assert match, headers["signature"]
+    public = cpmictl("pubkey", str(gw.key))
+    assert public.returncode == 0, public.stderr
+    VerifyKey(base64.b64decode(public.stdout.strip())).verify(base, base64.b64decode(match.group(1)))
+
+
+def test_a_5xx_is_retried_with_the_same_event_id(gw: Gateway) -> None:
+    """§6: 5xx, 408 and 429 are retried (with backoff); every retry carries the same event id."""
+    for status in (503, 408, 429):
+        gw.cloud.planned.append(status)
+        opr = f"retry-{status}"
+        assert gw.car_in(opr, f"RT{status}")["resultCode"] == "0000"
+        wait_until(lambda: sum(e.get("cpmioprnum") == opr for e in gw.cloud.events()) >= 2, what=opr)
+        ids = {e["id"] for e in gw.cloud.events() if e.get("cpmioprnum") == opr}
+        [record] = [r for r in gw.records() if r["kind"] == "uplink" and r["opr"] == opr]
+        assert ids == {f"{GATEWAY_ID}-{record['seq']}"}
+
+
+def test_another_4xx_is_a_rejection_journaled_not_retried_and_replayable(gw: Gateway, tmp_path: Path) -> None:
+    """§6: a 400 is not retried; the rejection is journaled with the cloud's answer; the later
+    records still flow; `cpmictl log replay` re-sends the rejected event with its original id."""
+    gw.cloud.planned.append(400)
+    assert gw.car_in("rej-1", "REJ1")["resultCode"] == "0000"
+    event = gw.cloud.event("rej-1")
+    assert gw.car_in("rej-2", "REJ2")["resultCode"] == "0000"
+    gw.cloud.event("rej-2")
+
+    def sent() -> list[str]:
+        return [e["id"] for e in gw.cloud.events() if e.get("cpmioprnum") == "rej-1" and e["type"] == event["type"]]
+
+    assert sent() == [event["id"]]
+    wait_until(lambda: any(r["kind"] == "rejected" for r in gw.records()), what="a rejected record")
+    rejected = [r for r in gw.records() if r["kind"] == "rejected"]
+    assert any("refused by the test" in json.dumps(r["body"]) for r in rejected), rejected
+    seq = event["cpmiseq"]
+    replay = cpmictl(
+        "log", "replay", "--from", str(seq), "--to", str(seq), "--park", "P001",
+        "--url", f"{gw.cloud.url}/events", "--config", str(gw.config), str(gw.journal),
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert sent() == [event["id"]] * 2
+
+
+def test_lot_online_is_a_gateway_event(gw: Gateway) -> None:
+    """§6: the gateway's own records are events typed org.cpmi.gateway.{name}.v1 (lot online
+    here), with the park's source and the `{gateway id}-{seq}` id of their journal record."""
+    lot = Lot(gw.downlink)
+    gw.token = lot.token  # the login on the downlink replaced the uplink's token
+    try:
+        wait_until(lambda: any(r["kind"] == "lot-online" for r in gw.records()), what="lot-online")
+        [online] = [r for r in gw.records() if r["kind"] == "lot-online"][:1]
+        wait_until(lambda: any(e["id"] == f"{GATEWAY_ID}-{online['seq']}" for e in gw.cloud.events()))
+        event = next(e for e in gw.cloud.events() if e["id"] == f"{GATEWAY_ID}-{online['seq']}")
+        assert event["type"] == "org.cpmi.gateway.lot-online.v1"
+        assert event["source"] == "urn:cpmi:park:P001"
+    finally:
+        lot.close()
+
+
+def test_autopay_is_one_structured_cloudevent_to_the_query_url(gw: Gateway) -> None:
+    """§6: a query uplink is POSTed alone to cloud.query_url as application/cloudevents+json;
+    the 2xx answer's JSON body is the lot's data under resultCode 0000."""
+    answer = plain_post(gw.uplink, envelope("autoPay", SAMPLES["autoPay"], gw.login(), "pay-1"))
+    assert answer["resultCode"] == "0000", answer
+    [request] = [r for r in gw.cloud.requests if r["path"] == "/query"]
+    assert request["headers"]["content-type"] == "application/cloudevents+json"
+    event = json.loads(request["body"])
+    assert event["type"] == "org.cpmi.t002.autoPay.v1" and event["source"] == "urn:cpmi:park:P001"
+    assert answer["data"] == {"payStatus": 1, "orderCode": event["id"], "actualPay": 10.0}
+
+
+# --- §6 the command API ----------------------------------------------------------------------------
+
+
+def test_api_bearer_roles_and_refusals(gw: Gateway) -> None:
+    """§6: wrong or missing bearer 401; a client without the role 403; unknown park 404; an
+    unknown code or one of another class 400."""
+    gate = {"barCode": "B1", "isOpen": 1}
+    assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", None, gate)[0] == 401
+    assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", "nope", gate)[0] == 401
+    assert gw.call("GET", "/v1/parks", None)[0] == 401
+    assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", TOKENS["reader"], gate)[0] == 403
+    assert gw.call("POST", "/v1/parks/P002/commands/blacklist", TOKENS["commander"], {"carNum": "京A1"})[0] == 403
+    assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", TOKENS["syncer"], gate)[0] == 403
+    assert gw.call("GET", "/v1/parks", TOKENS["commander"])[0] == 403
+    assert gw.call("POST", "/v1/parks/P999/commands/gateOpen", CLOUD_TOKEN, gate)[0] == 404
+    assert gw.call("GET", "/v1/parks/P999", TOKENS["reader"])[0] == 404
+    assert gw.call("POST", "/v1/parks/P002/commands/noSuchCode", CLOUD_TOKEN, {})[0] == 400
+    assert gw.call("POST", "/v1/parks/P002/commands/carIn", CLOUD_TOKEN, CAR_IN)[0] == 400
+
+
+def test_api_command_to_a_lot_not_connected_is_409_9008(gw: Gateway) -> None:
+    """§6: a command-class code for a lot with no downlink is 409 with resultCode 9008."""
+    status, headers, body = gw.call(
+        "POST", "/v1/parks/P002/commands/gateOpen", TOKENS["commander"], {"barCode": "B1", "isOpen": 1}
+    )
+    assert status == 409
+    assert headers["content-type"].startswith("application/json")
+    assert body["resultCode"] == "9008" and set(body) >= {"resultCode", "resultMessage"}
+
+
+def test_api_command_is_answered_with_the_lots_reply(gw: Gateway) -> None:
+    """§6/§7: a command to a bound lot is 200 {resultCode, resultMessage, data} from its REPLY; the
+    command's journaled oprNum is the one the lot was sent."""
+    lot = Lot(gw.downlink)
+    gw.token = lot.token
+    try:
+        wait_until(lambda: gw.call("GET", "/v1/parks/P001", TOKENS["reader"])[2]["connected"] is True)
+        status, _, body = gw.call(
+            "POST", "/v1/parks/P001/commands/gateOpen", TOKENS["commander"], {"barCode": "G7", "isOpen": 1}
+        )
+        assert status == 200, body
+        assert body == {"resultCode": "0000", "resultMessage": "ok", "data": {"barCode": "G7", "opened": 1}}
+        [ack] = [f for f in lot.frames if f.get("code") == "gateOpen" and f["data"].get("barCode") == "G7"]
+        commands = [r for r in gw.records() if r["kind"] == "command" and r["opr"] == ack["oprNum"]]
+        assert len(commands) == 1 and commands[0]["park"] == "P001" and commands[0]["code"] == "gateOpen"
+    finally:
+        lot.close()
+
+
+def test_api_sync_is_202_with_the_journaled_seq(gw: Gateway) -> None:
+    """§6: a sync-class code is answered 202 {"seq": N} once journaled; N is its journal record."""
+    status, _, body = gw.call("POST", "/v1/parks/P002/commands/blacklist", TOKENS["syncer"], {"carNum": "京B2"})
+    assert status == 202, body
+    assert list(body) == ["seq"] and isinstance(body["seq"], int)
+    [record] = [r for r in gw.records() if r["seq"] == body["seq"]]
+    assert record["kind"] == "sync" and record["park"] == "P002" and record["code"] == "blacklist"
+
+
+def test_api_reading_endpoints(gw: Gateway) -> None:
+    """§6: GET /v1/parks and /v1/parks/{parkCode} give connection state, last seen and backlog;
+    schemas, the OpenAPI 3.1 document, /healthz, /readyz and Prometheus /metrics are served."""
+    status, _, body = gw.call("GET", "/v1/parks", TOKENS["reader"])
+    assert status == 200
+    parks = {p["parkCode"]: p for p in body["parks"]}
+    assert set(parks) == {"P001", "P002"}
+    for park in parks.values():
+        assert {"connected", "lastSeen", "backlog"} <= set(park)
+    assert gw.call("GET", "/v1/parks/P002", TOKENS["reader"])[2] == parks["P002"]
+    status, _, schema = gw.call("GET", "/v1/schemas/gateOpen.json", TOKENS["reader"])
+    assert status == 200 and "barCode" in json.dumps(schema)
+    status, _, openapi = gw.call("GET", "/v1/openapi.json", TOKENS["reader"])
+    assert status == 200 and openapi["openapi"].startswith("3.1")
+    assert gw.call("GET", "/healthz", None)[0] == 200
+    assert gw.call("GET", "/readyz", None)[0] == 200
+    status, headers, text = gw.call("GET", "/metrics", CLOUD_TOKEN)
+    assert status == 200
+    assert re.match(r"text/plain; version=\d", headers["content-type"]), headers["content-type"]
+    assert "# TYPE " in text
