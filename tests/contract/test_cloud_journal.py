@@ -121,6 +121,7 @@ class Gateway:
         self.config = work / "gateway.toml"
         self.config.write_text(
             f"""{gateway_toml(work, GATEWAY_ID, uplink=self.uplink, downlink=self.downlink, api=self.api)}
+seal_interval = 0.5
 [cloud]
 url = "{cloud.url}/events"
 query_url = "{cloud.url}/query"
@@ -461,3 +462,159 @@ def test_api_reading_endpoints(gw: Gateway) -> None:
     assert status == 200
     assert re.match(r"text/plain; version=\d", headers["content-type"]), headers["content-type"]
     assert "# TYPE " in text
+
+
+# --- §7 the replay journal and `cpmictl log` ------------------------------------------------------
+
+
+def test_journal_is_chained_json_lines_with_the_contract_fields(gw: Gateway) -> None:
+    """§7: segments of UTF-8 JSON Lines, each line \\n-terminated; every record has seq (strictly
+    increasing), ts (RFC 3339), kind, park, code, opr, body and a chain field; token issues,
+    forwarding progress and rejections are records too, and the journal directory holds nothing else."""
+    gw.car_in("jr-1", "JR1")
+    gw.record("uplink", "jr-1")
+    segments = sorted(gw.journal.iterdir())
+    assert segments and all(p.suffix == ".jsonl" for p in segments), segments
+    seqs = []
+    for segment in segments:
+        text = segment.read_bytes()
+        text.decode("utf-8")
+        for line in text.splitlines(keepends=True)[:-1]:  # all but a last one being written
+            assert line.endswith(b"\n")
+            record = json.loads(line)
+            assert {"seq", "ts", "kind", "park", "code", "opr", "body", "chain"} <= set(record)
+            assert RFC3339.fullmatch(record["ts"]), record["ts"]
+            seqs.append(record["seq"])
+    assert seqs == sorted(set(seqs))
+    kinds = {r["kind"] for r in gw.records()}
+    assert {"token", "uplink", "forwarded"} <= kinds
+
+
+def test_log_tail_filters_and_json(gw: Gateway) -> None:
+    """§7: `log tail --park --code --kind --json` prints one record per line, only those matching;
+    `--since` starts from a seq or a time."""
+    gw.car_in("tl-1", "TL1")
+    record = gw.record("uplink", "tl-1")
+    out = cpmictl("log", "tail", "--park", "P001", "--code", "carIn", "--kind", "uplink", "--json", str(gw.journal))
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert lines and all((r["park"], r["code"], r["kind"]) == ("P001", "carIn", "uplink") for r in lines)
+    assert record["seq"] in [r["seq"] for r in lines]
+    since = cpmictl("log", "tail", "--since", str(record["seq"]), "--json", str(gw.journal))
+    assert since.returncode == 0, since.stderr
+    assert json.loads(since.stdout.splitlines()[0])["seq"] == record["seq"]
+    by_time = cpmictl("log", "tail", "--since", "2099-01-01T00:00:00+08:00", str(gw.journal))
+    assert by_time.returncode == 0 and by_time.stdout == ""
+    readable = cpmictl("log", "tail", "--park", "P002", str(gw.journal))
+    assert readable.returncode == 0 and all("P002" in line for line in readable.stdout.splitlines())
+
+
+def test_log_tail_follow_prints_new_records(gw: Gateway) -> None:
+    """§7: `log tail -f` goes on printing records as they are written."""
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli.main", "log", "tail", "-f", "--json", "--kind", "uplink", str(gw.journal)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(follower.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_until(lambda: seen, what="tail -f's first lines")
+        gw.car_in("fl-1", "FL1")
+        wait_until(lambda: any('"fl-1"' in line for line in seen), what="the new record in tail -f")
+    finally:
+        follower.kill()
+        follower.wait(10)
+        reader.join(10)
+
+
+def test_log_show_and_stats(gw: Gateway) -> None:
+    """§7: `log show SEQ` prints that record; `log stats` counts per kind, code and park and shows
+    the forwarding backlog and the oldest unforwarded record."""
+    gw.car_in("sh-1", "SH1")
+    record = gw.record("uplink", "sh-1")
+    shown = cpmictl("log", "show", str(record["seq"]), str(gw.journal))
+    assert shown.returncode == 0, shown.stderr
+    assert '"sh-1"' in shown.stdout and "SH1" in shown.stdout
+    stats = cpmictl("log", "stats", str(gw.journal))
+    assert stats.returncode == 0, stats.stderr
+    for word in ("kind", "code", "park", "uplink", "carIn", "P001", "backlog"):
+        assert word in stats.stdout, word
+
+
+def test_verify_backup_and_restore(gw: Gateway, tmp_path: Path) -> None:
+    """§7: `log backup DIR DEST` is incremental and leaves DEST verifiable on its own; `verify`
+    without --pubkey says it used the key the journal recorded first, exit 0; with another key, or
+    on an altered byte, exit 1 naming the first bad seq; `log restore DEST DIR` makes a journal
+    ending in a signed restore record."""
+    gw.car_in("bk-1", "BK1")
+    gw.record("uplink", "bk-1")
+    dest = tmp_path / "backup"
+    first = cpmictl("log", "backup", str(gw.journal), str(dest))
+    assert first.returncode == 0, first.stderr
+    again = cpmictl("log", "backup", str(gw.journal), str(dest))
+    assert again.returncode == 0, again.stderr
+    gw.car_in("bk-2", "BK2")
+    bk2 = gw.record("uplink", "bk-2")
+    wait_until(lambda: any(r["kind"] == "seal" and r["seq"] > bk2["seq"] for r in gw.records()), what="a seal")
+    more = cpmictl("log", "backup", str(gw.journal), str(dest))
+    assert more.returncode == 0, more.stderr
+    backed = [json.loads(line) for p in sorted(dest.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
+    assert any(r["opr"] == "bk-2" for r in backed)
+    assert len({r["seq"] for r in backed}) == len(backed)
+    verified = cpmictl("log", "verify", str(dest))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "recorded first" in verified.stdout + verified.stderr
+    public = cpmictl("pubkey", str(gw.key)).stdout.strip()
+    assert cpmictl("log", "verify", "--pubkey", public, str(dest)).returncode == 0
+    other = tmp_path / "other.key"
+    other_public = cpmictl("keygen", str(other)).stdout.strip()
+    assert cpmictl("log", "verify", "--pubkey", other_public, str(dest)).returncode == 1
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    victim = next(r for r in backed if r["opr"] == "bk-1")
+    for segment in sorted(dest.glob("*.jsonl")):
+        data = segment.read_bytes().replace(b'"BK1"', b'"BK9"')
+        (damaged / segment.name).write_bytes(data)
+    bad = cpmictl("log", "verify", str(damaged))
+    assert bad.returncode == 1
+    assert str(victim["seq"]) in bad.stdout + bad.stderr
+    restored = tmp_path / "restored"
+    done = cpmictl("log", "restore", "--config", str(gw.config), str(dest), str(restored))
+    assert done.returncode == 0, done.stderr
+    after = [json.loads(line) for p in sorted(restored.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
+    assert after[-1]["kind"] == "restore" and after[-1]["seq"] > backed[-1]["seq"]
+    assert cpmictl("log", "verify", "--pubkey", public, str(restored)).returncode == 0
+
+
+# --- §7 other cpmictl commands --------------------------------------------------------------------
+
+
+def test_passwd_keygen_pubkey_apitoken(tmp_path: Path) -> None:
+    """§7: `passwd` hashes the first stdin line to $argon2id$; `keygen PATH` writes a 0600 key and
+    prints its base64 public key, which `pubkey PATH` prints again; `apitoken` prints a token and
+    its hex SHA-256."""
+    hashed = cpmictl("passwd", stdin="secret words\nignored\n")
+    assert hashed.returncode == 0, hashed.stderr
+    line = hashed.stdout.strip()
+    assert line.startswith("$argon2id$")
+    from argon2 import PasswordHasher
+
+    assert PasswordHasher().verify(line, "secret words")
+    key = tmp_path / "k" / "gateway.key"
+    key.parent.mkdir()
+    made = cpmictl("keygen", str(key))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(base64.b64decode(made.stdout.strip(), validate=True)) == 32
+    assert cpmictl("pubkey", str(key)).stdout == made.stdout
+    token = cpmictl("apitoken")
+    assert token.returncode == 0, token.stderr
+    words = token.stdout.split()
+    digests = [w for w in words if re.fullmatch(r"[0-9a-f]{64}", w)]
+    assert len(digests) == 1
+    assert any(hashlib.sha256(w.encode()).hexdigest() == digests[0] for w in words), token.stdout
