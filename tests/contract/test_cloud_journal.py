@@ -21,7 +21,6 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -229,7 +228,15 @@ class Lot:
         self.frames: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
         login = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
-        self.send({"token": "", "code": "login", "oprNum": "bind-1", "signature": sign(compact(login), "", "k"), "data": login})
+        self.send(
+            {
+                "token": "",
+                "code": "login",
+                "oprNum": "bind-1",
+                "signature": sign(compact(login), "", "k"),
+                "data": login,
+            }
+        )
         self.token = self.next_frame()["data"]["token"]
         self.reader = threading.Thread(target=self._answer, daemon=True)
         self.reader.start()
@@ -242,7 +249,9 @@ class Lot:
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("closed")
-            self.pending.extend(dict(json.loads(payload)) for payload in self.decoder.feed(data))
+            for payload in self.decoder.feed(data):
+                assert isinstance(payload, bytes), payload  # not FrameTooLarge
+                self.pending.append(dict(json.loads(payload)))
         frame = self.pending.pop(0)
         self.frames.append(frame)
         return frame
@@ -325,7 +334,7 @@ def test_a_5xx_is_retried_with_the_same_event_id(gw: Gateway) -> None:
         gw.cloud.planned.append(status)
         opr = f"retry-{status}"
         assert gw.car_in(opr, f"RT{status}")["resultCode"] == "0000"
-        wait_until(lambda: sum(e.get("cpmioprnum") == opr for e in gw.cloud.events()) >= 2, what=opr)
+        wait_until(lambda opr=opr: sum(e.get("cpmioprnum") == opr for e in gw.cloud.events()) >= 2, what=opr)
         ids = {e["id"] for e in gw.cloud.events() if e.get("cpmioprnum") == opr}
         [record] = [r for r in gw.records() if r["kind"] == "uplink" and r["opr"] == opr]
         assert ids == {f"{GATEWAY_ID}-{record['seq']}"}
@@ -341,7 +350,11 @@ def test_another_4xx_is_a_rejection_journaled_not_retried_and_replayable(gw: Gat
     gw.cloud.event("rej-2")
 
     def sent() -> list[str]:
-        return [e["id"] for e in gw.cloud.events() if e.get("cpmioprnum") == "rej-1" and e["type"] == event["type"]]
+        return [
+            e["id"]
+            for e in gw.cloud.events()
+            if e.get("cpmioprnum") == "rej-1" and e["type"] == event["type"]
+        ]
 
     assert sent() == [event["id"]]
     wait_until(lambda: any(r["kind"] == "rejected" for r in gw.records()), what="a rejected record")
@@ -395,7 +408,10 @@ def test_api_bearer_roles_and_refusals(gw: Gateway) -> None:
     assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", "nope", gate)[0] == 401
     assert gw.call("GET", "/v1/parks", None)[0] == 401
     assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", TOKENS["reader"], gate)[0] == 403
-    assert gw.call("POST", "/v1/parks/P002/commands/blacklist", TOKENS["commander"], {"carNum": "京A1"})[0] == 403
+    assert (
+        gw.call("POST", "/v1/parks/P002/commands/blacklist", TOKENS["commander"], {"carNum": "京A1"})[0]
+        == 403
+    )
     assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", TOKENS["syncer"], gate)[0] == 403
     assert gw.call("GET", "/v1/parks", TOKENS["commander"])[0] == 403
     assert gw.call("POST", "/v1/parks/P999/commands/gateOpen", CLOUD_TOKEN, gate)[0] == 404
@@ -435,7 +451,9 @@ def test_api_command_is_answered_with_the_lots_reply(gw: Gateway) -> None:
 
 def test_api_sync_is_202_with_the_journaled_seq(gw: Gateway) -> None:
     """§6: a sync-class code is answered 202 {"seq": N} once journaled; N is its journal record."""
-    status, _, body = gw.call("POST", "/v1/parks/P002/commands/blacklist", TOKENS["syncer"], {"carNum": "京B2"})
+    status, _, body = gw.call(
+        "POST", "/v1/parks/P002/commands/blacklist", TOKENS["syncer"], {"carNum": "京B2"}
+    )
     assert status == 202, body
     assert list(body) == ["seq"] and isinstance(body["seq"], int)
     [record] = [r for r in gw.records() if r["seq"] == body["seq"]]
@@ -495,7 +513,9 @@ def test_log_tail_filters_and_json(gw: Gateway) -> None:
     `--since` starts from a seq or a time."""
     gw.car_in("tl-1", "TL1")
     record = gw.record("uplink", "tl-1")
-    out = cpmictl("log", "tail", "--park", "P001", "--code", "carIn", "--kind", "uplink", "--json", str(gw.journal))
+    out = cpmictl(
+        "log", "tail", "--park", "P001", "--code", "carIn", "--kind", "uplink", "--json", str(gw.journal)
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert lines and all((r["park"], r["code"], r["kind"]) == ("P001", "carIn", "uplink") for r in lines)
@@ -512,7 +532,18 @@ def test_log_tail_filters_and_json(gw: Gateway) -> None:
 def test_log_tail_follow_prints_new_records(gw: Gateway) -> None:
     """§7: `log tail -f` goes on printing records as they are written."""
     follower = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "log", "tail", "-f", "--json", "--kind", "uplink", str(gw.journal)],
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "log",
+            "tail",
+            "-f",
+            "--json",
+            "--kind",
+            "uplink",
+            str(gw.journal),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -560,7 +591,9 @@ def test_verify_backup_and_restore(gw: Gateway, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     gw.car_in("bk-2", "BK2")
     bk2 = gw.record("uplink", "bk-2")
-    wait_until(lambda: any(r["kind"] == "seal" and r["seq"] > bk2["seq"] for r in gw.records()), what="a seal")
+    wait_until(
+        lambda: any(r["kind"] == "seal" and r["seq"] > bk2["seq"] for r in gw.records()), what="a seal"
+    )
     more = cpmictl("log", "backup", str(gw.journal), str(dest))
     assert more.returncode == 0, more.stderr
     backed = [json.loads(line) for p in sorted(dest.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
@@ -586,7 +619,9 @@ def test_verify_backup_and_restore(gw: Gateway, tmp_path: Path) -> None:
     restored = tmp_path / "restored"
     done = cpmictl("log", "restore", "--config", str(gw.config), str(dest), str(restored))
     assert done.returncode == 0, done.stderr
-    after = [json.loads(line) for p in sorted(restored.glob("*.jsonl")) for line in p.read_bytes().splitlines()]
+    after = [
+        json.loads(line) for p in sorted(restored.glob("*.jsonl")) for line in p.read_bytes().splitlines()
+    ]
     assert after[-1]["kind"] == "restore" and after[-1]["seq"] > backed[-1]["seq"]
     assert cpmictl("log", "verify", "--pubkey", public, str(restored)).returncode == 0
 
@@ -618,3 +653,278 @@ def test_passwd_keygen_pubkey_apitoken(tmp_path: Path) -> None:
     digests = [w for w in words if re.fullmatch(r"[0-9a-f]{64}", w)]
     assert len(digests) == 1
     assert any(hashlib.sha256(w.encode()).hexdigest() == digests[0] for w in words), token.stdout
+
+
+# --- §8 configuration ------------------------------------------------------------------------------
+
+# §8's example as written, but for its two placeholders (a real hash and a whole SHA-256).
+SECTION_8 = """
+[gateway]
+id = "gw-01"
+timezone = "Asia/Shanghai"
+signing_key = "conf/gateway.key"
+
+[listen]
+uplink = "tcp:8080"
+downlink = "tcp:9000"
+api = "tcp:8081:interface=127.0.0.1"
+
+[journal]
+path = "var/journal"
+fsync = "always"
+
+[uplink]
+max_body_bytes = 16777216
+header_timeout = 10
+min_body_rate = 1024
+max_connections_per_peer = 64
+max_connections = 20000
+max_pending_logins = 256
+
+[tcp]
+read_idle = 180
+write_idle = 60
+all_idle = 300
+bind_timeout = 10
+max_frame_bytes = 1048576
+max_unbound_bytes = 65536
+
+[cluster]
+servers = ["nats://127.0.0.1:4222"]
+prefix = "cpmi"
+replicas = 1
+
+[cloud]
+sink = "log-only"
+url = ""
+downlink = ""
+query_url = ""
+api_token = ""
+
+[[api_client]]
+name = "monitoring"
+token_sha256 = "TOKEN_SHA256"
+roles = ["read"]
+
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "HASH"
+signature = "required"
+secret = ""
+dialect = "standard"
+upstream_username = ""
+upstream_password = ""
+upstream_secret = ""
+""".replace("HASH", HASH).replace("TOKEN_SHA256", hashlib.sha256(b"test").hexdigest())
+
+# Every key of §8's example: (table path in an error, the table, the key, a value of the wrong kind).
+SECTION_8_KEYS = [
+    (f"{table}.{key}" if not isinstance(value, list) else f"{table}[0].{key}", table, key)
+    for table, values in tomllib.loads(SECTION_8).items()
+    for value in [values]
+    for key in (values[0] if isinstance(values, list) else values)
+]
+
+
+def test_section_8_example_is_accepted_with_its_values() -> None:
+    """§8: the example configuration, every key as written, is a valid configuration."""
+    settings = config.parse(tomllib.loads(SECTION_8))
+    assert settings.gateway.id == "gw-01" and settings.journal.fsync == "always"
+    assert settings.cluster is not None and settings.cluster.prefix == "cpmi"
+    assert settings.cluster.servers == ("nats://127.0.0.1:4222",) and settings.cluster.replicas == 1
+    assert settings.cloud.sink == "log-only"
+    assert settings.api_clients[0].roles == ("read",)
+    [lot] = settings.lots
+    assert (lot.park_code, lot.signature, lot.dialect) == ("P001", "required", "standard")
+
+
+def test_section_8_defaults_are_its_example_values() -> None:
+    """§8: each key left out takes the value the example shows (the defaults as written)."""
+    empty = config.parse({"lot": [{"park_code": "P001", "username": "lot001", "password": HASH}]})
+    full = config.parse({k: v for k, v in tomllib.loads(SECTION_8).items() if k != "api_client"})
+    for table in ("gateway", "listen", "journal", "uplink", "tcp", "cloud"):
+        assert getattr(empty, table) == getattr(full, table), table
+    assert empty.lots == full.lots
+    assert empty.cluster is None  # [cluster] is optional
+    cluster = config.parse({"cluster": {"servers": ["nats://127.0.0.1:4222"]}}).cluster
+    assert cluster is not None and (cluster.prefix, cluster.replicas) == ("cpmi", 1)
+
+
+def _wrong_kind(value: object) -> object:
+    """A value of another TOML type than ``value``."""
+    if isinstance(value, str):
+        return 5
+    if isinstance(value, list):
+        return "x"
+    return "x"
+
+
+@pytest.mark.parametrize(("path", "table", "key"), SECTION_8_KEYS, ids=[p for p, _, _ in SECTION_8_KEYS])
+def test_each_section_8_key_refuses_a_bad_value_naming_it(path: str, table: str, key: str) -> None:
+    """§8: a bad value of any key stops with one line that names the key."""
+    document = tomllib.loads(SECTION_8)
+    section = document[table][0] if isinstance(document[table], list) else document[table]
+    section[key] = _wrong_kind(section[key])
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(document)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:"), message
+
+
+def test_a_config_error_stops_twistd_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    """§8: started with a bad key, the gateway exits non-zero, its error one line naming the key."""
+    bad = tmp_path / "gateway.toml"
+    bad.write_text(f'{gateway_toml(tmp_path, uplink=0, downlink=0, api=0)}\n[tcp]\nread_idle = "soon"\n')
+    process = start_twistd(tmp_path, str(bad), stderr=subprocess.PIPE)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode != 0
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert len(lines) == 1 and "tcp.read_idle" in lines[0], lines
+    assert not (tmp_path / "journal").exists()
+
+
+# --- §9 NATS ---------------------------------------------------------------------------------------
+
+
+async def _nats_view(url: str) -> dict[str, Any]:
+    """What a NATS client sees of the cluster: the events stream and its messages, the buckets'
+    entries for P001, and a command asked on its subject."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    client = await nats.connect(url)
+    try:
+        js = client.jetstream()
+        seen: dict[str, Any] = {}
+        stream = await js.stream_info("CPMI_EVENTS")
+        seen["stream"] = (stream.config.subjects, stream.config.num_replicas, stream.config.duplicate_window)
+        pull = await js.pull_subscribe("cpmi.events.P001.>", durable=None)
+        messages = []
+        while True:
+            try:
+                batch = await pull.fetch(100, timeout=1)
+            except TimeoutError:
+                break
+            messages.extend(batch)
+        seen["events"] = [(m.subject, dict(m.headers or {}), json.loads(m.data)) for m in messages]
+        lots = await js.key_value("cpmi_lots")
+        seen["placement"] = json.loads((await lots.get("P001")).value or b"null")
+        tokens = await js.key_value("cpmi_tokens")
+        seen["token"] = json.loads((await tokens.get("P001")).value or b"null")
+        reply = await client.request(
+            "cpmi.commands.P001.gateOpen", b'{"barCode":"N1","isOpen":1}', timeout=10
+        )
+        seen["command"] = json.loads(reply.data)
+        sync = await js.stream_info("CPMI_SYNC")
+        seen["sync_subjects"] = sync.config.subjects
+        try:
+            await lots.get("P002")
+            seen["p002"] = "held"
+        except KeyNotFoundError:
+            seen["p002"] = "absent"
+        return seen
+    finally:
+        await client.close()
+
+
+def test_nats_events_buckets_and_commands(tmp_path: Path) -> None:
+    """§9 against a real nats-server: events are structured CloudEvents on
+    cpmi.events.{park}.{suffix} in stream CPMI_EVENTS (replicas 1, duplicate window ≥ 2 min), with
+    Nats-Msg-Id {park}:{oprNum} for an uplink and the event id for lot-online; the placement
+    bucket cpmi_lots holds {"gateway", "since"}; cpmi_tokens holds the token's SHA-256; commands
+    are answered on cpmi.commands.{park}.{code}; an unheld lot is 409/9008 over HTTP; a sync
+    entry is 202 {"seq"} and goes to CPMI_SYNC; /readyz is 200."""
+    import asyncio
+
+    from tests.cluster.natsserver import NatsServer
+
+    server = NatsServer(tmp_path / "nats")
+    server.work.mkdir()
+    server.start()
+    work = tmp_path / "gw"
+    work.mkdir()
+    uplink, downlink, api = free_port(), free_port(), free_port()
+    toml = work / "gateway.toml"
+    toml.write_text(
+        f"""{gateway_toml(work, "gw-n", uplink=uplink, downlink=downlink, api=api)}
+[cluster]
+servers = ["{server.url}"]
+[cloud]
+sink = "nats"
+api_token = "{CLOUD_TOKEN}"
+batch_max_delay = 0.02
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "{HASH}"
+secret = "k"
+[[lot]]
+park_code = "P002"
+username = "lot002"
+password = "{HASH}"
+secret = "k"
+"""
+    )
+    process = start_twistd(work, str(toml))
+    gateway = Gateway.__new__(Gateway)
+    gateway.work, gateway.journal, gateway.api, gateway.uplink, gateway.token = (
+        work,
+        work / "journal",
+        api,
+        uplink,
+        "",
+    )
+    lot: Lot | None = None
+    try:
+        wait_for_answer(api, process)
+        assert gateway.car_in("n-1", "N1")["resultCode"] == "0000"
+        lot = Lot(downlink)
+        wait_until(lambda: gateway.call("GET", "/v1/parks/P001")[2]["connected"] is True, what="bound")
+        record = gateway.record("uplink", "n-1")
+        online = next(r for r in gateway.records() if r["kind"] == "lot-online")
+        wait_until(lambda: sum(r["kind"] == "forwarded" for r in gateway.records()) >= 1, what="forwarded")
+        status, _, body = gateway.call(
+            "POST", "/v1/parks/P002/commands/gateOpen", CLOUD_TOKEN, {"barCode": "B"}
+        )
+        assert status == 409 and body["resultCode"] == "9008", body
+        status, _, body = gateway.call(
+            "POST", "/v1/parks/P002/commands/blacklist", CLOUD_TOKEN, {"carNum": "京C3"}
+        )
+        assert status == 202 and list(body) == ["seq"], body
+        status, _, ready = gateway.call("GET", "/readyz", None)
+        assert status == 200, ready
+        wait_until(lambda: online["seq"] <= max(
+            (r["body"].get("through", 0) for r in gateway.records() if r["kind"] == "forwarded"), default=0
+        ), what="lot-online forwarded")  # fmt: skip
+        seen = asyncio.run(_nats_view(server.url))
+    finally:
+        if lot is not None:
+            lot.close()
+        stop(process, 30)
+        server.stop()
+    subjects, replicas, window = seen["stream"]
+    assert subjects == ["cpmi.events.>"] and replicas == 1 and window >= 120
+    by_subject = {subject: (headers, event) for subject, headers, event in seen["events"]}
+    headers, event = by_subject["cpmi.events.P001.carIn"]
+    assert headers["Nats-Msg-Id"] == "P001:n-1"
+    assert headers["Content-Type"] == "application/cloudevents+json"
+    assert event["id"] == f"gw-n-{record['seq']}" and event["type"] == "org.cpmi.t002.carIn.v1"
+    assert event["specversion"] == "1.0" and event["datacontenttype"] == "application/json"
+    headers, event = by_subject["cpmi.events.P001.lot-online"]
+    assert headers["Nats-Msg-Id"] == event["id"] == f"gw-n-{online['seq']}"
+    assert seen["placement"]["gateway"] == "gw-n" and RFC3339.fullmatch(seen["placement"]["since"])
+    assert seen["token"] and re.search(r"[0-9a-f]{64}", json.dumps(seen["token"]))
+    assert seen["command"]["resultCode"] == "0000" and set(seen["command"]) == {
+        "resultCode",
+        "resultMessage",
+        "data",
+    }
+    assert any(s.startswith("cpmi.sync.") for s in seen["sync_subjects"])
+    assert seen["p002"] == "absent"
