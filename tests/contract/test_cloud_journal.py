@@ -928,3 +928,42 @@ secret = "k"
     }
     assert any(s.startswith("cpmi.sync.") for s in seen["sync_subjects"])
     assert seen["p002"] == "absent"
+
+
+def test_first_start_relative_paths_key_and_log_only(tmp_path: Path) -> None:
+    """§8/§6: relative paths are relative to the working directory; a missing signing_key is created
+    (mode 0600) at first start and its public key logged; with no [cloud] url the sink is log-only:
+    an uplink is journaled and answered, nothing is forwarded."""
+    (tmp_path / "etc").mkdir()
+    uplink, api = free_port(), free_port()
+    toml = tmp_path / "etc" / "gw.toml"
+    toml.write_text(
+        f"""[gateway]
+signing_key = "keys/gateway.key"
+[listen]
+uplink = "tcp:{uplink}:interface=127.0.0.1"
+downlink = "tcp:0:interface=127.0.0.1"
+api = "tcp:{api}:interface=127.0.0.1"
+[[lot]]
+park_code = "P001"
+username = "lot001"
+password = "{HASH}"
+secret = "k"
+"""
+    )
+    (tmp_path / "keys").mkdir()
+    process = start_twistd(tmp_path, str(toml))
+    gateway = Gateway.__new__(Gateway)
+    gateway.work, gateway.uplink, gateway.api, gateway.token = tmp_path, uplink, api, ""
+    gateway.journal = tmp_path / "var" / "journal"  # the default journal.path, under the working directory
+    try:
+        wait_for_answer(api, process)
+        assert gateway.car_in("lo-1", "LO1")["resultCode"] == "0000"
+        gateway.record("uplink", "lo-1")
+    finally:
+        stop(process, 30)
+    key = tmp_path / "keys" / "gateway.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    public = cpmictl("pubkey", str(key)).stdout.strip()
+    assert public and public in (tmp_path / "twistd.log").read_text()
+    assert not any(r["kind"] == "forwarded" for r in gateway.records())
