@@ -834,13 +834,30 @@ async def _nats_view(url: str) -> dict[str, Any]:
         await client.close()
 
 
+async def _placement(url: str, park: str) -> object:
+    """The cpmi_lots entry of ``park`` (None when there is none)."""
+    import nats
+    from nats.js.errors import KeyNotFoundError
+
+    client = await nats.connect(url)
+    try:
+        lots = await client.jetstream().key_value("cpmi_lots")
+        try:
+            return json.loads((await lots.get(park)).value or b"null")
+        except KeyNotFoundError:
+            return None
+    finally:
+        await client.close()
+
+
 def test_nats_events_buckets_and_commands(tmp_path: Path) -> None:
     """§9 against a real nats-server: events are structured CloudEvents on
-    cpmi.events.{park}.{suffix} in stream CPMI_EVENTS (replicas 1, duplicate window ≥ 2 min), with
-    Nats-Msg-Id {park}:{oprNum} for an uplink and the event id for lot-online; the placement
-    bucket cpmi_lots holds {"gateway", "since"}; cpmi_tokens holds the token's SHA-256; commands
-    are answered on cpmi.commands.{park}.{code}; an unheld lot is 409/9008 over HTTP; a sync
-    entry is 202 {"seq"} and goes to CPMI_SYNC; /readyz is 200."""
+    cpmi.events.{park}.{suffix} in stream CPMI_EVENTS (replicas 1, duplicate window >= 2 min), with
+    Nats-Msg-Id {park}:{oprNum} for an uplink and the event id for lot-online; the placement bucket
+    cpmi_lots holds {"gateway", "since"} while the lot is bound, nothing after; cpmi_tokens holds
+    the token's SHA-256; commands are answered on cpmi.commands.{park}.{code}; an unheld lot is
+    409/9008 over HTTP; a sync entry is 202 {"seq"} and goes to CPMI_SYNC; /readyz is 200 with the
+    NATS state beside; /v1/parks names the gateway holding each lot."""
     import asyncio
 
     from tests.cluster.natsserver import NatsServer
@@ -899,11 +916,17 @@ secret = "k"
         )
         assert status == 202 and list(body) == ["seq"], body
         status, _, ready = gateway.call("GET", "/readyz", None)
-        assert status == 200, ready
+        assert status == 200 and "nats" in ready, ready
+        parks = {p["parkCode"]: p for p in gateway.call("GET", "/v1/parks")[2]["parks"]}
+        assert parks["P001"]["gateway"] == "gw-n" and parks["P002"]["gateway"] is None
         wait_until(lambda: online["seq"] <= max(
             (r["body"].get("through", 0) for r in gateway.records() if r["kind"] == "forwarded"), default=0
         ), what="lot-online forwarded")  # fmt: skip
         seen = asyncio.run(_nats_view(server.url))
+        lot.close()
+        lot = None
+        wait_until(lambda: gateway.call("GET", "/v1/parks/P001")[2]["connected"] is False, what="unbound")
+        wait_until(lambda: asyncio.run(_placement(server.url, "P001")) is None, what="placement deleted")
     finally:
         if lot is not None:
             lot.close()
