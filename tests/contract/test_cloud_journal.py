@@ -367,11 +367,18 @@ def test_another_4xx_is_a_rejection_journaled_not_retried_and_replayable(gw: Gat
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
     assert sent() == [event["id"]] * 2
+    other = cpmictl(
+        "log", "replay", "--from", str(seq), "--to", str(seq), "--park", "P002",
+        "--url", f"{gw.cloud.url}/events", "--config", str(gw.config), str(gw.journal),
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert sent() == [event["id"]] * 2  # --park P002 left P001's record out
 
 
 def test_lot_online_is_a_gateway_event(gw: Gateway) -> None:
     """§6: the gateway's own records are events typed org.cpmi.gateway.{name}.v1 (lot online
-    here), with the park's source and the `{gateway id}-{seq}` id of their journal record."""
+    here, then lot offline), with the park's source and the `{gateway id}-{seq}` id of their journal
+    record."""
     lot = Lot(gw.downlink)
     gw.token = lot.token  # the login on the downlink replaced the uplink's token
     try:
@@ -383,6 +390,7 @@ def test_lot_online_is_a_gateway_event(gw: Gateway) -> None:
         assert event["source"] == "urn:cpmi:park:P001"
     finally:
         lot.close()
+    wait_until(lambda: any(e["type"] == "org.cpmi.gateway.lot-offline.v1" for e in gw.cloud.events()))
 
 
 def test_autopay_is_one_structured_cloudevent_to_the_query_url(gw: Gateway) -> None:
@@ -418,6 +426,8 @@ def test_api_bearer_roles_and_refusals(gw: Gateway) -> None:
     assert gw.call("GET", "/v1/parks/P999", TOKENS["reader"])[0] == 404
     assert gw.call("POST", "/v1/parks/P002/commands/noSuchCode", CLOUD_TOKEN, {})[0] == 400
     assert gw.call("POST", "/v1/parks/P002/commands/carIn", CLOUD_TOKEN, CAR_IN)[0] == 400
+    assert gw.call("POST", "/v1/parks/P002/commands/autoPay", CLOUD_TOKEN, SAMPLES["autoPay"])[0] == 400
+    assert gw.call("POST", "/v1/parks/P999/commands/blacklist", CLOUD_TOKEN, {"carNum": "京A1"})[0] == 404
 
 
 def test_api_command_to_a_lot_not_connected_is_409_9008(gw: Gateway) -> None:
@@ -458,6 +468,29 @@ def test_api_sync_is_202_with_the_journaled_seq(gw: Gateway) -> None:
     assert list(body) == ["seq"] and isinstance(body["seq"], int)
     [record] = [r for r in gw.records() if r["seq"] == body["seq"]]
     assert record["kind"] == "sync" and record["park"] == "P002" and record["code"] == "blacklist"
+
+
+def test_api_sync_to_a_bound_lot_is_delivered_and_its_outcome_is_an_event(gw: Gateway) -> None:
+    """§6/§9: a sync entry for a bound lot is sent to it; on its 0000 the outcome is published as a
+    gateway event org.cpmi.gateway.downlink-delivered.v1 for the park."""
+    lot = Lot(gw.downlink)
+    gw.token = lot.token
+    try:
+        wait_until(lambda: gw.call("GET", "/v1/parks/P001", TOKENS["reader"])[2]["connected"] is True)
+        status, _, body = gw.call(
+            "POST", "/v1/parks/P001/commands/blacklist", TOKENS["syncer"], {"carNum": "京D4"}
+        )
+        assert status == 202, body
+        wait_until(lambda: any(f.get("code") == "blacklist" for f in lot.frames), what="the sync ACK")
+        wait_until(
+            lambda: any(e["type"] == "org.cpmi.gateway.downlink-delivered.v1" for e in gw.cloud.events()),
+            what="the delivered event",
+        )
+        delivered = [e for e in gw.cloud.events() if e["type"] == "org.cpmi.gateway.downlink-delivered.v1"]
+        assert delivered[0]["source"] == "urn:cpmi:park:P001"
+        assert re.fullmatch(rf"{GATEWAY_ID}-\d+", delivered[0]["id"])
+    finally:
+        lot.close()
 
 
 def test_api_reading_endpoints(gw: Gateway) -> None:
