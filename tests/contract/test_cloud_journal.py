@@ -203,6 +203,26 @@ def cpmictl(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.
     )
 
 
+def assert_signed(request: dict[str, Any], url: str, key: Path) -> None:
+    """``request`` carries Content-Digest (RFC 9530, sha-256) and an RFC 9421 Ed25519 signature over
+    @method, @target-uri (``url``) and content-digest that the public key of ``key`` verifies."""
+    headers, body = request["headers"], request["body"]
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert headers["content-digest"] == f"sha-256=:{digest}:"
+    label, params = headers["signature-input"].split("=", 1)
+    assert params.startswith('("@method" "@target-uri" "content-digest");')
+    assert 'alg="ed25519"' in params
+    base = (
+        f'"@method": POST\n"@target-uri": {url}\n'
+        f'"content-digest": {headers["content-digest"]}\n"@signature-params": {params}'
+    ).encode()
+    match = re.fullmatch(rf"{label}=:([A-Za-z0-9+/=]+):", headers["signature"])
+    assert match, headers["signature"]
+    public = cpmictl("pubkey", str(key))
+    assert public.returncode == 0, public.stderr
+    VerifyKey(base64.b64decode(public.stdout.strip())).verify(base, base64.b64decode(match.group(1)))
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway with a CloudEvents sink at a local cloud, two lots, the API and three API clients."""
@@ -311,21 +331,7 @@ def test_the_batch_is_signed_per_rfc_9421_with_the_gateway_key(gw: Gateway) -> N
     assert gw.car_in("sig-1", "SIG1")["resultCode"] == "0000"
     gw.cloud.event("sig-1")
     [request] = [r for r in gw.cloud.requests if b'"sig-1"' in r["body"]]
-    headers, body = request["headers"], request["body"]
-    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
-    assert headers["content-digest"] == f"sha-256=:{digest}:"
-    label, params = headers["signature-input"].split("=", 1)
-    assert params.startswith('("@method" "@target-uri" "content-digest");')
-    assert 'alg="ed25519"' in params
-    base = (
-        f'"@method": POST\n"@target-uri": {gw.cloud.url}/events\n'
-        f'"content-digest": {headers["content-digest"]}\n"@signature-params": {params}'
-    ).encode()
-    match = re.fullmatch(rf"{label}=:([A-Za-z0-9+/=]+):", headers["signature"])
-    assert match, headers["signature"]
-    public = cpmictl("pubkey", str(gw.key))
-    assert public.returncode == 0, public.stderr
-    VerifyKey(base64.b64decode(public.stdout.strip())).verify(base, base64.b64decode(match.group(1)))
+    assert_signed(request, f"{gw.cloud.url}/events", gw.key)
 
 
 def test_a_5xx_is_retried_with_the_same_event_id(gw: Gateway) -> None:
@@ -367,6 +373,12 @@ def test_another_4xx_is_a_rejection_journaled_not_retried_and_replayable(gw: Gat
     )  # fmt: skip
     assert replay.returncode == 0, replay.stderr
     assert sent() == [event["id"]] * 2
+    *_, replayed = [
+        r
+        for r in list(gw.cloud.requests)
+        if r["path"] == "/events" and any(e["id"] == event["id"] for e in json.loads(r["body"]))
+    ]
+    assert_signed(replayed, f"{gw.cloud.url}/events", gw.key)
     other = cpmictl(
         "log", "replay", "--from", str(seq), "--to", str(seq), "--park", "P002",
         "--url", f"{gw.cloud.url}/events", "--config", str(gw.config), str(gw.journal),
@@ -400,6 +412,7 @@ def test_autopay_is_one_structured_cloudevent_to_the_query_url(gw: Gateway) -> N
     assert answer["resultCode"] == "0000", answer
     [request] = [r for r in gw.cloud.requests if r["path"] == "/query"]
     assert request["headers"]["content-type"] == "application/cloudevents+json"
+    assert_signed(request, f"{gw.cloud.url}/query", gw.key)
     event = json.loads(request["body"])
     assert event["type"] == "org.cpmi.t002.autoPay.v1" and event["source"] == "urn:cpmi:park:P001"
     assert answer["data"] == {"payStatus": 1, "orderCode": event["id"], "actualPay": 10.0}
