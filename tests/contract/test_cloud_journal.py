@@ -39,8 +39,8 @@ from tests.test_end_to_end import CAR_IN, envelope, plain_post
 
 GATEWAY_ID = "gw-c"
 CLOUD_TOKEN = "cloud-token"
-TOKENS = {"reader": "read-token", "commander": "command-token", "syncer": "sync-token"}
-ROLES = {"reader": "read", "commander": "command", "syncer": "sync"}
+TOKENS = {"reader": "read-token", "commander": "command-token", "syncer": "sync-token", "root": "admin-token"}
+ROLES = {"reader": "read", "commander": "command", "syncer": "sync", "root": "admin"}
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
@@ -435,6 +435,11 @@ def test_api_bearer_roles_and_refusals(gw: Gateway) -> None:
     )
     assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", TOKENS["syncer"], gate)[0] == 403
     assert gw.call("GET", "/v1/parks", TOKENS["commander"])[0] == 403
+    assert gw.call("GET", "/v1/openapi.json", None)[0] == 401
+    assert gw.call("GET", "/v1/schemas/gateOpen.json", "nope")[0] == 401
+    assert gw.call("GET", "/v1/parks", TOKENS["root"])[0] == 200  # admin: every role
+    assert gw.call("POST", "/v1/parks/P002/commands/gateOpen", TOKENS["root"], gate)[0] == 409
+    assert gw.call("POST", "/v1/parks/P002/commands/blacklist", TOKENS["root"], {"carNum": "京A1"})[0] == 202
     assert gw.call("POST", "/v1/parks/P999/commands/gateOpen", CLOUD_TOKEN, gate)[0] == 404
     assert gw.call("GET", "/v1/parks/P999", TOKENS["reader"])[0] == 404
     assert gw.call("POST", "/v1/parks/P002/commands/noSuchCode", CLOUD_TOKEN, {})[0] == 400
