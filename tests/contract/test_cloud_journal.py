@@ -666,7 +666,7 @@ def test_verify_backup_and_restore(gw: Gateway, tmp_path: Path) -> None:
         (damaged / segment.name).write_bytes(data)
     bad = cpmictl("log", "verify", str(damaged))
     assert bad.returncode == 1
-    assert str(victim["seq"]) in bad.stdout + bad.stderr
+    assert re.search(rf"bad seq:? #?{victim['seq']}\b", bad.stdout + bad.stderr), bad.stdout + bad.stderr
     restored = tmp_path / "restored"
     done = cpmictl("log", "restore", "--config", str(gw.config), str(dest), str(restored))
     assert done.returncode == 0, done.stderr
