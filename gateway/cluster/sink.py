@@ -68,7 +68,7 @@ TAKE_IN_DELAY = 0.005
 """The nats sink's engine takes committed records in this long after their commit: after the
 journal's next write has started, several commits (~8 records each under load) in one call
 (``ForwardingEngine``'s ``take_in_delay``; docs/nats.md). 5 ms against 0.5: the reactor's
-CPU an event 4-5 µs less, nats/durable 0.88-0.91 against 0.79-0.87 (docs/benchmarks.md)."""
+CPU an event about 4 µs less, nats/durable 0.88-0.91 in 8 rounds of 9 (docs/benchmarks.md)."""
 
 _INTERFACE_TYPE = "org.cpmi.t002."
 # A status header of this value answers a request no one subscribes to: no stream takes the subject.
