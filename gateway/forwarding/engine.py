@@ -406,6 +406,17 @@ class ForwardingEngine:
         events = self._sink.entries(records, self._clock.seconds()) if records else []
         events_room, bytes_room = self._room()
         queue = self._queue
+        if len(events) <= events_room:
+            size = sum(len(event.body) for event in events)
+            if size <= bytes_room:
+                # Room for all of them (the common case): no look at each.
+                queue.extend(events)
+                self._queued_bytes += size
+                if records:
+                    self._read_through = records[-1].seq
+                self._fill()
+                self._maybe_send()
+                return
         for event in events:
             size = len(event.body)
             if events_room < 1 or bytes_room < size:
@@ -587,6 +598,8 @@ class ForwardingEngine:
         if isinstance(result, Split):
             self._split(batch, result)
             return
+        if self._all_delivered(batch, result):
+            return
         status: int | None = None
         not_done: list[Entry] = []
         reason, status_not_done = "", None
@@ -620,6 +633,32 @@ class ForwardingEngine:
             self.last_error = ""
         self._fill()
         self._maybe_send()
+
+    def _all_delivered(self, batch: list[Entry], result: Sequence[Outcome]) -> bool:
+        """The common answer -- one delivered outcome for a whole batch at the queue's front, nothing
+        else pending -- settled at once (as ``_answered`` and ``_advance`` would); False otherwise."""
+        queue, count = self._queue, len(batch)
+        if self._early or not result or len(result) != count or len(queue) < count:
+            return False
+        first = result[0]
+        if not first.done or first.refused or first.status is None:
+            return False
+        if queue[0] is not batch[0] or queue[count - 1] is not batch[-1]:
+            return False  # not the queue's first events in a row (some lot's were held back)
+        if result.count(first) != count:
+            return False
+        for _ in range(count):
+            queue.popleft()
+        self._queued_bytes -= sum(len(entry.body) for entry in batch)
+        self._recovered(first.status)
+        self._delivered(batch, queue[0].seq - 1 if queue else self._read_through, first.status)
+        if self._narrowing is not None and self._done_through >= self._narrowing.until:
+            self._narrowing = None
+        if not self._paused:
+            self.last_error = ""
+        self._fill()
+        self._maybe_send()
+        return True
 
     def _advance(self) -> None:
         """Take the finished events off the front of the queue, journaling what became of them."""

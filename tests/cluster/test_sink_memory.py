@@ -278,3 +278,51 @@ def test_with_a_take_in_delay_commits_are_mapped_a_moment_later_together() -> No
     clock.advance(1)
     assert sink.mapped == [[1, 2, 3]]  # stopped: record 4 is read from the journal after a start
     assert not clock.getDelayedCalls()
+
+
+class EveryOtherSink:
+    """Odd seqs are events, even ones are records that are no event; each batch is delivered at once."""
+
+    target = "nowhere"
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.batches: list[list[int]] = []
+
+    def entries(self, records: Iterable[Record], at: float) -> list[Entry]:
+        return [entry(r.seq) for r in records if r.seq % 2]
+
+    def deliver(self, batch: Sequence[Entry]) -> Deferred[Sequence[Outcome] | Split]:
+        self.batches.append([e.seq for e in batch])
+        return succeed([self.outcome] * len(batch))
+
+
+class RecordingJournal(FakeJournal):
+    def __init__(self) -> None:
+        super().__init__()
+        self.appended: list[tuple[str, object]] = []
+
+    def append(self, kind: str, park: str, code: str, opr: str, body: object) -> Deferred[Record]:
+        self.appended.append((kind, body))
+        return Deferred()
+
+
+def test_a_delivered_batch_is_progress_through_the_records_before_the_next_event() -> None:
+    """A batch delivered whole (the engine's common case) is a `forwarded` record whose `through`
+    reaches the record before the next event waiting, or the last record read when none waits."""
+    clock, journal = Clock(), RecordingJournal()
+    sink = EveryOtherSink(Outcome.delivered(200))
+    settings = CloudConfig(sink="nats", url="", downlink="", query_url="", api_token="", batch_max_events=2)
+    engine = ForwardingEngine(journal=journal, clock=clock, settings=settings, sink=sink)
+    engine.start()
+    journal.committed_seq = 6
+    journal.commit_observers[0]([record(n) for n in range(1, 7)])  # events 1, 3, 5
+    clock.advance(settings.batch_max_delay)
+    assert sink.batches == [[1, 3], [5]]
+    assert [body for kind, body in journal.appended] == [
+        {"first": 1, "last": 3, "events": 2, "status": 200, "through": 4},
+        {"first": 5, "last": 5, "events": 1, "status": 200, "through": 6},
+    ]
+    assert engine.done_through == 6 and engine.counters["events"] == 3 and engine.backlog == 0
+    assert engine.lag(clock.seconds()) is None
+    engine.stop()
