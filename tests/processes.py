@@ -124,6 +124,18 @@ def gateway_toml(work: Path, gateway_id: str = "", *, journal: Path | None = Non
     )
 
 
+def lots_toml(count: int, secret: str = "k") -> str:
+    """``count`` [[lot]] entries: P001 with account lot001, P002 with lot002 ..., each with the tests'
+    password (tests.lots.harness.PASSWORD, stored as its cheap hash) and ``secret``."""
+    from tests.lots.harness import HASH
+
+    return "".join(
+        f'[[lot]]\npark_code = "P{n:03d}"\nusername = "lot{n:03d}"\n'
+        f'password = "{HASH}"\nsecret = "{secret}"\n'
+        for n in range(1, count + 1)
+    )
+
+
 # --- stopping ------------------------------------------------------------------------------------
 
 

@@ -17,9 +17,9 @@ from gateway.journal.reader import read_records
 from gateway.keys import load_or_create_signing_key, public_key_b64
 from tests.cluster.natsserver import NatsServer
 from tests.ports import free_port
-from tests.processes import gateway_toml, kill, start_twistd, wait_for_port, wait_until
+from tests.processes import gateway_toml, kill, lots_toml, start_twistd, wait_for_port, wait_until
 from tests.test_cloud_end_to_end import Receiver
-from tests.test_end_to_end import CAR_IN, HASH, PASSWORD, envelope, plain_post
+from tests.test_end_to_end import CAR_IN, PASSWORD, envelope, plain_post
 
 
 def write_config(tmp_path: Path, port: int, api: int, nats_url: str, receiver_url: str) -> Path:
@@ -45,17 +45,7 @@ url = "{receiver_url}"
 batch_max_delay = 0.02
 retry_min_delay = 0.05
 retry_max_delay = 0.5
-[[lot]]
-park_code = "P001"
-username = "lot001"
-password = "{HASH}"
-secret = "k"
-[[lot]]
-park_code = "P002"
-username = "lot002"
-password = "{HASH}"
-secret = "k"
-"""
+{lots_toml(2)}"""
     )
     return config
 

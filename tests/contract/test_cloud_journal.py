@@ -33,7 +33,7 @@ from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import HASH, PASSWORD
 from tests.ports import free_port
-from tests.processes import ROOT, gateway_toml, start_twistd, stop, wait_for_answer, wait_until
+from tests.processes import ROOT, gateway_toml, lots_toml, start_twistd, stop, wait_for_answer, wait_until
 from tests.protocol.samples import SAMPLES
 from tests.test_end_to_end import CAR_IN, envelope, plain_post
 
@@ -129,17 +129,7 @@ batch_max_delay = 0.02
 retry_min_delay = 0.1
 retry_max_delay = 0.3
 {clients}
-[[lot]]
-park_code = "P001"
-username = "lot001"
-password = "{HASH}"
-secret = "k"
-[[lot]]
-park_code = "P002"
-username = "lot002"
-password = "{HASH}"
-secret = "k"
-"""
+{lots_toml(2)}"""
         )
         self.token = ""
 
@@ -928,17 +918,7 @@ servers = ["{server.url}"]
 sink = "nats"
 api_token = "{CLOUD_TOKEN}"
 batch_max_delay = 0.02
-[[lot]]
-park_code = "P001"
-username = "lot001"
-password = "{HASH}"
-secret = "k"
-[[lot]]
-park_code = "P002"
-username = "lot002"
-password = "{HASH}"
-secret = "k"
-"""
+{lots_toml(2)}"""
     )
     process = start_twistd(work, str(toml))
     gateway = Gateway.__new__(Gateway)
