@@ -15,7 +15,7 @@ from gateway.cloud.metrics import WORKER_COUNTERS, WorkersCollector, register_wo
 from gateway.dialects.service import LotsService
 from gateway.lots.workers import WorkerPool
 from tests.cloud.test_metrics import FakeJournal
-from tests.lots.test_passwords import HASH, real_checker, settings_with, until
+from tests.lots.test_passwords import HASH, ready_worker, real_checker, settings_with, until
 from tests.lots.test_workers import Processes
 
 
@@ -143,10 +143,8 @@ async def test_a_real_password_worker_killed_mid_check_shows_in_the_metrics() ->
     assert pool is not None
     registry = CollectorRegistry()
     register_workers(registry, {"password": pool})
-    checker.start()
     try:
-        await until(lambda: pool._idle_workers)
-        [pid] = pool.pids
+        _, pid = await ready_worker(checker)
         before = samples(registry)
         assert before[("cpmi_workers_alive", "password")] == 1
         assert before[("cpmi_workers_configured", "password")] == 1

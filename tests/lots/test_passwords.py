@@ -27,6 +27,7 @@ from gateway.lots.passwords import (
     worker_environment,
 )
 from gateway.lots.workerloop import serve
+from gateway.lots.workers import WorkerPool
 from gateway.settings import Config
 from tests.lots.workerwire import job_of, outcomes
 
@@ -319,17 +320,23 @@ def real_checker(**kw: Any) -> PasswordChecker:
     return PasswordChecker(reactor, env=env, **kw)
 
 
+async def ready_worker(checker: PasswordChecker) -> tuple[WorkerPool, int]:
+    """Start `checker` and wait until its one worker process is ready: its pool, and the worker's pid."""
+    checker.start()
+    pool = checker.pool
+    assert pool is not None
+    await until(lambda: pool._idle_workers)
+    [pid] = pool.pids
+    return pool, pid
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_real_worker_checks_at_nice_10_with_its_memory_held_from_the_start() -> None:
     """The worker process answers right, wrong and unknown; it runs at nice 10; its Argon2id working
     memory (64 MiB) is resident once it is ready and stays so, no more and no less, across checks."""
     checker = real_checker(max_pending=8)
-    checker.start()
-    pool = checker.pool
-    assert pool is not None
     try:
-        await until(lambda: pool._idle_workers)
-        [pid] = pool.pids
+        _, pid = await ready_worker(checker)
         ready_rss = status_kib(pid, "VmRSS")
         assert ready_rss >= 64 * 1024  # the decoy check's memory, held
         answers = await gatherResults(
@@ -351,12 +358,8 @@ async def test_a_real_worker_killed_mid_check_answers_busy_and_is_replaced() -> 
     """kill -9 of the worker during a check: that login and those waiting are answered LoginsBusy at
     once, new ones too until another worker is up; then checks are answered again."""
     checker = real_checker(max_pending=8)
-    checker.start()
-    pool = checker.pool
-    assert pool is not None
     try:
-        await until(lambda: pool._idle_workers)
-        [pid] = pool.pids
+        pool, pid = await ready_worker(checker)
         under_way, waiting = checker.check(None, "a"), checker.check(None, "b")
         os.kill(pid, signal.SIGKILL)
         for each in (under_way, waiting):
@@ -400,11 +403,7 @@ async def test_a_stop_with_checks_in_flight_ends_the_worker_and_answers_them() -
     """Stopping with one check under way and more waiting: all are answered (busy, or their result),
     the worker has ended when stop fires, and nothing is left running."""
     checker = real_checker(max_pending=8)
-    checker.start()
-    pool = checker.pool
-    assert pool is not None
-    await until(lambda: pool._idle_workers)
-    [pid] = pool.pids
+    _, pid = await ready_worker(checker)
     checks = [checker.check(None, f"p{n}") for n in range(4)]
     await checker.stop()
     assert not alive(pid)
