@@ -16,15 +16,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from nacl.signing import SigningKey
-from treq.testing import StubTreq
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from gateway.cloud.query import QueryClient
 from gateway.protocol.signing import compact, sign
 from tests.cloud.test_api import Api
-from tests.lots.harness import PASSWORD, ZONE, Uplink, fired, lot_entry, result_of
+from tests.lots.harness import PASSWORD, Uplink, fired, lot_entry, result_of
 from tests.lots.test_downlink import Gateway
 from tests.protocol.samples import SAMPLES
 from tests.test_logs import captured
@@ -312,16 +309,7 @@ def test_a_query_the_cloud_leaves_unanswered_is_9999_with_the_reason_and_journal
     """autoPay with a silent cloud: at its 1 s deadline the lot gets 9999 with the reason, and the
     answer is journaled after the query."""
     gw = Uplink()
-    cloud = StubTreq(SilentCloud())
-    gw.queries = QueryClient(
-        http=cloud,
-        clock=gw.clock,
-        url="https://cloud.example/query",
-        gateway_id="gw-01",
-        zone=ZONE,
-        signing_key=SigningKey(bytes(32)),
-    )
-    gw.restart()
+    cloud = gw.query_cloud(SilentCloud())
     token = gw.login()
     text = json.dumps(gw.envelope("autoPay", SAMPLES["autoPay"], token=token, opr="Q-9"), ensure_ascii=False)
     reply = gw.handler.handle(text)

@@ -11,11 +11,14 @@ from zoneinfo import ZoneInfo
 
 import nacl.pwhash
 from attrs import define, field
+from nacl.signing import SigningKey
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.web.resource import IResource
 
 from gateway import config
+from gateway.cloud.query import QueryClient
 from gateway.lots.http import UplinkResource
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
@@ -178,6 +181,21 @@ class Uplink:
             queries=self.queries,
         )
         self.treq = StubTreq(UplinkResource(self.handler, max_body_bytes=1_000_000).resource())
+
+    def query_cloud(self, cloud: IResource) -> StubTreq:
+        """Have `cloud` answer the query uplinks (autoPay) through a QueryClient, as the gateway's
+        cloud does, from a restarted gateway: the StubTreq to flush."""
+        http = StubTreq(cloud)
+        self.queries = QueryClient(
+            http=http,
+            clock=self.clock,
+            url="https://cloud.example/query",
+            gateway_id="gw-01",
+            zone=ZONE,
+            signing_key=SigningKey(bytes(32)),
+        )
+        self.restart()
+        return http
 
     def post(
         self,

@@ -10,8 +10,6 @@ from urllib.parse import urlencode
 
 import pytest
 from attrs import define, field, frozen
-from nacl.signing import SigningKey
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.logger import LogLevel
@@ -21,7 +19,6 @@ from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
 from gateway import config
-from gateway.cloud.query import QueryClient
 from gateway.lots.http import client_gone
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.sessions import token_digest
@@ -712,16 +709,7 @@ def test_the_query_client_answers_through_the_uplink() -> None:
             return json.dumps(PAID).encode()
 
     gw = Uplink()
-    cloud = StubTreq(Cloud())
-    gw.queries = QueryClient(
-        http=cloud,
-        clock=gw.clock,
-        url="https://cloud.example/query",
-        gateway_id="gw-01",
-        zone=ZONE,
-        signing_key=SigningKey(bytes(32)),
-    )
-    gw.restart()
+    cloud = gw.query_cloud(Cloud())
     token = gw.login()
     text = json.dumps(gw.envelope("autoPay", SAMPLES["autoPay"], token=token, opr="Q-7"))
     reply = gw.handler.handle(text)
