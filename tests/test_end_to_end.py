@@ -30,7 +30,7 @@ from gateway.journal.reader import read_records, read_records_skipping, verify
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
-from tests.lots.harness import HASH, PASSWORD
+from tests.lots.harness import HASH, PASSWORD, signed_envelope
 from tests.ports import free_port
 from tests.processes import gateway_toml, start_twistd, wait_for_port
 from tests.protocol.samples import SAMPLES
@@ -216,15 +216,7 @@ class LotClient(Protocol):
 
     def connectionMade(self) -> None:
         login = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
-        self.send(
-            {
-                "token": "",
-                "code": "login",
-                "oprNum": "bind-1",
-                "signature": sign(compact(login), "", "k"),
-                "data": login,
-            }
-        )
+        self.send(signed_envelope("login", login, secret="k", opr="bind-1"))
 
     def send(self, message: dict[str, Any]) -> None:
         self.transport.write(encode_frame(message))  # type: ignore[union-attr]

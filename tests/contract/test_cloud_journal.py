@@ -31,7 +31,7 @@ from nacl.signing import VerifyKey
 from gateway import config
 from gateway.protocol.framing import FrameDecoder, encode_frame
 from gateway.protocol.signing import compact, sign
-from tests.lots.harness import HASH, PASSWORD
+from tests.lots.harness import HASH, PASSWORD, signed_envelope
 from tests.ports import free_port
 from tests.processes import ROOT, gateway_toml, lots_toml, start_twistd, stop, wait_for_answer, wait_until
 from tests.protocol.samples import SAMPLES
@@ -238,15 +238,7 @@ class Lot:
         self.frames: list[dict[str, Any]] = []
         self.pending: list[dict[str, Any]] = []
         login = {"parkUserName": "lot001", "parkUserPwd": PASSWORD}
-        self.send(
-            {
-                "token": "",
-                "code": "login",
-                "oprNum": "bind-1",
-                "signature": sign(compact(login), "", "k"),
-                "data": login,
-            }
-        )
+        self.send(signed_envelope("login", login, secret="k", opr="bind-1"))
         self.token = self.next_frame()["data"]["token"]
         self.reader = threading.Thread(target=self._answer, daemon=True)
         self.reader.start()

@@ -144,6 +144,27 @@ def lot_entry(**changes: Any) -> dict[str, Any]:
     return entry
 
 
+def signed_envelope(
+    code: str,
+    data: Any,
+    token: str = "",
+    secret: str = "s3cret",
+    opr: str | None = None,
+    signature: str | None = None,
+) -> dict[str, Any]:
+    """A request envelope signed over compact `data` like a lot would (a new oprNum unless given)."""
+    text = compact(data) if data is not None else ""
+    envelope: dict[str, Any] = {
+        "token": token,
+        "code": code,
+        "oprNum": opr if opr is not None else str(uuid.uuid4()),
+        "signature": sign(text, token, secret) if signature is None else signature,
+    }
+    if data is not None:
+        envelope["data"] = data
+    return envelope
+
+
 class Uplink:
     """A gateway uplink in memory, with a lot's point of view for sending to it."""
 
@@ -231,16 +252,7 @@ class Uplink:
         signature: str | None = None,
     ) -> dict[str, Any]:
         """A request envelope signed over compact `data` like a lot would."""
-        text = compact(data) if data is not None else ""
-        envelope: dict[str, Any] = {
-            "token": token,
-            "code": code,
-            "oprNum": opr if opr is not None else str(uuid.uuid4()),
-            "signature": sign(text, token, secret) if signature is None else signature,
-        }
-        if data is not None:
-            envelope["data"] = data
-        return envelope
+        return signed_envelope(code, data, token, secret, opr, signature)
 
     def send(self, code: str, data: Any, path: str = "/uplink", **options: Any) -> dict[str, Any]:
         """Send an envelope as `param=` and return the parsed response envelope."""
