@@ -242,17 +242,7 @@ class Uplink:
             answer,
         )
 
-    def envelope(
-        self,
-        code: str,
-        data: Any,
-        token: str = "",
-        secret: str = "s3cret",
-        opr: str | None = None,
-        signature: str | None = None,
-    ) -> dict[str, Any]:
-        """A request envelope signed over compact `data` like a lot would."""
-        return signed_envelope(code, data, token, secret, opr, signature)
+    envelope = staticmethod(signed_envelope)
 
     def send(self, code: str, data: Any, path: str = "/uplink", **options: Any) -> dict[str, Any]:
         """Send an envelope as `param=` and return the parsed response envelope."""
