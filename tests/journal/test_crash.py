@@ -44,7 +44,12 @@ def run_and_kill(directory: Path, acknowledgements: int, rng: random.Random) -> 
                 break
         time.sleep(rng.random() * 0.01)  # somewhere in the middle of a batch
         proc.kill()
-        rest, errors = proc.communicate(timeout=5)
+        # Read on through proc.stdout itself: communicate() reads the pipe's descriptor and would
+        # skip what the loop above had buffered already, starting mid-line.
+        rest = proc.stdout.read()
+        assert proc.stderr is not None
+        errors = proc.stderr.read()
+        proc.wait(timeout=5)
     finally:
         watchdog.cancel()
     acked += parse(rest)
