@@ -79,7 +79,9 @@ TEXT_TYPE = b"text/plain; charset=utf-8"
 log = Logger()
 
 MAX_HEAD_BYTES = 16384
-"""Bytes of a request's URL, header names and values together: twisted.web's `totalHeadersSize`."""
+"""Bytes of a request's URL, header (and trailer) names and values: twisted.web's `totalHeadersSize`.
+
+A field still unfinished is counted by the reads that bring it, after the one it began in."""
 
 MAX_HEADERS = 100
 """Header fields a request may have (twisted.web allowed 500; a lot sends a handful)."""
@@ -226,9 +228,12 @@ class UplinkChannel(Protocol):
         self._in_head = False
         self._url = b""
         self._head_bytes = 0
-        self._head_read = 0
         self._headers = 0
-        self._completed = False
+        # httptools gathers a header (or trailer) field across reads before it reports it:
+        # whether it may be gathering one, the reads since, and how many times it began.
+        self._gathering = False
+        self._gathered = 0
+        self._gatherings = 0
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._handling = False
@@ -330,8 +335,7 @@ class UplinkChannel(Protocol):
     # Parsing ------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        was_in_head = self._in_head
-        self._completed = False
+        gatherings = self._gatherings
         try:
             self._parser.feed_data(data)
         except HttpParserCallbackError as error:
@@ -343,15 +347,15 @@ class UplinkChannel(Protocol):
             if not self._stopped:  # llhttp found the request malformed
                 self._refuse(_BAD_REQUEST)
             return
-        if self._in_head:
-            # llhttp skips whitespace without a callback, and httptools gathers a field across
-            # reads before it is reported: count the reads of a head still unfinished.
-            if was_in_head:
-                self._head_read += len(data)
-            elif not self._completed:
-                self._head_read = len(data)
-            if self._head_read > MAX_HEAD_BYTES:
-                self._refuse(_HEAD_TOO_LARGE)
+        if self._gathering:
+            # A head (or the trailer of a chunked body) still unfinished: what httptools holds
+            # of it is counted by the reads after the one it began in, whatever llhttp skipped.
+            if self._gatherings == gatherings:
+                self._gathered += len(data)
+                if self._gathered > MAX_HEAD_BYTES:
+                    self._refuse(_HEAD_TOO_LARGE)
+            else:
+                self._gathered = 0
 
     def on_message_begin(self) -> None:
         if len(self._queue) >= MAX_PIPELINED:
@@ -360,9 +364,10 @@ class UplinkChannel(Protocol):
             self._stopped = True
             raise _Stop
         self._parsing = UplinkRequest(self)
-        self._in_head = True
+        self._in_head = self._gathering = True
+        self._gatherings += 1
         self._url = b""
-        self._head_bytes = self._head_read = self._headers = 0
+        self._head_bytes = self._headers = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -377,10 +382,11 @@ class UplinkChannel(Protocol):
         if self._headers > MAX_HEADERS or self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(_HEAD_TOO_LARGE)
             raise _Stop
-        self._parsing.headers[name.lower()] = value  # type: ignore[union-attr]
+        if self._in_head:  # a chunked body's trailer fields are counted, and dropped (as twisted.web)
+            self._parsing.headers[name.lower()] = value  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._gathering = False
         request = self._parsing
         assert request is not None
         parser = self._parser
@@ -421,7 +427,16 @@ class UplinkChannel(Protocol):
             if not self._queue:  # the first not answered: its body's time starts now
                 self._body_begins(request)
 
+    def on_chunk_header(self) -> None:
+        # The last chunk's header is followed by the trailer's fields, if any.
+        self._gathering = True
+        self._gatherings += 1
+
+    def on_chunk_complete(self) -> None:
+        self._gathering = False
+
     def on_body(self, data: bytes) -> None:
+        self._gathering = False
         request = self._parsing
         assert request is not None
         left = request._body_left
@@ -437,7 +452,7 @@ class UplinkChannel(Protocol):
         request = self._parsing
         assert request is not None
         self._parsing = None
-        self._completed = True
+        self._gathering = False
         self._body_mark = _NO_BODY
         self._queue.append(request)
 

@@ -359,3 +359,30 @@ def test_a_head_request_gets_the_status_and_no_body() -> None:
     protocol.dataReceived(b"HEAD /uplink HTTP/1.1\r\nHost: gw\r\n\r\n")
     assert _answers(transport) == [b"HTTP/1.1 405 Method Not Allowed"]
     assert transport.value().endswith(b"\r\n\r\n") and b"Allow: POST\r\n" in transport.value()
+
+
+def test_a_chunked_body_s_trailer_is_bounded_and_not_taken_as_headers() -> None:
+    """Trailer fields after the last chunk are dropped (a trailing Content-Type changes nothing), and
+    one dripped past MAX_HEAD_BYTES is refused 431 like a head's."""
+    texts: list[str] = []
+
+    class Keeping(_LaterHandler):
+        def handle(
+            self, text: str, url_code: str | None = None, files: object = (), gone: object = None
+        ) -> Deferred[bytes]:
+            texts.append(text)
+            return super().handle(text, url_code, files, gone)
+
+    chunked = b"POST /uplink HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+    protocol, transport = _channel(Keeping())
+    protocol.dataReceived(chunked + b"Content-Type: multipart/form-data\r\n\r\n")
+    assert texts == ["{}"] and protocol.reading is None
+
+    protocol, transport = _channel(Keeping())
+    protocol.dataReceived(chunked + b"X-Trailer: ")
+    sent = 0
+    while not transport.disconnecting:
+        protocol.dataReceived(b"t" * 1000)
+        sent += 1000
+    assert sent <= MAX_HEAD_BYTES + 1000 and texts == ["{}"]
+    assert _answers(transport) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
