@@ -386,3 +386,19 @@ def test_a_chunked_body_s_trailer_is_bounded_and_not_taken_as_headers() -> None:
         sent += 1000
     assert sent <= MAX_HEAD_BYTES + 1000 and texts == ["{}"]
     assert _answers(transport) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+
+
+def test_a_pipelined_request_s_100_continue_waits_for_the_answers_before_it() -> None:
+    """A head asking for 100 Continue behind a request not yet answered gets it only after that answer,
+    so the answers stay in order; its body's time starts then too."""
+    handler = _LaterHandler()
+    clock = Clock()
+    protocol, transport = _channel(handler, clock)
+    protocol.dataReceived(_post() + _post(extra=b"Expect: 100-continue\r\n")[:-2])
+    assert transport.value() == b""
+    clock.advance(60)  # no deadline runs while the first is handled
+    handler.pending[0].callback(b"first")
+    assert _answers(transport) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 100 Continue"]
+    assert not transport.disconnecting
+    protocol.dataReceived(b"{}")
+    assert len(handler.pending) == 2
