@@ -215,7 +215,7 @@ class UplinkChannel(Protocol):
         self.site = site
         self.peer: str | None = peer
         """The host it is counted under ("" until a proxied peer is known), None once released."""
-        self._parser = HttpRequestParser(self)
+        self._parser: HttpRequestParser | None = HttpRequestParser(self)
         self._received = 0
         # Outside a body: _NO_BODY; in its first header_timeout seconds: _IN_GRACE; after: the
         # bytes received (since the connection opened) when its rate was last checked.
@@ -308,6 +308,8 @@ class UplinkChannel(Protocol):
         self._queue.clear()
         self._parsing = None
         self._held = []
+        # The parser holds the channel's methods: a cycle the collector would otherwise have to find.
+        self._parser = None
 
     # Writes blocked (IPushProducer, registered with the transport) ---------------------------
 
@@ -335,9 +337,12 @@ class UplinkChannel(Protocol):
     # Parsing ------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            return
         gatherings = self._gatherings
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except HttpParserCallbackError as error:
             if not self._stopped:  # a fault of the channel's own, not a refusal
                 log.failure("uplink channel failed", Failure(error.__context__ or error))
@@ -388,8 +393,8 @@ class UplinkChannel(Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = self._gathering = False
         request = self._parsing
-        assert request is not None
         parser = self._parser
+        assert request is not None and parser is not None
         if parser.should_upgrade():  # CONNECT, or an Upgrade: the uplink is plain HTTP/1.1
             self._refuse(_BAD_REQUEST)
             raise _Stop

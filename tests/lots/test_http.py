@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import weakref
 from urllib.parse import quote, unquote_to_bytes, urlencode
 
 import pytest
@@ -402,3 +404,20 @@ def test_a_pipelined_request_s_100_continue_waits_for_the_answers_before_it() ->
     assert not transport.disconnecting
     protocol.dataReceived(b"{}")
     assert len(handler.pending) == 2
+
+
+def test_a_closed_connection_is_freed_without_the_garbage_collector() -> None:
+    """Once its connection is lost, a channel is freed by reference counting alone: its parser, which
+    holds the channel's methods, is let go (thousands of hostile connections a minute would
+    otherwise wait as cycles for a full collection)."""
+    protocol, transport = _channel(_LaterHandler())
+    protocol.dataReceived(_post() + _post(body=b"")[:-10])
+    protocol.connectionLost(Failure(ConnectionDone()))
+    transport.unregisterProducer()  # as a real transport lets go of its producer as it closes
+    gone = weakref.ref(protocol)
+    gc.disable()
+    try:
+        del protocol
+        assert gone() is None
+    finally:
+        gc.enable()
