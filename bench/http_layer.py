@@ -8,8 +8,8 @@ resource (the baseline of `bench.uplink`), and a protocol of a few lines on
 `httptools` (llhttp, the parser behind uvicorn). Both do no work of their own,
 so the ratio is what an uplink spends in twisted.web's HTTP/1.1 channel and
 request objects alone; issue 25 reads it as what "durable >= 1.0x bare" would
-take. httptools is not a dependency of the gateway: `pip install httptools`
-to run this. Needs `wrk`.
+take; the uplink now runs on httptools itself (`gateway.lots.http`). Needs
+`wrk`.
 """
 
 from __future__ import annotations
@@ -72,10 +72,6 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        raise SystemExit("bench.http_layer needs httptools: pip install httptools") from None
     script = Path(tempfile.mkdtemp(prefix="cpmi-bench-")) / "post.lua"
     script.write_text(WRK_SCRIPT)
     runs: dict[str, list[dict[str, float]]] = {"twisted.web": [], "llhttp": []}

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface
 
 from gateway.logs import ECHO_CHARS, clip, describe
 
@@ -36,6 +37,7 @@ __all__ = [
     "FdLimit",
     "GuardCollector",
     "GuardedFactory",
+    "IGuardsItself",
     "ListenFailed",
     "Listener",
     "ProxyHeaderFactory",
@@ -353,6 +355,17 @@ class ConnectionGuard:
             result=kind,
             reason=f"{self.listener}: {count} refused, {kind} (limit {limit}), the last from {clip(peer)}",
         )
+
+
+class IGuardsItself(Interface):
+    """A listener's factory that counts its connections in a `ConnectionGuard` of its own.
+
+    The HTTP sites (the uplink's, the command API's) count in their channels,
+    which also keep the HTTP bounds; any other lot-facing factory is wrapped
+    in a `GuardedFactory` instead.
+    """
+
+    guard = Attribute("The `ConnectionGuard` its connections are counted in.")
 
 
 class _GuardedProtocol(ProtocolWrapper):

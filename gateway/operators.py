@@ -26,7 +26,7 @@ from gateway.forwarding import ForwardingEngine
 from gateway.journal.writer import Journal
 from gateway.limits import ConnectionGuard, Listener, proxied
 from gateway.logs import Observing, RecentRejections
-from gateway.lots.http import GuardedSite, HttpLimits
+from gateway.lots.httpbounds import GuardedSite, HttpLimits
 from gateway.reload import Reconfigurable, Reloader, Sighup, StopSignals
 from gateway.settings import Config
 

@@ -33,7 +33,8 @@ from gateway.limits import (
     Listener,
     ProxyHeaderFactory,
 )
-from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
+from gateway.lots.http import UplinkEndpoint, UplinkSite
+from gateway.lots.httpbounds import HttpLimits
 from gateway.protocol.framing import encode_frame
 from gateway.protocol.signing import compact, sign
 from tests.lots.harness import PASSWORD
@@ -210,7 +211,7 @@ def test_a_header_that_never_ends_is_cut_at_max_proxy_header(downlink: Any) -> N
 def uplink(clock: Clock, **limits: Any) -> tuple[UplinkSite, ProxyHeaderFactory]:
     """An uplink site behind `haproxy:`, and the wrapper its listener puts around it."""
     site = UplinkSite(
-        UplinkResource(Answering(), 10**9).resource(),  # type: ignore[arg-type]
+        UplinkEndpoint(Answering(), 10**9),  # type: ignore[arg-type]
         reactor=clock,
         limits=HttpLimits(**limits),
         proxied=True,

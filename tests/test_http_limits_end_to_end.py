@@ -6,6 +6,8 @@ of each bound are in tests/lots/test_http_limits.py.
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import time
@@ -72,10 +74,32 @@ def answer_head(sock: socket.socket) -> bytes:
     return got
 
 
+BODIES = [b'{"code":"heartbeat","oprNum":"%s"}' % opr for opr in (b"p1", b"p2", b"p3")]
+
+
+def read_answers(sock: socket.socket, count: int) -> list[bytes]:
+    """The bodies of the next `count` answers on `sock`, each read by its Content-Length."""
+    sock.settimeout(5)
+    got = b""
+    bodies: list[bytes] = []
+    while len(bodies) < count:
+        head, separator, rest = got.partition(b"\r\n\r\n")
+        length = re.search(rb"Content-Length: (\d+)", head) if separator else None
+        if length is not None and len(rest) >= int(length.group(1)):
+            bodies.append(rest[: int(length.group(1))])
+            got = rest[int(length.group(1)) :]
+            continue
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the answers came"
+        got += chunk
+    return bodies
+
+
 def test_uplink_closes_slow_heads_caps_a_peer_and_refuses_a_huge_body_unread(tmp_path: Path) -> None:
     """On a real uplink port: a 5th connection from one peer is closed at once, heads trickling a byte
     every half second are closed by header_timeout, a 300 MiB Content-Length is answered 413 with no
-    byte of body sent, and an honest uplink is still answered."""
+    byte of body sent, and an honest uplink is still answered; pipelined requests are answered in
+    order on a connection kept open, and HTTP/1.0 is answered and closed."""
     port = free_port()
     config = limited(write_config(tmp_path, port), "header_timeout = 2\nmax_connections_per_peer = 4")
     with gateway(tmp_path, config, port):
@@ -102,6 +126,21 @@ def test_uplink_closes_slow_heads_caps_a_peer_and_refuses_a_huge_body_unread(tmp
         assert closed_within(huge, 2.0)
         huge.close()
         assert plain_post(port, b'{"code":"heartbeat"}')["resultCode"] != ""
+
+        # Keep-alive and pipelining on the real socket: three requests in one write, three
+        # answers in order on the same connection, which stays open; HTTP/1.0 is closed.
+        post = b"POST /uplink HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        kept = opened(port, b"".join(post + b"Content-Length: %d\r\n\r\n%s" % (len(b), b) for b in BODIES))
+        answers = read_answers(kept, len(BODIES))
+        assert [json.loads(body)["oprNum"] for body in answers] == ["p1", "p2", "p3"]
+        assert not closed_within(kept, 0.3)
+        kept.close()
+        old = opened(
+            port, b"POST /uplink HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" % (len(BODIES[0]), BODIES[0])
+        )
+        assert answer_head(old).startswith(b"HTTP/1.0 200 ")
+        assert closed_within(old, 2.0)
+        old.close()
 
 
 def test_api_answers_healthz_while_the_uplink_is_at_its_cap_and_refuses_a_huge_body(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ from gateway.heap import SETTLE_AFTER, BindSettler
 from gateway.journal.reader import read_records, verify
 from gateway.journal.segments import list_segments
 from gateway.limits import GuardedFactory
-from gateway.lots.http import GuardedSite
+from gateway.lots.http import UplinkSite
+from gateway.lots.httpbounds import GuardedSite
 from tests.journal.helpers import Harness
 
 ROOT = Path(__file__).parent.parent
@@ -459,7 +460,7 @@ def test_every_listener_is_bounded_by_the_configured_keys(tmp_path: Path) -> Non
     with running(tmp_path, text) as reactor:
         factories = {port[0]: port[1] for port in reactor.tcpServers}
         uplink, downlink, api = factories[8080], factories[9000], factories[8081]
-        assert isinstance(uplink, GuardedSite) and isinstance(api, GuardedSite)
+        assert isinstance(uplink, UplinkSite) and isinstance(api, GuardedSite)
         assert uplink.limits.max_body_bytes == 16 * 2**20 and uplink.guard.max_per_peer == 7
         assert (api.limits.max_body_bytes, api.guard.max_total, api.guard.max_per_peer) == (2**20, 9, 7)
         assert isinstance(downlink, GuardedFactory)

@@ -314,7 +314,7 @@ async def lot_main(
     """Run `cpmictl conformance lot` on `reactor`, rows to `out`; `started` gets the run (to stop it)."""
     settings = _mirror_settings(args)
     platform = ReferencePlatform(settings, reactor)
-    site = UplinkSite(platform.uplink_resource(), reactor=reactor)
+    site = UplinkSite(platform.uplink_endpoint(), reactor=reactor)
     uplink = await endpoints.serverFromString(reactor, args.uplink_listen).listen(site)
     try:
         downlink = await endpoints.serverFromString(reactor, args.downlink_listen).listen(

@@ -24,7 +24,6 @@ from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.resource import IResource
 
 from gateway.config import Config, parse
 from gateway.conformance.checks import Check, downlink_interfaces, lot_checks
@@ -33,7 +32,7 @@ from gateway.conformance.samples import AUTO_PAY_ANSWER, Scene, downlink_sample
 from gateway.interfaces import DeadlinePassed, LotReply, NotConnected
 from gateway.lotclient.credentials import LotCredentials
 from gateway.lots.downlink import Downlinks
-from gateway.lots.http import UplinkResource
+from gateway.lots.http import UplinkEndpoint
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
@@ -311,9 +310,9 @@ class ReferencePlatform:
             deadlines=self.config.deadlines,
         )
 
-    def uplink_resource(self) -> IResource:
-        """The HTTP uplink (`POST /uplink`, `POST /uplink/{code}`) to serve."""
-        return UplinkResource(self.handler, self.config.uplink.max_body_bytes).resource()
+    def uplink_endpoint(self) -> UplinkEndpoint:
+        """The HTTP uplink (`POST /uplink`, `POST /uplink/{code}`) to serve, on an `UplinkSite`."""
+        return UplinkEndpoint(self.handler, self.config.uplink.max_body_bytes)
 
     def start(self) -> None:
         """Start the downlink's idle sweep."""

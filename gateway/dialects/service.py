@@ -27,8 +27,7 @@ from gateway.dialects.interface import IDialectServer
 from gateway.dialects.standard import StandardServer
 from gateway.heap import BindSettler
 from gateway.journal.writer import Journal
-from gateway.limits import ConnectionGuard, GuardedFactory, Listener, proxied
-from gateway.lots.http import GuardedSite
+from gateway.limits import ConnectionGuard, GuardedFactory, IGuardsItself, Listener, proxied
 from gateway.lots.parks import ParkTotals
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.repeats import Repeats
@@ -153,10 +152,11 @@ class LotsService(MultiService):
     def _guarded(self, name: str, description: str, factory: Any) -> Any:
         """A listener's factory with its connections capped by peer and in all.
 
-        An HTTP site guards itself (`GuardedSite`); any other factory (the TCP
-        downlink, a dialect's listener) is wrapped in a `GuardedFactory`.
+        An HTTP site guards itself (`IGuardsItself`: the uplink's `UplinkSite`);
+        any other factory (the TCP downlink, a dialect's listener) is wrapped in
+        a `GuardedFactory`.
         """
-        if isinstance(factory, GuardedSite):
+        if IGuardsItself.providedBy(factory):
             self.guards.append(factory.guard)
             return factory
         guard = ConnectionGuard(

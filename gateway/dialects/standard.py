@@ -22,7 +22,8 @@ from gateway.interfaces import LotReply, LotState
 from gateway.limits import proxied
 from gateway.lots.bodypool import BodyPool, provides_processes
 from gateway.lots.downlink import Downlinks
-from gateway.lots.http import HttpLimits, UplinkResource, UplinkSite
+from gateway.lots.http import UplinkEndpoint, UplinkSite
+from gateway.lots.httpbounds import HttpLimits
 from gateway.lots.uplink import UplinkHandler
 from gateway.protocol.catalog import lookup
 from gateway.settings import Config, LotConfig
@@ -61,7 +62,7 @@ class StandardServer:
                 inline_bytes=uplink.inline_body_bytes,
             )
         self.site = UplinkSite(
-            UplinkResource(handler, uplink.max_body_bytes, self.bodies).resource(),
+            UplinkEndpoint(handler, uplink.max_body_bytes, self.bodies),
             reactor=parts.clock,
             limits=HttpLimits.uplink(config.uplink),
             proxied=proxied(config.listen.uplink),

@@ -18,14 +18,13 @@ from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IAddress, IListeningPort
-from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from gateway.cli.main import build_parser
 from gateway.cloud.api import CommandApi
 from gateway.conformance.lot import MirrorSettings, PaidQueries, RecordingUplinkHandler, ReferencePlatform
 from gateway.lotclient.credentials import LotCredentials
-from gateway.lots.http import UplinkResource, UplinkSite
+from gateway.lots.http import UplinkEndpoint, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sync import SyncQueue
@@ -91,7 +90,7 @@ class Served:
 
 def serve(
     platform: ReferencePlatform,
-    uplink: IResource | None = None,
+    uplink: UplinkEndpoint | None = None,
     protocol: type[DownlinkProtocol] = DownlinkProtocol,
 ) -> Served:
     """Listen on loopback with the platform's uplink (or `uplink`), its downlink built of
@@ -115,7 +114,7 @@ def serve(
     tcp: Any = reactor
     listen = tcp.listenTCP
     ports = [
-        listen(0, UplinkSite(uplink or platform.uplink_resource()), interface="127.0.0.1"),
+        listen(0, UplinkSite(uplink or platform.uplink_endpoint()), interface="127.0.0.1"),
         listen(0, factory, interface="127.0.0.1"),
         listen(0, Site(api.resource()), interface="127.0.0.1"),
     ]
@@ -157,7 +156,7 @@ class UnsignedHandler(RecordingUplinkHandler):
         return super().handle(text, url_code, files, gone).addCallback(strip)
 
 
-def unsigned_uplink(platform: ReferencePlatform) -> IResource:
+def unsigned_uplink(platform: ReferencePlatform) -> UplinkEndpoint:
     """The platform's uplink answering unsigned."""
     handler = UnsignedHandler(
         recorder=[],
@@ -170,7 +169,7 @@ def unsigned_uplink(platform: ReferencePlatform) -> IResource:
         passwords=platform.passwords,
         queries=PaidQueries(),
     )
-    return UplinkResource(handler, platform.config.uplink.max_body_bytes).resource()
+    return UplinkEndpoint(handler, platform.config.uplink.max_body_bytes)
 
 
 class ForgetfulRepeats(Repeats):

@@ -22,15 +22,18 @@ MAX_BODY = 1 << 16
 
 
 class _Request:
-    """As much of an IRequest as `request_text` reads."""
+    """As much of an `UplinkRequest` as `request_text` reads."""
 
     def __init__(self, body: bytes, content_type: bytes | None, args: dict[bytes, list[bytes]]) -> None:
         self.content = io.BytesIO(body)
         self._type = content_type
-        self.args = args
+        self._param = args.get(b"param", [None])[0]
 
-    def getHeader(self, name: bytes) -> bytes | None:  # twisted's name
-        return self._type if name.lower() == b"content-type" else None
+    def header(self, name: bytes) -> bytes | None:
+        return self._type if name == b"content-type" else None
+
+    def param(self) -> bytes | None:
+        return self._param
 
 
 form_bytes = st.lists(

@@ -11,7 +11,6 @@ from urllib.parse import urlencode
 
 import pytest
 from attrs import frozen
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel
 from twisted.python.failure import Failure
@@ -19,7 +18,7 @@ from twisted.python.failure import Failure
 from gateway.journal.reader import read_records
 from gateway.journal.space import SpaceWatch, format_bytes, resume_threshold
 from gateway.journal.writer import JournalWriteError
-from gateway.lots.http import UplinkResource
+from gateway.lots.http import UplinkEndpoint
 from gateway.lots.uplink import UplinkHandler
 from tests.journal.helpers import Harness, logs_of, results
 from tests.lots.harness import SyncPasswords, Uplink, result_of
@@ -333,7 +332,7 @@ def test_a_lot_is_answered_9999_while_low_and_its_retry_is_stored_once_space_ret
         passwords=SyncPasswords(),
         clock=gw.clock,
     )
-    gw.treq = StubTreq(UplinkResource(gw.handler, max_body_bytes=1_000_000).resource())
+    gw.treq = gw.serve(UplinkEndpoint(gw.handler, max_body_bytes=1_000_000))
 
     answer = gw.send("carIn", SAMPLES["carIn"], token=token, opr="S-1")
     assert answer["resultCode"] == "9999"

@@ -1,4 +1,4 @@
-"""An in-memory gateway uplink for tests: StubTreq on the klein resource, a Clock, a journal double."""
+"""An in-memory gateway uplink for tests: treq on the uplink's own channel, a Clock, a journal double."""
 
 from __future__ import annotations
 
@@ -10,16 +10,26 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import nacl.pwhash
+import treq
 from attrs import define, field
 from nacl.signing import SigningKey
+from treq.client import HTTPClient
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.interfaces import IConsumer, IProtocolFactory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test import iosim
+from twisted.web.client import Agent
+from twisted.web.iweb import IAgent, IBodyProducer
 from twisted.web.resource import IResource
+from zope.interface import implementer
 
 from gateway import config
 from gateway.cloud.query import QueryClient
-from gateway.lots.http import UplinkResource
+from gateway.lots.http import UplinkEndpoint, UplinkSite
 from gateway.lots.parks import ParkTotals
 from gateway.lots.repeats import Repeats
 from gateway.lots.sessions import Sessions
@@ -45,6 +55,88 @@ def result_of(deferred: Deferred[T]) -> T:
     if hasattr(results[0], "raiseException"):
         results[0].raiseException()
     return results[0]  # type: ignore[no-any-return]
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """A request body written whole at once, so that a request goes out without a reactor turn."""
+
+    def __init__(self, body: bytes | str) -> None:
+        self.body = body.encode("utf-8") if isinstance(body, str) else body
+        self.length = len(self.body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self.body)
+        return succeed(None)
+
+    def stopProducing(self) -> None:
+        pass
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+
+class _Endpoints:
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.reactor = reactor
+
+    def endpointForURI(self, uri: Any) -> TCP4ClientEndpoint:
+        return TCP4ClientEndpoint(self.reactor, "127.0.0.1", uri.port)
+
+
+@implementer(IAgent)
+class _FactoryAgent:
+    """treq's `RequestTraversalAgent`, serving each request from a connection of a protocol factory."""
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._reactor = MemoryReactorClock()
+        self._agent = Agent.usingEndpointFactory(self._reactor, endpointFactory=_Endpoints(self._reactor))
+        self._factory = factory
+        self._pumps: set[iosim.IOPump] = set()
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Any:
+        response = self._agent.request(method, uri, headers, bodyProducer)
+        _host, port, client_factory, _timeout, _bind = self._reactor.tcpClients[-1]
+        client_address = IPv4Address("TCP", "127.0.0.1", 31337)
+        server_address = IPv4Address("TCP", "127.0.0.1", port)
+        server = self._factory.buildProtocol(client_address)
+        assert server is not None, "the server refused the connection"
+        client = client_factory.buildProtocol(None)
+        self._pumps.add(
+            iosim.connect(
+                server,
+                iosim.FakeTransport(server, True, server_address, client_address),
+                client,
+                iosim.FakeTransport(client, False, client_address, server_address),
+            )
+        )
+        return response
+
+    def flush(self) -> None:
+        """Move the bytes each open connection has to send, as StubTreq's flush does."""
+        for pump in list(self._pumps):
+            pump.flush()
+            if pump.clientIO.disconnected and pump.serverIO.disconnected:
+                self._pumps.discard(pump)
+
+
+class SiteTreq:
+    """`treq.testing.StubTreq` for a server's protocol factory instead of a twisted.web resource.
+
+    Each request is sent by treq's real client, on a connection of its own
+    to a protocol of `factory` (the uplink's `UplinkSite`) over an in-memory
+    transport; `flush()` moves what either side has written since.
+    """
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self._agent = _FactoryAgent(factory)
+        client = HTTPClient(agent=self._agent, data_to_body_producer=_Body)
+        for name in treq.__all__:
+            setattr(self, name, getattr(client, name, None) or getattr(treq, name))
+        self.flush = self._agent.flush
 
 
 def multipart(param: bytes | str, files: dict[str, bytes]) -> tuple[bytes, str]:
@@ -201,7 +293,12 @@ class Uplink:
             clock=self.clock,
             queries=self.queries,
         )
-        self.treq = StubTreq(UplinkResource(self.handler, max_body_bytes=1_000_000).resource())
+        self.treq = self.serve(UplinkEndpoint(self.handler, max_body_bytes=1_000_000))
+
+    def serve(self, endpoint: UplinkEndpoint) -> Any:
+        """A treq client posting to `endpoint` on the uplink's own channel (an `UplinkSite` on the clock)."""
+        self.site = UplinkSite(endpoint, reactor=self.clock)
+        return SiteTreq(self.site)
 
     def query_cloud(self, cloud: IResource) -> StubTreq:
         """Have `cloud` answer the query uplinks (autoPay) through a QueryClient, as the gateway's

@@ -19,7 +19,6 @@ from urllib.parse import quote, urlencode
 
 import pytest_twisted
 from prometheus_client import CollectorRegistry
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess
@@ -30,7 +29,7 @@ from zope.interface import implementer
 from gateway.cloud.metrics import register_bodies
 from gateway.lots.bodies import parse_body, serve
 from gateway.lots.bodypool import BodyPool
-from gateway.lots.http import UplinkResource
+from gateway.lots.http import UplinkEndpoint
 from gateway.lots.workerloop import READY, frame
 from gateway.protocol.envelope import Request
 from tests.lots.harness import Uplink, fired, result_of
@@ -172,7 +171,7 @@ class PooledUplink(Uplink):
 
     def restart(self) -> None:
         super().restart()
-        self.treq = StubTreq(UplinkResource(self.handler, 1_000_000, self.pool).resource())
+        self.treq = self.serve(UplinkEndpoint(self.handler, 1_000_000, self.pool))
 
     def post_later(self, body: bytes) -> Deferred[Any]:
         """Post `body`; the Deferred of the answer's body, which may come later."""

@@ -1,22 +1,29 @@
 """The HTTP listeners' bounds (CONTRACT §4, issue 19 items 2 and 3), on StringTransport and Clock.
 
 Each test shows the bound itself: when a connection is closed, how many are
-held, how many body bytes are kept.
+held, how many body bytes are kept. The bounds are the same on both HTTP
+listeners, so each runs against the uplink's channel (llhttp,
+`gateway.lots.http`) and the command API's (twisted.web,
+`gateway.lots.httpbounds.GuardedSite`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 from gateway.config import parse
-from gateway.lots.http import BODY_WINDOW, GuardedChannel, HttpLimits, UplinkResource, UplinkSite
+from gateway.lots.http import UplinkChannel, UplinkEndpoint, UplinkSite
+from gateway.lots.httpbounds import BODY_WINDOW, GuardedChannel, GuardedSite, HttpLimits
 
 OK = b'{"resultCode":"0000"}'
 HEAD = b"POST /uplink HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
@@ -35,39 +42,84 @@ class Answering:
         return succeed(OK)
 
 
+class AnsweringResource(Resource):
+    """The same on the API's twisted.web site: a resource that keeps each body and answers OK."""
+
+    isLeaf = True
+
+    def __init__(self, handler: Answering) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def render_POST(self, request: Request) -> bytes:
+        self.handler.texts.append(request.content.read().decode())  # type: ignore[union-attr]
+        return OK
+
+
+Site = UplinkSite | GuardedSite
+Channel = UplinkChannel | GuardedChannel
+
+
+@pytest.fixture(params=["uplink", "api"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which listener's channel: the uplink's (llhttp) or the command API's (twisted.web)."""
+    return str(request.param)
+
+
+def make_site(
+    kind: str, clock: Clock, handler: Answering | None = None, proxied: bool = False, **limits: Any
+) -> Site:
+    """The uplink's site or the command API's, with `limits`, answering through `handler`."""
+    handler = handler or Answering()
+    bounds = HttpLimits(**limits)
+    if kind == "uplink":
+        endpoint = UplinkEndpoint(handler, 10**9)  # type: ignore[arg-type]
+        return UplinkSite(endpoint, reactor=clock, limits=bounds, proxied=proxied)
+    return GuardedSite(AnsweringResource(handler), reactor=clock, limits=bounds, name="api", proxied=proxied)
+
+
 def uplink_site(clock: Clock, handler: Answering | None = None, **limits: Any) -> UplinkSite:
-    resource = UplinkResource(handler or Answering(), 10**9)  # type: ignore[arg-type]
-    return UplinkSite(resource.resource(), reactor=clock, limits=HttpLimits(**limits))
+    site = make_site("uplink", clock, handler, **limits)
+    assert isinstance(site, UplinkSite)
+    return site
 
 
-Connected = tuple[GuardedChannel, StringTransport]
+Connected = tuple[Any, StringTransport]
 
 
-def connect(site: UplinkSite, host: str = "10.0.0.1", port: int = 1) -> Connected:
+def connect(site: Site, host: str = "10.0.0.1", port: int = 1) -> Connected:
     """A channel of `site` for a connection from host:port, as the port would make it."""
     address = IPv4Address("TCP", host, port)
     channel = site.buildProtocol(address)
-    assert isinstance(channel, GuardedChannel)
+    assert isinstance(channel, UplinkChannel | GuardedChannel)
     transport = StringTransport(peerAddress=address)
     channel.makeConnection(transport)
     return channel, transport
 
 
-def close(channel: GuardedChannel) -> None:
+def close(channel: Channel) -> None:
     """What the reactor does once the transport has closed."""
     channel.connectionLost(Failure(ConnectionDone()))
+
+
+def held(channel: Channel) -> int:
+    """Bytes of body the channel holds for the request it is reading (0 once it is refused)."""
+    if isinstance(channel, UplinkChannel):
+        request = channel.reading
+        return 0 if request is None else request.content.tell()
+    return channel.requests[-1].content.tell() if channel.requests else 0  # type: ignore[no-any-return]
 
 
 # item 2: slowloris
 
 
-def test_a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() -> None:
+def test_a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout(kind: str) -> None:
     """Bytes of an unfinished head do not restart the timer: it closes header_timeout after it opened.
 
     Before, Twisted's idle timer restarted on each byte, so a byte every 20 s held the connection for ever.
     """
     clock = Clock()
-    site = uplink_site(clock, header_timeout=10)
+    site = make_site(kind, clock, header_timeout=10)
     channel, transport = connect(site)
     for byte in HEAD[:5]:
         clock.advance(1.9)
@@ -82,11 +134,11 @@ def test_a_head_sent_a_byte_at_a_time_is_closed_at_header_timeout() -> None:
     assert site.guard.open == 0 and site.guard.by_peer == {}
 
 
-def test_each_answer_gives_the_next_head_a_fresh_deadline() -> None:
+def test_each_answer_gives_the_next_head_a_fresh_deadline(kind: str) -> None:
     """A keep-alive connection is closed header_timeout after its last answer unless a whole head comes."""
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, header_timeout=10)
+    site = make_site(kind, clock, handler, header_timeout=10)
     channel, transport = connect(site)
     clock.advance(8)
     channel.dataReceived(HEAD + b"Content-Length: 2\r\n\r\n{}")
@@ -101,11 +153,11 @@ def test_each_answer_gives_the_next_head_a_fresh_deadline() -> None:
     assert transport.disconnected and site.guard.refused["header_timeout"] == 1
 
 
-def test_a_body_slower_than_min_body_rate_is_closed_after_its_grace() -> None:
+def test_a_body_slower_than_min_body_rate_is_closed_after_its_grace(kind: str) -> None:
     """A body's first header_timeout seconds are free; then each window must bring min_body_rate bytes/s."""
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, min_body_rate=1024, header_timeout=10)
+    site = make_site(kind, clock, handler, min_body_rate=1024, header_timeout=10)
     channel, transport = connect(site)
     clock.advance(9)
     channel.dataReceived(HEAD + b"Content-Length: 100000\r\n\r\n")
@@ -122,11 +174,11 @@ def test_a_body_slower_than_min_body_rate_is_closed_after_its_grace() -> None:
     assert handler.texts == []
 
 
-def test_a_slow_but_steady_body_is_served() -> None:
+def test_a_slow_but_steady_body_is_served(kind: str) -> None:
     """A body arriving at twice min_body_rate for 30 s is answered, and the next head has header_timeout."""
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, min_body_rate=100, header_timeout=10)
+    site = make_site(kind, clock, handler, min_body_rate=100, header_timeout=10)
     channel, transport = connect(site)
     body = b" " * 6000 + b"{}"
     channel.dataReceived(HEAD + b"Content-Length: %d\r\n\r\n" % len(body))
@@ -143,51 +195,49 @@ def test_a_slow_but_steady_body_is_served() -> None:
 # item 3: bodies over the limit
 
 
-def test_a_declared_length_over_the_limit_is_413_before_any_body_is_read() -> None:
+def test_a_declared_length_over_the_limit_is_413_before_any_body_is_read(kind: str) -> None:
     """Content-Length 300 MiB: 413 as soon as the head is in; what follows is neither kept nor handled.
 
     Before, the whole body was spooled to a temporary file, then refused.
     """
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, max_body_bytes=1000)
+    site = make_site(kind, clock, handler, max_body_bytes=1000)
     channel, transport = connect(site)
     channel.dataReceived(HEAD + b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (300 * 2**20))
     answer = transport.value()
     assert answer.startswith(b"HTTP/1.1 413 ") and b"Connection: close\r\n" in answer
     assert b"100 Continue" not in answer
     assert transport.disconnecting
-    [request] = channel.requests
     channel.dataReceived(b"x" * 65536)  # what was in flight still arrives
-    assert request.content.tell() == 0  # type: ignore[attr-defined]
+    assert held(channel) == 0
     assert handler.texts == [] and transport.value() == answer
     assert site.guard.refused["body_size"] == 1
     clock.advance(3600)  # no timer of its own is left to fire on a closing connection
     assert site.guard.refused["header_timeout"] == site.guard.refused["body_rate"] == 0
 
 
-def test_a_chunked_body_is_cut_with_413_as_it_passes_the_limit() -> None:
+def test_a_chunked_body_is_cut_with_413_as_it_passes_the_limit(kind: str) -> None:
     """A chunked body is refused by the chunk that takes it past the limit; at most the limit is held."""
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, max_body_bytes=1000)
+    site = make_site(kind, clock, handler, max_body_bytes=1000)
     channel, transport = connect(site)
     channel.dataReceived(HEAD + b"Transfer-Encoding: chunked\r\n\r\n")
-    [request] = channel.requests
     for _ in range(2):
         channel.dataReceived(b"190\r\n" + b"x" * 400 + b"\r\n")
-    assert transport.value() == b"" and request.content.tell() == 800  # type: ignore[attr-defined]
+    assert transport.value() == b"" and held(channel) == 800
     channel.dataReceived(b"190\r\n" + b"x" * 400 + b"\r\n0\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 413 ") and transport.disconnecting
-    assert request.content.tell() == 0  # type: ignore[attr-defined]
+    assert held(channel) == 0
     assert handler.texts == []
 
 
-def test_a_body_of_exactly_the_limit_is_served() -> None:
+def test_a_body_of_exactly_the_limit_is_served(kind: str) -> None:
     """max_body_bytes is allowed, chunked or not: the limit refuses only what is over it."""
     clock = Clock()
     handler = Answering()
-    site = uplink_site(clock, handler, max_body_bytes=1000)
+    site = make_site(kind, clock, handler, max_body_bytes=1000)
     body = b"{}" + b" " * 998
     channel, transport = connect(site)
     channel.dataReceived(HEAD + b"Content-Length: 1000\r\n\r\n" + body)
@@ -199,10 +249,10 @@ def test_a_body_of_exactly_the_limit_is_served() -> None:
 # connection caps
 
 
-def test_connections_are_capped_by_peer_and_in_all() -> None:
+def test_connections_are_capped_by_peer_and_in_all(kind: str) -> None:
     """Over max_connections_per_peer from one address, or max_connections in all, no channel is made."""
     clock = Clock()
-    site = uplink_site(clock, max_connections_per_peer=3, max_connections=5)
+    site = make_site(kind, clock, max_connections_per_peer=3, max_connections=5)
     first = [connect(site, "10.0.0.1", port) for port in range(3)]
     assert site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 99)) is None
     others = [connect(site, "10.0.0.2", port) for port in range(2)]
@@ -219,17 +269,15 @@ def test_connections_are_capped_by_peer_and_in_all() -> None:
     assert site.guard.open == 1
 
 
-def test_behind_a_proxy_each_connection_is_counted_under_its_own_peer() -> None:
+def test_behind_a_proxy_each_connection_is_counted_under_its_own_peer(kind: str) -> None:
     """With the PROXY protocol, the balancer's address is not capped; the peer its header names is."""
     clock = Clock()
-    resource = UplinkResource(Answering(), 10**9)  # type: ignore[arg-type]
-    limits = HttpLimits(max_connections_per_peer=2)
-    site = UplinkSite(resource.resource(), reactor=clock, limits=limits, proxied=True)
+    site = make_site(kind, clock, proxied=True, max_connections_per_peer=2)
     balancer = IPv4Address("TCP", "10.9.9.9", 1)
     held = []
     for port in range(3):
         channel = site.buildProtocol(balancer)
-        assert isinstance(channel, GuardedChannel)
+        assert isinstance(channel, UplinkChannel | GuardedChannel)
         # What the PROXY wrapper's getPeer gives once the header is read.
         transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", port))
         channel.makeConnection(transport)

@@ -10,16 +10,18 @@ from urllib.parse import urlencode
 
 import pytest
 from attrs import define, field, frozen
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
-from twisted.web.test.requesthelper import DummyChannel
 
 from gateway import config
-from gateway.lots.http import client_gone
+from gateway.lots.http import UplinkEndpoint, UplinkSite
 from gateway.lots.passwords import PasswordChecker
 from gateway.lots.sessions import token_digest
 from gateway.protocol.catalog import INTERFACES, DeliveryClass
@@ -838,11 +840,22 @@ def test_a_login_whose_client_left_is_dropped_unchecked_and_unlogged() -> None:
 
 
 def test_an_http_client_is_gone_once_its_connection_is_lost() -> None:
-    """The resource tells the handler a request's client has gone when its connection is lost."""
-    request = Request(DummyChannel())
-    gone = client_gone(request)
+    """The endpoint tells the handler a request's client has gone when its connection is lost."""
+    told: list[Callable[[], bool]] = []
+
+    class Waiting:
+        def handle(self, text: str, code: object, files: object, gone: Callable[[], bool]) -> Deferred[bytes]:
+            told.append(gone)
+            return Deferred()
+
+    site = UplinkSite(UplinkEndpoint(Waiting(), 1000), reactor=Clock())  # type: ignore[arg-type]
+    channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 1))
+    assert channel is not None
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /uplink HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+    [gone] = told
     assert not gone()
-    request.connectionLost(Failure(ConnectionDone()))
+    channel.connectionLost(Failure(ConnectionDone()))
     assert gone()
 
 
