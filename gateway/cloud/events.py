@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from functools import cache, lru_cache
 from zoneinfo import ZoneInfo
 
+import orjson
 from attrs import frozen
 
 from gateway.interfaces import Entry
@@ -103,6 +104,8 @@ _SYNC_DONE_TYPES = {
 
 # CloudEvents' Integer is a signed 32-bit number; a larger seq goes as a String.
 _INT32_MAX = 2**31 - 1
+
+_orjson_dumps = orjson.dumps
 
 # "yyyy-MM-dd HH:mm:ss", ASCII digits only (\d would also take other scripts' digits).
 _LOCAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})", re.ASCII)
@@ -295,12 +298,21 @@ def batch_body(events: Sequence[dict[str, object]]) -> bytes:
 
 def event_entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at: float) -> list[Entry]:
     """The events among ``records`` as the forwarding engine's entries, each event serialized
-    (the records that are no event are left out): what the cloudevents and nats sinks deliver."""
-    entries = []
+    (the records that are no event are left out): what the cloudevents and nats sinks deliver.
+
+    An uplink's event is written from pieces (:func:`_uplink_entry`), byte for byte what
+    ``dumps_compact(to_event(record))`` writes; any other record's is that."""
+    entries: list[Entry] = []
+    append = entries.append
     for record in records:
+        if record.kind == UPLINK_RECORD:
+            entry = _uplink_entry(record, gateway_id, zone, at)
+            if entry is not None:
+                append(entry)
+                continue
         event = to_event(record, gateway_id=gateway_id, zone=zone)
         if event is not None:
-            entries.append(
+            append(
                 Entry(
                     record.seq,
                     record.park,
@@ -314,3 +326,72 @@ def event_entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at
                 )
             )
     return entries
+
+
+# An uplink's event, serialized: what orjson writes of the dict `_envelope` builds, member by
+# member (orjson writes a value inside a dict as it writes it alone, and escapes a string
+# character by character). What stays the same for a lot and code is encoded once (`_heads`).
+_HEADS_CACHED = 10_000  # gateways x lots x codes, bounded: then forgotten at once
+_heads_cache: dict[tuple[str, str, str], tuple[bytes, bytes, str] | None] = {}
+_AFTER_TIME = b',"datacontenttype":"application/json"'
+_OPR = b',"cpmioprnum":'
+_SEQ = b',"cpmiseq":'
+_DATA = b',"data":'
+
+
+def _heads(gateway_id: str, park: str, code: str) -> tuple[bytes, bytes, str] | None:
+    """The static pieces of the uplink events of ``park`` and ``code``: the start up to the id's seq,
+    the source and type up to the time, and the type; None when orjson refuses one (lone surrogates)."""
+    type_ = f"{_TYPE_PREFIX_T002}{code}.v1"
+    try:
+        start = b'{"specversion":"1.0","id":' + _orjson_dumps(f"{gateway_id}-")[:-1]
+        middle = (
+            b'","source":'
+            + _orjson_dumps(f"urn:cpmi:park:{park}")
+            + b',"type":'
+            + _orjson_dumps(type_)
+            + b',"time":'
+        )
+    except TypeError:
+        return None
+    return start, middle, type_
+
+
+def _uplink_entry(record: Record, gateway_id: str, zone: ZoneInfo, at: float) -> Entry | None:
+    """The entry of an uplink record, its body the same bytes as ``dumps_compact(to_event(record))``;
+    None where that takes the json module (orjson refuses a value) or another form: ask to_event."""
+    seq, park, code, opr = record.seq, record.park, record.code, record.opr
+    if type(seq) is not int or not 0 <= seq <= _INT32_MAX:
+        return None
+    key = (gateway_id, park, code)
+    try:
+        heads = _heads_cache[key]
+    except KeyError:
+        if len(_heads_cache) >= _HEADS_CACHED:
+            _heads_cache.clear()
+        heads = _heads_cache[key] = _heads(gateway_id, park, code)
+    if heads is None:
+        return None
+    start, middle, type_ = heads
+    plan = _time_plan(code)
+    data = record.body if plan is _EMPTY_PLAN else _convert_value(record.body, plan, zone)
+    digits = b"%d" % seq
+    try:
+        body = b"".join(
+            (
+                start,
+                digits,
+                middle,
+                _orjson_dumps(record.ts),
+                _AFTER_TIME,
+                _OPR + _orjson_dumps(opr) if opr else b"",
+                _SEQ,
+                digits,
+                _DATA,
+                _orjson_dumps(data),
+                b"}",
+            )
+        )
+    except TypeError:  # orjson.JSONEncodeError: dumps_compact takes the json module for the whole event
+        return None
+    return Entry(seq, park, code, opr, f"{gateway_id}-{seq}", type_, body, at, record.ts)

@@ -11,9 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cloud.events import BATCH_CONTENT_TYPE, batch_body, local_to_rfc3339, query_event, to_event
+from gateway.cloud.events import (
+    BATCH_CONTENT_TYPE,
+    batch_body,
+    event_entries,
+    local_to_rfc3339,
+    query_event,
+    to_event,
+)
 from gateway.dialects import host
-from gateway.journal.record import Record
+from gateway.journal.record import Record, dumps_compact
 from gateway.lots import downlink, sync, uplink
 from gateway.protocol.catalog import INTERFACES
 
@@ -334,3 +341,71 @@ def test_any_json_body_maps_without_raising(code: str, body: object) -> None:
     assert event["type"] == f"org.cpmi.t002.{code}.v1"
     assert body == before
     batch_body([event])
+
+
+def _entry_as_to_event_makes_it(rec: Record, gateway_id: str) -> tuple[object, ...]:
+    """The entry event_entries made before uplinks' events were written from pieces."""
+    event = to_event(rec, gateway_id=gateway_id, zone=SHANGHAI)
+    assert event is not None
+    body = dumps_compact(event)
+    return (rec.seq, rec.park, rec.code, rec.opr, str(event["id"]), str(event["type"]), body, 1.5, rec.ts)
+
+
+def test_uplink_event_bytes_are_pinned() -> None:
+    """An uplink's serialized event is exactly these bytes (CONTRACT §6, §9: the wire does not change)."""
+    rec = record(
+        seq=42, park="P001", opr="op-1", body={"carNum": "京A12345", "inTime": "2026-11-24 08:30:00"}
+    )
+    (entry,) = event_entries([rec], GATEWAY, SHANGHAI, 1.5)
+    assert (
+        entry.body
+        == (
+            '{"specversion":"1.0","id":"gw-01-42","source":"urn:cpmi:park:P001",'
+            '"type":"org.cpmi.t002.carIn.v1","time":"2026-11-24T00:30:00.000001Z",'
+            '"datacontenttype":"application/json","cpmioprnum":"op-1","cpmiseq":42,'
+            '"data":{"carNum":"京A12345","inTime":"2026-11-24T08:30:00+08:00"}}'
+        ).encode()
+    )
+    assert tuple(entry) == _entry_as_to_event_makes_it(rec, GATEWAY)
+    assert (entry.id, entry.type, entry.at) == ("gw-01-42", "org.cpmi.t002.carIn.v1", 1.5)
+
+
+_odd_text = st.text(st.characters(codec=None, min_codepoint=0, max_codepoint=0xFFFF), max_size=6)
+
+
+@given(
+    code=st.sampled_from(_UPLINK_CODES),
+    park=st.sampled_from(["P001", "停车场", ""]) | _odd_text,
+    opr=st.sampled_from(["op-1", ""]) | _odd_text,
+    gateway_id=st.sampled_from([GATEWAY, 'g"\\\n']) | _odd_text,
+    seq=st.sampled_from([0, 1, 2**31 - 1, 2**31, 2**63, -1]) | st.integers(),
+    ts=st.sampled_from(["2026-11-24T00:30:00.000001Z"]) | _odd_text,
+    body=_json
+    | st.dictionaries(st.sampled_from(_TIME_KEYS), _times)
+    | st.fixed_dictionaries({"payNum": st.just(2**70), "fee": st.floats(allow_nan=False)})
+    | st.fixed_dictionaries({"carNum": st.just("\ud800")}),
+)
+def test_uplink_entries_are_byte_for_byte_those_of_to_event(
+    code: str, park: str, opr: str, gateway_id: str, seq: int, ts: str, body: object
+) -> None:
+    """event_entries writes an uplink's event from pieces: the same bytes, id and type as
+    dumps_compact(to_event(record)), whatever the lot, oprNum, gateway id, seq, time and body
+    (non-ASCII, control characters, lone surrogates, integers beyond 64 bits, seqs beyond int32)."""
+    rec = Record(seq, ts, "uplink", park, code, opr, body, "0" * 32)
+    (entry,) = event_entries([rec], gateway_id, SHANGHAI, 1.5)
+    assert tuple(entry) == _entry_as_to_event_makes_it(rec, gateway_id)
+
+
+def test_entries_keep_the_records_order_across_kinds() -> None:
+    """event_entries gives the events in the records' order, uplinks and the gateway's own mixed,
+    leaving out the records that are no event, each entry as to_event and dumps_compact make it."""
+    records = [
+        record(seq=1),
+        record("token", "login", seq=2),
+        record("lot-online", "", {"peer": "x"}, seq=3, opr=""),
+        record(seq=4, park="P002", opr="op-2"),
+    ]
+    entries = event_entries(records, GATEWAY, SHANGHAI, 1.5)
+    assert [tuple(e) for e in entries] == [
+        _entry_as_to_event_makes_it(records[i], GATEWAY) for i in (0, 2, 3)
+    ]
