@@ -280,6 +280,8 @@ class FsyncProcess:
         helper.buffer = buffer[end:]
         answers = [ANSWER.unpack_from(buffer, at) for at in range(0, end, size)]
         for error, seconds in answers:
+            if helper.socket_lost:  # dropped by whoever an answer called back
+                return
             if not helper.pending:
                 _log.error("journal fsync helper: an answer nobody asked for")
                 self._drop(helper)

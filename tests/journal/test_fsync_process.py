@@ -20,7 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
 from gateway.journal.disk import FsyncThread
-from gateway.journal.fsync_process import MAX_DEATHS, FsyncProcess
+from gateway.journal.fsync_child import ANSWER
+from gateway.journal.fsync_process import MAX_DEATHS, FsyncProcess, _Helper
 from gateway.journal.reader import read_records, verify
 from gateway.journal.record import Record
 from gateway.journal.writer import Journal, JournalWriteError
@@ -234,6 +235,25 @@ async def test_a_helper_gone_unread_after_an_fsync_is_not_taken_for_one_that_nev
         await process.stop()
         os.close(fd)
         thread.stop()
+
+
+def test_answers_read_together_stop_at_a_helper_dropped_by_the_first(errors: list[str]) -> None:
+    """Two answers in one read, the first dropping the helper: the second batch fails, no stray answer."""
+    thread = FsyncThread(reactor)
+    process = FsyncProcess(reactor, thread)
+    helper = _Helper()
+    helper.ready = helper.process_ended = True
+    first: Deferred[float] = Deferred()
+    second: Deferred[float] = Deferred()
+    helper.pending.extend([(9, first), (9, second)])
+    seen: list[float] = []
+    first.addCallback(lambda seconds: (seen.append(seconds), process._drop(helper)))
+    failures: list[BaseException] = []
+    second.addErrback(lambda f: failures.append(f.value))
+    process._received(helper, ANSWER.pack(0, 0.25) * 2)
+    assert seen == [0.25]
+    assert len(failures) == 1 and "ended before answering" in str(failures[0])
+    assert not any("nobody asked for" in e for e in errors)
 
 
 @pytest_twisted.ensureDeferred
