@@ -22,9 +22,19 @@ returned success. The rules for a helper that fails:
   the batch is the one safe answer; the journal cuts it off the file. The
   next batch starts a fresh helper; after :data:`MAX_DEATHS` helpers ended
   so, the journal uses its thread for good;
+- a request cannot be sent to it (its socket is closed or full): it is
+  dropped as if it had ended, and the batches it owes fail with ``EIO``;
 - it cannot be started, or ends before saying it is ready: it never ran an
   fsync, so the batches given to it go to the thread instead (nothing was
   consumed), and every later one too; logged once.
+
+The reactor talks to the helper on the bare socket, not through a Twisted
+transport: a batch's request is one ``send`` (``sendmsg`` with the descriptor
+for a new segment) made at once, and its answer one ``recv`` when the socket
+is readable. A transport buffered each byte until the next turn of the loop,
+waited for a write event, and registered and unregistered it with epoll
+around the write; on a reactor that is the gateway's bottleneck, that cost
+showed in every durable answer (docs/benchmarks.md, 2026-12-06).
 
 :meth:`FsyncProcess.stop` closes the socket (the helper ends when it sees the
 end of it, as it does when the gateway dies) and kills a helper still running
@@ -33,6 +43,7 @@ after :data:`STOP_GRACE` seconds.
 
 from __future__ import annotations
 
+import array
 import errno as errno_codes
 import os
 import socket
@@ -44,11 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IReactorProcess, IReactorSocket
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.error import ConnectionDone, ProcessExitedAlready
+from twisted.internet.interfaces import IReactorFDSet, IReactorProcess, IReadDescriptor
+from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gateway.journal.disk import JournalReactor, RunBlocking, timed_fsync
 from gateway.journal.fsync_child import ANSWER, HELLO, SOCKET_FD
@@ -65,14 +77,16 @@ STOP_GRACE = 5.0
 
 _HANDOVER = b"FS"  # this segment from now on, then sync it
 _SYNC = b"S"
+_HANDOVER_LEVEL = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
 class _Helper:
-    """One helper process: its process and socket transports and the fsyncs it owes."""
+    """One helper process: its process transport, our end of its socket and the fsyncs it owes."""
 
     def __init__(self) -> None:
         self.process: Any = None
-        self.socket: Any = None
+        self.socket: socket.socket | None = None
+        self.reader: _HelperReader | None = None
         self.ready = False
         self.buffer = b""
         self.segment: int | None = None  # the journal's fd the helper holds a copy of
@@ -83,18 +97,43 @@ class _Helper:
         self.kill_call: Any = None
 
 
-class _HelperSocket(Protocol):
-    """The gateway's end of the helper's socket: answers in, end of stream."""
+@implementer(IReadDescriptor)
+class _HelperReader:
+    """The gateway's end of the helper's socket as the reactor reads it: answers in, end of stream.
 
-    def __init__(self, owner: FsyncProcess, helper: _Helper) -> None:
+    Not a transport: a batch's request is one ``send`` on the socket at once
+    (see :meth:`FsyncProcess.sync`), and an answer is one ``recv``, so that a
+    batch costs the reactor neither a write buffer, nor a write event, nor
+    the ``epoll_ctl`` calls around it.
+    """
+
+    def __init__(self, owner: FsyncProcess, helper: _Helper, sock: socket.socket) -> None:
         self._owner = owner
         self._helper = helper
+        self._recv = sock.recv
+        self._fileno = sock.fileno()
 
-    def dataReceived(self, data: bytes) -> None:
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return "fsync-helper"
+
+    # The reactor takes the exception itself, as TCP's doRead returns it (the interface says Failure).
+    def doRead(self) -> BaseException | None:  # type: ignore[override]
+        try:
+            data = self._recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as e:
+            return e
+        if not data:
+            return ConnectionDone()
         self._owner._received(self._helper, data)
+        return None
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self._owner._socket_lost(self._helper)
+    def connectionLost(self, reason: Failure) -> None:
+        self._owner._drop(self._helper)
 
 
 class _HelperProcessProtocol(ProcessProtocol):
@@ -139,7 +178,7 @@ class FsyncProcess:
         self._stop_grace = stop_grace
         self._helper: _Helper | None = None
         self._deaths = 0
-        self._on_thread = not (IReactorProcess.providedBy(reactor) and IReactorSocket.providedBy(reactor))
+        self._on_thread = not (IReactorProcess.providedBy(reactor) and IReactorFDSet.providedBy(reactor))
         self.pid: int | None = None
 
     @property
@@ -156,12 +195,22 @@ class FsyncProcess:
             return self._in_thread(fd)
         d: Deferred[float] = Deferred()
         helper.pending.append((fd, d))
-        if helper.segment != fd:
-            helper.segment = fd
-            helper.socket.sendFileDescriptor(fd)
-            helper.socket.write(_HANDOVER)
-        else:
-            helper.socket.write(_SYNC)
+        sock = helper.socket
+        assert sock is not None
+        try:
+            if helper.segment != fd:
+                helper.segment = fd
+                sock.sendmsg((_HANDOVER,), ((*_HANDOVER_LEVEL, array.array("i", (fd,))),))
+            else:
+                sock.send(_SYNC)
+        except OSError as e:
+            # Not sent (the helper ended, or stopped reading: a request is one byte and
+            # at most one batch is in flight, so its buffer never fills otherwise). What
+            # was sent before may have been synced or not: the helper is dropped, and
+            # every fsync it owes, this one included, fails as when it ends unanswered.
+            _log.error("journal fsync helper: could not send it a request ({error})", error=e)
+            self._drain(helper)
+            self._drop(helper)
         return d
 
     def forget(self, fd: int) -> None:
@@ -175,9 +224,9 @@ class FsyncProcess:
         self._on_thread = True  # a sync after stop does not start another
         if helper is None or helper.process_ended:
             return succeed(None)
-        if not helper.socket_lost:
-            helper.socket.loseConnection()
-        helper.kill_call = self._reactor.callLater(self._stop_grace, self._kill, helper)
+        self._drop(helper)
+        if helper.kill_call is None:
+            helper.kill_call = self._reactor.callLater(self._stop_grace, self._kill, helper)
         return helper.ended
 
     # -- the helper's life
@@ -196,17 +245,17 @@ class FsyncProcess:
                 env={},
                 childFDs={0: "w", 1: "r", 2: "r", SOCKET_FD: theirs.fileno()},
             )
-            protocol = _HelperSocket(self, helper)
-            helper.socket = protocol
-            self._reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _Only(protocol))
-            helper.socket = protocol.transport
+            ours.setblocking(False)
+            helper.reader = _HelperReader(self, helper, ours)
+            helper.socket = ours
+            self._reactor.addReader(helper.reader)
         except Exception as e:
             self._give_up(f"could not start it ({e})")
             if helper.process is not None:
                 self._kill(helper)
+            ours.close()
             return None
         finally:
-            ours.close()
             theirs.close()
         self.pid = helper.process.pid
         helper.process.closeStdin()
@@ -222,7 +271,7 @@ class FsyncProcess:
             if buffer[: len(HELLO)] != HELLO:
                 _log.error("journal fsync helper: unexpected greeting {data!r}", data=buffer[:32])
                 helper.buffer = b""
-                helper.socket.abortConnection()
+                self._drop(helper)
                 return
             helper.ready = True
             buffer = buffer[len(HELLO) :]
@@ -231,15 +280,39 @@ class FsyncProcess:
         helper.buffer = buffer[end:]
         answers = [ANSWER.unpack_from(buffer, at) for at in range(0, end, size)]
         for error, seconds in answers:
+            if helper.socket_lost:  # dropped by whoever an answer called back
+                return
             if not helper.pending:
                 _log.error("journal fsync helper: an answer nobody asked for")
-                helper.socket.abortConnection()
+                self._drop(helper)
                 return
             _, d = helper.pending.popleft()
             if error == 0:
                 d.callback(seconds)
             else:
                 d.errback(OSError(error, os.strerror(error)))
+
+    def _drain(self, helper: _Helper) -> None:
+        """Take in what the helper said before it went (its greeting, answers), as a read would have."""
+        sock = helper.socket
+        while sock is not None and not helper.socket_lost:
+            try:
+                data = sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self._received(helper, data)
+
+    def _drop(self, helper: _Helper) -> None:
+        """Close our end of the helper's socket (the helper ends on it) and settle what it owes."""
+        if helper.socket_lost:
+            return
+        if helper.reader is not None:
+            self._reactor.removeReader(helper.reader)
+        if helper.socket is not None:
+            helper.socket.close()
+        self._socket_lost(helper)
 
     def _socket_lost(self, helper: _Helper) -> None:
         helper.socket_lost = True
@@ -282,13 +355,3 @@ class FsyncProcess:
     def _give_up(self, why: str) -> None:
         self._on_thread = True
         _log.error("journal fsync helper: {why}; the journal fsyncs on its thread from now on", why=why)
-
-
-class _Only(Factory):
-    """A factory for exactly one, already built, protocol."""
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: object) -> Protocol:
-        return self._protocol

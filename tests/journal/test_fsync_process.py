@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 
 from gateway.journal.disk import FsyncThread
-from gateway.journal.fsync_process import MAX_DEATHS, FsyncProcess
+from gateway.journal.fsync_child import ANSWER
+from gateway.journal.fsync_process import MAX_DEATHS, FsyncProcess, _Helper
 from gateway.journal.reader import read_records, verify
 from gateway.journal.record import Record
 from gateway.journal.writer import Journal, JournalWriteError
@@ -165,6 +167,93 @@ async def test_a_helper_dying_mid_batch_fails_it_and_a_fresh_helper_takes_the_ne
     assert first_pid is not None and not alive(first_pid)
     assert any("unanswered" in e for e in errors)
     assert verify(tmp_path) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_that_cannot_be_sent_fails_its_batch_and_a_fresh_helper_takes_the_next(
+    tmp_path: Path, errors: list[str]
+) -> None:
+    """A batch whose request cannot be sent to the helper (its socket shut) fails with EIO and is cut off.
+
+    The request goes out on the socket at once, not through a transport; a
+    send that fails is the helper's end as far as the journal knows, so the
+    batch is never acknowledged, the helper is ended and the next batch starts
+    another.
+    """
+    journal = Journal.open(tmp_path, reactor=reactor)
+    helper = journal._helper
+    assert helper is not None
+    try:
+        await gatherResults(appends(journal, 2))
+        first_pid = helper.pid
+        assert helper._helper is not None and helper._helper.socket is not None
+        helper._helper.socket.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE)
+        failing = appends(journal, 3, "b")
+        for d in failing:
+            with pytest.raises(JournalWriteError, match="fsync helper ended before answering") as caught:
+                await d
+            assert caught.value.errno == 5
+        assert [r.kind for r in read_records(tmp_path)] == ["a", "a"]
+        record = await journal.append("c", "", "", "", {})
+        assert record.seq == 3 and helper.pid != first_pid and not helper.on_thread
+    finally:
+        await journal.close()
+    assert first_pid is not None and not alive(first_pid)  # it read the end of its socket and ended
+    assert any("could not send it a request" in e for e in errors)
+    assert verify(tmp_path) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_helper_gone_unread_after_an_fsync_is_not_taken_for_one_that_never_started(
+    tmp_path: Path, errors: list[str]
+) -> None:
+    """A send failing on a helper that synced and died before the reactor read it: EIO, no thread retry.
+
+    Its greeting is still unread in the socket when the next request fails to
+    go out. Taken for a helper that never got ready, its fsyncs would be run
+    again on the thread, which could report success for a writeback error
+    the helper's fsync consumed; what it said is read first, so they fail.
+    """
+    thread = FsyncThread(reactor)
+    process = FsyncProcess(reactor, thread, argv=fake("die", "1"))
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        first = process.sync(fd)  # it syncs this one, then exits unanswered
+        pid = process.pid
+        assert pid is not None
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the reactor does not run: nothing of the helper is read yet
+        assert not alive(pid)
+        second = process.sync(fd)  # the send fails: the helper's end is closed
+        for d in (first, second):
+            with pytest.raises(OSError, match="fsync helper ended before answering"):
+                await d
+        assert not thread.started  # nothing was run again on the thread
+        assert any("could not send it a request" in e for e in errors)
+    finally:
+        await process.stop()
+        os.close(fd)
+        thread.stop()
+
+
+def test_answers_read_together_stop_at_a_helper_dropped_by_the_first(errors: list[str]) -> None:
+    """Two answers in one read, the first dropping the helper: the second batch fails, no stray answer."""
+    thread = FsyncThread(reactor)
+    process = FsyncProcess(reactor, thread)
+    helper = _Helper()
+    helper.ready = helper.process_ended = True
+    first: Deferred[float] = Deferred()
+    second: Deferred[float] = Deferred()
+    helper.pending.extend([(9, first), (9, second)])
+    seen: list[float] = []
+    first.addCallback(lambda seconds: (seen.append(seconds), process._drop(helper)))
+    failures: list[BaseException] = []
+    second.addErrback(lambda f: failures.append(f.value))
+    process._received(helper, ANSWER.pack(0, 0.25) * 2)
+    assert seen == [0.25]
+    assert len(failures) == 1 and "ended before answering" in str(failures[0])
+    assert not any("nobody asked for" in e for e in errors)
 
 
 @pytest_twisted.ensureDeferred
