@@ -640,13 +640,7 @@ class UplinkSite(Factory):
         self.endpoint = endpoint
         self.clock = reactor
         self.limits = limits = limits or HttpLimits()
-        self.guard = guard or ConnectionGuard(
-            name,
-            clock=reactor,
-            max_per_peer=limits.max_connections_per_peer,
-            max_total=limits.max_connections,
-            proxied=proxied,
-        )
+        self.guard = guard or limits.guard(name, reactor, proxied=proxied)
         self._second = -1
         self._date = b""
 

@@ -81,6 +81,16 @@ class HttpLimits:
             max_connections=config.api_max_connections,
         )
 
+    def guard(self, name: str, clock: Any, *, proxied: bool = False) -> ConnectionGuard:
+        """A guard counting a listener's connections under these caps (by peer, behind a proxy or not)."""
+        return ConnectionGuard(
+            name,
+            clock=clock,
+            max_per_peer=self.max_connections_per_peer,
+            max_total=self.max_connections,
+            proxied=proxied,
+        )
+
 
 class GuardedChannel(http.HTTPChannel):
     """An HTTP channel a slow or greedy peer cannot hold: deadlines for the head and the body, capped bodies.
@@ -268,13 +278,7 @@ class GuardedSite(Site):
             reactor = global_reactor
         self.limits = limits = limits or HttpLimits()
         super().__init__(resource, reactor=reactor, timeout=limits.header_timeout)
-        self.guard = guard or ConnectionGuard(
-            name,
-            clock=reactor,
-            max_per_peer=limits.max_connections_per_peer,
-            max_total=limits.max_connections,
-            proxied=proxied,
-        )
+        self.guard = guard or limits.guard(name, reactor, proxied=proxied)
 
     def buildProtocol(self, addr: Any) -> Any:
         host = self.guard.admit(addr)
