@@ -97,14 +97,16 @@ def test_other_methods_are_405_naming_post(gw: Uplink) -> None:
 
 
 class _LaterHandler:
-    """An uplink handler whose answer the test gives."""
+    """An uplink handler whose answer the test gives; it keeps the request texts it was handed."""
 
     def __init__(self) -> None:
         self.pending: list[Deferred[bytes]] = []
+        self.texts: list[str] = []
 
     def handle(
         self, text: str, url_code: str | None = None, files: object = (), gone: object = None
     ) -> Deferred[bytes]:
+        self.texts.append(text)
         answer: Deferred[bytes] = Deferred()
         self.pending.append(answer)
         return answer
@@ -320,18 +322,10 @@ def test_expect_100_continue_is_answered_before_the_body() -> None:
 
 def test_the_url_s_param_is_the_request_text_when_the_body_has_none() -> None:
     """`POST /uplink?param=...` with an empty body: the query string's `param` is the request text."""
-    texts: list[str] = []
-
-    class Keeping(_LaterHandler):
-        def handle(
-            self, text: str, url_code: str | None = None, files: object = (), gone: object = None
-        ) -> Deferred[bytes]:
-            texts.append(text)
-            return super().handle(text, url_code, files, gone)
-
-    protocol, _ = _channel(Keeping())
+    handler = _LaterHandler()
+    protocol, _ = _channel(handler)
     protocol.dataReceived(_post(path=b"/uplink?x=1&param=%7B%22code%22%3A%22heartbeat%22%7D", body=b""))
-    assert texts == ['{"code":"heartbeat"}']
+    assert handler.texts == ['{"code":"heartbeat"}']
 
 
 def test_a_peer_gone_before_its_answer_takes_its_pipelined_requests_with_it() -> None:
@@ -366,27 +360,19 @@ def test_a_head_request_gets_the_status_and_no_body() -> None:
 def test_a_chunked_body_s_trailer_is_bounded_and_not_taken_as_headers() -> None:
     """Trailer fields after the last chunk are dropped (a trailing Content-Type changes nothing), and
     one dripped past MAX_HEAD_BYTES is refused 431 like a head's."""
-    texts: list[str] = []
-
-    class Keeping(_LaterHandler):
-        def handle(
-            self, text: str, url_code: str | None = None, files: object = (), gone: object = None
-        ) -> Deferred[bytes]:
-            texts.append(text)
-            return super().handle(text, url_code, files, gone)
-
+    handler = _LaterHandler()
     chunked = b"POST /uplink HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
-    protocol, transport = _channel(Keeping())
+    protocol, transport = _channel(handler)
     protocol.dataReceived(chunked + b"Content-Type: multipart/form-data\r\n\r\n")
-    assert texts == ["{}"] and protocol.reading is None
+    assert handler.texts == ["{}"] and protocol.reading is None
 
-    protocol, transport = _channel(Keeping())
+    protocol, transport = _channel(handler)
     protocol.dataReceived(chunked + b"X-Trailer: ")
     sent = 0
     while not transport.disconnecting:
         protocol.dataReceived(b"t" * 1000)
         sent += 1000
-    assert sent <= MAX_HEAD_BYTES + 1000 and texts == ["{}"]
+    assert sent <= MAX_HEAD_BYTES + 1000 and handler.texts == ["{}"]
     assert _answers(transport) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
 
 
