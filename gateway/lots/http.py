@@ -51,7 +51,7 @@ from gateway.logs import ECHO_CHARS, describe, lot_rejected
 from gateway.lots.answers import Answer
 from gateway.lots.bodies import BodyError, Outcome, body_text, form_unquote, parse_form
 from gateway.lots.bodypool import BodyPool
-from gateway.lots.httpbounds import BODY_WINDOW, HttpLimits
+from gateway.lots.httpbounds import BODY_WINDOW, IN_GRACE, NO_BODY, HttpLimits
 from gateway.lots.login import STANDARD
 from gateway.lots.uplink import FilePart, UplinkHandler
 from gateway.protocol.envelope import EnvelopeError, build_response
@@ -98,8 +98,6 @@ PIPELINE_BUFFER = 16384
 IN_MEMORY_BODY = 100_000
 """A body declared larger, or chunked and grown larger, is spooled to a temporary file (as twisted.web)."""
 
-_NO_BODY = -1
-_IN_GRACE = 0
 
 _REASONS = {
     200: b"OK",
@@ -217,9 +215,9 @@ class UplinkChannel(Protocol):
         """The host it is counted under ("" until a proxied peer is known), None once released."""
         self._parser: HttpRequestParser | None = HttpRequestParser(self)
         self._received = 0
-        # Outside a body: _NO_BODY; in its first header_timeout seconds: _IN_GRACE; after: the
+        # Outside a body: NO_BODY; in its first header_timeout seconds: IN_GRACE; after: the
         # bytes received (since the connection opened) when its rate was last checked.
-        self._body_mark = _NO_BODY
+        self._body_mark = NO_BODY
         self._timer: IDelayedCall | None = None
         self._queue: deque[UplinkRequest] = deque()
         """Requests read whole and not answered yet, in order; the first is with the endpoint."""
@@ -458,12 +456,12 @@ class UplinkChannel(Protocol):
         assert request is not None
         self._parsing = None
         self._gathering = False
-        self._body_mark = _NO_BODY
+        self._body_mark = NO_BODY
         self._queue.append(request)
 
     def _body_begins(self, request: UplinkRequest) -> None:
         """The request first in line has a body to come: its grace starts, and a 100 Continue is sent."""
-        self._body_mark = _IN_GRACE
+        self._body_mark = IN_GRACE
         self._set_timer(self.site.limits.header_timeout)
         if request.expects_continue:
             self.transport.write(_CONTINUE)
@@ -481,7 +479,7 @@ class UplinkChannel(Protocol):
             request.content = io.BytesIO()  # what it read of its body is dropped
         self._held = []
         self._held_bytes = 0
-        self._body_mark = _NO_BODY
+        self._body_mark = NO_BODY
         self._cancel_timer()
 
     def _refuse_body(self) -> None:
@@ -513,16 +511,12 @@ class UplinkChannel(Protocol):
         self._timer = None
         if self._handling or self._closed or self._final is not None:
             return  # a request is with the endpoint: no deadline runs for the peer
-        limits = self.site.limits
-        mark = self._body_mark
-        if mark == _NO_BODY:
-            self._note("header_timeout", limits.header_timeout)
-        elif mark == _IN_GRACE or self._received - mark >= limits.min_body_rate * BODY_WINDOW:
+        broken = self.site.limits.overdue(self._body_mark, self._received)
+        if broken is None:
             self._body_mark = self._received
             self._set_timer(BODY_WINDOW)
             return
-        else:
-            self._note("body_rate", limits.min_body_rate)
+        self._note(*broken)
         # A polite close would wait for a peer that may never read; a slow peer gets none.
         self._closed = True
         self.transport.abortConnection()
@@ -591,7 +585,7 @@ class UplinkChannel(Protocol):
             self._close_with(b"")
             return
         # The next head has the whole of header_timeout; a body already begun, its grace anew.
-        self._body_mark = _NO_BODY
+        self._body_mark = NO_BODY
         parsing = self._parsing
         if parsing is not None and not self._in_head:
             self._body_begins(parsing)

@@ -29,6 +29,8 @@ from gateway.settings import UplinkConfig
 
 __all__ = [
     "BODY_WINDOW",
+    "IN_GRACE",
+    "NO_BODY",
     "GuardedChannel",
     "GuardedSite",
     "HttpLimits",
@@ -38,8 +40,11 @@ __all__ = [
 BODY_WINDOW = 5.0
 """Seconds over which a body's rate is measured after the grace: each must bring `min_body_rate` × 5 bytes."""
 
-_NO_BODY = -1
-_IN_GRACE = 0
+NO_BODY = -1
+"""A channel's body mark outside a body: its deadline is the head's."""
+IN_GRACE = 0
+"""A channel's body mark in a body's first `header_timeout` seconds; after them, the bytes received
+(since the connection opened) when the body's rate was last checked."""
 _TOO_LARGE = b"request body too large\n"
 _TOO_LARGE_RESPONSE = (
     b"HTTP/1.1 413 Request Entity Too Large\r\n"
@@ -81,6 +86,16 @@ class HttpLimits:
             max_connections=config.api_max_connections,
         )
 
+    def overdue(self, mark: int, received: int) -> tuple[str, float] | None:
+        """What a channel's deadline passing means, given its body `mark` and the bytes `received`:
+        the bound the peer broke and its limit, or None when the body's last window brought enough
+        (the next `BODY_WINDOW` starts, from `received`)."""
+        if mark == NO_BODY:
+            return "header_timeout", self.header_timeout
+        if mark == IN_GRACE or received - mark >= self.min_body_rate * BODY_WINDOW:
+            return None
+        return "body_rate", self.min_body_rate
+
     def guard(self, name: str, clock: Any, *, proxied: bool = False) -> ConnectionGuard:
         """A guard counting a listener's connections under these caps (by peer, behind a proxy or not)."""
         return ConnectionGuard(
@@ -111,7 +126,7 @@ class GuardedChannel(http.HTTPChannel):
     peer: str | None = None
     """The host it is counted under in the guard ("" until a proxied peer is known), None once released."""
     _received = 0
-    # Outside a body: _NO_BODY; in its first header_timeout seconds: _IN_GRACE; after: the
+    # Outside a body: NO_BODY; in its first header_timeout seconds: IN_GRACE; after: the
     # bytes received (since the connection opened) when its rate was last checked.
     _body_mark = -1
     _refusing = False
@@ -144,27 +159,23 @@ class GuardedChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()  # the request's gotLength may refuse the body already
         if self.length != 0 and not self._refusing:
-            self._body_mark = _IN_GRACE
+            self._body_mark = IN_GRACE
             self.setTimeout(self.site.limits.header_timeout)
 
     def requestDone(self, request: http.Request) -> None:
         # The next request's head has the whole of header_timeout, whatever the body's timer was.
-        self._body_mark = _NO_BODY
+        self._body_mark = NO_BODY
         self._savedTimeOut = self.site.limits.header_timeout  # type: ignore[assignment]
         super().requestDone(request)
 
     def timeoutConnection(self) -> None:
         """The head is late, or the body's last window brought too little: close, and count it."""
-        limits = self.site.limits
-        mark = self._body_mark
-        if mark == _NO_BODY:
-            self._refuse("header_timeout", limits.header_timeout)
-        elif mark == _IN_GRACE or self._received - mark >= limits.min_body_rate * BODY_WINDOW:
+        broken = self.site.limits.overdue(self._body_mark, self._received)
+        if broken is None:
             self._body_mark = self._received
             self.setTimeout(BODY_WINDOW)
             return
-        else:
-            self._refuse("body_rate", limits.min_body_rate)
+        self._refuse(*broken)
         # Twisted's own closes politely and logs each; a slow peer gets neither.
         self.transport.abortConnection()  # type: ignore[union-attr]
 
@@ -179,7 +190,7 @@ class GuardedChannel(http.HTTPChannel):
         silences a channel that is not persistent).
         """
         self._refusing = True
-        self._body_mark = _NO_BODY
+        self._body_mark = NO_BODY
         self.setTimeout(None)
         self.rawDataReceived = self.allContentReceived = _ignore  # type: ignore[method-assign,assignment]
         self._refuse("body_size", self.site.limits.max_body_bytes)
