@@ -83,6 +83,14 @@ def appends(journal: Journal, n: int, kind: str = "a") -> list[Deferred[Record]]
     return [journal.append(kind, "P001", "carIn", f"o-{i}", {"i": i}) for i in range(n)]
 
 
+async def batch_fails_with_eio(journal: Journal) -> None:
+    """Three appends, each failing with EIO because the helper that owed their fsync is gone."""
+    for d in appends(journal, 3, "b"):
+        with pytest.raises(JournalWriteError, match="fsync helper ended before answering") as caught:
+            await d
+        assert caught.value.errno == 5
+
+
 @pytest_twisted.ensureDeferred
 async def test_always_syncs_batches_in_a_helper_process_that_ends_with_the_journal(tmp_path: Path) -> None:
     """With "always" and the real fsync, a helper holding the segment syncs the batches; close ends it."""
@@ -154,11 +162,7 @@ async def test_a_helper_dying_mid_batch_fails_it_and_a_fresh_helper_takes_the_ne
     try:
         await gatherResults(appends(journal, 2))
         first_pid = helper.pid
-        failing = appends(journal, 3, "b")
-        for d in failing:
-            with pytest.raises(JournalWriteError, match="fsync helper ended before answering") as caught:
-                await d
-            assert caught.value.errno == 5
+        await batch_fails_with_eio(journal)
         assert [r.kind for r in read_records(tmp_path)] == ["a", "a"]  # cut off before anyone was answered
         record = await journal.append("c", "", "", "", {})
         assert record.seq == 3 and helper.pid != first_pid and not helper.on_thread
@@ -188,11 +192,7 @@ async def test_a_request_that_cannot_be_sent_fails_its_batch_and_a_fresh_helper_
         first_pid = helper.pid
         assert helper._helper is not None and helper._helper.socket is not None
         helper._helper.socket.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE)
-        failing = appends(journal, 3, "b")
-        for d in failing:
-            with pytest.raises(JournalWriteError, match="fsync helper ended before answering") as caught:
-                await d
-            assert caught.value.errno == 5
+        await batch_fails_with_eio(journal)
         assert [r.kind for r in read_records(tmp_path)] == ["a", "a"]
         record = await journal.append("c", "", "", "", {})
         assert record.seq == 3 and helper.pid != first_pid and not helper.on_thread
