@@ -331,14 +331,13 @@ def event_entries(records: Iterable[Record], gateway_id: str, zone: ZoneInfo, at
 # An uplink's event, serialized: what orjson writes of the dict `_envelope` builds, member by
 # member (orjson writes a value inside a dict as it writes it alone, and escapes a string
 # character by character). What stays the same for a lot and code is encoded once (`_heads`).
-_HEADS_CACHED = 10_000  # gateways x lots x codes, bounded: then forgotten at once
-_heads_cache: dict[tuple[str, str, str], tuple[bytes, bytes, str] | None] = {}
 _AFTER_TIME = b',"datacontenttype":"application/json"'
 _OPR = b',"cpmioprnum":'
 _SEQ = b',"cpmiseq":'
 _DATA = b',"data":'
 
 
+@lru_cache(maxsize=10_000)  # gateways x lots x codes, bounded; the busiest stay
 def _heads(gateway_id: str, park: str, code: str) -> tuple[bytes, bytes, str] | None:
     """The static pieces of the uplink events of ``park`` and ``code``: the start up to the id's seq,
     the source and type up to the time, and the type; None when orjson refuses one (lone surrogates)."""
@@ -363,13 +362,7 @@ def _uplink_entry(record: Record, gateway_id: str, zone: ZoneInfo, at: float) ->
     seq, park, code, opr = record.seq, record.park, record.code, record.opr
     if type(seq) is not int or not 0 <= seq <= _INT32_MAX:
         return None
-    key = (gateway_id, park, code)
-    try:
-        heads = _heads_cache[key]
-    except KeyError:
-        if len(_heads_cache) >= _HEADS_CACHED:
-            _heads_cache.clear()
-        heads = _heads_cache[key] = _heads(gateway_id, park, code)
+    heads = _heads(gateway_id, park, code)
     if heads is None:
         return None
     start, middle, type_ = heads
