@@ -144,8 +144,12 @@ TARGETS = (
         "hostile",
         "<= +64 MiB",
         lambda r: (
-            f"{r['rss_growth_mib']:+.0f} MiB at the peak ({r['argon2_peak_mib']:.0f} of it Argon2id's "
-            f"working memory, the rest {r['rss_growth_outside_argon2_mib']:+.0f}), "
+            f"{r['rss_growth_mib']:+.0f} MiB at the peak, the gateway and its workers "
+            f"({r['rss_total_quiet_mib']:.0f} -> {r['rss_total_peak_mib']:.0f}: the gateway "
+            f"{r['rss_gateway_quiet_mib']:.0f} -> {r['rss_gateway_peak_mib']:.0f}, Argon2id in it "
+            f"{r['argon2_in_gateway_peak_mib']:.0f} at most, the password worker "
+            f"{r['rss_passwords_quiet_mib']:.0f} -> {r['rss_passwords_peak_mib']:.0f}, the body workers "
+            f"{r['rss_bodies_quiet_mib']:.0f} -> {r['rss_bodies_peak_mib']:.0f}), "
             f"{r['rss_retained_mib']:+.0f} MiB after"
         ),
         lambda r: bool(r["rss_growth_mib"] <= 64),

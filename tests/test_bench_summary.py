@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.hostile import Sample, memory_figures
 from bench.summary import TARGETS, rows
 
 
@@ -117,10 +118,9 @@ def test_the_hostile_targets_read_the_ratio_the_rss_and_the_fds(tmp_path: Path) 
             "quiet": {"p50_ms": 2.0, "p99_ms": 10.0},
             "attacked": {"p50_ms": 4.0, "p99_ms": 34.0},
             "connections": {"slowloris": 800, "dollar": 8, "junk": 12, "flood": 180},
-            "rss_growth_mib": 40.0,
-            "argon2_peak_mib": 0.0,
-            "rss_growth_outside_argon2_mib": 40.0,
-            "rss_retained_mib": 3.0,
+            **memory_figures(
+                [sample("quiet", 100, 90, 40), sample("attack", 104, 91, 76)], sample("after", 102, 90, 44)
+            ),
             "fds_peak": 1020,
             "fds_limit": 20000,
             "honest_connect_failures": 0,
@@ -130,6 +130,15 @@ def test_the_hostile_targets_read_the_ratio_the_rss_and_the_fds(tmp_path: Path) 
     hostile = [row for row in rows(tmp_path) if "attack" in row[0]]
     assert [row[3] for row in hostile] == ["NO", "yes", "yes"]
     assert "3.40 x" in hostile[0][1] and "1,000 attack connections" in hostile[0][1]
+    # The RSS row reads what bench.hostile writes (memory_figures), each part as well as the whole.
+    assert hostile[1][1].startswith("+41 MiB at the peak, the gateway and its workers (230 -> 271")
+    assert "the body workers 40 -> 76" in hostile[1][1] and "+6 MiB after" in hostile[1][1]
+
+
+def sample(phase: str, gateway: int, passwords: int, bodies: int) -> Sample:
+    """A bench.hostile memory sample in MiB, no Argon2id in the gateway."""
+    mib = 2**20
+    return Sample(phase, gateway * mib, 0, 10, {"body": bodies * mib, "password": passwords * mib, "other": 0})
 
 
 def test_the_nats_uplink_target_reads_the_per_round_ratio_against_the_durable_gateway(tmp_path: Path) -> None:
