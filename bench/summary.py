@@ -5,6 +5,10 @@ Usage: python -m bench.summary [--markdown]
 Reads the JSON each benchmark wrote and prints one row per target: what was
 measured, the target, and whether it is met. A benchmark not run yet shows
 as "not run". `--markdown` prints the table as docs/benchmarks.md has it.
+Under the table, each target not met that knows its limit says it: what the
+same run measured of where the time goes, and what it would take (issue 25:
+"for a target that cannot be met here, the profile that shows the limit and
+what it would take").
 """
 
 from __future__ import annotations
@@ -29,6 +33,39 @@ class Target:
     target: str
     figure: Callable[[dict[str, Any]], str]
     met: Callable[[dict[str, Any]], bool]
+    limit: Callable[[dict[str, Any], Path], str] | None = None
+    """When not met: the limit the same results show, and what it would take (given the results' folder)."""
+
+
+def uplink_limit(r: dict[str, Any], results: Path) -> str:
+    """Why durable/never falls short: the reactor's CPU, the commit's cost a batch, the batch it takes."""
+    cost = r["commit"]
+    text = (
+        f"the reactor is the limit ({cost['reactor_busy_durable']['median']:.0%} of a core busy durable): "
+        f"{cost['reactor_us_durable']['median']:.0f} us of its CPU a durable uplink against "
+        f"{cost['reactor_us_never']['median']:.0f} with fsync never; waiting for the commit costs it "
+        f"{cost['per_batch_us']['median']:.0f} us a batch ({cost['per_batch_us']['min']:.0f}-"
+        f"{cost['per_batch_us']['max']:.0f}: the helper's request and answer, more turns of its loop and "
+        f"wake-ups) over {cost['records_a_fsync']['median']:.1f} records a fsync"
+    )
+    if "nodisk_vs_never" in r:
+        text += (
+            f"; with a helper syncing nothing {r['nodisk_vs_never']['median']:.2f} x never, so not the disk"
+        )
+    text += (
+        f". It would take {cost['records_needed']['median']:.1f} records a fsync "
+        f"({cost['records_needed']['min']:.1f}-{cost['records_needed']['max']:.1f}): more lots posting "
+        f"at once than {r.get('connections', 16)}, whose two halves take turns at the one batch in flight"
+    )
+    more = results / "uplink_more.json"
+    if more.exists():
+        m = json.loads(more.read_text())
+        text += (
+            f"; measured with {m['connections']} connections: {m['durable_vs_never']['median']:.2f} x never "
+            f"({m['durable_vs_never']['min']:.2f}-{m['durable_vs_never']['max']:.2f}), "
+            f"{m['records_per_fsync']['median']:.1f} records a fsync, p99 {m['p99_ms']['median']:.1f} ms"
+        )
+    return text
 
 
 TARGETS = (
@@ -56,6 +93,7 @@ TARGETS = (
             and r["durable_vs_bare"]["median"] >= 1.0
             and r["p99_ms"]["median"] <= 25
         ),
+        uplink_limit,
     ),
     Target(
         "RSS per bound idle lot (10,000 lots)",
@@ -218,6 +256,23 @@ def rows(results: Path = RESULTS) -> list[tuple[str, str, str, str]]:
     return table
 
 
+def limits(results: Path = RESULTS) -> list[tuple[str, str]]:
+    """(what, its limit and what it would take) for each target not met that can say so."""
+    found = []
+    for target in TARGETS:
+        path = results / f"{target.result}.json"
+        if target.limit is None or not path.exists():
+            continue
+        result = json.loads(path.read_text())
+        try:
+            if target.met(result):
+                continue
+            found.append((target.what, target.limit(result, results)))
+        except KeyError as missing:
+            found.append((target.what, f"{path.name} lacks {missing}"))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
@@ -227,10 +282,12 @@ def main() -> None:
         print("| what | measured | target | met |\n| --- | --- | --- | --- |")
         for row in table:
             print("| " + " | ".join(row) + " |")
-        return
-    width = max(len(row[0]) for row in table)
-    for what, figure, target, met in table:
-        print(f"{what:<{width}}  {met:>4}  {figure}  (target {target})")
+    else:
+        width = max(len(row[0]) for row in table)
+        for what, figure, target, met in table:
+            print(f"{what:<{width}}  {met:>4}  {figure}  (target {target})")
+    for what, limit in limits():
+        print(f"\nnot met: {what}\n  {limit}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Signed carIn uplinks per second: the durable gateway against itself without fsync, and a bare twisted.web.
 
 Usage: python -m bench.uplink [--seconds S] [--connections N] [--rounds R] [--nats] [--no-disk]
-                              [--reactor NAME]
+                              [--reactor NAME] [--result NAME]
 
 Three servers run as processes of their own on loopback, side by side: a bare
 twisted.web resource returning a constant body, the gateway with
@@ -25,6 +25,14 @@ generator, the gateway and its helpers, nats-server) and, with `--nats`,
 nats-server's share of a core. `--reactor` runs the gateways on another
 Twisted reactor (`asyncio`: what the asyncio reactor costs the hot path; see
 docs/nats.md).
+
+Each round also works out what waiting for the commit costs the durable
+gateway's reactor (`commit_cost`): the reactor thread's CPU time a request
+durable less with fsync "never", times the records a fsync, is its cost a
+batch; and since the reactor is what limits both, the records a fsync it
+would take for durable/never to reach 0.9 follow from it. `--result` names
+the results file (bench/results/NAME.json), so that `bench/run` can keep a
+run with more connections beside the 16-connection one.
 """
 
 from __future__ import annotations
@@ -86,6 +94,8 @@ function request()
 end
 """
 CAR_IN = SAMPLES["carIn"]
+TARGET = 0.9
+"""Issue 25's durable/never."""
 
 
 def wrk(port: int, script: str, seconds: int, connections: int) -> dict[str, Any]:
@@ -169,6 +179,36 @@ def loaded(
     return figures
 
 
+def reactor_us_per_request(run: dict[str, Any]) -> float:
+    """The reactor thread's CPU time a request in one wrk run, in µs (its helpers not counted)."""
+    return float(run["thread_cpu_share"]["main"]) / max(float(run["rps"]), 1.0) * 1e6
+
+
+def commit_cost(always: dict[str, Any], never: dict[str, Any], target: float = TARGET) -> dict[str, float]:
+    """What waiting for each batch's commit cost the durable gateway's reactor, from one round's runs.
+
+    With the reactor's thread the limit of both gateways (busy nearly all the
+    run), durable/never is the reactor's CPU a request "never" (n) over its CPU
+    a request durable (d), and d - n is what only the durable gateway runs:
+    for each batch of b records (b = records a fsync) the helper's request
+    and answer, more turns of the loop, the wake-ups between them. So that
+    cost a batch is k = (d - n) b, and durable/never >= `target` takes
+    k / b <= n (1 / target - 1), that is b >= k / (n (1 / target - 1)).
+    """
+    n = reactor_us_per_request(never)
+    d = reactor_us_per_request(always)
+    b = float(always["records_per_fsync"])
+    per_batch = max(d - n, 0.0) * b
+    return {
+        "reactor_us_never": n,
+        "reactor_us_durable": d,
+        "reactor_busy_durable": float(always["thread_cpu_share"]["main"]),
+        "per_batch_us": per_batch,
+        "records_a_fsync": b,
+        "records_needed": per_batch / (n * (1 / target - 1)),
+    }
+
+
 def post(port: int, envelope: dict[str, Any]) -> dict[str, Any]:
     body = urllib.parse.urlencode({"param": json.dumps(envelope, ensure_ascii=False)}).encode()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/uplink", data=body, timeout=5) as response:
@@ -246,6 +286,12 @@ def main() -> None:
         help="also the durable gateway whose fsync helper syncs nothing (bench.nodisk), each round",
     )
     parser.add_argument("--reactor", default="", help="twistd --reactor for the gateways (e.g. asyncio)")
+    parser.add_argument(
+        "--result",
+        default="uplink",
+        metavar="NAME",
+        help="write the figures to bench/results/NAME.json (default: uplink)",
+    )
     parser.add_argument(
         "--profile",
         metavar="FILE",
@@ -352,6 +398,7 @@ def main() -> None:
     p99 = [a["p99_ms"] for a in runs["always"]]
     per_fsync = [a["records_per_fsync"] for a in runs["always"]]
     fsync_ms = [a["fsync_ms"] for a in runs["always"]]
+    commit = [commit_cost(a, n) for a, n in zip(runs["always"], runs["never"], strict=True)]
     summary: dict[str, Any] = {
         "runs": {name: [{k: v for k, v in r.items() if k != "raw"} for r in rs] for name, rs in runs.items()},
         "durable_vs_never": spread(durable_never),
@@ -365,6 +412,7 @@ def main() -> None:
             name: spread([r["cpu_us_per_request"] for r in rs]) for name, rs in runs.items()
         },
         "busy_cores": spread([r["busy_cores"] for rs in runs.values() for r in rs]),
+        "commit": {key: spread([c[key] for c in commit]) for key in commit[0]},
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
@@ -408,6 +456,18 @@ def main() -> None:
         )
     )
     print("targets: durable/never >= 0.9, durable/bare >= 1.0, p99 <= 25 ms")
+    cost = summary["commit"]
+    print(
+        ", ".join(
+            (
+                show("the reactor's CPU a request, never", cost["reactor_us_never"], " us"),
+                show("durable", cost["reactor_us_durable"], " us"),
+                show("the commit's cost to it a batch", cost["per_batch_us"], " us"),
+                show(f"records a fsync for {TARGET}", cost["records_needed"]),
+            )
+        )
+        + f" (measured {cost['records_a_fsync']['median']:.1f})"
+    )
     if args.no_disk:
         print(
             show("without the disk: nodisk/never", summary["nodisk_vs_never"])
@@ -429,7 +489,7 @@ def main() -> None:
             )
             + "; target nats/durable >= 0.9"
         )
-    write_result("uplink", summary)
+    write_result(args.result, summary)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from bench.hostile import Sample, memory_figures
-from bench.summary import TARGETS, rows
+from bench.summary import TARGETS, limits, rows
 
 
 def write(directory: Path, name: str, figures: dict[str, object]) -> None:
@@ -53,6 +53,54 @@ def test_the_uplink_target_is_durable_against_never_and_bare(tmp_path: Path) -> 
         row = {row[0]: row for row in rows(tmp_path)}[what]
         assert row[3] == met and f"{never:.2f} x never" in row[1]
     assert not any("os.write" in target.what for target in TARGETS)  # that ratio is retired
+
+
+def commit_figures(never_us: float, durable_us: float, per_batch: float, needed: float) -> dict[str, object]:
+    """bench.uplink's "commit" figures with these medians (each range one value)."""
+
+    def spread(value: float) -> dict[str, float]:
+        return {"median": value, "min": value, "max": value}
+
+    return {
+        "reactor_us_never": spread(never_us),
+        "reactor_us_durable": spread(durable_us),
+        "reactor_busy_durable": spread(0.98),
+        "per_batch_us": spread(per_batch),
+        "records_a_fsync": spread(7.7),
+        "records_needed": spread(needed),
+    }
+
+
+def test_an_unmet_uplink_target_says_its_limit_and_what_it_would_take(tmp_path: Path) -> None:
+    """Under the table, the durable uplink's row not met gives the reactor's CPU a request in both
+    modes, the commit's cost a batch, the batch it would take, and the run with more connections."""
+    what = TARGETS[0].what
+    figures = {
+        **uplink_result(never=0.84, bare=1.3, p99=5.0),
+        "connections": 16,
+        "commit": commit_figures(100.0, 119.0, 146.3, 13.2),
+        "nodisk_vs_never": {"median": 0.88, "min": 0.87, "max": 0.89},
+    }
+    write(tmp_path, "uplink", figures)
+    [(named, limit)] = limits(tmp_path)
+    assert named == what
+    assert "119 us of its CPU a durable uplink against 100 with fsync never" in limit
+    assert "146 us a batch" in limit and "7.7 records a fsync" in limit
+    assert "0.88 x never, so not the disk" in limit
+    assert "13.2 records a fsync" in limit and "more lots posting at once than 16" in limit
+    assert "measured with" not in limit  # no run with more connections yet
+    more = {**uplink_result(never=0.95, bare=1.4, p99=21.0), "connections": 64}
+    more["records_per_fsync"] = {"median": 28.3, "min": 28.0, "max": 29.0}
+    write(tmp_path, "uplink_more", more)
+    [(_, limit)] = limits(tmp_path)
+    assert (
+        "measured with 64 connections: 0.95 x never (0.95-0.95), 28.3 records a fsync, p99 21.0 ms" in limit
+    )
+    # Met, it says nothing; from an older bench.uplink without the figures, what is missing.
+    write(tmp_path, "uplink", {**figures, **uplink_result(never=0.92, bare=1.3, p99=5.0)})
+    assert limits(tmp_path) == []
+    write(tmp_path, "uplink", uplink_result(never=0.84, bare=1.3, p99=5.0))
+    assert limits(tmp_path) == [(what, "uplink.json lacks 'commit'")]
 
 
 def test_gate_open_is_met_only_in_every_run(tmp_path: Path) -> None:
@@ -138,7 +186,9 @@ def test_the_hostile_targets_read_the_ratio_the_rss_and_the_fds(tmp_path: Path) 
 def sample(phase: str, gateway: int, passwords: int, bodies: int) -> Sample:
     """A bench.hostile memory sample in MiB, no Argon2id in the gateway."""
     mib = 2**20
-    return Sample(phase, gateway * mib, 0, 10, {"body": bodies * mib, "password": passwords * mib, "other": 0})
+    return Sample(
+        phase, gateway * mib, 0, 10, {"body": bodies * mib, "password": passwords * mib, "other": 0}
+    )
 
 
 def test_the_nats_uplink_target_reads_the_per_round_ratio_against_the_durable_gateway(tmp_path: Path) -> None:
