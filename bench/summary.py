@@ -130,6 +130,15 @@ TARGETS = (
             f"{len(r['p99_runs_ms'])}; {r['errors']} errors; client CPU "
             f"{min(r['client_cpu_share']):.0%}-{max(r['client_cpu_share']):.0%} of a core, machine busy "
             f"{min(r['machine_busy_share']):.0%}-{max(r['machine_busy_share']):.0%}"
+            + (
+                # From the client's send, not its schedule: what the client's own lag added.
+                "; p99 from the send "
+                + ", ".join(f"{run['from_sent']['p99_ms']:.1f}" for run in r["runs"])
+                + " ms, gateway CPU "
+                + ", ".join(f"{run['gateway_cpu_share']:.0%}" for run in r["runs"])
+                if "runs" in r
+                else ""
+            )
         ),
         lambda r: bool(r["met_runs"] == len(r["p99_runs_ms"]) and r["errors"] == 0),
     ),

@@ -123,7 +123,14 @@ def test_gate_open_is_met_only_in_every_run(tmp_path: Path) -> None:
     assert row[3] == "NO" and "7.5, 8.0, 10.4, 9.0, 6.0" in row[1] and "met in 4 of 5" in row[1]
     write(tmp_path, "gate_open", {**figures, "p99_runs_ms": [7.5] * 5, "met_runs": 5})
     [row] = [row for row in rows(tmp_path) if row[0].startswith("gateOpen")]
-    assert row[3] == "yes" and "client CPU 20%-30%" in row[1]
+    assert row[3] == "yes" and "client CPU 20%-30%" in row[1] and "from the send" not in row[1]
+    # With each run's figures, the p99 from the client's send (its own lag left out) and the gateway's CPU.
+    runs = [{"from_sent": {"p99_ms": p99 - 0.7}, "gateway_cpu_share": 0.45} for p99 in figures["p99_runs_ms"]]
+    write(tmp_path, "gate_open", {**figures, "runs": runs})
+    [row] = [row for row in rows(tmp_path) if row[0].startswith("gateOpen")]
+    assert row[1].endswith(
+        "; p99 from the send 6.8, 7.3, 9.7, 8.3, 5.3 ms, gateway CPU 45%, 45%, 45%, 45%, 45%"
+    )
 
 
 def test_the_rollover_and_the_restart_storm_read_their_verdicts(tmp_path: Path) -> None:
