@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,28 @@ async def batch_fails_with_eio(journal: Journal) -> None:
         assert caught.value.errno == 5
 
 
+async def a_fresh_helper_takes_over(
+    tmp_path: Path, journal: Journal, stop: Callable[[FsyncProcess], None] = lambda process: None
+) -> None:
+    """Two records synced, then `stop` (if the helper does not end by itself): the next batch fails
+    with EIO and is cut off before anyone was answered, the one after starts a new helper (not the
+    thread), the first helper has ended and the journal verifies. Closes `journal`."""
+    helper = journal._helper
+    assert helper is not None
+    try:
+        await gatherResults(appends(journal, 2))
+        first_pid = helper.pid
+        stop(helper)
+        await batch_fails_with_eio(journal)
+        assert [r.kind for r in read_records(tmp_path)] == ["a", "a"]  # cut off before anyone was answered
+        record = await journal.append("c", "", "", "", {})
+        assert record.seq == 3 and helper.pid != first_pid and not helper.on_thread
+    finally:
+        await journal.close()
+    assert first_pid is not None and not alive(first_pid)
+    assert verify(tmp_path) == 3
+
+
 @pytest_twisted.ensureDeferred
 async def test_always_syncs_batches_in_a_helper_process_that_ends_with_the_journal(tmp_path: Path) -> None:
     """With "always" and the real fsync, a helper holding the segment syncs the batches; close ends it."""
@@ -156,21 +178,10 @@ async def test_a_helper_dying_mid_batch_fails_it_and_a_fresh_helper_takes_the_ne
     Its fsync may have run and failed: the error is reported once per open file,
     which the journal shares with the helper, so a retry could wrongly succeed.
     """
-    journal = Journal.open(tmp_path, reactor=reactor, fsync_helper=fake("die", "2"))
-    helper = journal._helper
-    assert helper is not None
-    try:
-        await gatherResults(appends(journal, 2))
-        first_pid = helper.pid
-        await batch_fails_with_eio(journal)
-        assert [r.kind for r in read_records(tmp_path)] == ["a", "a"]  # cut off before anyone was answered
-        record = await journal.append("c", "", "", "", {})
-        assert record.seq == 3 and helper.pid != first_pid and not helper.on_thread
-    finally:
-        await journal.close()
-    assert first_pid is not None and not alive(first_pid)
+    await a_fresh_helper_takes_over(
+        tmp_path, Journal.open(tmp_path, reactor=reactor, fsync_helper=fake("die", "2"))
+    )
     assert any("unanswered" in e for e in errors)
-    assert verify(tmp_path) == 3
 
 
 @pytest_twisted.ensureDeferred
@@ -184,23 +195,14 @@ async def test_a_request_that_cannot_be_sent_fails_its_batch_and_a_fresh_helper_
     batch is never acknowledged, the helper is ended and the next batch starts
     another.
     """
-    journal = Journal.open(tmp_path, reactor=reactor)
-    helper = journal._helper
-    assert helper is not None
-    try:
-        await gatherResults(appends(journal, 2))
-        first_pid = helper.pid
-        assert helper._helper is not None and helper._helper.socket is not None
-        helper._helper.socket.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE)
-        await batch_fails_with_eio(journal)
-        assert [r.kind for r in read_records(tmp_path)] == ["a", "a"]
-        record = await journal.append("c", "", "", "", {})
-        assert record.seq == 3 and helper.pid != first_pid and not helper.on_thread
-    finally:
-        await journal.close()
-    assert first_pid is not None and not alive(first_pid)  # it read the end of its socket and ended
+
+    def shut(process: FsyncProcess) -> None:
+        assert process._helper is not None and process._helper.socket is not None
+        process._helper.socket.shutdown(socket.SHUT_WR)  # the next send fails (EPIPE)
+
+    # The first helper ends too: it reads the end of its socket.
+    await a_fresh_helper_takes_over(tmp_path, Journal.open(tmp_path, reactor=reactor), shut)
     assert any("could not send it a request" in e for e in errors)
-    assert verify(tmp_path) == 3
 
 
 @pytest_twisted.ensureDeferred
