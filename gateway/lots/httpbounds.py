@@ -128,7 +128,7 @@ class GuardedChannel(http.HTTPChannel):
     _received = 0
     # Outside a body: NO_BODY; in its first header_timeout seconds: IN_GRACE; after: the
     # bytes received (since the connection opened) when its rate was last checked.
-    _body_mark = -1
+    _body_mark = NO_BODY
     _refusing = False
     _over_cap = False
 
