@@ -1,7 +1,7 @@
 """gateOpen from the command API down to a lot and back, at a fixed rate, with many lots bound.
 
 Usage: python -m bench.gate_open [--lots N] [--rate R] [--seconds S] [--connections C]
-           [--processes P] [--settle S] [--profile FILE]
+           [--processes P] [--settle S] [--profile FILE] [--runs N] [--floor-runs N]
 
 The gateway runs as its own process on a configuration of N lots (10,000 by
 default), journal.fsync = "always"; `bench.lotfleet` binds them all from its
@@ -21,11 +21,20 @@ with the CPU of the gateway, of the client (its own `os.times`: a client
 that took most of a core, or lagged behind its schedule, was starved rather
 than the gateway slow) and of the whole machine, and writes
 bench/results/gate_open.json.
+
+After each run the same client runs once more against the floor (`RELAY`):
+a bare twisted.web resource that hands each command to an echo process over
+TCP and answers when it comes back, with no journal, signature or lot, on the
+same machine with the lots still bound. Its p99 is what this machine does
+to the shortest such path at the same rate; where even it misses 10 ms, the
+machine, not the gateway, is the limit (bench.summary says which).
+`--floor-runs 0` leaves it out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -33,6 +42,8 @@ import sys
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +65,51 @@ from bench.lotfleet import API_TOKEN, fleet, gateway_config, park_code, settle_a
 
 P99_TARGET_MS = 10.0
 BAR_CODE = "GATE-OUT-02"
+
+RELAY = """
+import sys
+from twisted.internet import protocol, reactor
+from twisted.protocols.basic import LineReceiver
+from twisted.web import resource, server
+
+class Echo(LineReceiver):
+    delimiter = b"\\n"
+    def lineReceived(self, line):
+        self.sendLine(line)
+
+class ToEcho(LineReceiver):
+    delimiter = b"\\n"
+    def connectionMade(self):
+        relay.echo = self
+    def lineReceived(self, line):
+        key, _, body = line.partition(b" ")
+        request = relay.waiting.pop(key)
+        request.write(b'{"resultCode":"0000","resultMessage":"ok","data":' + body + b"}")
+        request.finish()
+
+class Relay(resource.Resource):
+    isLeaf = True
+    def __init__(self):
+        super().__init__()
+        self.waiting, self.next, self.echo = {}, 0, None
+    def render_POST(self, request):
+        self.next += 1
+        key = b"%d" % self.next
+        self.waiting[key] = request
+        request.setHeader(b"content-type", b"application/json")
+        self.echo.sendLine(key + b" " + request.content.read().replace(b"\\n", b" "))
+        return server.NOT_DONE_YET
+
+if sys.argv[1] == "echo":
+    reactor.listenTCP(int(sys.argv[2]), protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
+else:
+    relay = Relay()
+    reactor.listenTCP(int(sys.argv[2]), server.Site(relay), interface="127.0.0.1")
+    protocol.ClientCreator(reactor, ToEcho).connectTCP("127.0.0.1", int(sys.argv[3]))
+reactor.run()
+"""
+"""The floor: `python -c RELAY echo PORT` echoes lines; `python -c RELAY relay PORT ECHO_PORT` answers
+each POST with ``{"resultCode":"0000","data":BODY}`` once its body came back from the echo process."""
 
 
 # --- the client process ------------------------------------------------------------
@@ -343,6 +399,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="processes the lots run in")
     settle_argument(parser, "loading")
     parser.add_argument("--profile", metavar="FILE", help="py-spy the gateway while the commands run")
+    parser.add_argument(
+        "--floor-runs", type=int, help="runs against the bare relay, after the gateway's (as many as --runs)"
+    )
     # The client process's own options.
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -353,16 +412,24 @@ def main() -> None:
     if args.client:
         run_client(args)
         return
+    floor_runs = args.runs if args.floor_runs is None else args.floor_runs
     work = Path(tempfile.mkdtemp(prefix="cpmi-bench-gate-"))
     uplink, downlink, api = free_port(), free_port(), free_port()
     config = gateway_config(work, uplink=uplink, downlink=downlink, api=api, lots=args.lots)
-    with gateway(work, config, api) as server:
+    runs: list[dict[str, Any]] = []
+    floor: list[dict[str, Any]] = []
+    with relay() as (relay_port, relay_pid), gateway(work, config, api) as server:
         wait_for(downlink, server)
         with fleet(downlink, args.lots, processes=args.processes) as lots:
             lots.wait_bound(600)
             wait_connected(api, args.lots, 120)
             time.sleep(args.settle)
-            runs = [one_run(args, api, server.pid, k) for k in range(args.runs)]
+            for k in range(max(args.runs, floor_runs)):
+                # Interleaved, so that the floor and the gateway share what the machine did meanwhile.
+                if k < args.runs:
+                    runs.append(one_run(args, api, server.pid, k))
+                if k < floor_runs:
+                    floor.append(floor_run(client_run(args, relay_port, relay_pid)))
             connected = metric(api, "cpmi_lots_connected")
         fleet_report = lots.last
     worst = max(runs, key=lambda run: run["p99_ms"])
@@ -383,24 +450,59 @@ def main() -> None:
         "fleet": fleet_report,
         "target": {"p99_ms": P99_TARGET_MS, "runs": args.runs},
     }
+    if floor:
+        figures["floor"] = {
+            "what": "a bare twisted.web resource relaying each command to an echo process",
+            "runs": floor,
+            "p99_runs_ms": [run["p99_ms"] for run in floor],
+            "met_runs": sum(1 for run in floor if run["met"]),
+            "max_send_lag_ms": [run["client"]["max_send_lag_ms"] for run in floor],
+        }
     figures["met"] = {"p99_ms": met_runs == len(runs)}
     print(
         f"gateOpen at {args.rate:g}/s, {args.runs} runs of {args.seconds:g} s, "
         f"{connected:.0f} of {args.lots} lots bound"
     )
+    print_runs(runs, "gateway")
+    print(f"met in {met_runs} of {len(runs)} runs; fleet failures {fleet_report.get('failures', '?')}")
+    if floor:
+        print("the floor, interleaved: a bare twisted.web resource relaying each command to an echo process")
+        print_runs(floor, "relay")
+        print(f"the floor met in {figures['floor']['met_runs']} of {len(floor)} runs")
+    print(f"wrote {write_result('gate_open', figures)}")
+
+
+def print_runs(runs: list[dict[str, Any]], server: str) -> None:
+    """One line a run: latencies, errors, the CPU of `server` ("gateway" or "relay"), client, machine."""
     print(
-        f"{'run':<4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} {'gateway CPU':>11} "
+        f"{'run':<4} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} {server + ' CPU':>11} "
         f"{'client CPU':>10} {'send lag ms':>11} {'machine busy':>12}  p99 <= {P99_TARGET_MS:g}?"
     )
     for k, run in enumerate(runs, 1):
         print(
             f"{k:<4} {run['p50_ms']:>7.2f} {run['p99_ms']:>7.2f} {run['max_ms']:>7.1f} {run['errors']:>6} "
-            f"{run['gateway_cpu_share']:>11.1%} {run['client_cpu_share']:>10.1%} "
+            f"{run[server + '_cpu_share']:>11.1%} {run['client_cpu_share']:>10.1%} "
             f"{run['client']['max_send_lag_ms']:>11.1f} {run['machine_busy_share']:>12.1%}  "
             f"{'yes' if run['met'] else 'NO'}"
         )
-    print(f"met in {met_runs} of {len(runs)} runs; fleet failures {fleet_report.get('failures', '?')}")
-    print(f"wrote {write_result('gate_open', figures)}")
+
+
+@contextmanager
+def relay() -> Iterator[tuple[int, int]]:
+    """The floor's echo process and relay (`RELAY`) running: the relay's port and pid."""
+    echo_port, relay_port = free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        for command in (["echo", str(echo_port)], ["relay", str(relay_port), str(echo_port)]):
+            process = subprocess.Popen([sys.executable, "-c", RELAY, *command], env=ENV)
+            stack.callback(process.wait)
+            stack.callback(process.terminate)
+            wait_for(int(command[1]), process)
+        yield relay_port, process.pid
+
+
+def floor_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A client run against the relay: its server is the relay."""
+    return {key.replace("server_", "relay_", 1): value for key, value in run.items()}
 
 
 def machine_busy() -> tuple[float, float]:
@@ -414,13 +516,23 @@ def one_run(args: argparse.Namespace, api: int, pid: int, k: int) -> dict[str, A
     """One client process's commands against the gateway `pid`: its latencies and everyone's CPU."""
     timeouts_before = metric(api, "cpmi_downlink_command_timeouts_total")
     fsyncs_before = metric(api, "cpmi_journal_fsync_seconds_count")
-    client = subprocess.Popen(client_command(args, api), stdout=subprocess.PIPE, text=True, env=ENV)
+    profile = args.profile if args.profile and k == args.runs - 1 else None
+    run = client_run(args, api, pid, profile)
+    return {
+        **{key.replace("server_", "gateway_", 1): value for key, value in run.items()},
+        "command_timeouts": int(metric(api, "cpmi_downlink_command_timeouts_total") - timeouts_before),
+        "fsyncs": int(metric(api, "cpmi_journal_fsync_seconds_count") - fsyncs_before),
+    }
+
+
+def client_run(args: argparse.Namespace, port: int, pid: int, profile: str | None = None) -> dict[str, Any]:
+    """One client process's commands against the server `pid` on `port`: latencies and everyone's CPU."""
+    client = subprocess.Popen(client_command(args, port), stdout=subprocess.PIPE, text=True, env=ENV)
     profiler = None
     try:
         assert client.stdout is not None
         client.stdout.readline()  # {"event": "begin"}: the pool is open, the first request goes
-        last = k == args.runs - 1
-        profiler = py_spy(pid, args.profile, args.seconds) if args.profile and last else None
+        profiler = py_spy(pid, profile, args.seconds) if profile else None
         cpu_before, started = cpu_seconds(pid), time.monotonic()
         busy_before, total_before = machine_busy()
         threads_before = thread_cpu_seconds(pid)
@@ -454,11 +566,9 @@ def one_run(args: argparse.Namespace, api: int, pid: int, k: int) -> dict[str, A
         "client": report,
         "client_cpu_share": report["cpu_share"],
         "machine_busy_share": round((busy - busy_before) / max(total - total_before, 1), 3),
-        "command_timeouts": int(metric(api, "cpmi_downlink_command_timeouts_total") - timeouts_before),
-        "fsyncs": int(metric(api, "cpmi_journal_fsync_seconds_count") - fsyncs_before),
-        "gateway_cpu_share": round(cpu / elapsed, 3),
-        "gateway_cpu_us_per_command": round(cpu / max(report["requests"], 1) * 1e6, 1),
-        "gateway_thread_cpu_share": threads,
+        "server_cpu_share": round(cpu / elapsed, 3),
+        "server_cpu_us_per_command": round(cpu / max(report["requests"], 1) * 1e6, 1),
+        "server_thread_cpu_share": threads,
         "met": bool(p99 <= P99_TARGET_MS and errors == 0),
     }
 

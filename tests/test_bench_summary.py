@@ -228,3 +228,51 @@ def test_the_nats_uplink_target_reads_the_per_round_ratio_against_the_durable_ga
         write(tmp_path, "uplink", {**plain, "nats": nats, "rps": rps})
         row = {row[0]: row for row in rows(tmp_path)}[what]
         assert row[3] == met and row[1].startswith(f"{ratio:.2f} x") and "p50 4.00 vs 3.40 ms" in row[1]
+
+
+def gate_open_figures(gateway_p99: list[float], floor_p99: list[float]) -> dict[str, object]:
+    """bench.gate_open's figures with these runs' p99s, the floor's interleaved with them."""
+    return {
+        "p99_runs_ms": gateway_p99,
+        "met_runs": sum(1 for p99 in gateway_p99 if p99 <= 10),
+        "errors": 0,
+        "client_cpu_share": [0.1] * len(gateway_p99),
+        "machine_busy_share": [0.5] * len(gateway_p99),
+        "runs": [
+            {"from_sent": {"p99_ms": p99}, "gateway_cpu_share": 0.5, "gateway_cpu_us_per_command": 1600.0}
+            for p99 in gateway_p99
+        ],
+        "floor": {
+            "what": "a bare relay",
+            "runs": [{"relay_cpu_us_per_command": 400.0} for _ in floor_p99],
+            "p99_runs_ms": floor_p99,
+            "met_runs": sum(1 for p99 in floor_p99 if p99 <= 10),
+            "max_send_lag_ms": [3.0, 53.5, 4.0][: len(floor_p99)],
+        },
+    }
+
+
+def test_an_unmet_gate_open_target_says_whether_the_machine_or_the_gateway_is_the_limit(
+    tmp_path: Path,
+) -> None:
+    """The floor missing 10 ms too makes the machine the limit; the floor meeting it, the gateway."""
+    what = next(target.what for target in TARGETS if target.result == "gate_open")
+    write(tmp_path, "gate_open", gate_open_figures([20.0, 30.0, 12.0], [4.0, 15.0, 3.0]))
+    [(named, limit)] = limits(tmp_path)
+    assert named == what
+    assert limit.startswith("the machine is the limit: the floor (a bare relay: ")
+    assert "missed 10 ms too, in 1 of 3 runs: p99 4.0, 15.0, 3.0 ms" in limit
+    assert "send lag up to 53.5 ms" in limit
+    # Ratios 5.0, 2.0 and 4.0: their median.
+    assert "the gateway's p99 was 4.0 x the floor's" in limit
+    assert "its CPU 1600 us a command against the relay's 400" in limit
+    assert limit.endswith("on a machine whose floor stays under 2.5 ms in every run (here 3.0-15.0 ms)")
+    write(tmp_path, "gate_open", gate_open_figures([20.0, 30.0, 12.0], [4.0, 6.0, 3.0]))
+    [(_, limit)] = limits(tmp_path)
+    assert limit.startswith("the gateway is the limit: the floor (a bare relay) met it in every run")
+    write(tmp_path, "gate_open", gate_open_figures([8.0, 9.0, 7.0], [4.0, 15.0, 3.0]))
+    assert limits(tmp_path) == []  # met: nothing to explain
+    figures = gate_open_figures([20.0, 30.0, 12.0], [4.0, 15.0, 3.0])
+    del figures["floor"]
+    write(tmp_path, "gate_open", figures)
+    assert limits(tmp_path) == [(what, "gate_open.json lacks 'floor'")]  # from before the floor
