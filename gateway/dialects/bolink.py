@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IAddress, IDelayedCall
@@ -231,6 +231,10 @@ class BolinkServer:
 
     def state(self, park: str) -> LotState:
         return self._connections.state(park)
+
+    def bound_parks(self) -> Iterable[str]:
+        """The parks logged in now, for counting them (``IDialectServer``'s optional one)."""
+        return self._connections.bound_parks()
 
     def disconnect(self, park: str, reason: str) -> bool:
         connection = self._connections.lot(park)

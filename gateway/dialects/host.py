@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from attrs import define
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
@@ -355,3 +355,37 @@ class LotRouter:
     def states(self) -> list[LotState]:
         """The state of every configured lot, in configuration order."""
         return [self.state(lot.park_code) for lot in self._config.lots]
+
+    def connected_count(self) -> int:
+        """How many of `states()` are connected, without a LotState each (the metrics, at every scrape).
+
+        A lot counts through its own dialect's server, as in `state`. A server that
+        gives ``bound_parks()`` is asked for those, so the cost follows the bound lots;
+        one without is asked the state of each of its lots.
+        """
+        lot_by_park = self._config.lot_by_park
+        count = 0
+        unlisted: dict[str, IDialectServer] = {}
+        for dialect, server in self.servers.items():
+            bound_parks: Callable[[], Iterable[str]] | None = getattr(server, "bound_parks", None)
+            if bound_parks is None:
+                unlisted[dialect] = server
+                continue
+            for park in bound_parks():
+                lot = lot_by_park(park)
+                if lot is not None and lot.dialect == dialect:
+                    count += 1
+        if unlisted:
+            for lot in self._config.lots:
+                asked = unlisted.get(lot.dialect)
+                if asked is not None and asked.state(lot.park_code).connected:
+                    count += 1
+        return count
+
+    def configured_count(self) -> int:
+        """How many lots are configured: the length of `states()`."""
+        return len(self._config.lots)
+
+    def is_configured(self, park: str) -> bool:
+        """Whether `park` is a configured lot's."""
+        return self._config.lot_by_park(park) is not None

@@ -146,7 +146,13 @@ class IDialectServer(Interface):
         """
 
     def state(park: str) -> LotState:
-        """The lot's connection, as the command API and the status page show it."""
+        """The lot's connection, as the command API and the status page show it.
+
+        A dialect that keeps its bound lots in a mapping may also provide
+        ``bound_parks()``: the parks whose ``state`` is connected now. The
+        metrics count connected lots with it at every scrape; without it they
+        ask ``state`` of each of the dialect's lots.
+        """
 
     def disconnect(park: str, reason: str) -> bool:
         """Close the lot's connection, reporting it offline through the host; whether it had one.

@@ -9,7 +9,7 @@ other dialect.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory
@@ -104,6 +104,10 @@ class StandardServer:
 
     def state(self, park: str) -> LotState:
         return self.downlinks.state(park)
+
+    def bound_parks(self) -> Iterable[str]:
+        """The parks whose downlink is bound now, for counting them (``IDialectServer``'s optional one)."""
+        return self.downlinks.bound_parks()
 
     def disconnect(self, park: str, reason: str) -> bool:
         return self.downlinks.disconnect(park, reason)

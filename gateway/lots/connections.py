@@ -109,6 +109,10 @@ class Registry(Generic[C]):
         """Each bound lot and its connection (a copy)."""
         return list(self._bound.items())
 
+    def bound_parks(self) -> Iterable[str]:
+        """The parks with a bound connection, as they are (a view: read it before anything changes)."""
+        return self._bound.keys()
+
     def bound_connections(self) -> Iterable[C]:
         """The bound connections, as they are (the sweep's pass: change nothing while iterating)."""
         return self._bound.values()

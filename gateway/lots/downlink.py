@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from twisted.internet.defer import Deferred, fail
@@ -202,6 +202,13 @@ class Downlinks:
     def states(self) -> list[LotState]:
         """The state of every configured lot, in configuration order."""
         return [self.state(lot.park_code) for lot in self._config.lots]
+
+    def bound_parks(self) -> Iterable[str]:
+        """The parks with a bound connection now, configured or not: `connected` in their `state`.
+
+        A view of the registry, for counting (`LotRouter.connected_count`): read it before anything changes.
+        """
+        return self._connections.bound_parks()
 
     # commands
 

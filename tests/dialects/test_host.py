@@ -7,7 +7,9 @@ from typing import Any, TypeVar
 
 import attrs
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -19,12 +21,14 @@ from gateway.dialects.bolink_messages import sign
 from gateway.dialects.host import DialectHost, LotRouter
 from gateway.dialects.interface import IDialectHost, IDialectServer, Message, Original, Unsupported
 from gateway.dialects.standard import StandardServer, standard
-from gateway.dialects.testing import DialectRig, MemoryJournal
+from gateway.dialects.testing import DialectRig, LotPeer, MemoryJournal
 from gateway.interfaces import LotReply, LotState, NotConnected
 from gateway.journal.kinds import LEGACY_RECORD
 from gateway.journal.record import Record, dumps_compact
 from gateway.lots.answers import OK, Answer
+from gateway.protocol.framing import encode_frame
 from gateway.protocol.results import Result
+from tests.lots.harness import signed_envelope
 from tests.test_logs import captured
 
 # Only its form is checked when the configuration is read.
@@ -476,14 +480,70 @@ def error_of(deferred: Deferred[Any], error: type[E]) -> E:
 def test_router_states_are_in_configuration_order_across_dialects() -> None:
     """states() gives every configured lot, in configuration order, each as its own dialect sees it."""
     rig, router = routed_rig()
-    lot = rig.connect()
-    data = '{"park_id":"P3"}'
-    lot.send(b'{"service_name":"login","sign":"%s","data":%s}\n' % (sign(data, "s").encode(), data.encode()))
+    bind_bolink(rig, "P3")
     states = router.states()
     assert [state.park for state in states] == ["P2", "P1", "P3"]
     assert [state.connected for state in states] == [False, False, True]
     assert states[2].peer == "192.0.2.7:40001"
     assert router.state("P9") == LotState("P9", False, None, None, "")
+
+
+def bind_bolink(rig: DialectRig, park: str) -> LotPeer:
+    """A bolink lot of `park` logged in on a new connection of the rig."""
+    lot = rig.connect()
+    data = '{"park_id":"%s"}' % park
+    lot.send(b'{"service_name":"login","sign":"%s","data":%s}\n' % (sign(data, "s").encode(), data.encode()))
+    return lot
+
+
+def bind_standard(rig: DialectRig, router: LotRouter, park: str = "P2", username: str = "u2") -> None:
+    """The standard lot `park` bound on the router's standard downlink by a heartbeat with its token."""
+    token, body = rig.parts.sessions.mint(username, park)
+    rig.parts.sessions.install(body)
+    downlink = router.servers["standard"].factory("downlink")
+    protocol = downlink.buildProtocol(IPv4Address("TCP", "192.0.2.8", 40002))
+    assert protocol is not None
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(encode_frame(signed_envelope("heartbeat", None, token, secret="")))
+
+
+def counted(router: LotRouter) -> tuple[int, int]:
+    """The router's counts, checked against what counting its states gives."""
+    states = router.states()
+    counts = (router.connected_count(), router.configured_count())
+    assert counts == (sum(state.connected for state in states), len(states))
+    return counts
+
+
+def test_router_counts_connected_and_configured_lots_as_its_states_do() -> None:
+    """connected_count() and configured_count() agree with states(): bound lots of either dialect,
+    and a lot bound in a dialect the configuration no longer gives it, or no longer configured, is not."""
+    rig, router = routed_rig()
+    assert counted(router) == (0, 3)
+    bind_bolink(rig, "P3")
+    assert counted(router) == (1, 3)
+    bind_standard(rig, router)
+    assert router.state("P2").connected
+    assert counted(router) == (2, 3)
+    # P2 is now a bolink lot (still bound on the standard downlink), P3 is gone (still logged in).
+    changed = parse(
+        {"listen": {"bolink": "tcp:0"}, "lot": [{**BOLINK_LOT, "park_code": "P2"}, BOLINK_LOT]},
+        dialects={"bolink": bolink, "standard": standard},
+    )
+    router.reconfigure(changed)
+    assert counted(router) == (0, 2)
+
+
+def test_router_counts_the_lots_of_a_dialect_without_bound_parks_by_their_states() -> None:
+    """A dialect server without bound_parks() (optional) has its lots counted by asking state() of each."""
+    rig, router = routed_rig()
+    fake = FakeServer()
+    router.servers["bolink"] = fake
+    assert not hasattr(fake, "bound_parks")
+    bind_standard(rig, router)
+    assert counted(router) == (3, 3)  # the fake says every lot of its own is connected
+    del router.servers["bolink"]
+    assert counted(router) == (1, 3)
 
 
 def test_router_sends_a_command_through_the_lots_dialect() -> None:
