@@ -305,6 +305,19 @@ class ClusterSync:
         """Entries not yet published from here, and those last seen in the stream for the lots held."""
         return len(self._outbox) + sum(self._pending.values())
 
+    def depths(self) -> dict[str, int]:
+        """`pending` of each lot that has entries not yet delivered; lots with none are left out.
+
+        One pass over the outbox, not one per lot.
+        """
+        depths: dict[str, int] = {}
+        for entry in self._outbox.values():
+            depths[entry.park] = depths.get(entry.park, 0) + 1
+        for park, count in self._pending.items():
+            if count > 0:
+                depths[park] = depths.get(park, 0) + count
+        return depths
+
     def first_pending_seq(self) -> int | None:
         """The oldest entry journaled here and not yet published (the journal keeps it)."""
         return min(self._outbox, default=None)

@@ -234,6 +234,10 @@ class SyncQueue:
         """The seq of the oldest entry not done yet, over all lots (None: nothing pending)."""
         return min(self._where, default=None)
 
+    def depths(self) -> dict[str, int]:
+        """`pending` of each lot that has entries not done yet; lots with none are left out."""
+        return {park: len(lane.entries) for park, lane in self._lanes.items() if lane.entries}
+
     def pending_total(self) -> int:
         """How many entries are not done yet, over all lots."""
         return sum(len(lane.entries) for lane in self._lanes.values())

@@ -182,6 +182,9 @@ async def test_a_lot_that_moves_takes_its_pending_entries_along(setup: Setup) ->
     silent = setup.lot(answer=lambda request: Deferred() if request.code == "blacklist" else DownlinkReply())
     await silent.bind(setup.a)
     await eventually(lambda: len(blacklists(silent)) == 1, what="the first entry sent on A")
+    # The lot's entries in the stream, as the holder last saw them, are its depth in the metrics.
+    assert setup.a.sync.pending("P001") > 0
+    assert setup.a.sync.depths() == {"P001": setup.a.sync.pending("P001")}
     await silent.leave()
     await eventually(lambda: "P001" not in setup.a.sync.held(), what="A saw the lot leave")
     lot = setup.lot()

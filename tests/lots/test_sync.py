@@ -315,6 +315,29 @@ def test_restored_across_a_restart() -> None:
     assert w.queue.pending("P001") == 0
 
 
+def test_depths_name_only_the_lots_with_entries_not_done() -> None:
+    """depths() gives pending() of each lot with entries not done, the one in flight included, after a
+    restart too; a lot whose entries are all done (delivered, or done before the restart) is left out."""
+    w = World()
+    assert w.queue.depths() == {}
+    w.lots.connected.update({"P001", "P003"})
+    w.enqueue(1)
+    w.enqueue(2)
+    w.enqueue(3, "P002")
+    w.enqueue(4, "P003")
+    assert w.queue.depths() == {"P001": 2, "P002": 1, "P003": 1}
+    w.lots.answer()  # P001's first delivered, its second in flight
+    assert w.queue.depths() == {"P001": 1, "P002": 1, "P003": 1}
+    w.lots.answer()  # P003's delivered
+    assert w.queue.depths() == {"P001": 1, "P002": 1}
+    w.restart()
+    assert w.queue.depths() == {"P001": 1, "P002": 1}
+    assert sum(w.queue.depths().values()) == w.queue.pending_total()
+    w.bind()
+    w.lots.answer()
+    assert w.queue.depths() == {"P002": 1}
+
+
 def test_restored_entries_keep_their_expiry() -> None:
     """A restored entry expires at the time journaled with it, not one TTL after the restart."""
     w = World(ttl=100.0)
