@@ -293,6 +293,7 @@ def test_dashboard_shows_what_the_operator_needs() -> None:
         "cpmi_journal_free_bytes",
         "cpmi_journal_space_low",
         "cpmi_forward_backlog_records",
+        "cpmi_sync_queued_entries",
         "rate(cpmi_forward_events_total",
         "rate(cpmi_forward_retries_total",
         "rate(cpmi_forward_rejected_total",

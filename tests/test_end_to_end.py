@@ -281,11 +281,12 @@ async def test_gate_open_from_the_api_reaches_the_lot_and_its_reply_comes_back(t
         for name in (
             "cpmi_lots_connected 1.0",
             "cpmi_journal_fsync_seconds_count",
-            'cpmi_sync_queue_depth{park="P001"} 0.0',
+            "cpmi_sync_queued_entries 0.0",
             'cpmi_command_seconds_count{code="gateOpen",outcome="ok"} 1.0',
             "cpmi_downlink_frames_in_total",
         ):
             assert name in text, name
+        assert "cpmi_sync_queue_depth{" not in text  # nothing queued: no series, for this lot or any
         unauthorised = await treq.post(
             url, json={"barCode": "G1"}, pool=HTTPConnectionPool(reactor, persistent=False)
         )

@@ -1,9 +1,12 @@
 """The gateway's own Prometheus metrics (CONTRACT §6: `GET /metrics` on the api endpoint).
 
-`GatewayCollector` reads the downlink counters, the lots' connection states, the
+`GatewayCollector` reads the downlink counters, the lots' connection counts, the
 journal's position and the sync queue depths when Prometheus scrapes, not when
 things happen: the downlink keeps plain integers in a dict and the hot path pays
-nothing for being measured.
+nothing for being measured. A scrape costs the same with 10 lots configured as
+with 10,000: it counts bound lots and lists only the lots with sync entries
+queued, never every configured lot (one series per lot held the reactor 0.1 to
+0.3 s at 10,000 lots).
 
 The one thing measured as it happens is the journal's fsync latency:
 `observe_fsync` hooks a histogram into `Journal.fsync_observers`.
@@ -11,7 +14,7 @@ The one thing measured as it happens is the journal's fsync latency:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -21,29 +24,27 @@ from prometheus_client.registry import Collector
 from gateway.interfaces import JournalPosition, NatsState
 
 
-class LotConnection(Protocol):
-    """One configured lot's downlink state, as far as the metrics need it."""
-
-    @property
-    def park(self) -> str: ...
-
-    @property
-    def connected(self) -> bool: ...
-
-
 class DownlinkCounts(Protocol):
-    """What the metrics read of `gateway.lots.downlink.Downlinks`."""
+    """What the metrics read of the lots' side (`gateway.dialects.host.LotRouter`)."""
 
     @property
     def counters(self) -> Mapping[str, int]: ...
 
-    def states(self) -> Sequence[LotConnection]: ...
+    def connected_count(self) -> int:
+        """How many configured lots have a bound connection now."""
+
+    def configured_count(self) -> int:
+        """How many lots are configured."""
+
+    def is_configured(self, park: str) -> bool:
+        """Whether `park` is a configured lot's."""
 
 
 class SyncQueues(Protocol):
-    """What the metrics read of `gateway.lots.sync.Sync`."""
+    """What the metrics read of the sync queue (`gateway.lots.sync.SyncQueue`, or `ClusterSync`)."""
 
-    def pending(self, park: str) -> int: ...
+    def depths(self) -> Mapping[str, int]:
+        """The entries not yet done of each lot that has any (lots with none are left out)."""
 
 
 class FsyncObservable(Protocol):
@@ -161,8 +162,8 @@ class GatewayCollector(Collector):
         return self._families(describing=False)
 
     def _families(self, *, describing: bool) -> Iterator[Metric]:
-        states = [] if describing else list(self._downlinks.states())
-        counters = {} if describing else self._downlinks.counters
+        downlinks = self._downlinks
+        counters = {} if describing else downlinks.counters
 
         def gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
             if describing:
@@ -172,9 +173,10 @@ class GatewayCollector(Collector):
         yield gauge(
             "cpmi_lots_connected",
             "Configured lots whose downlink connection is bound now.",
-            sum(1 for state in states if state.connected),
+            0 if describing else downlinks.connected_count(),
         )
-        yield gauge("cpmi_lots_configured", "Lots in the configuration.", len(states))
+        configured = 0 if describing else downlinks.configured_count()
+        yield gauge("cpmi_lots_configured", "Lots in the configuration.", configured)
         if not describing:
             # Read once: the journal may move between two property reads.
             last_seq, committed_seq, problem, quarantined = (
@@ -214,12 +216,23 @@ class GatewayCollector(Collector):
         if self._sync is not None:
             depth = GaugeMetricFamily(
                 "cpmi_sync_queue_depth",
-                "Sync entries not yet delivered to the lot (the one in flight included).",
+                "Sync entries not yet delivered to the lot (the one in flight included); "
+                "only lots with entries have a series.",
                 labels=["park"],
             )
-            for state in states:
-                depth.add_metric([state.park], self._sync.pending(state.park))
+            queued = 0
+            if not describing:
+                is_configured = downlinks.is_configured
+                for park, count in sorted(self._sync.depths().items()):
+                    if count > 0 and is_configured(park):
+                        depth.add_metric([park], count)
+                        queued += count
             yield depth
+            yield gauge(
+                "cpmi_sync_queued_entries",
+                "Sync entries not yet delivered, all configured lots together (the one in flight included).",
+                queued,
+            )
 
 
 def register(
@@ -231,7 +244,8 @@ def register(
     """
     Register the gateway's metrics on `registry` (the one `/metrics` serves) and return the collector.
 
-    With `sync`, `cpmi_sync_queue_depth{park}` shows `sync.pending(park)` for each configured lot.
+    With `sync`, `cpmi_sync_queue_depth{park}` shows the entries queued for each configured lot
+    that has any, and `cpmi_sync_queued_entries` their sum (0 when nothing is queued).
     """
     collector = GatewayCollector(downlinks, journal, sync)
     registry.register(collector)

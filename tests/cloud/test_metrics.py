@@ -8,6 +8,7 @@ import pytest
 from attrs import define, field
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.task import Clock
 
 from gateway.cloud.metrics import (
     DOWNLINK_COUNTERS,
@@ -18,8 +19,13 @@ from gateway.cloud.metrics import (
     register_forwarder,
     register_space,
 )
+from gateway.config import parse
+from gateway.dialects.host import LotRouter
 from gateway.forwarding import ForwardingEngine
 from gateway.lots.downlink import _COUNTERS
+from gateway.lots.sync import SyncQueue
+from tests.dialects.test_host import bind_bolink, bind_standard, routed_rig
+from tests.lots.harness import MemoryJournal, lot_entry, result_of
 
 
 @define
@@ -33,8 +39,14 @@ class FakeDownlinks:
     counters: dict[str, int] = field(factory=lambda: dict.fromkeys(_COUNTERS, 0))
     lots: list[FakeState] = field(factory=list)
 
-    def states(self) -> list[FakeState]:
-        return list(self.lots)
+    def connected_count(self) -> int:
+        return sum(1 for lot in self.lots if lot.connected)
+
+    def configured_count(self) -> int:
+        return len(self.lots)
+
+    def is_configured(self, park: str) -> bool:
+        return any(lot.park == park for lot in self.lots)
 
 
 @define
@@ -50,8 +62,8 @@ class FakeJournal:
 class FakeSync:
     queues: dict[str, int] = field(factory=dict)
 
-    def pending(self, park: str) -> int:
-        return self.queues.get(park, 0)
+    def depths(self) -> dict[str, int]:
+        return {park: count for park, count in self.queues.items() if count}
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, float]:
@@ -136,10 +148,20 @@ def test_registering_does_not_read_the_collaborators() -> None:
         def counters(self) -> dict[str, int]:
             raise AssertionError("read at registration")
 
-        def states(self) -> list[FakeState]:
+        def connected_count(self) -> int:
             raise AssertionError("read at registration")
 
-    register(CollectorRegistry(auto_describe=True), Untouchable(), FakeJournal())
+        def configured_count(self) -> int:
+            raise AssertionError("read at registration")
+
+        def is_configured(self, park: str) -> bool:
+            raise AssertionError("read at registration")
+
+        def depths(self) -> dict[str, int]:
+            raise AssertionError("read at registration")
+
+    untouchable = Untouchable()
+    register(CollectorRegistry(auto_describe=True), untouchable, FakeJournal(), untouchable)
 
 
 def test_a_clashing_name_is_refused_at_registration() -> None:
@@ -179,33 +201,99 @@ def test_fsync_histogram_counts_each_journal_fsync() -> None:
     assert buckets["+Inf"] == 4
 
 
-def test_sync_queue_depth_per_configured_lot() -> None:
-    """With a sync, each configured lot gets cpmi_sync_queue_depth{park}, read at each scrape."""
+def test_lots_connected_and_configured_over_the_lots_of_every_dialect() -> None:
+    """Through the real LotRouter, cpmi_lots_connected counts the bound lots of the standard dialect
+    and of bolink alike, and drops a lot whose connection goes; cpmi_lots_configured counts them all."""
+    rig, router = routed_rig()
+    registry = CollectorRegistry()
+    register(registry, router, FakeJournal())
+
+    def lots() -> tuple[float, float]:
+        samples = scrape(registry)
+        return samples["cpmi_lots_connected"], samples["cpmi_lots_configured"]
+
+    assert lots() == (0, 3)
+    p3 = bind_bolink(rig, "P3")
+    assert lots() == (1, 3)
+    bind_standard(rig, router)
+    assert lots() == (2, 3)
+    p3.lose()
+    assert lots() == (1, 3)
+
+
+def depths_and_total(registry: CollectorRegistry) -> tuple[dict[str, float], float]:
+    """The cpmi_sync_queue_depth samples by park, and cpmi_sync_queued_entries, of one scrape."""
+    text = generate_latest(registry).decode("utf-8")
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    depths = {
+        sample.labels["park"]: sample.value for sample in samples if sample.name == "cpmi_sync_queue_depth"
+    }
+    [total] = [sample.value for sample in samples if sample.name == "cpmi_sync_queued_entries"]
+    return depths, total
+
+
+def test_sync_queue_depth_only_for_configured_lots_with_entries() -> None:
+    """cpmi_sync_queue_depth{park} has a series for each configured lot with entries queued, none for
+    a lot without; cpmi_sync_queued_entries is their sum, 0 when nothing is queued. Read at each scrape."""
     downlinks = FakeDownlinks(lots=[FakeState(True, "P001"), FakeState(False, "P002")])
     sync = FakeSync({"P001": 3, "P999": 7})
     registry = CollectorRegistry(auto_describe=True)
     register(registry, downlinks, FakeJournal(), sync)
 
-    def depths() -> dict[str, float]:
-        text = generate_latest(registry).decode("utf-8")
-        return {
-            sample.labels["park"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "cpmi_sync_queue_depth"
-        }
-
-    assert depths() == {"P001": 3, "P002": 0}
+    assert depths_and_total(registry) == ({"P001": 3}, 3)
     sync.queues["P002"] = 5
     sync.queues["P001"] = 0
-    assert depths() == {"P001": 0, "P002": 5}
+    assert depths_and_total(registry) == ({"P002": 5}, 5)
+    sync.queues["P001"] = 2
+    assert depths_and_total(registry) == ({"P001": 2, "P002": 5}, 7)
+    sync.queues.clear()
+    assert depths_and_total(registry) == ({}, 0)
+    text = generate_latest(registry).decode("utf-8")
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    assert types["cpmi_sync_queue_depth"] == types["cpmi_sync_queued_entries"] == "gauge"
 
 
 def test_no_sync_queue_depth_without_a_sync() -> None:
-    """The three-argument form keeps working and shows no queue depth."""
+    """The three-argument form keeps working and shows no queue depth nor queued entries."""
     registry = CollectorRegistry()
     register(registry, FakeDownlinks(lots=[FakeState(True)]), FakeJournal())
-    assert not any(name.startswith("cpmi_sync_queue_depth") for name in scrape(registry))
+    assert not any(name.startswith("cpmi_sync_") for name in scrape(registry))
+
+
+def lots_and_queue(count: int) -> tuple[LotRouter, SyncQueue]:
+    """A router over `count` configured standard lots, none connected, and an empty sync queue for them."""
+    settings = parse({"lot": [lot_entry(park_code=f"P{i:05}", username=f"lot{i:05}") for i in range(count)]})
+    router = LotRouter(settings)
+    clock = Clock()
+    return router, SyncQueue(lots=router, journal=MemoryJournal(clock), clock=clock)
+
+
+def scraped_lines(router: LotRouter, queue: SyncQueue) -> list[str]:
+    """The lines of one scrape of the gateway's metrics over `router` and `queue`."""
+    registry = CollectorRegistry()
+    register(registry, router, FakeJournal(), queue)
+    return generate_latest(registry).decode("utf-8").splitlines()
+
+
+def test_a_scrape_does_not_grow_with_the_configured_lots() -> None:
+    """With nothing queued a scrape has as many lines for 5,000 configured lots as for 10: no series per lot
+    (one each held the reactor 0.1-0.3 s a scrape at 10,000 lots)."""
+    few, many = lots_and_queue(10), lots_and_queue(5000)
+    few_lines, many_lines = scraped_lines(*few), scraped_lines(*many)
+    assert len(few_lines) == len(many_lines)
+    assert "cpmi_lots_configured 5000.0" in many_lines
+    assert "cpmi_sync_queued_entries 0.0" in many_lines
+
+    router, queue = many
+    for park, entries in (("P00007", 2), ("P04321", 1)):
+        for _ in range(entries):
+            seq = result_of(queue.enqueue(park, "blacklist", {"carNum": "京A12345"}, "cloud"))
+            assert isinstance(seq, int)
+    lines = scraped_lines(router, queue)
+    assert len(lines) == len(few_lines) + 2
+    assert 'cpmi_sync_queue_depth{park="P00007"} 2.0' in lines
+    assert 'cpmi_sync_queue_depth{park="P04321"} 1.0' in lines
+    assert "cpmi_sync_queued_entries 3.0" in lines
 
 
 @define
