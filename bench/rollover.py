@@ -27,7 +27,11 @@ binds them. Then the month turns, and each lot, as a real one does:
 
 Meanwhile a probe lot (its token renewed just after the turn) posts signed
 carIns at `--rate` a second, each on a new connection, and its latency is
-taken over the whole rollover. Target (issue 25): every lot bound and
+taken over the whole rollover. Beside it, from the same process at the same
+rate, the floor probe posts the same way to a bare twisted.web resource
+answering a constant (`bench.uplink`'s baseline): what this machine does to
+the shortest such request meanwhile, so that bench.summary can tell a
+machine that holds every process back from a slow gateway. Target (issue 25): every lot bound and
 uploading again within 60 s of the turn, the probe's p99 <= 25 ms. Also
 reported: how many Argon2id checks the gateway ran in the rollover (the
 passwords that passed before are remembered, so a repeated login costs no
@@ -74,7 +78,7 @@ from bench.harness import (
 )
 from bench.hostile import HonestLot, Phase, percentile, post
 from bench.lotfleet import ANSWERS, SECRET, emit, gateway_config, username
-from bench.uplink import CAR_IN
+from bench.uplink import BARE, CAR_IN
 from gateway.limits import BACKLOG
 from gateway.protocol.envelope import response_text, signed_request_text
 from gateway.protocol.framing import FrameDecoder, FrameTooLarge, encode_json_frame
@@ -84,6 +88,7 @@ from gateway.protocol.times import end_of_month
 
 UPLOADED_TARGET_S = 60.0
 P99_TARGET_MS = 25.0
+FLOOR = "a bare twisted.web resource answering a constant, probed the same way at the same time"
 
 CLOCK_PRELUDE = (
     "import time as _bench_time\n"
@@ -770,6 +775,9 @@ def rollover(args: argparse.Namespace) -> None:
     prelude = CLOCK_PRELUDE.format(offset=offset)
     if args.stalls:
         prelude += STALLS_PRELUDE.format(path=str(Path(args.stalls).resolve()))
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
+    wait_for(bare_port, bare)
     server = start_gateway(work, config_file, prelude)
     results: dict[str, Any] = {
         "lots": args.lots,
@@ -800,7 +808,10 @@ def rollover(args: argparse.Namespace) -> None:
             phase.name = "rollover"
             profiled = min(args.spread, args.interval) + 10
             profiler = py_spy(server.pid, args.profile, profiled) if args.profile else None
-            with Probe(uplink, probe_token(uplink, args.lots), args.rate, phase) as during:
+            with (
+                Probe(uplink, probe_token(uplink, args.lots), args.rate, phase) as during,
+                HonestLot(bare_port, "floor", args.rate, phase) as floor,
+            ):
                 rebound_at = herd.wait("rebound", 120.0)
                 uploaded_at = herd.wait("uploaded", max(1.0, 120.0 - (time.monotonic() - started)))
                 time.sleep(max(0.0, 5.0 - (time.monotonic() - started)))
@@ -816,6 +827,7 @@ def rollover(args: argparse.Namespace) -> None:
             results["uploaded_s"] = round(uploaded_at - turn, 2) if uploaded_at else None
             results["probe_before"] = latency(before.samples)
             results["probe"] = latency(during.samples)
+            results["floor"] = {"what": FLOOR, **latency(floor.samples)}
             slowest = sorted(zip(during.samples, during.sent_at, strict=True), key=lambda s: -s[0][1])[:5]
             # The same on the monotonic clock the gateway's --stalls are timed on.
             wall_to_monotonic = time.monotonic() - time.time()
@@ -827,6 +839,8 @@ def rollover(args: argparse.Namespace) -> None:
             time.sleep(2.0)  # the lots' going offline logged, before the SIGTERM
     finally:
         results["gateway_stop"] = stop_gateway(server)
+        bare.terminate()
+        bare.wait()
     if args.stalls:
         results["stalls"] = stalls(Path(args.stalls), *window, slowest_sent)
     results["met"] = bool(
@@ -845,6 +859,9 @@ def rollover(args: argparse.Namespace) -> None:
         f"({probe['count']} sent, not ok: {probe['not_ok'] or 'none'}; before the turn p99 "
         f"{results['probe_before']['p99_ms']} ms; target p99 <= {P99_TARGET_MS:.0f} ms)\n"
         f"probe's slowest: {results['probe_slowest']}\n"
+        f"the floor ({FLOOR}), meanwhile: p50 {results['floor']['p50_ms']} ms, "
+        f"p99 {results['floor']['p99_ms']} ms, max {results['floor']['max_ms']} ms "
+        f"({results['floor']['count']} sent, not ok: {results['floor']['not_ok'] or 'none'})\n"
         f"lots: {results['lots_counters']}"
     )
     if args.stalls:

@@ -160,6 +160,52 @@ def test_the_rollover_and_the_restart_storm_read_their_verdicts(tmp_path: Path) 
     [restart] = [row for what, row in table.items() if "restart storm" in what]
     assert roll[3] == "NO" and "uploading 31.5 s" in roll[1] and "probe p99 30.0 ms" in roll[1]
     assert restart[3] == "yes" and "5.3 s from the new gateway's start" in restart[1]
+    assert "floor" not in roll[1]  # from before the floor: the row as it was
+    write(
+        tmp_path, "rollover", {**rollover, "floor": {"what": "a bare resource", "p50_ms": 2.0, "p99_ms": 6.0}}
+    )
+    [roll] = [row for what, row in {row[0]: row for row in rows(tmp_path)}.items() if "rollover" in what]
+    assert roll[1].endswith("0 busy; the floor's p99 6.0 ms")
+
+
+def test_an_unmet_rollover_says_whether_the_probe_or_the_return_and_whose_limit(tmp_path: Path) -> None:
+    """The probe's p99 against the floor's: over 25 ms the machine's, under it the gateway's."""
+    what = next(target.what for target in TARGETS if target.result == "rollover")
+    rollover = {
+        "rebound_s": 31.0,
+        "uploaded_s": 31.5,
+        "lots": 10000,
+        "spread_s": 30.0,
+        "probe": {"p50_ms": 4.0, "p99_ms": 35.0},
+        "floor": {"what": "a bare resource", "p50_ms": 2.0, "p99_ms": 7.0},
+        "argon2_checks": 0,
+        "busy_answers": 0,
+        "met": False,
+    }
+    write(tmp_path, "rollover", rollover)
+    [(named, limit)] = limits(tmp_path)
+    assert named == what
+    assert limit == (
+        "the probe's p99 35.0 ms against the floor's 7.0 ms (a bare resource; p50 2.0 against 4.0), 5.0 x: "
+        "the gateway is the limit, the floor under it. At 5.0 x its floor, the probe would meet it on a "
+        "machine whose floor's p99 stays under 5.0 ms during the rollover (here 7.0)"
+    )
+    write(
+        tmp_path,
+        "rollover",
+        {**rollover, "floor": {"what": "a bare resource", "p50_ms": 2.0, "p99_ms": 28.0}},
+    )
+    [(_, limit)] = limits(tmp_path)
+    assert "1.2 x: the machine is the limit, the floor itself over 25 ms" in limit
+    late = {**rollover, "uploaded_s": 75.0, "probe": {"p50_ms": 3.0, "p99_ms": 9.0}}
+    write(tmp_path, "rollover", late)
+    [(_, limit)] = limits(tmp_path)
+    assert limit == (
+        "the lots were not all uploading again within 60 s (75.0 s): the gateway is the limit, "
+        "the floor does not speak to that"
+    )
+    write(tmp_path, "rollover", {**late, "uploaded_s": 31.5, "met": True})
+    assert limits(tmp_path) == []
 
 
 def test_a_result_without_the_figure_says_which_is_missing(tmp_path: Path) -> None:
