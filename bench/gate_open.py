@@ -81,6 +81,8 @@ class ToEcho(LineReceiver):
     delimiter = b"\\n"
     def connectionMade(self):
         relay.echo = self
+        # Listening only once connected: a command can never find the echo process missing.
+        reactor.listenTCP(int(sys.argv[2]), server.Site(relay), interface="127.0.0.1")
     def lineReceived(self, line):
         key, _, body = line.partition(b" ")
         request = relay.waiting.pop(key)
@@ -104,7 +106,6 @@ if sys.argv[1] == "echo":
     reactor.listenTCP(int(sys.argv[2]), protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
 else:
     relay = Relay()
-    reactor.listenTCP(int(sys.argv[2]), server.Site(relay), interface="127.0.0.1")
     protocol.ClientCreator(reactor, ToEcho).connectTCP("127.0.0.1", int(sys.argv[3]))
 reactor.run()
 """

@@ -31,11 +31,13 @@ taken over the whole rollover. Beside it, from the same process at the same
 rate, the floor probe posts the same way to a bare twisted.web resource
 answering a constant (`bench.uplink`'s baseline): what this machine does to
 the shortest such request meanwhile, so that bench.summary can tell a
-machine that holds every process back from a slow gateway. Target (issue 25): every lot bound and
-uploading again within 60 s of the turn, the probe's p99 <= 25 ms. Also
-reported: how many Argon2id checks the gateway ran in the rollover (the
-passwords that passed before are remembered, so a repeated login costs no
-Argon2id), busy answers, and the gateway's CPU. Writes
+machine that holds every process back from a slow gateway.
+
+Target (issue 25): every lot bound and uploading again within 60 s of the
+turn, the probe's p99 <= 25 ms. Also reported: how many Argon2id checks the
+gateway ran in the rollover (the passwords that passed before are
+remembered, so a repeated login costs no Argon2id), busy answers, and the
+gateway's CPU. Writes
 bench/results/rollover.json.
 
 `bench.restart_storm` uses the same lots against a restarted gateway.
@@ -775,10 +777,9 @@ def rollover(args: argparse.Namespace) -> None:
     prelude = CLOCK_PRELUDE.format(offset=offset)
     if args.stalls:
         prelude += STALLS_PRELUDE.format(path=str(Path(args.stalls).resolve()))
+    server = start_gateway(work, config_file, prelude)
     bare_port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=ENV)
-    wait_for(bare_port, bare)
-    server = start_gateway(work, config_file, prelude)
     results: dict[str, Any] = {
         "lots": args.lots,
         "lead_s": args.lead,
@@ -787,6 +788,7 @@ def rollover(args: argparse.Namespace) -> None:
         "backlog": args.backlog or BACKLOG,
     }
     try:
+        wait_for(bare_port, bare)
         wait_for(uplink, server, seconds=120.0)
         wait_for(downlink, server)
         with lots(args, downlink, uplink, turn) as herd:

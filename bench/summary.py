@@ -118,8 +118,8 @@ def rollover_limit(r: dict[str, Any], results: Path) -> str:
     found = []
     if r["uploaded_s"] is None or r["uploaded_s"] > ROLLOVER_UPLOADED_S:
         found.append(
-            f"the lots were not all uploading again within {ROLLOVER_UPLOADED_S:g} s ({r['uploaded_s']} s): "
-            "the gateway is the limit, the floor does not speak to that"
+            f"the lots were not all uploading again within {ROLLOVER_UPLOADED_S:g} s ({r['uploaded_s']} s), "
+            "which the floor does not speak to"
         )
     if probe["p99_ms"] > ROLLOVER_P99_MS:
         ratio = probe["p99_ms"] / floor["p99_ms"]

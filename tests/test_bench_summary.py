@@ -201,8 +201,7 @@ def test_an_unmet_rollover_says_whether_the_probe_or_the_return_and_whose_limit(
     write(tmp_path, "rollover", late)
     [(_, limit)] = limits(tmp_path)
     assert limit == (
-        "the lots were not all uploading again within 60 s (75.0 s): the gateway is the limit, "
-        "the floor does not speak to that"
+        "the lots were not all uploading again within 60 s (75.0 s), which the floor does not speak to"
     )
     write(tmp_path, "rollover", {**late, "uploaded_s": 31.5, "met": True})
     assert limits(tmp_path) == []
