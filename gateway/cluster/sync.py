@@ -226,6 +226,7 @@ class ClusterSync:
         self._ack_wait = ack_wait
         self.stream = sync_stream(prefix)
         self._outbox: dict[int, _Outgoing] = {}  # seq -> entry, in seq order
+        self._outbox_by_park: dict[str, int] = {}  # park -> its entries in the outbox (pending(), O(1))
         self._publishing = False
         self._publish_failures = 0
         self._publish_timer: IDelayedCall | None = None
@@ -265,9 +266,7 @@ class ClusterSync:
         expires = self._clock.seconds() + self._ttl
 
         def stored(entry: Journaled) -> int:
-            self._outbox[entry.seq] = _Outgoing(
-                entry.seq, park, entry.code, entry.opr, data, client, utc_rfc3339(expires)
-            )
+            self._hold(_Outgoing(entry.seq, park, entry.code, entry.opr, data, client, utc_rfc3339(expires)))
             self._publish()
             return entry.seq
 
@@ -282,24 +281,51 @@ class ClusterSync:
             if not isinstance(expires, str):
                 expires = utc_rfc3339(rfc3339_seconds(record.ts) + self._ttl)
             seq = int(record.seq)
-            self._outbox[seq] = _Outgoing(
-                seq,
-                record.park,
-                record.code,
-                record.opr,
-                body.get("data"),
-                str(body.get("client", "")),
-                expires,
+            self._hold(
+                _Outgoing(
+                    seq,
+                    record.park,
+                    record.code,
+                    record.opr,
+                    body.get("data"),
+                    str(body.get("client", "")),
+                    expires,
+                )
             )
         elif record.kind == SYNC_DONE_RECORD:
             done = body.get("seq")
             if isinstance(done, int):
-                self._outbox.pop(done, None)
+                self._release(done)
+
+    def _hold(self, entry: _Outgoing) -> None:
+        """Put `entry` in the outbox (in place of one of its seq, if any) and count it for its lot."""
+        replaced = self._outbox.pop(entry.seq, None)
+        if replaced is not None:
+            self._uncount(replaced.park)
+        self._outbox[entry.seq] = entry
+        self._outbox_by_park[entry.park] = self._outbox_by_park.get(entry.park, 0) + 1
+
+    def _release(self, seq: int) -> _Outgoing | None:
+        """Take the entry of `seq` out of the outbox, uncounted; None if it was not there."""
+        entry = self._outbox.pop(seq, None)
+        if entry is not None:
+            self._uncount(entry.park)
+        return entry
+
+    def _uncount(self, park: str) -> None:
+        left = self._outbox_by_park[park] - 1
+        if left:
+            self._outbox_by_park[park] = left
+        else:
+            del self._outbox_by_park[park]
 
     def pending(self, park: str) -> int:
-        """Entries for `park` not yet delivered: in the outbox here, and in the stream as last seen."""
-        waiting = sum(1 for entry in self._outbox.values() if entry.park == park)
-        return waiting + self._pending.get(park, 0)
+        """Entries for `park` not yet delivered: in the outbox here, and in the stream as last seen.
+
+        Counted as the outbox changes: `GET /v1/parks` and the status page ask it of every lot,
+        so a walk of the outbox here cost lots x outbox while NATS was down.
+        """
+        return self._outbox_by_park.get(park, 0) + self._pending.get(park, 0)
 
     def pending_total(self) -> int:
         """Entries not yet published from here, and those last seen in the stream for the lots held."""
@@ -308,11 +334,9 @@ class ClusterSync:
     def depths(self) -> dict[str, int]:
         """`pending` of each lot that has entries not yet delivered; lots with none are left out.
 
-        One pass over the outbox, not one per lot.
+        From the counts kept per lot, never a walk of the outbox.
         """
-        depths: dict[str, int] = {}
-        for entry in self._outbox.values():
-            depths[entry.park] = depths.get(entry.park, 0) + 1
+        depths = dict(self._outbox_by_park)
         for park, count in self._pending.items():
             if count > 0:
                 depths[park] = depths.get(park, 0) + count
@@ -411,7 +435,7 @@ class ClusterSync:
         def published(ack: Any) -> None:
             self._publishing = False
             self._publish_failures = 0
-            if self._outbox.pop(entry.seq, None) is None:
+            if self._release(entry.seq) is None:
                 return
             self.counters["published"] += 1
             if entry.park in self._lots_held:

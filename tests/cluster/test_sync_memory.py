@@ -70,3 +70,46 @@ def test_depths_count_the_outbox_per_lot_in_one_pass() -> None:
         "P003": 0,
     }
     assert sum(sync.depths().values()) == sync.pending_total()
+
+
+class Unwalkable(dict[int, Any]):
+    """An outbox that refuses to be walked: what is asked of every lot must not walk it."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("the outbox was walked")
+
+    def values(self) -> Any:
+        raise AssertionError("the outbox was walked")
+
+    def items(self) -> Any:
+        raise AssertionError("the outbox was walked")
+
+
+def test_pending_and_depths_are_counted_not_walked_and_a_record_seen_twice_counts_once() -> None:
+    """pending(park), asked of every lot by /v1/parks and the status page, and depths() read counts
+    kept as the outbox changes: with 3,000 entries and 1,000 lots, no lot's answer walks the outbox."""
+    clock = Clock()
+    connection: Any = Unconnected()
+    sync = ClusterSync(
+        connection=connection,
+        lots=NoLots(),
+        journal=MemoryJournal(clock),
+        clock=clock,
+        prefix="cpmi",
+        gateway_id="gw-test",
+    )
+    records = [sync_record(seq, f"P{seq % 1000:04d}") for seq in range(1, 3001)]
+    for record in records:
+        sync.restore(record)
+    sync.restore(records[0])  # the same record again: still one entry
+    for k, record in enumerate(records[:500], start=3001):
+        sync.restore(done_record(k, record))
+    sync.restore(done_record(4000, sync_record(99_999, "P0001")))  # a done for no entry held
+    expected: dict[str, int] = {}
+    for record in records[500:]:
+        expected[record.park] = expected.get(record.park, 0) + 1
+    sync._outbox = Unwalkable(sync._outbox)  # type: ignore[assignment]
+    assert {f"P{k:04d}": sync.pending(f"P{k:04d}") for k in range(1000)} == {
+        f"P{k:04d}": expected.get(f"P{k:04d}", 0) for k in range(1000)
+    }
+    assert sync.depths() == expected and sum(expected.values()) == 2500 == sync.pending_total()
