@@ -39,12 +39,11 @@ def done_record(seq: int, of: Record) -> Record:
     return Record(seq, "2026-01-01T00:00:00Z", SYNC_DONE_RECORD, of.park, of.code, of.opr, body, "")
 
 
-def test_depths_count_the_outbox_per_lot_in_one_pass() -> None:
-    """depths() gives pending() of each lot with entries not yet published from here; lots with none
-    (all published, or never any) are left out."""
+def unconnected_sync() -> ClusterSync:
+    """A ClusterSync whose NATS connection never comes up: it holds what it restores, publishing nothing."""
     clock = Clock()
     connection: Any = Unconnected()
-    sync = ClusterSync(
+    return ClusterSync(
         connection=connection,
         lots=NoLots(),
         journal=MemoryJournal(clock),
@@ -52,6 +51,12 @@ def test_depths_count_the_outbox_per_lot_in_one_pass() -> None:
         prefix="cpmi",
         gateway_id="gw-test",
     )
+
+
+def test_depths_count_the_outbox_per_lot_in_one_pass() -> None:
+    """depths() gives pending() of each lot with entries not yet published from here; lots with none
+    (all published, or never any) are left out."""
+    sync = unconnected_sync()
     assert sync.depths() == {}
     first, second, third = sync_record(1, "P001"), sync_record(2, "P001"), sync_record(3, "P003")
     for record in (
@@ -88,16 +93,7 @@ class Unwalkable(dict[int, Any]):
 def test_pending_and_depths_are_counted_not_walked_and_a_record_seen_twice_counts_once() -> None:
     """pending(park), asked of every lot by /v1/parks and the status page, and depths() read counts
     kept as the outbox changes: with 3,000 entries and 1,000 lots, no lot's answer walks the outbox."""
-    clock = Clock()
-    connection: Any = Unconnected()
-    sync = ClusterSync(
-        connection=connection,
-        lots=NoLots(),
-        journal=MemoryJournal(clock),
-        clock=clock,
-        prefix="cpmi",
-        gateway_id="gw-test",
-    )
+    sync = unconnected_sync()
     records = [sync_record(seq, f"P{seq % 1000:04d}") for seq in range(1, 3001)]
     for record in records:
         sync.restore(record)
