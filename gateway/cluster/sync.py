@@ -73,7 +73,7 @@ from gateway.cluster.runner import StreamRunner
 from gateway.cluster.subjects import CLIENT_HEADER, GATEWAY_HEADER, OPR_HEADER, OPR_VALUE, stream_name
 from gateway.interfaces import DeadlinePassed, JournalAppend, LotReply, NotConnected
 from gateway.journal.kinds import SYNC_DONE_RECORD, SYNC_RECORD
-from gateway.lots.sync import Journaled, journal_entry
+from gateway.lots.sync import Journaled, entry_fields, journal_entry
 from gateway.protocol.catalog import DeliveryClass, lookup
 from gateway.protocol.jsontext import JSONRefused, loads
 from gateway.protocol.results import Result
@@ -280,18 +280,7 @@ class ClusterSync:
             expires = body.get("expires")
             if not isinstance(expires, str):
                 expires = utc_rfc3339(rfc3339_seconds(record.ts) + self._ttl)
-            seq = int(record.seq)
-            self._hold(
-                _Outgoing(
-                    seq,
-                    record.park,
-                    record.code,
-                    record.opr,
-                    body.get("data"),
-                    str(body.get("client", "")),
-                    expires,
-                )
-            )
+            self._hold(_Outgoing(*entry_fields(record, body), expires))
         elif record.kind == SYNC_DONE_RECORD:
             done = body.get("seq")
             if isinstance(done, int):

@@ -25,6 +25,7 @@ pending again, with the expiry it was journaled with.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from attrs import frozen
@@ -45,6 +46,7 @@ __all__ = [
     "Journaled",
     "SyncLots",
     "SyncQueue",
+    "entry_fields",
     "journal_entry",
 ]
 
@@ -81,6 +83,19 @@ def journal_entry(
     body = {"client": client, "data": data, "expires": utc_rfc3339(expires)}
     durable: Deferred[Any] = maybeDeferred(journal.append, SYNC_RECORD, park, code, opr, body)
     return durable.addCallback(lambda record: Journaled(int(record.seq), code, opr))
+
+
+def entry_fields(record: Any, body: Mapping[str, Any]) -> tuple[int, str, str, str, object, str]:
+    """What a `sync` record holds of its entry, as `journal_entry` wrote it (`body`: the record's body):
+    seq, park, code, oprNum, data and client; the expiry is each queue's to read."""
+    return (
+        int(record.seq),
+        record.park,
+        record.code,
+        record.opr,
+        body.get("data"),
+        str(body.get("client", "")),
+    )
 
 
 class SyncLots(Protocol):
@@ -183,16 +198,7 @@ class SyncQueue:
             except (KeyError, ValueError):
                 log.warn("sync record {seq} has no valid expires; kept for one TTL", seq=record.seq)
                 expires = rfc3339_seconds(record.ts) + self._ttl
-            entry = _Entry(
-                int(record.seq),
-                record.park,
-                record.code,
-                record.opr,
-                body.get("data"),
-                str(body.get("client", "")),
-                expires,
-            )
-            self._add(entry)
+            self._add(_Entry(*entry_fields(record, body), expires))
         elif record.kind == SYNC_DONE_RECORD:
             seq = body.get("seq")
             park = self._where.pop(seq, None) if isinstance(seq, int) else None
